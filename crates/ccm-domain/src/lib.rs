@@ -1,0 +1,2 @@
+//! The ccm domain model.
+#![warn(missing_docs)]

@@ -1,0 +1,38 @@
+//! The command line (clap). Raw arguments only; validation happens in `config`.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// ccm: a control plane for fleets of Cisco Modeling Labs workers on AWS EC2.
+#[derive(Debug, Parser)]
+#[command(name = "ccm", version, about, long_about = None)]
+pub(crate) struct Cli {
+    /// Configuration file (TOML). `CCM_*` environment variables override it.
+    #[arg(long, global = true, env = "CCM_CONFIG", value_name = "PATH")]
+    pub(crate) config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run the control plane against real AWS and CML instances.
+    Serve,
+    /// Run the whole product on this machine: simulated CML fleet and cloud, SQLite, web UI.
+    Demo,
+    /// Serve a fleet of simulated CML 2.9 controllers on loopback addresses.
+    Sim,
+    /// Reproducible performance runs.
+    Bench,
+    /// Configuration helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ConfigCommand {
+    /// Print a commented configuration file with every default.
+    Example,
+}

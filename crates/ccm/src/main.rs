@@ -1,0 +1,20 @@
+//! The `ccm` binary: parses the command line, loads the configuration, wires the crates
+//! together and maps failures to exit codes. No business logic lives here.
+
+mod cli;
+mod cmd;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cmd::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("ccm: {err:#}");
+            ExitCode::from(cmd::exit_code(&err))
+        }
+    }
+}
