@@ -1,0 +1,578 @@
+use std::net::Ipv4Addr;
+
+use chrono::TimeZone;
+
+use super::*;
+use crate::service::ReasonCode;
+
+fn t(secs: i64) -> DateTime<Utc> {
+    Utc.timestamp_opt(1_800_000_000 + secs, 0).unwrap()
+}
+
+fn policy() -> EndpointPolicy {
+    EndpointPolicy {
+        scheme: "http".into(),
+        port: Some(9443),
+        address: AddressPreference::Public,
+    }
+}
+
+fn obs(state: Ec2State, ip: Option<[u8; 4]>) -> InstanceObservation {
+    InstanceObservation {
+        instance_id: InstanceId::parse("i-0123456789abcdef0").unwrap(),
+        state,
+        instance_type: Some(InstanceType::parse("m5zn.metal").unwrap()),
+        ami_id: Some(AmiId::parse("ami-0123456789abcdef0").unwrap()),
+        public_ip: ip.map(|o| IpAddr::V4(Ipv4Addr::from(o))),
+        private_ip: Some(IpAddr::V4(Ipv4Addr::new(10, 0, 0, 5))),
+        tags: BTreeMap::from([("Name".to_owned(), "cml-7".to_owned())]),
+        launched_at: Some(t(0)),
+        detailed_monitoring: false,
+        state_reason: None,
+    }
+}
+
+fn running_worker() -> Worker {
+    let region = Region::parse("eu-west-1").unwrap();
+    let (w, _) = Worker::import(
+        &obs(Ec2State::Running, Some([127, 1, 0, 7])),
+        region,
+        &policy(),
+        Actor::user("alice"),
+        t(0),
+    );
+    w
+}
+
+fn alice() -> Actor {
+    Actor::user("alice")
+}
+
+fn types(events: &[EventKind]) -> Vec<&'static str> {
+    events.iter().map(EventKind::type_name).collect()
+}
+
+#[test]
+fn import_should_name_the_worker_from_its_tag_and_derive_the_endpoint() {
+    let w = running_worker();
+    assert_eq!(w.name, "cml-7");
+    assert_eq!(w.ec2_state, Ec2State::Running);
+    assert_eq!(w.endpoint.as_deref(), Some("http://127.1.0.7:9443"));
+    assert_eq!(
+        w.instance_type.as_ref().map(InstanceType::as_str),
+        Some("m5zn.metal")
+    );
+
+    let mut untagged = obs(Ec2State::Stopped, None);
+    untagged.tags.clear();
+    let (w, events) = Worker::import(
+        &untagged,
+        Region::parse("eu-west-1").unwrap(),
+        &policy(),
+        alice(),
+        t(0),
+    );
+    assert_eq!(w.name, "i-0123456789abcdef0");
+    assert_eq!(w.endpoint, None);
+    assert_eq!(
+        types(&events),
+        ["ccm.worker.imported", "ccm.worker.state_changed"]
+    );
+}
+
+#[test]
+fn provisioning_should_go_from_pending_to_running_and_derive_the_endpoint_when_an_ip_appears() {
+    let new = NewWorker {
+        name: "lab-1".into(),
+        region: Region::parse("us-east-1").unwrap(),
+        instance_type: InstanceType::parse("c5.metal").unwrap(),
+        ami: Ami {
+            id: AmiId::parse("ami-0123abcd").unwrap(),
+            name: Some("cml-2.9".into()),
+        },
+        tags: BTreeMap::new(),
+    };
+    let (mut w, events) = Worker::provision(new, alice(), t(0));
+    assert_eq!(types(&events), ["ccm.worker.created"]);
+    assert_eq!(
+        (w.ec2_state, w.instance_id.is_none()),
+        (Ec2State::Pending, true)
+    );
+    assert_eq!(w.tags.get("Name").map(String::as_str), Some("lab-1"));
+    assert_eq!(
+        w.request(WorkerAction::Stop, None, &alice(), t(1)),
+        Err(CommandError::NoInstance)
+    );
+
+    let id = InstanceId::parse("i-0123456789abcdef0").unwrap();
+    assert_eq!(
+        types(&w.assign_instance(id, t(1))),
+        ["ccm.worker.provisioned"]
+    );
+    let events = w
+        .observe_ec2(&obs(Ec2State::Pending, None), &policy(), t(2))
+        .unwrap();
+    assert!(events.is_empty());
+    assert_eq!(
+        w.endpoint.as_deref(),
+        Some("http://10.0.0.5:9443"),
+        "falls back to the private address"
+    );
+    w.observe_ec2(
+        &obs(Ec2State::Running, Some([127, 1, 0, 9])),
+        &policy(),
+        t(30),
+    )
+    .unwrap();
+    assert_eq!(w.endpoint.as_deref(), Some("http://127.1.0.9:9443"));
+}
+
+#[test]
+fn a_provisioning_failure_should_leave_the_worker_failed_with_the_reason() {
+    let new = NewWorker {
+        name: "x".into(),
+        region: Region::parse("us-east-1").unwrap(),
+        instance_type: InstanceType::parse("c5.metal").unwrap(),
+        ami: Ami {
+            id: AmiId::parse("ami-0123abcd").unwrap(),
+            name: None,
+        },
+        tags: BTreeMap::new(),
+    };
+    let (mut w, _) = Worker::provision(new, alice(), t(0));
+    let events = w
+        .fail_provisioning(
+            "InsufficientInstanceCapacity: no c5.metal in us-east-1a",
+            t(5),
+        )
+        .unwrap();
+    assert_eq!(
+        types(&events),
+        ["ccm.worker.provisioning_failed", "ccm.worker.state_changed"]
+    );
+    assert_eq!(w.ec2_state, Ec2State::Failed);
+    assert!(
+        w.state_reason
+            .as_deref()
+            .unwrap()
+            .contains("InsufficientInstanceCapacity")
+    );
+    // A failed worker without an instance is terminated without calling EC2.
+    let events = w.terminate_without_instance(&alice(), t(6));
+    assert_eq!(w.ec2_state, Ec2State::Terminated);
+    assert_eq!(
+        types(&events),
+        ["ccm.worker.state_changed", "ccm.worker.terminated"]
+    );
+}
+
+#[test]
+fn stopping_should_clear_ips_endpoint_and_live_metrics() {
+    let mut w = running_worker();
+    w.record_sync(
+        CmlSync {
+            info: Some(CallResult::Ok(CmlInfo {
+                version: "2.9.0".into(),
+                ready: true,
+            })),
+            stats: Some(CallResult::Ok(CmlStats {
+                cpu_percent: 12.0,
+                ..CmlStats::default()
+            })),
+            ..CmlSync::default()
+        },
+        t(10),
+    );
+    w.record_cloudwatch(
+        Ok(CloudWatchMetrics {
+            cpu_percent: Some(5.0),
+            ..Default::default()
+        }),
+        t(10),
+    );
+    assert_eq!(w.service.status, ServiceStatus::Ready);
+
+    let events = w
+        .observe_ec2(
+            &obs(Ec2State::Stopping, Some([127, 1, 0, 7])),
+            &policy(),
+            t(20),
+        )
+        .unwrap();
+    assert_eq!(
+        types(&events),
+        [
+            "ccm.worker.state_changed",
+            "ccm.worker.paused",
+            "ccm.worker.service_changed"
+        ]
+    );
+    assert_eq!(
+        (w.public_ip, w.private_ip, w.endpoint.as_deref()),
+        (None, None, None)
+    );
+    assert!(w.cml.stats.last_good.is_none() && w.cloudwatch.last_good.is_none());
+    assert_eq!(w.service.status, ServiceStatus::Unknown);
+    assert!(
+        w.cml.info.last_good.is_some(),
+        "the version stays known while stopped"
+    );
+}
+
+#[test]
+fn an_invalid_transition_should_change_nothing() {
+    let mut w = running_worker();
+    w.observe_ec2(&obs(Ec2State::Terminated, None), &policy(), t(5))
+        .unwrap();
+    let before = w.clone();
+    let err = w
+        .observe_ec2(&obs(Ec2State::Running, Some([1, 2, 3, 4])), &policy(), t(6))
+        .unwrap_err();
+    assert_eq!(
+        (err.from, err.to),
+        (Ec2State::Terminated, Ec2State::Running)
+    );
+    assert_eq!(w, before);
+}
+
+#[test]
+fn pauses_should_be_counted_by_their_true_reason() {
+    // (what ccm asked for, when, when the stop is seen) → counted reason
+    let cases: [(Option<PauseReason>, i64, i64, PauseReason); 4] = [
+        (
+            Some(PauseReason::IdleTimeout),
+            0,
+            60,
+            PauseReason::IdleTimeout,
+        ),
+        (Some(PauseReason::Manual), 0, 60, PauseReason::Manual),
+        (None, 0, 60, PauseReason::External),
+        (
+            Some(PauseReason::IdleTimeout),
+            0,
+            31 * 60,
+            PauseReason::External,
+        ),
+    ];
+    for (asked, at, seen, expected) in cases {
+        let mut w = running_worker();
+        if let Some(reason) = asked {
+            let action = if reason == PauseReason::Manual {
+                WorkerAction::Stop
+            } else {
+                WorkerAction::Pause
+            };
+            w.request(action, Some(reason), &Actor::system("idle"), t(at))
+                .unwrap();
+        }
+        let events = w
+            .observe_ec2(&obs(Ec2State::Stopping, None), &policy(), t(seen))
+            .unwrap();
+        w.observe_ec2(&obs(Ec2State::Stopped, None), &policy(), t(seen + 30))
+            .unwrap();
+        let paused: Vec<_> = events
+            .iter()
+            .filter(|e| matches!(e, EventKind::WorkerPaused { .. }))
+            .collect();
+        assert_eq!(paused.len(), 1, "stopping then stopped is one pause");
+        assert_eq!(
+            w.monitoring.pause_reason,
+            Some(expected),
+            "{asked:?} seen after {seen}s"
+        );
+        let c = &w.monitoring.pauses;
+        assert_eq!(c.idle_timeout + c.manual + c.external, 1);
+        let counted = match expected {
+            PauseReason::IdleTimeout => c.idle_timeout,
+            PauseReason::Manual => c.manual,
+            PauseReason::External => c.external,
+        };
+        assert_eq!(counted, 1);
+    }
+}
+
+#[test]
+fn resumes_should_be_counted_and_close_the_savings_interval() {
+    let mut w = running_worker();
+    w.request(
+        WorkerAction::Pause,
+        Some(PauseReason::IdleTimeout),
+        &Actor::system("idle"),
+        t(0),
+    )
+    .unwrap();
+    w.observe_ec2(&obs(Ec2State::Stopped, None), &policy(), t(100))
+        .unwrap();
+    assert_eq!(
+        w.seconds_stopped_by_ccm(t(400)),
+        300,
+        "an ongoing pause counts up to now"
+    );
+
+    w.request(WorkerAction::Resume, None, &alice(), t(3700))
+        .unwrap();
+    let events = w
+        .observe_ec2(&obs(Ec2State::Pending, None), &policy(), t(3700))
+        .unwrap();
+    assert!(events.iter().any(|e| matches!(
+        e,
+        EventKind::WorkerResumed {
+            reason: ResumeReason::Manual,
+            ..
+        }
+    )));
+    assert_eq!(w.monitoring.resumes.manual, 1);
+    assert_eq!(w.monitoring.last_resume, Some(t(3700)));
+    assert_eq!(w.seconds_stopped_by_ccm(t(9999)), 3600);
+
+    // An external stop and start add nothing to the savings.
+    w.observe_ec2(
+        &obs(Ec2State::Running, Some([127, 1, 0, 7])),
+        &policy(),
+        t(3800),
+    )
+    .unwrap();
+    w.observe_ec2(&obs(Ec2State::Stopped, None), &policy(), t(4000))
+        .unwrap();
+    w.observe_ec2(
+        &obs(Ec2State::Running, Some([127, 1, 0, 7])),
+        &policy(),
+        t(5000),
+    )
+    .unwrap();
+    assert_eq!(w.monitoring.resumes.external, 1);
+    assert_eq!(w.monitoring.pauses.external, 1);
+    assert_eq!(w.seconds_stopped_by_ccm(t(9999)), 3600);
+    let kinds: Vec<_> = w
+        .monitoring
+        .history
+        .iter()
+        .map(|h| (h.kind, h.reason.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (HistoryKind::Paused, "idle_timeout"),
+            (HistoryKind::Resumed, "manual"),
+            (HistoryKind::Paused, "external"),
+            (HistoryKind::Resumed, "external")
+        ]
+    );
+}
+
+#[test]
+fn the_history_should_stay_bounded() {
+    let mut w = running_worker();
+    for i in 0..100 {
+        w.observe_ec2(&obs(Ec2State::Stopped, None), &policy(), t(i * 10))
+            .unwrap();
+        w.observe_ec2(
+            &obs(Ec2State::Running, Some([127, 1, 0, 7])),
+            &policy(),
+            t(i * 10 + 5),
+        )
+        .unwrap();
+    }
+    assert_eq!(w.monitoring.history.len(), HISTORY_LEN);
+    assert_eq!(w.monitoring.pauses.external, 100);
+}
+
+#[test]
+fn commands_should_respect_the_state() {
+    use Ec2State::*;
+    use WorkerAction::*;
+    // action, state, allowed
+    let table = [
+        (Start, Stopped, true),
+        (Start, Running, false),
+        (Start, Pending, false),
+        (Start, Stopping, false),
+        (Start, Terminated, false),
+        (Resume, Stopped, true),
+        (Resume, Running, false),
+        (Stop, Running, true),
+        (Stop, Pending, true),
+        (Stop, Stopped, false),
+        (Stop, Stopping, false),
+        (Stop, ShuttingDown, false),
+        (Pause, Running, true),
+        (Pause, Stopped, false),
+        (Terminate, Running, true),
+        (Terminate, Stopped, true),
+        (Terminate, Failed, true),
+        (Terminate, ShuttingDown, false),
+        (Terminate, Terminated, false),
+        (Refresh, Running, true),
+        (Refresh, Stopped, false),
+        (Refresh, Pending, false),
+        (UpdateTags, Running, true),
+        (UpdateTags, Stopped, true),
+        (UpdateTags, Terminated, false),
+        (EnableDetailedMonitoring, Running, true),
+        (EnableDetailedMonitoring, ShuttingDown, false),
+        (Delete, Running, true),
+        (Delete, Terminated, true),
+    ];
+    for (action, state, allowed) in table {
+        let mut w = running_worker();
+        w.ec2_state = state;
+        let result = w.request(action, None, &alice(), t(1));
+        assert_eq!(result.is_ok(), allowed, "{action:?} in {state}: {result:?}");
+        if let Err(err) = result {
+            assert!(matches!(err, CommandError::Conflict { .. }));
+            assert!(err.to_string().contains(state.as_str()));
+        }
+    }
+    let mut w = running_worker();
+    assert!(
+        w.request(Pause, Some(PauseReason::External), &alice(), t(1))
+            .is_err()
+    );
+}
+
+#[test]
+fn a_failed_action_should_forget_the_pending_stop() {
+    let mut w = running_worker();
+    w.request(
+        WorkerAction::Pause,
+        Some(PauseReason::IdleTimeout),
+        &Actor::system("idle"),
+        t(0),
+    )
+    .unwrap();
+    let events = w.action_failed(WorkerAction::Pause, "UnauthorizedOperation", t(1));
+    assert_eq!(types(&events), ["ccm.worker.action_failed"]);
+    w.observe_ec2(&obs(Ec2State::Stopped, None), &policy(), t(60))
+        .unwrap();
+    assert_eq!(w.monitoring.pause_reason, Some(PauseReason::External));
+}
+
+#[test]
+fn a_sync_should_keep_stale_values_and_count_running_nodes_as_activity() {
+    let mut w = running_worker();
+    let stats = CmlStats {
+        running_nodes: Some(3),
+        cpu_percent: 40.0,
+        ..CmlStats::default()
+    };
+    let events = w.record_sync(
+        CmlSync {
+            info: Some(CallResult::Ok(CmlInfo {
+                version: "2.9.0".into(),
+                ready: true,
+            })),
+            health: Some(CallResult::NotSupported),
+            stats: Some(CallResult::Ok(stats)),
+            licence: Some(CallResult::Ok(Licence {
+                registration: "COMPLETED".into(),
+                authorization: None,
+                smart_account: None,
+                virtual_account: None,
+                expires: None,
+                product: None,
+                is_enterprise: None,
+                last_failure: None,
+                features: vec![],
+            })),
+        },
+        t(100),
+    );
+    assert_eq!(
+        types(&events),
+        ["ccm.worker.service_changed", "ccm.worker.synced"]
+    );
+    assert_eq!(w.service.status, ServiceStatus::Ready);
+    assert_eq!(w.monitoring.last_activity, Some(t(100)));
+
+    fn down<T>(call: CmlCall) -> CallResult<T> {
+        CallResult::Failed(Reason::new(call, ReasonCode::Timeout))
+    }
+    let events = w.record_sync(
+        CmlSync {
+            info: Some(down(CmlCall::SystemInformation)),
+            health: Some(down(CmlCall::SystemHealth)),
+            stats: Some(down(CmlCall::SystemStats)),
+            licence: Some(down(CmlCall::Licensing)),
+        },
+        t(200),
+    );
+    assert_eq!(
+        types(&events),
+        ["ccm.worker.service_changed", "ccm.worker.synced"]
+    );
+    assert_eq!(w.service.status, ServiceStatus::Unavailable);
+    assert_eq!(w.service.reasons.len(), 4);
+    let view = w
+        .cml
+        .stats
+        .view(t(250), std::time::Duration::from_secs(600));
+    assert_eq!(view.freshness, crate::observed::Freshness::Stale);
+    assert_eq!(view.value.and_then(|s| s.running_nodes), Some(3));
+    assert_eq!(view.age, Some(std::time::Duration::from_secs(150)));
+    assert_eq!(
+        w.monitoring.last_activity,
+        Some(t(100)),
+        "a failed read is not activity"
+    );
+}
+
+#[test]
+fn a_vanished_instance_should_be_terminated() {
+    let mut w = running_worker();
+    let events = w.observe_gone(t(10));
+    assert_eq!(w.ec2_state, Ec2State::Terminated);
+    assert!(types(&events).contains(&"ccm.worker.terminated"));
+    assert!(w.observe_gone(t(20)).is_empty());
+}
+
+#[test]
+fn a_requested_termination_should_record_who_did_it() {
+    let mut w = running_worker();
+    w.request(WorkerAction::Terminate, None, &alice(), t(1))
+        .unwrap();
+    w.observe_ec2(&obs(Ec2State::ShuttingDown, None), &policy(), t(2))
+        .unwrap();
+    w.observe_ec2(&obs(Ec2State::Terminated, None), &policy(), t(3))
+        .unwrap();
+    assert_eq!(w.terminated_by, Some(alice()));
+    assert_eq!(w.terminated_at, Some(t(2)));
+}
+
+#[test]
+fn endpoints_should_follow_the_policy() {
+    let v4 = |a, b, c, d| Some(IpAddr::V4(Ipv4Addr::new(a, b, c, d)));
+    let p = EndpointPolicy::default();
+    assert_eq!(
+        p.endpoint(v4(1, 2, 3, 4), v4(10, 0, 0, 1)).as_deref(),
+        Some("https://1.2.3.4")
+    );
+    let private = EndpointPolicy {
+        address: AddressPreference::Private,
+        ..EndpointPolicy::default()
+    };
+    assert_eq!(
+        private.endpoint(v4(1, 2, 3, 4), v4(10, 0, 0, 1)).as_deref(),
+        Some("https://10.0.0.1")
+    );
+    assert_eq!(p.endpoint(None, None), None);
+    let v6 = Some("2001:db8::1".parse().unwrap());
+    assert_eq!(
+        policy().endpoint(v6, None).as_deref(),
+        Some("http://[2001:db8::1]:9443")
+    );
+}
+
+#[test]
+fn workers_should_round_trip_through_json() {
+    let mut w = running_worker();
+    w.request(
+        WorkerAction::Pause,
+        Some(PauseReason::Manual),
+        &alice(),
+        t(1),
+    )
+    .unwrap();
+    let json = serde_json::to_string(&w).unwrap();
+    let back: Worker = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, w);
+}
