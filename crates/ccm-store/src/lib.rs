@@ -1,4 +1,357 @@
-//! Persistence: repository traits for workers, lab records, settings, the append-only event
-//! log and the bounded metrics history, with an SQLite implementation (sqlx, embedded
-//! migrations, WAL). The SQL is written so that a PostgreSQL implementation can follow.
+//! Persistence for ccm: repository traits for workers, lab records, runtime settings, the
+//! append-only event log and the bounded metrics history, with an SQLite implementation
+//! ([`SqliteStore`]: sqlx, migrations embedded in the binary, WAL).
+//!
+//! - Every worker update checks its `version` (optimistic concurrency); a lost race is
+//!   [`StoreError::Conflict`], and [`update_worker`] reloads and retries.
+//! - The database enforces uniqueness: one worker per EC2 instance id
+//!   ([`WorkerRepo::insert_or_get`] returns the existing worker), one lab record per
+//!   (worker, lab id).
+//! - The SQL is portable (`$N` placeholders, `ON CONFLICT` upserts, BIGINT epoch
+//!   milliseconds): a PostgreSQL implementation needs its own DDL, not a redesign.
+//!
+//! This crate does not know HTTP, CML or AWS; it stores domain types.
 #![warn(missing_docs)]
+
+mod config;
+mod sqlite;
+
+use async_trait::async_trait;
+use ccm_domain::{
+    Event, EventKind, InstanceId, LabId, LabRecord, RuntimeSettings, Worker, WorkerId,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+pub use config::{StoreConfig, Synchronous};
+pub use sqlite::SqliteStore;
+
+/// What can go wrong in the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The record does not exist.
+    #[error("{what} {id} not found")]
+    NotFound {
+        /// `worker`, `lab`, …
+        what: &'static str,
+        /// Its id.
+        id: String,
+    },
+    /// Someone else changed the worker since it was read.
+    #[error("worker {id} was changed concurrently (expected version {expected}, found {found:?})")]
+    Conflict {
+        /// The worker.
+        id: WorkerId,
+        /// The version the update was based on.
+        expected: u64,
+        /// The version in the database (`None`: the worker was deleted).
+        found: Option<u64>,
+    },
+    /// Someone else changed the runtime settings since they were read.
+    #[error("settings were changed concurrently (expected version {expected}, found {found})")]
+    SettingsConflict {
+        /// The version the update was based on.
+        expected: u64,
+        /// The version in the database.
+        found: u64,
+    },
+    /// A worker for this instance exists already.
+    #[error("instance {instance_id} is already worker {existing}")]
+    Duplicate {
+        /// The instance.
+        instance_id: String,
+        /// The worker that has it.
+        existing: WorkerId,
+    },
+    /// A stored document could not be read back.
+    #[error("stored {what} {id} is unreadable: {message}")]
+    Corrupt {
+        /// `worker`, `lab`, `event`, `settings`.
+        what: &'static str,
+        /// Its id.
+        id: String,
+        /// The decode error.
+        message: String,
+    },
+    /// The database failed.
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    /// The schema could not be brought up to date.
+    #[error("database migration failed: {0}")]
+    Migration(#[from] sqlx::migrate::MigrateError),
+}
+
+/// Shorthand.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// How to sort a worker listing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerSort {
+    /// By name.
+    #[default]
+    Name,
+    /// By creation time.
+    Created,
+    /// By last change.
+    Updated,
+    /// By EC2 state.
+    State,
+    /// By service status.
+    Service,
+    /// By region.
+    Region,
+}
+
+/// Which workers to list.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct WorkerFilter {
+    /// Only these regions (any when empty).
+    pub regions: Vec<String>,
+    /// Only these EC2 states (any when empty).
+    pub ec2_states: Vec<String>,
+    /// Only these service statuses (any when empty).
+    pub service_statuses: Vec<String>,
+    /// Substring of name, id or instance id (case-insensitive).
+    pub text: Option<String>,
+    /// Only these workers.
+    pub ids: Option<Vec<WorkerId>>,
+    /// Sort key.
+    pub sort: WorkerSort,
+    /// Sort descending.
+    pub descending: bool,
+    /// Page size (0 means no limit).
+    pub limit: u32,
+    /// Rows to skip.
+    pub offset: u32,
+}
+
+/// One page of results and the total that matched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page<T> {
+    /// The rows.
+    pub items: Vec<T>,
+    /// How many matched in all.
+    pub total: u64,
+}
+
+/// Workers.
+#[async_trait]
+pub trait WorkerRepo: Send + Sync {
+    /// Inserts a new worker (version becomes 1). An instance id already taken is
+    /// [`StoreError::Duplicate`].
+    async fn insert(&self, worker: &Worker) -> Result<Worker>;
+    /// Inserts the worker unless its instance already has one; returns the stored worker and
+    /// whether it was created. Importing twice never makes two workers.
+    async fn insert_or_get(&self, worker: &Worker) -> Result<(Worker, bool)>;
+    /// One worker.
+    async fn get(&self, id: WorkerId) -> Result<Option<Worker>>;
+    /// The worker of an instance.
+    async fn get_by_instance(&self, instance_id: &InstanceId) -> Result<Option<Worker>>;
+    /// A filtered, sorted page of workers.
+    async fn list(&self, filter: &WorkerFilter) -> Result<Page<Worker>>;
+    /// Saves `worker` if its `version` is still current; returns it with the new version.
+    async fn update(&self, worker: &Worker) -> Result<Worker>;
+    /// Saves many workers in one transaction; each row succeeds or conflicts on its own.
+    async fn update_many(&self, workers: &[Worker]) -> Result<Vec<Result<Worker>>>;
+    /// Deletes the record (its labs and metrics go with it). Returns whether it existed.
+    async fn delete(&self, id: WorkerId) -> Result<bool>;
+}
+
+/// Lab records.
+#[async_trait]
+pub trait LabRepo: Send + Sync {
+    /// Replaces the worker's labs with `labs` in one transaction: upserts each, removes the
+    /// rest (orphans). Returns (added, removed).
+    async fn replace_labs(&self, worker: WorkerId, labs: &[LabRecord]) -> Result<(u32, u32)>;
+    /// Inserts or updates one lab.
+    async fn upsert_lab(&self, lab: &LabRecord) -> Result<()>;
+    /// Removes one lab record.
+    async fn delete_lab(&self, worker: WorkerId, lab: &LabId) -> Result<bool>;
+    /// The worker's labs, by title.
+    async fn list_labs(&self, worker: WorkerId) -> Result<Vec<LabRecord>>;
+}
+
+/// A value with its optimistic-concurrency version.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Versioned<T> {
+    /// The value.
+    pub value: T,
+    /// Its version (0: never stored, defaults in use).
+    pub version: u64,
+}
+
+/// Runtime settings.
+#[async_trait]
+pub trait SettingsRepo: Send + Sync {
+    /// The runtime settings (defaults when never stored).
+    async fn runtime_settings(&self) -> Result<Versioned<RuntimeSettings>>;
+    /// Stores them if `expected_version` is still current.
+    async fn put_runtime_settings(
+        &self,
+        settings: &RuntimeSettings,
+        expected_version: u64,
+        by: &str,
+    ) -> Result<Versioned<RuntimeSettings>>;
+}
+
+/// An event as stored, with its position in the log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredEvent {
+    /// Position in the log (the SSE event id).
+    pub seq: u64,
+    /// The CloudEvent.
+    pub event: Event,
+}
+
+/// Which events to read.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventQuery {
+    /// Only after this position.
+    pub after: Option<u64>,
+    /// Only before this position (for paging backwards).
+    pub before: Option<u64>,
+    /// Only about these workers (any when empty).
+    pub subjects: Vec<String>,
+    /// Only of these types (any when empty).
+    pub types: Vec<String>,
+    /// At most this many (0: 1,000).
+    pub limit: u32,
+    /// Newest first.
+    pub newest_first: bool,
+}
+
+/// The append-only event log.
+#[async_trait]
+pub trait EventLog: Send + Sync {
+    /// Appends the non-transient events in one transaction; returns each one's position
+    /// (`None` for transient events, which are not stored).
+    async fn append(&self, events: &[Event]) -> Result<Vec<Option<u64>>>;
+    /// Reads events.
+    async fn read(&self, query: &EventQuery) -> Result<Vec<StoredEvent>>;
+    /// The position of the newest event (0 when empty).
+    async fn last_seq(&self) -> Result<u64>;
+    /// Deletes events older than `before` (retention). Returns how many.
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64>;
+}
+
+/// One metrics sample of a worker.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct MetricsSample {
+    /// CloudWatch CPU, percent.
+    pub cpu_percent: Option<f64>,
+    /// CloudWatch memory, percent.
+    pub memory_percent: Option<f64>,
+    /// CML CPU, percent.
+    pub cml_cpu_percent: Option<f64>,
+    /// CML memory, percent.
+    pub cml_memory_percent: Option<f64>,
+    /// Running nodes.
+    pub running_nodes: Option<u64>,
+}
+
+/// One downsampled point of the metrics history: averages over a bucket.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct MetricsPoint {
+    /// Start of the bucket.
+    pub at: DateTime<Utc>,
+    /// Samples in the bucket.
+    pub samples: u64,
+    /// Average CloudWatch CPU.
+    pub cpu_percent: Option<f64>,
+    /// Average CloudWatch memory.
+    pub memory_percent: Option<f64>,
+    /// Average CML CPU.
+    pub cml_cpu_percent: Option<f64>,
+    /// Average CML memory.
+    pub cml_memory_percent: Option<f64>,
+    /// Most running nodes seen.
+    pub running_nodes: Option<u64>,
+}
+
+/// The bounded, downsampled metrics history.
+#[async_trait]
+pub trait MetricsRepo: Send + Sync {
+    /// Adds a sample to the bucket of `at`, and drops buckets past the retention.
+    async fn record_metrics(
+        &self,
+        worker: WorkerId,
+        at: DateTime<Utc>,
+        sample: MetricsSample,
+    ) -> Result<()>;
+    /// Adds many samples in one transaction.
+    async fn record_metrics_many(
+        &self,
+        samples: &[(WorkerId, DateTime<Utc>, MetricsSample)],
+    ) -> Result<()>;
+    /// The history of a worker since `since`, oldest first.
+    async fn metrics_history(
+        &self,
+        worker: WorkerId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<MetricsPoint>>;
+}
+
+/// Everything the engine and the API need from storage.
+#[async_trait]
+pub trait Store: WorkerRepo + LabRepo + SettingsRepo + EventLog + MetricsRepo {
+    /// Whether the database answers (for `/readyz`).
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Why [`update_worker`] gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError<E> {
+    /// The store failed, or kept conflicting.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The change itself refused.
+    #[error("{0}")]
+    Rejected(E),
+}
+
+/// How many times [`update_worker`] reloads after a conflict.
+pub const UPDATE_ATTEMPTS: u32 = 8;
+
+/// Loads a worker, applies `change`, saves it; on a version conflict reloads and applies the
+/// change again (up to [`UPDATE_ATTEMPTS`] times). `change` must therefore be a pure function
+/// of the worker it is given. Returns the saved worker and what `change` returned.
+pub async fn update_worker<S, F, R, E>(
+    store: &S,
+    id: WorkerId,
+    mut change: F,
+) -> std::result::Result<(Worker, R), UpdateError<E>>
+where
+    S: WorkerRepo + ?Sized,
+    F: FnMut(&mut Worker) -> std::result::Result<R, E>,
+{
+    let mut last = None;
+    for _ in 0..UPDATE_ATTEMPTS {
+        let mut worker = store.get(id).await?.ok_or_else(|| StoreError::NotFound {
+            what: "worker",
+            id: id.to_string(),
+        })?;
+        let out = change(&mut worker).map_err(UpdateError::Rejected)?;
+        match store.update(&worker).await {
+            Ok(saved) => return Ok((saved, out)),
+            Err(err @ StoreError::Conflict { .. }) => {
+                tracing::debug!(worker = %id, "update conflict, retrying");
+                last = Some(err);
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
+    Err(UpdateError::Store(last.unwrap_or(StoreError::NotFound {
+        what: "worker",
+        id: id.to_string(),
+    })))
+}
+
+/// Builds the stored form of an event list, skipping transient ones (helper for
+/// implementations).
+pub(crate) fn persistent(events: &[Event]) -> impl Iterator<Item = (usize, &Event)> {
+    events
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| !EventKind::is_transient(&e.kind))
+}

@@ -1,0 +1,805 @@
+//! The SQLite implementation of every repository.
+
+use std::collections::HashSet;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use ccm_domain::{Event, InstanceId, LabId, LabRecord, RuntimeSettings, Worker, WorkerId};
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+
+use crate::{
+    EventLog, EventQuery, LabRepo, MetricsPoint, MetricsRepo, MetricsSample, Page, Result,
+    SettingsRepo, Store, StoreConfig, StoreError, StoredEvent, Synchronous, Versioned,
+    WorkerFilter, WorkerRepo, WorkerSort, persistent,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
+
+const RUNTIME_SETTINGS_KEY: &str = "runtime";
+
+/// The SQLite store. Cheap to clone (a connection pool inside).
+#[derive(Debug, Clone)]
+pub struct SqliteStore {
+    pool: SqlitePool,
+    bucket_ms: i64,
+    retention_ms: i64,
+}
+
+fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+fn from_ms(v: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(v).unwrap_or_default()
+}
+
+fn corrupt(what: &'static str, id: impl ToString, err: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        id: id.to_string(),
+        message: err.to_string(),
+    }
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+fn decode_worker(row: &SqliteRow) -> Result<Worker> {
+    let id: String = row.try_get("id")?;
+    let version: i64 = row.try_get("version")?;
+    let doc: String = row.try_get("doc")?;
+    let mut worker: Worker = serde_json::from_str(&doc).map_err(|e| corrupt("worker", &id, e))?;
+    worker.version = u64::try_from(version).map_err(|e| corrupt("worker", &id, e))?;
+    Ok(worker)
+}
+
+/// The document and indexed columns of a worker about to be written at `version`.
+struct WorkerRow {
+    id: String,
+    instance_id: Option<String>,
+    doc: String,
+    version: i64,
+}
+
+fn encode_worker(worker: &Worker, version: u64) -> Result<WorkerRow> {
+    let mut stored = worker.clone();
+    stored.version = version;
+    let doc = serde_json::to_string(&stored).map_err(|e| corrupt("worker", worker.id, e))?;
+    Ok(WorkerRow {
+        id: worker.id.to_string(),
+        instance_id: worker.instance_id.as_ref().map(ToString::to_string),
+        doc,
+        version: i64::try_from(version).map_err(|e| corrupt("worker", worker.id, e))?,
+    })
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `config.path`, in WAL mode, and brings the
+    /// schema up to date.
+    pub async fn open(config: &StoreConfig) -> Result<Self> {
+        let options = SqliteConnectOptions::new()
+            .filename(&config.path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(match config.synchronous {
+                Synchronous::Full => SqliteSynchronous::Full,
+                Synchronous::Normal => SqliteSynchronous::Normal,
+            })
+            .busy_timeout(config.busy_timeout)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(config.max_connections)
+            .connect_with(options)
+            .await?;
+        Self::with_pool(pool, config).await
+    }
+
+    /// An in-memory database (one connection), for tests and benchmarks.
+    pub async fn open_in_memory() -> Result<Self> {
+        let options = SqliteConnectOptions::from_str("sqlite::memory:")?.foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(1)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_with(options)
+            .await?;
+        Self::with_pool(pool, &StoreConfig::default()).await
+    }
+
+    async fn with_pool(pool: SqlitePool, config: &StoreConfig) -> Result<Self> {
+        MIGRATOR.run(&pool).await?;
+        let bucket_ms = i64::try_from(config.metrics_bucket.as_millis())
+            .unwrap_or(i64::MAX)
+            .max(1);
+        let retention_ms = i64::try_from(config.metrics_retention.as_millis()).unwrap_or(i64::MAX);
+        Ok(Self {
+            pool,
+            bucket_ms,
+            retention_ms,
+        })
+    }
+
+    /// Runs `PRAGMA integrity_check`; returns `ok` when the database is sound.
+    pub async fn integrity_check(&self) -> Result<String> {
+        let row = sqlx::query("PRAGMA integrity_check")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get::<String, _>(0)?)
+    }
+
+    /// Closes every connection (checkpointing the WAL).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn version_of(&self, id: &str) -> Result<Option<u64>> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT version FROM workers WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(v.and_then(|v| u64::try_from(v).ok()))
+    }
+
+    async fn existing_for_instance(&self, instance_id: &str) -> Result<Option<Worker>> {
+        let row = sqlx::query("SELECT id, version, doc FROM workers WHERE instance_id = $1")
+            .bind(instance_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode_worker).transpose()
+    }
+
+    async fn update_on<'c, E>(
+        &self,
+        exec: E,
+        worker: &Worker,
+    ) -> std::result::Result<(Worker, u64), sqlx::Error>
+    where
+        E: sqlx::Executor<'c, Database = Sqlite>,
+    {
+        let next = worker.version + 1;
+        let row = encode_worker(worker, next).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
+        let done = sqlx::query(
+            "UPDATE workers SET instance_id = $1, name = $2, region = $3, ec2_state = $4, \
+             service_status = $5, updated_at_ms = $6, version = $7, doc = $8 \
+             WHERE id = $9 AND version = $10",
+        )
+        .bind(&row.instance_id)
+        .bind(&worker.name)
+        .bind(worker.region.as_str())
+        .bind(worker.ec2_state.as_str())
+        .bind(worker.service.status.as_str())
+        .bind(ms(worker.updated_at))
+        .bind(row.version)
+        .bind(&row.doc)
+        .bind(&row.id)
+        .bind(row.version - 1)
+        .execute(exec)
+        .await?;
+        let mut saved = worker.clone();
+        saved.version = next;
+        Ok((saved, done.rows_affected()))
+    }
+
+    async fn explain_update_failure(
+        &self,
+        worker: &Worker,
+        err: Option<sqlx::Error>,
+    ) -> StoreError {
+        match err {
+            Some(e) if is_unique_violation(&e) => {
+                let instance_id = worker
+                    .instance_id
+                    .as_ref()
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                match self.existing_for_instance(&instance_id).await {
+                    Ok(Some(existing)) => StoreError::Duplicate {
+                        instance_id,
+                        existing: existing.id,
+                    },
+                    Ok(None) => StoreError::Database(e),
+                    Err(other) => other,
+                }
+            }
+            Some(e) => StoreError::Database(e),
+            None => match self.version_of(&worker.id.to_string()).await {
+                Ok(found) => StoreError::Conflict {
+                    id: worker.id,
+                    expected: worker.version,
+                    found,
+                },
+                Err(e) => e,
+            },
+        }
+    }
+}
+
+#[async_trait]
+impl WorkerRepo for SqliteStore {
+    async fn insert(&self, worker: &Worker) -> Result<Worker> {
+        let row = encode_worker(worker, 1)?;
+        let result = sqlx::query(
+            "INSERT INTO workers (id, instance_id, name, region, ec2_state, service_status, \
+             created_at_ms, updated_at_ms, version, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .bind(&row.id)
+        .bind(&row.instance_id)
+        .bind(&worker.name)
+        .bind(worker.region.as_str())
+        .bind(worker.ec2_state.as_str())
+        .bind(worker.service.status.as_str())
+        .bind(ms(worker.created_at))
+        .bind(ms(worker.updated_at))
+        .bind(row.version)
+        .bind(&row.doc)
+        .execute(&self.pool)
+        .await;
+        match result {
+            Ok(_) => {
+                let mut saved = worker.clone();
+                saved.version = 1;
+                Ok(saved)
+            }
+            Err(e) if is_unique_violation(&e) && row.instance_id.is_some() => {
+                let instance_id = row.instance_id.unwrap_or_default();
+                match self.existing_for_instance(&instance_id).await? {
+                    Some(existing) => Err(StoreError::Duplicate {
+                        instance_id,
+                        existing: existing.id,
+                    }),
+                    None => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn insert_or_get(&self, worker: &Worker) -> Result<(Worker, bool)> {
+        let row = encode_worker(worker, 1)?;
+        let done = sqlx::query(
+            "INSERT INTO workers (id, instance_id, name, region, ec2_state, service_status, \
+             created_at_ms, updated_at_ms, version, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+             ON CONFLICT (instance_id) DO NOTHING",
+        )
+        .bind(&row.id)
+        .bind(&row.instance_id)
+        .bind(&worker.name)
+        .bind(worker.region.as_str())
+        .bind(worker.ec2_state.as_str())
+        .bind(worker.service.status.as_str())
+        .bind(ms(worker.created_at))
+        .bind(ms(worker.updated_at))
+        .bind(row.version)
+        .bind(&row.doc)
+        .execute(&self.pool)
+        .await?;
+        if done.rows_affected() == 1 {
+            let mut saved = worker.clone();
+            saved.version = 1;
+            return Ok((saved, true));
+        }
+        let instance_id = row.instance_id.unwrap_or_default();
+        let existing =
+            self.existing_for_instance(&instance_id)
+                .await?
+                .ok_or(StoreError::NotFound {
+                    what: "worker for instance",
+                    id: instance_id,
+                })?;
+        Ok((existing, false))
+    }
+
+    async fn get(&self, id: WorkerId) -> Result<Option<Worker>> {
+        let row = sqlx::query("SELECT id, version, doc FROM workers WHERE id = $1")
+            .bind(id.to_string())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(decode_worker).transpose()
+    }
+
+    async fn get_by_instance(&self, instance_id: &InstanceId) -> Result<Option<Worker>> {
+        self.existing_for_instance(instance_id.as_str()).await
+    }
+
+    async fn list(&self, filter: &WorkerFilter) -> Result<Page<Worker>> {
+        fn push_filters(q: &mut QueryBuilder<Sqlite>, f: &WorkerFilter) {
+            q.push(" WHERE 1 = 1");
+            let in_list = |q: &mut QueryBuilder<Sqlite>, column: &str, values: &[String]| {
+                if values.is_empty() {
+                    return;
+                }
+                q.push(format!(" AND {column} IN ("));
+                let mut sep = q.separated(", ");
+                for v in values {
+                    sep.push_bind(v.clone());
+                }
+                q.push(")");
+            };
+            in_list(q, "region", &f.regions);
+            in_list(q, "ec2_state", &f.ec2_states);
+            in_list(q, "service_status", &f.service_statuses);
+            if let Some(ids) = &f.ids {
+                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                if ids.is_empty() {
+                    q.push(" AND 1 = 0");
+                } else {
+                    in_list(q, "id", &ids);
+                }
+            }
+            if let Some(text) = f.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+                let escaped = text
+                    .to_lowercase()
+                    .replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_");
+                let pattern = format!("%{escaped}%");
+                q.push(" AND (LOWER(name) LIKE ")
+                    .push_bind(pattern.clone())
+                    .push(" ESCAPE '\\' OR id LIKE ")
+                    .push_bind(pattern.clone())
+                    .push(" ESCAPE '\\' OR LOWER(COALESCE(instance_id, '')) LIKE ")
+                    .push_bind(pattern)
+                    .push(" ESCAPE '\\')");
+            }
+        }
+
+        let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM workers");
+        push_filters(&mut count, filter);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT id, version, doc FROM workers");
+        push_filters(&mut q, filter);
+        let column = match filter.sort {
+            WorkerSort::Name => "name",
+            WorkerSort::Created => "created_at_ms",
+            WorkerSort::Updated => "updated_at_ms",
+            WorkerSort::State => "ec2_state",
+            WorkerSort::Service => "service_status",
+            WorkerSort::Region => "region",
+        };
+        let dir = if filter.descending { "DESC" } else { "ASC" };
+        q.push(format!(" ORDER BY {column} {dir}, id {dir}"));
+        if filter.limit > 0 {
+            q.push(" LIMIT ").push_bind(i64::from(filter.limit));
+            q.push(" OFFSET ").push_bind(i64::from(filter.offset));
+        } else if filter.offset > 0 {
+            q.push(" LIMIT -1 OFFSET ")
+                .push_bind(i64::from(filter.offset));
+        }
+        let rows = q.build().fetch_all(&self.pool).await?;
+        let items = rows.iter().map(decode_worker).collect::<Result<Vec<_>>>()?;
+        Ok(Page {
+            items,
+            total: u64::try_from(total).unwrap_or(0),
+        })
+    }
+
+    async fn update(&self, worker: &Worker) -> Result<Worker> {
+        match self.update_on(&self.pool, worker).await {
+            Ok((saved, 1)) => Ok(saved),
+            Ok(_) => Err(self.explain_update_failure(worker, None).await),
+            Err(e) => Err(self.explain_update_failure(worker, Some(e)).await),
+        }
+    }
+
+    async fn update_many(&self, workers: &[Worker]) -> Result<Vec<Result<Worker>>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut outcomes = Vec::with_capacity(workers.len());
+        for worker in workers {
+            outcomes.push(self.update_on(&mut *tx, worker).await);
+        }
+        tx.commit().await?;
+        let mut results = Vec::with_capacity(workers.len());
+        for (worker, outcome) in workers.iter().zip(outcomes) {
+            results.push(match outcome {
+                Ok((saved, 1)) => Ok(saved),
+                Ok(_) => Err(self.explain_update_failure(worker, None).await),
+                Err(e) => Err(self.explain_update_failure(worker, Some(e)).await),
+            });
+        }
+        Ok(results)
+    }
+
+    async fn delete(&self, id: WorkerId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM workers WHERE id = $1")
+            .bind(id.to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+}
+
+#[async_trait]
+impl LabRepo for SqliteStore {
+    async fn replace_labs(&self, worker: WorkerId, labs: &[LabRecord]) -> Result<(u32, u32)> {
+        let wid = worker.to_string();
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let existing: Vec<String> =
+            sqlx::query_scalar("SELECT lab_id FROM labs WHERE worker_id = $1")
+                .bind(&wid)
+                .fetch_all(&mut *tx)
+                .await?;
+        let existing: HashSet<String> = existing.into_iter().collect();
+        let mut keep = HashSet::new();
+        let mut added = 0u32;
+        for lab in labs {
+            if lab.worker_id != worker {
+                continue;
+            }
+            let id = lab.lab_id.to_string();
+            if !existing.contains(&id) && !keep.contains(&id) {
+                added += 1;
+            }
+            upsert_lab_on(&mut *tx, lab)
+                .await
+                .map_err(|e| map_fk(e, worker))?;
+            keep.insert(id);
+        }
+        let mut removed = 0u32;
+        for id in existing.difference(&keep) {
+            sqlx::query("DELETE FROM labs WHERE worker_id = $1 AND lab_id = $2")
+                .bind(&wid)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+            removed += 1;
+        }
+        tx.commit().await?;
+        Ok((added, removed))
+    }
+
+    async fn upsert_lab(&self, lab: &LabRecord) -> Result<()> {
+        upsert_lab_on(&self.pool, lab)
+            .await
+            .map_err(|e| map_fk(e, lab.worker_id))
+    }
+
+    async fn delete_lab(&self, worker: WorkerId, lab: &LabId) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM labs WHERE worker_id = $1 AND lab_id = $2")
+            .bind(worker.to_string())
+            .bind(lab.as_str())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn list_labs(&self, worker: WorkerId) -> Result<Vec<LabRecord>> {
+        let rows =
+            sqlx::query("SELECT lab_id, doc FROM labs WHERE worker_id = $1 ORDER BY title, lab_id")
+                .bind(worker.to_string())
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|row| {
+                let id: String = row.try_get("lab_id")?;
+                let doc: String = row.try_get("doc")?;
+                serde_json::from_str(&doc).map_err(|e| corrupt("lab", id, e))
+            })
+            .collect()
+    }
+}
+
+fn map_fk(e: StoreError, worker: WorkerId) -> StoreError {
+    match e {
+        StoreError::Database(db) if is_foreign_key_violation(&db) => StoreError::NotFound {
+            what: "worker",
+            id: worker.to_string(),
+        },
+        other => other,
+    }
+}
+
+async fn upsert_lab_on<'c, E>(exec: E, lab: &LabRecord) -> Result<()>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    let doc = serde_json::to_string(lab).map_err(|e| corrupt("lab", &lab.lab_id, e))?;
+    sqlx::query(
+        "INSERT INTO labs (worker_id, lab_id, title, state, observed_at_ms, doc) VALUES ($1, $2, $3, $4, $5, $6) \
+         ON CONFLICT (worker_id, lab_id) DO UPDATE SET title = excluded.title, state = excluded.state, \
+         observed_at_ms = excluded.observed_at_ms, doc = excluded.doc",
+    )
+    .bind(lab.worker_id.to_string())
+    .bind(lab.lab_id.as_str())
+    .bind(&lab.title)
+    .bind(lab.state.as_str())
+    .bind(ms(lab.observed_at))
+    .bind(doc)
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl SettingsRepo for SqliteStore {
+    async fn runtime_settings(&self) -> Result<Versioned<RuntimeSettings>> {
+        let row = sqlx::query("SELECT value, version FROM settings WHERE key = $1")
+            .bind(RUNTIME_SETTINGS_KEY)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some(row) = row else {
+            return Ok(Versioned {
+                value: RuntimeSettings::default(),
+                version: 0,
+            });
+        };
+        let value: String = row.try_get("value")?;
+        let version: i64 = row.try_get("version")?;
+        let value = serde_json::from_str(&value)
+            .map_err(|e| corrupt("settings", RUNTIME_SETTINGS_KEY, e))?;
+        Ok(Versioned {
+            value,
+            version: u64::try_from(version).unwrap_or(0),
+        })
+    }
+
+    async fn put_runtime_settings(
+        &self,
+        settings: &RuntimeSettings,
+        expected_version: u64,
+        by: &str,
+    ) -> Result<Versioned<RuntimeSettings>> {
+        let value = serde_json::to_string(settings)
+            .map_err(|e| corrupt("settings", RUNTIME_SETTINGS_KEY, e))?;
+        let now = ms(Utc::now());
+        let next = i64::try_from(expected_version + 1)
+            .map_err(|e| corrupt("settings", RUNTIME_SETTINGS_KEY, e))?;
+        let done = if expected_version == 0 {
+            sqlx::query(
+                "INSERT INTO settings (key, value, version, updated_at_ms, updated_by) VALUES ($1, $2, $3, $4, $5) \
+                 ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(RUNTIME_SETTINGS_KEY)
+            .bind(&value)
+            .bind(next)
+            .bind(now)
+            .bind(by)
+            .execute(&self.pool)
+            .await?
+        } else {
+            sqlx::query(
+                "UPDATE settings SET value = $1, version = $2, updated_at_ms = $3, updated_by = $4 \
+                 WHERE key = $5 AND version = $6",
+            )
+            .bind(&value)
+            .bind(next)
+            .bind(now)
+            .bind(by)
+            .bind(RUNTIME_SETTINGS_KEY)
+            .bind(next - 1)
+            .execute(&self.pool)
+            .await?
+        };
+        if done.rows_affected() == 1 {
+            return Ok(Versioned {
+                value: settings.clone(),
+                version: expected_version + 1,
+            });
+        }
+        let found = self.runtime_settings().await?.version;
+        Err(StoreError::SettingsConflict {
+            expected: expected_version,
+            found,
+        })
+    }
+}
+
+fn decode_event(row: &SqliteRow) -> Result<StoredEvent> {
+    let seq: i64 = row.try_get("seq")?;
+    let body: String = row.try_get("body")?;
+    let event: Event = serde_json::from_str(&body).map_err(|e| corrupt("event", seq, e))?;
+    Ok(StoredEvent {
+        seq: u64::try_from(seq).unwrap_or(0),
+        event,
+    })
+}
+
+#[async_trait]
+impl EventLog for SqliteStore {
+    async fn append(&self, events: &[Event]) -> Result<Vec<Option<u64>>> {
+        let mut out = vec![None; events.len()];
+        let stored: Vec<_> = persistent(events).collect();
+        if stored.is_empty() {
+            return Ok(out);
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (i, event) in stored {
+            let body = serde_json::to_string(event).map_err(|e| corrupt("event", event.id, e))?;
+            let seq: i64 = sqlx::query_scalar(
+                "INSERT INTO events (id, time_ms, type, subject, body) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+            )
+            .bind(event.id.to_string())
+            .bind(ms(event.time))
+            .bind(event.type_name())
+            .bind(&event.subject)
+            .bind(body)
+            .fetch_one(&mut *tx)
+            .await?;
+            out[i] = u64::try_from(seq).ok();
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn read(&self, query: &EventQuery) -> Result<Vec<StoredEvent>> {
+        let mut q = QueryBuilder::<Sqlite>::new("SELECT seq, body FROM events WHERE 1 = 1");
+        if let Some(after) = query.after {
+            q.push(" AND seq > ")
+                .push_bind(i64::try_from(after).unwrap_or(i64::MAX));
+        }
+        if let Some(before) = query.before {
+            q.push(" AND seq < ")
+                .push_bind(i64::try_from(before).unwrap_or(i64::MAX));
+        }
+        for (column, values) in [("subject", &query.subjects), ("type", &query.types)] {
+            if !values.is_empty() {
+                q.push(format!(" AND {column} IN ("));
+                let mut sep = q.separated(", ");
+                for v in values {
+                    sep.push_bind(v.clone());
+                }
+                q.push(")");
+            }
+        }
+        q.push(if query.newest_first {
+            " ORDER BY seq DESC"
+        } else {
+            " ORDER BY seq ASC"
+        });
+        let limit = if query.limit == 0 {
+            1000
+        } else {
+            query.limit.min(10_000)
+        };
+        q.push(" LIMIT ").push_bind(i64::from(limit));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        rows.iter().map(decode_event).collect()
+    }
+
+    async fn last_seq(&self) -> Result<u64> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT MAX(seq) FROM events")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(seq.and_then(|s| u64::try_from(s).ok()).unwrap_or(0))
+    }
+
+    async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM events WHERE time_ms < $1")
+            .bind(ms(before))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
+    }
+}
+
+async fn record_metrics_on<'c, E>(
+    exec: E,
+    worker: WorkerId,
+    bucket: i64,
+    s: &MetricsSample,
+) -> std::result::Result<(), sqlx::Error>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    let pair = |v: Option<f64>| match v {
+        Some(x) if x.is_finite() => (x, 1i64),
+        _ => (0.0, 0i64),
+    };
+    let (cpu, cpu_n) = pair(s.cpu_percent);
+    let (mem, mem_n) = pair(s.memory_percent);
+    let (ccpu, ccpu_n) = pair(s.cml_cpu_percent);
+    let (cmem, cmem_n) = pair(s.cml_memory_percent);
+    sqlx::query(
+        "INSERT INTO metrics (worker_id, bucket_ms, samples, cpu_sum, cpu_n, mem_sum, mem_n, cml_cpu_sum, \
+         cml_cpu_n, cml_mem_sum, cml_mem_n, nodes_max) VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
+         ON CONFLICT (worker_id, bucket_ms) DO UPDATE SET samples = metrics.samples + 1, \
+         cpu_sum = metrics.cpu_sum + excluded.cpu_sum, cpu_n = metrics.cpu_n + excluded.cpu_n, \
+         mem_sum = metrics.mem_sum + excluded.mem_sum, mem_n = metrics.mem_n + excluded.mem_n, \
+         cml_cpu_sum = metrics.cml_cpu_sum + excluded.cml_cpu_sum, cml_cpu_n = metrics.cml_cpu_n + excluded.cml_cpu_n, \
+         cml_mem_sum = metrics.cml_mem_sum + excluded.cml_mem_sum, cml_mem_n = metrics.cml_mem_n + excluded.cml_mem_n, \
+         nodes_max = CASE WHEN excluded.nodes_max IS NULL THEN metrics.nodes_max \
+                          WHEN metrics.nodes_max IS NULL OR excluded.nodes_max > metrics.nodes_max THEN excluded.nodes_max \
+                          ELSE metrics.nodes_max END",
+    )
+    .bind(worker.to_string())
+    .bind(bucket)
+    .bind(cpu)
+    .bind(cpu_n)
+    .bind(mem)
+    .bind(mem_n)
+    .bind(ccpu)
+    .bind(ccpu_n)
+    .bind(cmem)
+    .bind(cmem_n)
+    .bind(s.running_nodes.and_then(|n| i64::try_from(n).ok()))
+    .execute(exec)
+    .await?;
+    Ok(())
+}
+
+#[async_trait]
+impl MetricsRepo for SqliteStore {
+    async fn record_metrics(
+        &self,
+        worker: WorkerId,
+        at: DateTime<Utc>,
+        sample: MetricsSample,
+    ) -> Result<()> {
+        self.record_metrics_many(&[(worker, at, sample)]).await
+    }
+
+    async fn record_metrics_many(
+        &self,
+        samples: &[(WorkerId, DateTime<Utc>, MetricsSample)],
+    ) -> Result<()> {
+        let Some(newest) = samples.iter().map(|(_, at, _)| *at).max() else {
+            return Ok(());
+        };
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (worker, at, sample) in samples {
+            let bucket = ms(*at).div_euclid(self.bucket_ms) * self.bucket_ms;
+            record_metrics_on(&mut *tx, *worker, bucket, sample)
+                .await
+                .map_err(|e| map_fk(e.into(), *worker))?;
+        }
+        sqlx::query("DELETE FROM metrics WHERE bucket_ms < $1")
+            .bind(ms(newest).saturating_sub(self.retention_ms))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn metrics_history(
+        &self,
+        worker: WorkerId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<MetricsPoint>> {
+        let rows = sqlx::query(
+            "SELECT bucket_ms, samples, cpu_sum, cpu_n, mem_sum, mem_n, cml_cpu_sum, cml_cpu_n, cml_mem_sum, \
+             cml_mem_n, nodes_max FROM metrics WHERE worker_id = $1 AND bucket_ms >= $2 ORDER BY bucket_ms",
+        )
+        .bind(worker.to_string())
+        .bind(ms(since).div_euclid(self.bucket_ms) * self.bucket_ms)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let avg = |sum: &str, n: &str| -> Result<Option<f64>> {
+                    let s: f64 = row.try_get(sum)?;
+                    let n: i64 = row.try_get(n)?;
+                    Ok((n > 0).then(|| s / n as f64))
+                };
+                Ok(MetricsPoint {
+                    at: from_ms(row.try_get("bucket_ms")?),
+                    samples: u64::try_from(row.try_get::<i64, _>("samples")?).unwrap_or(0),
+                    cpu_percent: avg("cpu_sum", "cpu_n")?,
+                    memory_percent: avg("mem_sum", "mem_n")?,
+                    cml_cpu_percent: avg("cml_cpu_sum", "cml_cpu_n")?,
+                    cml_memory_percent: avg("cml_mem_sum", "cml_mem_n")?,
+                    running_nodes: row
+                        .try_get::<Option<i64>, _>("nodes_max")?
+                        .and_then(|n| u64::try_from(n).ok()),
+                })
+            })
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
