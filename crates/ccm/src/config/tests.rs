@@ -1,0 +1,115 @@
+use std::io::Write;
+
+use super::*;
+
+fn load_str(text: &str, env: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    file.write_all(text.as_bytes()).unwrap();
+    let env = env.iter().map(|(k, v)| (k.to_string(), v.to_string()));
+    Config::load(Some(file.path()), env)
+}
+
+fn leaf_keys(prefix: &str, value: &toml::Value, out: &mut Vec<String>) {
+    match value {
+        toml::Value::Table(t) if !t.is_empty() => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaf_keys(&key, v, out);
+            }
+        }
+        _ => out.push(prefix.to_owned()),
+    }
+}
+
+#[test]
+fn the_example_should_parse_to_the_defaults_and_show_every_key() {
+    let parsed = load_str(EXAMPLE, &[]).unwrap();
+    assert_eq!(parsed, Config::default());
+    let example: toml::Table = EXAMPLE.parse().unwrap();
+    let mut documented = Vec::new();
+    leaf_keys("", &toml::Value::Table(example), &mut documented);
+    let mut all = Vec::new();
+    leaf_keys(
+        "",
+        &toml::Value::try_from(Config::default()).unwrap(),
+        &mut all,
+    );
+    for key in all {
+        assert!(documented.contains(&key), "config example lacks `{key}`");
+    }
+}
+
+#[test]
+fn a_missing_file_should_name_the_path() {
+    let err = Config::load(Some(Path::new("/no/such.toml")), Vec::new()).unwrap_err();
+    assert!(
+        err.0.starts_with("config file /no/such.toml: "),
+        "{}",
+        err.0
+    );
+    assert_eq!(err.0.lines().count(), 1);
+}
+
+#[test]
+fn an_unknown_key_should_be_named() {
+    let err = load_str("[server]\nlisen = \"x\"\n", &[]).unwrap_err();
+    assert!(err.0.contains("lisen"), "{}", err.0);
+    assert!(err.0.contains("server"), "{}", err.0);
+    let err = load_str("[sever]\nlisten = \"x\"\n", &[]).unwrap_err();
+    assert!(err.0.contains("sever"), "{}", err.0);
+    assert_eq!(err.0.lines().count(), 1);
+}
+
+#[test]
+fn a_bad_value_should_name_its_key() {
+    let err = load_str("[database]\nmax_connections = \"many\"\n", &[]).unwrap_err();
+    assert!(err.0.starts_with("database.max_connections: "), "{}", err.0);
+    let err = load_str("[idle]\ntimeout = \"soon\"\n", &[]).unwrap_err();
+    assert!(err.0.starts_with("idle.timeout: "), "{}", err.0);
+    let err = load_str("[database]\nmax_connections = 0\n", &[]).unwrap_err();
+    assert!(
+        err.0
+            .starts_with("database.max_connections: 0 is out of range"),
+        "{}",
+        err.0
+    );
+    let err = load_str("[polling]\ncml_interval = \"0s\"\n", &[]).unwrap_err();
+    assert!(err.0.starts_with("polling.cml_interval: "), "{}", err.0);
+}
+
+#[test]
+fn a_syntax_error_should_give_the_line() {
+    let err = load_str("[server]\nlisten = \n", &[]).unwrap_err();
+    assert!(err.0.contains("at line 2"), "{}", err.0);
+}
+
+#[test]
+fn environment_variables_should_override_and_be_named_in_errors() {
+    let c = load_str(
+        "[server]\nlisten = \"127.0.0.1:1\"\n",
+        &[
+            ("CCM_SERVER__LISTEN", "127.0.0.2:9000"),
+            ("CCM_DATABASE__MAX_CONNECTIONS", "3"),
+            ("CCM_IDLE__DRY_RUN", "true"),
+            ("CCM_TOKEN", "ignored"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(c.server.listen.to_string(), "127.0.0.2:9000");
+    assert_eq!(c.database.max_connections, 3);
+    assert!(c.idle.dry_run);
+
+    let err = load_str("", &[("CCM_DATABSE__PATH", "x.db")]).unwrap_err();
+    assert!(err.0.contains("CCM_DATABSE__PATH"), "{}", err.0);
+    let err = load_str("", &[("CCM_DATABASE__MAX_CONNECTIONS", "lots")]).unwrap_err();
+    assert!(
+        err.0.contains("database.max_connections")
+            && err.0.contains("CCM_DATABASE__MAX_CONNECTIONS"),
+        "{}",
+        err.0
+    );
+}
