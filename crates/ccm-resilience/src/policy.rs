@@ -30,6 +30,12 @@ pub struct Call<'a> {
     pub rate_limit: Option<&'a str>,
     /// Override of the configured overall deadline (applies even when timeouts are off).
     pub deadline: Option<Duration>,
+    /// Override of the configured per-attempt timeout (e.g. AWS SDK calls, which retry
+    /// inside one attempt and need longer than a CML call).
+    pub attempt_timeout: Option<Duration>,
+    /// Override of the configured attempt limit (1 = never retry; e.g. when the client
+    /// library retries by itself).
+    pub max_attempts: Option<u32>,
 }
 
 impl<'a> Call<'a> {
@@ -42,6 +48,8 @@ impl<'a> Call<'a> {
             bulkhead: None,
             rate_limit: None,
             deadline: None,
+            attempt_timeout: None,
+            max_attempts: None,
         }
     }
 
@@ -77,6 +85,20 @@ impl<'a> Call<'a> {
     #[must_use]
     pub const fn deadline(mut self, deadline: Duration) -> Self {
         self.deadline = Some(deadline);
+        self
+    }
+
+    /// Overrides the per-attempt timeout.
+    #[must_use]
+    pub const fn attempt_timeout(mut self, timeout: Duration) -> Self {
+        self.attempt_timeout = Some(timeout);
+        self
+    }
+
+    /// Overrides the attempt limit (at least 1).
+    #[must_use]
+    pub const fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = Some(attempts);
         self
     }
 }
@@ -262,7 +284,8 @@ impl Resilience {
             .deadline
             .or(inner.deadline)
             .and_then(|d| start.checked_add(d));
-        let per_attempt = inner.per_attempt;
+        let per_attempt = call.attempt_timeout.or(inner.per_attempt);
+        let max_attempts = call.max_attempts.map_or(inner.max_attempts, |m| m.max(1));
 
         // Bulkhead around the whole call.
         let _slot = match call.bulkhead {
@@ -384,7 +407,7 @@ impl Resilience {
 
             last_timeout = timed_out;
 
-            if attempt >= inner.max_attempts {
+            if attempt >= max_attempts {
                 return Err(give_up(last_timeout, last_error, false));
             }
 

@@ -43,6 +43,34 @@ async fn call_should_stop_retrying_at_max_attempts() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_should_override_the_attempt_limit_and_the_attempt_timeout() {
+    let r = Resilience::builder(&retry_only()).jitter_seed(1).build();
+    let n = Counter::default();
+    let res: Result<(), _> = r
+        .call(&Call::new("w").max_attempts(1), |_| {
+            n.hit();
+            async { Err(TestError::transient()) }
+        })
+        .await;
+    assert_eq!(res, Err(CallError::Inner(TestError::transient())));
+    assert_eq!(n.get(), 1, "max_attempts(1) never retries");
+
+    let t0 = Instant::now();
+    let res: Result<(), CallError<TestError>> = r
+        .call(
+            &Call::new("w").max_attempts(1).attempt_timeout(secs(40)),
+            |_| std::future::pending(),
+        )
+        .await;
+    assert_eq!(res, Err(CallError::Timeout { after: secs(40) }));
+    assert_eq!(
+        t0.elapsed(),
+        secs(40),
+        "the override replaces the configured 15 s"
+    );
+}
+
+#[tokio::test(start_paused = true)]
 async fn call_should_return_the_first_success() {
     let r = Resilience::builder(&retry_only()).jitter_seed(1).build();
     let n = Counter::default();
