@@ -1,0 +1,36 @@
+//! The shared provider suite against the simulated cloud, under paused time (state changes
+//! take their configured delays without the test waiting for them).
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "test code")]
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccm_cloud::testkit::Harness;
+use ccm_cloud::{SimConfig, SimulatedCloud};
+use ccm_domain::{InstanceType, Region};
+
+async fn harness() -> Harness {
+    let cloud = SimulatedCloud::new(SimConfig {
+        ip_pool: SimConfig::loopback_pool(Ipv4Addr::new(127, 42, 0, 1), 64),
+        ..SimConfig::default()
+    })
+    .expect("a valid simulated cloud");
+    let clock = cloud.clone();
+    Harness {
+        provider: Arc::new(cloud.clone()),
+        region: Region::parse("eu-west-1").expect("region"),
+        image_pattern: "cml-controller-2.9*".to_owned(),
+        instance_type: InstanceType::parse("m5zn.metal").expect("type"),
+        metrics: Arc::new(cloud),
+        now: Arc::new(move || clock.now()),
+        state_timeout: Duration::from_secs(300),
+        poll: Duration::from_secs(1),
+        keep_alive: Vec::new(),
+    }
+}
+
+ccm_cloud::provider_suite!(
+    #[tokio::test(start_paused = true)]
+    harness = harness()
+);
