@@ -23,7 +23,7 @@ pub(crate) enum Command {
     /// Run the whole product on this machine: simulated CML fleet and cloud, SQLite, web UI.
     Demo,
     /// Serve a fleet of simulated CML 2.9 controllers on loopback addresses.
-    Sim,
+    Sim(Box<ccm_cml_sim::cli::SimArgs>),
     /// Reproducible performance runs.
     Bench,
     /// Configuration helpers.
@@ -35,4 +35,6 @@ pub(crate) enum Command {
 pub(crate) enum ConfigCommand {
     /// Print a commented configuration file with every default.
     Example,
+    /// Load and validate the configuration (file and environment), then print it as TOML.
+    Check,
 }

@@ -1,17 +1,47 @@
 //! One module per subcommand; `run` dispatches and `exit_code` maps errors to exit codes.
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ConfigCommand};
+use crate::config::{Config, ConfigError, EXAMPLE};
 
 /// Runs the parsed command line.
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve | Command::Demo | Command::Sim | Command::Bench | Command::Config(_) => {
-            anyhow::bail!("not implemented yet")
+        Command::Config(ConfigCommand::Example) => {
+            print!("{EXAMPLE}");
+            Ok(())
         }
+        Command::Config(ConfigCommand::Check) => {
+            let config = load_config(&cli)?;
+            print!("{}", toml::to_string_pretty(&config)?);
+            Ok(())
+        }
+        Command::Serve => {
+            let _config = load_config(&cli)?;
+            anyhow::bail!("`ccm serve` arrives with the engine (issue 6)")
+        }
+        Command::Sim(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let outcome = runtime.block_on(ccm_cml_sim::cli::run(*args));
+            // A shard child may still have a blocking read on stdin; do not wait for it.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+            Ok(outcome?)
+        }
+        Command::Demo | Command::Bench => anyhow::bail!("not implemented yet"),
     }
 }
 
+/// Loads the configuration named on the command line (or none) plus the environment.
+pub(crate) fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
+    Config::load(cli.config.as_deref(), std::env::vars())
+}
+
 /// The exit code for a failure: 64 (EX_USAGE) for configuration errors, 1 otherwise.
-pub(crate) fn exit_code(_err: &anyhow::Error) -> u8 {
-    1
+pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
+    if err.downcast_ref::<ConfigError>().is_some() {
+        64
+    } else {
+        1
+    }
 }

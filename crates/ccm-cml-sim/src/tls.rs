@@ -1,0 +1,143 @@
+//! TLS for `--tls`: a generated CA (rcgen) and server certificates that cover the worker IPs,
+//! served with tokio-rustls (aws-lc-rs).
+//!
+//! One certificate covers a block of 256 consecutive worker addresses (256 IP SANs), so a fleet
+//! of 10,000 workers needs 40 certificates, each made on the first handshake of its block.
+//! Shard processes rebuild the same issuer from the CA key and the fixed CA parameters, so
+//! every shard signs with the one CA that the client trusts.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use serde::{Deserialize, Serialize};
+use tokio_rustls::TlsAcceptor;
+
+use crate::SimError;
+
+/// Workers per certificate.
+const BLOCK: usize = 256;
+
+/// The CA certificate and key, as passed from the parent to shard processes.
+#[derive(Clone, Serialize, Deserialize)]
+pub(crate) struct CaMaterial {
+    pub(crate) cert_pem: String,
+    pub(crate) key_pem: String,
+}
+
+impl fmt::Debug for CaMaterial {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CaMaterial").finish_non_exhaustive()
+    }
+}
+
+fn tls_err(e: impl fmt::Display) -> SimError {
+    SimError::Tls(e.to_string())
+}
+
+fn ca_params() -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "ccm-sim CA");
+    dn.push(DnType::OrganizationName, "ccm CML simulator");
+    p.distinguished_name = dn;
+    p
+}
+
+impl CaMaterial {
+    /// A fresh CA.
+    pub(crate) fn generate() -> Result<CaMaterial, SimError> {
+        let key = KeyPair::generate().map_err(tls_err)?;
+        let cert = ca_params().self_signed(&key).map_err(tls_err)?;
+        Ok(CaMaterial {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Everything a fleet needs to serve TLS.
+pub(crate) struct TlsMaterial {
+    ca: CaMaterial,
+    issuer: Issuer<'static, KeyPair>,
+    server_key: KeyPair,
+    listen_base: Ipv4Addr,
+    provider: Arc<CryptoProvider>,
+    blocks: Mutex<HashMap<usize, TlsAcceptor>>,
+}
+
+impl TlsMaterial {
+    pub(crate) fn new(ca: CaMaterial, listen_base: Ipv4Addr) -> Result<TlsMaterial, SimError> {
+        let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(tls_err)?;
+        let issuer = Issuer::new(ca_params(), ca_key);
+        let server_key = KeyPair::generate().map_err(tls_err)?;
+        Ok(TlsMaterial {
+            ca,
+            issuer,
+            server_key,
+            listen_base,
+            provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
+            blocks: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub(crate) fn ca_pem(&self) -> &str {
+        &self.ca.cert_pem
+    }
+
+    /// The acceptor for the worker with this fleet-wide index.
+    pub(crate) fn acceptor(&self, index: usize) -> Result<TlsAcceptor, SimError> {
+        let block = index / BLOCK;
+        if let Some(a) = self.blocks.lock().get(&block) {
+            return Ok(a.clone());
+        }
+        let acceptor = self.make_block(block)?;
+        Ok(self.blocks.lock().entry(block).or_insert(acceptor).clone())
+    }
+
+    fn make_block(&self, block: usize) -> Result<TlsAcceptor, SimError> {
+        let base = u32::from(self.listen_base);
+        let sans: Vec<SanType> = (block * BLOCK..(block + 1) * BLOCK)
+            .filter_map(|i| u32::try_from(i).ok().and_then(|i| base.checked_add(i)))
+            .map(|ip| SanType::IpAddress(IpAddr::V4(Ipv4Addr::from(ip))))
+            .collect();
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = sans;
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.use_authority_key_identifier_extension = true;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, "cml-controller");
+        params.distinguished_name = dn;
+        let cert = params
+            .signed_by(&self.server_key, &self.issuer)
+            .map_err(tls_err)?;
+        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.serialize_der()));
+        let chain = vec![CertificateDer::from(cert.der().to_vec())];
+        let config = ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(tls_err)?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .map_err(tls_err)?;
+        Ok(TlsAcceptor::from(Arc::new(config)))
+    }
+}

@@ -1,0 +1,66 @@
+//! `--tls`: HTTPS with a generated CA that clients can verify.
+
+use ccm_cml_sim::{SimConfig, SimFleet};
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn tls_fleet_should_serve_https_that_its_ca_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_out = dir.path().join("ca.pem");
+    let f = SimFleet::start(SimConfig {
+        workers: 2,
+        port: 0,
+        listen_base: "127.5.0.1".parse().unwrap(),
+        tls: true,
+        ca_out: Some(ca_out.clone()),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let pem = f.ca_pem().expect("a CA");
+    assert_eq!(std::fs::read_to_string(&ca_out).unwrap(), pem);
+    assert_eq!(f.ca_path(), Some(ca_out));
+    let ca = reqwest::Certificate::from_pem(pem.as_bytes()).unwrap();
+    let trusting = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap();
+    for e in f.endpoints() {
+        assert!(e.starts_with("https://127.5.0."), "{e}");
+        let r = trusting
+            .get(format!("{e}/api/v0/system_information"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let other_ca = reqwest::Certificate::from_pem(ccm_cml_sim_test_ca().await.as_bytes()).unwrap();
+    let stranger = reqwest::Client::builder()
+        .tls_certs_only([other_ca])
+        .build()
+        .unwrap();
+    let err = stranger
+        .get(format!("{}/api/v0/system_information", f.endpoints()[0]))
+        .send()
+        .await
+        .expect_err("an unknown CA is refused");
+    assert!(err.is_connect() || err.is_request(), "{err:?}");
+    f.shutdown().await;
+}
+
+/// The CA of a second fleet: valid, but not the one that signed the first fleet.
+async fn ccm_cml_sim_test_ca() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let f = SimFleet::start(SimConfig {
+        port: 0,
+        listen_base: "127.5.1.1".parse().unwrap(),
+        tls: true,
+        ca_out: Some(dir.path().join("other-ca.pem")),
+        ..SimConfig::default()
+    })
+    .await
+    .unwrap();
+    let pem = f.ca_pem().unwrap();
+    f.shutdown().await;
+    pem
+}
