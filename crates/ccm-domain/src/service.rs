@@ -68,7 +68,7 @@ impl std::str::FromStr for ServiceStatus {
     }
 }
 
-/// The CML calls a sync makes; each is tried on its own.
+/// The sources a sync reads: the CML calls (each tried on its own), and CloudWatch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CmlCall {
@@ -84,6 +84,8 @@ pub enum CmlCall {
     Telemetry,
     /// `GET /labs` and lab details.
     Labs,
+    /// Not a CML call: CloudWatch metrics of the instance.
+    CloudWatch,
 }
 
 impl CmlCall {
@@ -96,6 +98,7 @@ impl CmlCall {
             Self::Licensing => "licensing",
             Self::Telemetry => "telemetry",
             Self::Labs => "labs",
+            Self::CloudWatch => "cloudwatch",
         }
     }
 }

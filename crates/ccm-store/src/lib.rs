@@ -146,6 +146,8 @@ pub trait WorkerRepo: Send + Sync {
     async fn insert_or_get(&self, worker: &Worker) -> Result<(Worker, bool)>;
     /// One worker.
     async fn get(&self, id: WorkerId) -> Result<Option<Worker>>;
+    /// Several workers by id, in no particular order (missing ids are left out).
+    async fn get_many(&self, ids: &[WorkerId]) -> Result<Vec<Worker>>;
     /// The worker of an instance.
     async fn get_by_instance(&self, instance_id: &InstanceId) -> Result<Option<Worker>>;
     /// A filtered, sorted page of workers.

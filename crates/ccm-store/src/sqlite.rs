@@ -307,6 +307,24 @@ impl WorkerRepo for SqliteStore {
         row.as_ref().map(decode_worker).transpose()
     }
 
+    async fn get_many(&self, ids: &[WorkerId]) -> Result<Vec<Worker>> {
+        let mut out = Vec::with_capacity(ids.len());
+        // SQLite allows 32,766 bound parameters; stay far below.
+        for chunk in ids.chunks(500) {
+            let mut q = QueryBuilder::<Sqlite>::new("SELECT id, version, doc FROM workers WHERE id IN (");
+            let mut sep = q.separated(", ");
+            for id in chunk {
+                sep.push_bind(id.to_string());
+            }
+            q.push(")");
+            let rows = q.build().fetch_all(&self.pool).await?;
+            for row in &rows {
+                out.push(decode_worker(row)?);
+            }
+        }
+        Ok(out)
+    }
+
     async fn get_by_instance(&self, instance_id: &InstanceId) -> Result<Option<Worker>> {
         self.existing_for_instance(instance_id.as_str()).await
     }

@@ -78,6 +78,8 @@ async fn workers_should_round_trip_and_list_with_filters_sort_and_pages() {
     assert_eq!(w.name, "charlie");
     assert_eq!(store.get(w.id).await.unwrap().unwrap(), w);
     assert!(store.get(WorkerId::new()).await.unwrap().is_none());
+    let some = store.get_many(&[w.id, WorkerId::new()]).await.unwrap();
+    assert_eq!(some, vec![w.clone()]);
 
     let names =
         |p: ccm_store::Page<Worker>| p.items.into_iter().map(|w| w.name).collect::<Vec<_>>();
