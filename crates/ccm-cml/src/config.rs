@@ -1,0 +1,168 @@
+//! The `[cml]` section of the config file: credentials, TLS, connection pool, body limit, and
+//! how a worker's base URL is built.
+//!
+//! Per-attempt timeouts, deadlines and retries are **not** here: they come from
+//! `[resilience]` (one source of truth; see [`CmlClient`](crate::CmlClient)).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ccm_domain::worker::EndpointPolicy;
+use serde::{Deserialize, Serialize};
+
+use crate::secret::Secret;
+
+/// How certificates of CML workers are checked.
+///
+/// In TOML: `tls = "verify"`, `tls = "insecure"` or `tls = { ca_file = "/etc/ccm/cml-ca.pem" }`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsConfig {
+    /// Verify against the system's root certificates.
+    #[default]
+    Verify,
+    /// Verify against the CA certificates in this PEM file only (self-signed CML fleets).
+    CaFile(PathBuf),
+    /// Do not verify certificates at all. Allowed, because real CML ships self-signed
+    /// certificates, but logged as a warning once per worker.
+    Insecure,
+}
+
+/// The `[cml]` section.
+///
+/// `password` defaults to `admin`, the simulator's password (and CML's well-known default):
+/// fine for `ccm demo`, never for a real fleet: set it in production.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CmlConfig {
+    /// CML user ccm logs in as (an admin, so that licensing works).
+    pub username: String,
+    /// Its password.
+    pub password: Secret,
+    /// Certificate checking for every worker.
+    pub tls: TlsConfig,
+    /// Longest time to establish a TCP (and TLS) connection.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// How long an idle keep-alive connection stays in the pool (it may live up to twice as
+    /// long: the pool is swept at this interval).
+    ///
+    /// Default 2 s, not reqwest's 90 s: keep-alive pays off within one worker's burst of sync
+    /// calls (milliseconds apart) and a lab operation's follow-ups, while every idle
+    /// connection costs ~20 KB of buffers. Measured on a 10,000-worker simulated fleet with
+    /// polls spread over 5 minutes, 90 s kept ~3,000 connections and the client alone reached
+    /// 146 MB RSS; see the crate's `fleet_sync` example.
+    #[serde(with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
+    /// Idle connections kept per worker (1–2 is plenty: calls to one worker are few and
+    /// spread over the sync interval; 10,000 workers × many idle sockets would exhaust FDs).
+    pub pool_max_idle_per_host: usize,
+    /// Largest response body read, in bytes (telemetry can hold ~3,000 events).
+    pub max_body_bytes: usize,
+    /// How a worker's base URL is built from its addresses.
+    pub endpoint: EndpointPolicy,
+}
+
+impl Default for CmlConfig {
+    fn default() -> Self {
+        Self {
+            username: "admin".to_owned(),
+            password: Secret::from("admin"),
+            tls: TlsConfig::Verify,
+            connect_timeout: Duration::from_secs(5),
+            pool_idle_timeout: Duration::from_secs(2),
+            pool_max_idle_per_host: 1,
+            max_body_bytes: 8 << 20,
+            endpoint: EndpointPolicy::default(),
+        }
+    }
+}
+
+/// A value in `[cml]` that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CmlConfigError {
+    /// The key holds a value outside its allowed range.
+    #[error("invalid value for {key}: {reason}")]
+    Invalid {
+        /// The full key, e.g. `cml.connect_timeout`.
+        key: &'static str,
+        /// What the value must be.
+        reason: &'static str,
+    },
+    /// The CA file cannot be read or holds no usable certificate.
+    #[error("cml.tls.ca_file {path}: {reason}")]
+    CaFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The HTTP client could not be built.
+    #[error("cannot build the http client: {0}")]
+    Client(String),
+}
+
+fn check(ok: bool, key: &'static str, reason: &'static str) -> Result<(), CmlConfigError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(CmlConfigError::Invalid { key, reason })
+    }
+}
+
+impl CmlConfig {
+    /// Checks every value; the error names the first offending key. (The CA file is read
+    /// when the client is built, [`CmlClient::new`](crate::CmlClient::new).)
+    pub fn validate(&self) -> Result<(), CmlConfigError> {
+        check(
+            (1..=32).contains(&self.username.chars().count()),
+            "cml.username",
+            "must be 1 to 32 characters",
+        )?;
+        check(
+            !self.password.is_empty(),
+            "cml.password",
+            "must not be empty",
+        )?;
+        if let TlsConfig::CaFile(path) = &self.tls {
+            check(
+                !path.as_os_str().is_empty(),
+                "cml.tls.ca_file",
+                "must name a file",
+            )?;
+        }
+        check(
+            self.connect_timeout >= Duration::from_millis(10)
+                && self.connect_timeout <= Duration::from_secs(300),
+            "cml.connect_timeout",
+            "must be between 10ms and 5m",
+        )?;
+        check(
+            self.pool_idle_timeout >= Duration::from_millis(100)
+                && self.pool_idle_timeout <= Duration::from_secs(3600),
+            "cml.pool_idle_timeout",
+            "must be between 100ms and 1h",
+        )?;
+        check(
+            self.pool_max_idle_per_host <= 64,
+            "cml.pool_max_idle_per_host",
+            "must be at most 64",
+        )?;
+        check(
+            (64 << 10..=256 << 20).contains(&self.max_body_bytes),
+            "cml.max_body_bytes",
+            "must be between 64 KiB and 256 MiB",
+        )?;
+        check(
+            matches!(self.endpoint.scheme.as_str(), "http" | "https"),
+            "cml.endpoint.scheme",
+            "must be http or https",
+        )?;
+        check(
+            self.endpoint.port != Some(0),
+            "cml.endpoint.port",
+            "must be between 1 and 65535",
+        )?;
+        Ok(())
+    }
+}

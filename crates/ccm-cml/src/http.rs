@@ -1,0 +1,230 @@
+//! The transport: one `reqwest::Client` per distinct TLS mode (built once, shared by every
+//! worker that uses the mode), body reading with a size cap, and the mapping of transport
+//! failures to [`CmlError`].
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use parking_lot::RwLock;
+
+use crate::config::{CmlConfig, CmlConfigError};
+use crate::endpoint::Endpoint;
+use crate::error::{CmlError, scrub};
+use crate::target::TlsMode;
+
+/// Connection-pool settings shared by every client.
+#[derive(Debug, Clone, Copy)]
+struct PoolSettings {
+    connect_timeout: Duration,
+    pool_idle_timeout: Duration,
+    pool_max_idle_per_host: usize,
+}
+
+/// The `reqwest` clients, one per TLS mode. The config's mode is built eagerly (so a bad CA
+/// file fails at start); another mode is built on first use and then reused.
+#[derive(Debug)]
+pub(crate) struct HttpClients {
+    settings: PoolSettings,
+    default_mode: TlsMode,
+    default: reqwest::Client,
+    others: RwLock<HashMap<TlsMode, reqwest::Client>>,
+}
+
+impl HttpClients {
+    pub(crate) fn new(config: &CmlConfig) -> Result<Self, CmlConfigError> {
+        let settings = PoolSettings {
+            connect_timeout: config.connect_timeout,
+            pool_idle_timeout: config.pool_idle_timeout,
+            pool_max_idle_per_host: config.pool_max_idle_per_host,
+        };
+        let default_mode = TlsMode::from(&config.tls);
+        let default = build(settings, &default_mode)?;
+        Ok(Self {
+            settings,
+            default_mode,
+            default,
+            others: RwLock::new(HashMap::new()),
+        })
+    }
+
+    /// The client for `mode` (a clone is an `Arc` clone).
+    pub(crate) fn get(&self, mode: &TlsMode) -> Result<reqwest::Client, CmlConfigError> {
+        if *mode == self.default_mode {
+            return Ok(self.default.clone());
+        }
+        if let Some(c) = self.others.read().get(mode) {
+            return Ok(c.clone());
+        }
+        // Built outside the lock: reading a CA file is blocking I/O, done once per mode.
+        let client = build(self.settings, mode)?;
+        Ok(self
+            .others
+            .write()
+            .entry(mode.clone())
+            .or_insert(client)
+            .clone())
+    }
+
+    /// The connect timeout, for errors.
+    pub(crate) fn connect_timeout(&self) -> Duration {
+        self.settings.connect_timeout
+    }
+}
+
+fn build(settings: PoolSettings, mode: &TlsMode) -> Result<reqwest::Client, CmlConfigError> {
+    let builder = reqwest::Client::builder()
+        .user_agent(concat!("ccm/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(settings.connect_timeout)
+        .pool_idle_timeout(settings.pool_idle_timeout)
+        .pool_max_idle_per_host(settings.pool_max_idle_per_host)
+        .tcp_nodelay(true)
+        .tcp_keepalive(Duration::from_secs(60))
+        .http1_only()
+        // CML workers are reached directly; a proxy from the environment would only surprise.
+        .no_proxy();
+    let builder = match mode {
+        TlsMode::Verify => builder,
+        TlsMode::Insecure => builder.tls_danger_accept_invalid_certs(true),
+        TlsMode::CaFile(path) => {
+            let bad = |reason: String| CmlConfigError::CaFile {
+                path: path.to_path_buf(),
+                reason,
+            };
+            let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| bad(format!("not a PEM certificate bundle: {e}")))?;
+            if certs.is_empty() {
+                return Err(bad("holds no certificate".to_owned()));
+            }
+            builder.tls_certs_only(certs)
+        }
+    };
+    builder
+        .build()
+        .map_err(|e| CmlConfigError::Client(e.to_string()))
+}
+
+/// Reads a response body, refusing more than `limit` bytes. A body that arrives in one chunk
+/// (the common case) is returned without a copy.
+pub(crate) async fn read_body(
+    resp: &mut reqwest::Response,
+    endpoint: Endpoint,
+    limit: usize,
+    connect_timeout: Duration,
+) -> Result<Bytes, CmlError> {
+    let too_large = || CmlError::BodyTooLarge { endpoint, limit };
+    if resp
+        .content_length()
+        .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+    {
+        return Err(too_large());
+    }
+    let mut first: Option<Bytes> = None;
+    let mut rest: Option<BytesMut> = None;
+    let mut total = 0usize;
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| transport_error(endpoint, &e, connect_timeout))?
+    {
+        total = total.saturating_add(chunk.len());
+        if total > limit {
+            return Err(too_large());
+        }
+        match (&mut first, &mut rest) {
+            (None, _) => first = Some(chunk),
+            (Some(f), None) => {
+                let mut buf = BytesMut::with_capacity(f.len() + chunk.len());
+                buf.extend_from_slice(f);
+                buf.extend_from_slice(&chunk);
+                rest = Some(buf);
+            }
+            (Some(_), Some(buf)) => buf.extend_from_slice(&chunk),
+        }
+    }
+    Ok(match (first, rest) {
+        (_, Some(buf)) => buf.freeze(),
+        (Some(f), None) => f,
+        (None, None) => Bytes::new(),
+    })
+}
+
+/// Maps a `reqwest` failure to a typed error. The detail is the error chain, shortened and
+/// scrubbed (URLs here carry no credentials, since `Target` rejects user info).
+pub(crate) fn transport_error(
+    endpoint: Endpoint,
+    error: &reqwest::Error,
+    connect_timeout: Duration,
+) -> CmlError {
+    let detail = chain_text(error);
+    if is_tls(error) {
+        CmlError::Tls { endpoint, detail }
+    } else if error.is_timeout() {
+        CmlError::Timeout {
+            endpoint,
+            after: connect_timeout,
+        }
+    } else if error.is_connect() {
+        CmlError::Connect { endpoint, detail }
+    } else if error.is_builder() {
+        CmlError::InvalidArgument { endpoint, detail }
+    } else {
+        CmlError::Request { endpoint, detail }
+    }
+}
+
+fn chain_text(error: &reqwest::Error) -> String {
+    let mut text = error.without_url_text();
+    let mut source = std::error::Error::source(error);
+    while let Some(s) = source {
+        let part = s.to_string();
+        if !text.contains(&part) {
+            text.push_str(": ");
+            text.push_str(&part);
+        }
+        source = s.source();
+    }
+    let short: String = text.chars().take(200).collect();
+    scrub(&short)
+}
+
+/// Whether a rustls error is somewhere in the chain (directly, or inside an `io::Error`).
+fn is_tls(error: &reqwest::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(s) = source {
+        if s.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some())
+        {
+            return true;
+        }
+        let text = s.to_string().to_ascii_lowercase();
+        if text.contains("certificate") || text.contains("tls handshake") {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+/// `reqwest::Error`'s message without the URL (the URL is in the error's context already).
+trait WithoutUrlText {
+    fn without_url_text(&self) -> String;
+}
+
+impl WithoutUrlText for reqwest::Error {
+    fn without_url_text(&self) -> String {
+        let mut text = self.to_string();
+        if let Some(url) = self.url() {
+            let u = url.as_str();
+            text = text.replace(&format!(" for url ({u})"), "");
+            text = text.replace(u, "");
+        }
+        text
+    }
+}
