@@ -1,0 +1,143 @@
+//! CML sync of one worker: system_information, system_health, system_stats and licensing,
+//! each tried on its own; partial results are kept, failed sources fall back to their last
+//! good value (stale, with its age), and the service status follows from what answered.
+//!
+//! One shortcut: when the unauthenticated `system_information` cannot even reach the host
+//! (connect error, timeout, open breaker), the three authenticated calls are not attempted —
+//! they would only wait on the same dead host. They are recorded as failed with the same
+//! reason, so the status is `unavailable` either way.
+
+use std::sync::Arc;
+
+use ccm_cml::{CmlError, Target};
+use ccm_domain::cml::CmlStats;
+use ccm_domain::service::ReasonCode;
+use ccm_domain::worker::{CallResult, CmlSync};
+use ccm_domain::{CmlCall, WorkerId};
+use ccm_store::MetricsSample;
+
+use crate::engine::Engine;
+
+fn result<W, D>(r: Result<W, CmlError>, call: CmlCall, f: impl FnOnce(W) -> D) -> CallResult<D> {
+    match r {
+        Ok(v) => CallResult::Ok(f(v)),
+        Err(e) if e.is_not_supported() => CallResult::NotSupported,
+        Err(e) => CallResult::Failed(e.reason(call)),
+    }
+}
+
+fn unreachable(r: &CallResult<ccm_domain::cml::CmlInfo>) -> Option<ccm_domain::Reason> {
+    match r {
+        CallResult::Failed(reason)
+            if matches!(
+                reason.code,
+                ReasonCode::Connect | ReasonCode::Timeout | ReasonCode::CircuitOpen
+            ) =>
+        {
+            Some(reason.clone())
+        }
+        _ => None,
+    }
+}
+
+/// The CML target of a worker that is running with an endpoint.
+pub(crate) fn target_of(engine: &Engine, id: WorkerId) -> Option<Target> {
+    let slot = engine.inner.fleet.get(&id)?;
+    let endpoint = slot.reachable()?.clone();
+    drop(slot);
+    engine.inner.cml.target(&endpoint).ok()
+}
+
+pub(crate) async fn sync_worker(engine: &Engine, id: WorkerId) -> Result<(), String> {
+    let Some(target) = target_of(engine, id) else {
+        return Ok(());
+    };
+    let cml = &engine.inner.cml;
+    let started = tokio::time::Instant::now();
+    let info = result(
+        cml.system_information(&target).await,
+        CmlCall::SystemInformation,
+        Into::into,
+    );
+    let sync = match unreachable(&info) {
+        Some(reason) => {
+            let skip = |call| {
+                let mut r = reason.clone();
+                r.call = call;
+                r.detail =
+                    Some("not attempted: system_information could not reach the worker".into());
+                r
+            };
+            let skip_health = CallResult::Failed(skip(CmlCall::SystemHealth));
+            let skip_stats = CallResult::Failed(skip(CmlCall::SystemStats));
+            let skip_licence = CallResult::Failed(skip(CmlCall::Licensing));
+            CmlSync {
+                info: Some(info),
+                health: Some(skip_health),
+                stats: Some(skip_stats),
+                licence: Some(skip_licence),
+            }
+        }
+        None => CmlSync {
+            info: Some(info),
+            health: Some(result(
+                cml.system_health(&target).await,
+                CmlCall::SystemHealth,
+                Into::into,
+            )),
+            stats: Some(result(
+                cml.system_stats(&target).await,
+                CmlCall::SystemStats,
+                Into::into,
+            )),
+            licence: Some(result(
+                cml.licensing(&target).await,
+                CmlCall::Licensing,
+                Into::into,
+            )),
+        },
+    };
+    metrics::histogram!("ccm_poll_seconds", "job" => "cml_sync")
+        .record(started.elapsed().as_secs_f64());
+    let own = cml.own_user_id(&target);
+    let now = engine.now();
+    let answered = answered(&sync.info)
+        || answered(&sync.health)
+        || answered(&sync.stats)
+        || answered(&sync.licence);
+    let sample = match &sync.stats {
+        Some(CallResult::Ok(s)) => Some(sample_of(s)),
+        _ => None,
+    };
+    let mutation: crate::writer::Mutation = Arc::new(move |w| {
+        if let Some(own) = &own {
+            w.cml.own_user_id = Some(own.clone());
+        }
+        w.record_sync(sync.clone(), now)
+    });
+    let Some(writer) = engine.writer() else {
+        return Ok(());
+    };
+    match sample {
+        Some(s) => writer.submit_with_sample(id, mutation, now, s),
+        None => writer.submit(id, mutation),
+    }
+    if answered {
+        Ok(())
+    } else {
+        Err("nothing answered".into())
+    }
+}
+
+fn sample_of(s: &CmlStats) -> MetricsSample {
+    MetricsSample {
+        cml_cpu_percent: Some(s.cpu_percent),
+        cml_memory_percent: s.memory_percent(),
+        running_nodes: s.running_nodes,
+        ..Default::default()
+    }
+}
+
+fn answered<T>(r: &Option<CallResult<T>>) -> bool {
+    matches!(r, Some(CallResult::Ok(_) | CallResult::NotSupported))
+}

@@ -1,0 +1,91 @@
+//! Labs refresh of one worker: the lab list, each lab's details, orphan records removed.
+//! Concurrent refreshes of one worker cannot duplicate records: (worker, lab) is unique in
+//! the store and the replacement runs in one transaction.
+
+use std::sync::Arc;
+
+use ccm_domain::{CmlCall, EventKind, LabId, WorkerId};
+
+use super::cml::target_of;
+use crate::engine::Engine;
+
+pub(crate) async fn refresh_labs(engine: &Engine, id: WorkerId) -> Result<(), String> {
+    let Some(target) = target_of(engine, id) else {
+        return Ok(());
+    };
+    let cml = &engine.inner.cml;
+    let started = tokio::time::Instant::now();
+    let ids = match cml.labs(&target, true).await {
+        Ok(ids) => ids,
+        Err(err) => {
+            let reason = err.reason(CmlCall::Labs);
+            let now = engine.now();
+            engine.submit(
+                id,
+                Arc::new(move |w| {
+                    w.record_labs_count(Err(reason.clone()), now);
+                    Vec::new()
+                }),
+            );
+            return Err(err.to_string());
+        }
+    };
+    let mut records = Vec::with_capacity(ids.len());
+    let mut complete = true;
+    for raw in &ids {
+        let Ok(lab_id) = LabId::parse(raw) else {
+            tracing::warn!(worker = %id, lab = %raw.chars().take(64).collect::<String>(), "skipping a lab with a malformed id");
+            continue;
+        };
+        match cml.lab(&target, &lab_id).await {
+            Ok(lab) => match lab.to_record(id, &lab_id, engine.now()) {
+                Ok(record) => records.push(record),
+                Err(e) => tracing::warn!(worker = %id, error = %e, "skipping a malformed lab"),
+            },
+            // Deleted between the list and the read.
+            Err(ccm_cml::CmlError::NotFound { .. }) => {}
+            Err(err) => {
+                complete = false;
+                tracing::debug!(worker = %id, lab = %lab_id, error = %err, "could not read a lab");
+            }
+        }
+    }
+    metrics::histogram!("ccm_poll_seconds", "job" => "labs")
+        .record(started.elapsed().as_secs_f64());
+    let store = &engine.inner.store;
+    let (added, removed) = if complete {
+        store
+            .replace_labs(id, &records)
+            .await
+            .map_err(|e| e.to_string())?
+    } else {
+        // Without every lab's details, removing "orphans" could drop labs that exist.
+        for r in &records {
+            store.upsert_lab(r).await.map_err(|e| e.to_string())?;
+        }
+        (0, 0)
+    };
+    let count = records.len() as u32;
+    let now = engine.now();
+    engine.submit(
+        id,
+        Arc::new(move |w| {
+            let before = w.labs_count.last_good.as_ref().map(|o| o.value);
+            w.record_labs_count(Ok(count), now);
+            if added > 0 || removed > 0 || before != Some(count) {
+                vec![EventKind::LabsRefreshed {
+                    count,
+                    added,
+                    removed,
+                }]
+            } else {
+                Vec::new()
+            }
+        }),
+    );
+    if complete {
+        Ok(())
+    } else {
+        Err("some labs could not be read".into())
+    }
+}

@@ -1,0 +1,417 @@
+//! The background jobs and the board that reports on them.
+//!
+//! Two shapes of job:
+//! - **per worker** (CML sync, labs, activity and idle): each worker is polled on its own
+//!   schedule ([`crate::scheduler::Spread`]), never twice at once, under a bulkhead;
+//! - **fleet** (EC2 sync and CloudWatch metrics, batched per region; auto-import; event
+//!   retention): one run per interval.
+//!
+//! Intervals and switches come from the runtime settings and take effect at once.
+
+mod activity;
+mod cml;
+mod ec2;
+mod labs;
+mod metrics_job;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccm_domain::WorkerId;
+use ccm_domain::settings::PollingSettings;
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
+
+pub(crate) use activity::{evaluate_idle, read_activity};
+pub(crate) use cml::sync_worker;
+pub(crate) use labs::refresh_labs;
+
+use crate::engine::{Engine, Slot};
+use crate::error::EngineError;
+use crate::scheduler::Spread;
+
+/// The jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    /// EC2 state of every worker, batched per region.
+    Ec2Sync,
+    /// CML sync of every running worker.
+    CmlSync,
+    /// CloudWatch metrics of running workers, batched per region.
+    Metrics,
+    /// Labs of every running worker.
+    Labs,
+    /// Activity (telemetry) and the idle policy.
+    Activity,
+    /// Import of instances matching the `[import]` filter.
+    AutoImport,
+    /// Deletes events past their retention.
+    EventRetention,
+}
+
+impl JobKind {
+    /// Every job.
+    pub const ALL: [JobKind; 7] = [
+        Self::Ec2Sync,
+        Self::CmlSync,
+        Self::Metrics,
+        Self::Labs,
+        Self::Activity,
+        Self::AutoImport,
+        Self::EventRetention,
+    ];
+
+    /// Its name in the API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ec2Sync => "ec2_sync",
+            Self::CmlSync => "cml_sync",
+            Self::Metrics => "metrics",
+            Self::Labs => "labs",
+            Self::Activity => "activity",
+            Self::AutoImport => "auto_import",
+            Self::EventRetention => "event_retention",
+        }
+    }
+
+    /// Parses an API name.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|j| j.as_str() == s)
+    }
+
+    /// (enabled, interval) from the settings.
+    pub fn schedule(self, p: &PollingSettings) -> (bool, Duration) {
+        match self {
+            Self::Ec2Sync => (p.ec2_enabled, p.ec2_interval),
+            Self::CmlSync => (p.cml_enabled, p.cml_interval),
+            Self::Metrics => (p.metrics_enabled, p.metrics_interval),
+            Self::Labs => (p.labs_enabled, p.labs_interval),
+            Self::Activity => (p.activity_enabled, p.activity_interval),
+            Self::AutoImport => (p.auto_import_enabled, p.auto_import_interval),
+            Self::EventRetention => (true, Duration::from_secs(3600)),
+        }
+    }
+
+    fn per_worker(self) -> bool {
+        matches!(self, Self::CmlSync | Self::Labs | Self::Activity)
+    }
+
+    fn bulkhead(self) -> &'static str {
+        match self {
+            Self::Labs => "labs",
+            _ => "cml_poll",
+        }
+    }
+}
+
+/// What the board knows of one job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// Job.
+    pub job: JobKind,
+    /// Switched on in the settings.
+    pub enabled: bool,
+    /// Interval.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// Runs finished (per-worker jobs: worker polls).
+    pub runs: u64,
+    /// Runs that failed.
+    pub failures: u64,
+    /// Running right now (per-worker jobs: workers in flight).
+    pub in_flight: u64,
+    /// Workers scheduled (per-worker jobs).
+    pub scheduled: u64,
+    /// Last run started.
+    pub last_started: Option<DateTime<Utc>>,
+    /// Last run finished.
+    pub last_finished: Option<DateTime<Utc>>,
+    /// Its duration in milliseconds.
+    pub last_duration_ms: Option<u64>,
+    /// Its error, if it failed.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default, Clone)]
+struct Entry {
+    runs: u64,
+    failures: u64,
+    in_flight: u64,
+    scheduled: u64,
+    last_started: Option<DateTime<Utc>>,
+    last_finished: Option<DateTime<Utc>>,
+    last_duration_ms: Option<u64>,
+    last_error: Option<String>,
+}
+
+/// Job statistics, for the API.
+#[derive(Debug, Default)]
+pub(crate) struct JobBoard {
+    entries: Mutex<HashMap<JobKind, Entry>>,
+}
+
+impl JobBoard {
+    fn with<R>(&self, job: JobKind, f: impl FnOnce(&mut Entry) -> R) -> R {
+        f(self.entries.lock().entry(job).or_default())
+    }
+
+    fn started(&self, job: JobKind, now: DateTime<Utc>) {
+        self.with(job, |e| {
+            e.in_flight += 1;
+            e.last_started = Some(now);
+        });
+    }
+
+    fn finished(&self, job: JobKind, now: DateTime<Utc>, took: Duration, error: Option<String>) {
+        self.with(job, |e| {
+            e.in_flight = e.in_flight.saturating_sub(1);
+            e.runs += 1;
+            e.last_finished = Some(now);
+            e.last_duration_ms = Some(took.as_millis() as u64);
+            if error.is_some() {
+                e.failures += 1;
+            }
+            e.last_error = error;
+        });
+        metrics::histogram!("ccm_job_seconds", "job" => job.as_str()).record(took.as_secs_f64());
+    }
+
+    fn scheduled(&self, job: JobKind, n: usize) {
+        self.with(job, |e| e.scheduled = n as u64);
+    }
+
+    pub(crate) fn snapshot(&self, polling: &PollingSettings) -> Vec<JobStatus> {
+        let entries = self.entries.lock();
+        JobKind::ALL
+            .into_iter()
+            .map(|job| {
+                let e = entries.get(&job).cloned().unwrap_or_default();
+                let (enabled, interval) = job.schedule(polling);
+                JobStatus {
+                    job,
+                    enabled,
+                    interval,
+                    runs: e.runs,
+                    failures: e.failures,
+                    in_flight: e.in_flight,
+                    scheduled: e.scheduled,
+                    last_started: e.last_started,
+                    last_finished: e.last_finished,
+                    last_duration_ms: e.last_duration_ms,
+                    last_error: e.last_error,
+                }
+            })
+            .collect()
+    }
+}
+
+/// Which workers a per-worker job polls.
+fn members_of(engine: &Engine, job: JobKind) -> Vec<WorkerId> {
+    let reachable = |s: &Slot| s.reachable().is_some();
+    match job {
+        JobKind::CmlSync | JobKind::Labs | JobKind::Activity => engine
+            .members(reachable)
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Runs one poll of one worker for a per-worker job.
+async fn poll_worker(engine: &Engine, job: JobKind, id: WorkerId) -> Result<(), String> {
+    match job {
+        JobKind::CmlSync => sync_worker(engine, id).await,
+        JobKind::Labs => refresh_labs(engine, id).await,
+        JobKind::Activity => {
+            read_activity(engine, id).await?;
+            evaluate_idle(engine, id).await
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Runs one fleet job once.
+async fn run_fleet_job(engine: &Engine, job: JobKind) -> Result<(), String> {
+    match job {
+        JobKind::Ec2Sync => ec2::sync_all(engine).await,
+        JobKind::Metrics => metrics_job::collect(engine).await,
+        JobKind::AutoImport => {
+            let req = crate::engine::ImportRequest {
+                region: None,
+                selector: crate::engine::ImportSelector::Configured,
+                all: true,
+            };
+            engine
+                .import_workers(req, &ccm_domain::Actor::system("auto-import"))
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        JobKind::EventRetention => {
+            let keep = chrono::Duration::from_std(engine.inner.config.event_retention)
+                .unwrap_or(chrono::Duration::days(30));
+            engine
+                .inner
+                .store
+                .prune_events(engine.now() - keep)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Starts every job's loop.
+pub(crate) fn spawn_all(engine: &Engine) {
+    for job in JobKind::ALL {
+        let e = engine.clone();
+        if job.per_worker() {
+            engine.inner.tracker.spawn(per_worker_loop(e, job));
+        } else {
+            engine.inner.tracker.spawn(fleet_loop(e, job));
+        }
+    }
+}
+
+/// Runs `job` now: a full cycle over every member for per-worker jobs, one run otherwise.
+pub(crate) async fn run_now(engine: &Engine, job: JobKind) -> Result<(), EngineError> {
+    let result = if job.per_worker() {
+        let members = members_of(engine, job);
+        run_cycle(engine, job, members).await;
+        Ok(())
+    } else {
+        timed(engine, job, run_fleet_job(engine, job))
+            .await
+            .map_err(EngineError::Upstream)
+    };
+    engine.flush().await;
+    result
+}
+
+/// Polls every worker in `members` once, as fast as the job's bulkhead allows. Returns when
+/// all are done. Used by triggered cycles and by `ccm bench`.
+pub(crate) async fn run_cycle(engine: &Engine, job: JobKind, members: Vec<WorkerId>) {
+    let mut set = tokio::task::JoinSet::new();
+    for id in members {
+        let e = engine.clone();
+        set.spawn(async move { guarded_poll(&e, job, id).await });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+async fn timed<F: Future<Output = Result<(), String>>>(
+    engine: &Engine,
+    job: JobKind,
+    fut: F,
+) -> Result<(), String> {
+    let board = &engine.inner.jobs;
+    board.started(job, engine.now());
+    let started = tokio::time::Instant::now();
+    let result = fut.await;
+    if let Err(e) = &result {
+        // One worker's poll failing is normal fleet life (its status says so); a fleet job
+        // failing is worth a warning.
+        if job.per_worker() {
+            tracing::debug!(job = job.as_str(), error = %e, "poll failed");
+        } else {
+            tracing::warn!(job = job.as_str(), error = %e, "job failed");
+        }
+    }
+    board.finished(job, engine.now(), started.elapsed(), result.clone().err());
+    result
+}
+
+/// One poll of one worker, under the job's bulkhead, counted on the board.
+async fn guarded_poll(engine: &Engine, job: JobKind, id: WorkerId) {
+    let permit = match engine.inner.resilience.bulkhead(job.bulkhead()) {
+        Some(b) => match b.acquire().await {
+            Ok(p) => Some(p),
+            Err(full) => {
+                tracing::debug!(job = job.as_str(), worker = %id, error = %full, "bulkhead full, poll skipped");
+                return;
+            }
+        },
+        None => None,
+    };
+    let _ = timed(engine, job, poll_worker(engine, job, id)).await;
+    drop(permit);
+}
+
+async fn per_worker_loop(engine: Engine, job: JobKind) {
+    let mut settings = engine.watch_settings();
+    let (_, interval) = job.schedule(&settings.borrow().value.polling);
+    let mut spread = Spread::new(interval);
+    let in_flight: Arc<Mutex<std::collections::HashSet<WorkerId>>> = Arc::default();
+    let cancel = engine.inner.cancel.clone();
+    loop {
+        let (enabled, interval) = job.schedule(&settings.borrow().value.polling);
+        if !enabled {
+            engine.inner.jobs.scheduled(job, 0);
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                r = settings.changed() => if r.is_err() { return },
+            }
+            continue;
+        }
+        let now = tokio::time::Instant::now();
+        spread.set_interval(interval, now);
+        spread.reconcile(&members_of(&engine, job), now);
+        engine.inner.jobs.scheduled(job, spread.len());
+        for id in spread.take_due(now) {
+            if !in_flight.lock().insert(id) {
+                metrics::counter!("ccm_poll_overlap_skipped_total", "job" => job.as_str())
+                    .increment(1);
+                continue;
+            }
+            let e = engine.clone();
+            let flights = in_flight.clone();
+            engine.inner.tracker.spawn(async move {
+                guarded_poll(&e, job, id).await;
+                flights.lock().remove(&id);
+            });
+        }
+        // Wake at the next due time, but at least every second to pick up fleet changes.
+        let next = spread
+            .next_due()
+            .unwrap_or(now + Duration::from_secs(1))
+            .min(now + Duration::from_secs(1));
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(next) => {}
+            r = settings.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+async fn fleet_loop(engine: Engine, job: JobKind) {
+    let mut settings = engine.watch_settings();
+    let cancel = engine.inner.cancel.clone();
+    // First run soon after start, then every interval.
+    let mut next = tokio::time::Instant::now() + Duration::from_millis(200);
+    loop {
+        let (enabled, interval) = job.schedule(&settings.borrow().value.polling);
+        if enabled && tokio::time::Instant::now() >= next {
+            let _ = timed(&engine, job, run_fleet_job(&engine, job)).await;
+            next = tokio::time::Instant::now() + interval;
+        } else if !enabled {
+            next = tokio::time::Instant::now() + interval;
+        }
+        let wake = next.min(tokio::time::Instant::now() + interval);
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = tokio::time::sleep_until(wake) => {}
+            r = settings.changed() => {
+                if r.is_err() { return }
+                // A new interval counts from the last run.
+                let (_, interval) = job.schedule(&settings.borrow().value.polling);
+                next = next.min(tokio::time::Instant::now() + interval);
+            }
+        }
+    }
+}

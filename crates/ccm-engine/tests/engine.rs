@@ -1,0 +1,641 @@
+//! The engine end to end, on the embedded fleet: the CML simulator on loopback addresses, the
+//! simulated cloud, an in-memory store. Network I/O runs in real time; wall time for the
+//! domain (idle timeouts, snoozes) comes from a manual clock the tests advance, and jobs are
+//! triggered explicitly (background polling is switched off) — so nothing waits on a timer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccm_cml_sim::faults::FaultSpec;
+use ccm_domain::idle::IdleSettings;
+use ccm_domain::lifecycle::PauseReason;
+use ccm_domain::{Actor, Ec2State, EventKind, RuntimeSettings, ServiceStatus, Worker};
+use ccm_engine::embedded::{Embedded, EmbeddedOptions};
+use ccm_engine::{
+    AmiSelector, BusEvent, CreateWorker, ImportRequest, ImportSelector, JobKind, ManualClock,
+};
+use ccm_store::{SqliteStore, WorkerFilter};
+use chrono::Utc;
+
+/// Settings with every background job off: tests trigger jobs themselves.
+fn quiet_settings() -> RuntimeSettings {
+    let mut s = RuntimeSettings::default();
+    let p = &mut s.polling;
+    p.ec2_enabled = false;
+    p.cml_enabled = false;
+    p.metrics_enabled = false;
+    p.labs_enabled = false;
+    p.activity_enabled = false;
+    p.auto_import_enabled = false;
+    s
+}
+
+async fn start(
+    workers: usize,
+    base: [u8; 4],
+    tweak: impl FnOnce(&mut EmbeddedOptions),
+) -> (Embedded, Arc<ManualClock>) {
+    let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    let mut opts = EmbeddedOptions::new(workers, Ipv4Addr::from(base), store);
+    let clock = Arc::new(ManualClock::new(Utc::now()));
+    opts.clock = clock.clone();
+    opts.settings = quiet_settings();
+    opts.boot = Duration::from_millis(200);
+    opts.sim.node_timing = ccm_cml_sim::NodeTiming {
+        queue: Duration::from_millis(50),
+        stagger: Duration::from_millis(10),
+        boot: Duration::from_millis(200),
+    };
+    opts.cloud.pending_delay = Duration::from_millis(100);
+    opts.cloud.stopping_delay = Duration::from_millis(100);
+    opts.cloud.shutting_down_delay = Duration::from_millis(100);
+    let r = &mut opts.resilience;
+    r.timeout.per_attempt = Duration::from_millis(800);
+    r.timeout.deadline = Duration::from_secs(3);
+    r.retry.base = Duration::from_millis(20);
+    r.retry.cap = Duration::from_millis(100);
+    r.breaker.failure_threshold = 3;
+    r.breaker.open_for = Duration::from_millis(700);
+    tweak(&mut opts);
+    let fleet = Embedded::start(opts).await.unwrap();
+    (fleet, clock)
+}
+
+async fn workers(fleet: &Embedded) -> Vec<Worker> {
+    let mut all = fleet
+        .engine
+        .workers(&WorkerFilter::default())
+        .await
+        .unwrap()
+        .items;
+    all.sort_by_key(|w| w.endpoint.clone());
+    all
+}
+
+/// Waits (bounded) for an event matching `pred` on `rx`.
+async fn wait_event(
+    rx: &mut tokio::sync::broadcast::Receiver<BusEvent>,
+    what: &str,
+    pred: impl Fn(&BusEvent) -> bool,
+) -> BusEvent {
+    tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match rx.recv().await {
+                Ok(e) if pred(&e) => return e,
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("bus closed while waiting for {what}: {e}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+}
+
+/// Waits (bounded) until `check` holds, triggering `job` between looks.
+async fn until<F: Fn(&[Worker]) -> bool>(
+    fleet: &Embedded,
+    job: JobKind,
+    what: &str,
+    check: F,
+) -> Vec<Worker> {
+    for _ in 0..100 {
+        fleet.engine.trigger_job(job).await.ok();
+        let ws = workers(fleet).await;
+        if check(&ws) {
+            return ws;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition never held: {what}");
+}
+
+#[tokio::test]
+async fn a_worker_going_down_should_degrade_then_be_unavailable_then_recover() {
+    let (fleet, _clock) = start(3, [127, 60, 0, 1], |_| {}).await;
+    let ws = until(&fleet, JobKind::CmlSync, "all ready", |ws| {
+        ws.iter().all(|w| w.service.status == ServiceStatus::Ready)
+    })
+    .await;
+    assert_eq!(ws.len(), 3);
+    let sick = ws[0].clone();
+    assert!(sick.cml.stats.last_good.is_some());
+    let sim = fleet.sim.worker(0).unwrap();
+    assert_eq!(Some(sim.endpoint()), sick.endpoint);
+
+    // Half sick: system_health fails → degraded, with the reason.
+    sim.apply_faults(&FaultSpec::parse("0/system_health:error=500").unwrap());
+    fleet.engine.trigger_job(JobKind::CmlSync).await.unwrap();
+    let w = fleet.engine.worker(sick.id).await.unwrap();
+    assert_eq!(w.service.status, ServiceStatus::Degraded);
+    assert!(
+        w.service
+            .reasons
+            .iter()
+            .any(|r| r.call.as_str() == "system_health" && r.status == Some(500)),
+        "{:?}",
+        w.service.reasons
+    );
+
+    // Down: nothing answers → unavailable; the last good values are served stale with their age.
+    let mut rx = fleet.engine.subscribe();
+    sim.clear_faults();
+    sim.apply_faults(&FaultSpec::parse("0:down").unwrap());
+    fleet.engine.trigger_job(JobKind::CmlSync).await.unwrap();
+    let w = fleet.engine.worker(sick.id).await.unwrap();
+    assert_eq!(w.service.status, ServiceStatus::Unavailable);
+    assert!(!w.service.reasons.is_empty());
+    let view = w
+        .cml
+        .stats
+        .view(fleet.engine.now(), fleet.engine.stale_max_age());
+    assert_eq!(view.freshness, ccm_domain::Freshness::Stale);
+    assert!(view.value.is_some() && view.age.is_some());
+    // The others are untouched.
+    let others = workers(&fleet).await;
+    assert!(
+        others
+            .iter()
+            .filter(|o| o.id != sick.id)
+            .all(|o| o.service.status == ServiceStatus::Ready)
+    );
+
+    // Keep polling: the breaker opens and the worker gets no more requests.
+    let opened = until(&fleet, JobKind::CmlSync, "breaker open", |_| {
+        fleet
+            .engine
+            .breaker_of(&w)
+            .is_some_and(|b| b.state == ccm_resilience::BreakerState::Open)
+    })
+    .await;
+    drop(opened);
+    wait_event(&mut rx, "breaker opened", |e| {
+        matches!(e.event.kind, EventKind::BreakerOpened { .. })
+            && e.event.worker_id() == Some(sick.id)
+    })
+    .await;
+    let hits = || {
+        let c = sim.counters();
+        c.requests + c.connections
+    };
+    let before = hits();
+    fleet.engine.trigger_job(JobKind::CmlSync).await.unwrap();
+    assert_eq!(hits(), before, "an open breaker sends nothing");
+    let w = fleet.engine.worker(sick.id).await.unwrap();
+    assert!(
+        w.service
+            .reasons
+            .iter()
+            .any(|r| r.code == ccm_domain::ReasonCode::CircuitOpen),
+        "{:?}",
+        w.service.reasons
+    );
+
+    // Back up: after the open period one probe goes through, and the worker is ready again.
+    sim.clear_faults();
+    until(&fleet, JobKind::CmlSync, "ready again", |ws| {
+        ws.iter().all(|w| w.service.status == ServiceStatus::Ready)
+    })
+    .await;
+    wait_event(&mut rx, "breaker closed", |e| {
+        matches!(e.event.kind, EventKind::BreakerClosed { .. })
+    })
+    .await;
+    fleet.shutdown().await;
+}
+
+fn idle_settings(timeout_min: u64, snooze_min: u64, dry_run: bool) -> RuntimeSettings {
+    let mut s = quiet_settings();
+    s.idle = IdleSettings {
+        enabled: true,
+        timeout: Duration::from_secs(timeout_min * 60),
+        snooze_after_resume: Duration::from_secs(snooze_min * 60),
+        dry_run,
+        activity_max_age: Duration::from_secs(15 * 60),
+    };
+    s
+}
+
+#[tokio::test]
+async fn idle_workers_should_be_paused_and_busy_ones_never() {
+    let (fleet, clock) = start(2, [127, 61, 0, 1], |o| {
+        o.settings = idle_settings(60, 60, false)
+    })
+    .await;
+    let ws = until(&fleet, JobKind::CmlSync, "all ready", |ws| {
+        ws.iter().all(|w| w.service.status == ServiceStatus::Ready)
+    })
+    .await;
+    let (idle, busy) = (ws[0].clone(), ws[1].clone());
+
+    // A user runs a lab on the second worker: running nodes are activity.
+    let sim_busy = fleet.sim.worker(1).unwrap();
+    let lab = sim_busy
+        .import_lab_as_user(ccm_cml_sim::SAMPLE_LAB_YAML)
+        .unwrap();
+    sim_busy.start_lab_as_user(lab).unwrap();
+    until(&fleet, JobKind::CmlSync, "nodes running", |ws| {
+        ws[1]
+            .cml
+            .stats
+            .last_good
+            .as_ref()
+            .and_then(|s| s.value.running_nodes)
+            .unwrap_or(0)
+            > 0
+    })
+    .await;
+
+    // Not yet idle: nothing happens.
+    fleet.engine.trigger_job(JobKind::Activity).await.unwrap();
+    assert_eq!(
+        fleet.engine.worker(idle.id).await.unwrap().ec2_state,
+        Ec2State::Running
+    );
+
+    clock.advance(Duration::from_secs(61 * 60));
+    fleet.engine.trigger_job(JobKind::CmlSync).await.unwrap();
+    fleet.engine.trigger_job(JobKind::Activity).await.unwrap();
+
+    let idle = fleet.engine.worker(idle.id).await.unwrap();
+    let events = fleet.engine.worker_events(idle.id, None, 50).await.unwrap();
+    assert!(
+        matches!(idle.ec2_state, Ec2State::Stopping | Ec2State::Stopped),
+        "{}: {:?}\n{:?}",
+        idle.ec2_state,
+        idle.monitoring,
+        events
+            .iter()
+            .map(|e| e.event.kind.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(idle.monitoring.pauses.idle_timeout, 1);
+    assert_eq!(idle.monitoring.pause_reason, Some(PauseReason::IdleTimeout));
+    let busy = fleet.engine.worker(busy.id).await.unwrap();
+    assert_eq!(
+        busy.ec2_state,
+        Ec2State::Running,
+        "a worker with running nodes is never paused"
+    );
+    assert_eq!(busy.monitoring.pauses.idle_timeout, 0);
+    // ccm's own logins (it logged in to read telemetry) did not count as activity.
+    assert!(idle.cml.own_user_id.is_some());
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_snooze_after_resume_should_be_honoured() {
+    let (fleet, clock) = start(1, [127, 62, 0, 1], |o| {
+        o.settings = idle_settings(10, 60, false)
+    })
+    .await;
+    let ws = until(&fleet, JobKind::CmlSync, "ready", |ws| {
+        ws.iter().all(|w| w.service.status == ServiceStatus::Ready)
+    })
+    .await;
+    let id = ws[0].id;
+    let admin = Actor::user("alice");
+    fleet.engine.stop_worker(id, &admin).await.unwrap();
+    until(&fleet, JobKind::Ec2Sync, "stopped", |ws| {
+        ws[0].ec2_state == Ec2State::Stopped
+    })
+    .await;
+    fleet.engine.resume_worker(id, &admin).await.unwrap();
+    until(&fleet, JobKind::Ec2Sync, "running", |ws| {
+        ws[0].ec2_state == Ec2State::Running
+    })
+    .await;
+    until(&fleet, JobKind::CmlSync, "ready", |ws| {
+        ws[0].service.status == ServiceStatus::Ready
+    })
+    .await;
+
+    clock.advance(Duration::from_secs(20 * 60)); // idle (10 min) but inside the 60 min snooze
+    fleet.engine.trigger_job(JobKind::Activity).await.unwrap();
+    let w = fleet.engine.worker(id).await.unwrap();
+    assert_eq!(w.ec2_state, Ec2State::Running);
+    assert_eq!(w.monitoring.resumes.manual, 1);
+    assert_eq!(w.monitoring.pauses.manual, 1);
+
+    clock.advance(Duration::from_secs(41 * 60)); // snooze over
+    fleet.engine.trigger_job(JobKind::Activity).await.unwrap();
+    let w = fleet.engine.worker(id).await.unwrap();
+    assert!(
+        matches!(w.ec2_state, Ec2State::Stopping | Ec2State::Stopped),
+        "{}",
+        w.ec2_state
+    );
+    assert_eq!(w.monitoring.pauses.idle_timeout, 1);
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn dry_run_should_pause_nothing_and_say_what_it_would_do() {
+    let (fleet, clock) = start(1, [127, 63, 0, 1], |o| {
+        o.settings = idle_settings(60, 60, true)
+    })
+    .await;
+    let mut rx = fleet.engine.subscribe();
+    until(&fleet, JobKind::CmlSync, "ready", |ws| {
+        ws[0].service.status == ServiceStatus::Ready
+    })
+    .await;
+    clock.advance(Duration::from_secs(90 * 60));
+    fleet.engine.trigger_job(JobKind::Activity).await.unwrap();
+    let e = wait_event(&mut rx, "idle detected", |e| {
+        matches!(e.event.kind, EventKind::WorkerIdleDetected { .. })
+    })
+    .await;
+    let EventKind::WorkerIdleDetected {
+        action,
+        idle_for_seconds,
+        ..
+    } = &e.event.kind
+    else {
+        unreachable!()
+    };
+    assert_eq!(action, "would_pause");
+    assert!(*idle_for_seconds >= 90 * 60);
+    let w = workers(&fleet).await.remove(0);
+    assert_eq!(w.ec2_state, Ec2State::Running);
+    assert!(fleet.sim.worker(0).unwrap().is_up());
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn importing_twice_should_make_one_worker() {
+    let (fleet, _) = start(3, [127, 64, 0, 1], |_| {}).await;
+    assert_eq!(workers(&fleet).await.len(), 3);
+    let req = ImportRequest {
+        region: None,
+        selector: ImportSelector::Configured,
+        all: true,
+    };
+    let report = fleet
+        .engine
+        .import_workers(req.clone(), &Actor::user("a"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (report.matched, report.imported.len(), report.existing.len()),
+        (3, 0, 3)
+    );
+    let instance = workers(&fleet).await[0].instance_id.clone().unwrap();
+    let by_id = ImportRequest {
+        region: None,
+        selector: ImportSelector::InstanceIds(vec![instance]),
+        all: false,
+    };
+    let report = fleet
+        .engine
+        .import_workers(by_id, &Actor::user("a"))
+        .await
+        .unwrap();
+    assert_eq!((report.imported.len(), report.existing.len()), (0, 1));
+    assert_eq!(workers(&fleet).await.len(), 3);
+    // Without `all`, several matches are refused rather than guessed at.
+    let err = fleet
+        .engine
+        .import_workers(ImportRequest { all: false, ..req }, &Actor::user("a"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ccm_engine::EngineError::Conflict(_)), "{err}");
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn provisioning_should_reach_running_or_fail_with_the_reason() {
+    // One spare address: the first new instance gets it, the second finds no capacity.
+    let (fleet, _) = start(1, [127, 65, 0, 1], |o| {
+        o.import = false;
+        o.spare = 1;
+    })
+    .await;
+    let mut rx = fleet.engine.subscribe();
+    let admin = Actor::user("alice");
+    let req = |name: &str| CreateWorker {
+        name: name.into(),
+        region: None,
+        instance_type: None,
+        ami: AmiSelector::Default,
+        tags: Default::default(),
+    };
+    let w = fleet
+        .engine
+        .create_worker(req("fresh"), &admin)
+        .await
+        .unwrap();
+    assert_eq!(w.ec2_state, Ec2State::Pending);
+    assert!(
+        w.ami
+            .as_ref()
+            .unwrap()
+            .name
+            .as_deref()
+            .unwrap()
+            .starts_with("cml-controller-2.9")
+    );
+    let e = wait_event(&mut rx, "provisioning outcome", |e| {
+        matches!(
+            e.event.kind,
+            EventKind::WorkerProvisioned { .. } | EventKind::WorkerProvisioningFailed { .. }
+        ) && e.event.worker_id() == Some(w.id)
+    })
+    .await;
+    assert!(
+        matches!(e.event.kind, EventKind::WorkerProvisioned { .. }),
+        "{:?}",
+        e.event.kind
+    );
+    let running = until(&fleet, JobKind::Ec2Sync, "running", |ws| {
+        ws.iter()
+            .any(|x| x.id == w.id && x.ec2_state == Ec2State::Running)
+    })
+    .await;
+    let created = running.iter().find(|x| x.id == w.id).unwrap();
+    assert!(created.instance_id.is_some());
+    assert_eq!(created.created_by, admin);
+
+    let w = fleet
+        .engine
+        .create_worker(req("doomed"), &admin)
+        .await
+        .unwrap();
+    wait_event(&mut rx, "provisioning failed", |e| {
+        matches!(e.event.kind, EventKind::WorkerProvisioningFailed { .. })
+            && e.event.worker_id() == Some(w.id)
+    })
+    .await;
+    let failed = fleet.engine.worker(w.id).await.unwrap();
+    assert_eq!(failed.ec2_state, Ec2State::Failed);
+    assert!(
+        failed
+            .state_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("capacity")),
+        "{failed:?}"
+    );
+
+    let err = fleet
+        .engine
+        .create_worker(
+            CreateWorker {
+                ami: AmiSelector::NamePattern("no-such-image-*".into()),
+                ..req("x")
+            },
+            &admin,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ccm_engine::EngineError::Invalid { .. }),
+        "{err}"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn concurrent_lab_refreshes_should_not_duplicate_records() {
+    let (fleet, _) = start(1, [127, 66, 0, 1], |_| {}).await;
+    let ws = until(&fleet, JobKind::CmlSync, "ready", |ws| {
+        ws[0].service.status == ServiceStatus::Ready
+    })
+    .await;
+    let sim = fleet.sim.worker(0).unwrap();
+    for _ in 0..3 {
+        sim.import_lab_as_user(ccm_cml_sim::SAMPLE_LAB_YAML)
+            .unwrap();
+    }
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let engine = fleet.engine.clone();
+            tokio::spawn(async move { engine.trigger_job(JobKind::Labs).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let labs = fleet.engine.labs(ws[0].id).await.unwrap();
+    assert_eq!(labs.len(), 3);
+    let mut ids: Vec<_> = labs.iter().map(|l| l.lab_id.clone()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), 3);
+    assert_eq!(
+        fleet
+            .engine
+            .worker(ws[0].id)
+            .await
+            .unwrap()
+            .labs_count
+            .last_good
+            .unwrap()
+            .value,
+        3
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn licence_registration_should_end_registered_or_failed() {
+    let (fleet, _) = start(2, [127, 67, 0, 1], |o| {
+        o.sim.licence_delay = Duration::from_millis(200);
+        o.engine.licence.poll_interval = Duration::from_millis(100);
+        o.engine.licence.timeout = Duration::from_secs(10);
+    })
+    .await;
+    let ws = until(&fleet, JobKind::CmlSync, "ready", |ws| {
+        ws.iter().all(|w| w.service.status == ServiceStatus::Ready)
+    })
+    .await;
+    let mut rx = fleet.engine.subscribe();
+    let admin = Actor::user("alice");
+    fleet
+        .engine
+        .register_licence(
+            ws[0].id,
+            ccm_cml::Secret::new("GoodToken123"),
+            false,
+            &admin,
+        )
+        .await
+        .unwrap();
+    let e = wait_event(&mut rx, "registered", |e| {
+        matches!(e.event.kind, EventKind::LicenceRegistered { .. })
+    })
+    .await;
+    assert_eq!(e.event.worker_id(), Some(ws[0].id));
+
+    fleet
+        .engine
+        .register_licence(ws[1].id, ccm_cml::Secret::new("bad-token-1"), false, &admin)
+        .await
+        .unwrap();
+    let e = wait_event(&mut rx, "registration failed", |e| {
+        matches!(e.event.kind, EventKind::LicenceRegistrationFailed { .. })
+    })
+    .await;
+    assert_eq!(e.event.worker_id(), Some(ws[1].id));
+    // The token is never in an event.
+    let log = fleet
+        .engine
+        .store()
+        .read(&Default::default())
+        .await
+        .unwrap();
+    let text =
+        serde_json::to_string(&log.iter().map(|e| e.event.clone()).collect::<Vec<_>>()).unwrap();
+    assert!(!text.contains("GoodToken123") && !text.contains("bad-token-1"));
+    // A malformed token is refused at once.
+    let err = fleet
+        .engine
+        .register_licence(
+            ws[1].id,
+            ccm_cml::Secret::new("no spaces allowed"),
+            false,
+            &admin,
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ccm_engine::EngineError::Invalid { .. }),
+        "{err}"
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn refreshes_should_be_throttled_and_say_why() {
+    let (fleet, _) = start(1, [127, 68, 0, 1], |o| {
+        o.resilience.refresh_throttle.min_interval = Duration::from_secs(600)
+    })
+    .await;
+    let ws = until(&fleet, JobKind::CmlSync, "ready", |ws| {
+        ws[0].service.status == ServiceStatus::Ready
+    })
+    .await;
+    let id = ws[0].id;
+    let me = Actor::user("a");
+    assert_eq!(
+        fleet.engine.refresh_worker(id, &me).await.unwrap(),
+        ccm_engine::RefreshOutcome::Refreshed
+    );
+    match fleet.engine.refresh_worker(id, &me).await.unwrap() {
+        ccm_engine::RefreshOutcome::Skipped {
+            reason: ccm_domain::RefreshSkip::Throttled,
+            retry_in_seconds: Some(s),
+        } => assert!(s > 500),
+        other => panic!("expected throttled, got {other:?}"),
+    }
+    let events = fleet.engine.worker_events(id, None, 50).await.unwrap();
+    assert!(events.iter().any(|e| matches!(
+        e.event.kind,
+        EventKind::WorkerRefreshSkipped {
+            reason: ccm_domain::RefreshSkip::Throttled,
+            ..
+        }
+    )));
+    fleet.shutdown().await;
+}
