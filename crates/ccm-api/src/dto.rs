@@ -1,0 +1,1176 @@
+//! The JSON the API sends and accepts. These are the API's own types (the domain's serde
+//! shapes are for the store and the event log), converted by hand, with OpenAPI schemas.
+//!
+//! Every value observed from a source carries its freshness ([`SourceView`]): the value, when
+//! it was observed, its age, `fresh`/`stale`/`unknown` and the latest error — so a UI can show
+//! "CPU 42 % (stale, 3 min old: timeout)".
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use ccm_domain::cml::{CmlHealth, CmlInfo, CmlStats};
+use ccm_domain::idle::{IdleAction, KeepReason};
+use ccm_domain::lab::LabRecord;
+use ccm_domain::licence::Licence;
+use ccm_domain::observed::Sourced;
+use ccm_domain::service::Reason;
+use ccm_domain::worker::{CloudWatchMetrics, Counters, HistoryKind};
+use ccm_domain::{Freshness, Worker};
+use ccm_engine::Engine;
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+use crate::auth::{AuthMethod, Role};
+
+// === views: workers ===
+
+/// Why a call of a sync failed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReasonView {
+    /// The call (`system_information`, `system_health`, `system_stats`, `licensing`,
+    /// `telemetry`, `labs`, `cloudwatch`).
+    pub call: String,
+    /// What went wrong (`connect`, `timeout`, `http_status`, `circuit_open`, `not_ready`, …).
+    pub code: String,
+    /// The HTTP status, for `http_status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// A short detail for operators.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+fn enum_text<T: Serialize>(v: &T) -> String {
+    serde_json::to_value(v)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+impl From<&Reason> for ReasonView {
+    fn from(r: &Reason) -> Self {
+        Self {
+            call: r.call.as_str().to_owned(),
+            code: enum_text(&r.code),
+            status: r.status,
+            detail: r.detail.clone(),
+        }
+    }
+}
+
+/// Freshness of a value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FreshnessView {
+    /// The latest read succeeded and the value is within the maximum age.
+    Fresh,
+    /// The latest read failed; the last good value is shown, within the maximum age.
+    Stale,
+    /// No value, or older than the maximum age.
+    Unknown,
+}
+
+impl From<Freshness> for FreshnessView {
+    fn from(f: Freshness) -> Self {
+        match f {
+            Freshness::Fresh => Self::Fresh,
+            Freshness::Stale => Self::Stale,
+            Freshness::Unknown => Self::Unknown,
+        }
+    }
+}
+
+/// One source's value with its age and freshness (stale-data fallback).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SourceView<T> {
+    /// The value to show (`null` when unknown).
+    pub value: Option<T>,
+    /// When the shown value was observed.
+    pub observed_at: Option<DateTime<Utc>>,
+    /// Its age in seconds.
+    pub age_seconds: Option<u64>,
+    /// `fresh`, `stale` or `unknown`.
+    pub freshness: FreshnessView,
+    /// Why the latest read failed, if it did.
+    pub error: Option<ReasonView>,
+    /// When the latest read was attempted.
+    pub attempted_at: Option<DateTime<Utc>>,
+    /// Reads failed in a row since the last success.
+    pub consecutive_failures: u32,
+}
+
+impl<T> SourceView<T> {
+    fn of<D>(s: &Sourced<D>, now: DateTime<Utc>, max_age: Duration, f: impl Fn(&D) -> T) -> Self {
+        let v = s.view(now, max_age);
+        Self {
+            value: v.value.map(f),
+            observed_at: v.observed_at,
+            age_seconds: v.age.map(|a| a.as_secs()),
+            freshness: v.freshness.into(),
+            error: v.error.map(ReasonView::from),
+            attempted_at: s.attempted_at,
+            consecutive_failures: s.consecutive_failures,
+        }
+    }
+}
+
+/// `system_information`: version and readiness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CmlInfoView {
+    /// CML version.
+    pub version: String,
+    /// At least one compute can start nodes.
+    pub ready: bool,
+}
+
+impl From<&CmlInfo> for CmlInfoView {
+    fn from(i: &CmlInfo) -> Self {
+        Self {
+            version: i.version.clone(),
+            ready: i.ready,
+        }
+    }
+}
+
+/// One compute host's health.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ComputeView {
+    /// Compute id.
+    pub id: String,
+    /// Host name.
+    pub hostname: String,
+    /// Overall validity.
+    pub valid: Option<bool>,
+    /// Admission state (`READY`, …).
+    pub admission_state: String,
+    /// Low-level driver connected.
+    pub lld_connected: bool,
+    /// This compute is the controller.
+    pub is_controller: bool,
+}
+
+/// `system_health`, summarised.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CmlHealthView {
+    /// Overall health.
+    pub valid: Option<bool>,
+    /// Licensed.
+    pub is_licensed: Option<bool>,
+    /// Enterprise edition.
+    pub is_enterprise: bool,
+    /// Controller validity.
+    pub controller_valid: bool,
+    /// Controller connected to its core.
+    pub core_connected: bool,
+    /// The computes.
+    pub computes: Vec<ComputeView>,
+}
+
+impl From<&CmlHealth> for CmlHealthView {
+    fn from(h: &CmlHealth) -> Self {
+        Self {
+            valid: h.valid,
+            is_licensed: h.is_licensed,
+            is_enterprise: h.is_enterprise,
+            controller_valid: h.controller_valid,
+            core_connected: h.core_connected,
+            computes: h
+                .computes
+                .iter()
+                .map(|c| ComputeView {
+                    id: c.id.clone(),
+                    hostname: c.hostname.clone(),
+                    valid: c.valid,
+                    admission_state: c.admission_state.as_str().to_owned(),
+                    lld_connected: c.lld_connected,
+                    is_controller: c.is_controller,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// `system_stats`, summed over the computes. Bytes for memory and disk.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CmlStatsView {
+    /// CPUs.
+    pub cpu_count: u64,
+    /// CPU use, percent.
+    pub cpu_percent: f64,
+    /// Memory use, percent (`null` when the total is unknown).
+    pub memory_percent: Option<f64>,
+    /// Memory total, bytes.
+    pub memory_total: f64,
+    /// Memory used, bytes.
+    pub memory_used: f64,
+    /// Disk total, bytes.
+    pub disk_total: f64,
+    /// Disk used, bytes.
+    pub disk_used: f64,
+    /// Nodes running.
+    pub running_nodes: Option<u64>,
+    /// Nodes defined.
+    pub total_nodes: Option<u64>,
+    /// Computes.
+    pub computes: u32,
+}
+
+impl From<&CmlStats> for CmlStatsView {
+    fn from(s: &CmlStats) -> Self {
+        Self {
+            cpu_count: s.cpu_count,
+            cpu_percent: s.cpu_percent,
+            memory_percent: s.memory_percent(),
+            memory_total: s.memory_total,
+            memory_used: s.memory_used,
+            disk_total: s.disk_total,
+            disk_used: s.disk_used,
+            running_nodes: s.running_nodes,
+            total_nodes: s.total_nodes,
+            computes: s.computes,
+        }
+    }
+}
+
+/// The CML licence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LicenceView {
+    /// Registration status (`COMPLETED`, `IN_PROGRESS`, `FAILED`, `NOT_REGISTERED`, …).
+    pub registration: String,
+    /// Authorisation status.
+    pub authorization: Option<String>,
+    /// Smart account.
+    pub smart_account: Option<String>,
+    /// Virtual account.
+    pub virtual_account: Option<String>,
+    /// When the registration expires.
+    pub expires: Option<DateTime<Utc>>,
+    /// Active product licence.
+    pub product: Option<String>,
+    /// Enterprise edition.
+    pub is_enterprise: Option<bool>,
+    /// Why the last registration failed.
+    pub last_failure: Option<String>,
+}
+
+impl From<&Licence> for LicenceView {
+    fn from(l: &Licence) -> Self {
+        Self {
+            registration: l.registration.as_str().to_owned(),
+            authorization: l.authorization.as_ref().map(|a| a.as_str().to_owned()),
+            smart_account: l.smart_account.clone(),
+            virtual_account: l.virtual_account.clone(),
+            expires: l.expires,
+            product: l.product.clone(),
+            is_enterprise: l.is_enterprise,
+            last_failure: l.last_failure.clone(),
+        }
+    }
+}
+
+/// CloudWatch metrics.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CloudWatchView {
+    /// CPU, percent.
+    pub cpu_percent: Option<f64>,
+    /// When that datapoint was taken.
+    pub cpu_at: Option<DateTime<Utc>>,
+    /// Memory, percent.
+    pub memory_percent: Option<f64>,
+    /// When that datapoint was taken.
+    pub memory_at: Option<DateTime<Utc>>,
+}
+
+impl From<&CloudWatchMetrics> for CloudWatchView {
+    fn from(c: &CloudWatchMetrics) -> Self {
+        Self {
+            cpu_percent: c.cpu_percent,
+            cpu_at: c.cpu_at,
+            memory_percent: c.memory_percent,
+            memory_at: c.memory_at,
+        }
+    }
+}
+
+/// Every source of a worker, each with its freshness.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SourcesView {
+    /// `system_information`.
+    pub system_information: SourceView<CmlInfoView>,
+    /// `system_health`.
+    pub health: SourceView<CmlHealthView>,
+    /// `system_stats`.
+    pub stats: SourceView<CmlStatsView>,
+    /// `licensing`.
+    pub licence: SourceView<LicenceView>,
+    /// Number of labs.
+    pub labs_count: SourceView<u32>,
+    /// CloudWatch.
+    pub cloudwatch: SourceView<CloudWatchView>,
+}
+
+/// A circuit breaker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BreakerView {
+    /// Its key (a worker's CML base URL, or `aws:REGION:SERVICE`).
+    pub key: String,
+    /// `closed`, `open` or `half_open`.
+    pub state: String,
+    /// Failed attempts in a row.
+    pub consecutive_failures: u32,
+    /// When it opened, while open or half-open.
+    pub opened_at: Option<DateTime<Utc>>,
+    /// Seconds until an open breaker lets a probe through.
+    pub retry_in_seconds: Option<f64>,
+}
+
+impl From<&ccm_resilience::BreakerSnapshot> for BreakerView {
+    fn from(b: &ccm_resilience::BreakerSnapshot) -> Self {
+        Self {
+            key: b.key.clone(),
+            state: b.state.as_str().to_owned(),
+            consecutive_failures: b.consecutive_failures,
+            opened_at: b.opened_at.map(system_time),
+            retry_in_seconds: b.retry_in.map(|d| d.as_secs_f64()),
+        }
+    }
+}
+
+fn system_time(t: SystemTime) -> DateTime<Utc> {
+    DateTime::<Utc>::from(t)
+}
+
+/// The service status from the latest CML sync.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ServiceView {
+    /// `ready`, `degraded`, `unavailable` or `unknown`.
+    pub status: String,
+    /// Why it is not ready.
+    pub reasons: Vec<ReasonView>,
+    /// When the sync ran.
+    pub checked_at: Option<DateTime<Utc>>,
+}
+
+/// Pause and resume counts by reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CountersView {
+    /// By the idle policy.
+    pub idle_timeout: u64,
+    /// By operators through ccm.
+    pub manual: u64,
+    /// Outside ccm.
+    pub external: u64,
+}
+
+impl From<&Counters> for CountersView {
+    fn from(c: &Counters) -> Self {
+        Self {
+            idle_timeout: c.idle_timeout,
+            manual: c.manual,
+            external: c.external,
+        }
+    }
+}
+
+/// One pause or resume.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HistoryView {
+    /// When.
+    pub at: DateTime<Utc>,
+    /// `paused` or `resumed`.
+    pub kind: String,
+    /// `idle_timeout`, `manual` or `external`.
+    pub reason: String,
+    /// Who, when ccm did it.
+    pub by: Option<String>,
+}
+
+/// What the idle policy says about the worker now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct IdleView {
+    /// Idle now.
+    pub idle: bool,
+    /// Seconds since the latest activity, resume or creation.
+    pub idle_for_seconds: u64,
+    /// That reference point.
+    pub since: DateTime<Utc>,
+    /// `pause`, `would_pause` (dry run) or `keep`.
+    pub action: String,
+    /// Why it is kept (`not_running`, `not_idle`, `disabled_globally`, `disabled_for_worker`,
+    /// `snoozed`, `activity_unknown`).
+    pub keep_reason: Option<String>,
+    /// For `not_idle` and `snoozed`: seconds left.
+    pub remaining_seconds: Option<u64>,
+}
+
+/// Activity, idle detection and pause/resume bookkeeping.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MonitoringView {
+    /// Idle detection (and auto-pause) for this worker.
+    pub idle_detection: bool,
+    /// Detailed CloudWatch monitoring.
+    pub detailed_monitoring: bool,
+    /// Latest activity seen.
+    pub last_activity: Option<DateTime<Utc>>,
+    /// When activity was last read.
+    pub activity_checked_at: Option<DateTime<Utc>>,
+    /// Last resume.
+    pub last_resume: Option<DateTime<Utc>>,
+    /// When paused, while paused.
+    pub paused_at: Option<DateTime<Utc>>,
+    /// Why paused, while paused.
+    pub pause_reason: Option<String>,
+    /// Pauses by reason.
+    pub pauses: CountersView,
+    /// Resumes by reason.
+    pub resumes: CountersView,
+    /// Latest pauses and resumes, newest last.
+    pub history: Vec<HistoryView>,
+    /// Seconds stopped by ccm (idle or manual), a pause going on included.
+    pub seconds_stopped_by_ccm: u64,
+    /// The idle policy's view now.
+    pub idle: IdleView,
+}
+
+/// An AMI.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AmiView {
+    /// Image id.
+    pub id: String,
+    /// Image name.
+    pub name: Option<String>,
+}
+
+/// A worker: one CML instance on one EC2 instance, as the API shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerView {
+    /// ccm's id.
+    pub id: Uuid,
+    /// Display name.
+    pub name: String,
+    /// AWS region.
+    pub region: String,
+    /// EC2 instance id.
+    pub instance_id: Option<String>,
+    /// Instance type.
+    pub instance_type: Option<String>,
+    /// Image.
+    pub ami: Option<AmiView>,
+    /// `pending`, `running`, `stopping`, `stopped`, `shutting-down`, `terminated`, `failed`,
+    /// `unknown`.
+    pub ec2_state: String,
+    /// Why it is in that state.
+    pub state_reason: Option<String>,
+    /// Launch time.
+    pub launched_at: Option<DateTime<Utc>>,
+    /// CML service status.
+    pub service: ServiceView,
+    /// CML base URL.
+    pub endpoint: Option<String>,
+    /// Public address.
+    pub public_ip: Option<String>,
+    /// Private address.
+    pub private_ip: Option<String>,
+    /// EC2 tags.
+    pub tags: BTreeMap<String, String>,
+    /// Every observed source with its age and freshness.
+    pub sources: SourcesView,
+    /// The circuit breaker of the worker's CML endpoint (`null` before any call).
+    pub breaker: Option<BreakerView>,
+    /// Activity, idle detection, pauses and resumes.
+    pub monitoring: MonitoringView,
+    /// Created in ccm.
+    pub created_at: DateTime<Utc>,
+    /// By whom.
+    pub created_by: String,
+    /// Last changed.
+    pub updated_at: DateTime<Utc>,
+    /// By whom.
+    pub updated_by: String,
+    /// Seen terminated.
+    pub terminated_at: Option<DateTime<Utc>>,
+    /// By whom.
+    pub terminated_by: Option<String>,
+    /// Version (increases with every change; orders snapshots and reads).
+    pub version: u64,
+}
+
+impl WorkerView {
+    /// The view of `w` as the engine sees it now (freshness, breaker, idle policy).
+    pub fn new(w: &Worker, engine: &Engine) -> Self {
+        let now = engine.now();
+        let settings = engine.settings().value;
+        let max_age = settings.polling.stale_max_age;
+        let m = &w.monitoring;
+        let decision = ccm_domain::idle::evaluate(w, &settings.idle, now);
+        let (action, keep_reason, remaining) = match &decision.action {
+            IdleAction::Pause => ("pause", None, None),
+            IdleAction::WouldPause => ("would_pause", None, None),
+            IdleAction::Keep { reason } => {
+                let remaining = match reason {
+                    KeepReason::NotIdle { remaining } | KeepReason::Snoozed { remaining } => {
+                        Some(remaining.as_secs())
+                    }
+                    _ => None,
+                };
+                let name = serde_json::to_value(reason)
+                    .ok()
+                    .and_then(|v| v.get("reason").and_then(|r| r.as_str()).map(str::to_owned));
+                ("keep", name, remaining)
+            }
+        };
+        Self {
+            id: w.id.as_uuid(),
+            name: w.name.clone(),
+            region: w.region.to_string(),
+            instance_id: w.instance_id.as_ref().map(ToString::to_string),
+            instance_type: w.instance_type.as_ref().map(ToString::to_string),
+            ami: w.ami.as_ref().map(|a| AmiView {
+                id: a.id.to_string(),
+                name: a.name.clone(),
+            }),
+            ec2_state: w.ec2_state.as_str().to_owned(),
+            state_reason: w.state_reason.clone(),
+            launched_at: w.launched_at,
+            service: ServiceView {
+                status: w.service.status.as_str().to_owned(),
+                reasons: w.service.reasons.iter().map(ReasonView::from).collect(),
+                checked_at: w.service.checked_at,
+            },
+            endpoint: w.endpoint.clone(),
+            public_ip: w.public_ip.map(|i| i.to_string()),
+            private_ip: w.private_ip.map(|i| i.to_string()),
+            tags: w.tags.clone(),
+            sources: SourcesView {
+                system_information: SourceView::of(&w.cml.info, now, max_age, |x| {
+                    CmlInfoView::from(x)
+                }),
+                health: SourceView::of(&w.cml.health, now, max_age, |x| CmlHealthView::from(x)),
+                stats: SourceView::of(&w.cml.stats, now, max_age, |x| CmlStatsView::from(x)),
+                licence: SourceView::of(&w.cml.licence, now, max_age, |x| LicenceView::from(x)),
+                labs_count: SourceView::of(&w.labs_count, now, max_age, |n| *n),
+                cloudwatch: SourceView::of(&w.cloudwatch, now, max_age, |x| {
+                    CloudWatchView::from(x)
+                }),
+            },
+            breaker: engine.breaker_of(w).as_ref().map(BreakerView::from),
+            monitoring: MonitoringView {
+                idle_detection: m.idle_detection,
+                detailed_monitoring: m.detailed_monitoring,
+                last_activity: m.last_activity,
+                activity_checked_at: m.activity_checked_at,
+                last_resume: m.last_resume,
+                paused_at: m.paused_at,
+                pause_reason: m.pause_reason.as_ref().map(enum_text),
+                pauses: (&m.pauses).into(),
+                resumes: (&m.resumes).into(),
+                history: m
+                    .history
+                    .iter()
+                    .map(|h| HistoryView {
+                        at: h.at,
+                        kind: match h.kind {
+                            HistoryKind::Paused => "paused".into(),
+                            HistoryKind::Resumed => "resumed".into(),
+                        },
+                        reason: h.reason.clone(),
+                        by: h.by.as_ref().map(ToString::to_string),
+                    })
+                    .collect(),
+                seconds_stopped_by_ccm: w.seconds_stopped_by_ccm(now),
+                idle: IdleView {
+                    idle: decision.idle,
+                    idle_for_seconds: decision.idle_for.as_secs(),
+                    since: decision.since,
+                    action: action.to_owned(),
+                    keep_reason,
+                    remaining_seconds: remaining,
+                },
+            },
+            created_at: w.created_at,
+            created_by: w.created_by.to_string(),
+            updated_at: w.updated_at,
+            updated_by: w.updated_by.to_string(),
+            terminated_at: w.terminated_at,
+            terminated_by: w.terminated_by.as_ref().map(ToString::to_string),
+            version: w.version,
+        }
+    }
+}
+
+/// A page of workers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerPage {
+    /// The workers.
+    pub items: Vec<WorkerView>,
+    /// How many matched in all.
+    pub total: u64,
+    /// The page size used.
+    pub limit: u32,
+    /// Rows skipped.
+    pub offset: u32,
+}
+
+/// A lab on a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LabView {
+    /// The worker.
+    pub worker_id: Uuid,
+    /// CML's lab id.
+    pub lab_id: String,
+    /// Title.
+    pub title: String,
+    /// Description.
+    pub description: Option<String>,
+    /// `DEFINED_ON_CORE`, `STOPPED`, `STARTED`.
+    pub state: String,
+    /// Owner user id.
+    pub owner: Option<String>,
+    /// Owner user name.
+    pub owner_username: Option<String>,
+    /// Nodes.
+    pub node_count: u32,
+    /// Links.
+    pub link_count: u32,
+    /// Created in CML.
+    pub created: Option<DateTime<Utc>>,
+    /// Modified in CML.
+    pub modified: Option<DateTime<Utc>>,
+    /// When ccm read it.
+    pub observed_at: DateTime<Utc>,
+}
+
+impl From<&LabRecord> for LabView {
+    fn from(l: &LabRecord) -> Self {
+        Self {
+            worker_id: l.worker_id.as_uuid(),
+            lab_id: l.lab_id.to_string(),
+            title: l.title.clone(),
+            description: l.description.clone(),
+            state: l.state.as_str().to_owned(),
+            owner: l.owner.clone(),
+            owner_username: l.owner_username.clone(),
+            node_count: l.node_count,
+            link_count: l.link_count,
+            created: l.created,
+            modified: l.modified,
+            observed_at: l.observed_at,
+        }
+    }
+}
+
+/// The labs of a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LabList {
+    /// The labs, by title.
+    pub items: Vec<LabView>,
+}
+
+/// A lab action's result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LabActionView {
+    /// The lab.
+    pub lab_id: String,
+    /// `start`, `stop`, `wipe`, `delete`, `import`.
+    pub action: String,
+    /// The lab as read after the action (`null` once deleted, or if not read yet).
+    pub lab: Option<LabView>,
+}
+
+/// One metrics point (averages over a bucket).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MetricsPointView {
+    /// Start of the bucket.
+    pub at: DateTime<Utc>,
+    /// Samples in the bucket.
+    pub samples: u64,
+    /// CloudWatch CPU.
+    pub cpu_percent: Option<f64>,
+    /// CloudWatch memory.
+    pub memory_percent: Option<f64>,
+    /// CML CPU.
+    pub cml_cpu_percent: Option<f64>,
+    /// CML memory.
+    pub cml_memory_percent: Option<f64>,
+    /// Most running nodes.
+    pub running_nodes: Option<u64>,
+}
+
+impl From<&ccm_store::MetricsPoint> for MetricsPointView {
+    fn from(p: &ccm_store::MetricsPoint) -> Self {
+        Self {
+            at: p.at,
+            samples: p.samples,
+            cpu_percent: p.cpu_percent,
+            memory_percent: p.memory_percent,
+            cml_cpu_percent: p.cml_cpu_percent,
+            cml_memory_percent: p.cml_memory_percent,
+            running_nodes: p.running_nodes,
+        }
+    }
+}
+
+/// The metrics history of a worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct MetricsHistory {
+    /// The worker.
+    pub worker_id: Uuid,
+    /// From when.
+    pub since: DateTime<Utc>,
+    /// The points, oldest first.
+    pub points: Vec<MetricsPointView>,
+}
+
+/// One stored event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventRecord {
+    /// Position in the event log (the SSE id).
+    pub seq: u64,
+    /// The CloudEvent (CloudEvents 1.0 JSON).
+    #[schema(value_type = Object)]
+    pub event: serde_json::Value,
+}
+
+/// A page of a worker's events, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct EventPage {
+    /// The events.
+    pub items: Vec<EventRecord>,
+    /// Pass as `before` for the next (older) page; `null` at the end.
+    pub next_before: Option<u64>,
+}
+
+/// What an on-demand refresh did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RefreshView {
+    /// `refreshed`, `joined` (one was running) or `skipped`.
+    pub outcome: String,
+    /// For `skipped`: `not_running`, `throttled`, `already_running`.
+    pub reason: Option<String>,
+    /// For `throttled`: when a refresh is allowed again.
+    pub retry_in_seconds: Option<u64>,
+    /// The worker after the refresh.
+    pub worker: WorkerView,
+}
+
+/// One instance an import left out.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SkippedInstance {
+    /// The instance.
+    pub instance_id: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImportView {
+    /// Instances that matched.
+    pub matched: u32,
+    /// Workers created.
+    pub imported: Vec<Uuid>,
+    /// Instances that already were workers.
+    pub existing: Vec<Uuid>,
+    /// Instances left out.
+    pub skipped: Vec<SkippedInstance>,
+}
+
+impl From<ccm_engine::ImportReport> for ImportView {
+    fn from(r: ccm_engine::ImportReport) -> Self {
+        Self {
+            matched: r.matched,
+            imported: r.imported.iter().map(|w| w.as_uuid()).collect(),
+            existing: r.existing.iter().map(|w| w.as_uuid()).collect(),
+            skipped: r
+                .skipped
+                .into_iter()
+                .map(|(instance_id, reason)| SkippedInstance {
+                    instance_id,
+                    reason,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Where to follow an asynchronous operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WatchLinks {
+    /// The SSE stream of the operation's events.
+    pub events: String,
+    /// The resource.
+    pub worker: String,
+}
+
+/// An accepted licence operation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LicenceAccepted {
+    /// `register` or `deregister`.
+    pub operation: String,
+    /// The worker.
+    pub worker_id: Uuid,
+    /// Where to follow it (`ccm.licence.*` events end with `registered`/`registration_failed`
+    /// or `deregistered`/`deregistration_failed`).
+    pub watch: WatchLinks,
+}
+
+// === views: system ===
+
+/// One component's health.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ComponentView {
+    /// Name.
+    pub name: String,
+    /// Healthy.
+    pub ok: bool,
+    /// Details.
+    pub detail: String,
+}
+
+impl From<&ccm_engine::ComponentHealth> for ComponentView {
+    fn from(c: &ccm_engine::ComponentHealth) -> Self {
+        Self {
+            name: c.name.clone(),
+            ok: c.ok,
+            detail: c.detail.clone(),
+        }
+    }
+}
+
+/// Health of ccm and what it depends on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct HealthView {
+    /// Every component healthy.
+    pub healthy: bool,
+    /// The database.
+    pub database: ComponentView,
+    /// The scheduler.
+    pub scheduler: ComponentView,
+    /// The cloud provider per region.
+    pub providers: Vec<ComponentView>,
+    /// Workers known.
+    pub workers: usize,
+}
+
+/// Worker counts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CountsView {
+    /// Workers known.
+    pub total: u64,
+    /// By EC2 state.
+    pub by_state: BTreeMap<String, u64>,
+    /// By service status.
+    pub by_service: BTreeMap<String, u64>,
+    /// Live SSE clients.
+    pub sse_clients: usize,
+}
+
+/// The retry budget.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BudgetView {
+    /// Whether it limits retries.
+    pub enabled: bool,
+    /// Calls in the window.
+    pub calls: u64,
+    /// Retries in the window.
+    pub retries: u64,
+    /// Retries allowed now.
+    pub available: u64,
+    /// Exhausted (and not recovered).
+    pub exhausted: bool,
+}
+
+/// A bulkhead.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BulkheadView {
+    /// Name (`cml_poll`, `labs`, `aws`).
+    pub name: String,
+    /// Calls holding a slot.
+    pub in_flight: usize,
+    /// Calls waiting.
+    pub queued: usize,
+    /// Concurrency limit (`null`: unlimited).
+    pub max_concurrent: Option<usize>,
+    /// Queue limit.
+    pub max_queue: usize,
+}
+
+/// Breakers, the retry budget and the bulkheads.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ResilienceView {
+    /// Every circuit breaker, by key.
+    pub breakers: Vec<BreakerView>,
+    /// Breakers open now.
+    pub open: usize,
+    /// The fleet-wide retry budget.
+    pub budget: BudgetView,
+    /// The bulkheads.
+    pub bulkheads: Vec<BulkheadView>,
+}
+
+/// A background job.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobView {
+    /// `ec2_sync`, `cml_sync`, `metrics`, `labs`, `activity`, `auto_import`, `event_retention`.
+    pub job: String,
+    /// Switched on.
+    pub enabled: bool,
+    /// Interval, seconds.
+    pub interval_seconds: u64,
+    /// Runs finished.
+    pub runs: u64,
+    /// Runs failed.
+    pub failures: u64,
+    /// Running now.
+    pub in_flight: u64,
+    /// Workers scheduled (per-worker jobs).
+    pub scheduled: u64,
+    /// Last run started.
+    pub last_started: Option<DateTime<Utc>>,
+    /// Last run finished.
+    pub last_finished: Option<DateTime<Utc>>,
+    /// Its duration.
+    pub last_duration_ms: Option<u64>,
+    /// Its error.
+    pub last_error: Option<String>,
+}
+
+impl From<&ccm_engine::JobStatus> for JobView {
+    fn from(j: &ccm_engine::JobStatus) -> Self {
+        Self {
+            job: j.job.as_str().to_owned(),
+            enabled: j.enabled,
+            interval_seconds: j.interval.as_secs(),
+            runs: j.runs,
+            failures: j.failures,
+            in_flight: j.in_flight,
+            scheduled: j.scheduled,
+            last_started: j.last_started,
+            last_finished: j.last_finished,
+            last_duration_ms: j.last_duration_ms,
+            last_error: j.last_error.clone(),
+        }
+    }
+}
+
+/// The background jobs.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct JobList {
+    /// Every job.
+    pub items: Vec<JobView>,
+}
+
+/// Savings of one worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerSavingsView {
+    /// Worker.
+    pub id: Uuid,
+    /// Name.
+    pub name: String,
+    /// Instance type.
+    pub instance_type: Option<String>,
+    /// Instance-hours stopped by ccm.
+    pub hours: f64,
+    /// Hourly price, if configured.
+    pub hourly_price: Option<f64>,
+    /// Money saved.
+    pub saved: Option<f64>,
+    /// Pauses by the idle policy.
+    pub idle_pauses: u64,
+    /// Pauses by operators.
+    pub manual_pauses: u64,
+}
+
+/// The fleet's savings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SavingsView {
+    /// When computed.
+    pub generated_at: DateTime<Utc>,
+    /// Instance-hours stopped by ccm.
+    pub total_hours: f64,
+    /// Money saved over the workers whose price is known.
+    pub total_saved: f64,
+    /// Currency.
+    pub currency: String,
+    /// Instance types without a configured price.
+    pub missing_prices: Vec<String>,
+    /// Per worker, most saved first.
+    pub workers: Vec<WorkerSavingsView>,
+}
+
+impl From<ccm_domain::savings::SavingsReport> for SavingsView {
+    fn from(r: ccm_domain::savings::SavingsReport) -> Self {
+        Self {
+            generated_at: r.generated_at,
+            total_hours: r.total_hours,
+            total_saved: r.total_saved,
+            currency: r.currency,
+            missing_prices: r.missing_prices,
+            workers: r
+                .workers
+                .into_iter()
+                .map(|w| WorkerSavingsView {
+                    id: w.id.as_uuid(),
+                    name: w.name,
+                    instance_type: w.instance_type,
+                    hours: w.hours,
+                    hourly_price: w.hourly_price,
+                    saved: w.saved,
+                    idle_pauses: w.idle_pauses,
+                    manual_pauses: w.manual_pauses,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The runtime settings with their version.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SettingsView {
+    /// Version (0: defaults, never stored). Send it as `If-Match` to update safely.
+    pub version: u64,
+    /// The settings: `idle` {enabled, timeout, snooze_after_resume, dry_run,
+    /// activity_max_age} and `polling` {ec2_enabled, ec2_interval, cml_enabled, …,
+    /// stale_max_age}; durations as text (`30m`, `1h 30m`).
+    #[schema(value_type = Object)]
+    pub settings: serde_json::Value,
+}
+
+// === session ===
+
+/// The signed-in caller.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SessionView {
+    /// Name recorded on what they do.
+    pub user: String,
+    /// Role.
+    pub role: Role,
+    /// How they authenticated.
+    pub method: AuthMethod,
+    /// Whether this request used the session cookie (else a bearer token).
+    pub cookie: bool,
+    /// With the cookie: the token to send as `X-CSRF-Token` on state-changing requests.
+    pub csrf_token: Option<String>,
+    /// With the cookie: when the session ends.
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// How a browser can sign in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SignInMethods {
+    /// With an API token (`POST /api/v1/session`).
+    pub token: bool,
+    /// Through the OIDC provider (`GET /api/v1/session/oidc`), when configured.
+    pub oidc: Option<String>,
+}
+
+// === requests ===
+
+/// Provision a new worker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWorkerRequest {
+    /// Display name (1–128 characters; also the EC2 `Name` tag).
+    pub name: String,
+    /// Region (default: the configured one).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Instance type (default: the configured one).
+    #[serde(default)]
+    pub instance_type: Option<String>,
+    /// Image id (`ami-…`).
+    #[serde(default)]
+    pub ami_id: Option<String>,
+    /// Or: the newest image whose name matches (e.g. `cml-controller-2.9*`).
+    #[serde(default)]
+    pub ami_name_pattern: Option<String>,
+    /// Extra tags.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Import existing EC2 instances as workers. Give exactly one of `instance_ids`, `ami_id`,
+/// `ami_name_pattern` or `configured: true`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImportWorkersRequest {
+    /// Region to search (default: all configured regions).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// These instances.
+    #[serde(default)]
+    pub instance_ids: Option<Vec<String>>,
+    /// Instances launched from this image.
+    #[serde(default)]
+    pub ami_id: Option<String>,
+    /// Instances launched from images whose name matches.
+    #[serde(default)]
+    pub ami_name_pattern: Option<String>,
+    /// The configured `[import]` filter.
+    #[serde(default)]
+    pub configured: bool,
+    /// Import every match (otherwise more than one match of an image selector is refused).
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Set and remove tags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TagsRequest {
+    /// Tags to set.
+    #[serde(default)]
+    pub set: BTreeMap<String, String>,
+    /// Tag keys to remove.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+/// Switch idle detection.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct IdleDetectionRequest {
+    /// On or off.
+    pub enabled: bool,
+}
+
+/// Register the CML licence.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LicenceRequest {
+    /// The Smart Licensing token (never stored, logged or echoed).
+    pub token: String,
+    /// Register again even if registered.
+    #[serde(default)]
+    pub reregister: bool,
+}
+
+/// A lab topology to import, as JSON (the raw YAML body works too).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LabImportRequest {
+    /// The topology (CML YAML or JSON).
+    pub topology: String,
+    /// Title for the new lab.
+    #[serde(default)]
+    pub title: Option<String>,
+}
+
+/// The new lab.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct LabImported {
+    /// Its id.
+    pub lab_id: String,
+    /// The lab as read after the import.
+    pub lab: Option<LabView>,
+}
+
+/// Sign in with an API token.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignInRequest {
+    /// A static API token or an OIDC access token.
+    pub token: String,
+}

@@ -1,0 +1,283 @@
+use std::time::Duration;
+
+use axum::body::Body;
+use ccm_domain::EventKind;
+use http::{Method, Request, header};
+use serde_json::json;
+
+use crate::support::{MANAGER, TestApi, VIEWER};
+
+fn raw_import(id: &str, content_type: &str, body: Vec<u8>, query: &str) -> Request<Body> {
+    Request::builder()
+        .method(Method::POST)
+        .uri(format!("/api/v1/workers/{id}/labs{query}"))
+        .header(header::AUTHORIZATION, format!("Bearer {MANAGER}"))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn labs_should_be_imported_listed_operated_downloaded_and_deleted() {
+    let api = TestApi::start(31, 1).await;
+    api.until_ready().await;
+    let id = api.workers().await[0].id.to_string();
+    let yaml = ccm_cml_sim::SAMPLE_LAB_YAML;
+
+    // Import as raw YAML, with the title in the query.
+    let res = api
+        .send(raw_import(
+            &id,
+            "application/yaml",
+            yaml.as_bytes().to_vec(),
+            "?title=Demo%20one",
+        ))
+        .await;
+    let created = res.ok(201);
+    let lab = created["lab_id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        res.headers[header::LOCATION].to_str().unwrap(),
+        format!("/api/v1/workers/{id}/labs/{lab}/topology")
+    );
+    assert_eq!(created["lab"]["title"], "Demo one", "{created}");
+    // And as JSON.
+    let second = api
+        .post(
+            &format!("/api/v1/workers/{id}/labs"),
+            MANAGER,
+            Some(json!({"topology": yaml, "title": "Demo two"})),
+        )
+        .await
+        .ok(201);
+    let lab2 = second["lab_id"].as_str().unwrap().to_owned();
+
+    let list = api
+        .get(&format!("/api/v1/workers/{id}/labs"), VIEWER)
+        .await
+        .ok(200);
+    let titles: Vec<&str> = list["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["title"].as_str().unwrap())
+        .collect();
+    assert!(
+        titles.contains(&"Demo one") && titles.contains(&"Demo two"),
+        "{list}"
+    );
+
+    let started = api
+        .post(
+            &format!("/api/v1/workers/{id}/labs/{lab}/start"),
+            MANAGER,
+            None,
+        )
+        .await
+        .ok(200);
+    assert_eq!(started["action"], "start");
+    assert_eq!(started["lab"]["state"], "STARTED", "{started}");
+    let stopped = api
+        .post(
+            &format!("/api/v1/workers/{id}/labs/{lab}/stop"),
+            MANAGER,
+            None,
+        )
+        .await
+        .ok(200);
+    assert_eq!(stopped["lab"]["state"], "STOPPED", "{stopped}");
+    let wiped = api
+        .post(
+            &format!("/api/v1/workers/{id}/labs/{lab}/wipe"),
+            MANAGER,
+            None,
+        )
+        .await
+        .ok(200);
+    assert_eq!(wiped["lab"]["state"], "DEFINED_ON_CORE", "{wiped}");
+
+    let dl = api
+        .get(&format!("/api/v1/workers/{id}/labs/{lab}/topology"), VIEWER)
+        .await;
+    assert_eq!(dl.status, 200, "{}", dl.text());
+    assert!(
+        dl.headers[header::CONTENT_TYPE]
+            .to_str()
+            .unwrap()
+            .starts_with("application/yaml")
+    );
+    assert!(
+        dl.headers[header::CONTENT_DISPOSITION]
+            .to_str()
+            .unwrap()
+            .contains(&format!("{lab}.yaml"))
+    );
+    assert!(dl.text().contains("nodes"), "{}", dl.text());
+
+    let del = api
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/workers/{id}/labs/{lab2}"),
+            Some(MANAGER),
+            None,
+        )
+        .await;
+    assert_eq!(del.status, 204, "{}", del.text());
+    let list = api
+        .get(&format!("/api/v1/workers/{id}/labs"), VIEWER)
+        .await
+        .ok(200);
+    assert!(
+        list["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["lab_id"] != lab2.as_str())
+    );
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn lab_errors_should_be_404_409_413_415_and_422() {
+    let api = TestApi::start(32, 1).await;
+    api.until_ready().await;
+    let id = api.workers().await[0].id.to_string();
+    let missing = uuid::Uuid::new_v4();
+    api.post(
+        &format!("/api/v1/workers/{id}/labs/{missing}/start"),
+        MANAGER,
+        None,
+    )
+    .await
+    .problem(404);
+    api.get(
+        &format!("/api/v1/workers/{id}/labs/{missing}/topology"),
+        VIEWER,
+    )
+    .await
+    .problem(404);
+    api.send(raw_import(
+        &id,
+        "application/octet-stream",
+        b"x".to_vec(),
+        "",
+    ))
+    .await
+    .problem(415);
+    let p = api
+        .send(raw_import(&id, "text/yaml", b"   ".to_vec(), ""))
+        .await
+        .problem(422);
+    assert_eq!(p["field"], "topology");
+    let p = api
+        .send(raw_import(&id, "text/yaml", vec![0xff, 0xfe, 0x00], ""))
+        .await
+        .problem(422);
+    assert_eq!(p["field"], "topology");
+    let big = vec![b'#'; 2 * 1024 * 1024 + 1];
+    api.send(raw_import(&id, "application/yaml", big, ""))
+        .await
+        .problem(413);
+    // Just under the limit is read (and refused by CML as a topology, not as a size).
+    let mut almost = b"# padding\n".repeat(200_000);
+    almost.truncate(2 * 1024 * 1024 - 10);
+    let res = api
+        .send(raw_import(&id, "application/yaml", almost, ""))
+        .await;
+    assert_ne!(res.status, 413);
+    assert!(
+        res.status.as_u16() < 500 || res.status.as_u16() == 502,
+        "{}",
+        res.text()
+    );
+
+    // A stopped worker has no CML to ask.
+    api.post(&format!("/api/v1/workers/{id}/stop"), MANAGER, None)
+        .await
+        .ok(202);
+    let p = api
+        .post(
+            &format!("/api/v1/workers/{id}/labs/{missing}/start"),
+            MANAGER,
+            None,
+        )
+        .await
+        .problem(409);
+    assert!(p["detail"].as_str().unwrap().contains("not running"), "{p}");
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn licence_registration_should_answer_202_with_where_to_watch() {
+    let api = TestApi::start(33, 2).await;
+    api.until_ready().await;
+    let ws = api.workers().await;
+    let id = ws[0].id.to_string();
+    let mut rx = api.fleet.engine.subscribe();
+    let res = api
+        .post(
+            &format!("/api/v1/workers/{id}/licence"),
+            MANAGER,
+            Some(json!({"token": "GoodToken123"})),
+        )
+        .await;
+    let body = res.ok(202);
+    let watch = format!("/api/v1/events?worker={id}&type=ccm.licence.*");
+    assert_eq!(res.headers[header::LOCATION].to_str().unwrap(), watch);
+    assert_eq!(body["watch"]["events"], watch);
+    assert_eq!(body["watch"]["worker"], format!("/api/v1/workers/{id}"));
+    assert_eq!(body["operation"], "register");
+    // The outcome arrives as an event.
+    let outcome = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            if let Ok(e) = rx.recv().await
+                && e.event.worker_id() == Some(ws[0].id)
+                && matches!(
+                    e.event.kind,
+                    EventKind::LicenceRegistered { .. }
+                        | EventKind::LicenceRegistrationFailed { .. }
+                )
+            {
+                return e.event.type_name();
+            }
+        }
+    })
+    .await
+    .expect("no licence outcome");
+    assert_eq!(outcome, "ccm.licence.registered");
+
+    let res = api
+        .call(
+            Method::DELETE,
+            &format!("/api/v1/workers/{id}/licence"),
+            Some(MANAGER),
+            None,
+        )
+        .await;
+    assert_eq!(res.ok(202)["operation"], "deregister");
+
+    for (body, field) in [
+        (json!({"token": ""}), "token"),
+        (json!({"token": "x".repeat(300)}), "token"),
+        (json!({"tokn": "abc"}), "tokn"),
+        (json!({"token": "abc", "reregister": "yes"}), "reregister"),
+    ] {
+        let p = api
+            .post(
+                &format!("/api/v1/workers/{id}/licence"),
+                MANAGER,
+                Some(body.clone()),
+            )
+            .await
+            .problem(422);
+        assert_eq!(p["field"], field, "{body}: {p}");
+    }
+    // A token CML cannot take (bad characters) is refused before anything is sent.
+    api.post(
+        &format!("/api/v1/workers/{id}/licence"),
+        MANAGER,
+        Some(json!({"token": "bad token with spaces"})),
+    )
+    .await
+    .problem(422);
+    api.fleet.shutdown().await;
+}

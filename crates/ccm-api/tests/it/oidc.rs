@@ -1,0 +1,485 @@
+//! A fake OpenID provider on a loopback address: discovery, JWKS (rotatable, fetches counted),
+//! an authorize endpoint that records the PKCE challenge and a token endpoint that checks it.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use aws_lc_rs::encoding::AsDer as _;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::response::{IntoResponse, Redirect};
+use axum::routing::{get, post};
+use base64::Engine as _;
+use ccm_api::OidcConfig;
+use jsonwebtoken::jwk::{Jwk, JwkSet};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use sha2::Digest as _;
+
+use crate::support::{TestApi, http};
+
+/// An RSA signing key and its public JWK.
+#[derive(Clone)]
+struct Key {
+    kid: String,
+    encoding: EncodingKey,
+    jwk: Jwk,
+}
+
+fn new_key(kid: &str) -> Key {
+    let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let der = pair.as_der().unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der.as_ref());
+    let pem = format!("-----BEGIN PRIVATE KEY-----\n{b64}\n-----END PRIVATE KEY-----\n");
+    let encoding = EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap();
+    let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::RS256).unwrap();
+    jwk.common.key_id = Some(kid.to_owned());
+    Key {
+        kid: kid.to_owned(),
+        encoding,
+        jwk,
+    }
+}
+
+struct Login {
+    challenge: String,
+    nonce: String,
+    redirect_uri: String,
+    client_id: String,
+}
+
+struct Provider {
+    issuer: String,
+    keys: Mutex<Vec<Key>>,
+    fetches: AtomicUsize,
+    logins: Mutex<HashMap<String, Login>>,
+    /// Roles the next sign-in gets (in the access token, as Keycloak does).
+    roles: Mutex<Vec<String>>,
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+impl Provider {
+    fn sign(&self, key: &Key, claims: Value) -> String {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some(key.kid.clone());
+        jsonwebtoken::encode(&h, &claims, &key.encoding).unwrap()
+    }
+}
+
+async fn discovery(State(p): State<Arc<Provider>>) -> axum::Json<Value> {
+    axum::Json(json!({
+        "issuer": p.issuer,
+        "jwks_uri": format!("{}/jwks", p.issuer),
+        "authorization_endpoint": format!("{}/authorize", p.issuer),
+        "token_endpoint": format!("{}/token", p.issuer),
+    }))
+}
+
+async fn jwks(State(p): State<Arc<Provider>>) -> axum::Json<JwkSet> {
+    p.fetches.fetch_add(1, Ordering::SeqCst);
+    axum::Json(JwkSet {
+        keys: p.keys.lock().iter().map(|k| k.jwk.clone()).collect(),
+    })
+}
+
+async fn authorize(
+    State(p): State<Arc<Provider>>,
+    Query(q): Query<HashMap<String, String>>,
+) -> impl IntoResponse {
+    assert_eq!(q["response_type"], "code");
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert!(q["scope"].contains("openid"));
+    let code = format!("code-{}", uuid::Uuid::new_v4());
+    p.logins.lock().insert(
+        code.clone(),
+        Login {
+            challenge: q["code_challenge"].clone(),
+            nonce: q["nonce"].clone(),
+            redirect_uri: q["redirect_uri"].clone(),
+            client_id: q["client_id"].clone(),
+        },
+    );
+    Redirect::to(&format!(
+        "{}?code={code}&state={}",
+        q["redirect_uri"], q["state"]
+    ))
+}
+
+async fn token(State(p): State<Arc<Provider>>, body: String) -> axum::response::Response {
+    let form: HashMap<String, String> = url::form_urlencoded::parse(body.as_bytes())
+        .into_owned()
+        .collect();
+    let Some(login) = p.logins.lock().remove(&form["code"]) else {
+        return (
+            http::StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response();
+    };
+    let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(sha2::Sha256::digest(form["code_verifier"].as_bytes()));
+    if form["grant_type"] != "authorization_code"
+        || challenge != login.challenge
+        || form["redirect_uri"] != login.redirect_uri
+        || form["client_id"] != login.client_id
+    {
+        return (
+            http::StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": "invalid_grant"})),
+        )
+            .into_response();
+    }
+    let key = p.keys.lock()[0].clone();
+    let id_token = p.sign(
+        &key,
+        json!({"iss": p.issuer, "aud": login.client_id, "sub": "u-1", "exp": now() + 300,
+               "preferred_username": "carol", "nonce": login.nonce}),
+    );
+    let access_token = p.sign(
+        &key,
+        json!({"iss": p.issuer, "aud": "account", "sub": "u-1", "exp": now() + 300,
+               "realm_access": {"roles": p.roles.lock().clone()}}),
+    );
+    axum::Json(json!({"id_token": id_token, "access_token": access_token, "token_type": "Bearer"}))
+        .into_response()
+}
+
+async fn start_provider(ip: [u8; 4], keys: Vec<Key>) -> (Arc<Provider>, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind(SocketAddr::from((ip, 0)))
+        .await
+        .unwrap();
+    let addr = listener.local_addr().unwrap();
+    let p = Arc::new(Provider {
+        issuer: format!("http://{addr}/realms/test"),
+        keys: Mutex::new(keys),
+        fetches: AtomicUsize::new(0),
+        logins: Mutex::new(HashMap::new()),
+        roles: Mutex::new(vec!["ccm-manager".into()]),
+    });
+    let app = Router::new()
+        .route(
+            "/realms/test/.well-known/openid-configuration",
+            get(discovery),
+        )
+        .route("/realms/test/jwks", get(jwks))
+        .route("/realms/test/authorize", get(authorize))
+        .route("/realms/test/token", post(token))
+        .with_state(p.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (p, addr)
+}
+
+fn claims(p: &Provider, extra: Value) -> Value {
+    let mut c = json!({"iss": p.issuer, "aud": "ccm", "sub": "u-42", "exp": now() + 300,
+                       "preferred_username": "alice", "realm_access": {"roles": ["ccm-manager"]}});
+    for (k, v) in extra.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
+async fn oidc_api(n: u16, p: &Provider, tweak: impl FnOnce(&mut OidcConfig)) -> TestApi {
+    let mut cfg = OidcConfig::new(p.issuer.clone(), "ccm");
+    cfg.jwks_min_refresh_interval = Duration::ZERO;
+    tweak(&mut cfg);
+    TestApi::start_with(n, 1, |_, _, auth| auth.oidc = Some(cfg)).await
+}
+
+#[tokio::test]
+async fn oidc_tokens_should_be_checked_for_signature_issuer_audience_expiry_and_role() {
+    let k1 = new_key("k1");
+    let (p, _) = start_provider([127, 71, 66, 1], vec![k1.clone()]).await;
+    let api = oidc_api(66, &p, |_| {}).await;
+
+    let good = p.sign(&k1, claims(&p, json!({})));
+    let me = api.get("/api/v1/session", &good).await.ok(200);
+    assert_eq!(
+        (me["user"].as_str(), me["role"].as_str()),
+        (Some("alice"), Some("manager"))
+    );
+    assert_eq!(me["method"], "oidc");
+    assert_eq!(me["cookie"], false);
+
+    let stranger = new_key("k1"); // same key id, another key: the signature cannot verify
+    let unknown_kid = new_key("k9");
+    let cases = [
+        (
+            "wrong audience",
+            p.sign(&k1, claims(&p, json!({"aud": "other"}))),
+        ),
+        (
+            "wrong issuer",
+            p.sign(
+                &k1,
+                claims(&p, json!({"iss": "http://evil.example/realms/test"})),
+            ),
+        ),
+        (
+            "expired",
+            p.sign(&k1, claims(&p, json!({"exp": now() - 3600}))),
+        ),
+        ("no expiry", p.sign(&k1, claims(&p, json!({"exp": null})))),
+        ("bad signature", p.sign(&stranger, claims(&p, json!({})))),
+        (
+            "unknown key id",
+            p.sign(&unknown_kid, claims(&p, json!({}))),
+        ),
+        (
+            "HS256",
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims(&p, json!({})),
+                &EncodingKey::from_secret(b"secret"),
+            )
+            .unwrap(),
+        ),
+        ("garbage", "a.b.c".to_owned()),
+    ];
+    for (what, token) in cases {
+        let p = api.get("/api/v1/session", &token).await.problem(401);
+        assert!(!p["detail"].as_str().unwrap().contains(&token), "{what}");
+    }
+    // Valid, but no ccm role in the claim.
+    let no_role = p.sign(
+        &k1,
+        claims(&p, json!({"realm_access": {"roles": ["offline_access"]}})),
+    );
+    api.get("/api/v1/session", &no_role).await.problem(403);
+    // Roles map to the highest match; a viewer cannot operate.
+    let viewer = p.sign(
+        &k1,
+        claims(&p, json!({"realm_access": {"roles": ["ccm-viewer"]}})),
+    );
+    assert_eq!(
+        api.get("/api/v1/session", &viewer).await.ok(200)["role"],
+        "viewer"
+    );
+    let id = api.workers().await[0].id;
+    api.post(&format!("/api/v1/workers/{id}/refresh"), &viewer, None)
+        .await
+        .problem(403);
+    let admin = p.sign(
+        &k1,
+        claims(
+            &p,
+            json!({"realm_access": {"roles": ["ccm-viewer", "ccm-admin"]}}),
+        ),
+    );
+    assert_eq!(
+        api.get("/api/v1/session", &admin).await.ok(200)["role"],
+        "admin"
+    );
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn roles_should_come_from_the_configured_claim_and_mapping() {
+    let k1 = new_key("k1");
+    let (p, _) = start_provider([127, 71, 67, 1], vec![k1.clone()]).await;
+    let api = oidc_api(67, &p, |c| {
+        c.roles_claim = "resource_access.ccm.roles".into();
+        c.role_mapping.admin = vec!["operator".into()];
+        c.username_claim = "email".into();
+    })
+    .await;
+    let t = p.sign(
+        &k1,
+        claims(
+            &p,
+            json!({"email": "ops@example.com", "resource_access": {"ccm": {"roles": ["operator"]}}}),
+        ),
+    );
+    let me = api.get("/api/v1/session", &t).await.ok(200);
+    assert_eq!(
+        (me["user"].as_str(), me["role"].as_str()),
+        (Some("ops@example.com"), Some("admin"))
+    );
+    // The realm roles are not the configured claim any more.
+    let realm_only = p.sign(&k1, claims(&p, json!({})));
+    api.get("/api/v1/session", &realm_only).await.problem(403);
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unknown_key_id_should_refetch_the_jwks_so_keys_can_rotate() {
+    let k1 = new_key("k1");
+    let (p, _) = start_provider([127, 71, 68, 1], vec![k1.clone()]).await;
+    let api = oidc_api(68, &p, |_| {}).await;
+    let t1 = p.sign(&k1, claims(&p, json!({})));
+    api.get("/api/v1/session", &t1).await.ok(200);
+    api.get("/api/v1/session", &t1).await.ok(200);
+    assert_eq!(
+        p.fetches.load(Ordering::SeqCst),
+        1,
+        "cached after the first fetch"
+    );
+
+    // The provider rotates to k2 and drops k1.
+    let k2 = new_key("k2");
+    *p.keys.lock() = vec![k2.clone()];
+    let t2 = p.sign(&k2, claims(&p, json!({})));
+    api.get("/api/v1/session", &t2).await.ok(200);
+    assert_eq!(
+        p.fetches.load(Ordering::SeqCst),
+        2,
+        "the unknown kid caused one fetch"
+    );
+    api.get("/api/v1/session", &t2).await.ok(200);
+    assert_eq!(p.fetches.load(Ordering::SeqCst), 2);
+    // k1 is gone from the provider: its tokens no longer pass.
+    api.get("/api/v1/session", &t1).await.problem(401);
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn forged_key_ids_should_not_make_ccm_hammer_the_provider() {
+    let k1 = new_key("k1");
+    let (p, _) = start_provider([127, 71, 69, 1], vec![k1.clone()]).await;
+    let api = oidc_api(69, &p, |c| {
+        c.jwks_min_refresh_interval = Duration::from_secs(3600)
+    })
+    .await;
+    api.get("/api/v1/session", &p.sign(&k1, claims(&p, json!({}))))
+        .await
+        .ok(200);
+    let forged = new_key("forged");
+    for _ in 0..20 {
+        api.get("/api/v1/session", &p.sign(&forged, claims(&p, json!({}))))
+            .await
+            .problem(401);
+    }
+    assert_eq!(p.fetches.load(Ordering::SeqCst), 1);
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn browser_sign_in_through_the_provider_should_start_a_session() {
+    let k1 = new_key("k1");
+    let (p, _) = start_provider([127, 71, 70, 1], vec![k1.clone()]).await;
+    let api = oidc_api(70, &p, |_| {}).await;
+    let addr = api.serve().await;
+    let base = format!("http://{addr}");
+    let client = http();
+
+    let methods: Value = client
+        .get(format!("{base}/api/v1/session/methods"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(methods["oidc"], "/api/v1/session/oidc");
+
+    let begin = client
+        .get(format!(
+            "{base}/api/v1/session/oidc?return_to=/workers%3Fstate%3Drunning"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(begin.status(), 303);
+    let to_provider = begin.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        to_provider.starts_with(&format!("{}/authorize?", p.issuer)),
+        "{to_provider}"
+    );
+    assert!(to_provider.contains("code_challenge="));
+    let back = client.get(&to_provider).send().await.unwrap();
+    assert!(back.status().is_redirection());
+    let callback = back.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        callback.starts_with(&format!("{base}/api/v1/session/oidc/callback?")),
+        "{callback}"
+    );
+
+    let done = client.get(&callback).send().await.unwrap();
+    assert_eq!(done.status(), 303, "{:?}", done.text().await);
+    assert_eq!(done.headers()["location"], "/workers?state=running");
+    let cookie = done.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
+        "{cookie}"
+    );
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let me: Value = client
+        .get(format!("{base}/api/v1/session"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["user"], "carol");
+    assert_eq!(me["role"], "manager", "roles from the access token: {me}");
+    assert_eq!(me["cookie"], true);
+    assert!(me["csrf_token"].as_str().is_some());
+
+    // The same callback again: the state was used up.
+    let replay = client.get(&callback).send().await.unwrap();
+    assert_eq!(replay.status(), 401);
+    // A forged state.
+    let forged = client
+        .get(format!(
+            "{base}/api/v1/session/oidc/callback?code=x&state=forged"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401);
+    // The provider said no.
+    let denied = client
+        .get(format!(
+            "{base}/api/v1/session/oidc/callback?error=access_denied"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+    // An account without a ccm role gets no session.
+    *p.roles.lock() = vec!["offline_access".into()];
+    let begin = client
+        .get(format!("{base}/api/v1/session/oidc"))
+        .send()
+        .await
+        .unwrap();
+    let to_provider = begin.headers()["location"].to_str().unwrap().to_owned();
+    let back = client.get(&to_provider).send().await.unwrap();
+    let callback = back.headers()["location"].to_str().unwrap().to_owned();
+    let done = client.get(&callback).send().await.unwrap();
+    assert_eq!(done.status(), 403);
+    assert!(done.headers().get("set-cookie").is_none());
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_oidc_the_browser_sign_in_through_a_provider_should_be_404() {
+    let api = TestApi::start(71, 1).await;
+    let p = api
+        .call(http::Method::GET, "/api/v1/session/oidc", None, None)
+        .await
+        .problem(404);
+    assert!(p["detail"].as_str().unwrap().contains("not configured"));
+    let m = api
+        .call(http::Method::GET, "/api/v1/session/methods", None, None)
+        .await
+        .ok(200);
+    assert!(m["oidc"].is_null());
+    assert_eq!(m["token"], true);
+    api.fleet.shutdown().await;
+}

@@ -1,0 +1,195 @@
+use ccm_api::SignInLimit;
+use serde_json::{Value, json};
+
+use crate::support::{MANAGER, TestApi, VIEWER, http};
+
+#[tokio::test]
+async fn a_cookie_session_should_need_the_csrf_token_to_change_anything() {
+    let api = TestApi::start(81, 1).await;
+    let addr = api.serve().await;
+    let base = format!("http://{addr}");
+    let client = http();
+    let id = api.workers().await[0].id;
+
+    let res = client
+        .post(format!("{base}/api/v1/session"))
+        .json(&json!({"token": MANAGER}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.starts_with("ccm_session="), "{cookie}");
+    for attr in ["HttpOnly", "SameSite=Strict", "Path=/", "Max-Age="] {
+        assert!(cookie.contains(attr), "{attr} missing: {cookie}");
+    }
+    assert!(
+        !cookie.contains("Secure"),
+        "plain HTTP without public_url: {cookie}"
+    );
+    assert!(!cookie.contains(MANAGER));
+    let session: Value = res.json().await.unwrap();
+    assert_eq!(session["user"], "token:manager");
+    assert_eq!(session["role"], "manager");
+    let csrf = session["csrf_token"].as_str().unwrap().to_owned();
+    let pair = cookie.split(';').next().unwrap().to_owned();
+
+    // Reads work with the cookie alone; GET /session gives the CSRF token again.
+    let me: Value = client
+        .get(format!("{base}/api/v1/session"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["csrf_token"], csrf);
+    let list = client
+        .get(format!("{base}/api/v1/workers"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(list.status(), 200);
+
+    // A state change without the header, or with a wrong one: 403.
+    let idle = format!("{base}/api/v1/workers/{id}/idle-detection");
+    for header in [None, Some("wrong"), Some("")] {
+        let mut req = client
+            .put(&idle)
+            .header("cookie", &pair)
+            .json(&json!({"enabled": false}));
+        if let Some(h) = header {
+            req = req.header("x-csrf-token", h);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 403, "{header:?}");
+    }
+    let ok = client
+        .put(&idle)
+        .header("cookie", &pair)
+        .header("x-csrf-token", &csrf)
+        .json(&json!({"enabled": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    let w: Value = ok.json().await.unwrap();
+    assert_eq!(w["monitoring"]["idle_detection"], false);
+    assert_eq!(w["updated_by"], "token:manager");
+    // A bearer request needs no CSRF token.
+    let bearer = client
+        .put(&idle)
+        .bearer_auth(MANAGER)
+        .json(&json!({"enabled": true}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+
+    // Signing out needs the CSRF token too, then the cookie is dead.
+    let out = client
+        .delete(format!("{base}/api/v1/session"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 403);
+    let out = client
+        .delete(format!("{base}/api/v1/session"))
+        .header("cookie", &pair)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let after = client
+        .get(format!("{base}/api/v1/workers"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(after.status(), 401);
+    assert_eq!(api.state.sessions(), 0);
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_viewer_session_should_not_operate_and_cookies_should_be_secure_behind_https() {
+    let api = TestApi::start_with(82, 1, |_, cfg, _| {
+        cfg.public_url = Some("https://ccm.example.com".into())
+    })
+    .await;
+    let addr = api.serve().await;
+    let client = http();
+    let res = client
+        .post(format!("http://{addr}/api/v1/session"))
+        .json(&json!({"token": VIEWER}))
+        .send()
+        .await
+        .unwrap();
+    let cookie = res.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    let session: Value = res.json().await.unwrap();
+    let pair = cookie.split(';').next().unwrap().to_owned();
+    let id = api.workers().await[0].id;
+    let res = client
+        .post(format!("http://{addr}/api/v1/workers/{id}/refresh"))
+        .header("cookie", &pair)
+        .header("x-csrf-token", session["csrf_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_sign_ins_should_be_rate_limited_per_address() {
+    let api = TestApi::start_with(83, 1, |_, _, auth| {
+        auth.sign_in_limit = SignInLimit {
+            burst: 3,
+            per_minute: 1,
+        }
+    })
+    .await;
+    let addr = api.serve().await;
+    let client = http();
+    let sign_in = |token: &str| {
+        client
+            .post(format!("http://{addr}/api/v1/session"))
+            .json(&json!({"token": token}))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(sign_in("guess").await.unwrap().status(), 401);
+    }
+    let limited = sign_in("guess").await.unwrap();
+    assert_eq!(limited.status(), 429);
+    let wait: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&wait), "{wait}");
+    let p: Value = limited.json().await.unwrap();
+    assert_eq!(p["status"], 429);
+    // Even the right token waits now.
+    assert_eq!(sign_in(MANAGER).await.unwrap().status(), 429);
+    // Bearer requests are not sign-ins and are not blocked.
+    let ok = client
+        .get(format!("http://{addr}/api/v1/workers"))
+        .bearer_auth(MANAGER)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(ok.status(), 200);
+    api.fleet.shutdown().await;
+}

@@ -1,0 +1,210 @@
+use http::{Method, header};
+use serde_json::json;
+
+use crate::support::{ADMIN, TestApi, VIEWER};
+
+#[tokio::test]
+async fn health_counts_resilience_jobs_and_savings_should_answer() {
+    let api = TestApi::start(46, 2).await;
+    api.until_ready().await;
+    let h = api.get("/api/v1/system/health", VIEWER).await.ok(200);
+    assert_eq!(h["healthy"], true, "{h}");
+    assert_eq!(h["database"]["ok"], true);
+    assert_eq!(h["scheduler"]["ok"], true);
+    assert_eq!(h["workers"], 2);
+    assert!(!h["providers"].as_array().unwrap().is_empty());
+
+    let c = api.get("/api/v1/system/counts", VIEWER).await.ok(200);
+    assert_eq!(c["total"], 2);
+    assert_eq!(c["by_state"]["running"], 2);
+    assert_eq!(c["by_service"]["ready"], 2);
+
+    let r = api.get("/api/v1/system/resilience", VIEWER).await.ok(200);
+    assert!(r["breakers"].as_array().unwrap().len() >= 2, "{r}");
+    assert_eq!(r["open"], 0);
+    assert!(r["budget"]["available"].is_u64());
+    assert!(
+        r["bulkheads"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["name"] == "cml_poll")
+    );
+
+    let jobs = api.get("/api/v1/system/jobs", VIEWER).await.ok(200);
+    let names: Vec<&str> = jobs["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| j["job"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"cml_sync") && names.contains(&"ec2_sync"),
+        "{jobs}"
+    );
+    let job = api
+        .post("/api/v1/system/jobs/ec2_sync/run", ADMIN, None)
+        .await
+        .ok(200);
+    assert_eq!(job["job"], "ec2_sync");
+    assert!(job["runs"].as_u64().unwrap() >= 1, "{job}");
+    assert!(job["last_finished"].is_string());
+    let p = api
+        .post("/api/v1/system/jobs/make_coffee/run", ADMIN, None)
+        .await
+        .problem(404);
+    assert!(p["detail"].as_str().unwrap().contains("cml_sync"));
+
+    let s = api.get("/api/v1/system/savings", VIEWER).await.ok(200);
+    assert!(s["total_hours"].is_number());
+    assert!(s["workers"].is_array());
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn settings_should_be_read_patched_validated_and_versioned() {
+    let api = TestApi::start(47, 1).await;
+    let res = api.get("/api/v1/settings", VIEWER).await;
+    let s = res.ok(200);
+    let v0 = s["version"].as_u64().unwrap();
+    assert_eq!(
+        res.headers[header::ETAG].to_str().unwrap(),
+        format!("\"{v0}\"")
+    );
+    assert_eq!(s["settings"]["idle"]["timeout"], "1h");
+
+    let patch = |body: serde_json::Value, if_match: Option<String>| {
+        let mut b = http::Request::builder()
+            .method(Method::PATCH)
+            .uri("/api/v1/settings")
+            .header(header::AUTHORIZATION, format!("Bearer {ADMIN}"))
+            .header(header::CONTENT_TYPE, "application/merge-patch+json");
+        if let Some(m) = if_match {
+            b = b.header(header::IF_MATCH, m);
+        }
+        api.send(
+            b.body(axum::body::Body::from(serde_json::to_vec(&body).unwrap()))
+                .unwrap(),
+        )
+    };
+    let updated = patch(json!({"idle": {"timeout": "45m", "dry_run": true}}), None)
+        .await
+        .ok(200);
+    let v1 = updated["version"].as_u64().unwrap();
+    assert!(v1 > v0);
+    assert_eq!(updated["settings"]["idle"]["timeout"], "45m");
+    assert_eq!(updated["settings"]["idle"]["dry_run"], true);
+    // Untouched keys keep their values; it is applied at once.
+    assert_eq!(updated["settings"]["polling"]["cml_enabled"], false);
+    assert_eq!(
+        api.fleet.engine.settings().value.idle.timeout,
+        std::time::Duration::from_secs(45 * 60)
+    );
+
+    let p = patch(json!({"polling": {"cml_interval": "0s"}}), None)
+        .await
+        .problem(422);
+    assert_eq!(p["field"], "polling.cml_interval");
+    let p = patch(json!({"idle": {"timeuot": "1h"}}), None)
+        .await
+        .problem(422);
+    assert_eq!(p["field"], "idle.timeuot");
+    let p = patch(json!({"idle": {"timeout": "soon"}}), None)
+        .await
+        .problem(422);
+    assert_eq!(p["field"], "idle.timeout");
+    patch(json!(["idle"]), None).await.problem(422);
+
+    // Stale If-Match: someone changed them since.
+    patch(
+        json!({"idle": {"dry_run": false}}),
+        Some(format!("\"{v0}\"")),
+    )
+    .await
+    .problem(409);
+    let ok = patch(
+        json!({"idle": {"dry_run": false}}),
+        Some(format!("\"{v1}\"")),
+    )
+    .await
+    .ok(200);
+    assert_eq!(ok["settings"]["idle"]["dry_run"], false);
+    let p = patch(json!({}), Some("not-a-version".into()))
+        .await
+        .problem(400);
+    assert_eq!(p["field"], "If-Match");
+    // null resets a key to its default.
+    let reset = patch(json!({"idle": {"timeout": null}}), None)
+        .await
+        .ok(200);
+    assert_eq!(reset["settings"]["idle"]["timeout"], "1h");
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn probes_should_be_public_and_metrics_should_need_a_token() {
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .unwrap();
+    let api = TestApi::start_with(48, 2, |_, _, _| {}).await;
+    let state = ccm_api::ApiState::new(
+        api.fleet.engine.clone(),
+        Default::default(),
+        ccm_api::AuthConfig::default().with_token("viewer", ccm_api::Role::Viewer, VIEWER),
+        Some(handle),
+    )
+    .unwrap();
+    let router = ccm_api::router(state);
+    let send = |path: &str, token: Option<&str>| {
+        let mut b = http::Request::builder().uri(path);
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        let req = b.body(axum::body::Body::empty()).unwrap();
+        let router = router.clone();
+        async move {
+            use tower::ServiceExt as _;
+            let res = router.oneshot(req).await.unwrap();
+            let status = res.status();
+            let body = axum::body::to_bytes(res.into_body(), 1 << 24)
+                .await
+                .unwrap();
+            (status.as_u16(), String::from_utf8_lossy(&body).into_owned())
+        }
+    };
+    let (status, body) = send("/healthz", None).await;
+    assert_eq!((status, body.contains("ok")), (200, true));
+    let (status, body) = send("/readyz", None).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"database\":true"), "{body}");
+    assert_eq!(send("/metrics", None).await.0, 401);
+
+    api.until_ready().await;
+    let _ = send("/api/v1/workers", Some(VIEWER)).await;
+    let (status, text) = send("/metrics", Some(VIEWER)).await;
+    assert_eq!(status, 200);
+    for needle in [
+        "ccm_workers{state=\"running\"} 2",
+        "ccm_workers{state=\"stopped\"} 0",
+        "ccm_workers_by_service{status=\"ready\"} 2",
+        "ccm_sse_clients 0",
+        "ccm_http_requests_total{method=\"GET\",route=\"/api/v1/workers\",status=\"200\"}",
+        "ccm_poll_seconds",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in:\n{text}");
+    }
+
+    // Not ready once the scheduler stops.
+    api.fleet.engine.shutdown().await;
+    let (status, body) = send("/readyz", None).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("\"scheduler\":false"), "{body}");
+}
+
+#[tokio::test]
+async fn metrics_without_a_recorder_should_say_so() {
+    let api = TestApi::start(49, 1).await;
+    let p = api.get("/metrics", VIEWER).await.problem(503);
+    assert!(p["detail"].as_str().unwrap().contains("metrics"));
+    api.fleet.shutdown().await;
+}
