@@ -21,14 +21,24 @@ pub(crate) enum Command {
     /// Run the control plane against real AWS and CML instances.
     Serve,
     /// Run the whole product on this machine: simulated CML fleet and cloud, SQLite, web UI.
-    Demo,
+    Demo(crate::cmd::demo::DemoArgs),
     /// Serve a fleet of simulated CML 2.9 controllers on loopback addresses.
     Sim(Box<ccm_cml_sim::cli::SimArgs>),
     /// Reproducible performance runs.
-    Bench,
+    Bench(crate::cmd::bench::BenchCmd),
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Workers through the API: list, get, create, import, start, stop, pause, resume, …
+    Workers(crate::cmd::client::WorkersCmd),
+    /// Labs of a worker through the API: list, start, stop, wipe, delete, download, import.
+    Labs(crate::cmd::client::LabsCmd),
+    /// The CML licence of a worker through the API: register, deregister.
+    Licence(crate::cmd::client::LicenceCmd),
+    /// ccm itself through the API: health, jobs, breakers, savings.
+    System(crate::cmd::client::SystemCmd),
+    /// Tail the live event stream of the API.
+    Events(crate::cmd::client::EventsCmd),
 }
 
 #[derive(Debug, Subcommand)]

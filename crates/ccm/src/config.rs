@@ -67,7 +67,16 @@ pub(crate) enum LogFormat {
 pub(crate) struct Config {
     pub(crate) server: ServerConfig,
     pub(crate) log: LogConfig,
+    pub(crate) api: ccm_api::ApiConfig,
+    pub(crate) auth: ccm_api::AuthConfig,
     pub(crate) database: ccm_store::StoreConfig,
+    pub(crate) resilience: ccm_resilience::ResilienceConfig,
+    pub(crate) cml: ccm_cml::CmlConfig,
+    pub(crate) aws: ccm_cloud_aws::AwsConfig,
+    pub(crate) provisioning: ccm_engine::ProvisioningConfig,
+    pub(crate) import: ccm_engine::ImportConfig,
+    pub(crate) licence: ccm_engine::LicenceConfig,
+    pub(crate) pricing: ccm_engine::PricingConfig,
     /// Initial runtime settings, used until an operator changes them (then the database wins).
     pub(crate) idle: ccm_domain::idle::IdleSettings,
     /// Initial poll intervals and switches (runtime settings, as `idle`).
@@ -141,7 +150,16 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return Err("log.level: must not be empty".into());
         }
+        self.api.validate().map_err(|e| e.to_string())?;
+        self.auth.validate().map_err(|e| e.to_string())?;
         self.database.validate()?;
+        self.resilience.validate().map_err(|ccm_resilience::ConfigError::Invalid { key, reason }| format!("{key}: {reason}"))?;
+        self.cml.validate().map_err(|e| match e {
+            ccm_cml::CmlConfigError::Invalid { key, reason } => format!("{key}: {reason}"),
+            other => other.to_string(),
+        })?;
+        self.aws.validate().map_err(|e| format!("aws.{}: {}", e.key, e.message))?;
+        self.engine_config().validate()?;
         let runtime = ccm_domain::RuntimeSettings {
             idle: self.idle.clone(),
             polling: self.polling.clone(),
@@ -150,8 +168,19 @@ impl Config {
         Ok(())
     }
 
+    /// The engine's part of the configuration.
+    pub(crate) fn engine_config(&self) -> ccm_engine::EngineConfig {
+        let mut c = ccm_engine::EngineConfig::new(
+            self.provisioning.clone(),
+            self.import.clone(),
+            self.licence.clone(),
+            self.pricing.clone(),
+        );
+        c.event_retention = self.database.event_retention;
+        c
+    }
+
     /// The initial runtime settings from the file.
-    #[allow(dead_code)] // used by `serve` and `demo` once the engine is wired in
     pub(crate) fn runtime_settings(&self) -> ccm_domain::RuntimeSettings {
         ccm_domain::RuntimeSettings {
             idle: self.idle.clone(),

@@ -1,5 +1,11 @@
 //! One module per subcommand; `run` dispatches and `exit_code` maps errors to exit codes.
 
+pub(crate) mod bench;
+pub(crate) mod client;
+pub(crate) mod demo;
+mod runtime;
+mod serve;
+
 use crate::cli::{Cli, Command, ConfigCommand};
 use crate::config::{Config, ConfigError, EXAMPLE};
 
@@ -16,8 +22,14 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve => {
-            let _config = load_config(&cli)?;
-            anyhow::bail!("`ccm serve` arrives with the engine (issue 6)")
+            let config = load_config(&cli)?;
+            runtime::init_tracing(&config.log)?;
+            runtime::build()?.block_on(serve::run(config))
+        }
+        Command::Demo(ref args) => {
+            let config = load_config(&cli)?;
+            runtime::init_tracing(&config.log)?;
+            runtime::build()?.block_on(demo::run(args.clone(), config))
         }
         Command::Sim(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -28,7 +40,12 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             Ok(outcome?)
         }
-        Command::Demo | Command::Bench => anyhow::bail!("not implemented yet"),
+        Command::Bench(cmd) => bench::run(cmd),
+        Command::Workers(cmd) => client::workers(cmd),
+        Command::Labs(cmd) => client::labs(cmd),
+        Command::Licence(cmd) => client::licence(cmd),
+        Command::System(cmd) => client::system(cmd),
+        Command::Events(cmd) => client::events(cmd),
     }
 }
 
@@ -39,6 +56,9 @@ pub(crate) fn load_config(cli: &Cli) -> Result<Config, ConfigError> {
 
 /// The exit code for a failure: 64 (EX_USAGE) for configuration errors, 1 otherwise.
 pub(crate) fn exit_code(err: &anyhow::Error) -> u8 {
+    if let Some(e) = err.downcast_ref::<client::ApiFailure>() {
+        return e.exit_code();
+    }
     if err.downcast_ref::<ConfigError>().is_some() {
         64
     } else {

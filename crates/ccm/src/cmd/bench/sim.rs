@@ -1,0 +1,178 @@
+//! The CML simulator as a child process (`<this exe> sim …`), and its control API.
+//!
+//! The simulator runs in its own processes (it shards itself above `--shard-size` workers):
+//! its sockets do not count against ccm's open-file limit and its memory and CPU are not
+//! ccm's. It is stopped with SIGTERM (then SIGKILL) when the run ends, and killed when its
+//! handle is dropped (errors, Ctrl-C); shard children stop when their parent's pipe closes.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ccm_cml_sim::{CounterSnapshot, WorkerReport};
+use serde::Deserialize;
+use tokio::process::{Child, Command};
+
+/// How long a graceful stop may take before the simulator is killed.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// What to start.
+pub(super) struct SimSpec {
+    pub(super) workers: u32,
+    pub(super) listen_base: Ipv4Addr,
+    pub(super) port: u16,
+    pub(super) latency_ms: u64,
+    pub(super) faults: Option<String>,
+    pub(super) shard_size: u32,
+}
+
+/// A running simulator.
+pub(super) struct SimProcess {
+    child: Child,
+    control: SocketAddr,
+    http: reqwest::Client,
+    log: PathBuf,
+    /// The file holding one base URL per line, as `ccm sim --endpoints-out` writes it.
+    pub(super) endpoints_file: PathBuf,
+    /// Base URLs, in fleet order.
+    pub(super) endpoints: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct WorkerList {
+    workers: Vec<WorkerReport>,
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released; the simulator binds it right after).
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("cannot find a free port")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// The last lines of the simulator's log, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+impl SimProcess {
+    /// Starts the simulator and waits (bounded) until it serves every worker and its control
+    /// API answers.
+    pub(super) async fn start(spec: &SimSpec, dir: &Path) -> anyhow::Result<Self> {
+        let exe = std::env::current_exe().context("cannot find the ccm executable")?;
+        let endpoints_file = dir.join("endpoints.txt");
+        let log = dir.join("sim.log");
+        let control = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut cmd = Command::new(exe);
+        cmd.arg("sim")
+            .arg("--workers")
+            .arg(spec.workers.to_string())
+            .arg("--listen-base")
+            .arg(spec.listen_base.to_string())
+            .arg("--port")
+            .arg(spec.port.to_string())
+            .arg("--latency-ms")
+            .arg(spec.latency_ms.to_string())
+            .arg("--shard-size")
+            .arg(spec.shard_size.to_string())
+            .arg("--endpoints-out")
+            .arg(&endpoints_file)
+            .arg("--control")
+            .arg(control.to_string());
+        if let Some(f) = &spec.faults {
+            cmd.arg("--faults").arg(f);
+        }
+        let log_file = std::fs::File::create(&log).context("cannot create the simulator log")?;
+        cmd.stdin(Stdio::null())
+            .stdout(log_file.try_clone()?)
+            .stderr(log_file)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true);
+        let child = cmd.spawn().context("cannot start the simulator")?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()?;
+        let mut sim = SimProcess {
+            child,
+            control,
+            http,
+            log,
+            endpoints_file: endpoints_file.clone(),
+            endpoints: Vec::new(),
+        };
+        // Roughly 1 s per 1,000 workers on this kind of machine; allow plenty.
+        let wait = Duration::from_secs(60) + Duration::from_millis(u64::from(spec.workers) * 20);
+        let started = tokio::time::Instant::now();
+        loop {
+            if let Some(status) = sim.child.try_wait()? {
+                bail!(
+                    "the simulator exited ({status}) before serving:\n{}",
+                    log_tail(&sim.log)
+                );
+            }
+            if let Ok(text) = std::fs::read_to_string(&endpoints_file) {
+                let endpoints: Vec<String> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if endpoints.len() == spec.workers as usize && sim.counters().await.is_ok() {
+                    sim.endpoints = endpoints;
+                    return Ok(sim);
+                }
+            }
+            if started.elapsed() > wait {
+                bail!(
+                    "the simulator did not serve within {wait:?}:\n{}",
+                    log_tail(&sim.log)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> anyhow::Result<T> {
+        let url = format!("http://{}{path}", self.control);
+        let resp = self.http.get(&url).send().await?.error_for_status()?;
+        Ok(resp.json().await?)
+    }
+
+    /// Request counters summed over the whole fleet (every shard).
+    pub(super) async fn counters(&self) -> anyhow::Result<CounterSnapshot> {
+        self.get("/counters")
+            .await
+            .context("simulator control api: counters")
+    }
+
+    /// Requests received so far by the workers `selector` picks (fault-spec selector syntax).
+    pub(super) async fn requests_of(&self, selector: &str) -> anyhow::Result<u64> {
+        let sel = selector.replace('%', "%25").replace('+', "%2B");
+        let list: WorkerList = self
+            .get(&format!("/workers?workers={sel}"))
+            .await
+            .context("simulator control api: workers")?;
+        Ok(list.workers.iter().map(|w| w.counters.requests).sum())
+    }
+
+    /// Stops the simulator: SIGTERM, then SIGKILL after a grace period.
+    pub(super) async fn stop(mut self) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(STOP_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the simulator did not stop in time; killing it");
+            let _ = self.child.kill().await;
+        }
+    }
+}

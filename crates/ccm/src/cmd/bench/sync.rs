@@ -1,0 +1,499 @@
+//! `ccm bench sync`: full CML sync cycles of a simulated fleet through a real engine.
+//!
+//! The run: start the simulator (child processes), register its workers as running workers
+//! in a temporary SQLite store (the product's store, durability settings included, so
+//! persistence is part of what is measured), start an engine with background polling off,
+//! run one warm-up cycle (logins, connections; reported apart, not counted) and then the
+//! measured cycles with [`Engine::run_cml_cycle`], which returns once every result is
+//! stored. Requests are counted by the simulator (its control API), so retries and logins
+//! are included and nothing ccm says about itself is trusted.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use ccm_cloud::{CloudProvider, SimulatedCloud};
+use ccm_cml::{CmlClient, CmlConfig};
+use ccm_cml_sim::WorkerSelector;
+use ccm_domain::worker::{AddressPreference, EndpointPolicy, InstanceObservation};
+use ccm_domain::{Actor, Ec2State, InstanceId, Region, RuntimeSettings, Worker};
+use ccm_engine::{CML_SYNC_CALLS, Engine, EngineConfig, EngineParts, TokioClock};
+use ccm_resilience::{BulkheadConfig, ResilienceConfig};
+use ccm_store::{SqliteStore, StoreConfig, WorkerRepo};
+use serde::Serialize;
+
+use super::peer::{PeerReport, run_seed_poller};
+use super::procstat;
+use super::sim::{SimProcess, SimSpec};
+use super::{Peer, SyncArgs};
+
+/// Min, median and max of a series of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub(crate) struct Summary {
+    pub(crate) min: f64,
+    pub(crate) median: f64,
+    pub(crate) max: f64,
+}
+
+impl Summary {
+    /// The summary of `values` (all zero when empty). The median of an even count is the
+    /// mean of the two middle values.
+    pub(crate) fn of(values: &[f64]) -> Self {
+        let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return Self {
+                min: 0.0,
+                median: 0.0,
+                max: 0.0,
+            };
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Self {
+            min: v[0],
+            median,
+            max: v[n - 1],
+        }
+    }
+}
+
+/// Workers by service status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub(crate) struct Statuses {
+    pub(crate) ready: u64,
+    pub(crate) degraded: u64,
+    pub(crate) unavailable: u64,
+    /// Not synced (ccm only; always 0 after a completed cycle).
+    pub(crate) unknown: u64,
+}
+
+/// What the blackholed workers saw.
+#[derive(Debug, Serialize)]
+struct BlackholeReport {
+    /// Workers that never answer.
+    workers: u64,
+    /// How long an open breaker rejects calls before it lets a probe through.
+    breaker_open_for_seconds: f64,
+    /// Requests the blackholed workers received in the warm-up cycle.
+    warmup_requests: u64,
+    /// Requests the blackholed workers received in each measured cycle.
+    requests_per_cycle: Vec<u64>,
+    /// Requests the blackholed workers received in the last measured cycle.
+    requests_last_cycle: u64,
+    /// Breakers open or half-open after the last cycle.
+    breakers_open: usize,
+}
+
+/// The JSON report.
+#[derive(Debug, Serialize)]
+struct Report {
+    benchmark: &'static str,
+    workers: u32,
+    cycles: u32,
+    latency_ms: u64,
+    /// Workers synced at once.
+    concurrency: usize,
+    /// Slots of the `cml_poll` bulkhead (calls in flight): `concurrency` × calls per sync.
+    cml_poll_slots: usize,
+    blackhole_percent: u8,
+    /// The warm-up cycle (first logins, new connections); not in `cycle_seconds`.
+    warmup_seconds: f64,
+    cycle_seconds: Summary,
+    per_cycle_seconds: Vec<f64>,
+    /// Requests the simulator received during the measured cycles (all shards).
+    requests: u64,
+    /// `requests` ÷ total measured cycle time.
+    requests_per_second: f64,
+    /// ccm's peak resident memory over the whole run (VmHWM), MiB; the simulator's processes
+    /// are not included.
+    rss_mb: f64,
+    /// ccm's resident memory after the last cycle, MiB.
+    rss_end_mb: f64,
+    /// ccm's user + system CPU time during the measured cycles.
+    cpu_seconds: f64,
+    /// Time to register the workers in the store and start the engine.
+    setup_seconds: f64,
+    statuses: Statuses,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    blackholed: Option<BlackholeReport>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    peer: Option<PeerReport>,
+    /// Peer median ÷ ccm median.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    speedup: Option<f64>,
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Entry point: runs the benchmark in its own runtime, bounded by `--timeout` and stopped by
+/// Ctrl-C or SIGTERM (children are killed either way), and prints the report.
+pub(super) fn main(args: SyncArgs) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CCM_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let limit = args.timeout;
+    let outcome = runtime.block_on(async move {
+        tokio::select! {
+            r = tokio::time::timeout(limit, run(args)) => match r {
+                Ok(r) => r,
+                Err(_) => bail!("the benchmark did not finish within {limit:?}"),
+            },
+            () = crate::cmd::runtime::shutdown_signal() => bail!("interrupted"),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let report = outcome?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// The IPv4 address in a base URL such as `http://127.100.0.1:9443`.
+fn ip_of(url: &str) -> anyhow::Result<Ipv4Addr> {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split([':', '/'])
+        .next()
+        .unwrap_or_default();
+    host.parse()
+        .with_context(|| format!("the simulator wrote an endpoint without an IPv4 host: {url}"))
+}
+
+/// Runtime settings with every background job off: the benchmark drives the cycles.
+fn quiet_settings() -> RuntimeSettings {
+    let mut s = RuntimeSettings::default();
+    let p = &mut s.polling;
+    p.ec2_enabled = false;
+    p.cml_enabled = false;
+    p.metrics_enabled = false;
+    p.labs_enabled = false;
+    p.activity_enabled = false;
+    p.auto_import_enabled = false;
+    s
+}
+
+/// Registers one running worker per simulator endpoint, directly in the store.
+async fn register(
+    store: &SqliteStore,
+    endpoints: &[String],
+    policy: &EndpointPolicy,
+) -> anyhow::Result<()> {
+    let region = Region::parse("eu-west-1").context("region")?;
+    let by = Actor::system("bench");
+    let now = chrono::Utc::now();
+    for (i, url) in endpoints.iter().enumerate() {
+        let ip = ip_of(url)?;
+        let obs = InstanceObservation {
+            instance_id: InstanceId::parse(&format!("i-{i:017x}"))?,
+            state: Ec2State::Running,
+            instance_type: None,
+            ami_id: None,
+            public_ip: Some(IpAddr::V4(ip)),
+            private_ip: None,
+            tags: BTreeMap::from([("Name".to_owned(), format!("bench-{i:05}"))]),
+            launched_at: Some(now),
+            detailed_monitoring: false,
+            state_reason: None,
+        };
+        let (worker, _) = Worker::import(&obs, region.clone(), policy, by.clone(), now);
+        if worker.endpoint.as_deref() != Some(url.as_str()) {
+            bail!(
+                "worker {i}: endpoint {:?} does not match the simulator's {url}",
+                worker.endpoint
+            );
+        }
+        store.insert(&worker).await?;
+    }
+    Ok(())
+}
+
+/// Everything one engine needs, built on `store`.
+async fn start_engine(
+    store: SqliteStore,
+    resilience_cfg: &ResilienceConfig,
+    policy: EndpointPolicy,
+) -> anyhow::Result<Engine> {
+    let (events, resilience) = ccm_engine::resilience_with_bus(resilience_cfg, None);
+    let mut cml_cfg = CmlConfig {
+        endpoint: policy.clone(),
+        ..CmlConfig::default()
+    };
+    if let Ok(v) = std::env::var("XPOOL") { cml_cfg.pool_max_idle_per_host = v.parse().unwrap_or(1); }
+    let cml = CmlClient::new(&cml_cfg, resilience.clone()).context("cml client")?;
+    let cloud: Arc<dyn CloudProvider> =
+        Arc::new(SimulatedCloud::new(ccm_cloud::SimConfig::default()).context("cloud")?);
+    let config = EngineConfig::new(
+        Default::default(),
+        Default::default(),
+        Default::default(),
+        Default::default(),
+    );
+    let engine = Engine::start(EngineParts {
+        store: Arc::new(store),
+        cloud,
+        cml,
+        resilience,
+        endpoint: policy,
+        config,
+        initial_settings: quiet_settings(),
+        clock: Arc::new(TokioClock::new()),
+    })
+    .await
+    .context("cannot start the engine")?;
+    engine.forward_resilience_events(events);
+    Ok(engine)
+}
+
+fn statuses(engine: &Engine) -> Statuses {
+    let counts = engine.counts();
+    let get = |k: &str| counts.by_service.get(k).copied().unwrap_or(0);
+    Statuses {
+        ready: get("ready"),
+        degraded: get("degraded"),
+        unavailable: get("unavailable"),
+        unknown: get("unknown"),
+    }
+}
+
+async fn run(args: SyncArgs) -> anyhow::Result<Report> {
+    let started = tokio::time::Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("ccm-bench-")
+        .tempdir()
+        .context("cannot create a temporary directory")?;
+    let p = args.blackhole_percent;
+    let blackhole_sel = (p > 0).then(|| format!("{p}%"));
+    let spec = SimSpec {
+        workers: args.workers,
+        listen_base: args.listen_base,
+        port: args.port,
+        latency_ms: args.latency_ms,
+        faults: blackhole_sel.as_ref().map(|s| format!("{s}:blackhole")),
+        shard_size: args.shard_size,
+    };
+    eprintln!(
+        "ccm bench: starting the simulator ({} workers, {} ms latency{})",
+        args.workers,
+        args.latency_ms,
+        blackhole_sel
+            .as_ref()
+            .map(|s| format!(", {s} blackholed"))
+            .unwrap_or_default()
+    );
+    let sim = SimProcess::start(&spec, dir.path()).await?;
+    let outcome = measure(&args, &sim, dir.path(), blackhole_sel.as_deref(), started).await;
+    sim.stop().await;
+    outcome
+}
+
+async fn measure(
+    args: &SyncArgs,
+    sim: &SimProcess,
+    dir: &std::path::Path,
+    blackhole_sel: Option<&str>,
+    started: tokio::time::Instant,
+) -> anyhow::Result<Report> {
+    let n = args.workers as usize;
+    let policy = EndpointPolicy {
+        scheme: "http".into(),
+        port: Some(args.port),
+        address: AddressPreference::Public,
+    };
+    // `--concurrency C` is in workers, like the peer's semaphore: the engine syncs
+    // `cml_poll / CML_SYNC_CALLS` workers at once, so the bulkhead gets C × CML_SYNC_CALLS
+    // call slots. Its queue holds the whole fleet.
+    let mut resilience_cfg = ResilienceConfig::default();
+    let default_poll = resilience_cfg.bulkheads.cml_poll.clone();
+    let concurrency = args.concurrency.map_or(
+        (default_poll.max_concurrent / CML_SYNC_CALLS).max(1),
+        |c| c as usize,
+    );
+    let cml_poll_slots = concurrency * CML_SYNC_CALLS;
+    resilience_cfg.bulkheads.cml_poll = BulkheadConfig::new(
+        cml_poll_slots,
+        default_poll.max_queue.max(n * CML_SYNC_CALLS),
+    );
+    if let Some(open_for) = args.breaker_open_for {
+        resilience_cfg.breaker.open_for = open_for;
+    }
+    resilience_cfg
+        .validate()
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+
+    let setup = tokio::time::Instant::now();
+    let store_cfg = StoreConfig {
+        path: dir.join("bench.db"),
+        ..StoreConfig::default()
+    };
+    let store = SqliteStore::open(&store_cfg)
+        .await
+        .context("cannot open the benchmark database")?;
+    register(&store, &sim.endpoints, &policy).await?;
+    let engine = start_engine(store, &resilience_cfg, policy).await?;
+    let setup_seconds = setup.elapsed().as_secs_f64();
+    eprintln!("ccm bench: {n} workers registered and engine started in {setup_seconds:.1} s");
+
+    let blackholed_workers = (0..n)
+        .filter(|&i| blackhole_sel.is_some() && WorkerSelector::bucket(i) < args.blackhole_percent)
+        .count() as u64;
+    let bh_requests = || async {
+        match blackhole_sel {
+            Some(sel) => sim.requests_of(sel).await,
+            None => Ok(0),
+        }
+    };
+
+    let mut bh_before = bh_requests().await?;
+    let warm = engine.run_cml_cycle().await;
+    let bh_after = bh_requests().await?;
+    let warmup_requests = bh_after - bh_before;
+    bh_before = bh_after;
+    eprintln!(
+        "ccm bench: warm-up cycle: {:.3} s ({} workers)",
+        warm.seconds, warm.workers
+    );
+    if warm.workers != n {
+        bail!("the engine polled {} workers, not {n}", warm.workers);
+    }
+
+    let cpu_before = procstat::cpu_seconds().unwrap_or(0.0);
+    let mut times = Vec::with_capacity(args.cycles as usize);
+    let mut requests = 0u64;
+    let mut bh_per_cycle = Vec::new();
+    for k in 1..=args.cycles {
+        let before = sim.counters().await?.requests;
+        let cycle = engine.run_cml_cycle().await;
+        let after = sim.counters().await?.requests;
+        requests += after.saturating_sub(before);
+        times.push(cycle.seconds);
+        let bh_now = bh_requests().await?;
+        let bh = bh_now.saturating_sub(bh_before);
+        bh_before = bh_now;
+        if blackhole_sel.is_some() {
+            bh_per_cycle.push(bh);
+            eprintln!(
+                "ccm bench: cycle {k}: {:.3} s, {} requests, {bh} to blackholed workers, {} breakers open",
+                cycle.seconds,
+                after.saturating_sub(before),
+                engine.resilience().breakers().open_count()
+            );
+        } else {
+            eprintln!(
+                "ccm bench: cycle {k}: {:.3} s, {} requests",
+                cycle.seconds,
+                after.saturating_sub(before)
+            );
+        }
+    }
+    let cpu_seconds = procstat::cpu_seconds().unwrap_or(0.0) - cpu_before;
+    let statuses = statuses(&engine);
+    let breakers_open = engine.resilience().breakers().open_count();
+    let rss_end_mb = procstat::rss_mib().unwrap_or(0.0);
+    engine.shutdown().await;
+    let rss_mb = procstat::peak_rss_mib().unwrap_or(0.0);
+
+    let total: f64 = times.iter().sum();
+    let summary = Summary::of(&times);
+    let peer = match args.peer {
+        None => None,
+        Some(Peer::SeedPoller) => {
+            let left = args.timeout.saturating_sub(started.elapsed());
+            eprintln!(
+                "ccm bench: running the seed-poller (concurrency {}) on the same fleet",
+                args.peer_concurrency
+            );
+            Some(
+                run_seed_poller(
+                    &args.peer_dir,
+                    &args.peer_venv,
+                    &sim.endpoints_file,
+                    args.peer_concurrency,
+                    args.cycles,
+                    left,
+                )
+                .await?,
+            )
+        }
+    };
+    let speedup = peer
+        .as_ref()
+        .filter(|_| summary.median > 0.0)
+        .map(|p| round3(p.cycle_seconds.median / summary.median));
+    let _ = dir;
+    Ok(Report {
+        benchmark: "sync",
+        workers: args.workers,
+        cycles: args.cycles,
+        latency_ms: args.latency_ms,
+        concurrency,
+        cml_poll_slots,
+        blackhole_percent: args.blackhole_percent,
+        warmup_seconds: round3(warm.seconds),
+        cycle_seconds: Summary {
+            min: round3(summary.min),
+            median: round3(summary.median),
+            max: round3(summary.max),
+        },
+        per_cycle_seconds: times.iter().copied().map(round3).collect(),
+        requests,
+        requests_per_second: if total > 0.0 {
+            (requests as f64 / total).round()
+        } else {
+            0.0
+        },
+        rss_mb: (rss_mb * 10.0).round() / 10.0,
+        rss_end_mb: (rss_end_mb * 10.0).round() / 10.0,
+        cpu_seconds: (cpu_seconds * 100.0).round() / 100.0,
+        setup_seconds: round3(setup_seconds),
+        statuses,
+        blackholed: blackhole_sel.map(|_| BlackholeReport {
+            workers: blackholed_workers,
+            breaker_open_for_seconds: resilience_cfg.breaker.open_for.as_secs_f64(),
+            warmup_requests,
+            requests_last_cycle: bh_per_cycle.last().copied().unwrap_or(0),
+            requests_per_cycle: bh_per_cycle,
+            breakers_open,
+        }),
+        peer,
+        speedup,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_should_take_the_middle_value_or_the_mean_of_the_two() {
+        let s = Summary::of(&[3.0, 1.0, 2.0]);
+        assert_eq!((s.min, s.median, s.max), (1.0, 2.0, 3.0));
+        let s = Summary::of(&[4.0, 1.0, 3.0, 2.0]);
+        assert_eq!((s.min, s.median, s.max), (1.0, 2.5, 4.0));
+        assert_eq!(Summary::of(&[]).median, 0.0);
+    }
+
+    #[test]
+    fn endpoint_addresses_should_be_read_from_base_urls() {
+        assert_eq!(
+            ip_of("http://127.100.0.7:9443").unwrap(),
+            Ipv4Addr::new(127, 100, 0, 7)
+        );
+        assert!(ip_of("http://cml.example:9443").is_err());
+    }
+}
