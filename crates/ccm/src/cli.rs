@@ -29,6 +29,9 @@ pub(crate) enum Command {
     /// Configuration helpers.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// API token helpers.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Workers through the API: list, get, create, import, start, stop, pause, resume, …
     Workers(crate::cmd::client::WorkersCmd),
     /// Labs of a worker through the API: list, start, stop, wipe, delete, download, import.
@@ -39,6 +42,22 @@ pub(crate) enum Command {
     System(crate::cmd::client::SystemCmd),
     /// Tail the live event stream of the API.
     Events(crate::cmd::client::EventsCmd),
+}
+
+/// API token helpers.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TokenCommand {
+    /// Make a new random API token; prints it once, with its `[auth]` entry.
+    New {
+        /// Who uses it (shown as `token:<name>` in events and logs).
+        #[arg(long, default_value = "api")]
+        name: String,
+        /// What it may do: admin, manager or viewer.
+        #[arg(long, default_value = "viewer", value_parser = ["admin", "manager", "viewer"])]
+        role: String,
+    },
+    /// Print the SHA-256 of a token read from standard input (for `[auth] tokens`).
+    Hash,
 }
 
 #[derive(Debug, Subcommand)]

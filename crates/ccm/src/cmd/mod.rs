@@ -6,7 +6,7 @@ pub(crate) mod demo;
 mod runtime;
 mod serve;
 
-use crate::cli::{Cli, Command, ConfigCommand};
+use crate::cli::{Cli, Command, ConfigCommand, TokenCommand};
 use crate::config::{Config, ConfigError, EXAMPLE};
 
 /// Runs the parsed command line.
@@ -14,6 +14,22 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Config(ConfigCommand::Example) => {
             print!("{EXAMPLE}");
+            Ok(())
+        }
+        Command::Token(TokenCommand::New { ref name, ref role }) => {
+            let token = ccm_api::generate_token();
+            println!("token (shown once): {token}");
+            println!("[[auth.tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {:?}", ccm_api::hash_token(&token));
+            Ok(())
+        }
+        Command::Token(TokenCommand::Hash) => {
+            let mut text = String::new();
+            std::io::stdin().read_line(&mut text)?;
+            let token = text.trim();
+            if token.is_empty() {
+                anyhow::bail!("no token on standard input");
+            }
+            println!("{}", ccm_api::hash_token(token));
             Ok(())
         }
         Command::Config(ConfigCommand::Check) => {
