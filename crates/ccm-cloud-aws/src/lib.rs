@@ -19,6 +19,8 @@
 mod config;
 mod convert;
 mod error;
+#[cfg(feature = "moto")]
+pub mod moto;
 
 use std::collections::HashMap;
 use std::sync::Arc;

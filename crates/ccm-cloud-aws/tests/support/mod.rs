@@ -10,119 +10,21 @@
 )]
 
 use std::collections::HashMap;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use parking_lot::Mutex;
-use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 
-/// The lines that install moto where the tests look for it.
-pub(crate) const INSTALL_HINT: &str = "install moto first:\n    python3 -m venv <repo>/.venv\n    \
-<repo>/.venv/bin/pip install 'moto[server]'\nor set CCM_MOTO_SERVER to a moto_server binary";
+pub(crate) use ccm_cloud_aws::moto::Moto;
 
-/// The AMIs the test moto offers (it then loads only these): two CML controller releases and
-/// an Ubuntu image, as the simulated cloud does.
-const AMIS_JSON: &str = r#"[
-  {"ami_id": "ami-0c31c0de00290000a", "name": "cml-controller-2.9.0-1234-x86_64-2025-06-30",
-   "description": "Cisco Modeling Labs 2.9.0 controller", "owner_id": "123456789012",
-   "state": "available", "public": true, "architecture": "x86_64", "platform": null,
-   "root_device_type": "ebs", "root_device_name": "/dev/sda1", "virtualization_type": "hvm",
-   "hypervisor": "xen", "sriov": "simple", "image_type": "machine",
-   "image_location": "123456789012/cml-controller-2.9.0", "creation_date": "2025-06-30T12:00:00.000Z"},
-  {"ami_id": "ami-0c31c0de00281000b", "name": "cml-controller-2.8.1-14-x86_64-2025-01-15",
-   "description": "Cisco Modeling Labs 2.8.1 controller", "owner_id": "123456789012",
-   "state": "available", "public": true, "architecture": "x86_64", "platform": null,
-   "root_device_type": "ebs", "root_device_name": "/dev/sda1", "virtualization_type": "hvm",
-   "hypervisor": "xen", "sriov": "simple", "image_type": "machine",
-   "image_location": "123456789012/cml-controller-2.8.1", "creation_date": "2025-01-15T12:00:00.000Z"},
-  {"ami_id": "ami-0ab1ce0000000000c", "name": "ubuntu/images/hvm-ssd/ubuntu-noble-24.04-amd64-server-20250601",
-   "description": "Canonical, Ubuntu, 24.04 LTS", "owner_id": "099720109477",
-   "state": "available", "public": true, "architecture": "x86_64", "platform": null,
-   "root_device_type": "ebs", "root_device_name": "/dev/sda1", "virtualization_type": "hvm",
-   "hypervisor": "xen", "sriov": "simple", "image_type": "machine",
-   "image_location": "099720109477/ubuntu", "creation_date": "2025-06-01T12:00:00.000Z"}
-]"#;
-
-/// Where `moto_server` is: `CCM_MOTO_SERVER`, else `<repo>/.venv/bin/moto_server`.
-fn moto_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("CCM_MOTO_SERVER") {
-        return PathBuf::from(path);
-    }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv/bin/moto_server")
-}
-
-/// A moto server on 127.0.0.1 with a free port, killed when dropped.
-pub(crate) struct Moto {
-    child: Child,
-    /// `http://127.0.0.1:PORT`.
-    pub(crate) url: String,
-    _amis: tempfile::NamedTempFile,
-}
-
-impl Moto {
-    /// Starts moto and waits (at most 30 s) until it answers. Panics with install
-    /// instructions when moto is missing: these tests must never pass silently without it.
-    pub(crate) async fn start() -> Moto {
-        let binary = moto_binary();
-        assert!(
-            binary.exists(),
-            "moto_server not found at {}; {INSTALL_HINT}",
-            binary.display()
-        );
-        let mut amis = tempfile::NamedTempFile::new().expect("temp file");
-        std::io::Write::write_all(&mut amis, AMIS_JSON.as_bytes()).expect("write amis");
-        // Port 0 cannot be passed to moto; take a free port and hand it over.
-        let port = {
-            let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-            listener.local_addr().expect("addr").port()
-        };
-        let child = Command::new(&binary)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("MOTO_ENABLE_AMI_VALIDATION", "true")
-            .env("MOTO_AMIS_PATH", amis.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}; {INSTALL_HINT}", binary.display()));
-        let url = format!("http://127.0.0.1:{port}");
-        let moto = Moto {
-            child,
-            url: url.clone(),
-            _amis: amis,
-        };
-        let client = reqwest::Client::new();
-        let ready = tokio::time::timeout(Duration::from_secs(30), async {
-            loop {
-                if let Ok(r) = client.get(format!("{url}/moto-api/")).send().await
-                    && r.status().is_success()
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-        .await;
-        assert!(
-            ready.is_ok(),
-            "moto_server did not answer on {url} within 30 s"
-        );
-        moto
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.start_kill();
-    }
+/// Starts a moto server for these tests; panics with the install lines when moto is missing.
+pub(crate) async fn moto() -> Moto {
+    Moto::start().await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// What the proxy answers instead of forwarding.
