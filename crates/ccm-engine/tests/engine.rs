@@ -639,3 +639,64 @@ async fn refreshes_should_be_throttled_and_say_why() {
     )));
     fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn settings_changes_should_apply_without_a_restart_and_polls_never_overlap() {
+    // Every CML request takes 500 ms: one sync (4 calls and a login) takes about 2.5 s.
+    let (fleet, _) = start(2, [127, 69, 0, 1], |o| {
+        o.sim.latency = Duration::from_millis(500)
+    })
+    .await;
+    let sims: Vec<_> = (0..2).map(|i| fleet.sim.worker(i).unwrap()).collect();
+    let info =
+        |s: &ccm_cml_sim::SimWorker| s.counters().get(ccm_cml_sim::Endpoint::SystemInformation);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        sims.iter().all(|s| info(s) == 0),
+        "background CML polling is off"
+    );
+
+    let mut settings = fleet.engine.settings().value;
+    settings.polling.cml_enabled = true;
+    settings.polling.cml_interval = Duration::from_millis(100);
+    let err = fleet
+        .engine
+        .update_settings(settings.clone(), None, &Actor::user("a"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ccm_engine::EngineError::Invalid { .. }),
+        "100 ms is below the minimum: {err}"
+    );
+    // Switched on at a 1 s interval, shorter than one sync: due slots come while the previous
+    // sync still runs, and are skipped rather than started on top of it.
+    settings.polling.cml_interval = Duration::from_secs(1);
+    fleet
+        .engine
+        .update_settings(settings, None, &Actor::user("a"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    for s in &sims {
+        let n = info(s);
+        // Back to back without overlap: at most 3 starts in 6 s (overlapping: about 6).
+        assert!(
+            (1..=3).contains(&n),
+            "system_information asked {n} times in 6 s"
+        );
+    }
+    fleet.engine.flush().await;
+    assert!(
+        workers(&fleet)
+            .await
+            .iter()
+            .all(|w| w.service.status == ServiceStatus::Ready)
+    );
+    let jobs = fleet.engine.jobs();
+    let cml = jobs.iter().find(|j| j.job == JobKind::CmlSync).unwrap();
+    assert!(
+        cml.enabled && cml.runs >= 2 && cml.scheduled == 2,
+        "{cml:?}"
+    );
+    fleet.shutdown().await;
+}
