@@ -3,11 +3,14 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Declares a string enum that keeps unknown values as `Other(String)` instead of failing.
+/// Declares a string enum that keeps unknown values as `Other(String)` instead of failing
+/// (CML's enums grow; a newer value must never break decoding). Used by the domain and by the
+/// CML client's wire models; the calling crate needs `serde`.
+#[macro_export]
 macro_rules! open_enum {
     ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),* $(,)? }) => {
         $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, ::serde::Serialize, ::serde::Deserialize)]
         #[serde(from = "String", into = "String")]
         pub enum $name {
             $($(#[$vmeta])* $variant,)*
@@ -56,9 +59,8 @@ macro_rules! open_enum {
         }
     };
 }
-pub(crate) use open_enum;
 
-open_enum!(
+crate::open_enum!(
     /// A compute host's admission state.
     AdmissionState {
         /// Not registered.

@@ -3,10 +3,9 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::cml::open_enum;
 use crate::ids::{LabId, WorkerId};
 
-open_enum!(
+crate::open_enum!(
     /// A CML lab's state. CML 2.9 labs are only ever in these three states (nodes have more).
     LabState {
         /// Defined, never started or wiped.

@@ -3,9 +3,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::cml::open_enum;
-
-open_enum!(
+crate::open_enum!(
     /// Smart Licensing registration status. Not an enum in the CML spec: unknown values are kept.
     RegistrationStatus {
         /// Not registered.
@@ -21,7 +19,7 @@ open_enum!(
     }
 );
 
-open_enum!(
+crate::open_enum!(
     /// Smart Licensing authorisation status.
     AuthorizationStatus {
         /// Evaluation mode.

@@ -7,9 +7,9 @@ use ccm_domain::lab::{LabRecord, LabState};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::open_enum;
 use super::system::null_as_default;
 use crate::timestamp;
+use ccm_domain::open_enum;
 
 /// `GET /labs/{id}`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -65,61 +65,6 @@ pub fn decode_download(body: &[u8]) -> Result<String, CmlError> {
         .map_err(|e| CmlError::decode(endpoint, e.to_string(), body))
 }
 
-/// Declares a string enum that keeps unknown values as `Other(String)` instead of failing.
-macro_rules! open_enum {
-    ($(#[$meta:meta])* $name:ident { $($(#[$vmeta:meta])* $variant:ident = $text:literal),* $(,)? }) => {
-        $(#[$meta])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-        #[serde(from = "String", into = "String")]
-        pub enum $name {
-            $($(#[$vmeta])* $variant,)*
-            /// A value this version of ccm does not know, kept as sent.
-            Other(String),
-        }
-
-        impl $name {
-            /// The value as CML spells it.
-            pub fn as_str(&self) -> &str {
-                match self {
-                    $(Self::$variant => $text,)*
-                    Self::Other(s) => s,
-                }
-            }
-        }
-
-        impl From<String> for $name {
-            fn from(s: String) -> Self {
-                match s.as_str() {
-                    $($text => Self::$variant,)*
-                    _ => Self::Other(s),
-                }
-            }
-        }
-
-        impl From<&str> for $name {
-            fn from(s: &str) -> Self {
-                Self::from(s.to_owned())
-            }
-        }
-
-        impl From<$name> for String {
-            fn from(v: $name) -> String {
-                match v {
-                    $name::Other(s) => s,
-                    other => other.as_str().to_owned(),
-                }
-            }
-        }
-
-        impl std::fmt::Display for $name {
-            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                f.write_str(self.as_str())
-            }
-        }
-    };
-}
-pub(crate) use open_enum;
-
 /// Serde helper for a non-negative counter that may be `null`, missing, or sent as a float
 /// (`5.0`). A negative or fractional value is a decode error.
 pub(crate) fn opt_count<'de, D>(d: D) -> Result<Option<u64>, D::Error>

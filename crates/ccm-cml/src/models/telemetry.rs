@@ -7,8 +7,8 @@ use chrono::{DateTime, Utc};
 use serde::de::{self, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 
-use super::open_enum;
 use crate::timestamp;
+use ccm_domain::open_enum;
 
 open_enum!(
     /// `TelemetryEventCategory`. The enum may grow: unknown categories are kept.
