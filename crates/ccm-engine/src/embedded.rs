@@ -93,6 +93,49 @@ impl EmbeddedOptions {
     }
 }
 
+impl EmbeddedOptions {
+    /// Options for tests: every background job off (tests trigger jobs), a manual wall clock
+    /// (returned, to step idle timeouts), fast simulated boots and node starts, short
+    /// timeouts, a breaker that opens after 3 failures.
+    pub fn for_tests(
+        workers: usize,
+        listen_base: Ipv4Addr,
+        store: Arc<dyn Store>,
+    ) -> (Self, Arc<crate::clock::ManualClock>) {
+        let mut opts = Self::new(workers, listen_base, store);
+        let clock = Arc::new(crate::clock::ManualClock::new(chrono::Utc::now()));
+        opts.clock = clock.clone();
+        let p = &mut opts.settings.polling;
+        p.ec2_enabled = false;
+        p.cml_enabled = false;
+        p.metrics_enabled = false;
+        p.labs_enabled = false;
+        p.activity_enabled = false;
+        p.auto_import_enabled = false;
+        opts.spare = 2;
+        opts.boot = Duration::from_millis(200);
+        opts.sim.node_timing = ccm_cml_sim::NodeTiming {
+            queue: Duration::from_millis(50),
+            stagger: Duration::from_millis(10),
+            boot: Duration::from_millis(200),
+        };
+        opts.sim.licence_delay = Duration::from_millis(200);
+        opts.engine.licence.poll_interval = Duration::from_millis(100);
+        opts.engine.licence.timeout = Duration::from_secs(10);
+        opts.cloud.pending_delay = Duration::from_millis(100);
+        opts.cloud.stopping_delay = Duration::from_millis(100);
+        opts.cloud.shutting_down_delay = Duration::from_millis(100);
+        let r = &mut opts.resilience;
+        r.timeout.per_attempt = Duration::from_millis(800);
+        r.timeout.deadline = Duration::from_secs(3);
+        r.retry.base = Duration::from_millis(20);
+        r.retry.cap = Duration::from_millis(100);
+        r.breaker.failure_threshold = 3;
+        r.breaker.open_for = Duration::from_millis(700);
+        (opts, clock)
+    }
+}
+
 /// A running embedded fleet.
 pub struct Embedded {
     /// The engine.

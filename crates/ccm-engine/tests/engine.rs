@@ -20,16 +20,12 @@ use ccm_engine::{
 use ccm_store::{SqliteStore, WorkerFilter};
 use chrono::Utc;
 
-/// Settings with every background job off: tests trigger jobs themselves.
+/// The test settings of `EmbeddedOptions::for_tests`: every background job off.
 fn quiet_settings() -> RuntimeSettings {
     let mut s = RuntimeSettings::default();
     let p = &mut s.polling;
-    p.ec2_enabled = false;
-    p.cml_enabled = false;
-    p.metrics_enabled = false;
-    p.labs_enabled = false;
-    p.activity_enabled = false;
-    p.auto_import_enabled = false;
+    (p.ec2_enabled, p.cml_enabled, p.metrics_enabled) = (false, false, false);
+    (p.labs_enabled, p.activity_enabled, p.auto_import_enabled) = (false, false, false);
     s
 }
 
@@ -39,26 +35,8 @@ async fn start(
     tweak: impl FnOnce(&mut EmbeddedOptions),
 ) -> (Embedded, Arc<ManualClock>) {
     let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
-    let mut opts = EmbeddedOptions::new(workers, Ipv4Addr::from(base), store);
-    let clock = Arc::new(ManualClock::new(Utc::now()));
-    opts.clock = clock.clone();
-    opts.settings = quiet_settings();
-    opts.boot = Duration::from_millis(200);
-    opts.sim.node_timing = ccm_cml_sim::NodeTiming {
-        queue: Duration::from_millis(50),
-        stagger: Duration::from_millis(10),
-        boot: Duration::from_millis(200),
-    };
-    opts.cloud.pending_delay = Duration::from_millis(100);
-    opts.cloud.stopping_delay = Duration::from_millis(100);
-    opts.cloud.shutting_down_delay = Duration::from_millis(100);
-    let r = &mut opts.resilience;
-    r.timeout.per_attempt = Duration::from_millis(800);
-    r.timeout.deadline = Duration::from_secs(3);
-    r.retry.base = Duration::from_millis(20);
-    r.retry.cap = Duration::from_millis(100);
-    r.breaker.failure_threshold = 3;
-    r.breaker.open_for = Duration::from_millis(700);
+    let (mut opts, clock) = EmbeddedOptions::for_tests(workers, Ipv4Addr::from(base), store);
+    opts.spare = 4;
     tweak(&mut opts);
     let fleet = Embedded::start(opts).await.unwrap();
     (fleet, clock)

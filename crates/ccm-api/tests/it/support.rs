@@ -11,11 +11,10 @@ use axum::Router;
 use axum::body::Body;
 use bytes::Bytes;
 use ccm_api::{ApiConfig, ApiState, AuthConfig, Role};
-use ccm_domain::{RuntimeSettings, ServiceStatus};
+use ccm_domain::ServiceStatus;
 use ccm_engine::embedded::{Embedded, EmbeddedOptions};
 use ccm_engine::{JobKind, ManualClock};
 use ccm_store::{SqliteStore, WorkerFilter};
-use chrono::Utc;
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use serde_json::Value;
 use tower::ServiceExt as _;
@@ -24,19 +23,6 @@ use tower::ServiceExt as _;
 pub(crate) const ADMIN: &str = "test-admin-token-0123456789";
 pub(crate) const MANAGER: &str = "test-manager-token-0123456789";
 pub(crate) const VIEWER: &str = "test-viewer-token-0123456789";
-
-/// Settings with every background job off: tests trigger jobs themselves.
-pub(crate) fn quiet_settings() -> RuntimeSettings {
-    let mut s = RuntimeSettings::default();
-    let p = &mut s.polling;
-    p.ec2_enabled = false;
-    p.cml_enabled = false;
-    p.metrics_enabled = false;
-    p.labs_enabled = false;
-    p.activity_enabled = false;
-    p.auto_import_enabled = false;
-    s
-}
 
 /// A distinct loopback base per test (`n` < 6000), inside 127.70–127.99.
 pub(crate) fn base(n: u16) -> Ipv4Addr {
@@ -123,12 +109,7 @@ impl TestApi {
         tweak: impl FnOnce(&mut EmbeddedOptions, &mut ApiConfig, &mut AuthConfig),
     ) -> Self {
         let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
-        let mut opts = EmbeddedOptions::new(workers, base(n), store);
-        let clock = Arc::new(ManualClock::new(Utc::now()));
-        opts.clock = clock.clone();
-        opts.settings = quiet_settings();
-        opts.spare = 2;
-        opts.boot = Duration::from_millis(200);
+        let (mut opts, clock) = EmbeddedOptions::for_tests(workers, base(n), store);
         opts.sim.node_timing = ccm_cml_sim::NodeTiming {
             queue: Duration::from_millis(20),
             stagger: Duration::from_millis(5),
@@ -136,17 +117,7 @@ impl TestApi {
         };
         opts.sim.licence_delay = Duration::from_millis(100);
         opts.engine.licence.poll_interval = Duration::from_millis(50);
-        opts.engine.licence.timeout = Duration::from_secs(10);
-        opts.cloud.pending_delay = Duration::from_millis(100);
-        opts.cloud.stopping_delay = Duration::from_millis(100);
-        opts.cloud.shutting_down_delay = Duration::from_millis(100);
-        let r = &mut opts.resilience;
-        r.timeout.per_attempt = Duration::from_millis(800);
-        r.timeout.deadline = Duration::from_secs(3);
-        r.retry.base = Duration::from_millis(20);
-        r.retry.cap = Duration::from_millis(100);
-        r.breaker.failure_threshold = 3;
-        r.breaker.open_for = Duration::from_secs(30);
+        opts.resilience.breaker.open_for = Duration::from_secs(30);
         let mut api = ApiConfig::default();
         let mut auth = AuthConfig::default()
             .with_token("admin", Role::Admin, ADMIN)
