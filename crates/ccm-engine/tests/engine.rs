@@ -18,7 +18,6 @@ use ccm_engine::{
     AmiSelector, BusEvent, CreateWorker, ImportRequest, ImportSelector, JobKind, ManualClock,
 };
 use ccm_store::{SqliteStore, WorkerFilter};
-use chrono::Utc;
 
 /// The test settings of `EmbeddedOptions::for_tests`: every background job off.
 fn quiet_settings() -> RuntimeSettings {
