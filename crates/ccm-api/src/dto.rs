@@ -495,6 +495,10 @@ pub struct WorkerView {
     pub terminated_by: Option<String>,
     /// Version (increases with every change; orders snapshots and reads).
     pub version: u64,
+    /// What the current state allows (`start`, `stop`, `pause`, `resume`, `terminate`,
+    /// `delete`, `update_tags`, `enable_detailed_monitoring`, `refresh`, `licence`); the
+    /// caller's role may allow less.
+    pub actions: Vec<String>,
 }
 
 impl WorkerView {
@@ -596,6 +600,15 @@ impl WorkerView {
             terminated_at: w.terminated_at,
             terminated_by: w.terminated_by.as_ref().map(ToString::to_string),
             version: w.version,
+            actions: w
+                .allowed_actions(now)
+                .into_iter()
+                .filter_map(|a| {
+                    serde_json::to_value(a)
+                        .ok()
+                        .and_then(|v| v.as_str().map(str::to_owned))
+                })
+                .collect(),
         }
     }
 }

@@ -17,25 +17,28 @@ const RANK = { viewer: 0, manager: 1, admin: 2 };
 const RANGES = [['1h', 'Last hour'], ['6h', 'Last 6 hours'], ['24h', 'Last 24 hours'], ['7d', 'Last 7 days']];
 const RANGE_MS = { '1h': 3_600_000, '6h': 21_600_000, '24h': 86_400_000, '7d': 604_800_000 };
 
+/** Whether the worker's current state allows `name` (the server says, in `actions`). */
+const can = (name) => (w) => Array.isArray(w.actions) && w.actions.includes(name);
+
 /** The worker's actions: who may, when, and what to ask first. */
 const ACTIONS = {
-  start: { label: 'Start', role: 'manager', when: (w) => w.ec2_state === 'stopped', busy: 'Starting…' },
-  resume: { label: 'Resume', role: 'manager', when: (w) => w.ec2_state === 'stopped' && !!w.monitoring?.paused_at, busy: 'Resuming…' },
+  start: { label: 'Start', role: 'manager', when: can('start'), busy: 'Starting…' },
+  resume: { label: 'Resume', role: 'manager', when: (w) => can('resume')(w) && !!w.monitoring?.paused_at, busy: 'Resuming…' },
   stop: {
-    label: 'Stop', role: 'manager', when: (w) => w.ec2_state === 'running' || w.ec2_state === 'pending', busy: 'Stopping…',
+    label: 'Stop', role: 'manager', when: can('stop'), busy: 'Stopping…',
     confirm: (w) => ({ title: `Stop ${w.name}?`, body: 'The EC2 instance stops: running labs end and everyone using them is cut off. ccm counts it as a manual pause.', confirm: 'Stop worker' }),
   },
   pause: {
-    label: 'Pause', role: 'manager', when: (w) => w.ec2_state === 'running', busy: 'Pausing…',
+    label: 'Pause', role: 'manager', when: can('pause'), busy: 'Pausing…',
     confirm: (w) => ({ title: `Pause ${w.name}?`, body: 'The EC2 instance stops (reason: manual) and can be resumed later. Running labs end.', confirm: 'Pause worker' }),
   },
-  refresh: { label: 'Refresh now', role: 'manager', when: (w) => w.ec2_state === 'running', busy: 'Refreshing…' },
+  refresh: { label: 'Refresh now', role: 'manager', when: can('refresh'), busy: 'Refreshing…' },
   terminate: {
-    label: 'Terminate', role: 'admin', danger: true, when: (w) => !['terminated', 'shutting-down'].includes(w.ec2_state), busy: 'Terminating…',
+    label: 'Terminate', role: 'admin', danger: true, when: can('terminate'), busy: 'Terminating…',
     confirm: (w) => ({ title: `Terminate ${w.name}?`, body: ['The EC2 instance and its disks are destroyed, with every lab on it. ', h('strong', null, 'This cannot be undone.')], confirm: 'Terminate instance' }),
   },
   delete: {
-    label: 'Delete record', role: 'admin', danger: true, when: () => true, busy: 'Deleting…',
+    label: 'Delete record', role: 'admin', danger: true, when: can('delete'), busy: 'Deleting…',
     confirm: (w) => ({ title: `Delete the record of ${w.name}?`, body: 'ccm forgets this worker and its history. The EC2 instance itself is not touched; import it again to see it.', confirm: 'Delete record' }),
   },
 };

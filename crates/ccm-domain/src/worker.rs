@@ -743,6 +743,31 @@ impl Worker {
         }])
     }
 
+    /// The actions the current state allows (for UIs: which buttons to enable). Asks
+    /// [`Worker::request`] itself, so it can never disagree with what a command would do.
+    pub fn allowed_actions(&self, now: DateTime<Utc>) -> Vec<WorkerAction> {
+        const ACTIONS: [WorkerAction; 10] = [
+            WorkerAction::Start,
+            WorkerAction::Stop,
+            WorkerAction::Pause,
+            WorkerAction::Resume,
+            WorkerAction::Terminate,
+            WorkerAction::Delete,
+            WorkerAction::UpdateTags,
+            WorkerAction::EnableDetailedMonitoring,
+            WorkerAction::Refresh,
+            WorkerAction::Licence,
+        ];
+        let probe = Actor::system("probe");
+        ACTIONS
+            .into_iter()
+            .filter(|a| {
+                let reason = matches!(a, WorkerAction::Pause).then_some(PauseReason::Manual);
+                self.clone().request(*a, reason, &probe, now).is_ok()
+            })
+            .collect()
+    }
+
     /// The action ccm asked for failed: forget what ccm expected to see.
     pub fn action_failed(
         &mut self,

@@ -576,3 +576,41 @@ fn workers_should_round_trip_through_json() {
     let back: Worker = serde_json::from_str(&json).unwrap();
     assert_eq!(back, w);
 }
+
+#[test]
+fn allowed_actions_should_follow_the_command_rules() {
+    use WorkerAction::*;
+    let mut w = running_worker();
+    let running = w.allowed_actions(t(1));
+    assert_eq!(
+        running,
+        [
+            Stop,
+            Pause,
+            Terminate,
+            Delete,
+            UpdateTags,
+            EnableDetailedMonitoring,
+            Refresh,
+            Licence
+        ]
+    );
+    w.ec2_state = Ec2State::Stopped;
+    assert_eq!(
+        w.allowed_actions(t(1)),
+        [
+            Start,
+            Resume,
+            Terminate,
+            Delete,
+            UpdateTags,
+            EnableDetailedMonitoring
+        ]
+    );
+    w.ec2_state = Ec2State::Terminated;
+    assert_eq!(w.allowed_actions(t(1)), [Delete]);
+    assert!(
+        w.monitoring.pending_pause.is_none(),
+        "asking changes nothing"
+    );
+}
