@@ -41,5 +41,5 @@ pub use engine::{
     resilience_with_bus,
 };
 pub use error::EngineError;
-pub use jobs::{JobKind, JobStatus};
+pub use jobs::{CML_SYNC_CALLS, JobKind, JobStatus};
 pub use ops::CycleReport;

@@ -290,8 +290,10 @@ impl Engine {
         }
     }
 
-    /// Runs one full CML sync of every running worker, as fast as the `cml_poll` bulkhead
-    /// allows, and waits until the results are stored.
+    /// Runs one full CML sync of every running worker, as fast as the CML gate allows
+    /// (`cml_poll.max_concurrent / CML_SYNC_CALLS` workers at once, their calls in the
+    /// `cml_poll` bulkhead), and waits until the results are stored. A worker whose breaker
+    /// is due for its probe is probed in the background and not waited for.
     pub async fn run_cml_cycle(&self) -> CycleReport {
         let members: Vec<WorkerId> = self
             .members(|s| s.reachable().is_some())

@@ -2,7 +2,8 @@
 //!
 //! Two shapes of job:
 //! - **per worker** (CML sync, labs, activity and idle): each worker is polled on its own
-//!   schedule ([`crate::scheduler::Spread`]), never twice at once, under a bulkhead;
+//!   schedule ([`crate::scheduler::Spread`]), never twice at once, behind a gate (the CML
+//!   gate, [`cml_gate`], or the `labs` bulkhead) that bounds the workers in flight;
 //! - **fleet** (EC2 sync and CloudWatch metrics, batched per region; auto-import; event
 //!   retention): one run per interval.
 //!
@@ -21,6 +22,7 @@ use std::time::Duration;
 
 use ccm_domain::WorkerId;
 use ccm_domain::settings::PollingSettings;
+use ccm_resilience::Bulkhead;
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -99,12 +101,42 @@ impl JobKind {
     fn per_worker(self) -> bool {
         matches!(self, Self::CmlSync | Self::Labs | Self::Activity)
     }
+}
 
-    fn bulkhead(self) -> &'static str {
-        match self {
-            Self::Labs => "labs",
-            _ => "cml_poll",
-        }
+/// Most CML calls one worker's sync makes at once (system_information, system_health,
+/// system_stats and licensing).
+pub const CML_SYNC_CALLS: usize = 4;
+
+/// The gate that bounds how many workers' CML polls (sync, activity) run at once.
+///
+/// It is **not** the `cml_poll` bulkhead itself: the CML client runs each call of a poll in
+/// that bulkhead, so a poll that held a `cml_poll` slot while its calls waited for another
+/// would deadlock as soon as polls held every slot (10,000 workers queued behind 512 slots
+/// did exactly that). The gate admits `cml_poll.max_concurrent / CML_SYNC_CALLS` workers, so
+/// that the calls of the workers in flight fit in the bulkhead and never queue behind other
+/// workers'; its queue is the bulkhead's.
+pub(crate) fn cml_gate(config: &ccm_resilience::ResilienceConfig) -> Bulkhead {
+    let b = &config.bulkheads;
+    if !b.enabled {
+        return Bulkhead::unlimited("cml_workers");
+    }
+    let gate = ccm_resilience::BulkheadConfig::new(
+        (b.cml_poll.max_concurrent / CML_SYNC_CALLS).max(1),
+        b.cml_poll.max_queue,
+    );
+    Bulkhead::new("cml_workers", &gate, Arc::new(ccm_resilience::NoopObserver))
+}
+
+/// The gate a per-worker job's polls pass: the CML gate for polls whose calls run in the
+/// `cml_poll` bulkhead, the `labs` bulkhead for labs refreshes.
+fn gate(engine: &Engine, job: JobKind) -> Option<Bulkhead> {
+    match job {
+        JobKind::CmlSync | JobKind::Activity => Some(engine.inner.cml_gate.clone()),
+        JobKind::Labs => engine
+            .inner
+            .resilience
+            .bulkhead(ccm_resilience::bulkhead::LABS),
+        _ => None,
     }
 }
 
@@ -294,15 +326,67 @@ pub(crate) async fn run_now(engine: &Engine, job: JobKind) -> Result<(), EngineE
     result
 }
 
-/// Polls every worker in `members` once, as fast as the job's bulkhead allows. Returns when
-/// all are done. Used by triggered cycles and by `ccm bench`.
+/// Polls every worker in `members` once, as fast as the job's gate allows. Returns when all
+/// are done. Used by triggered cycles and by `ccm bench`.
+///
+/// - A poll is spawned only once it holds its gate slot, so a cycle of 10,000 workers keeps
+///   at most the gate's width of tasks alive (not 10,000 waiting futures), and never fills
+///   the gate's queue that the background jobs share.
+/// - A CML sync whose breaker is due for its half-open probe runs in the background: a
+///   worker known to be dead would hold the whole cycle for up to an attempt timeout (15 s)
+///   to confirm it. Its outcome is stored when it ends; cycles leave the worker out until
+///   then. Workers whose breaker is open and not due cost nothing (the call is refused at
+///   once, no request is sent).
 pub(crate) async fn run_cycle(engine: &Engine, job: JobKind, members: Vec<WorkerId>) {
+    let gate = gate(engine, job);
     let mut set = tokio::task::JoinSet::new();
     for id in members {
+        if job == JobKind::CmlSync && engine.inner.probing.lock().contains(&id) {
+            continue;
+        }
+        let permit = match &gate {
+            Some(g) => match g.acquire().await {
+                Ok(p) => Some(p),
+                Err(full) => {
+                    tracing::debug!(job = job.as_str(), worker = %id, error = %full, "gate full, poll skipped");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        while set.try_join_next().is_some() {}
         let e = engine.clone();
-        set.spawn(async move { guarded_poll(&e, job, id).await });
+        if job == JobKind::CmlSync && probe_due(engine, id) {
+            engine.inner.probing.lock().insert(id);
+            engine.inner.tracker.spawn(async move {
+                let _ = timed(&e, job, poll_worker(&e, job, id)).await;
+                drop(permit);
+                e.inner.probing.lock().remove(&id);
+            });
+            continue;
+        }
+        set.spawn(async move {
+            let _ = timed(&e, job, poll_worker(&e, job, id)).await;
+            drop(permit);
+        });
     }
     while set.join_next().await.is_some() {}
+}
+
+/// Whether the worker's next CML call would be its breaker's half-open probe (open and due,
+/// or half-open already).
+fn probe_due(engine: &Engine, id: WorkerId) -> bool {
+    let Some(endpoint) = engine.inner.fleet.get(&id).and_then(|s| s.endpoint.clone()) else {
+        return false;
+    };
+    match engine.inner.resilience.breakers().snapshot_of(&endpoint) {
+        Some(b) => match b.state {
+            ccm_resilience::BreakerState::HalfOpen => true,
+            ccm_resilience::BreakerState::Open => b.retry_in.is_some_and(|r| r.is_zero()),
+            _ => false,
+        },
+        None => false,
+    }
 }
 
 async fn timed<F: Future<Output = Result<(), String>>>(
@@ -327,9 +411,9 @@ async fn timed<F: Future<Output = Result<(), String>>>(
     result
 }
 
-/// One poll of one worker, under the job's bulkhead, counted on the board.
+/// One poll of one worker, under the job's gate, counted on the board.
 async fn guarded_poll(engine: &Engine, job: JobKind, id: WorkerId) {
-    let permit = match engine.inner.resilience.bulkhead(job.bulkhead()) {
+    let permit = match gate(engine, job) {
         Some(b) => match b.acquire().await {
             Ok(p) => Some(p),
             Err(full) => {

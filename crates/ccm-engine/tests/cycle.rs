@@ -1,0 +1,162 @@
+//! Full CML sync cycles (`Engine::run_cml_cycle`) under a tight `cml_poll` bulkhead: the
+//! regression test for the poll that held a bulkhead slot while its own calls waited for one
+//! (a deadlock as soon as polls held every slot), and the shape of a sync (four calls per
+//! ready worker, one probe for a worker that does not answer).
+//!
+//! Addresses 127.112.x are this file's. Background polling is off; cycles are triggered.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccm_cml_sim::faults::FaultSpec;
+use ccm_domain::{RuntimeSettings, ServiceStatus};
+use ccm_engine::embedded::{Embedded, EmbeddedOptions};
+use ccm_resilience::BulkheadConfig;
+use ccm_store::SqliteStore;
+
+async fn fleet(
+    workers: usize,
+    base: [u8; 4],
+    cml_poll: BulkheadConfig,
+    tweak: impl FnOnce(&mut ccm_resilience::ResilienceConfig),
+) -> Embedded {
+    let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
+    let mut opts = EmbeddedOptions::new(workers, Ipv4Addr::from(base), store);
+    let mut settings = RuntimeSettings::default();
+    let p = &mut settings.polling;
+    p.ec2_enabled = false;
+    p.cml_enabled = false;
+    p.metrics_enabled = false;
+    p.labs_enabled = false;
+    p.activity_enabled = false;
+    p.auto_import_enabled = false;
+    opts.settings = settings;
+    opts.boot = Duration::ZERO;
+    opts.sim.latency = Duration::from_millis(5);
+    let r = &mut opts.resilience;
+    r.bulkheads.cml_poll = cml_poll;
+    r.timeout.per_attempt = Duration::from_millis(400);
+    r.timeout.deadline = Duration::from_secs(2);
+    r.retry.max_attempts = 1;
+    r.breaker.failure_threshold = 6;
+    r.breaker.open_for = Duration::from_secs(600);
+    tweak(r);
+    Embedded::start(opts).await.unwrap()
+}
+
+fn count(fleet: &Embedded, status: ServiceStatus) -> u64 {
+    fleet
+        .engine
+        .counts()
+        .by_service
+        .get(status.as_str())
+        .copied()
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_should_finish_when_polls_outnumber_the_bulkhead_slots() {
+    // 4 call slots for 40 workers: polls queue for the gate, calls never wait behind polls.
+    let fleet = fleet(40, [127, 112, 0, 1], BulkheadConfig::new(4, 10_000), |_| {}).await;
+    for cycle in 0..2 {
+        let report = tokio::time::timeout(Duration::from_secs(30), fleet.engine.run_cml_cycle())
+            .await
+            .expect("a cycle must not deadlock on the cml_poll bulkhead");
+        assert_eq!(report.workers, 40);
+        assert_eq!(count(&fleet, ServiceStatus::Ready), 40, "cycle {cycle}");
+    }
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_workers_should_get_four_calls_and_dead_ones_one_probe_then_none() {
+    let fleet = fleet(
+        10,
+        [127, 112, 1, 1],
+        BulkheadConfig::new(512, 10_000),
+        |_| {},
+    )
+    .await;
+    fleet.engine.run_cml_cycle().await;
+    assert_eq!(count(&fleet, ServiceStatus::Ready), 10);
+    let dead = fleet.sim.worker(3).unwrap();
+    dead.apply_faults(&FaultSpec::parse("3:blackhole").unwrap());
+
+    let before = fleet.sim.counters();
+    fleet.engine.run_cml_cycle().await;
+    let after = fleet.sim.counters();
+    // Ready at the last sync: all four calls at once, also to the worker that just died.
+    assert_eq!(after.requests - before.requests, 40);
+    assert_eq!(count(&fleet, ServiceStatus::Unavailable), 1);
+
+    // Unavailable now: probed with system_information alone (failures 5 and 6 of 6).
+    for _ in 0..2 {
+        let dead_before = dead.counters().requests;
+        fleet.engine.run_cml_cycle().await;
+        assert_eq!(dead.counters().requests - dead_before, 1);
+    }
+    // Its breaker is open now: no request at all.
+    let dead_before = dead.counters().requests;
+    let report = fleet.engine.run_cml_cycle().await;
+    assert_eq!(report.workers, 10);
+    assert_eq!(dead.counters().requests, dead_before);
+    assert_eq!(count(&fleet, ServiceStatus::Ready), 9);
+    assert_eq!(count(&fleet, ServiceStatus::Unavailable), 1);
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cycle_should_not_wait_for_the_probe_of_a_dead_worker() {
+    // A probe of a blackholed worker takes the whole attempt timeout (10 s here).
+    let fleet = fleet(5, [127, 112, 2, 1], BulkheadConfig::new(512, 10_000), |r| {
+        r.timeout.per_attempt = Duration::from_secs(10);
+        r.timeout.deadline = Duration::from_secs(20);
+        r.breaker.failure_threshold = 1;
+        r.breaker.open_for = Duration::from_millis(300);
+    })
+    .await;
+    fleet.engine.run_cml_cycle().await;
+    let dead = fleet.sim.worker(2).unwrap();
+    dead.power_off();
+    // Refused connections fail fast and open the breaker (threshold 1).
+    fleet.engine.run_cml_cycle().await;
+    assert_eq!(count(&fleet, ServiceStatus::Unavailable), 1);
+    dead.power_on(Duration::ZERO);
+    dead.apply_faults(&FaultSpec::parse("2:blackhole").unwrap());
+    // Once the open period is over, the next call is the breaker's probe.
+    let due = tokio::time::Instant::now() + Duration::from_secs(5);
+    while fleet
+        .engine
+        .resilience()
+        .breakers()
+        .snapshot()
+        .iter()
+        .any(|b| b.retry_in.is_some_and(|r| !r.is_zero()))
+    {
+        assert!(
+            tokio::time::Instant::now() < due,
+            "the breaker never became due"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let before = dead.counters().requests;
+    let report = tokio::time::timeout(Duration::from_secs(5), fleet.engine.run_cml_cycle())
+        .await
+        .expect("the cycle must not wait for the probe's 10 s attempt timeout");
+    assert_eq!(report.workers, 5);
+    // The probe went out (one request) and is still waiting for its answer.
+    let sent = tokio::time::Instant::now() + Duration::from_secs(5);
+    while dead.counters().requests == before {
+        assert!(tokio::time::Instant::now() < sent, "no probe was sent");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(dead.counters().requests, before + 1);
+    // While it is out, cycles leave the worker alone.
+    fleet.engine.run_cml_cycle().await;
+    assert_eq!(dead.counters().requests, before + 1);
+    assert_eq!(count(&fleet, ServiceStatus::Ready), 4);
+    fleet.shutdown().await;
+}
