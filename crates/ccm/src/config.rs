@@ -153,12 +153,16 @@ impl Config {
         self.api.validate().map_err(|e| e.to_string())?;
         self.auth.validate().map_err(|e| e.to_string())?;
         self.database.validate()?;
-        self.resilience.validate().map_err(|ccm_resilience::ConfigError::Invalid { key, reason }| format!("{key}: {reason}"))?;
+        self.resilience.validate().map_err(
+            |ccm_resilience::ConfigError::Invalid { key, reason }| format!("{key}: {reason}"),
+        )?;
         self.cml.validate().map_err(|e| match e {
             ccm_cml::CmlConfigError::Invalid { key, reason } => format!("{key}: {reason}"),
             other => other.to_string(),
         })?;
-        self.aws.validate().map_err(|e| format!("aws.{}: {}", e.key, e.message))?;
+        self.aws
+            .validate()
+            .map_err(|e| format!("aws.{}: {}", e.key, e.message))?;
         self.engine_config().validate()?;
         let runtime = ccm_domain::RuntimeSettings {
             idle: self.idle.clone(),

@@ -58,6 +58,14 @@ pub(crate) struct SyncArgs {
     /// How long an open circuit breaker rejects calls before a probe (product default 60s).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub(crate) breaker_open_for: Option<Duration>,
+    /// Idle keep-alive connections ccm keeps per worker (`[cml] pool_max_idle_per_host`).
+    /// 0: none between calls, so memory and file descriptors stay flat however big the fleet
+    /// (one idle connection costs ~16 KiB and a descriptor; see BENCHMARKS.md).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub(crate) idle_connections_per_worker: u32,
+    /// How long an idle connection is kept (`[cml] pool_idle_timeout`; default: the product's).
+    #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) idle_timeout: Option<Duration>,
     /// Also run this implementation on the same fleet, and report the speedup.
     #[arg(long, value_enum)]
     pub(crate) peer: Option<Peer>,

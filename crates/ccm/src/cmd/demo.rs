@@ -41,20 +41,30 @@ pub(crate) struct DemoArgs {
 
 /// Starts the embedded fleet and runs until Ctrl-C.
 pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
-    let faults = ccm_cml_sim::faults::FaultSpec::parse(&args.faults).map_err(|e| crate::config::ConfigError(format!("--faults: {e}")))?;
+    let faults = ccm_cml_sim::faults::FaultSpec::parse(&args.faults)
+        .map_err(|e| crate::config::ConfigError(format!("--faults: {e}")))?;
     let metrics = super::runtime::metrics();
     for suffix in ["", "-wal", "-shm"] {
         let mut p = args.db.clone().into_os_string();
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));
     }
-    let store_cfg = StoreConfig { path: args.db.clone(), synchronous: ccm_store::Synchronous::Normal, ..config.database.clone() };
-    let store = SqliteStore::open(&store_cfg).await.with_context(|| format!("database {}", args.db.display()))?;
+    let store_cfg = StoreConfig {
+        path: args.db.clone(),
+        synchronous: ccm_store::Synchronous::Normal,
+        ..config.database.clone()
+    };
+    let store = SqliteStore::open(&store_cfg)
+        .await
+        .with_context(|| format!("database {}", args.db.display()))?;
 
     let workers = args.workers as usize;
     let mut opts = EmbeddedOptions::new(workers, args.listen_base, Arc::new(store));
     opts.sim.faults = faults;
-    opts.sim.activity = Some(ccm_cml_sim::ActivityConfig { fraction: 0.3, interval: Duration::from_secs(45) });
+    opts.sim.activity = Some(ccm_cml_sim::ActivityConfig {
+        fraction: 0.3,
+        interval: Duration::from_secs(45),
+    });
     opts.resilience = config.resilience.clone();
     opts.resilience.breaker.open_for = Duration::from_secs(30);
     opts.resilience.timeout.per_attempt = Duration::from_secs(5);
@@ -64,7 +74,10 @@ pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
     opts.engine.import.tag = None;
     opts.engine.import.regions = Vec::new();
     if opts.engine.pricing.hourly.is_empty() {
-        opts.engine.pricing.hourly.insert("m5zn.metal".into(), 3.9641);
+        opts.engine
+            .pricing
+            .hourly
+            .insert("m5zn.metal".into(), 3.9641);
     }
     let mut settings = config.runtime_settings();
     settings.idle.timeout = args.idle_timeout;
@@ -81,20 +94,41 @@ pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
     opts.cloud.pending_delay = Duration::from_secs(5);
     opts.cloud.stopping_delay = Duration::from_secs(5);
 
-    let token = args.admin_token.clone().unwrap_or_else(ccm_api::generate_token);
-    let auth = config.auth.clone().with_token("demo-admin", ccm_api::Role::Admin, &token);
+    let token = args
+        .admin_token
+        .clone()
+        .unwrap_or_else(ccm_api::generate_token);
+    let auth = config
+        .auth
+        .clone()
+        .with_token("demo-admin", ccm_api::Role::Admin, &token);
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
-    let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("--port {}: cannot listen on {listen}", args.port))?;
-    let fleet = Embedded::start(opts).await.context("cannot start the embedded fleet")?;
-    let state = ccm_api::ApiState::new(fleet.engine.clone(), config.api.clone(), auth, Some(metrics))
-        .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("--port {}: cannot listen on {listen}", args.port))?;
+    let fleet = Embedded::start(opts)
+        .await
+        .context("cannot start the embedded fleet")?;
+    let state = ccm_api::ApiState::new(
+        fleet.engine.clone(),
+        config.api.clone(),
+        auth,
+        Some(metrics),
+    )
+    .map_err(|e| crate::config::ConfigError(e.to_string()))?;
     let url = format!("http://{listen}/");
-    println!("ccm demo: {workers} simulated workers on {}…, database {}", args.listen_base, args.db.display());
+    println!(
+        "ccm demo: {workers} simulated workers on {}…, database {}",
+        args.listen_base,
+        args.db.display()
+    );
     println!("  web UI and API: {url}");
     println!("  admin token:    {token}");
     println!("  Ctrl-C stops everything.");
     let log = tokio::spawn(log_events(fleet.engine.subscribe()));
-    ccm_api::serve(listener, state, super::runtime::shutdown_signal()).await.context("HTTP server failed")?;
+    ccm_api::serve(listener, state, super::runtime::shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
     log.abort();
     fleet.shutdown().await;
     Ok(())
@@ -111,23 +145,43 @@ async fn log_events(mut rx: tokio::sync::broadcast::Receiver<ccm_engine::BusEven
         };
         let subject = event.subject.as_deref().unwrap_or("-");
         match &event.kind {
-            K::WorkerStateChanged { from, to } => tracing::info!(worker = subject, "EC2 {from} → {to}"),
+            K::WorkerStateChanged { from, to } => {
+                tracing::info!(worker = subject, "EC2 {from} → {to}")
+            }
             K::WorkerServiceChanged { from, to, reasons } => {
                 let why: Vec<String> = reasons.iter().map(ToString::to_string).collect();
                 tracing::info!(worker = subject, "CML {from} → {to} {}", why.join("; "))
             }
-            K::WorkerPaused { reason, .. } => tracing::info!(worker = subject, "paused ({reason:?})"),
-            K::WorkerResumed { reason, .. } => tracing::info!(worker = subject, "resumed ({reason:?})"),
-            K::WorkerIdleDetected { action, idle_for_seconds, .. } => {
+            K::WorkerPaused { reason, .. } => {
+                tracing::info!(worker = subject, "paused ({reason:?})")
+            }
+            K::WorkerResumed { reason, .. } => {
+                tracing::info!(worker = subject, "resumed ({reason:?})")
+            }
+            K::WorkerIdleDetected {
+                action,
+                idle_for_seconds,
+                ..
+            } => {
                 tracing::info!(worker = subject, "idle for {idle_for_seconds} s: {action}")
             }
-            K::BreakerOpened { key, .. } => tracing::info!(worker = subject, "breaker opened for {key}"),
-            K::BreakerClosed { key } => tracing::info!(worker = subject, "breaker closed for {key}"),
-            K::ImportCompleted { matched, imported, existing, .. } => {
-                tracing::info!("import: {matched} matched, {imported} imported, {existing} already known")
+            K::BreakerOpened { key, .. } => {
+                tracing::info!(worker = subject, "breaker opened for {key}")
+            }
+            K::BreakerClosed { key } => {
+                tracing::info!(worker = subject, "breaker closed for {key}")
+            }
+            K::ImportCompleted {
+                matched,
+                imported,
+                existing,
+                ..
+            } => {
+                tracing::info!(
+                    "import: {matched} matched, {imported} imported, {existing} already known"
+                )
             }
             _ => {}
         }
     }
 }
-

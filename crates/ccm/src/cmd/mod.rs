@@ -19,7 +19,10 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(TokenCommand::New { ref name, ref role }) => {
             let token = ccm_api::generate_token();
             println!("token (shown once): {token}");
-            println!("[[auth.tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {:?}", ccm_api::hash_token(&token));
+            println!(
+                "[[auth.tokens]]\nname = {name:?}\nrole = {role:?}\nsha256 = {:?}",
+                ccm_api::hash_token(&token)
+            );
             Ok(())
         }
         Command::Token(TokenCommand::Hash) => {

@@ -10,14 +10,19 @@ use crate::config::{LogConfig, LogFormat};
 
 /// A multi-threaded tokio runtime.
 pub(crate) fn build() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")
 }
 
 /// Installs the log subscriber (`[log]`).
 pub(crate) fn init_tracing(config: &LogConfig) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&config.level)
         .map_err(|e| crate::config::ConfigError(format!("log.level: {e}")))?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(true);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(true);
     let result = match config.format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),

@@ -19,15 +19,22 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("database {}", config.database.path.display()))?;
     let (events, resilience) = resilience_with_bus(&config.resilience, None);
-    let cml = CmlClient::new(&config.cml, resilience.clone()).map_err(|e| crate::config::ConfigError(e.to_string()))?;
-    let aws = AwsCloud::connect(&config.aws).await.map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    let cml = CmlClient::new(&config.cml, resilience.clone())
+        .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    let aws = AwsCloud::connect(&config.aws)
+        .await
+        .map_err(|e| crate::config::ConfigError(e.to_string()))?;
     // One deadline per AWS operation, a little above the SDK's own so that it speaks first.
     let cloud_policy = ResilientCloudConfig {
         deadline: config.aws.operation_timeout + Duration::from_secs(5),
         attempts: 1,
         attempt_timeout: None,
     };
-    let cloud: Arc<dyn CloudProvider> = Arc::new(ResilientCloud::sharing(Arc::new(aws), resilience.clone(), &cloud_policy));
+    let cloud: Arc<dyn CloudProvider> = Arc::new(ResilientCloud::sharing(
+        Arc::new(aws),
+        resilience.clone(),
+        &cloud_policy,
+    ));
     let engine = Engine::start(EngineParts {
         store: Arc::new(store),
         cloud,
@@ -41,14 +48,20 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("cannot start the engine")?;
     engine.forward_resilience_events(events);
-    let state = ccm_api::ApiState::new(engine.clone(), config.api.clone(), config.auth.clone(), Some(metrics))
-        .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    let state = ccm_api::ApiState::new(
+        engine.clone(),
+        config.api.clone(),
+        config.auth.clone(),
+        Some(metrics),
+    )
+    .map_err(|e| crate::config::ConfigError(e.to_string()))?;
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("server.listen {}", config.server.listen))?;
     tracing::info!(listen = %config.server.listen, "ccm serving");
-    ccm_api::serve(listener, state, super::runtime::shutdown_signal()).await.context("HTTP server failed")?;
+    ccm_api::serve(listener, state, super::runtime::shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
     engine.shutdown().await;
     Ok(())
 }
-

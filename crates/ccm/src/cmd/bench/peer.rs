@@ -77,7 +77,10 @@ pub(super) async fn ensure_venv(venv: &Path, requirements: &Path) -> anyhow::Res
     if python.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(&wanted) {
         return Ok(python);
     }
-    eprintln!("ccm bench: creating the seed-poller virtualenv in {}", venv.display());
+    eprintln!(
+        "ccm bench: creating the seed-poller virtualenv in {}",
+        venv.display()
+    );
     if !python.exists() {
         run_bounded(
             Command::new("python3").arg("-m").arg("venv").arg(venv),
@@ -88,13 +91,21 @@ pub(super) async fn ensure_venv(venv: &Path, requirements: &Path) -> anyhow::Res
     }
     run_bounded(
         Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "-r"])
+            .args([
+                "-m",
+                "pip",
+                "install",
+                "--quiet",
+                "--disable-pip-version-check",
+                "-r",
+            ])
             .arg(requirements),
         "pip install",
         VENV_TIMEOUT,
     )
     .await?;
-    std::fs::write(&marker, wanted).with_context(|| format!("cannot write {}", marker.display()))?;
+    std::fs::write(&marker, wanted)
+        .with_context(|| format!("cannot write {}", marker.display()))?;
     Ok(python)
 }
 

@@ -159,6 +159,13 @@ impl SimProcess {
         Ok(list.workers.iter().map(|w| w.counters.requests).sum())
     }
 
+    /// CPU time the simulator's processes (parent and shards) used so far, in seconds.
+    pub(super) fn cpu_seconds(&self) -> f64 {
+        self.child
+            .id()
+            .map_or(0.0, super::procstat::tree_cpu_seconds)
+    }
+
     /// Stops the simulator: SIGTERM, then SIGKILL after a grace period.
     pub(super) async fn stop(mut self) {
         if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {

@@ -102,6 +102,8 @@ struct Report {
     concurrency: usize,
     /// Slots of the `cml_poll` bulkhead (calls in flight): `concurrency` × calls per sync.
     cml_poll_slots: usize,
+    /// `[cml] pool_max_idle_per_host`: keep-alive connections kept per worker between calls.
+    idle_connections_per_worker: u32,
     blackhole_percent: u8,
     /// The warm-up cycle (first logins, new connections); not in `cycle_seconds`.
     warmup_seconds: f64,
@@ -116,8 +118,13 @@ struct Report {
     rss_mb: f64,
     /// ccm's resident memory after the last cycle, MiB.
     rss_end_mb: f64,
+    /// Most file descriptors ccm held at once during the measured cycles (sampled every
+    /// 50 ms; the open-file limit here is 20,000).
+    open_fds_peak: usize,
     /// ccm's user + system CPU time during the measured cycles.
     cpu_seconds: f64,
+    /// The simulator's CPU time during the measured cycles (it shares the machine).
+    sim_cpu_seconds: f64,
     /// Time to register the workers in the store and start the engine.
     setup_seconds: f64,
     statuses: Statuses,
@@ -228,13 +235,17 @@ async fn start_engine(
     store: SqliteStore,
     resilience_cfg: &ResilienceConfig,
     policy: EndpointPolicy,
+    pool: (usize, Option<Duration>),
 ) -> anyhow::Result<Engine> {
     let (events, resilience) = ccm_engine::resilience_with_bus(resilience_cfg, None);
     let mut cml_cfg = CmlConfig {
         endpoint: policy.clone(),
         ..CmlConfig::default()
     };
-    if let Ok(v) = std::env::var("XPOOL") { cml_cfg.pool_max_idle_per_host = v.parse().unwrap_or(1); }
+    cml_cfg.pool_max_idle_per_host = pool.0;
+    if let Some(idle) = pool.1 {
+        cml_cfg.pool_idle_timeout = idle;
+    }
     let cml = CmlClient::new(&cml_cfg, resilience.clone()).context("cml client")?;
     let cloud: Arc<dyn CloudProvider> =
         Arc::new(SimulatedCloud::new(ccm_cloud::SimConfig::default()).context("cloud")?);
@@ -320,10 +331,11 @@ async fn measure(
     // call slots. Its queue holds the whole fleet.
     let mut resilience_cfg = ResilienceConfig::default();
     let default_poll = resilience_cfg.bulkheads.cml_poll.clone();
-    let concurrency = args.concurrency.map_or(
-        (default_poll.max_concurrent / CML_SYNC_CALLS).max(1),
-        |c| c as usize,
-    );
+    let concurrency = args
+        .concurrency
+        .map_or((default_poll.max_concurrent / CML_SYNC_CALLS).max(1), |c| {
+            c as usize
+        });
     let cml_poll_slots = concurrency * CML_SYNC_CALLS;
     resilience_cfg.bulkheads.cml_poll = BulkheadConfig::new(
         cml_poll_slots,
@@ -345,7 +357,8 @@ async fn measure(
         .await
         .context("cannot open the benchmark database")?;
     register(&store, &sim.endpoints, &policy).await?;
-    let engine = start_engine(store, &resilience_cfg, policy).await?;
+    let pool = (args.idle_connections_per_worker as usize, args.idle_timeout);
+    let engine = start_engine(store, &resilience_cfg, policy, pool).await?;
     let setup_seconds = setup.elapsed().as_secs_f64();
     eprintln!("ccm bench: {n} workers registered and engine started in {setup_seconds:.1} s");
 
@@ -372,7 +385,19 @@ async fn measure(
         bail!("the engine polled {} workers, not {n}", warm.workers);
     }
 
+    let fds_peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampler = {
+        let peak = fds_peak.clone();
+        tokio::spawn(async move {
+            loop {
+                let n = procstat::open_fds().unwrap_or(0);
+                peak.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
     let cpu_before = procstat::cpu_seconds().unwrap_or(0.0);
+    let sim_cpu_before = sim.cpu_seconds();
     let mut times = Vec::with_capacity(args.cycles as usize);
     let mut requests = 0u64;
     let mut bh_per_cycle = Vec::new();
@@ -402,6 +427,8 @@ async fn measure(
         }
     }
     let cpu_seconds = procstat::cpu_seconds().unwrap_or(0.0) - cpu_before;
+    let sim_cpu_seconds = sim.cpu_seconds() - sim_cpu_before;
+    sampler.abort();
     let statuses = statuses(&engine);
     let breakers_open = engine.resilience().breakers().open_count();
     let rss_end_mb = procstat::rss_mib().unwrap_or(0.0);
@@ -435,7 +462,6 @@ async fn measure(
         .as_ref()
         .filter(|_| summary.median > 0.0)
         .map(|p| round3(p.cycle_seconds.median / summary.median));
-    let _ = dir;
     Ok(Report {
         benchmark: "sync",
         workers: args.workers,
@@ -443,6 +469,7 @@ async fn measure(
         latency_ms: args.latency_ms,
         concurrency,
         cml_poll_slots,
+        idle_connections_per_worker: args.idle_connections_per_worker,
         blackhole_percent: args.blackhole_percent,
         warmup_seconds: round3(warm.seconds),
         cycle_seconds: Summary {
@@ -459,7 +486,9 @@ async fn measure(
         },
         rss_mb: (rss_mb * 10.0).round() / 10.0,
         rss_end_mb: (rss_end_mb * 10.0).round() / 10.0,
+        open_fds_peak: fds_peak.load(std::sync::atomic::Ordering::Relaxed),
         cpu_seconds: (cpu_seconds * 100.0).round() / 100.0,
+        sim_cpu_seconds: (sim_cpu_seconds * 100.0).round() / 100.0,
         setup_seconds: round3(setup_seconds),
         statuses,
         blackholed: blackhole_sel.map(|_| BlackholeReport {

@@ -1,0 +1,247 @@
+//! `ccm bench sync` at a tiny size (the JSON report has every field, with values that follow
+//! from the run), and `ccm sim` sharding as the benchmark uses it (several processes, one
+//! fleet: endpoints, requests, counters summed across shards, SIGTERM stops them all).
+//!
+//! Addresses 127.110.x and 127.111.x are this file's. Every wait polls with a deadline;
+//! children are killed when a test fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
+
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::process::Command;
+
+const CCM: &str = env!("CARGO_BIN_EXE_ccm");
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn num(v: &Value, path: &str) -> f64 {
+    let mut cur = v;
+    for key in path.split('.') {
+        cur = cur
+            .get(key)
+            .unwrap_or_else(|| panic!("the report has no {path}: {v}"));
+    }
+    cur.as_f64()
+        .unwrap_or_else(|| panic!("{path} is not a number: {cur}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sync_should_report_every_field_with_values_that_follow_from_the_run() {
+    let run = Command::new(CCM)
+        .args(["bench", "sync", "--workers", "20", "--cycles", "2"])
+        .args(["--listen-base", "127.110.0.1", "--latency-ms", "5"])
+        .args(["--timeout", "90s"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("ccm bench sync should finish within its own --timeout")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ccm bench sync failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stderr}"));
+
+    assert_eq!(report["benchmark"], "sync");
+    assert_eq!(num(&report, "workers"), 20.0);
+    assert_eq!(num(&report, "cycles"), 2.0);
+    assert_eq!(num(&report, "latency_ms"), 5.0);
+    assert!(num(&report, "concurrency") >= 1.0);
+    let (min, median, max) = (
+        num(&report, "cycle_seconds.min"),
+        num(&report, "cycle_seconds.median"),
+        num(&report, "cycle_seconds.max"),
+    );
+    // Every worker answers after ≥ 5 ms, so no cycle can be shorter; nor longer than the run.
+    assert!(
+        0.005 <= min && min <= median && median <= max && max < 60.0,
+        "{report}"
+    );
+    let per_cycle = report["per_cycle_seconds"].as_array().unwrap();
+    assert_eq!(per_cycle.len(), 2);
+    assert!(num(&report, "warmup_seconds") >= 0.005);
+    // After the warm-up (logins), every worker is ready and gets exactly its four sync calls
+    // per cycle: system_information, system_health, system_stats, licensing.
+    let requests = num(&report, "requests");
+    assert_eq!(requests, 20.0 * 4.0 * 2.0, "{report}");
+    let rps = num(&report, "requests_per_second");
+    let total: f64 = per_cycle.iter().map(|c| c.as_f64().unwrap()).sum();
+    assert!(
+        (rps - requests / total).abs() <= 0.02 * rps + 1.0,
+        "rps {rps} vs {requests} requests in {total} s"
+    );
+    let rss = num(&report, "rss_mb");
+    assert!(rss > 1.0 && rss < 1024.0, "rss {rss}");
+    assert!(num(&report, "rss_end_mb") <= rss + 0.1);
+    assert!(num(&report, "cpu_seconds") >= 0.0);
+    assert!(num(&report, "sim_cpu_seconds") >= 0.0);
+    assert!(num(&report, "setup_seconds") > 0.0);
+    assert_eq!(
+        num(&report, "cml_poll_slots"),
+        4.0 * num(&report, "concurrency")
+    );
+    assert!(num(&report, "open_fds_peak") >= 3.0);
+    assert_eq!(num(&report, "statuses.ready"), 20.0, "{report}");
+    assert_eq!(num(&report, "statuses.degraded"), 0.0);
+    assert_eq!(num(&report, "statuses.unavailable"), 0.0);
+    assert!(report.get("peer").is_none() && report.get("speedup").is_none());
+    assert!(report.get("blackholed").is_none());
+}
+
+/// A running `ccm sim`, killed (with its shards, which stop when its pipe closes) on drop.
+struct Sim(tokio::process::Child);
+
+async fn wait_for_endpoints(file: &Path, n: usize, sim: &mut Sim) -> Vec<String> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(text) = std::fs::read_to_string(file) {
+            let urls: Vec<String> = text.lines().map(str::to_owned).collect();
+            if urls.len() == n {
+                return urls;
+            }
+        }
+        assert!(
+            sim.0.try_wait().unwrap().is_none(),
+            "ccm sim exited before serving"
+        );
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ccm sim wrote no endpoints in time"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let list = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        out.extend(
+            list.split_whitespace()
+                .filter_map(|c| c.parse::<u32>().ok()),
+        );
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ccm_sim_should_shard_into_processes_and_sum_their_counters() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoints_file = dir.path().join("endpoints.txt");
+    let control = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(CCM)
+        .args(["sim", "--workers", "6", "--shard-size", "2", "--port", "0"])
+        .args(["--listen-base", "127.111.0.1", "--control", &control])
+        .arg("--endpoints-out")
+        .arg(&endpoints_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut sim = Sim(child);
+    let pid = sim.0.id().unwrap();
+    let urls = tokio::time::timeout(
+        Duration::from_secs(90),
+        wait_for_endpoints(&endpoints_file, 6, &mut sim),
+    )
+    .await
+    .expect("endpoints in time");
+    for (i, url) in urls.iter().enumerate() {
+        assert!(
+            url.starts_with(&format!("http://127.111.0.{}:", i + 1)),
+            "{url}"
+        );
+    }
+    let shards = children_of(pid);
+    assert_eq!(shards.len(), 3, "6 workers at 2 per shard: {shards:?}");
+
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    // Worker i gets i + 1 requests, so sums and per-worker counts are told apart.
+    for (i, url) in urls.iter().enumerate() {
+        for _ in 0..=i {
+            let info: Value = http
+                .get(format!("{url}/api/v0/system_information"))
+                .send()
+                .await
+                .unwrap()
+                .error_for_status()
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            assert!(info["ready"].is_boolean(), "{info}");
+        }
+    }
+    let counters: Value = http
+        .get(format!("http://{control}/counters"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(num(&counters, "requests"), 21.0, "{counters}");
+    assert_eq!(num(&counters, "by_endpoint.system_information"), 21.0);
+    // Fleet-wide indices reach into the last shard.
+    let last: Value = http
+        .get(format!("http://{control}/workers/5"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(last["endpoint"], urls[5].as_str());
+    assert_eq!(num(&last, "counters.requests"), 6.0, "{last}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(30), sim.0.wait())
+        .await
+        .expect("ccm sim should stop on SIGTERM")
+        .unwrap();
+    assert!(status.success(), "ccm sim exited with {status}");
+    // The shards are gone too, and nobody answers any more.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while shards.iter().any(|s| {
+        std::fs::read_to_string(format!("/proc/{s}/stat")).is_ok_and(|t| !t.contains(") Z "))
+    }) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shard processes still running: {shards:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for url in &urls {
+        assert!(
+            http.get(format!("{url}/api/v0/system_information"))
+                .send()
+                .await
+                .is_err(),
+            "{url} still answers"
+        );
+    }
+}
