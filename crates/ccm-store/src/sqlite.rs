@@ -311,7 +311,8 @@ impl WorkerRepo for SqliteStore {
         let mut out = Vec::with_capacity(ids.len());
         // SQLite allows 32,766 bound parameters; stay far below.
         for chunk in ids.chunks(500) {
-            let mut q = QueryBuilder::<Sqlite>::new("SELECT id, version, doc FROM workers WHERE id IN (");
+            let mut q =
+                QueryBuilder::<Sqlite>::new("SELECT id, version, doc FROM workers WHERE id IN (");
             let mut sep = q.separated(", ");
             for id in chunk {
                 sep.push_bind(id.to_string());
