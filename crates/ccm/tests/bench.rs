@@ -1,8 +1,8 @@
-//! `ccm bench sync` at a tiny size (the JSON report has every field, with values that follow
-//! from the run), and `ccm sim` sharding as the benchmark uses it (several processes, one
+//! `ccm bench sync` and `ccm bench sse` at a tiny size (the JSON report has every field, with
+//! values that follow from the run), and `ccm sim` sharding as the benchmark uses it (several processes, one
 //! fleet: endpoints, requests, counters summed across shards, SIGTERM stops them all).
 //!
-//! Addresses 127.110.x and 127.111.x are this file's. Every wait polls with a deadline;
+//! Addresses 127.110.x, 127.111.x and 127.112.x are this file's. Every wait polls with a deadline;
 //! children are killed when a test fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
@@ -97,6 +97,48 @@ async fn bench_sync_should_report_every_field_with_values_that_follow_from_the_r
     assert_eq!(num(&report, "statuses.unavailable"), 0.0);
     assert!(report.get("peer").is_none() && report.get("speedup").is_none());
     assert!(report.get("blackholed").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sse_should_count_every_delivery_to_every_subscriber() {
+    let run = Command::new(CCM)
+        .args(["bench", "sse", "--subscribers", "10", "--events", "30"])
+        .args(["--interval", "5ms", "--listen-base", "127.112.0.1"])
+        .args(["--timeout", "90s"])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("ccm bench sse should finish within its own --timeout")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ccm bench sse failed:\n{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stderr}"));
+    assert_eq!(num(&report, "subscribers"), 10.0);
+    assert_eq!(num(&report, "events"), 30.0);
+    assert_eq!(num(&report, "expected"), 300.0);
+    assert_eq!(num(&report, "delivered"), 300.0, "{report}");
+    assert_eq!(num(&report, "dropped_clients"), 0.0, "{report}");
+    let (p50, p99, max) = (
+        num(&report, "p50_ms"),
+        num(&report, "p99_ms"),
+        num(&report, "max_ms"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{report}");
+}
+
+#[tokio::test]
+async fn bench_sse_should_refuse_a_bad_flag_with_a_usage_error() {
+    let out = Command::new(CCM)
+        .args(["bench", "sse", "--subscribers", "0"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "clap's usage error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--subscribers"), "{stderr}");
 }
 
 /// A running `ccm sim`, killed (with its shards, which stop when its pipe closes) on drop.

@@ -5,10 +5,13 @@
 //!   full CML sync cycles and reports their times, the requests the simulator received, ccm's
 //!   peak memory and CPU time, and the resulting statuses; optionally runs the Python
 //!   seed-poller on the same fleet and reports the speedup. See BENCHMARKS.md.
+//! - `ccm bench sse` — live-event fan-out: many SSE clients of the real API, every event
+//!   counted at every client, with its latency.
 
 mod peer;
 mod procstat;
 mod sim;
+mod sse;
 mod sync;
 
 use std::net::Ipv4Addr;
@@ -27,6 +30,8 @@ pub(crate) struct BenchCmd {
 pub(crate) enum BenchCommand {
     /// Full CML sync cycles of a simulated fleet (optionally against the Python seed-poller).
     Sync(SyncArgs),
+    /// Live events fanned out to many SSE subscribers of the API.
+    Sse(sse::SseArgs),
 }
 
 /// A peer implementation to run on the same fleet.
@@ -106,5 +111,6 @@ fn default_peer_venv() -> &'static str {
 pub(crate) fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd.command {
         BenchCommand::Sync(args) => sync::main(args),
+        BenchCommand::Sse(args) => sse::main(args),
     }
 }
