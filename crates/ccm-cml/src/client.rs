@@ -65,6 +65,7 @@ struct Inner {
     default_tls: TlsMode,
     endpoint_policy: EndpointPolicy,
     max_body: usize,
+    probe_timeout: Duration,
 }
 
 impl std::fmt::Debug for CmlClient {
@@ -212,6 +213,7 @@ impl CmlClient {
                 default_tls: TlsMode::from(&config.tls),
                 endpoint_policy: config.endpoint.clone(),
                 max_body: config.max_body_bytes,
+                probe_timeout: config.probe_timeout,
             }),
         })
     }
@@ -341,6 +343,29 @@ impl CmlClient {
     pub async fn system_information(&self, target: &Target) -> Result<SystemInformation, CmlError> {
         self.get_json(target, Endpoint::SystemInformation, "/system_information")
             .await
+    }
+
+    /// `GET /system_information` as a liveness probe: **one** attempt with the short
+    /// `cml.probe_timeout` (or `resilience.timeout.per_attempt` when that is shorter), never
+    /// retried. The engine probes a worker that was not `ready` at
+    /// its last sync this way before its authenticated calls, so that a dead or blackholed
+    /// worker costs one short timeout per poll (and, after `failure_threshold` polls, an
+    /// open breaker), not the full retry policy.
+    pub async fn probe(&self, target: &Target) -> Result<SystemInformation, CmlError> {
+        // Never longer than the policy's own attempt timeout (a test or operator may set
+        // that shorter still).
+        let timeout = self
+            .inner
+            .probe_timeout
+            .min(self.inner.resilience.config().timeout.per_attempt);
+        self.call_with(
+            target,
+            Endpoint::SystemInformation,
+            &Req::get("/system_information"),
+            |e, _, body| decode_json(e, &body),
+            |call| call.attempt_timeout(timeout).max_attempts(1),
+        )
+        .await
     }
 
     /// `GET /system_health`. 404 (older CML) is [`CmlError::NotSupported`].
@@ -606,12 +631,26 @@ impl CmlClient {
         req: &Req,
         decode: Decode<T>,
     ) -> Result<T, CmlError> {
+        self.call_with(target, endpoint, req, decode, |call| call)
+            .await
+    }
+
+    /// [`Self::call`] with the call's policy adjusted (e.g. a probe's single short attempt).
+    async fn call_with<T>(
+        &self,
+        target: &Target,
+        endpoint: Endpoint,
+        req: &Req,
+        decode: Decode<T>,
+        adjust: impl for<'c> FnOnce(Call<'c>) -> Call<'c>,
+    ) -> Result<T, CmlError> {
         let session = self.session(target);
         let http = self.http(target, &session, endpoint)?;
         let mut call = Call::new(target.base_url()).idempotent(endpoint.is_idempotent());
         if let Some(bulkhead) = endpoint.bulkhead() {
             call = call.bulkhead(bulkhead);
         }
+        let call = adjust(call);
         self.inner
             .resilience
             .call(&call, |_attempt| {

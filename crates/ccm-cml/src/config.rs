@@ -44,6 +44,12 @@ pub struct CmlConfig {
     /// Longest time to establish a TCP (and TLS) connection.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
+    /// Timeout of the single `system_information` attempt that probes a worker which was not
+    /// `ready` at its last sync (see [`crate::CmlClient::probe`]). Short and never retried, so
+    /// that a dead or blackholed worker holds a poll slot for this long, not for
+    /// `resilience.timeout.per_attempt` × `resilience.retry.max_attempts`.
+    #[serde(with = "humantime_serde")]
+    pub probe_timeout: Duration,
     /// How long an idle keep-alive connection stays in the pool (it may live up to twice as
     /// long: the pool is swept at this interval).
     ///
@@ -70,6 +76,7 @@ impl Default for CmlConfig {
             password: Secret::from("admin"),
             tls: TlsConfig::Verify,
             connect_timeout: Duration::from_secs(5),
+            probe_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(2),
             pool_max_idle_per_host: 1,
             max_body_bytes: 8 << 20,
@@ -135,6 +142,12 @@ impl CmlConfig {
             self.connect_timeout >= Duration::from_millis(10)
                 && self.connect_timeout <= Duration::from_secs(300),
             "cml.connect_timeout",
+            "must be between 10ms and 5m",
+        )?;
+        check(
+            self.probe_timeout >= Duration::from_millis(10)
+                && self.probe_timeout <= Duration::from_secs(300),
+            "cml.probe_timeout",
             "must be between 10ms and 5m",
         )?;
         check(

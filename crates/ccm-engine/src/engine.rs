@@ -98,8 +98,8 @@ pub(crate) struct Inner {
     pub(crate) fleet: DashMap<WorkerId, Slot>,
     pub(crate) writer: Mutex<Option<WriterHandle>>,
     pub(crate) jobs: JobBoard,
-    /// Bounds the workers whose CML polls run at once (see `jobs::cml_gate`).
-    pub(crate) cml_gate: ccm_resilience::Bulkhead,
+    /// Bound the workers whose CML polls run at once (see `jobs::cml_gates`).
+    pub(crate) cml_gates: crate::jobs::CmlGates,
     /// Workers whose breaker probe runs in the background of a full cycle (see
     /// `jobs::run_cycle`); cycles leave them out until it ends.
     pub(crate) probing: Mutex<std::collections::HashSet<WorkerId>>,
@@ -271,7 +271,7 @@ impl Engine {
             .map_err(|e| EngineError::invalid(e.key, e.message))?;
         let (settings_tx, _) = watch::channel(settings);
         let throttle_cfg = parts.resilience.config().refresh_throttle.clone();
-        let cml_gate = crate::jobs::cml_gate(parts.resilience.config());
+        let cml_gates = crate::jobs::cml_gates(parts.resilience.config());
         let inner = Arc::new(Inner {
             store: parts.store,
             cloud: parts.cloud,
@@ -285,7 +285,7 @@ impl Engine {
             fleet: DashMap::new(),
             writer: Mutex::new(None),
             jobs: JobBoard::default(),
-            cml_gate,
+            cml_gates,
             probing: Mutex::new(std::collections::HashSet::new()),
             refresh_throttle: ccm_resilience::RefreshThrottle::new(&throttle_cfg),
             refresh_flight: ccm_resilience::SingleFlight::new(),

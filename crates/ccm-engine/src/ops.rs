@@ -290,10 +290,17 @@ impl Engine {
         }
     }
 
+    /// CML syncs of workers known to be down that a cycle left running in the background
+    /// (see [`Self::run_cml_cycle`]).
+    pub fn probes_in_flight(&self) -> usize {
+        self.inner.probing.lock().len()
+    }
+
     /// Runs one full CML sync of every running worker, as fast as the CML gate allows
     /// (`cml_poll.max_concurrent / CML_SYNC_CALLS` workers at once, their calls in the
-    /// `cml_poll` bulkhead), and waits until the results are stored. A worker whose breaker
-    /// is due for its probe is probed in the background and not waited for.
+    /// `cml_poll` bulkhead), and waits until the results are stored. A worker known to be down
+    /// (`unavailable` at its last sync, or its breaker due for its probe) is probed in the
+    /// background and not waited for ([`Self::probes_in_flight`]).
     pub async fn run_cml_cycle(&self) -> CycleReport {
         let members: Vec<WorkerId> = self
             .members(|s| s.reachable().is_some())

@@ -57,6 +57,15 @@ fn count(fleet: &Embedded, status: ServiceStatus) -> u64 {
         .unwrap_or(0)
 }
 
+/// Waits (bounded) until the background probes a cycle left running have ended.
+async fn probes_done(fleet: &Embedded) {
+    let due = tokio::time::Instant::now() + Duration::from_secs(10);
+    while fleet.engine.probes_in_flight() > 0 {
+        assert!(tokio::time::Instant::now() < due, "a probe never ended");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cycle_should_finish_when_polls_outnumber_the_bulkhead_slots() {
     // 4 call slots for 40 workers: polls queue for the gate, calls never wait behind polls.
@@ -92,10 +101,12 @@ async fn ready_workers_should_get_four_calls_and_dead_ones_one_probe_then_none()
     assert_eq!(after.requests - before.requests, 40);
     assert_eq!(count(&fleet, ServiceStatus::Unavailable), 1);
 
-    // Unavailable now: probed with system_information alone (failures 5 and 6 of 6).
+    // Unavailable now: probed in the background, with system_information alone (failures 5
+    // and 6 of 6).
     for _ in 0..2 {
         let dead_before = dead.counters().requests;
         fleet.engine.run_cml_cycle().await;
+        probes_done(&fleet).await;
         assert_eq!(dead.counters().requests - dead_before, 1);
     }
     // Its breaker is open now: no request at all.
@@ -110,7 +121,7 @@ async fn ready_workers_should_get_four_calls_and_dead_ones_one_probe_then_none()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cycle_should_not_wait_for_the_probe_of_a_dead_worker() {
-    // A probe of a blackholed worker takes the whole attempt timeout (10 s here).
+    // A probe of a blackholed worker takes its whole timeout (`cml.probe_timeout`, 5 s).
     let fleet = fleet(5, [127, 112, 2, 1], BulkheadConfig::new(512, 10_000), |r| {
         r.timeout.per_attempt = Duration::from_secs(10);
         r.timeout.deadline = Duration::from_secs(20);
@@ -145,7 +156,7 @@ async fn a_cycle_should_not_wait_for_the_probe_of_a_dead_worker() {
     let before = dead.counters().requests;
     let report = tokio::time::timeout(Duration::from_secs(5), fleet.engine.run_cml_cycle())
         .await
-        .expect("the cycle must not wait for the probe's 10 s attempt timeout");
+        .expect("the cycle must not wait for the probe's 5 s timeout");
     assert_eq!(report.workers, 5);
     // The probe went out (one request) and is still waiting for its answer.
     let sent = tokio::time::Instant::now() + Duration::from_secs(5);

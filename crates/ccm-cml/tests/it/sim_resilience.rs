@@ -253,3 +253,39 @@ async fn calls_to_a_hung_worker_should_not_hold_up_calls_to_a_healthy_one() {
     }
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_probe_of_a_blackholed_worker_should_be_one_short_attempt_never_retried() {
+    let f = fleet(38, 1, |_| {}).await;
+    let mut cfg = resilience_config();
+    cfg.timeout.per_attempt = Duration::from_secs(20);
+    cfg.timeout.deadline = Duration::from_secs(60);
+    cfg.retry.max_attempts = 3;
+    let c = CmlClient::new(
+        &ccm_cml::CmlConfig {
+            probe_timeout: Duration::from_millis(150),
+            ..crate::support::cml_config()
+        },
+        ccm_resilience::Resilience::builder(&cfg)
+            .jitter_seed(7)
+            .build(),
+    )
+    .unwrap();
+    let t = c.target(&f.endpoints()[0]).unwrap();
+    let w = f.worker(0).unwrap();
+    let info = c.probe(&t).await.unwrap();
+    assert!(info.ready, "a healthy worker answers the probe");
+
+    w.apply_faults(&FaultSpec::parse("*:blackhole").unwrap());
+    w.reset_counters();
+    // The policy's own attempt timeout (20 s) and retries would take a minute: the probe's
+    // single 150 ms attempt is all a dead worker gets.
+    let probe = tokio::time::timeout(Duration::from_secs(10), c.probe(&t))
+        .await
+        .expect("the probe should end after its own short timeout");
+    match probe {
+        Err(CmlError::Timeout { after, .. }) => assert_eq!(after, Duration::from_millis(150)),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(w.counters().requests, 1, "one attempt, no retry");
+}

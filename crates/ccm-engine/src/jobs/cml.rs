@@ -4,9 +4,10 @@
 //!
 //! The calls overlap, so a sync costs about one round trip, not four:
 //! - a worker that was `ready` at its last sync gets all four calls at once;
-//! - any other worker (unknown, degraded, unavailable) is probed first: when the
-//!   unauthenticated `system_information` cannot even reach the host (connect error, timeout,
-//!   open breaker), the three authenticated calls are not attempted — they would only wait on
+//! - any other worker (unknown, degraded, unavailable) is probed first, with one short
+//!   `system_information` attempt (`cml.probe_timeout`, no retry: a dead worker holds a poll
+//!   slot for seconds, not for the full retry policy): when it cannot even reach the host
+//!   (connect error, timeout, open breaker), the three authenticated calls are not attempted — they would only wait on
 //!   the same dead host, and add to its load. They are recorded as failed with the same
 //!   reason, so the status is `unavailable` either way. When it answers, the other three run
 //!   at once.
@@ -103,7 +104,12 @@ pub(crate) async fn sync_worker(engine: &Engine, id: WorkerId) -> Result<(), Str
             licence: Some(licence),
         }
     } else {
-        probe_first(info().await, others).await
+        let probe = result(
+            cml.probe(&target).await,
+            CmlCall::SystemInformation,
+            Into::into,
+        );
+        probe_first(probe, others).await
     };
     metrics::histogram!("ccm_poll_seconds", "job" => "cml_sync")
         .record(started.elapsed().as_secs_f64());
