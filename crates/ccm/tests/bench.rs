@@ -2,7 +2,7 @@
 //! values that follow from the run), and `ccm sim` sharding as the benchmark uses it (several processes, one
 //! fleet: endpoints, requests, counters summed across shards, SIGTERM stops them all).
 //!
-//! Addresses 127.110.x, 127.111.x and 127.112.x are this file's. Every wait polls with a deadline;
+//! Addresses 127.110.x, 127.111.x and 127.113.x are this file's. Every wait polls with a deadline;
 //! children are killed when a test fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
@@ -35,23 +35,39 @@ fn num(v: &Value, path: &str) -> f64 {
         .unwrap_or_else(|| panic!("{path} is not a number: {cur}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn bench_sync_should_report_every_field_with_values_that_follow_from_the_run() {
+/// Runs `ccm bench …` (bounded) and returns its JSON report.
+async fn bench_report(args: &[&str]) -> Value {
     let run = Command::new(CCM)
-        .args(["bench", "sync", "--workers", "20", "--cycles", "2"])
-        .args(["--listen-base", "127.110.0.1", "--latency-ms", "5"])
+        .arg("bench")
+        .args(args)
         .args(["--timeout", "90s"])
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
     let out = tokio::time::timeout(Duration::from_secs(120), run)
         .await
-        .expect("ccm bench sync should finish within its own --timeout")
+        .expect("ccm bench should finish within its own --timeout")
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "ccm bench sync failed:\n{stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stderr}"));
+    assert!(out.status.success(), "ccm bench {args:?} failed:\n{stderr}");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stderr}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sync_should_report_every_field_with_values_that_follow_from_the_run() {
+    let report = bench_report(&[
+        "sync",
+        "--workers",
+        "20",
+        "--cycles",
+        "2",
+        "--listen-base",
+        "127.110.0.1",
+        "--latency-ms",
+        "5",
+    ])
+    .await;
 
     assert_eq!(report["benchmark"], "sync");
     assert_eq!(num(&report, "workers"), 20.0);
@@ -101,21 +117,18 @@ async fn bench_sync_should_report_every_field_with_values_that_follow_from_the_r
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_sse_should_count_every_delivery_to_every_subscriber() {
-    let run = Command::new(CCM)
-        .args(["bench", "sse", "--subscribers", "10", "--events", "30"])
-        .args(["--interval", "5ms", "--listen-base", "127.112.0.1"])
-        .args(["--timeout", "90s"])
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output();
-    let out = tokio::time::timeout(Duration::from_secs(120), run)
-        .await
-        .expect("ccm bench sse should finish within its own --timeout")
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "ccm bench sse failed:\n{stderr}");
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stdout is not one JSON object ({e}):\n{stderr}"));
+    let report = bench_report(&[
+        "sse",
+        "--subscribers",
+        "10",
+        "--events",
+        "30",
+        "--interval",
+        "5ms",
+        "--listen-base",
+        "127.113.0.1",
+    ])
+    .await;
     assert_eq!(num(&report, "subscribers"), 10.0);
     assert_eq!(num(&report, "events"), 30.0);
     assert_eq!(num(&report, "expected"), 300.0);

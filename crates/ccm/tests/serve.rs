@@ -9,6 +9,9 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
+mod common;
+use common::Api;
+
 const TOKEN: &str = "ccm_e2e_admin_token_0123456789";
 
 fn free_port() -> u16 {
@@ -28,29 +31,7 @@ impl Drop for Serve {
     }
 }
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
 impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await.unwrap();
-        let status = resp.status().as_u16();
-        let text = resp.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
-    }
-
     /// Runs the EC2 sync, then reads the worker; until `pred` holds (bounded).
     async fn until(&self, id: &str, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
         for _ in 0..100 {
@@ -122,10 +103,7 @@ activity_enabled = false
         .spawn()
         .unwrap();
     let mut serve = Serve(child);
-    let api = Api {
-        http: reqwest::Client::new(),
-        base: format!("http://127.0.0.1:{port}"),
-    };
+    let api = Api::new(port, TOKEN);
 
     // Up: liveness, then readiness (store and scheduler).
     let mut ready = false;

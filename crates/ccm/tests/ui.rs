@@ -26,6 +26,9 @@ use fantoccini::wd::Capabilities;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::{Value, json};
 
+mod common;
+use common::Api;
+
 const TOKEN: &str = "ui-test-admin-token-0123456789abcdef";
 const WORKERS: usize = 10;
 /// Chromium flags that work in this kind of container.
@@ -211,26 +214,7 @@ async fn screenshot(c: &Client, dir: &Path, name: &str, full: bool) {
 
 // === the API, directly ===
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
-}
-
 impl Api {
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(TOKEN);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status().as_u16();
-        let v = res.json::<Value>().await.unwrap_or(Value::Null);
-        (status, v)
-    }
-
     async fn workers(&self) -> Vec<Value> {
         let (s, v) = self
             .call(reqwest::Method::GET, "/api/v1/workers?limit=1000", None)
@@ -284,13 +268,7 @@ async fn an_operator_should_sign_in_watch_live_changes_and_stop_a_worker_in_the_
         tmp.path(),
     );
     let base = format!("http://127.0.0.1:{port}");
-    let api = Api {
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(20))
-            .build()
-            .unwrap(),
-        base: base.clone(),
-    };
+    let api = Api::new(port, TOKEN);
     wait_for("ccm demo to be ready", Duration::from_secs(120), || {
         demo.assert_alive();
         async {
