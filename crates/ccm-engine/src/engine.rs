@@ -870,15 +870,19 @@ impl Engine {
                 importable.len()
             )));
         }
+        let names = self.ami_names(&importable).await;
         for instance in &importable {
             let obs = observation(instance);
-            let (worker, events) = Worker::import(
+            let (mut worker, events) = Worker::import(
                 &obs,
                 instance.region.clone(),
                 &self.inner.endpoint,
                 by.clone(),
                 self.now(),
             );
+            if let Some(ami) = worker.ami.as_mut() {
+                ami.name = names.get(&ami.id).cloned();
+            }
             let (saved, created) = self.inner.store.insert_or_get(&worker).await?;
             self.inner.fleet.insert(saved.id, Slot::of(&saved));
             if created {
@@ -901,6 +905,33 @@ impl Engine {
             )
             .await;
         Ok(report)
+    }
+
+    /// The names of the AMIs these instances run, one lookup per region. Best effort: an
+    /// image that is gone (or a failed lookup) leaves the name unknown, never the import.
+    async fn ami_names(&self, instances: &[ccm_cloud::Instance]) -> HashMap<AmiId, String> {
+        let mut by_region: BTreeMap<&Region, Vec<AmiId>> = BTreeMap::new();
+        for i in instances {
+            let ids = by_region.entry(&i.region).or_default();
+            if !ids.contains(&i.image_id) {
+                ids.push(i.image_id.clone());
+            }
+        }
+        let mut names = HashMap::new();
+        for (region, ids) in by_region {
+            match self
+                .inner
+                .cloud
+                .find_images(region, &ImageQuery::Ids(ids))
+                .await
+            {
+                Ok(images) => names.extend(images.into_iter().map(|i| (i.id, i.name))),
+                Err(e) => {
+                    tracing::warn!(region = %region, error = %e, "AMI names unknown for this import");
+                }
+            }
+        }
+        names
     }
 
     async fn images_matching(

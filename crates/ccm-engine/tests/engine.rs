@@ -346,6 +346,13 @@ async fn dry_run_should_pause_nothing_and_say_what_it_would_do() {
 async fn importing_twice_should_make_one_worker() {
     let (fleet, _) = start(3, [127, 64, 0, 1], |_| {}).await;
     assert_eq!(workers(&fleet).await.len(), 3);
+    // Imported with the name of the AMI they run, looked up in EC2.
+    let image = &ccm_cloud::SimConfig::default().images[0];
+    for w in workers(&fleet).await {
+        let ami = w.ami.clone().unwrap();
+        assert_eq!(ami.id, image.id);
+        assert_eq!(ami.name.as_deref(), Some(image.name.as_str()), "{w:?}");
+    }
     let req = ImportRequest {
         region: None,
         selector: ImportSelector::Configured,
