@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ccm_domain::{EventKind, RuntimeSettings, ServiceStatus};
+use ccm_domain::{EventKind, ServiceStatus};
 use ccm_engine::embedded::{Embedded, EmbeddedOptions};
 use serde::Serialize;
 use tokio::time::Instant;
@@ -113,15 +113,7 @@ pub async fn bench_sse(
             .map_err(fail)?,
     );
     let mut opts = EmbeddedOptions::new(1, options.fleet_base, store);
-    let mut settings = RuntimeSettings::default();
-    let p = &mut settings.polling;
-    p.ec2_enabled = false;
-    p.cml_enabled = false;
-    p.metrics_enabled = false;
-    p.labs_enabled = false;
-    p.activity_enabled = false;
-    p.auto_import_enabled = false;
-    opts.settings = settings;
+    opts.settings.polling = ccm_domain::settings::PollingSettings::all_off();
     opts.spare = 0;
     let fleet = Embedded::start(opts).await.map_err(fail)?;
     let token = generate_token();

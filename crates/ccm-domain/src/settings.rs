@@ -56,6 +56,22 @@ pub struct PollingSettings {
     pub stale_max_age: Duration,
 }
 
+impl PollingSettings {
+    /// The defaults with every background job switched off: for benchmarks and tests that
+    /// trigger the cycles themselves.
+    pub fn all_off() -> Self {
+        Self {
+            ec2_enabled: false,
+            cml_enabled: false,
+            metrics_enabled: false,
+            labs_enabled: false,
+            activity_enabled: false,
+            auto_import_enabled: false,
+            ..Self::default()
+        }
+    }
+}
+
 impl Default for PollingSettings {
     fn default() -> Self {
         let mins = |m: u64| Duration::from_secs(m * 60);

@@ -105,13 +105,7 @@ impl EmbeddedOptions {
         let mut opts = Self::new(workers, listen_base, store);
         let clock = Arc::new(crate::clock::ManualClock::new(chrono::Utc::now()));
         opts.clock = clock.clone();
-        let p = &mut opts.settings.polling;
-        p.ec2_enabled = false;
-        p.cml_enabled = false;
-        p.metrics_enabled = false;
-        p.labs_enabled = false;
-        p.activity_enabled = false;
-        p.auto_import_enabled = false;
+        opts.settings.polling = ccm_domain::settings::PollingSettings::all_off();
         opts.spare = 2;
         opts.boot = Duration::from_millis(200);
         opts.sim.node_timing = ccm_cml_sim::NodeTiming {

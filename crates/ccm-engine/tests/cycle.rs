@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccm_cml_sim::faults::FaultSpec;
-use ccm_domain::{RuntimeSettings, ServiceStatus};
+use ccm_domain::ServiceStatus;
 use ccm_engine::embedded::{Embedded, EmbeddedOptions};
 use ccm_resilience::BulkheadConfig;
 use ccm_store::SqliteStore;
@@ -25,15 +25,7 @@ async fn fleet(
 ) -> Embedded {
     let store = Arc::new(SqliteStore::open_in_memory().await.unwrap());
     let mut opts = EmbeddedOptions::new(workers, Ipv4Addr::from(base), store);
-    let mut settings = RuntimeSettings::default();
-    let p = &mut settings.polling;
-    p.ec2_enabled = false;
-    p.cml_enabled = false;
-    p.metrics_enabled = false;
-    p.labs_enabled = false;
-    p.activity_enabled = false;
-    p.auto_import_enabled = false;
-    opts.settings = settings;
+    opts.settings.polling = ccm_domain::settings::PollingSettings::all_off();
     opts.boot = Duration::ZERO;
     opts.sim.latency = Duration::from_millis(5);
     let r = &mut opts.resilience;

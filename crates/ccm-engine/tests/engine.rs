@@ -21,11 +21,10 @@ use ccm_store::{SqliteStore, WorkerFilter};
 
 /// The test settings of `EmbeddedOptions::for_tests`: every background job off.
 fn quiet_settings() -> RuntimeSettings {
-    let mut s = RuntimeSettings::default();
-    let p = &mut s.polling;
-    (p.ec2_enabled, p.cml_enabled, p.metrics_enabled) = (false, false, false);
-    (p.labs_enabled, p.activity_enabled, p.auto_import_enabled) = (false, false, false);
-    s
+    RuntimeSettings {
+        polling: ccm_domain::settings::PollingSettings::all_off(),
+        ..RuntimeSettings::default()
+    }
 }
 
 async fn start(

@@ -184,15 +184,10 @@ fn ip_of(url: &str) -> anyhow::Result<Ipv4Addr> {
 
 /// Runtime settings with every background job off: the benchmark drives the cycles.
 fn quiet_settings() -> RuntimeSettings {
-    let mut s = RuntimeSettings::default();
-    let p = &mut s.polling;
-    p.ec2_enabled = false;
-    p.cml_enabled = false;
-    p.metrics_enabled = false;
-    p.labs_enabled = false;
-    p.activity_enabled = false;
-    p.auto_import_enabled = false;
-    s
+    RuntimeSettings {
+        polling: ccm_domain::settings::PollingSettings::all_off(),
+        ..RuntimeSettings::default()
+    }
 }
 
 /// Registers one running worker per simulator endpoint, directly in the store.
