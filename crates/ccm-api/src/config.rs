@@ -221,6 +221,11 @@ pub struct OidcConfig {
     /// key ids cannot make ccm hammer the provider).
     #[serde(default = "default_jwks_min_refresh", with = "humantime_serde")]
     pub jwks_min_refresh_interval: Duration,
+    /// PEM bundle of the CA(s) that signed the provider's TLS certificate, trusted besides
+    /// the system roots (a Keycloak behind a company CA). Read when ccm starts: a missing or
+    /// unreadable file is a configuration error naming it.
+    #[serde(default)]
+    pub ca_file: Option<std::path::PathBuf>,
     /// Clock skew allowed on `exp` and `nbf`.
     #[serde(default = "default_leeway", with = "humantime_serde")]
     pub leeway: Duration,
@@ -263,6 +268,7 @@ impl OidcConfig {
             role_mapping: RoleMapping::default(),
             jwks_cache_ttl: default_jwks_ttl(),
             jwks_min_refresh_interval: default_jwks_min_refresh(),
+            ca_file: None,
             leeway: default_leeway(),
         }
     }

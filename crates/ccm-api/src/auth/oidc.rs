@@ -114,10 +114,21 @@ fn strings_at<'a>(claims: &'a Value, path: &str) -> Vec<&'a str> {
 
 impl Oidc {
     pub(crate) fn new(cfg: OidcConfig) -> Result<Self, String> {
-        let http = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .connect_timeout(Duration::from_secs(5))
-            .redirect(reqwest::redirect::Policy::limited(3))
+            .redirect(reqwest::redirect::Policy::limited(3));
+        if let Some(path) = &cfg.ca_file {
+            let bad = |reason: String| format!("ca_file {}: {reason}", path.display());
+            let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
+            let certs = reqwest::Certificate::from_pem_bundle(&pem)
+                .map_err(|e| bad(format!("not a PEM certificate bundle: {e}")))?;
+            if certs.is_empty() {
+                return Err(bad("holds no certificate".to_owned()));
+            }
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder
             .build()
             .map_err(|e| format!("cannot build the OIDC HTTP client: {e}"))?;
         Ok(Self {
@@ -453,6 +464,25 @@ impl Oidc {
 mod tests {
     use super::*;
     use crate::auth::Role;
+
+    #[test]
+    fn a_ca_file_that_cannot_serve_should_be_an_error_naming_it() {
+        let dir = std::env::temp_dir().join(format!("ccm-oidc-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let not_pem = dir.join("not.pem");
+        std::fs::write(&not_pem, "hello").unwrap();
+        for (path, why) in [
+            (dir.join("missing.pem"), "cannot read"),
+            (not_pem, "holds no certificate"),
+        ] {
+            let mut cfg = OidcConfig::new("https://idp.example", "ccm");
+            cfg.ca_file = Some(path.clone());
+            let err = Oidc::new(cfg).err().unwrap();
+            assert!(err.contains(&path.display().to_string()), "{err}");
+            assert!(err.contains(why), "{err}");
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn roles_should_be_read_from_a_dotted_claim_path() {

@@ -159,8 +159,99 @@ async fn start_provider(ip: [u8; 4], keys: Vec<Key>) -> (Arc<Provider>, SocketAd
         .await
         .unwrap();
     let addr = listener.local_addr().unwrap();
+    let (p, app) = provider(format!("http://{addr}/realms/test"), keys);
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (p, addr)
+}
+
+/// The provider over HTTPS, its certificate signed by a fresh private CA; returns the CA's
+/// PEM too.
+async fn start_provider_tls(ip: [u8; 4], keys: Vec<Key>) -> (Arc<Provider>, String) {
+    let tcp = tokio::net::TcpListener::bind(SocketAddr::from((ip, 0)))
+        .await
+        .unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let (acceptor, ca_pem) = private_ca_tls(addr.ip());
+    let (p, app) = provider(format!("https://{addr}/realms/test"), keys);
+    let listener = TlsListener { tcp, acceptor };
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (p, ca_pem)
+}
+
+/// A TLS acceptor whose certificate (for `ip`) is signed by a fresh CA, and that CA's PEM.
+fn private_ca_tls(ip: std::net::IpAddr) -> (tokio_rustls::TlsAcceptor, String) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
+        IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    };
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::default();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, "test SSO CA");
+    ca.distinguished_name = dn;
+    let ca_pem = ca.self_signed(&ca_key).unwrap().pem();
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut leaf = CertificateParams::default();
+    leaf.subject_alt_names = vec![SanType::IpAddress(ip)];
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    leaf.use_authority_key_identifier_extension = true;
+    let cert = leaf.signed_by(&key, &issuer).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(
+        vec![CertificateDer::from(cert.der().to_vec())],
+        PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+    )
+    .unwrap();
+    (tokio_rustls::TlsAcceptor::from(Arc::new(config)), ca_pem)
+}
+
+/// Accepts TCP connections and completes their TLS handshake (failed ones are dropped).
+struct TlsListener {
+    tcp: tokio::net::TcpListener,
+    acceptor: tokio_rustls::TlsAcceptor,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_rustls::server::TlsStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((tcp, addr)) = self.tcp.accept().await else {
+                continue;
+            };
+            if let Ok(tls) = self.acceptor.accept(tcp).await {
+                return (tls, addr);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.tcp.local_addr()
+    }
+}
+
+/// The provider's state and routes, for an issuer URL.
+fn provider(issuer: String, keys: Vec<Key>) -> (Arc<Provider>, Router) {
     let p = Arc::new(Provider {
-        issuer: format!("http://{addr}/realms/test"),
+        issuer,
         keys: Mutex::new(keys),
         fetches: AtomicUsize::new(0),
         logins: Mutex::new(HashMap::new()),
@@ -175,8 +266,7 @@ async fn start_provider(ip: [u8; 4], keys: Vec<Key>) -> (Arc<Provider>, SocketAd
         .route("/realms/test/authorize", get(authorize))
         .route("/realms/test/token", post(token))
         .with_state(p.clone());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (p, addr)
+    (p, app)
 }
 
 fn claims(p: &Provider, extra: Value) -> Value {
@@ -482,4 +572,30 @@ async fn without_oidc_the_browser_sign_in_through_a_provider_should_be_404() {
     assert!(m["oidc"].is_null());
     assert_eq!(m["token"], true);
     api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_provider_behind_a_private_ca_should_be_trusted_through_its_ca_file() {
+    let k1 = new_key("k1");
+    let (p, ca_pem) = start_provider_tls([127, 71, 72, 1], vec![k1.clone()]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("sso-ca.pem");
+    std::fs::write(&ca_file, ca_pem).unwrap();
+    let token = p.sign(&k1, claims(&p, json!({})));
+
+    // The system roots do not know the CA: the keys cannot be fetched, no sign-in.
+    let untrusted = oidc_api(72, &p, |_| {}).await;
+    let res = untrusted.get("/api/v1/session", &token).await;
+    assert_ne!(res.status.as_u16(), 200, "{:?}", res.body);
+    assert_eq!(
+        p.fetches.load(Ordering::SeqCst),
+        0,
+        "no JWKS over an untrusted TLS link"
+    );
+
+    // With `ca_file`, the same token is accepted.
+    let trusted = oidc_api(73, &p, |c| c.ca_file = Some(ca_file.clone())).await;
+    let me = trusted.get("/api/v1/session", &token).await.ok(200);
+    assert_eq!(me["method"], "oidc");
+    assert_eq!(p.fetches.load(Ordering::SeqCst), 1);
 }
