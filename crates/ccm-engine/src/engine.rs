@@ -100,8 +100,10 @@ pub(crate) struct Inner {
     pub(crate) jobs: JobBoard,
     /// Bound the workers whose CML polls run at once (see `jobs::cml_gates`).
     pub(crate) cml_gates: crate::jobs::CmlGates,
-    /// Workers whose breaker probe runs in the background of a full cycle (see
-    /// `jobs::run_cycle`); cycles leave them out until it ends.
+    /// The (job, worker) polls running now: one at a time per pair (see `jobs::PollClaim`).
+    pub(crate) polls: Mutex<std::collections::HashSet<(JobKind, WorkerId)>>,
+    /// Workers known to be down whose probe a triggered cycle left running in the background
+    /// (see `jobs::run_cycle`; `Engine::probes_in_flight`).
     pub(crate) probing: Mutex<std::collections::HashSet<WorkerId>>,
     pub(crate) refresh_throttle: ccm_resilience::RefreshThrottle<WorkerId>,
     pub(crate) refresh_flight: ccm_resilience::SingleFlight<WorkerId, Result<(), String>>,
@@ -286,6 +288,7 @@ impl Engine {
             writer: Mutex::new(None),
             jobs: JobBoard::default(),
             cml_gates,
+            polls: Mutex::new(std::collections::HashSet::new()),
             probing: Mutex::new(std::collections::HashSet::new()),
             refresh_throttle: ccm_resilience::RefreshThrottle::new(&throttle_cfg),
             refresh_flight: ccm_resilience::SingleFlight::new(),

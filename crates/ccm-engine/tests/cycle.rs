@@ -163,3 +163,32 @@ async fn a_cycle_should_not_wait_for_the_probe_of_a_dead_worker() {
     assert_eq!(count(&fleet, ServiceStatus::Ready), 4);
     fleet.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_cycles_at_once_should_sync_each_worker_once() {
+    let fleet = fleet(
+        4,
+        [127, 112, 3, 1],
+        BulkheadConfig::new(512, 10_000),
+        |_| {},
+    )
+    .await;
+    fleet.engine.run_cml_cycle().await;
+    assert_eq!(count(&fleet, ServiceStatus::Ready), 4);
+    // Every request now takes 300 ms: the first cycle's syncs are still running when the
+    // second cycle starts (join! polls it right after the first one claimed its workers).
+    for i in 0..4 {
+        let w = fleet.sim.worker(i).unwrap();
+        w.apply_faults(&FaultSpec::parse(&format!("{i}:latency=300ms")).unwrap());
+    }
+    let before = fleet.sim.counters().requests;
+    let (a, b) = tokio::join!(fleet.engine.run_cml_cycle(), fleet.engine.run_cml_cycle());
+    assert_eq!((a.workers, b.workers), (4, 4));
+    assert_eq!(
+        fleet.sim.counters().requests - before,
+        16,
+        "four calls per worker: one sync each, never two at once"
+    );
+    assert_eq!(count(&fleet, ServiceStatus::Ready), 4);
+    fleet.shutdown().await;
+}

@@ -361,12 +361,12 @@ pub(crate) async fn run_now(engine: &Engine, job: JobKind) -> Result<(), EngineE
 ///   breaker is open and not due cost nothing (the call is refused at once, no request is
 ///   sent).
 pub(crate) async fn run_cycle(engine: &Engine, job: JobKind, members: Vec<WorkerId>) {
-    let (down, up): (Vec<WorkerId>, Vec<WorkerId>) = members
+    let (down, up): (Vec<_>, Vec<_>) = members
         .into_iter()
-        .filter(|id| !(job == JobKind::CmlSync && engine.inner.probing.lock().contains(id)))
-        .partition(|id| job == JobKind::CmlSync && known_down(engine, *id));
+        .filter_map(|id| PollClaim::take(engine, job, id).map(|claim| (id, claim)))
+        .partition(|(id, _)| job == JobKind::CmlSync && known_down(engine, *id));
     let mut set = tokio::task::JoinSet::new();
-    for id in up {
+    for (id, claim) in up {
         let permit = match &gate(engine, job, id) {
             Some(g) => match g.acquire().await {
                 Ok(p) => Some(p),
@@ -381,13 +381,11 @@ pub(crate) async fn run_cycle(engine: &Engine, job: JobKind, members: Vec<Worker
         let e = engine.clone();
         set.spawn(async move {
             let _ = timed(&e, job, poll_worker(&e, job, id)).await;
-            drop(permit);
+            drop((permit, claim));
         });
     }
-    for id in down {
-        if !engine.inner.probing.lock().insert(id) {
-            continue;
-        }
+    for (id, claim) in down {
+        engine.inner.probing.lock().insert(id);
         let (e, gate) = (engine.clone(), gate(engine, job, id));
         engine.inner.tracker.spawn(async move {
             let permit = match &gate {
@@ -402,11 +400,39 @@ pub(crate) async fn run_cycle(engine: &Engine, job: JobKind, members: Vec<Worker
                 None => None,
             };
             let _ = timed(&e, job, poll_worker(&e, job, id)).await;
-            drop(permit);
+            drop((permit, claim));
             e.inner.probing.lock().remove(&id);
         });
     }
     while set.join_next().await.is_some() {}
+}
+
+/// One worker's poll for one job, claimed so that no other poll of that job runs for that
+/// worker at the same time — scheduled polls and triggered cycles alike; released on drop.
+pub(crate) struct PollClaim {
+    engine: Engine,
+    key: (JobKind, WorkerId),
+}
+
+impl PollClaim {
+    /// The claim, or `None` (counted) when a poll of this job for this worker is running.
+    pub(crate) fn take(engine: &Engine, job: JobKind, id: WorkerId) -> Option<Self> {
+        if engine.inner.polls.lock().insert((job, id)) {
+            Some(Self {
+                engine: engine.clone(),
+                key: (job, id),
+            })
+        } else {
+            metrics::counter!("ccm_poll_overlap_skipped_total", "job" => job.as_str()).increment(1);
+            None
+        }
+    }
+}
+
+impl Drop for PollClaim {
+    fn drop(&mut self) {
+        self.engine.inner.polls.lock().remove(&self.key);
+    }
 }
 
 /// Whether a worker is known to be down: `unavailable` at its last sync, or its breaker due
@@ -478,7 +504,6 @@ async fn per_worker_loop(engine: Engine, job: JobKind) {
     let mut settings = engine.watch_settings();
     let (_, interval) = job.schedule(&settings.borrow().value.polling);
     let mut spread = Spread::new(interval);
-    let in_flight: Arc<Mutex<std::collections::HashSet<WorkerId>>> = Arc::default();
     let cancel = engine.inner.cancel.clone();
     loop {
         let (enabled, interval) = job.schedule(&settings.borrow().value.polling);
@@ -495,16 +520,13 @@ async fn per_worker_loop(engine: Engine, job: JobKind) {
         spread.reconcile(&members_of(&engine, job), now);
         engine.inner.jobs.scheduled(job, spread.len());
         for id in spread.take_due(now) {
-            if !in_flight.lock().insert(id) {
-                metrics::counter!("ccm_poll_overlap_skipped_total", "job" => job.as_str())
-                    .increment(1);
+            let Some(claim) = PollClaim::take(&engine, job, id) else {
                 continue;
-            }
+            };
             let e = engine.clone();
-            let flights = in_flight.clone();
             engine.inner.tracker.spawn(async move {
                 guarded_poll(&e, job, id).await;
-                flights.lock().remove(&id);
+                drop(claim);
             });
         }
         // Wake at the next due time, but at least every second to pick up fleet changes.
