@@ -12,17 +12,12 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::Value;
+
+mod common;
+use common::free_port;
 use tokio::process::Command;
 
 const CCM: &str = env!("CARGO_BIN_EXE_ccm");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn num(v: &Value, path: &str) -> f64 {
     let mut cur = v;

@@ -10,17 +10,9 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 mod common;
-use common::Api;
+use common::{Api, free_port};
 
 const TOKEN: &str = "ccm_e2e_admin_token_0123456789";
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Serve(Child);
 

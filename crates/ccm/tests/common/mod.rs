@@ -1,7 +1,15 @@
-//! What the binary's end-to-end tests share: a small client of ccm's API.
+//! What the binary's end-to-end tests share: a free port, child processes that are always
+//! stopped, bounded waiting, and a small client of ccm's API.
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)] // each test uses part; tests may panic
 
+use std::fs::File;
+use std::future::Future;
+use std::io::{BufRead as _, BufReader};
+use std::net::{Ipv4Addr, TcpListener};
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -47,5 +55,90 @@ impl Api {
             status,
             serde_json::from_str(&text).unwrap_or(Value::String(text)),
         )
+    }
+}
+
+/// A free TCP port on loopback (the OS picks it; the listener is closed at once).
+pub(crate) fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port on 127.0.0.1")
+}
+
+/// A child process in its own process group, ended (with everything it started) on drop;
+/// its output goes to a log file that is printed when the test fails.
+pub(crate) struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    pub(crate) fn spawn(name: &'static str, cmd: &mut Command, dir: &Path) -> Self {
+        let log = dir.join(format!("{name}.log"));
+        let out = File::create(&log).unwrap();
+        let err = out.try_clone().unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .process_group(0)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Self { name, child, log }
+    }
+
+    pub(crate) fn tail(&self, lines: usize) -> String {
+        let Ok(f) = File::open(&self.log) else {
+            return String::new();
+        };
+        let all: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    pub(crate) fn assert_alive(&mut self) {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            panic!("{} exited ({status}):\n{}", self.name, self.tail(60));
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "--- last lines of {} ({}) ---\n{}",
+                self.name,
+                self.log.display(),
+                self.tail(40)
+            );
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `probe` every 100 ms until it yields a value; fails after `timeout`.
+pub(crate) async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
