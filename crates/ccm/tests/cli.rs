@@ -63,6 +63,12 @@ async fn an_operator_should_list_inspect_and_stop_workers_from_the_command_line(
         || {
             demo.assert_alive();
             async {
+                // Not listening yet at first: connection refused means "not yet".
+                api.http
+                    .get(format!("{}/readyz", api.base))
+                    .send()
+                    .await
+                    .ok()?;
                 let (s, v) = api
                     .call(reqwest::Method::GET, "/api/v1/workers?state=running", None)
                     .await;
