@@ -149,6 +149,19 @@ async fn bench_sse_should_refuse_a_bad_flag_with_a_usage_error() {
     assert!(stderr.contains("--subscribers"), "{stderr}");
 }
 
+/// `GET url`, a success status, and its JSON body.
+async fn get_json(http: &reqwest::Client, url: &str) -> Value {
+    http.get(url)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 /// A running `ccm sim`, killed (with its shards, which stop when its pipe closes) on drop.
 struct Sim(tokio::process::Child);
 
@@ -229,38 +242,15 @@ async fn ccm_sim_should_shard_into_processes_and_sum_their_counters() {
     // Worker i gets i + 1 requests, so sums and per-worker counts are told apart.
     for (i, url) in urls.iter().enumerate() {
         for _ in 0..=i {
-            let info: Value = http
-                .get(format!("{url}/api/v0/system_information"))
-                .send()
-                .await
-                .unwrap()
-                .error_for_status()
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let info = get_json(&http, &format!("{url}/api/v0/system_information")).await;
             assert!(info["ready"].is_boolean(), "{info}");
         }
     }
-    let counters: Value = http
-        .get(format!("http://{control}/counters"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let counters = get_json(&http, &format!("http://{control}/counters")).await;
     assert_eq!(num(&counters, "requests"), 21.0, "{counters}");
     assert_eq!(num(&counters, "by_endpoint.system_information"), 21.0);
     // Fleet-wide indices reach into the last shard.
-    let last: Value = http
-        .get(format!("http://{control}/workers/5"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let last = get_json(&http, &format!("http://{control}/workers/5")).await;
     assert_eq!(last["endpoint"], urls[5].as_str());
     assert_eq!(num(&last, "counters.requests"), 6.0, "{last}");
 
