@@ -309,7 +309,8 @@ pub struct AuthConfig {
     /// How long a browser session lasts after sign-in.
     #[serde(with = "humantime_serde")]
     pub session_ttl: Duration,
-    /// Most sessions kept at once (the oldest are dropped beyond).
+    /// Most sessions kept in memory (beyond, the one closest to expiry is dropped from
+    /// memory; the database keeps every session until it expires or is signed out).
     pub max_sessions: usize,
     /// When the session cookie is `Secure`.
     pub cookie_secure: CookieSecure,

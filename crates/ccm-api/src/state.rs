@@ -53,7 +53,8 @@ impl ApiState {
     ) -> Result<Self, ConfigError> {
         config.validate()?;
         auth.validate()?;
-        let auth = Authenticator::new(auth)?;
+        let sessions: Arc<dyn ccm_store::SessionRepo> = engine.store().clone();
+        let auth = Authenticator::new(auth, Some(sessions))?;
         let stop = CancellationToken::new();
         let hub = Hub::start(
             &engine,

@@ -294,9 +294,25 @@ pub trait MetricsRepo: Send + Sync {
     ) -> Result<Vec<MetricsPoint>>;
 }
 
+/// Browser sessions of the API: opaque documents under the hash of their id, each with an
+/// expiry. The store neither reads the documents nor ever sees a usable session id.
+#[async_trait]
+pub trait SessionRepo: Send + Sync {
+    /// Stores (or replaces) a session.
+    async fn put_session(&self, key: &str, doc: &str, expires_at: DateTime<Utc>) -> Result<()>;
+    /// The session's document, unless it is unknown or expired at `now`.
+    async fn session(&self, key: &str, now: DateTime<Utc>) -> Result<Option<String>>;
+    /// Deletes a session; whether it existed.
+    async fn delete_session(&self, key: &str) -> Result<bool>;
+    /// Deletes the sessions expired at `now`; how many.
+    async fn purge_sessions(&self, now: DateTime<Utc>) -> Result<u64>;
+}
+
 /// Everything the engine and the API need from storage.
 #[async_trait]
-pub trait Store: WorkerRepo + LabRepo + SettingsRepo + EventLog + MetricsRepo {
+pub trait Store:
+    WorkerRepo + LabRepo + SettingsRepo + EventLog + MetricsRepo + SessionRepo
+{
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
 }

@@ -13,7 +13,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::{
     EventLog, EventQuery, LabRepo, MetricsPoint, MetricsRepo, MetricsSample, Page, Result,
-    SettingsRepo, Store, StoreConfig, StoreError, StoredEvent, Synchronous, Versioned,
+    SessionRepo, SettingsRepo, Store, StoreConfig, StoreError, StoredEvent, Synchronous, Versioned,
     WorkerFilter, WorkerRepo, WorkerSort, persistent,
 };
 
@@ -812,6 +812,50 @@ impl MetricsRepo for SqliteStore {
                 })
             })
             .collect()
+    }
+}
+
+#[async_trait]
+impl SessionRepo for SqliteStore {
+    async fn put_session(&self, key: &str, doc: &str, expires_at: DateTime<Utc>) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO sessions (key, doc, expires_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, expires_at_ms = excluded.expires_at_ms",
+        )
+        .bind(key)
+        .bind(doc)
+        .bind(ms(expires_at))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, key: &str, now: DateTime<Utc>) -> Result<Option<String>> {
+        let row = sqlx::query("SELECT doc FROM sessions WHERE key = $1 AND expires_at_ms > $2")
+            .bind(key)
+            .bind(ms(now))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => Some(r.try_get("doc")?),
+            None => None,
+        })
+    }
+
+    async fn delete_session(&self, key: &str) -> Result<bool> {
+        let done = sqlx::query("DELETE FROM sessions WHERE key = $1")
+            .bind(key)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    async fn purge_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
+        let done = sqlx::query("DELETE FROM sessions WHERE expires_at_ms <= $1")
+            .bind(ms(now))
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected())
     }
 }
 

@@ -16,8 +16,9 @@ use ccm_domain::{
     ServiceStatus, Worker, WorkerId,
 };
 use ccm_store::{
-    EventLog, EventQuery, LabRepo, MetricsRepo, MetricsSample, SettingsRepo, SqliteStore, Store,
-    StoreConfig, StoreError, WorkerFilter, WorkerRepo, WorkerSort, update_worker,
+    EventLog, EventQuery, LabRepo, MetricsRepo, MetricsSample, SessionRepo, SettingsRepo,
+    SqliteStore, Store, StoreConfig, StoreError, WorkerFilter, WorkerRepo, WorkerSort,
+    update_worker,
 };
 use chrono::{DateTime, TimeZone, Utc};
 
@@ -345,6 +346,33 @@ async fn lab_refreshes_should_remove_orphans_and_never_duplicate() {
         store.list_labs(w.id).await.unwrap().is_empty(),
         "labs go with their worker"
     );
+}
+
+#[tokio::test]
+async fn sessions_should_survive_a_reopen_until_they_expire() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir).await;
+    store.put_session("k1", "{\"a\":1}", t(100)).await.unwrap();
+    store.put_session("k2", "{\"b\":2}", t(50)).await.unwrap();
+    // Replacing keeps one row.
+    store.put_session("k1", "{\"a\":2}", t(200)).await.unwrap();
+    drop(store);
+
+    let store = open(&dir).await;
+    assert_eq!(
+        store.session("k1", t(10)).await.unwrap().as_deref(),
+        Some("{\"a\":2}")
+    );
+    assert_eq!(
+        store.session("k2", t(49)).await.unwrap().as_deref(),
+        Some("{\"b\":2}")
+    );
+    assert_eq!(store.session("k2", t(50)).await.unwrap(), None, "expired");
+    assert_eq!(store.session("nope", t(10)).await.unwrap(), None);
+    assert_eq!(store.purge_sessions(t(60)).await.unwrap(), 1);
+    assert!(store.delete_session("k1").await.unwrap());
+    assert!(!store.delete_session("k1").await.unwrap());
+    assert_eq!(store.session("k1", t(10)).await.unwrap(), None);
 }
 
 #[tokio::test]

@@ -176,7 +176,10 @@ impl std::fmt::Debug for Authenticator {
 
 impl Authenticator {
     /// Builds it from a validated configuration.
-    pub(crate) fn new(config: AuthConfig) -> Result<Self, ConfigError> {
+    pub(crate) fn new(
+        config: AuthConfig,
+        sessions: Option<std::sync::Arc<dyn ccm_store::SessionRepo>>,
+    ) -> Result<Self, ConfigError> {
         let tokens = config
             .tokens
             .iter()
@@ -200,7 +203,7 @@ impl Authenticator {
         Ok(Self {
             tokens,
             oidc,
-            sessions: session::SessionStore::new(config.session_ttl, config.max_sessions),
+            sessions: session::SessionStore::new(config.session_ttl, config.max_sessions, sessions),
             limiter: limit::SignInLimiter::new(config.sign_in_limit),
             config,
         })
@@ -350,7 +353,7 @@ async fn authenticate(
         };
     }
     if let Some(id) = session::cookie_of(headers) {
-        let Some(info) = auth.sessions.get(id) else {
+        let Some(info) = auth.sessions.get(id).await else {
             return Err(ApiError::unauthorized(
                 "the session has expired or was signed out; sign in again",
             ));
@@ -385,7 +388,7 @@ mod tests {
         let config = AuthConfig::default()
             .with_token("ci", Role::Manager, "tok-1")
             .with_token("ops", Role::Admin, "tok-2");
-        let a = Authenticator::new(config).unwrap();
+        let a = Authenticator::new(config, None).unwrap();
         let p = a.bearer("tok-2").await.unwrap();
         assert_eq!(p.name, "token:ops");
         assert_eq!(p.role, Role::Admin);

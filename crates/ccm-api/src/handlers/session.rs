@@ -60,13 +60,13 @@ fn too_many(wait: std::time::Duration) -> ApiError {
 }
 
 /// Starts a session for `principal`: the response with its cookie.
-fn start_session(
+async fn start_session(
     state: &ApiState,
     headers: &HeaderMap,
     principal: Principal,
 ) -> (HeaderValue, SessionView) {
     let sessions = &state.auth().sessions;
-    let (id, info) = sessions.create(principal);
+    let (id, info) = sessions.create(principal).await;
     tracing::info!(user = %info.principal.name, role = %info.principal.role, "signed in");
     let cookie = session::set_cookie(&id, sessions.ttl(), secure(state, headers));
     let value = HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""));
@@ -121,7 +121,7 @@ pub(crate) async fn sign_in(State(state): State<ApiState>, req: Request) -> ApiR
     let SignInRequest { token } = parse_json(&body)?;
     match state.auth().bearer(&token).await {
         Ok(principal) => {
-            let (cookie, view) = start_session(&state, &headers, principal);
+            let (cookie, view) = start_session(&state, &headers, principal).await;
             Ok(([(header::SET_COOKIE, cookie)], Json(view)).into_response())
         }
         Err(AuthError::Provider(e)) => Err(AuthError::Provider(e).into()),
@@ -161,7 +161,7 @@ pub(crate) async fn sign_out(
     headers: HeaderMap,
 ) -> ApiResult<Response> {
     if let Some(id) = session::cookie_of(&headers)
-        && let Some(info) = state.auth().sessions.get(id)
+        && let Some(info) = state.auth().sessions.get(id).await
     {
         let sent = headers
             .get("x-csrf-token")
@@ -172,7 +172,7 @@ pub(crate) async fn sign_out(
                 "signing out needs the session's X-CSRF-Token header",
             ));
         }
-        state.auth().sessions.remove(id);
+        state.auth().sessions.remove(id).await;
         tracing::info!(user = %info.principal.name, "signed out");
     }
     let cookie = HeaderValue::from_str(&session::clear_cookie(secure(&state, &headers)))
@@ -354,7 +354,7 @@ pub(crate) async fn oidc_callback(
         ));
     }
     let (principal, return_to) = oidc.complete(code, st).await.map_err(fail)?;
-    let (cookie, _) = start_session(&state, &headers, principal);
+    let (cookie, _) = start_session(&state, &headers, principal).await;
     let location = HeaderValue::from_str(&local_path(Some(&return_to)))
         .unwrap_or_else(|_| HeaderValue::from_static("/"));
     Ok((

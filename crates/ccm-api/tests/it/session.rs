@@ -193,3 +193,111 @@ async fn failed_sign_ins_should_be_rate_limited_per_address() {
     assert_eq!(ok.status(), 200);
     api.fleet.shutdown().await;
 }
+
+/// Sends one request through a router; status, `Set-Cookie` and JSON body.
+async fn send_to(
+    router: &axum::Router,
+    method: http::Method,
+    path: &str,
+    cookie: Option<&str>,
+    csrf: Option<&str>,
+    body: Option<Value>,
+) -> (u16, Option<String>, Value) {
+    use tower::ServiceExt as _;
+    let mut req = http::Request::builder().method(method).uri(path);
+    if let Some(c) = cookie {
+        req = req.header("cookie", c);
+    }
+    if let Some(t) = csrf {
+        req = req.header("x-csrf-token", t);
+    }
+    let req = match body {
+        Some(b) => req
+            .header("content-type", "application/json")
+            .body(axum::body::Body::from(b.to_string())),
+        None => req.body(axum::body::Body::empty()),
+    }
+    .unwrap();
+    let res = router.clone().oneshot(req).await.unwrap();
+    let status = res.status().as_u16();
+    let set_cookie = res
+        .headers()
+        .get("set-cookie")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (status, set_cookie, json)
+}
+
+/// The API as after a restart of ccm: a new state over the same engine and database, with
+/// no session in memory.
+fn restarted(api: &TestApi) -> axum::Router {
+    let auth =
+        ccm_api::AuthConfig::default().with_token("manager", ccm_api::Role::Manager, MANAGER);
+    let state = ccm_api::ApiState::new(
+        api.fleet.engine.clone(),
+        ccm_api::ApiConfig::default(),
+        auth,
+        None,
+    )
+    .unwrap();
+    ccm_api::router(state)
+}
+
+#[tokio::test]
+async fn a_session_should_survive_a_restart_and_end_everywhere_when_signed_out() {
+    let api = TestApi::start(84, 1).await;
+    let first = restarted(&api);
+    let (status, cookie, session) = send_to(
+        &first,
+        http::Method::POST,
+        "/api/v1/session",
+        None,
+        None,
+        Some(json!({"token": MANAGER})),
+    )
+    .await;
+    assert_eq!(status, 200, "{session}");
+    let pair = cookie.unwrap().split(';').next().unwrap().to_owned();
+    let csrf = session["csrf_token"].as_str().unwrap().to_owned();
+
+    // After a restart the same cookie still signs in, with the same CSRF token.
+    let second = restarted(&api);
+    let (status, _, me) = send_to(
+        &second,
+        http::Method::GET,
+        "/api/v1/session",
+        Some(&pair),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{me}");
+    assert_eq!(me["user"], "token:manager");
+    assert_eq!(me["csrf_token"], csrf.as_str());
+
+    // Signed out there, it is gone for the next start too.
+    let (status, _, _) = send_to(
+        &second,
+        http::Method::DELETE,
+        "/api/v1/session",
+        Some(&pair),
+        Some(&csrf),
+        None,
+    )
+    .await;
+    assert_eq!(status, 204);
+    let third = restarted(&api);
+    let (status, _, _) = send_to(
+        &third,
+        http::Method::GET,
+        "/api/v1/session",
+        Some(&pair),
+        None,
+        None,
+    )
+    .await;
+    assert_eq!(status, 401);
+}
