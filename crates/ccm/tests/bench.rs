@@ -108,6 +108,27 @@ async fn bench_sync_should_report_every_field_with_values_that_follow_from_the_r
     assert_eq!(num(&report, "statuses.unavailable"), 0.0);
     assert!(report.get("peer").is_none() && report.get("speedup").is_none());
     assert!(report.get("blackholed").is_none());
+    assert_eq!(report["tls"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sync_over_tls_should_trust_the_simulators_ca_and_sync_every_worker() {
+    let report = bench_report(&[
+        "sync",
+        "--workers",
+        "5",
+        "--cycles",
+        "1",
+        "--tls",
+        "--listen-base",
+        "127.110.1.1",
+        "--latency-ms",
+        "1",
+    ])
+    .await;
+    assert_eq!(report["tls"], true);
+    assert_eq!(num(&report, "statuses.ready"), 5.0, "{report}");
+    assert_eq!(num(&report, "requests"), 20.0, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

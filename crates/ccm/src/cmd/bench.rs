@@ -71,6 +71,10 @@ pub(crate) struct SyncArgs {
     /// How long an idle connection is kept (`[cml] pool_idle_timeout`; default: the product's).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub(crate) idle_timeout: Option<Duration>,
+    /// Serve the simulated workers over HTTPS (a generated CA that ccm trusts through
+    /// `[cml] tls = { ca_file }`): every new connection costs a TLS handshake.
+    #[arg(long, conflicts_with = "peer")]
+    pub(crate) tls: bool,
     /// Also run this implementation on the same fleet, and report the speedup.
     #[arg(long, value_enum)]
     pub(crate) peer: Option<Peer>,

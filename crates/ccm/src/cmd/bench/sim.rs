@@ -26,6 +26,8 @@ pub(super) struct SimSpec {
     pub(super) latency_ms: u64,
     pub(super) faults: Option<String>,
     pub(super) shard_size: u32,
+    /// Serve HTTPS and write the CA certificate to this file.
+    pub(super) tls_ca_out: Option<PathBuf>,
 }
 
 /// A running simulator.
@@ -84,6 +86,9 @@ impl SimProcess {
             .arg(control.to_string());
         if let Some(f) = &spec.faults {
             cmd.arg("--faults").arg(f);
+        }
+        if let Some(ca) = &spec.tls_ca_out {
+            cmd.arg("--tls").arg("--ca-out").arg(ca);
         }
         let log_file = std::fs::File::create(&log).context("cannot create the simulator log")?;
         cmd.stdin(Stdio::null())

@@ -105,6 +105,8 @@ struct Report {
     /// `[cml] pool_max_idle_per_host`: keep-alive connections kept per worker between calls.
     idle_connections_per_worker: u32,
     blackhole_percent: u8,
+    /// Whether the workers were served over HTTPS (`--tls`).
+    tls: bool,
     /// The warm-up cycle (first logins, new connections); not in `cycle_seconds`.
     warmup_seconds: f64,
     cycle_seconds: Summary,
@@ -231,6 +233,7 @@ async fn start_engine(
     resilience_cfg: &ResilienceConfig,
     policy: EndpointPolicy,
     pool: (usize, Option<Duration>),
+    ca_file: Option<std::path::PathBuf>,
 ) -> anyhow::Result<Engine> {
     let (events, resilience) = ccm_engine::resilience_with_bus(resilience_cfg, None);
     let mut cml_cfg = CmlConfig {
@@ -238,6 +241,9 @@ async fn start_engine(
         ..CmlConfig::default()
     };
     cml_cfg.pool_max_idle_per_host = pool.0;
+    if let Some(ca) = ca_file {
+        cml_cfg.tls = ccm_cml::TlsConfig::CaFile(ca);
+    }
     if let Some(idle) = pool.1 {
         cml_cfg.pool_idle_timeout = idle;
     }
@@ -292,6 +298,7 @@ async fn run(args: SyncArgs) -> anyhow::Result<Report> {
         latency_ms: args.latency_ms,
         faults: blackhole_sel.as_ref().map(|s| format!("{s}:blackhole")),
         shard_size: args.shard_size,
+        tls_ca_out: args.tls.then(|| dir.path().join("sim-ca.pem")),
     };
     eprintln!(
         "ccm bench: starting the simulator ({} workers, {} ms latency{})",
@@ -317,7 +324,7 @@ async fn measure(
 ) -> anyhow::Result<Report> {
     let n = args.workers as usize;
     let policy = EndpointPolicy {
-        scheme: "http".into(),
+        scheme: if args.tls { "https" } else { "http" }.into(),
         port: Some(args.port),
         address: AddressPreference::Public,
     };
@@ -353,7 +360,8 @@ async fn measure(
         .context("cannot open the benchmark database")?;
     register(&store, &sim.endpoints, &policy).await?;
     let pool = (args.idle_connections_per_worker as usize, args.idle_timeout);
-    let engine = start_engine(store, &resilience_cfg, policy, pool).await?;
+    let ca_file = args.tls.then(|| dir.join("sim-ca.pem"));
+    let engine = start_engine(store, &resilience_cfg, policy, pool, ca_file).await?;
     let setup_seconds = setup.elapsed().as_secs_f64();
     eprintln!("ccm bench: {n} workers registered and engine started in {setup_seconds:.1} s");
 
@@ -466,6 +474,7 @@ async fn measure(
         cml_poll_slots,
         idle_connections_per_worker: args.idle_connections_per_worker,
         blackhole_percent: args.blackhole_percent,
+        tls: args.tls,
         warmup_seconds: round3(warm.seconds),
         cycle_seconds: Summary {
             min: round3(summary.min),
