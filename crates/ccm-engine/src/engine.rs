@@ -102,9 +102,9 @@ pub(crate) struct Inner {
     pub(crate) cml_gates: crate::jobs::CmlGates,
     /// The (job, worker) polls running now: one at a time per pair (see `jobs::PollClaim`).
     pub(crate) polls: Mutex<std::collections::HashSet<(JobKind, WorkerId)>>,
-    /// Workers known to be down whose probe a triggered cycle left running in the background
-    /// (see `jobs::run_cycle`; `Engine::probes_in_flight`).
-    pub(crate) probing: Mutex<std::collections::HashSet<WorkerId>>,
+    /// How many probes of workers known to be down triggered cycles left running in the
+    /// background (see `jobs::run_cycle`; `Engine::probes_in_flight`).
+    pub(crate) probing: std::sync::atomic::AtomicUsize,
     pub(crate) refresh_throttle: ccm_resilience::RefreshThrottle<WorkerId>,
     pub(crate) refresh_flight: ccm_resilience::SingleFlight<WorkerId, Result<(), String>>,
     pub(crate) idle_marks: DashMap<WorkerId, String>,
@@ -289,7 +289,7 @@ impl Engine {
             jobs: JobBoard::default(),
             cml_gates,
             polls: Mutex::new(std::collections::HashSet::new()),
-            probing: Mutex::new(std::collections::HashSet::new()),
+            probing: std::sync::atomic::AtomicUsize::new(0),
             refresh_throttle: ccm_resilience::RefreshThrottle::new(&throttle_cfg),
             refresh_flight: ccm_resilience::SingleFlight::new(),
             idle_marks: DashMap::new(),

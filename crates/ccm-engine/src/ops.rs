@@ -293,7 +293,9 @@ impl Engine {
     /// CML syncs of workers known to be down that a cycle left running in the background
     /// (see [`Self::run_cml_cycle`]).
     pub fn probes_in_flight(&self) -> usize {
-        self.inner.probing.lock().len()
+        self.inner
+            .probing
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Runs one full CML sync of every running worker, as fast as the CML gate allows

@@ -24,8 +24,9 @@ pub use licensing::{
     Registration, Transport, TransportProxy, Udi, UdiInfo,
 };
 pub use system::{
-    ComputeHealth, ComputeHostStats, ComputeStats, ControllerDiskStats, ControllerHealth, CpuStats,
-    DiskStats, DomInfo, HostStats, MemoryStats, SystemHealth, SystemInformation, SystemStats,
+    ByteStats, ComputeHealth, ComputeHostStats, ComputeStats, ControllerDiskStats,
+    ControllerHealth, CpuStats, DiskStats, DomInfo, HostStats, MemoryStats, SystemHealth,
+    SystemInformation, SystemStats,
 };
 pub use telemetry::{TelemetryCategory, TelemetryData, TelemetryEvent, telemetry_to_domain};
 

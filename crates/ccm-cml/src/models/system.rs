@@ -187,9 +187,9 @@ pub struct CpuStats {
     pub load: Option<Vec<f64>>,
 }
 
-/// Memory figures in bytes.
+/// Used, free and total bytes: the one shape of the API's `MemoryStats` and `DiskStats`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct MemoryStats {
+pub struct ByteStats {
     /// Used.
     #[serde(default)]
     pub used: Option<f64>,
@@ -201,19 +201,11 @@ pub struct MemoryStats {
     pub total: Option<f64>,
 }
 
-/// Disk figures in bytes.
-#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
-pub struct DiskStats {
-    /// Used.
-    #[serde(default)]
-    pub used: Option<f64>,
-    /// Free.
-    #[serde(default)]
-    pub free: Option<f64>,
-    /// Total.
-    #[serde(default)]
-    pub total: Option<f64>,
-}
+/// Memory figures in bytes (`MemoryStats`).
+pub type MemoryStats = ByteStats;
+
+/// Disk figures in bytes (`DiskStats`).
+pub type DiskStats = ByteStats;
 
 /// `system_stats.controller`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]

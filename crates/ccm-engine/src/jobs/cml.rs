@@ -69,13 +69,6 @@ pub(crate) async fn sync_worker(engine: &Engine, id: WorkerId) -> Result<(), Str
     };
     let cml = &engine.inner.cml;
     let started = tokio::time::Instant::now();
-    let info = || async {
-        result(
-            cml.system_information(&target).await,
-            CmlCall::SystemInformation,
-            Into::into,
-        )
-    };
     let others = || async {
         tokio::join!(
             async {
@@ -96,7 +89,14 @@ pub(crate) async fn sync_worker(engine: &Engine, id: WorkerId) -> Result<(), Str
         )
     };
     let sync = if last == ServiceStatus::Ready {
-        let (info, (health, stats, licence)) = tokio::join!(info(), others());
+        let info = async {
+            result(
+                cml.system_information(&target).await,
+                CmlCall::SystemInformation,
+                Into::into,
+            )
+        };
+        let (info, (health, stats, licence)) = tokio::join!(info, others());
         CmlSync {
             info: Some(info),
             health: Some(health),

@@ -18,6 +18,7 @@ mod metrics_job;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use ccm_domain::WorkerId;
@@ -144,14 +145,17 @@ pub(crate) fn cml_gates(config: &ccm_resilience::ResilienceConfig) -> CmlGates {
     }
 }
 
+/// Whether a job's polls make their calls in the `cml_poll` bulkhead (and so pass a CML gate).
+fn polls_cml(job: JobKind) -> bool {
+    matches!(job, JobKind::CmlSync | JobKind::Activity)
+}
+
 /// The gate one worker's poll passes: for polls whose calls run in the `cml_poll` bulkhead,
-/// the probe gate when the worker is known to be down ([`known_down`]) and the worker gate
+/// the probe gate when the worker is known to be `down` ([`known_down`]) and the worker gate
 /// otherwise; the `labs` bulkhead for labs refreshes.
-fn gate(engine: &Engine, job: JobKind, id: WorkerId) -> Option<Bulkhead> {
+fn gate(engine: &Engine, job: JobKind, down: bool) -> Option<Bulkhead> {
     match job {
-        JobKind::CmlSync | JobKind::Activity if known_down(engine, id) => {
-            Some(engine.inner.cml_gates.probes.clone())
-        }
+        JobKind::CmlSync | JobKind::Activity if down => Some(engine.inner.cml_gates.probes.clone()),
         JobKind::CmlSync | JobKind::Activity => Some(engine.inner.cml_gates.workers.clone()),
         JobKind::Labs => engine
             .inner
@@ -367,15 +371,8 @@ pub(crate) async fn run_cycle(engine: &Engine, job: JobKind, members: Vec<Worker
         .partition(|(id, _)| job == JobKind::CmlSync && known_down(engine, *id));
     let mut set = tokio::task::JoinSet::new();
     for (id, claim) in up {
-        let permit = match &gate(engine, job, id) {
-            Some(g) => match g.acquire().await {
-                Ok(p) => Some(p),
-                Err(full) => {
-                    tracing::debug!(job = job.as_str(), worker = %id, error = %full, "gate full, poll skipped");
-                    continue;
-                }
-            },
-            None => None,
+        let Some(permit) = enter(gate(engine, job, false), job, id).await else {
+            continue;
         };
         while set.try_join_next().is_some() {}
         let e = engine.clone();
@@ -385,26 +382,37 @@ pub(crate) async fn run_cycle(engine: &Engine, job: JobKind, members: Vec<Worker
         });
     }
     for (id, claim) in down {
-        engine.inner.probing.lock().insert(id);
-        let (e, gate) = (engine.clone(), gate(engine, job, id));
+        engine.inner.probing.fetch_add(1, Ordering::Relaxed);
+        let (e, gate) = (engine.clone(), gate(engine, job, true));
         engine.inner.tracker.spawn(async move {
-            let permit = match &gate {
-                Some(g) => match g.acquire().await {
-                    Ok(p) => Some(p),
-                    Err(full) => {
-                        tracing::debug!(job = job.as_str(), worker = %id, error = %full, "gate full, probe skipped");
-                        e.inner.probing.lock().remove(&id);
-                        return;
-                    }
-                },
-                None => None,
-            };
-            let _ = timed(&e, job, poll_worker(&e, job, id)).await;
-            drop((permit, claim));
-            e.inner.probing.lock().remove(&id);
+            if let Some(permit) = enter(gate, job, id).await {
+                let _ = timed(&e, job, poll_worker(&e, job, id)).await;
+                drop(permit);
+            }
+            drop(claim);
+            e.inner.probing.fetch_sub(1, Ordering::Relaxed);
         });
     }
     while set.join_next().await.is_some() {}
+}
+
+/// Waits for a slot of `gate` (`None`: no limit). `None` when the gate's queue is full: the
+/// poll is skipped (logged; its worker's next due time comes round again).
+async fn enter(
+    gate: Option<Bulkhead>,
+    job: JobKind,
+    id: WorkerId,
+) -> Option<Option<ccm_resilience::BulkheadPermit>> {
+    let Some(g) = gate else {
+        return Some(None);
+    };
+    match g.acquire().await {
+        Ok(p) => Some(Some(p)),
+        Err(full) => {
+            tracing::debug!(job = job.as_str(), worker = %id, error = %full, "gate full, poll skipped");
+            None
+        }
+    }
 }
 
 /// One worker's poll for one job, claimed so that no other poll of that job runs for that
@@ -486,15 +494,9 @@ async fn timed<F: Future<Output = Result<(), String>>>(
 
 /// One poll of one worker, under the job's gate, counted on the board.
 async fn guarded_poll(engine: &Engine, job: JobKind, id: WorkerId) {
-    let permit = match gate(engine, job, id) {
-        Some(b) => match b.acquire().await {
-            Ok(p) => Some(p),
-            Err(full) => {
-                tracing::debug!(job = job.as_str(), worker = %id, error = %full, "bulkhead full, poll skipped");
-                return;
-            }
-        },
-        None => None,
+    let down = polls_cml(job) && known_down(engine, id);
+    let Some(permit) = enter(gate(engine, job, down), job, id).await else {
+        return;
     };
     let _ = timed(engine, job, poll_worker(engine, job, id)).await;
     drop(permit);

@@ -40,6 +40,8 @@ pub(super) struct SimProcess {
     pub(super) endpoints_file: PathBuf,
     /// Base URLs, in fleet order.
     pub(super) endpoints: Vec<String>,
+    /// The CA certificate the workers' HTTPS certificates chain to (`SimSpec::tls_ca_out`).
+    pub(super) ca_file: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -108,6 +110,7 @@ impl SimProcess {
             log,
             endpoints_file: endpoints_file.clone(),
             endpoints: Vec::new(),
+            ca_file: spec.tls_ca_out.clone(),
         };
         // Roughly 1 s per 1,000 workers on this kind of machine; allow plenty.
         let wait = Duration::from_secs(60) + Duration::from_millis(u64::from(spec.workers) * 20);

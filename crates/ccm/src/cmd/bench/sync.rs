@@ -360,8 +360,7 @@ async fn measure(
         .context("cannot open the benchmark database")?;
     register(&store, &sim.endpoints, &policy).await?;
     let pool = (args.idle_connections_per_worker as usize, args.idle_timeout);
-    let ca_file = args.tls.then(|| dir.join("sim-ca.pem"));
-    let engine = start_engine(store, &resilience_cfg, policy, pool, ca_file).await?;
+    let engine = start_engine(store, &resilience_cfg, policy, pool, sim.ca_file.clone()).await?;
     let setup_seconds = setup.elapsed().as_secs_f64();
     eprintln!("ccm bench: {n} workers registered and engine started in {setup_seconds:.1} s");
 
