@@ -93,8 +93,9 @@ pub fn savings_report(
     });
     SavingsReport {
         generated_at: now,
-        total_hours: rows.iter().map(|r| r.hours).sum(),
-        total_saved: rows.iter().filter_map(|r| r.saved).sum(),
+        // Folded from +0.0: `f64`'s `sum` starts at -0.0, which an empty report would show.
+        total_hours: rows.iter().map(|r| r.hours).fold(0.0, |a, b| a + b),
+        total_saved: rows.iter().filter_map(|r| r.saved).fold(0.0, |a, b| a + b),
         currency: currency.to_owned(),
         missing_prices: missing.into_iter().collect(),
         workers: rows,
@@ -187,6 +188,13 @@ mod tests {
         assert_eq!(r.total_hours, 20.0);
         assert_eq!(r.total_saved, 72.0);
         assert_eq!(r.missing_prices, ["z1d.metal"]);
+    }
+
+    #[test]
+    fn an_empty_report_should_total_plus_zero() {
+        let r = savings_report(&[], &BTreeMap::new(), "USD", t(1.0));
+        assert!(r.total_hours == 0.0 && r.total_hours.is_sign_positive());
+        assert!(r.total_saved == 0.0 && r.total_saved.is_sign_positive());
     }
 
     #[test]
