@@ -19,8 +19,9 @@ use ccm_store::Store;
 
 use crate::clock::Clock;
 use crate::config::{EngineConfig, ImportConfig};
-use crate::engine::{Engine, EngineParts, ImportRequest, ImportSelector};
-use crate::error::EngineError;
+use crate::engine::{Engine, EngineParts};
+use crate::error::{EngineError, UpstreamError};
+use crate::types::{ImportRequest, ImportSelector};
 
 /// How to build an embedded fleet.
 pub struct EmbeddedOptions {
@@ -182,7 +183,7 @@ impl Embedded {
         let sim = Arc::new(
             SimFleet::start(sim_cfg)
                 .await
-                .map_err(|e| EngineError::Upstream(format!("CML simulator: {e}")))?,
+                .map_err(|e| UpstreamError::bad_gateway(format!("CML simulator: {e}")))?,
         );
         for spare in opts.workers..total {
             if let Some(w) = sim.worker(spare) {
@@ -202,7 +203,7 @@ impl Embedded {
         let cloud = SimulatedCloud::with_power_hook(cloud_cfg, hook)?;
 
         let (events, resilience) =
-            crate::engine::resilience_with_bus(&opts.resilience, opts.observer);
+            crate::resilience_events::resilience_with_bus(&opts.resilience, opts.observer);
         let endpoint = EndpointPolicy {
             scheme: "http".into(),
             port: Some(port),

@@ -10,8 +10,14 @@
 //! - **Jobs**: per-worker polls (CML sync, labs, activity and idle) spread evenly over their
 //!   interval, never overlapping for one worker, under bulkheads; fleet jobs (EC2 sync and
 //!   CloudWatch, batched per region; auto-import; event retention). Settings changes apply at
-//!   once.
+//!   once. Jobs get a small context, never the engine.
+//! - **Ownership**: which workers this process polls and which fleet jobs it runs is asked of
+//!   an [`Ownership`] ([`SingleNode`]: everything) — the seam for several replicas.
 //! - **Writes** from polls are batched (one transaction per batch); commands write at once.
+//! - **Supervision**: the writer, the job loops and the forwarders restart after a panic or an
+//!   unexpected end; a critical one down makes [`Engine::is_running`] false.
+//! - **Errors**: upstream failures are classified once ([`UpstreamError`]); jobs fail with a
+//!   [`JobError`].
 //! - **Shutdown** stops the jobs, lets in-flight work finish and drains the writer.
 //!
 //! Not here: HTTP (`ccm-api`), SQL (`ccm-store`), the CML and AWS protocols (`ccm-cml`,
@@ -20,26 +26,38 @@
 
 mod bus;
 mod clock;
+mod cml_commands;
+mod commands;
 mod config;
 mod convert;
 #[cfg(feature = "embedded")]
 pub mod embedded;
 mod engine;
 mod error;
+mod fleet;
+mod job_kind;
 mod jobs;
 mod licence;
-mod ops;
+mod ownership;
+mod provisioning;
+mod resilience_events;
 mod scheduler;
+mod state;
+mod supervisor;
+mod types;
 mod writer;
 
 pub use bus::{BUS_CAPACITY, BusEvent, EventBus};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use config::{EngineConfig, ImportConfig, LicenceConfig, PricingConfig, ProvisioningConfig};
-pub use engine::{
-    AmiSelector, ComponentHealth, CreateWorker, Engine, EngineParts, FleetCounts, HealthReport,
-    ImportReport, ImportRequest, ImportSelector, RefreshOutcome, ResilienceEvents,
-    resilience_with_bus,
+pub use engine::{Engine, EngineParts};
+pub use error::{EngineError, JobError, UpstreamError, UpstreamKind};
+pub use job_kind::JobKind;
+pub use jobs::{CML_SYNC_CALLS, JobStatus};
+pub use ownership::{FencingToken, Grant, GrantScope, Ownership, SingleNode};
+pub use resilience_events::{ResilienceEvents, resilience_with_bus};
+pub use supervisor::{Criticality, TaskStatus};
+pub use types::{
+    AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport,
+    ImportReport, ImportRequest, ImportSelector, RefreshOutcome,
 };
-pub use error::EngineError;
-pub use jobs::{CML_SYNC_CALLS, JobKind, JobStatus};
-pub use ops::CycleReport;

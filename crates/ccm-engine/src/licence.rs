@@ -3,111 +3,130 @@
 //! event. The token is never stored, logged or put in an event.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use ccm_cml::{Deregistration, Secret};
 use ccm_domain::licence::{Licence, RegistrationStatus};
-use ccm_domain::{Actor, EventKind, WorkerAction, WorkerId};
+use ccm_domain::{Actor, CmlCall, EventKind, Worker, WorkerAction, WorkerId};
 
-use crate::engine::Engine;
-use crate::error::EngineError;
-use crate::ops::{MAX_POLL, cml_error};
+use crate::cml_commands::CmlCommands;
+use crate::error::{EngineError, UpstreamError};
 
-impl Engine {
+/// How long a licence poll waits between reads at most (a guard on configuration).
+const MAX_POLL: Duration = Duration::from_secs(60);
+
+impl CmlCommands {
+    /// Checks that the worker's state allows a licence action (nothing is recorded).
+    async fn licence_precondition(&self, id: WorkerId, by: &Actor) -> Result<Worker, EngineError> {
+        let now = self.state().now();
+        let mut w = self.state().worker(id).await?;
+        w.request(WorkerAction::Licence, None, by, now)?;
+        Ok(w)
+    }
+
+    fn licence_target(&self, worker: &Worker) -> Result<ccm_cml::Target, EngineError> {
+        let endpoint = worker.endpoint.clone().unwrap_or_default();
+        self.cml()
+            .target(&endpoint)
+            .map_err(|e| UpstreamError::bad_gateway(e.to_string()).into())
+    }
+
     /// Asks the worker's CML to register with `token`; returns once CML accepted the request.
     /// The outcome arrives as events (`ccm.licence.registered` or
     /// `ccm.licence.registration_failed`).
-    pub async fn register_licence(
+    pub(crate) async fn register_licence(
         &self,
         id: WorkerId,
         token: Secret,
         reregister: bool,
         by: &Actor,
     ) -> Result<(), EngineError> {
-        let worker = self.precondition(id, WorkerAction::Licence, by).await?;
-        let endpoint = worker.endpoint.clone().unwrap_or_default();
-        let target = self
-            .inner
-            .cml
-            .target(&endpoint)
-            .map_err(|e| EngineError::Upstream(e.to_string()))?;
-        self.emit(
-            Some(id),
-            vec![EventKind::LicenceRegistrationRequested {
-                reregister,
-                by: by.clone(),
-            }],
-        )
-        .await;
-        if let Err(err) = self
-            .inner
-            .cml
-            .register_licence(&target, &token, reregister)
-            .await
-        {
-            self.emit(
+        let worker = self.licence_precondition(id, by).await?;
+        let target = self.licence_target(&worker)?;
+        let state = self.state();
+        state
+            .emit(
                 Some(id),
-                vec![EventKind::LicenceRegistrationFailed {
-                    reason: err.to_string(),
+                [EventKind::LicenceRegistrationRequested {
+                    reregister,
+                    by: by.clone(),
                 }],
             )
             .await;
-            return Err(cml_error(err, "licence", &id.to_string()));
+        if let Err(err) = self
+            .cml()
+            .register_licence(&target, &token, reregister)
+            .await
+        {
+            state
+                .emit(
+                    Some(id),
+                    [EventKind::LicenceRegistrationFailed {
+                        reason: err.to_string(),
+                    }],
+                )
+                .await;
+            return Err(EngineError::from_cml_command(
+                err,
+                CmlCall::Licensing,
+                "licence",
+                &id.to_string(),
+            ));
         }
-        let engine = self.clone();
-        self.inner
-            .tracker
-            .spawn(async move { engine.watch_registration(id, target).await });
+        let this = self.clone();
+        self.tasks()
+            .spawn(async move { this.watch_registration(id, target).await });
         Ok(())
     }
 
     async fn watch_registration(&self, id: WorkerId, target: ccm_cml::Target) {
-        let cfg = self.inner.config.licence.clone();
+        let cfg = self.licence_config().clone();
+        let state = self.state();
         let deadline = tokio::time::Instant::now() + cfg.timeout;
         let mut last: Option<String> = None;
-        let cancel = self.inner.cancel.clone();
+        let cancel = self.tasks().cancel_token().clone();
         loop {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(cfg.poll_interval.min(MAX_POLL)) => {}
             }
-            match self.inner.cml.licensing(&target).await {
+            match self.cml().licensing(&target).await {
                 Ok(status) => {
                     let licence: Licence = status.into();
                     self.record_licence(id, licence.clone());
-                    let status = licence.registration.clone();
-                    match status {
+                    match licence.registration.clone() {
                         RegistrationStatus::Completed => {
-                            self.emit(
-                                Some(id),
-                                vec![EventKind::LicenceRegistered {
-                                    smart_account: licence.smart_account,
-                                    virtual_account: licence.virtual_account,
-                                }],
-                            )
-                            .await;
+                            state
+                                .emit(
+                                    Some(id),
+                                    [EventKind::LicenceRegistered {
+                                        smart_account: licence.smart_account,
+                                        virtual_account: licence.virtual_account,
+                                    }],
+                                )
+                                .await;
                             return;
                         }
                         RegistrationStatus::Failed => {
                             let reason = licence
                                 .last_failure
                                 .unwrap_or_else(|| "registration failed".into());
-                            self.emit(
-                                Some(id),
-                                vec![EventKind::LicenceRegistrationFailed { reason }],
-                            )
-                            .await;
+                            state
+                                .emit(Some(id), [EventKind::LicenceRegistrationFailed { reason }])
+                                .await;
                             return;
                         }
                         other => {
                             let text = other.as_str().to_owned();
                             if last.as_deref() != Some(text.as_str()) {
-                                self.emit(
-                                    Some(id),
-                                    vec![EventKind::LicenceRegistrationProgress {
-                                        status: text.clone(),
-                                    }],
-                                )
-                                .await;
+                                state
+                                    .emit(
+                                        Some(id),
+                                        [EventKind::LicenceRegistrationProgress {
+                                            status: text.clone(),
+                                        }],
+                                    )
+                                    .await;
                                 last = Some(text);
                             }
                         }
@@ -122,19 +141,17 @@ impl Engine {
                     "no outcome after {}",
                     humantime_serde::re::humantime::format_duration(cfg.timeout)
                 );
-                self.emit(
-                    Some(id),
-                    vec![EventKind::LicenceRegistrationFailed { reason }],
-                )
-                .await;
+                state
+                    .emit(Some(id), [EventKind::LicenceRegistrationFailed { reason }])
+                    .await;
                 return;
             }
         }
     }
 
     fn record_licence(&self, id: WorkerId, licence: Licence) {
-        let now = self.now();
-        self.submit(
+        let now = self.state().now();
+        self.state().submit(
             id,
             Arc::new(move |w| {
                 w.cml.licence.succeed(licence.clone(), now);
@@ -144,41 +161,49 @@ impl Engine {
     }
 
     /// Deregisters the worker's licence.
-    pub async fn deregister_licence(&self, id: WorkerId, by: &Actor) -> Result<(), EngineError> {
-        let worker = self.precondition(id, WorkerAction::Licence, by).await?;
-        let endpoint = worker.endpoint.clone().unwrap_or_default();
-        let target = self
-            .inner
-            .cml
-            .target(&endpoint)
-            .map_err(|e| EngineError::Upstream(e.to_string()))?;
-        self.emit(
-            Some(id),
-            vec![EventKind::LicenceDeregistrationRequested { by: by.clone() }],
-        )
-        .await;
-        match self.inner.cml.deregister_licence(&target).await {
+    pub(crate) async fn deregister_licence(
+        &self,
+        id: WorkerId,
+        by: &Actor,
+    ) -> Result<(), EngineError> {
+        let worker = self.licence_precondition(id, by).await?;
+        let target = self.licence_target(&worker)?;
+        let state = self.state();
+        state
+            .emit(
+                Some(id),
+                [EventKind::LicenceDeregistrationRequested { by: by.clone() }],
+            )
+            .await;
+        match self.cml().deregister_licence(&target).await {
             Ok(outcome) => {
                 if outcome == Deregistration::LocalOnly {
                     tracing::warn!(worker = %id, "licence deregistered locally only: the licensing service was unreachable");
                 }
-                self.emit(Some(id), vec![EventKind::LicenceDeregistered {}])
+                state
+                    .emit(Some(id), [EventKind::LicenceDeregistered {}])
                     .await;
-                if let Ok(status) = self.inner.cml.licensing(&target).await {
+                if let Ok(status) = self.cml().licensing(&target).await {
                     self.record_licence(id, status.into());
                 }
-                self.flush().await;
+                state.flush().await;
                 Ok(())
             }
             Err(err) => {
-                self.emit(
-                    Some(id),
-                    vec![EventKind::LicenceDeregistrationFailed {
-                        reason: err.to_string(),
-                    }],
-                )
-                .await;
-                Err(cml_error(err, "licence", &id.to_string()))
+                state
+                    .emit(
+                        Some(id),
+                        [EventKind::LicenceDeregistrationFailed {
+                            reason: err.to_string(),
+                        }],
+                    )
+                    .await;
+                Err(EngineError::from_cml_command(
+                    err,
+                    CmlCall::Licensing,
+                    "licence",
+                    &id.to_string(),
+                ))
             }
         }
     }

@@ -7,6 +7,10 @@
 //! the saved changes. A version conflict (someone else wrote the worker meanwhile) falls back
 //! to reload-and-reapply for that worker only. On shutdown the queue is drained: nothing
 //! accepted is lost.
+//!
+//! The writer runs under the [`Supervisor`]: the queue lives outside the task, so when a
+//! mutation panics the batch in hand is lost but the task is restarted on the same queue and
+//! every handle stays valid.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -18,6 +22,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::bus::EventBus;
+use crate::supervisor::{Criticality, Supervisor};
 
 /// A change to apply to a worker. It may run more than once (after a conflict), so it must be
 /// a pure function of the worker it is given.
@@ -94,28 +99,41 @@ impl WriterHandle {
     }
 }
 
-/// Starts the writer task. It ends when every handle is dropped and the queue is empty.
+/// Starts the writer as the supervised task `writer`. It ends when every handle is dropped
+/// and the queue is empty.
 pub(crate) fn spawn(
     store: Arc<dyn Store>,
     bus: EventBus,
     on_saved: OnSaved,
     batch: usize,
     interval: Duration,
-    tracker: &tokio_util::task::TaskTracker,
+    supervisor: &Supervisor,
 ) -> WriterHandle {
     let (tx, rx) = mpsc::unbounded_channel();
-    tracker.spawn(run(rx, store, bus, on_saved, batch.max(1), interval));
+    let queue = Arc::new(tokio::sync::Mutex::new(rx));
+    supervisor.supervise("writer", Criticality::Critical, None, move || {
+        run(
+            queue.clone(),
+            store.clone(),
+            bus.clone(),
+            on_saved.clone(),
+            batch.max(1),
+            interval,
+        )
+    });
     WriterHandle { tx }
 }
 
 async fn run(
-    mut rx: mpsc::UnboundedReceiver<Msg>,
+    queue: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Msg>>>,
     store: Arc<dyn Store>,
     bus: EventBus,
     on_saved: OnSaved,
     batch: usize,
     interval: Duration,
 ) {
+    // Held for the life of this run; a panicking run releases it for the next.
+    let mut rx = queue.lock_owned().await;
     let mut buf = Vec::with_capacity(batch);
     let mut barriers = Vec::new();
     loop {

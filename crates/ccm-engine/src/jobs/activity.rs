@@ -6,77 +6,85 @@ use std::sync::Arc;
 
 use ccm_domain::activity::latest_activity;
 use ccm_domain::idle::{IdleAction, evaluate};
-use ccm_domain::{Actor, EventKind, PauseReason, WorkerId};
+use ccm_domain::{CmlCall, EventKind, WorkerId};
 
-use super::cml::target_of;
-use crate::engine::Engine;
+use crate::error::JobError;
+use crate::jobs::cml::target_of;
+use crate::jobs::context::JobContext;
+use crate::ownership::Grant;
 
-pub(crate) async fn read_activity(engine: &Engine, id: WorkerId) -> Result<(), String> {
-    let Some(target) = target_of(engine, id) else {
+/// Reads the worker's telemetry and records its latest activity.
+pub(crate) async fn read_activity(
+    ctx: &JobContext,
+    grant: &Grant,
+    id: WorkerId,
+) -> Result<(), JobError> {
+    let Some(target) = target_of(ctx, id) else {
         return Ok(());
     };
-    let cml = &engine.inner.cml;
+    let cml = ctx.cml();
     let events = cml
         .telemetry_events(&target)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|source| JobError::Cml {
+            call: CmlCall::Telemetry,
+            source,
+        })?;
     let own = cml.own_user_id(&target);
     let events = ccm_cml::models::telemetry_to_domain(events);
-    let now = engine.now();
+    let now = ctx.now();
     let latest = latest_activity(&events, own.as_deref(), now);
-    let Some(writer) = engine.writer() else {
-        return Ok(());
-    };
-    writer
-        .apply(
-            id,
-            Arc::new(move |w| {
-                if let Some(own) = &own {
-                    w.cml.own_user_id = Some(own.clone());
-                }
-                w.record_activity_check(latest, now);
-                Vec::new()
-            }),
-        )
-        .await
-        .map(|_| ())
+    ctx.apply(
+        grant,
+        id,
+        Arc::new(move |w| {
+            if let Some(own) = &own {
+                w.cml.own_user_id = Some(own.clone());
+            }
+            w.record_activity_check(latest, now);
+            Vec::new()
+        }),
+    )
+    .await
+    .map(|_| ())
 }
 
-pub(crate) async fn evaluate_idle(engine: &Engine, id: WorkerId) -> Result<(), String> {
-    let worker = engine.worker(id).await.map_err(|e| e.to_string())?;
-    let settings = engine.settings().value.idle;
-    let decision = evaluate(&worker, &settings, engine.now());
+/// Evaluates the idle policy for the worker: announces a changed decision, pauses when the
+/// policy says so.
+pub(crate) async fn evaluate_idle(
+    ctx: &JobContext,
+    grant: &Grant,
+    id: WorkerId,
+) -> Result<(), JobError> {
+    let worker = ctx.worker(id).await?;
+    let settings = ctx.settings().idle;
+    let decision = evaluate(&worker, &settings, ctx.now());
     let label = decision.action.label();
     if !decision.idle {
-        engine.inner.idle_marks.remove(&id);
+        ctx.clear_idle(id);
         return Ok(());
     }
     // One event per change of decision, not one per poll.
-    let changed =
-        engine.inner.idle_marks.insert(id, label.clone()).as_deref() != Some(label.as_str());
-    if changed {
+    if ctx.note_idle(id, &label) {
         let detail = match &decision.action {
             IdleAction::Keep { reason } => serde_json::to_string(reason).ok(),
             _ => None,
         };
-        engine
-            .emit(
-                Some(id),
-                vec![EventKind::WorkerIdleDetected {
-                    idle_for_seconds: decision.idle_for.as_secs(),
-                    action: label,
-                    detail,
-                }],
-            )
-            .await;
+        ctx.emit(
+            grant,
+            Some(id),
+            vec![EventKind::WorkerIdleDetected {
+                idle_for_seconds: decision.idle_for.as_secs(),
+                action: label,
+                detail,
+            }],
+        )
+        .await;
     }
     if decision.action == IdleAction::Pause {
         tracing::info!(worker = %id, idle_for = ?decision.idle_for, "pausing an idle worker");
-        engine
-            .pause_worker(id, PauseReason::IdleTimeout, &Actor::system("idle"))
-            .await
-            .map_err(|e| e.to_string())?;
-        engine.inner.idle_marks.remove(&id);
+        ctx.pause_idle(grant, id).await?;
+        ctx.clear_idle(id);
     }
     Ok(())
 }

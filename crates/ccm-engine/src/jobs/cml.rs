@@ -24,7 +24,9 @@ use ccm_domain::worker::{CallResult, CmlSync};
 use ccm_domain::{CmlCall, ServiceStatus, WorkerId};
 use ccm_store::MetricsSample;
 
-use crate::engine::Engine;
+use crate::error::JobError;
+use crate::jobs::context::JobContext;
+use crate::ownership::Grant;
 
 fn result<W, D>(r: Result<W, CmlError>, call: CmlCall, f: impl FnOnce(W) -> D) -> CallResult<D> {
     match r {
@@ -49,25 +51,28 @@ fn unreachable(r: &CallResult<ccm_domain::cml::CmlInfo>) -> Option<ccm_domain::R
 }
 
 /// The CML target of a worker that is running with an endpoint.
-pub(crate) fn target_of(engine: &Engine, id: WorkerId) -> Option<Target> {
-    target_and_status(engine, id).map(|(t, _)| t)
+pub(crate) fn target_of(ctx: &JobContext, id: WorkerId) -> Option<Target> {
+    target_and_status(ctx, id).map(|(t, _)| t)
 }
 
 /// The CML target of a running worker with an endpoint, and its service status as last
 /// synced.
-fn target_and_status(engine: &Engine, id: WorkerId) -> Option<(Target, ServiceStatus)> {
-    let slot = engine.inner.fleet.get(&id)?;
-    let endpoint = slot.reachable()?.clone();
-    let status = slot.service;
-    drop(slot);
-    Some((engine.inner.cml.target(&endpoint).ok()?, status))
+fn target_and_status(ctx: &JobContext, id: WorkerId) -> Option<(Target, ServiceStatus)> {
+    let slot = ctx.slot(id)?;
+    let endpoint = slot.reachable()?;
+    Some((ctx.cml().target(endpoint).ok()?, slot.service))
 }
 
-pub(crate) async fn sync_worker(engine: &Engine, id: WorkerId) -> Result<(), String> {
-    let Some((target, last)) = target_and_status(engine, id) else {
+/// Syncs one worker's CML (see the module docs); `Err` when nothing answered.
+pub(crate) async fn sync_worker(
+    ctx: &JobContext,
+    grant: &Grant,
+    id: WorkerId,
+) -> Result<(), JobError> {
+    let Some((target, last)) = target_and_status(ctx, id) else {
         return Ok(());
     };
-    let cml = &engine.inner.cml;
+    let cml = ctx.cml();
     let started = tokio::time::Instant::now();
     let others = || async {
         tokio::join!(
@@ -113,7 +118,7 @@ pub(crate) async fn sync_worker(engine: &Engine, id: WorkerId) -> Result<(), Str
     };
     metrics::histogram!("ccm_poll_seconds", "job" => "cml_sync")
         .record(started.elapsed().as_secs_f64());
-    record(engine, id, &target, sync)
+    record(ctx, grant, id, &target, sync)
 }
 
 /// `system_information` answered (or not): the other calls, unless the host is unreachable.
@@ -160,10 +165,15 @@ where
 }
 
 /// Queues the sync's result for the batched writer; `Err` when nothing answered.
-fn record(engine: &Engine, id: WorkerId, target: &Target, sync: CmlSync) -> Result<(), String> {
-    let cml = &engine.inner.cml;
-    let own = cml.own_user_id(target);
-    let now = engine.now();
+fn record(
+    ctx: &JobContext,
+    grant: &Grant,
+    id: WorkerId,
+    target: &Target,
+    sync: CmlSync,
+) -> Result<(), JobError> {
+    let own = ctx.cml().own_user_id(target);
+    let now = ctx.now();
     let answered = answered(&sync.info)
         || answered(&sync.health)
         || answered(&sync.stats)
@@ -178,17 +188,14 @@ fn record(engine: &Engine, id: WorkerId, target: &Target, sync: CmlSync) -> Resu
         }
         w.record_sync(sync.clone(), now)
     });
-    let Some(writer) = engine.writer() else {
-        return Ok(());
-    };
     match sample {
-        Some(s) => writer.submit_with_sample(id, mutation, now, s),
-        None => writer.submit(id, mutation),
+        Some(s) => ctx.submit_with_sample(grant, id, mutation, now, s),
+        None => ctx.submit(grant, id, mutation),
     }
     if answered {
         Ok(())
     } else {
-        Err("nothing answered".into())
+        Err(JobError::Unanswered)
     }
 }
 

@@ -6,68 +6,74 @@ use std::sync::Arc;
 
 use ccm_domain::{CmlCall, EventKind, LabId, WorkerId};
 
-use super::cml::target_of;
-use crate::engine::Engine;
+use crate::error::JobError;
+use crate::jobs::cml::target_of;
+use crate::jobs::context::JobContext;
+use crate::ownership::Grant;
 
-pub(crate) async fn refresh_labs(engine: &Engine, id: WorkerId) -> Result<(), String> {
-    let Some(target) = target_of(engine, id) else {
+/// Refreshes one worker's labs; `Err` when the list failed or some labs could not be read.
+pub(crate) async fn refresh_labs(
+    ctx: &JobContext,
+    grant: &Grant,
+    id: WorkerId,
+) -> Result<(), JobError> {
+    let Some(target) = target_of(ctx, id) else {
         return Ok(());
     };
-    let cml = &engine.inner.cml;
+    let cml = ctx.cml();
     let started = tokio::time::Instant::now();
     let ids = match cml.labs(&target, true).await {
         Ok(ids) => ids,
         Err(err) => {
             let reason = err.reason(CmlCall::Labs);
-            let now = engine.now();
-            engine.submit(
+            let now = ctx.now();
+            ctx.submit(
+                grant,
                 id,
                 Arc::new(move |w| {
                     w.record_labs_count(Err(reason.clone()), now);
                     Vec::new()
                 }),
             );
-            return Err(err.to_string());
+            return Err(JobError::Cml {
+                call: CmlCall::Labs,
+                source: err,
+            });
         }
     };
     let mut records = Vec::with_capacity(ids.len());
-    let mut complete = true;
+    let mut unread = 0;
     for raw in &ids {
         let Ok(lab_id) = LabId::parse(raw) else {
             tracing::warn!(worker = %id, lab = %raw.chars().take(64).collect::<String>(), "skipping a lab with a malformed id");
             continue;
         };
         match cml.lab(&target, &lab_id).await {
-            Ok(lab) => match lab.to_record(id, &lab_id, engine.now()) {
+            Ok(lab) => match lab.to_record(id, &lab_id, ctx.now()) {
                 Ok(record) => records.push(record),
                 Err(e) => tracing::warn!(worker = %id, error = %e, "skipping a malformed lab"),
             },
             // Deleted between the list and the read.
             Err(ccm_cml::CmlError::NotFound { .. }) => {}
             Err(err) => {
-                complete = false;
+                unread += 1;
                 tracing::debug!(worker = %id, lab = %lab_id, error = %err, "could not read a lab");
             }
         }
     }
     metrics::histogram!("ccm_poll_seconds", "job" => "labs")
         .record(started.elapsed().as_secs_f64());
-    let store = &engine.inner.store;
-    let (added, removed) = if complete {
-        store
-            .replace_labs(id, &records)
-            .await
-            .map_err(|e| e.to_string())?
+    let (added, removed) = if unread == 0 {
+        ctx.replace_labs(grant, id, &records).await?
     } else {
         // Without every lab's details, removing "orphans" could drop labs that exist.
-        for r in &records {
-            store.upsert_lab(r).await.map_err(|e| e.to_string())?;
-        }
+        ctx.upsert_labs(grant, &records).await?;
         (0, 0)
     };
     let count = records.len() as u32;
-    let now = engine.now();
-    engine.submit(
+    let now = ctx.now();
+    ctx.submit(
+        grant,
         id,
         Arc::new(move |w| {
             let before = w.labs_count.last_good.as_ref().map(|o| o.value);
@@ -83,9 +89,12 @@ pub(crate) async fn refresh_labs(engine: &Engine, id: WorkerId) -> Result<(), St
             }
         }),
     );
-    if complete {
+    if unread == 0 {
         Ok(())
     } else {
-        Err("some labs could not be read".into())
+        Err(JobError::LabsIncomplete {
+            unread,
+            listed: ids.len(),
+        })
     }
 }

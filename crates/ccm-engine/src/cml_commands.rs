@@ -1,61 +1,105 @@
-//! Commands that talk to a worker's CML: on-demand refresh, lab actions, and the full sync
-//! cycle used by triggered jobs and benchmarks.
+//! [`CmlCommands`]: commands that talk to a worker's CML — the on-demand refresh (throttled
+//! and de-duplicated per worker), lab actions, topology download and import; licences are in
+//! `licence.rs`. CML errors become [`EngineError`]s here, once
+//! ([`EngineError::from_cml_command`]).
 
-use std::time::Duration;
+use std::sync::Arc;
 
-use ccm_cml::CmlError;
+use ccm_cml::{CmlClient, CmlError};
 use ccm_domain::{
-    Actor, EventKind, LabAction, LabId, LabRecord, RefreshSkip, WorkerAction, WorkerId,
+    Actor, CmlCall, EventKind, LabAction, LabId, LabRecord, RefreshSkip, Worker, WorkerId,
 };
-use ccm_resilience::ThrottleError;
-use serde::{Deserialize, Serialize};
+use ccm_resilience::{RefreshThrottle, SingleFlight, ThrottleConfig, ThrottleError};
 
-use crate::engine::{Engine, RefreshOutcome};
-use crate::error::EngineError;
-use crate::jobs::{JobKind, refresh_labs, sync_worker};
+use crate::commands::WorkerCommands;
+use crate::config::LicenceConfig;
+use crate::error::{EngineError, JobError, UpstreamError};
+use crate::jobs::{JobContext, refresh_labs, sync_worker};
+use crate::ownership::Grant;
+use crate::state::State;
+use crate::supervisor::Supervisor;
+use crate::types::RefreshOutcome;
 
-/// The result of one full CML sync cycle.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct CycleReport {
-    /// Workers polled.
-    pub workers: usize,
-    /// Wall time of the cycle.
-    pub seconds: f64,
+/// CML commands. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct CmlCommands {
+    inner: Arc<Inner>,
 }
 
-/// Maps a CML error on a command to the engine's error shapes (404 → not found, 400 →
-/// invalid, 409 → conflict, anything else → upstream failure).
-pub(crate) fn cml_error(err: CmlError, what: &'static str, id: &str) -> EngineError {
-    match &err {
-        CmlError::NotFound { .. } => EngineError::NotFound {
-            what,
-            id: id.to_owned(),
-        },
-        CmlError::InvalidArgument { .. } => EngineError::invalid(what, err.to_string()),
-        CmlError::Http { status: 400, .. } => EngineError::invalid(what, err.to_string()),
-        CmlError::Http { status: 409, .. } => EngineError::Conflict(err.to_string()),
-        _ => EngineError::Cml(err),
+struct Inner {
+    state: Arc<State>,
+    jobs: Arc<JobContext>,
+    commands: Arc<WorkerCommands>,
+    throttle: RefreshThrottle<WorkerId>,
+    flight: SingleFlight<WorkerId, Result<(), Arc<JobError>>>,
+    licence: LicenceConfig,
+    tasks: Supervisor,
+}
+
+impl CmlCommands {
+    pub(crate) fn new(
+        state: Arc<State>,
+        jobs: Arc<JobContext>,
+        commands: Arc<WorkerCommands>,
+        throttle: &ThrottleConfig,
+        licence: LicenceConfig,
+        tasks: Supervisor,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                state,
+                jobs,
+                commands,
+                throttle: RefreshThrottle::new(throttle),
+                flight: SingleFlight::new(),
+                licence,
+                tasks,
+            }),
+        }
     }
-}
 
-impl Engine {
+    pub(crate) fn state(&self) -> &State {
+        &self.inner.state
+    }
+
+    pub(crate) fn cml(&self) -> &CmlClient {
+        self.inner.jobs.cml()
+    }
+
+    pub(crate) fn licence_config(&self) -> &LicenceConfig {
+        &self.inner.licence
+    }
+
+    pub(crate) fn tasks(&self) -> &Supervisor {
+        &self.inner.tasks
+    }
+
+    /// Forgets a deleted worker's refresh throttle.
+    pub(crate) fn forget(&self, id: WorkerId) {
+        self.inner.throttle.remove(&id);
+    }
+
+    async fn emit(&self, id: WorkerId, kinds: Vec<EventKind>) {
+        self.inner.state.emit(Some(id), kinds).await;
+    }
+
     /// Refreshes one worker now (its EC2 state, a CML sync, its labs). Throttled per worker
     /// and de-duplicated: a request while one runs joins it; a request too soon after the
     /// last is skipped. Every skip is an event saying why.
-    pub async fn refresh_worker(
+    pub(crate) async fn refresh(
         &self,
         id: WorkerId,
         by: &Actor,
     ) -> Result<RefreshOutcome, EngineError> {
-        let worker = self.worker(id).await?;
+        let worker = self.inner.state.worker(id).await?;
         self.emit(
-            Some(id),
+            id,
             vec![EventKind::WorkerRefreshRequested { by: by.clone() }],
         )
         .await;
         if let Some(reason) = worker.refresh_blocker() {
             self.emit(
-                Some(id),
+                id,
                 vec![EventKind::WorkerRefreshSkipped {
                     reason,
                     retry_in_seconds: None,
@@ -67,31 +111,36 @@ impl Engine {
                 retry_in_seconds: None,
             });
         }
-        match self.inner.refresh_throttle.try_acquire(id) {
+        match self.inner.throttle.try_acquire(id) {
             Ok(guard) => {
-                let engine = self.clone();
+                let this = self.clone();
                 let result = self
                     .inner
-                    .refresh_flight
+                    .flight
                     .run(id, async move {
                         if let (Some(instance), region) =
                             (worker.instance_id.clone(), worker.region.clone())
                         {
-                            engine.observe_instance(id, &region, &instance).await;
+                            this.inner
+                                .commands
+                                .observe_instance(id, &region, &instance)
+                                .await;
                         }
-                        let sync = sync_worker(&engine, id).await;
-                        let labs = refresh_labs(&engine, id).await;
-                        sync.and(labs)
+                        // A command: any process may refresh any worker.
+                        let grant = Grant::command();
+                        let sync = sync_worker(&this.inner.jobs, &grant, id).await;
+                        let labs = refresh_labs(&this.inner.jobs, &grant, id).await;
+                        sync.and(labs).map_err(Arc::new)
                     })
                     .await;
                 drop(guard);
-                self.flush().await;
-                result.map_err(EngineError::Upstream)?;
+                self.inner.state.flush().await;
+                result.map_err(UpstreamError::from_job)?;
                 Ok(RefreshOutcome::Refreshed)
             }
             Err(ThrottleError::AlreadyRunning) => {
                 self.emit(
-                    Some(id),
+                    id,
                     vec![EventKind::WorkerRefreshSkipped {
                         reason: RefreshSkip::AlreadyRunning,
                         retry_in_seconds: None,
@@ -99,13 +148,13 @@ impl Engine {
                 )
                 .await;
                 // Join the running refresh (if it just finished, this returns at once).
-                let _ = self.inner.refresh_flight.run(id, async { Ok(()) }).await;
+                let _ = self.inner.flight.run(id, async { Ok(()) }).await;
                 Ok(RefreshOutcome::Joined)
             }
             Err(ThrottleError::Throttled { retry_in }) => {
                 let secs = retry_in.as_secs().max(1);
                 self.emit(
-                    Some(id),
+                    id,
                     vec![EventKind::WorkerRefreshSkipped {
                         reason: RefreshSkip::Throttled,
                         retry_in_seconds: Some(secs),
@@ -120,20 +169,13 @@ impl Engine {
         }
     }
 
-    /// Waits until every poll result queued so far is stored.
-    pub async fn flush(&self) {
-        if let Some(writer) = self.writer() {
-            writer.barrier().await;
-        }
-    }
-
     /// The labs of a worker, as last read.
-    pub async fn labs(&self, id: WorkerId) -> Result<Vec<LabRecord>, EngineError> {
-        self.worker(id).await?;
-        Ok(self.inner.store.list_labs(id).await?)
+    pub(crate) async fn labs(&self, id: WorkerId) -> Result<Vec<LabRecord>, EngineError> {
+        self.inner.state.labs(id).await
     }
 
-    fn lab_target(&self, worker: &ccm_domain::Worker) -> Result<ccm_cml::Target, EngineError> {
+    /// The CML target of a worker that is running with an endpoint.
+    pub(crate) fn target(&self, worker: &Worker) -> Result<ccm_cml::Target, EngineError> {
         let endpoint = match (&worker.endpoint, worker.ec2_state) {
             (Some(e), ccm_domain::Ec2State::Running) => e.clone(),
             _ => {
@@ -143,23 +185,22 @@ impl Engine {
                 )));
             }
         };
-        self.inner
-            .cml
+        self.cml()
             .target(&endpoint)
-            .map_err(|e| EngineError::Upstream(e.to_string()))
+            .map_err(|e| UpstreamError::bad_gateway(e.to_string()).into())
     }
 
     /// Starts, stops, wipes or deletes a lab, then refreshes the worker's labs.
-    pub async fn lab_action(
+    pub(crate) async fn lab_action(
         &self,
         id: WorkerId,
         lab: &LabId,
         action: LabAction,
         by: &Actor,
     ) -> Result<(), EngineError> {
-        let worker = self.worker(id).await?;
-        let target = self.lab_target(&worker)?;
-        let cml = &self.inner.cml;
+        let worker = self.inner.state.worker(id).await?;
+        let target = self.target(&worker)?;
+        let cml = self.cml();
         let result = match action {
             LabAction::Start => cml.start_lab(&target, lab).await,
             LabAction::Stop => cml.stop_lab(&target, lab).await,
@@ -177,18 +218,18 @@ impl Engine {
     }
 
     /// The lab's topology as YAML.
-    pub async fn download_lab(
+    pub(crate) async fn download_lab(
         &self,
         id: WorkerId,
         lab: &LabId,
         by: &Actor,
     ) -> Result<String, EngineError> {
-        let worker = self.worker(id).await?;
-        let target = self.lab_target(&worker)?;
-        match self.inner.cml.download_lab(&target, lab).await {
+        let worker = self.inner.state.worker(id).await?;
+        let target = self.target(&worker)?;
+        match self.cml().download_lab(&target, lab).await {
             Ok(yaml) => {
                 self.emit(
-                    Some(id),
+                    id,
                     vec![EventKind::LabActionCompleted {
                         lab_id: lab.to_string(),
                         action: LabAction::Download,
@@ -201,7 +242,7 @@ impl Engine {
             }
             Err(err) => {
                 self.emit(
-                    Some(id),
+                    id,
                     vec![EventKind::LabActionFailed {
                         lab_id: Some(lab.to_string()),
                         action: LabAction::Download,
@@ -209,13 +250,18 @@ impl Engine {
                     }],
                 )
                 .await;
-                Err(cml_error(err, "lab", lab.as_str()))
+                Err(EngineError::from_cml_command(
+                    err,
+                    CmlCall::Labs,
+                    "lab",
+                    lab.as_str(),
+                ))
             }
         }
     }
 
     /// Imports a topology (YAML or JSON) as a new lab; returns its id.
-    pub async fn import_lab(
+    pub(crate) async fn import_lab(
         &self,
         id: WorkerId,
         topology: &str,
@@ -225,12 +271,12 @@ impl Engine {
         if topology.trim().is_empty() {
             return Err(EngineError::invalid("topology", "must not be empty"));
         }
-        let worker = self.worker(id).await?;
-        let target = self.lab_target(&worker)?;
-        let result = self.inner.cml.import_lab(&target, topology, title).await;
+        let worker = self.inner.state.worker(id).await?;
+        let target = self.target(&worker)?;
+        let result = self.cml().import_lab(&target, topology, title).await;
         let lab = match &result {
             Ok(r) => Some(LabId::parse(&r.id).map_err(|e| {
-                EngineError::Upstream(format!("CML returned a malformed lab id: {e}"))
+                UpstreamError::bad_gateway(format!("CML returned a malformed lab id: {e}"))
             })?),
             Err(_) => None,
         };
@@ -242,7 +288,7 @@ impl Engine {
             by,
         )
         .await?;
-        lab.ok_or_else(|| EngineError::Upstream("import returned no lab".into()))
+        lab.ok_or_else(|| UpstreamError::bad_gateway("import returned no lab").into())
     }
 
     async fn after_lab_action(
@@ -256,7 +302,7 @@ impl Engine {
         match result {
             Ok(title) => {
                 self.emit(
-                    Some(id),
+                    id,
                     vec![EventKind::LabActionCompleted {
                         lab_id: lab.map(ToString::to_string).unwrap_or_default(),
                         action,
@@ -265,15 +311,15 @@ impl Engine {
                     }],
                 )
                 .await;
-                if let Err(e) = refresh_labs(self, id).await {
-                    tracing::debug!(worker = %id, error = %e, "labs refresh after an action failed");
+                if let Err(e) = refresh_labs(&self.inner.jobs, &Grant::command(), id).await {
+                    tracing::debug!(worker = %id, error = %crate::error::chain(&e), "labs refresh after an action failed");
                 }
-                self.flush().await;
+                self.inner.state.flush().await;
                 Ok(())
             }
             Err(err) => {
                 self.emit(
-                    Some(id),
+                    id,
                     vec![EventKind::LabActionFailed {
                         lab_id: lab.map(ToString::to_string),
                         action,
@@ -281,58 +327,13 @@ impl Engine {
                     }],
                 )
                 .await;
-                Err(cml_error(
+                Err(EngineError::from_cml_command(
                     err,
+                    CmlCall::Labs,
                     "lab",
                     &lab.map(ToString::to_string).unwrap_or_default(),
                 ))
             }
         }
     }
-
-    /// CML syncs of workers known to be down that a cycle left running in the background
-    /// (see [`Self::run_cml_cycle`]).
-    pub fn probes_in_flight(&self) -> usize {
-        self.inner
-            .probing
-            .load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    /// Runs one full CML sync of every running worker, as fast as the CML gate allows
-    /// (`cml_poll.max_concurrent / CML_SYNC_CALLS` workers at once, their calls in the
-    /// `cml_poll` bulkhead), and waits until the results are stored. A worker known to be down
-    /// (`unavailable` at its last sync, or its breaker due for its probe) is probed in the
-    /// background and not waited for ([`Self::probes_in_flight`]).
-    pub async fn run_cml_cycle(&self) -> CycleReport {
-        let members: Vec<WorkerId> = self
-            .members(|s| s.reachable().is_some())
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect();
-        let workers = members.len();
-        let started = tokio::time::Instant::now();
-        crate::jobs::run_cycle(self, JobKind::CmlSync, members).await;
-        self.flush().await;
-        CycleReport {
-            workers,
-            seconds: started.elapsed().as_secs_f64(),
-        }
-    }
-
-    /// Marks an action as requested on the record without calling anything (used by the
-    /// licence flow to check its preconditions).
-    pub(crate) async fn precondition(
-        &self,
-        id: WorkerId,
-        action: WorkerAction,
-        by: &Actor,
-    ) -> Result<ccm_domain::Worker, EngineError> {
-        let now = self.now();
-        let mut w = self.worker(id).await?;
-        w.request(action, None, by, now)?;
-        Ok(w)
-    }
 }
-
-/// How long a licence poll waits between reads at most (a guard on configuration).
-pub(crate) const MAX_POLL: Duration = Duration::from_secs(60);

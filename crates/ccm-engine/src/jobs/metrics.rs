@@ -1,5 +1,5 @@
-//! CloudWatch metrics of running workers: one batched read per region, into the worker
-//! (with stale-data fallback) and the metrics history.
+//! CloudWatch metrics of running workers: one batched read per region (each under its own
+//! grant), into the worker (with stale-data fallback) and the metrics history.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,26 +9,25 @@ use ccm_domain::{CmlCall, Ec2State, Reason, ReasonCode};
 use ccm_store::MetricsSample;
 
 use crate::convert::cloudwatch;
-use crate::engine::Engine;
+use crate::error::JobError;
+use crate::job_kind::JobKind;
+use crate::jobs::context::{JobContext, RegionWork};
 
-pub(super) async fn collect(engine: &Engine) -> Result<(), String> {
-    let groups = engine.by_region(|s| s.state == Ec2State::Running);
-    let now = engine.now();
+/// Reads every region this process may read.
+pub(crate) async fn collect(ctx: &JobContext) -> Result<(), JobError> {
+    let regions = ctx.regions(JobKind::Metrics, |s| s.state == Ec2State::Running);
+    let now = ctx.now();
     let window =
         MetricsWindow::ending_at(now, Duration::from_secs(15 * 60), Duration::from_secs(60));
-    let tasks = groups.into_iter().map(|(region, workers)| {
-        let engine = engine.clone();
-        async move {
+    let window = &window;
+    let tasks = regions.into_iter().map(
+        |RegionWork {
+             region,
+             grant,
+             workers,
+         }| async move {
             let ids: Vec<_> = workers.iter().map(|(_, i)| i.clone()).collect();
-            let Some(writer) = engine.writer() else {
-                return Ok(());
-            };
-            match engine
-                .inner
-                .cloud
-                .instance_metrics(&region, &ids, &window)
-                .await
-            {
+            match ctx.cloud().instance_metrics(&region, &ids, window).await {
                 Ok(metrics) => {
                     for (id, instance) in workers {
                         let Some(m) = metrics.get(&instance) else {
@@ -40,7 +39,8 @@ pub(super) async fn collect(engine: &Engine) -> Result<(), String> {
                             memory_percent: cw.memory_percent,
                             ..Default::default()
                         };
-                        writer.submit_with_sample(
+                        ctx.submit_with_sample(
+                            &grant,
                             id,
                             Arc::new(move |w| w.record_cloudwatch(Ok(cw.clone()), now)),
                             now,
@@ -49,29 +49,26 @@ pub(super) async fn collect(engine: &Engine) -> Result<(), String> {
                     }
                     Ok(())
                 }
-                Err(err) => {
+                Err(source) => {
                     let reason = Reason::new(CmlCall::CloudWatch, ReasonCode::Other)
-                        .with_detail(err.to_string());
+                        .with_detail(source.to_string());
                     for (id, _) in workers {
                         let reason = reason.clone();
-                        writer.submit(
+                        ctx.submit(
+                            &grant,
                             id,
                             Arc::new(move |w| w.record_cloudwatch(Err(reason.clone()), now)),
                         );
                     }
-                    Err(format!("{region}: {err}"))
+                    Err(JobError::Cloud { region, source })
                 }
             }
-        }
-    });
-    let errors: Vec<String> = futures::future::join_all(tasks)
+        },
+    );
+    let errors = futures::future::join_all(tasks)
         .await
         .into_iter()
         .filter_map(Result::err)
         .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
-    }
+    JobError::regions(errors)
 }

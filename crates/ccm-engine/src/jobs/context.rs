@@ -1,0 +1,343 @@
+//! [`JobContext`]: everything a job may read and write, handed to every job run and worker
+//! poll — as kube-rs hands a reconciler its `Context` — instead of the whole engine.
+//!
+//! - **Reads**: the fleet index (only the workers this process owns, see
+//!   [`crate::ownership`]), the runtime settings, the store (for reads), the CML client, the
+//!   cloud provider, the resilience policies, the clock.
+//! - **Writes**, each under the [`Grant`] the work runs with (refused once it is no longer
+//!   held): mutations queued to the batched writer, lab records, events, event pruning.
+//! - **Two commands** through narrow traits: the idle pause ([`IdlePause`]) and the
+//!   auto-import ([`AutoImport`]).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccm_cloud::CloudProvider;
+use ccm_cml::CmlClient;
+use ccm_domain::worker::EndpointPolicy;
+use ccm_domain::{EventKind, InstanceId, LabRecord, Region, RuntimeSettings, Worker, WorkerId};
+use ccm_resilience::Resilience;
+use ccm_store::{MetricsSample, Store, Versioned};
+use chrono::{DateTime, Utc};
+use dashmap::DashMap;
+use futures::future::BoxFuture;
+use tokio::sync::watch;
+
+use crate::error::{EngineError, JobError};
+use crate::fleet::Slot;
+use crate::job_kind::JobKind;
+use crate::ownership::{Grant, GrantScope, Ownership};
+use crate::state::State;
+use crate::types::ImportReport;
+use crate::writer::Mutation;
+
+/// The idle policy's one command: pause this worker because it is idle.
+pub(crate) trait IdlePause: Send + Sync {
+    /// Pauses the worker (reason `idle_timeout`, by `system:idle`).
+    fn pause_idle(&self, id: WorkerId) -> BoxFuture<'_, Result<(), EngineError>>;
+}
+
+/// The auto-import job's one command: import what the `[import]` filter matches.
+pub(crate) trait AutoImport: Send + Sync {
+    /// Imports every instance the configured filter matches (by `system:auto-import`).
+    fn import_configured(&self) -> BoxFuture<'_, Result<ImportReport, EngineError>>;
+}
+
+/// One region's share of a job that runs per region: its grant and its workers (with their
+/// instances).
+pub(crate) struct RegionWork {
+    pub(crate) region: Region,
+    pub(crate) grant: Grant,
+    pub(crate) workers: Vec<(WorkerId, InstanceId)>,
+}
+
+/// What a [`JobContext`] is built from.
+pub(crate) struct ContextParts {
+    pub(crate) state: Arc<State>,
+    pub(crate) cml: CmlClient,
+    pub(crate) cloud: Arc<dyn CloudProvider>,
+    pub(crate) resilience: Resilience,
+    pub(crate) endpoint: EndpointPolicy,
+    pub(crate) ownership: Arc<dyn Ownership>,
+    pub(crate) pause: Arc<dyn IdlePause>,
+    pub(crate) import: Arc<dyn AutoImport>,
+    pub(crate) event_retention: Duration,
+}
+
+/// What jobs read and write.
+pub(crate) struct JobContext {
+    state: Arc<State>,
+    cml: CmlClient,
+    cloud: Arc<dyn CloudProvider>,
+    resilience: Resilience,
+    endpoint: EndpointPolicy,
+    ownership: Arc<dyn Ownership>,
+    pause: Arc<dyn IdlePause>,
+    import: Arc<dyn AutoImport>,
+    event_retention: Duration,
+    /// The idle decision last announced per worker (one event per change, not per poll).
+    idle_marks: DashMap<WorkerId, String>,
+}
+
+impl JobContext {
+    pub(crate) fn new(parts: ContextParts) -> Self {
+        Self {
+            state: parts.state,
+            cml: parts.cml,
+            cloud: parts.cloud,
+            resilience: parts.resilience,
+            endpoint: parts.endpoint,
+            ownership: parts.ownership,
+            pause: parts.pause,
+            import: parts.import,
+            event_retention: parts.event_retention,
+            idle_marks: DashMap::new(),
+        }
+    }
+
+    // === reads ===
+
+    /// The current time, as the engine sees it.
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.state.now()
+    }
+
+    /// The runtime settings in force.
+    pub(crate) fn settings(&self) -> RuntimeSettings {
+        self.state.settings().value
+    }
+
+    /// Watches the runtime settings (job loops follow their intervals and switches).
+    pub(crate) fn watch_settings(&self) -> watch::Receiver<Versioned<RuntimeSettings>> {
+        self.state.watch_settings()
+    }
+
+    /// One worker's slot in the fleet index.
+    pub(crate) fn slot(&self, id: WorkerId) -> Option<Slot> {
+        self.state.fleet().get(id)
+    }
+
+    /// The workers this process owns whose slot satisfies `pred`.
+    pub(crate) fn owned(&self, pred: impl Fn(&Slot) -> bool) -> Vec<WorkerId> {
+        self.state
+            .fleet()
+            .select(pred)
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| self.ownership.owns_worker(*id).is_some())
+            .collect()
+    }
+
+    /// For a job that runs per region: each region this process may run it in now, with its
+    /// grant and the workers (with an instance) whose slot satisfies `pred`.
+    pub(crate) fn regions(&self, job: JobKind, pred: impl Fn(&Slot) -> bool) -> Vec<RegionWork> {
+        self.state
+            .fleet()
+            .by_region(pred)
+            .into_iter()
+            .filter_map(|(region, workers)| {
+                let grant = self.ownership.may_run(job, Some(&region))?;
+                Some(RegionWork {
+                    region,
+                    grant,
+                    workers,
+                })
+            })
+            .collect()
+    }
+
+    /// Who owns what.
+    pub(crate) fn ownership(&self) -> &dyn Ownership {
+        self.ownership.as_ref()
+    }
+
+    /// One worker, from the store.
+    pub(crate) async fn worker(&self, id: WorkerId) -> Result<Worker, JobError> {
+        self.state
+            .worker(id)
+            .await
+            .map_err(|e| JobError::command("read worker", e))
+    }
+
+    /// The CML client.
+    pub(crate) fn cml(&self) -> &CmlClient {
+        &self.cml
+    }
+
+    /// The cloud provider.
+    pub(crate) fn cloud(&self) -> &dyn CloudProvider {
+        self.cloud.as_ref()
+    }
+
+    /// The resilience policies (breaker states, bulkheads).
+    pub(crate) fn resilience(&self) -> &Resilience {
+        &self.resilience
+    }
+
+    /// How endpoints are derived from instance addresses.
+    pub(crate) fn endpoint(&self) -> &EndpointPolicy {
+        &self.endpoint
+    }
+
+    /// How long events are kept.
+    pub(crate) fn event_retention(&self) -> Duration {
+        self.event_retention
+    }
+
+    /// Remembers the idle decision announced for a worker; `true` when it changed.
+    pub(crate) fn note_idle(&self, id: WorkerId, label: &str) -> bool {
+        self.idle_marks.insert(id, label.to_owned()).as_deref() != Some(label)
+    }
+
+    /// Forgets a worker's idle decision (it is busy, or was paused).
+    pub(crate) fn clear_idle(&self, id: WorkerId) {
+        self.idle_marks.remove(&id);
+    }
+
+    // === writes (under a grant) ===
+
+    /// Whether writes under `grant` are still allowed.
+    fn held(&self, grant: &Grant) -> bool {
+        let held = *grant.scope() == GrantScope::Command || self.ownership.holds(grant);
+        if !held {
+            metrics::counter!("ccm_job_writes_refused_total").increment(1);
+            tracing::debug!(scope = ?grant.scope(), fence = %grant.token(), "grant no longer held; result dropped");
+        }
+        held
+    }
+
+    /// Queues a mutation to the batched writer.
+    pub(crate) fn submit(&self, grant: &Grant, id: WorkerId, mutation: Mutation) {
+        if self.held(grant) {
+            self.state.submit(id, mutation);
+        }
+    }
+
+    /// Queues a mutation and a metrics history sample, saved together.
+    pub(crate) fn submit_with_sample(
+        &self,
+        grant: &Grant,
+        id: WorkerId,
+        mutation: Mutation,
+        at: DateTime<Utc>,
+        sample: MetricsSample,
+    ) {
+        if !self.held(grant) {
+            return;
+        }
+        match self.state.writer() {
+            Some(w) => w.submit_with_sample(id, mutation, at, sample),
+            None => tracing::debug!(worker = %id, "writer stopped; dropping a poll result"),
+        }
+    }
+
+    /// Queues a mutation and waits until it is saved.
+    pub(crate) async fn apply(
+        &self,
+        grant: &Grant,
+        id: WorkerId,
+        mutation: Mutation,
+    ) -> Result<Worker, JobError> {
+        if !self.held(grant) {
+            return Err(JobError::NotHeld);
+        }
+        let writer = self
+            .state
+            .writer()
+            .ok_or_else(|| JobError::Write("the writer has stopped".into()))?;
+        writer.apply(id, mutation).await.map_err(JobError::Write)
+    }
+
+    /// Replaces a worker's lab records; returns (added, removed).
+    pub(crate) async fn replace_labs(
+        &self,
+        grant: &Grant,
+        id: WorkerId,
+        records: &[LabRecord],
+    ) -> Result<(u32, u32), JobError> {
+        if !self.held(grant) {
+            return Err(JobError::NotHeld);
+        }
+        self.store()
+            .replace_labs(id, records)
+            .await
+            .map_err(JobError::Store)
+    }
+
+    /// Adds or updates lab records without removing any.
+    pub(crate) async fn upsert_labs(
+        &self,
+        grant: &Grant,
+        records: &[LabRecord],
+    ) -> Result<(), JobError> {
+        if !self.held(grant) {
+            return Err(JobError::NotHeld);
+        }
+        for r in records {
+            self.store().upsert_lab(r).await.map_err(JobError::Store)?;
+        }
+        Ok(())
+    }
+
+    /// Deletes events older than `before`.
+    pub(crate) async fn prune_events(
+        &self,
+        grant: &Grant,
+        before: DateTime<Utc>,
+    ) -> Result<(), JobError> {
+        if !self.held(grant) {
+            return Err(JobError::NotHeld);
+        }
+        self.store()
+            .prune_events(before)
+            .await
+            .map(|_| ())
+            .map_err(JobError::Store)
+    }
+
+    /// Publishes events.
+    pub(crate) async fn emit(
+        &self,
+        grant: &Grant,
+        worker: Option<WorkerId>,
+        kinds: Vec<EventKind>,
+    ) {
+        if self.held(grant) {
+            self.state.emit(worker, kinds).await;
+        }
+    }
+
+    /// Waits until every poll result queued so far is stored.
+    pub(crate) async fn flush(&self) {
+        self.state.flush().await;
+    }
+
+    // === commands ===
+
+    /// Pauses an idle worker.
+    pub(crate) async fn pause_idle(&self, grant: &Grant, id: WorkerId) -> Result<(), JobError> {
+        if !self.held(grant) {
+            return Err(JobError::NotHeld);
+        }
+        self.pause
+            .pause_idle(id)
+            .await
+            .map_err(|e| JobError::command("idle pause", e))
+    }
+
+    /// Imports what the `[import]` filter matches.
+    pub(crate) async fn import_configured(&self, grant: &Grant) -> Result<(), JobError> {
+        if !self.held(grant) {
+            return Err(JobError::NotHeld);
+        }
+        self.import
+            .import_configured()
+            .await
+            .map(|_| ())
+            .map_err(|e| JobError::command("auto-import", e))
+    }
+
+    fn store(&self) -> &Arc<dyn Store> {
+        self.state.store()
+    }
+}

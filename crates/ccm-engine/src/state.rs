@@ -1,0 +1,295 @@
+//! [`State`]: what the engine knows and how it changes — the store, the in-memory [`Fleet`]
+//! index, the runtime settings (a `watch`, so changes apply at once), the event bus and the
+//! batched writer — with the read queries and the two write paths:
+//!
+//! - [`State::change`] (commands): reload-and-retry on conflicts, saved now, index refreshed,
+//!   events published;
+//! - [`State::submit`] (polls): queued to the batched writer.
+
+use std::sync::Arc;
+
+use ccm_domain::{Actor, EventKind, RuntimeSettings, Worker, WorkerId};
+use ccm_store::{
+    EventQuery, MetricsPoint, Page, Store, StoredEvent, Versioned, WorkerFilter, update_worker,
+};
+use chrono::{DateTime, Utc};
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::bus::EventBus;
+use crate::clock::Clock;
+use crate::config::PricingConfig;
+use crate::error::EngineError;
+use crate::fleet::Fleet;
+use crate::writer::{Mutation, WriterHandle};
+
+/// The engine's state: store, fleet index, settings, bus, writer.
+pub(crate) struct State {
+    store: Arc<dyn Store>,
+    bus: EventBus,
+    clock: Arc<dyn Clock>,
+    fleet: Fleet,
+    settings: watch::Sender<Versioned<RuntimeSettings>>,
+    writer: Mutex<Option<WriterHandle>>,
+}
+
+impl State {
+    /// Loads the settings (`initial` when the database has none) and the fleet index.
+    pub(crate) async fn load(
+        store: Arc<dyn Store>,
+        bus: EventBus,
+        clock: Arc<dyn Clock>,
+        initial: RuntimeSettings,
+    ) -> Result<Self, EngineError> {
+        let stored = store.runtime_settings().await?;
+        let settings = if stored.version == 0 {
+            Versioned {
+                value: initial,
+                version: 0,
+            }
+        } else {
+            stored
+        };
+        settings
+            .value
+            .validate()
+            .map_err(|e| EngineError::invalid(e.key, e.message))?;
+        let fleet = Fleet::default();
+        for w in &store.list(&WorkerFilter::default()).await?.items {
+            fleet.remember(w);
+        }
+        Ok(Self {
+            store,
+            bus,
+            clock,
+            fleet,
+            settings: watch::Sender::new(settings),
+            writer: Mutex::new(None),
+        })
+    }
+
+    /// The current time, as the engine sees it.
+    pub(crate) fn now(&self) -> DateTime<Utc> {
+        self.clock.now()
+    }
+
+    /// The store.
+    pub(crate) fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The event bus.
+    pub(crate) fn bus(&self) -> &EventBus {
+        &self.bus
+    }
+
+    /// The in-memory index.
+    pub(crate) fn fleet(&self) -> &Fleet {
+        &self.fleet
+    }
+
+    /// Stamps and publishes events.
+    pub(crate) async fn emit(
+        &self,
+        worker: Option<WorkerId>,
+        kinds: impl IntoIterator<Item = EventKind>,
+    ) {
+        self.bus.emit(worker, kinds).await;
+    }
+
+    // === settings ===
+
+    /// The runtime settings in force.
+    pub(crate) fn settings(&self) -> Versioned<RuntimeSettings> {
+        self.settings.borrow().clone()
+    }
+
+    /// Watches the runtime settings.
+    pub(crate) fn watch_settings(&self) -> watch::Receiver<Versioned<RuntimeSettings>> {
+        self.settings.subscribe()
+    }
+
+    /// Replaces the runtime settings (validated; applied at once). `expected_version`
+    /// guards against lost updates (`None`: overwrite).
+    pub(crate) async fn update_settings(
+        &self,
+        new: RuntimeSettings,
+        expected_version: Option<u64>,
+        by: &Actor,
+    ) -> Result<Versioned<RuntimeSettings>, EngineError> {
+        new.validate()
+            .map_err(|e| EngineError::invalid(e.key, e.message))?;
+        let current = self.settings();
+        let stored = self.store.runtime_settings().await?;
+        let expected = expected_version.unwrap_or(stored.version);
+        let saved = self
+            .store
+            .put_runtime_settings(&new, expected, by.as_str())
+            .await?;
+        let changed = new.changed_keys(&current.value);
+        self.settings.send_replace(saved.clone());
+        if !changed.is_empty() {
+            self.emit(
+                None,
+                [EventKind::SettingsUpdated {
+                    changed,
+                    by: by.clone(),
+                }],
+            )
+            .await;
+        }
+        Ok(saved)
+    }
+
+    // === writes ===
+
+    /// Connects the batched writer.
+    pub(crate) fn attach_writer(&self, writer: WriterHandle) {
+        *self.writer.lock() = Some(writer);
+    }
+
+    /// Disconnects the batched writer: once every poll holding a handle is done, it drains
+    /// its queue and ends.
+    pub(crate) fn detach_writer(&self) {
+        self.writer.lock().take();
+    }
+
+    /// The batched writer, while it runs.
+    pub(crate) fn writer(&self) -> Option<WriterHandle> {
+        self.writer.lock().clone()
+    }
+
+    /// Queues a batched mutation (polls).
+    pub(crate) fn submit(&self, id: WorkerId, mutation: Mutation) {
+        match self.writer() {
+            Some(w) => w.submit(id, mutation),
+            None => tracing::debug!(worker = %id, "writer stopped; dropping a poll result"),
+        }
+    }
+
+    /// Waits until every poll result queued so far is stored.
+    pub(crate) async fn flush(&self) {
+        if let Some(writer) = self.writer() {
+            writer.barrier().await;
+        }
+    }
+
+    /// Applies a change now (commands): reload-and-retry on conflicts, index refreshed,
+    /// events published. `change` returns the events or refuses.
+    pub(crate) async fn change<F, E>(
+        &self,
+        id: WorkerId,
+        mut change: F,
+    ) -> Result<Worker, EngineError>
+    where
+        F: FnMut(&mut Worker) -> Result<Vec<EventKind>, E>,
+        E: Into<EngineError>,
+    {
+        let (saved, events) = update_worker(self.store.as_ref(), id, |w| change(w)).await?;
+        self.fleet.remember(&saved);
+        self.emit(Some(saved.id), events).await;
+        Ok(saved)
+    }
+
+    /// Stores a new worker (provisioning), indexes it and publishes its events.
+    pub(crate) async fn insert(
+        &self,
+        worker: &Worker,
+        events: Vec<EventKind>,
+    ) -> Result<Worker, EngineError> {
+        let saved = self.store.insert(worker).await?;
+        self.fleet.remember(&saved);
+        self.emit(Some(saved.id), events).await;
+        Ok(saved)
+    }
+
+    /// Stores an imported worker unless its instance already is one; publishes its events
+    /// only when it is new. Returns the stored worker and whether it was created.
+    pub(crate) async fn insert_or_get(
+        &self,
+        worker: &Worker,
+        events: Vec<EventKind>,
+    ) -> Result<(Worker, bool), EngineError> {
+        let (saved, created) = self.store.insert_or_get(worker).await?;
+        self.fleet.remember(&saved);
+        if created {
+            self.emit(Some(saved.id), events).await;
+        }
+        Ok((saved, created))
+    }
+
+    /// Deletes a worker's record; `false` when there was none.
+    pub(crate) async fn delete(&self, id: WorkerId) -> Result<bool, EngineError> {
+        let deleted = self.store.delete(id).await?;
+        if deleted {
+            self.fleet.forget(id);
+        }
+        Ok(deleted)
+    }
+
+    // === queries ===
+
+    /// One worker.
+    pub(crate) async fn worker(&self, id: WorkerId) -> Result<Worker, EngineError> {
+        self.store.get(id).await?.ok_or(EngineError::NotFound {
+            what: "worker",
+            id: id.to_string(),
+        })
+    }
+
+    /// A page of workers.
+    pub(crate) async fn workers(&self, filter: &WorkerFilter) -> Result<Page<Worker>, EngineError> {
+        Ok(self.store.list(filter).await?)
+    }
+
+    /// The metrics history of a worker since `since`.
+    pub(crate) async fn metrics_history(
+        &self,
+        id: WorkerId,
+        since: DateTime<Utc>,
+    ) -> Result<Vec<MetricsPoint>, EngineError> {
+        self.worker(id).await?;
+        Ok(self.store.metrics_history(id, since).await?)
+    }
+
+    /// Events of one worker, newest first.
+    pub(crate) async fn worker_events(
+        &self,
+        id: WorkerId,
+        before: Option<u64>,
+        limit: u32,
+    ) -> Result<Vec<StoredEvent>, EngineError> {
+        self.worker(id).await?;
+        let q = EventQuery {
+            subjects: vec![id.to_string()],
+            before,
+            limit,
+            newest_first: true,
+            ..Default::default()
+        };
+        Ok(self.store.read(&q).await?)
+    }
+
+    /// The labs of a worker, as last read.
+    pub(crate) async fn labs(
+        &self,
+        id: WorkerId,
+    ) -> Result<Vec<ccm_domain::LabRecord>, EngineError> {
+        self.worker(id).await?;
+        Ok(self.store.list_labs(id).await?)
+    }
+
+    /// The savings report at `pricing`.
+    pub(crate) async fn savings(
+        &self,
+        pricing: &PricingConfig,
+    ) -> Result<ccm_domain::savings::SavingsReport, EngineError> {
+        let all = self.store.list(&WorkerFilter::default()).await?;
+        Ok(ccm_domain::savings::savings_report(
+            &all.items,
+            &pricing.hourly,
+            &pricing.currency,
+            self.now(),
+        ))
+    }
+}

@@ -1,0 +1,138 @@
+//! The public request and report types of [`crate::Engine`]'s commands and queries.
+
+use std::collections::BTreeMap;
+
+use ccm_domain::{AmiId, InstanceId, InstanceType, Region, WorkerId};
+use serde::{Deserialize, Serialize};
+
+use crate::supervisor::TaskStatus;
+
+/// How to pick the image of a new worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AmiSelector {
+    /// The configured default (`[provisioning] ami_id` or `ami_name_pattern`).
+    Default,
+    /// This image.
+    Id(AmiId),
+    /// The newest image whose name matches.
+    NamePattern(String),
+}
+
+/// A request to provision a new worker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateWorker {
+    /// Display name (also the `Name` tag).
+    pub name: String,
+    /// Region (default: `[provisioning] region`, else the provider's first).
+    pub region: Option<Region>,
+    /// Instance type (default from the configuration).
+    pub instance_type: Option<InstanceType>,
+    /// Image.
+    pub ami: AmiSelector,
+    /// Extra tags.
+    pub tags: BTreeMap<String, String>,
+}
+
+/// Which instances to import.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ImportSelector {
+    /// These instances.
+    InstanceIds(Vec<InstanceId>),
+    /// Instances launched from this image.
+    AmiId(AmiId),
+    /// Instances launched from images whose name matches.
+    AmiNamePattern(String),
+    /// The configured `[import]` filter.
+    Configured,
+}
+
+/// A request to import existing instances as workers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportRequest {
+    /// Region to search (all configured regions when `None`).
+    pub region: Option<Region>,
+    /// What to import.
+    pub selector: ImportSelector,
+    /// Import every match; without it, more than one match is refused.
+    pub all: bool,
+}
+
+/// What an import did.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ImportReport {
+    /// Instances that matched.
+    pub matched: u32,
+    /// Workers created.
+    pub imported: Vec<WorkerId>,
+    /// Instances that already were workers.
+    pub existing: Vec<WorkerId>,
+    /// Instances left out, and why.
+    pub skipped: Vec<(String, String)>,
+}
+
+/// What an on-demand refresh did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum RefreshOutcome {
+    /// The refresh ran.
+    Refreshed,
+    /// A refresh was already running; this request joined it.
+    Joined,
+    /// Not started, and why.
+    Skipped {
+        /// Why.
+        reason: ccm_domain::RefreshSkip,
+        /// When a new refresh is allowed, for `throttled`.
+        retry_in_seconds: Option<u64>,
+    },
+}
+
+/// The result of one full CML sync cycle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CycleReport {
+    /// Workers polled.
+    pub workers: usize,
+    /// Wall time of the cycle.
+    pub seconds: f64,
+}
+
+/// Worker counts.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct FleetCounts {
+    /// Workers known.
+    pub total: u64,
+    /// By EC2 state.
+    pub by_state: BTreeMap<String, u64>,
+    /// By service status.
+    pub by_service: BTreeMap<String, u64>,
+}
+
+/// Health of the engine and what it depends on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthReport {
+    /// Overall: every component healthy.
+    pub healthy: bool,
+    /// The database answers.
+    pub database: ComponentHealth,
+    /// The scheduler runs, and no critical background task is down.
+    pub scheduler: ComponentHealth,
+    /// The cloud provider, per region (breaker state of its endpoints).
+    pub providers: Vec<ComponentHealth>,
+    /// Workers known.
+    pub workers: usize,
+    /// The supervised background tasks (writer, job loops, forwarders).
+    pub tasks: Vec<TaskStatus>,
+}
+
+/// One component's health.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ComponentHealth {
+    /// Name.
+    pub name: String,
+    /// Healthy.
+    pub ok: bool,
+    /// Details.
+    pub detail: String,
+}
