@@ -8,9 +8,7 @@
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
-use ccm_cloud::CloudError;
-use ccm_cml::CmlError;
-use ccm_engine::EngineError;
+use ccm_engine::{EngineError, UpstreamError, UpstreamKind};
 use http::{HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -209,9 +207,7 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound { .. } => Self::not_found(err.to_string()),
             EngineError::Conflict(message) => Self::conflict(message),
             EngineError::Invalid { field, message } => Self::invalid(&field, message),
-            EngineError::Upstream(message) => Self::bad_gateway(message),
-            EngineError::Cloud(e) => from_cloud(e),
-            EngineError::Cml(e) => from_cml(e),
+            EngineError::Upstream(e) => from_upstream(&e),
             EngineError::Store(e) => {
                 tracing::error!(error = %e, "database failure");
                 Self::unavailable("the database is unavailable; try again shortly", None)
@@ -223,48 +219,25 @@ impl From<EngineError> for ApiError {
     }
 }
 
-fn from_cloud(e: CloudError) -> ApiError {
+/// The one answer for each kind of upstream failure (the engine classified it).
+fn from_upstream(e: &UpstreamError) -> ApiError {
     let detail = e.to_string();
-    match e {
-        CloudError::Throttled { retry_after, .. } => {
-            ApiError::unavailable(detail, Some(retry_after.unwrap_or(Duration::from_secs(5))))
-        }
-        CloudError::Unavailable { retry_in, .. } => ApiError::unavailable(detail, retry_in),
-        CloudError::NotFound { .. }
-        | CloudError::IncorrectState { .. }
-        | CloudError::QuotaExceeded { .. } => ApiError::conflict(detail),
-        CloudError::InvalidParameter { .. } => {
+    match e.kind() {
+        UpstreamKind::NotFound => ApiError::not_found(detail),
+        UpstreamKind::Invalid => {
             ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", detail)
         }
-        CloudError::Unsupported { .. } => {
-            ApiError::new(StatusCode::NOT_IMPLEMENTED, "not-implemented", detail)
+        UpstreamKind::Conflict => ApiError::conflict(detail),
+        UpstreamKind::Throttled | UpstreamKind::Unavailable => {
+            ApiError::unavailable(detail, e.retry_after())
         }
-        CloudError::Auth { .. } | CloudError::Other { .. } => ApiError::bad_gateway(detail),
-    }
-}
-
-fn from_cml(e: CmlError) -> ApiError {
-    let detail = e.to_string();
-    match &e {
-        CmlError::CircuitOpen { retry_in, .. } => {
-            ApiError::unavailable(detail, Some((*retry_in).max(Duration::from_secs(1))))
-        }
-        CmlError::BulkheadFull { .. } | CmlError::BudgetExhausted { .. } => {
-            ApiError::unavailable(detail, Some(Duration::from_secs(5)))
-        }
-        CmlError::Http {
-            status: 429 | 503,
-            retry_after,
-            ..
-        } => ApiError::unavailable(detail, *retry_after),
-        CmlError::Timeout { .. } | CmlError::DeadlineExceeded { .. } => {
+        UpstreamKind::Timeout => {
             ApiError::new(StatusCode::GATEWAY_TIMEOUT, "upstream-timeout", detail)
         }
-        CmlError::NotFound { .. } => ApiError::not_found(detail),
-        CmlError::InvalidArgument { .. } => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", detail)
+        UpstreamKind::NotImplemented => {
+            ApiError::new(StatusCode::NOT_IMPLEMENTED, "not-implemented", detail)
         }
-        _ => ApiError::bad_gateway(detail),
+        UpstreamKind::BadGateway => ApiError::bad_gateway(detail),
     }
 }
 
@@ -275,53 +248,57 @@ pub type ApiResult<T> = Result<T, ApiError>;
 mod tests {
     use super::*;
 
+    fn upstream(kind: UpstreamKind) -> EngineError {
+        EngineError::Upstream(UpstreamError::new(kind, "upstream said no"))
+    }
+
     #[test]
     fn engine_errors_should_map_to_their_statuses() {
-        let cases: Vec<(EngineError, u16)> = vec![
+        let cases: Vec<(EngineError, u16, &str)> = vec![
             (
                 EngineError::NotFound {
                     what: "worker",
                     id: "x".into(),
                 },
                 404,
+                "not-found",
             ),
-            (EngineError::Conflict("busy".into()), 409),
-            (EngineError::invalid("name", "empty"), 422),
-            (EngineError::Upstream("cml down".into()), 502),
-            (EngineError::ShuttingDown, 503),
-            (
-                EngineError::Cloud(CloudError::Throttled {
-                    code: "RequestLimitExceeded".into(),
-                    message: "slow down".into(),
-                    retry_after: Some(Duration::from_secs(7)),
-                }),
-                503,
-            ),
-            (
-                EngineError::Cloud(CloudError::IncorrectState {
-                    code: "IncorrectInstanceState".into(),
-                    message: "m".into(),
-                }),
-                409,
-            ),
+            (EngineError::Conflict("busy".into()), 409, "conflict"),
+            (EngineError::invalid("name", "empty"), 422, "invalid"),
+            (EngineError::ShuttingDown, 503, "unavailable"),
+            (upstream(UpstreamKind::NotFound), 404, "not-found"),
+            (upstream(UpstreamKind::Invalid), 422, "invalid"),
+            (upstream(UpstreamKind::Conflict), 409, "conflict"),
+            (upstream(UpstreamKind::Throttled), 503, "unavailable"),
+            (upstream(UpstreamKind::Unavailable), 503, "unavailable"),
+            (upstream(UpstreamKind::Timeout), 504, "upstream-timeout"),
+            (upstream(UpstreamKind::NotImplemented), 501, "not-implemented"),
+            (upstream(UpstreamKind::BadGateway), 502, "upstream-failed"),
         ];
-        for (err, status) in cases {
+        for (err, status, kind) in cases {
             let text = err.to_string();
-            let api = ApiError::from(err);
-            assert_eq!(api.status().as_u16(), status, "{text}");
+            let p = ApiError::from(err).problem();
+            assert_eq!(p.status, status, "{text}");
+            assert_eq!(p.kind, format!("urn:ccm:problem:{kind}"), "{text}");
         }
     }
 
     #[test]
-    fn a_throttled_cloud_should_say_when_to_retry() {
-        let api = ApiError::from(EngineError::Cloud(CloudError::Throttled {
-            code: "RequestLimitExceeded".into(),
-            message: "m".into(),
-            retry_after: Some(Duration::from_secs(7)),
-        }));
+    fn a_throttled_upstream_should_say_when_to_retry() {
+        let api = ApiError::from(EngineError::Upstream(
+            UpstreamError::new(UpstreamKind::Throttled, "slow down")
+                .with_retry_after(Duration::from_secs(7)),
+        ));
+        assert_eq!(api.detail(), "slow down");
         let res = api.into_response();
         assert_eq!(res.headers()[header::RETRY_AFTER], "7");
         assert_eq!(res.headers()[header::CONTENT_TYPE], PROBLEM_JSON);
+    }
+
+    #[test]
+    fn an_invalid_upstream_parameter_should_name_no_field() {
+        let p = ApiError::from(upstream(UpstreamKind::Invalid)).problem();
+        assert_eq!(p.field, None);
     }
 
     #[test]

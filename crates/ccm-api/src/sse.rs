@@ -25,7 +25,7 @@ use axum::body::Body;
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use ccm_domain::{Event, EventKind, WorkerId};
-use ccm_engine::{BusEvent, Engine};
+use ccm_engine::{BusEvent, Criticality, Engine};
 use ccm_store::{EventQuery, WorkerFilter};
 use http::{HeaderMap, HeaderValue, header};
 use serde::Deserialize;
@@ -108,7 +108,9 @@ pub(crate) struct Hub {
 
 impl Hub {
     /// A hub fed from `engine`'s bus by a task that ends when the hub is dropped or `stop` is
-    /// cancelled. Must be called inside a tokio runtime.
+    /// cancelled. The task runs under the engine's supervisor (`sse_hub`, critical): if it
+    /// panics it is restarted and clients are told to reset (they replay from the log). Must
+    /// be called inside a tokio runtime.
     pub(crate) fn start(
         engine: &Engine,
         buffer: usize,
@@ -122,8 +124,28 @@ impl Hub {
             max_clients,
         });
         let weak = Arc::downgrade(&hub);
-        let rx = engine.subscribe();
-        tokio::spawn(forward(rx, weak, stop));
+        let bus = engine.clone();
+        // Subscribed now, so nothing published after `start` returns is missed.
+        let first = parking_lot::Mutex::new(Some(engine.subscribe()));
+        engine.spawn_supervised(
+            "sse_hub",
+            Criticality::Critical,
+            stop.clone(),
+            move || {
+                let rx = match first.lock().take() {
+                    Some(rx) => rx,
+                    None => {
+                        // A restart: events published while the hub was down were missed,
+                        // so clients reset and replay from the log.
+                        if let Some(hub) = weak.upgrade() {
+                            let _ = hub.tx.send(Frame::Reset);
+                        }
+                        bus.subscribe()
+                    }
+                };
+                forward(rx, weak.clone(), stop.clone())
+            },
+        );
         hub
     }
 
