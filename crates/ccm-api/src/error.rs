@@ -224,9 +224,7 @@ fn from_upstream(e: &UpstreamError) -> ApiError {
     let detail = e.to_string();
     match e.kind() {
         UpstreamKind::NotFound => ApiError::not_found(detail),
-        UpstreamKind::Invalid => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", detail)
-        }
+        UpstreamKind::Invalid => ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", detail),
         UpstreamKind::Conflict => ApiError::conflict(detail),
         UpstreamKind::Throttled | UpstreamKind::Unavailable => {
             ApiError::unavailable(detail, e.retry_after())
@@ -272,7 +270,11 @@ mod tests {
             (upstream(UpstreamKind::Throttled), 503, "unavailable"),
             (upstream(UpstreamKind::Unavailable), 503, "unavailable"),
             (upstream(UpstreamKind::Timeout), 504, "upstream-timeout"),
-            (upstream(UpstreamKind::NotImplemented), 501, "not-implemented"),
+            (
+                upstream(UpstreamKind::NotImplemented),
+                501,
+                "not-implemented",
+            ),
             (upstream(UpstreamKind::BadGateway), 502, "upstream-failed"),
         ];
         for (err, status, kind) in cases {

@@ -127,25 +127,20 @@ impl Hub {
         let bus = engine.clone();
         // Subscribed now, so nothing published after `start` returns is missed.
         let first = parking_lot::Mutex::new(Some(engine.subscribe()));
-        engine.spawn_supervised(
-            "sse_hub",
-            Criticality::Critical,
-            stop.clone(),
-            move || {
-                let rx = match first.lock().take() {
-                    Some(rx) => rx,
-                    None => {
-                        // A restart: events published while the hub was down were missed,
-                        // so clients reset and replay from the log.
-                        if let Some(hub) = weak.upgrade() {
-                            let _ = hub.tx.send(Frame::Reset);
-                        }
-                        bus.subscribe()
+        engine.spawn_supervised("sse_hub", Criticality::Critical, stop.clone(), move || {
+            let rx = match first.lock().take() {
+                Some(rx) => rx,
+                None => {
+                    // A restart: events published while the hub was down were missed,
+                    // so clients reset and replay from the log.
+                    if let Some(hub) = weak.upgrade() {
+                        let _ = hub.tx.send(Frame::Reset);
                     }
-                };
-                forward(rx, weak.clone(), stop.clone())
-            },
-        );
+                    bus.subscribe()
+                }
+            };
+            forward(rx, weak.clone(), stop.clone())
+        });
         hub
     }
 

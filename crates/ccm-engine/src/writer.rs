@@ -286,3 +286,102 @@ async fn flush(buf: &mut Vec<Item>, store: &dyn Store, bus: &EventBus, on_saved:
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use ccm_domain::worker::{Ami, NewWorker};
+    use ccm_domain::{Actor, AmiId, InstanceType, Region};
+    use ccm_store::SqliteStore;
+
+    use super::*;
+    use crate::clock::{Clock, TokioClock};
+    use crate::supervisor::RestartPolicy;
+
+    fn new_worker(now: DateTime<Utc>) -> Worker {
+        let new = NewWorker {
+            name: "w1".into(),
+            region: Region::parse("eu-west-1").expect("region"),
+            instance_type: InstanceType::parse("m5zn.metal").expect("type"),
+            ami: Ami {
+                id: AmiId::parse("ami-0123456789abcdef0").expect("ami"),
+                name: None,
+            },
+            tags: BTreeMap::new(),
+        };
+        Worker::provision(new, Actor::system("test"), now).0
+    }
+
+    /// A mutation with a bug panics inside the writer: the writer is reported down, restarted,
+    /// and what was queued meanwhile is still saved.
+    #[tokio::test]
+    async fn a_panicking_mutation_should_restart_the_writer_on_the_same_queue() {
+        let store: Arc<dyn Store> = Arc::new(
+            SqliteStore::open_in_memory()
+                .await
+                .expect("in-memory store"),
+        );
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+        let bus = EventBus::new(store.clone(), clock.clone(), "/test");
+        let sup = Supervisor::new(RestartPolicy::new(
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+            Duration::from_secs(60),
+        ));
+        let mut changes = sup.changes();
+        let writer = spawn(
+            store.clone(),
+            bus,
+            Arc::new(|_| {}),
+            10,
+            Duration::from_millis(5),
+            &sup,
+        );
+        let worker = store
+            .insert(&new_worker(clock.now()))
+            .await
+            .expect("insert");
+        assert!(worker.monitoring.idle_detection);
+
+        writer.submit(worker.id, Arc::new(|_| panic!("a mutation with a bug")));
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while sup.critical_down() != ["writer".to_owned()] {
+                changes.changed().await.expect("supervisor alive");
+            }
+        })
+        .await
+        .expect("the writer was never reported down after a panic");
+
+        let now = clock.now();
+        let saved = tokio::time::timeout(
+            Duration::from_secs(10),
+            writer.apply(
+                worker.id,
+                Arc::new(move |w| w.set_idle_detection(false, &Actor::system("test"), now)),
+            ),
+        )
+        .await
+        .expect("a mutation queued while the writer was down was never applied: queue lost?")
+        .expect("saved");
+        assert!(!saved.monitoring.idle_detection);
+        let status = sup
+            .statuses()
+            .into_iter()
+            .find(|t| t.name == "writer")
+            .expect("writer supervised");
+        assert!(status.up, "{status:?}");
+        assert_eq!(status.restarts, 1);
+        assert!(
+            status
+                .last_failure
+                .is_some_and(|f| f.contains("a mutation with a bug"))
+        );
+        drop(writer);
+        sup.cancel();
+        assert!(
+            sup.wait(Duration::from_secs(10)).await,
+            "the writer should end"
+        );
+    }
+}
