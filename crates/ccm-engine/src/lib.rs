@@ -56,7 +56,7 @@ pub use job_kind::JobKind;
 pub use jobs::{CML_SYNC_CALLS, JobStatus};
 pub use ownership::{FencingToken, Grant, GrantScope, Ownership, SingleNode};
 pub use resilience_events::{ResilienceEvents, resilience_with_bus};
-pub use supervisor::{Criticality, TaskStatus};
+pub use supervisor::{Criticality, TaskState, TaskStatus};
 pub use types::{
     AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport,
     ImportReport, ImportRequest, ImportSelector, RefreshOutcome,

@@ -34,6 +34,18 @@ pub enum Criticality {
     BestEffort,
 }
 
+/// Where a supervised task is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskState {
+    /// Running.
+    Running,
+    /// Failed; waiting for its restart (a critical task here makes the engine not ready).
+    Restarting,
+    /// Ended on purpose (the engine or its owner stopped it); not restarted.
+    Stopped,
+}
+
 /// What the supervisor knows of one long-lived task.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskStatus {
@@ -41,8 +53,8 @@ pub struct TaskStatus {
     pub name: String,
     /// Whether the engine is ready only while it runs.
     pub criticality: Criticality,
-    /// Running (false while it waits to be restarted).
-    pub up: bool,
+    /// Running, restarting or stopped.
+    pub state: TaskState,
     /// Times it was restarted.
     pub restarts: u64,
     /// How it failed last (panic message or "ended unexpectedly").
@@ -131,7 +143,8 @@ impl Supervisor {
     }
 
     /// Runs `factory()` as the long-lived task `name`, restarting it when it panics or ends
-    /// while neither the engine nor `stop` is stopping. Names are unique per engine.
+    /// while neither the engine nor `stop` is stopping. A second task of the same name is
+    /// listed as `name#2` (and so on).
     pub(crate) fn supervise<F, Fut>(
         &self,
         name: impl Into<String>,
@@ -142,16 +155,7 @@ impl Supervisor {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let name = name.into();
-        self.update(&name, |t| {
-            *t = TaskStatus {
-                name: name.clone(),
-                criticality,
-                up: true,
-                restarts: 0,
-                last_failure: None,
-            }
-        });
+        let name = self.register(name.into(), criticality);
         let sup = self.clone();
         self.inner
             .tracker
@@ -165,19 +169,20 @@ impl Supervisor {
     {
         let stopping =
             || self.inner.cancel.is_cancelled() || stop.as_ref().is_some_and(|s| s.is_cancelled());
+        let stopped = || self.update(&name, |t| t.state = TaskState::Stopped);
         let mut attempt = 0u32;
         loop {
             let started = Instant::now();
             let outcome = self.inner.tracker.spawn(factory()).await;
             let failure = match outcome {
-                Ok(()) if stopping() => return,
+                Ok(()) if stopping() => return stopped(),
                 Ok(()) => "ended unexpectedly".to_owned(),
                 Err(e) if e.is_panic() => format!("panicked: {}", panic_text(e.into_panic())),
                 Err(e) => format!("was cancelled: {e}"),
             };
             if stopping() {
                 tracing::error!(task = %name, failure, "background task failed while stopping; not restarted");
-                return;
+                return stopped();
             }
             if started.elapsed() >= self.inner.policy.reset_after {
                 attempt = 0;
@@ -186,7 +191,7 @@ impl Supervisor {
             attempt = attempt.saturating_add(1);
             tracing::error!(task = %name, failure, restart_in = ?delay, "background task failed; restarting it");
             self.update(&name, |t| {
-                t.up = false;
+                t.state = TaskState::Restarting;
                 t.last_failure = Some(failure);
             });
             let stop_wait = async {
@@ -196,17 +201,44 @@ impl Supervisor {
                 }
             };
             tokio::select! {
-                _ = self.inner.cancel.cancelled() => return,
-                _ = stop_wait => return,
+                _ = self.inner.cancel.cancelled() => return stopped(),
+                _ = stop_wait => return stopped(),
                 _ = tokio::time::sleep(delay) => {}
             }
             metrics::counter!("ccm_task_restarts_total", "task" => name.clone()).increment(1);
             self.update(&name, |t| {
-                t.up = true;
+                t.state = TaskState::Running;
                 t.restarts += 1;
             });
             tracing::info!(task = %name, "background task restarted");
         }
+    }
+
+    /// Lists a new task under a name no other task has.
+    fn register(&self, wanted: String, criticality: Criticality) -> String {
+        let name = {
+            let mut tasks = self.inner.tasks.lock();
+            let name = (1..)
+                .map(|n| match n {
+                    1 => wanted.clone(),
+                    n => format!("{wanted}#{n}"),
+                })
+                .find(|n| !tasks.contains_key(n))
+                .unwrap_or(wanted);
+            tasks.insert(
+                name.clone(),
+                TaskStatus {
+                    name: name.clone(),
+                    criticality,
+                    state: TaskState::Running,
+                    restarts: 0,
+                    last_failure: None,
+                },
+            );
+            name
+        };
+        self.inner.changes.send_modify(|n| *n = n.wrapping_add(1));
+        name
     }
 
     fn update(&self, name: &str, f: impl FnOnce(&mut TaskStatus)) {
@@ -215,7 +247,7 @@ impl Supervisor {
             let entry = tasks.entry(name.to_owned()).or_insert_with(|| TaskStatus {
                 name: name.to_owned(),
                 criticality: Criticality::BestEffort,
-                up: true,
+                state: TaskState::Running,
                 restarts: 0,
                 last_failure: None,
             });
@@ -229,13 +261,13 @@ impl Supervisor {
         self.inner.tasks.lock().values().cloned().collect()
     }
 
-    /// The critical tasks that are down now.
+    /// The critical tasks that failed and wait for their restart.
     pub(crate) fn critical_down(&self) -> Vec<String> {
         self.inner
             .tasks
             .lock()
             .values()
-            .filter(|t| t.criticality == Criticality::Critical && !t.up)
+            .filter(|t| t.criticality == Criticality::Critical && t.state == TaskState::Restarting)
             .map(|t| t.name.clone())
             .collect()
     }
@@ -333,7 +365,10 @@ mod tests {
                 cancel.cancelled().await;
             }
         });
-        until(&sup, &mut rx, |s| !status(s, "writer").up).await;
+        until(&sup, &mut rx, |s| {
+            status(s, "writer").state == TaskState::Restarting
+        })
+        .await;
         let failed_at = Instant::now();
         let down = status(&sup, "writer");
         assert_eq!(down.restarts, 0);
@@ -345,7 +380,10 @@ mod tests {
         );
         assert_eq!(sup.critical_down(), vec!["writer".to_owned()]);
 
-        until(&sup, &mut rx, |s| status(s, "writer").up).await;
+        until(&sup, &mut rx, |s| {
+            status(s, "writer").state == TaskState::Running
+        })
+        .await;
         let waited = failed_at.elapsed();
         assert!(
             waited >= Duration::from_millis(500) && waited <= Duration::from_secs(1),
@@ -387,7 +425,10 @@ mod tests {
         });
         let mut gaps = Vec::new();
         for restarts in 1..=3 {
-            until(&sup, &mut rx, |s| !status(s, "job:ec2_sync").up).await;
+            until(&sup, &mut rx, |s| {
+                status(s, "job:ec2_sync").state == TaskState::Restarting
+            })
+            .await;
             let down_at = Instant::now();
             assert_eq!(
                 status(&sup, "job:ec2_sync").last_failure.as_deref(),
@@ -425,7 +466,10 @@ mod tests {
                 panic!("always");
             },
         );
-        until(&sup, &mut rx, |s| !status(s, "resilience_events").up).await;
+        until(&sup, &mut rx, |s| {
+            status(s, "resilience_events").state == TaskState::Restarting
+        })
+        .await;
         assert!(sup.critical_down().is_empty());
         sup.cancel();
         assert!(
@@ -454,7 +498,24 @@ mod tests {
         stop.cancel();
         tokio::time::sleep(Duration::from_secs(60)).await;
         assert_eq!(runs.load(Ordering::SeqCst), 1);
-        assert!(status(&sup, "sse_hub").up && sup.critical_down().is_empty());
+        assert_eq!(status(&sup, "sse_hub").state, TaskState::Stopped);
+        assert!(sup.critical_down().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn two_tasks_of_one_name_should_be_listed_apart() {
+        let sup = Supervisor::new(policy());
+        for _ in 0..2 {
+            let cancel = sup.cancel_token().clone();
+            sup.supervise("sse_hub", Criticality::Critical, None, move || {
+                let cancel = cancel.clone();
+                async move { cancel.cancelled().await }
+            });
+        }
+        let names: Vec<String> = sup.statuses().into_iter().map(|t| t.name).collect();
+        assert_eq!(names, vec!["sse_hub".to_owned(), "sse_hub#2".to_owned()]);
+        sup.cancel();
+        assert!(sup.wait(Duration::from_secs(1)).await);
     }
 
     #[test]

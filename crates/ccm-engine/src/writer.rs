@@ -370,7 +370,11 @@ mod tests {
             .into_iter()
             .find(|t| t.name == "writer")
             .expect("writer supervised");
-        assert!(status.up, "{status:?}");
+        assert_eq!(
+            status.state,
+            crate::supervisor::TaskState::Running,
+            "{status:?}"
+        );
         assert_eq!(status.restarts, 1);
         assert!(
             status

@@ -201,6 +201,46 @@ async fn probes_should_be_public_and_metrics_should_need_a_token() {
     assert!(body.contains("\"scheduler\":false"), "{body}");
 }
 
+/// Asks `/readyz` until it answers `status` (bounded: the supervisor notices a failed task
+/// within milliseconds).
+async fn readyz_until(api: &TestApi, status: u16) -> String {
+    for _ in 0..500 {
+        let r = api.get("/readyz", VIEWER).await;
+        if r.status.as_u16() == status {
+            return r.text();
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("/readyz never answered {status}");
+}
+
+#[tokio::test]
+async fn a_critical_task_down_should_make_readyz_false_until_it_is_stopped() {
+    let api = TestApi::start(50, 1).await;
+    readyz_until(&api, 200).await;
+    let stop = tokio_util::sync::CancellationToken::new();
+    api.fleet.engine.spawn_supervised(
+        "test_crash",
+        ccm_engine::Criticality::Critical,
+        stop.clone(),
+        || async { panic!("a background task with a bug") },
+    );
+    let body = readyz_until(&api, 503).await;
+    assert!(body.contains("\"scheduler\":false"), "{body}");
+    let h = api.get("/api/v1/system/health", VIEWER).await.ok(200);
+    assert_eq!(h["healthy"], false, "{h}");
+    assert!(
+        h["scheduler"]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("test_crash")),
+        "{h}"
+    );
+    // Stopped on purpose: no longer down, no longer restarted.
+    stop.cancel();
+    readyz_until(&api, 200).await;
+    api.fleet.shutdown().await;
+}
+
 #[tokio::test]
 async fn metrics_without_a_recorder_should_say_so() {
     let api = TestApi::start(49, 1).await;
