@@ -82,7 +82,58 @@ impl Serialize for Secret {
 
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Self::from)
+        // `deserialize_any`: with `deserialize_string`, serde_json reports a number itself,
+        // value included, without asking the visitor.
+        d.deserialize_any(SecretVisitor)
+    }
+}
+
+/// Reads a string. Any other value is refused **without echoing it** (serde's own message
+/// would print a number or bytes: "invalid type: integer `12345678`"), which matters when a
+/// numeric password arrives unquoted, e.g. through a `CCM_*` environment variable.
+struct SecretVisitor;
+
+impl SecretVisitor {
+    fn refuse<E: serde::de::Error>(what: &str) -> Result<Secret, E> {
+        Err(E::custom(format_args!(
+            "expected a quoted string, found {what} (the value is not shown)"
+        )))
+    }
+}
+
+impl serde::de::Visitor<'_> for SecretVisitor {
+    type Value = Secret;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a quoted string")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Secret, E> {
+        Ok(Secret::new(v))
+    }
+
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Secret, E> {
+        Ok(Secret::new(v))
+    }
+
+    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Secret, E> {
+        Self::refuse("a boolean")
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<Secret, E> {
+        Self::refuse("a number")
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<Secret, E> {
+        Self::refuse("a number")
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Secret, E> {
+        Self::refuse("a number")
+    }
+
+    fn visit_bytes<E: serde::de::Error>(self, _: &[u8]) -> Result<Secret, E> {
+        Self::refuse("bytes")
     }
 }
 
@@ -107,5 +158,16 @@ mod tests {
         assert_eq!(s, Secret::new("hunter2"));
         assert_ne!(s, Secret::new("hunter3"));
         assert!(Secret::new("").is_empty());
+    }
+
+    #[test]
+    fn a_secret_of_the_wrong_type_should_be_refused_without_echoing_it() {
+        for json in ["12345678", "1234.5678", "true"] {
+            let err = serde_json::from_str::<Secret>(json)
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("expected a quoted string"), "{err}");
+            assert!(!err.contains("1234"), "{err}");
+        }
     }
 }
