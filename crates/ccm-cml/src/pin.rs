@@ -23,8 +23,9 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use sha2::{Digest, Sha256};
 
 /// The SHA-256 fingerprint of a DER certificate: `sha256:` and 32 bytes of hex, colons
-/// between bytes optional (`sha256:AB:CD:…` as `openssl x509 -fingerprint -sha256` prints it,
-/// or `sha256:abcd…`). Prints as `sha256:AB:CD:…`.
+/// between bytes optional (`sha256:AB:CD:…` or `sha256:abcd…`; the line
+/// `openssl x509 -noout -fingerprint -sha256` prints, `sha256 Fingerprint=AB:CD:…`, is taken
+/// as it is). Prints as `sha256:AB:CD:…`.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct CertFingerprint([u8; 32]);
 
@@ -52,10 +53,14 @@ impl FromStr for CertFingerprint {
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let s = s.trim();
-        let hex_part = s
-            .get(..7)
-            .filter(|p| p.eq_ignore_ascii_case("sha256:"))
-            .map(|_| &s[7..])
+        // `sha256:…`, or openssl's own line `sha256 Fingerprint=…` pasted as it is.
+        let hex_part = ["sha256:", "sha256 fingerprint="]
+            .iter()
+            .find_map(|prefix| {
+                s.get(..prefix.len())
+                    .filter(|p| p.eq_ignore_ascii_case(prefix))
+                    .map(|_| &s[prefix.len()..])
+            })
             .ok_or(InvalidFingerprint("the \"sha256:\" prefix is missing"))?;
         let digits: String = if hex_part.contains(':') {
             let groups: Vec<&str> = hex_part.split(':').collect();
@@ -247,6 +252,11 @@ mod tests {
                 .unwrap(),
             plain
         );
+        // What `openssl x509 -noout -fingerprint -sha256` prints (OpenSSL 3 and 1.1).
+        for label in ["sha256 Fingerprint=", "SHA256 Fingerprint="] {
+            let line = format!("{label}{}", &with_colons["sha256:".len()..]);
+            assert_eq!(line.parse::<CertFingerprint>().unwrap(), plain);
+        }
     }
 
     #[test]
