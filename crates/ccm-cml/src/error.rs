@@ -571,6 +571,24 @@ mod tests {
     }
 
     #[test]
+    fn redirect_locations_should_lose_credentials_queries_and_fragments() {
+        for (raw, want) in [
+            (
+                "https://u:pw@evil.example:8443/api/v0/authenticate?t=1#f",
+                "https://evil.example:8443/api/v0/authenticate",
+            ),
+            ("//u:pw@evil.example/login?next=/x", "//evil.example/login"),
+            ("/login?session=abc", "/login"),
+            ("mailto:someone@example.com", "mailto:"),
+            ("http://h/\u{7}bell", "http://h/bell"),
+        ] {
+            assert_eq!(location(raw), want, "{raw}");
+        }
+        let jwt_in_path = format!("http://h/{JWT}");
+        assert_eq!(location(&jwt_in_path), "http://h/***");
+    }
+
+    #[test]
     fn snippets_should_be_scrubbed_before_they_are_cut() {
         let body = format!("{{\"version\": \"{}\"", "A".repeat(200));
         let s = snippet(body.as_bytes());
