@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use ccm_cml::Secret;
+use ccm_domain::Secret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 

@@ -15,7 +15,7 @@ use ccm_domain::licence::Licence;
 use ccm_domain::observed::Sourced;
 use ccm_domain::service::Reason;
 use ccm_domain::worker::{CloudWatchMetrics, Counters, HistoryKind};
-use ccm_domain::{Freshness, Worker};
+use ccm_domain::{Freshness, Secret, Worker};
 use ccm_engine::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -1149,12 +1149,13 @@ pub struct IdleDetectionRequest {
     pub enabled: bool,
 }
 
-/// Register the CML licence.
+/// Register the CML licence. `Debug` and `Serialize` mask the token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LicenceRequest {
     /// The Smart Licensing token (never stored, logged or echoed).
-    pub token: String,
+    #[schema(value_type = String)]
+    pub token: Secret,
     /// Register again even if registered.
     #[serde(default)]
     pub reregister: bool,
@@ -1180,10 +1181,42 @@ pub struct LabImported {
     pub lab: Option<LabView>,
 }
 
-/// Sign in with an API token.
+/// Sign in with an API token. `Debug` and `Serialize` mask the token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignInRequest {
     /// A static API token or an OIDC access token.
-    pub token: String,
+    #[schema(value_type = String)]
+    pub token: Secret,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_licence_request_should_keep_its_token_out_of_debug_and_serialized_output() {
+        let req: LicenceRequest =
+            serde_json::from_str(r#"{"token": "SmartLicenceToken42", "reregister": true}"#)
+                .unwrap();
+        assert_eq!(req.token.expose(), "SmartLicenceToken42");
+        let debug = format!("{req:?}");
+        let json = serde_json::to_string(&req).unwrap();
+        for text in [&debug, &json] {
+            assert!(!text.contains("SmartLicenceToken42"), "{text}");
+            assert!(text.contains("***"), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_sign_in_request_should_keep_its_token_out_of_debug_and_serialized_output() {
+        let req: SignInRequest = serde_json::from_str(r#"{"token": "ccm_SignInToken"}"#).unwrap();
+        assert_eq!(req.token.expose(), "ccm_SignInToken");
+        let debug = format!("{req:?}");
+        let json = serde_json::to_string(&req).unwrap();
+        for text in [&debug, &json] {
+            assert!(!text.contains("ccm_SignInToken"), "{text}");
+            assert!(text.contains("***"), "{text}");
+        }
+    }
 }

@@ -60,7 +60,8 @@ pub use config::{ActivityConfig, HostResources, NodeTiming, Password, SimConfig}
 pub use endpoint::{Endpoint, UnknownEndpoint};
 pub use error::SimError;
 pub use faults::{
-    EndpointFaults, ErrorFault, FaultSpec, FaultSpecError, Latency, WorkerFaults, WorkerSelector,
+    EndpointFaults, ErrorFault, FaultSpec, FaultSpecError, Latency, RedirectFault, WorkerFaults,
+    WorkerSelector,
 };
 pub use fleet::{Action, SimFleet, WorkerReport};
 pub use worker::{CounterSnapshot, SimWorker};

@@ -32,7 +32,7 @@ use tower::ServiceExt;
 
 use crate::cml_error::CmlError;
 use crate::endpoint::Endpoint;
-use crate::faults::EndpointFaults;
+use crate::faults::{EndpointFaults, RedirectFault};
 use crate::worker::Worker;
 
 /// How long a closing connection may finish its in-flight request at shutdown.
@@ -344,6 +344,9 @@ async fn handle(
             let text = status.canonical_reason().unwrap_or("Simulated failure");
             return error_response(CmlError::new(status, format!("Simulated fault: {text}")));
         }
+        if let Some(r) = &ef.redirect {
+            return redirect_response(r);
+        }
     }
     if endpoint.needs_auth() && worker.take_fail_401() {
         return error_response(CmlError::unauthorized());
@@ -371,6 +374,18 @@ async fn die(ctl: &ConnCtl) -> Response<Body> {
 
 fn error_response(e: CmlError) -> Response<Body> {
     axum::response::IntoResponse::into_response(e)
+}
+
+/// The `redirect` fault: the status with `Location` and, like every non-2xx answer, a
+/// `{code, description}` body.
+fn redirect_response(r: &RedirectFault) -> Response<Body> {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::TEMPORARY_REDIRECT);
+    let mut resp = error_response(CmlError::new(status, "Simulated fault: redirect"));
+    // The grammar admits visible ASCII only, so the header value is always valid.
+    if let Ok(v) = HeaderValue::from_str(&r.location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 /// Cuts the body in half (malformed JSON) and/or sends it slowly.

@@ -305,7 +305,7 @@ pub(crate) async fn register(
     WorkerPath(id): WorkerPath,
     crate::extract::JsonBody(req): crate::extract::JsonBody<LicenceRequest>,
 ) -> ApiResult<Response> {
-    let token = req.token.trim();
+    let token = req.token.expose().trim();
     if token.is_empty() || token.len() > 256 {
         return Err(ApiError::invalid("token", "token: 1 to 256 characters"));
     }

@@ -119,7 +119,7 @@ pub(crate) async fn sign_in(State(state): State<ApiState>, req: Request) -> ApiR
     }
     let body = read_body(req, MAX_JSON_BODY).await?;
     let SignInRequest { token } = parse_json(&body)?;
-    match state.auth().bearer(&token).await {
+    match state.auth().bearer(token.expose()).await {
         Ok(principal) => {
             let (cookie, view) = start_session(&state, &headers, principal).await;
             Ok(([(header::SET_COOKIE, cookie)], Json(view)).into_response())
