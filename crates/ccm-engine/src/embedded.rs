@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use ccm_cloud::{CloudProvider, Instance, PowerHook, SimulatedCloud};
 use ccm_cml::{CmlClient, CmlConfig};
-use ccm_cml_sim::{SimConfig as CmlSimConfig, SimFleet};
+use ccm_cml_sim::{CmlSimConfig, SimFleet};
 use ccm_domain::worker::{AddressPreference, EndpointPolicy};
 use ccm_domain::{Actor, Region, RuntimeSettings};
 use ccm_resilience::{Observer, ResilienceConfig};
