@@ -22,8 +22,6 @@ mod bus;
 mod clock;
 mod config;
 mod convert;
-#[cfg(feature = "embedded")]
-pub mod embedded;
 mod engine;
 mod error;
 mod jobs;
