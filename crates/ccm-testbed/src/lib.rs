@@ -9,7 +9,7 @@
 //! - [`embedded::Embedded`]: a simulated CML fleet (`ccm-cml-sim`) and the simulated EC2
 //!   wired to a real engine, so that starting an instance powers its CML worker on — the
 //!   whole product on one machine (`ccm demo`, the engine's and API's tests).
-//! - [`bench`]: the benchmark harnesses behind `ccm bench` ([`bench::sync()`],
+//! - [`bench`](mod@bench): the benchmark harnesses behind `ccm bench` ([`bench::sync()`],
 //!   [`bench::sse()`]), which return reports; the binary parses the flags and prints them.
 //!
 //! **Boundary:** no product crate (domain, resilience, cml, cloud, cloud-aws, store, engine,
