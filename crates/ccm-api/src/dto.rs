@@ -768,9 +768,11 @@ pub struct RefreshView {
     pub worker: WorkerView,
 }
 
-/// One instance an import left out.
+/// One instance an import left out. (The schema keeps its published name `SkippedInstance`;
+/// the Rust name differs from `ccm_cloud::SkippedInstance`, an instance a describe skipped.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SkippedInstance {
+#[schema(as = SkippedInstance)]
+pub struct SkippedInstanceView {
     /// The instance.
     pub instance_id: String,
     /// Why.
@@ -787,7 +789,7 @@ pub struct ImportView {
     /// Instances that already were workers.
     pub existing: Vec<Uuid>,
     /// Instances left out.
-    pub skipped: Vec<SkippedInstance>,
+    pub skipped: Vec<SkippedInstanceView>,
 }
 
 impl From<ccm_engine::ImportReport> for ImportView {
@@ -799,7 +801,7 @@ impl From<ccm_engine::ImportReport> for ImportView {
             skipped: r
                 .skipped
                 .into_iter()
-                .map(|(instance_id, reason)| SkippedInstance {
+                .map(|(instance_id, reason)| SkippedInstanceView {
                     instance_id,
                     reason,
                 })

@@ -34,8 +34,6 @@
 #![warn(missing_docs)]
 
 pub mod auth;
-#[cfg(feature = "bench")]
-mod bench;
 pub mod config;
 pub mod dto;
 pub mod error;
@@ -49,8 +47,6 @@ mod state;
 mod ui;
 
 pub use auth::{AuthMethod, Principal, Role};
-#[cfg(feature = "bench")]
-pub use bench::{SseBenchError, SseBenchOptions, SseBenchReport, bench_sse};
 pub use config::{
     ApiConfig, AuthConfig, ConfigError, CookieSecure, OidcConfig, RoleMapping, SignInLimit,
     TokenConfig, generate_token, hash_token,

@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::SimError;
 use crate::clock::SimClock;
 use crate::cml_error::CmlError;
-use crate::config::SimConfig;
+use crate::config::CmlSimConfig;
 use crate::endpoint::{ENDPOINT_COUNT, Endpoint};
 use crate::faults::{FaultSpec, WorkerFaults};
 use crate::state::{Ctx, STUDENT_ID, User, WorkerState};
@@ -29,7 +29,7 @@ const ISSUER: &str = "com.cisco.virl";
 
 /// What every worker of a fleet shares: configuration, clock, users, the router.
 pub(crate) struct Shared {
-    pub(crate) config: SimConfig,
+    pub(crate) config: CmlSimConfig,
     pub(crate) clock: SimClock,
     pub(crate) users: Vec<User>,
     pub(crate) router: axum::Router,
@@ -40,7 +40,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(
-        config: SimConfig,
+        config: CmlSimConfig,
         router: axum::Router,
         tls: Option<Arc<TlsMaterial>>,
     ) -> Self {

@@ -30,8 +30,6 @@ mod cml_commands;
 mod commands;
 mod config;
 mod convert;
-#[cfg(feature = "embedded")]
-pub mod embedded;
 mod engine;
 mod error;
 mod fleet;

@@ -13,11 +13,11 @@ use ccm_cml_sim::faults::FaultSpec;
 use ccm_domain::idle::IdleSettings;
 use ccm_domain::lifecycle::PauseReason;
 use ccm_domain::{Actor, Ec2State, EventKind, RuntimeSettings, ServiceStatus, Worker};
-use ccm_engine::embedded::{Embedded, EmbeddedOptions};
 use ccm_engine::{
     AmiSelector, BusEvent, CreateWorker, ImportRequest, ImportSelector, JobKind, ManualClock,
 };
 use ccm_store::{SqliteStore, WorkerFilter};
+use ccm_testbed::embedded::{Embedded, EmbeddedOptions};
 
 /// The test settings of `EmbeddedOptions::for_tests`: every background job off.
 fn quiet_settings() -> RuntimeSettings {
@@ -346,7 +346,7 @@ async fn importing_twice_should_make_one_worker() {
     let (fleet, _) = start(3, [127, 64, 0, 1], |_| {}).await;
     assert_eq!(workers(&fleet).await.len(), 3);
     // Imported with the name of the AMI they run, looked up in EC2.
-    let image = &ccm_cloud::SimConfig::default().images[0];
+    let image = &ccm_testbed::ec2::Ec2SimConfig::default().images[0];
     for w in workers(&fleet).await {
         let ami = w.ami.clone().unwrap();
         assert_eq!(ami.id, image.id);

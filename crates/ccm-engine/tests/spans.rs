@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use ccm_cml_sim::faults::FaultSpec;
 use ccm_engine::JobKind;
-use ccm_engine::embedded::{Embedded, EmbeddedOptions};
+use ccm_testbed::embedded::{Embedded, EmbeddedOptions};
 use ccm_store::{SqliteStore, WorkerFilter};
 use parking_lot::Mutex;
 

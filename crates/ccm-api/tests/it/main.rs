@@ -6,8 +6,6 @@
 /// Fixtures: the fleet, the API, tokens, request helpers.
 mod support;
 
-/// The SSE benchmark function, at a small scale.
-mod bench;
 /// Labs and licences.
 mod labs;
 /// The route × role × no-token matrix, and the OpenAPI document against the routes.

@@ -257,6 +257,12 @@ async fn the_openapi_document_should_list_exactly_the_routes_with_their_roles() 
     assert!(json["components"]["securitySchemes"]["bearer"].is_object());
     assert!(json["components"]["schemas"]["WorkerView"].is_object());
     assert!(json["components"]["schemas"]["Problem"].is_object());
+    // Published schema names stay when Rust types are renamed (`dto::SkippedInstanceView`).
+    assert_eq!(
+        json["components"]["schemas"]["ImportView"]["properties"]["skipped"]["items"]["$ref"],
+        "#/components/schemas/SkippedInstance"
+    );
+    assert!(json["components"]["schemas"]["SkippedInstance"].is_object());
 }
 
 #[tokio::test]

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ccm_engine::embedded::{Embedded, EmbeddedOptions};
 use ccm_store::{SqliteStore, StoreConfig};
+use ccm_testbed::embedded::{Embedded, EmbeddedOptions};
 
 use crate::config::Config;
 

@@ -6,6 +6,8 @@ pub(crate) mod demo;
 mod runtime;
 mod serve;
 
+use anyhow::Context as _;
+
 use crate::cli::{Cli, Command, ConfigCommand, TokenCommand};
 use crate::config::{Config, ConfigError, EXAMPLE};
 
@@ -54,7 +56,8 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            let outcome = runtime.block_on(ccm_cml_sim::cli::run(*args));
+            let launcher = sim_launcher()?;
+            let outcome = runtime.block_on(ccm_cml_sim::cli::run(*args, &launcher));
             // A shard child may still have a blocking read on stdin; do not wait for it.
             runtime.shutdown_timeout(std::time::Duration::from_secs(1));
             Ok(outcome?)
@@ -66,6 +69,13 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::System(cmd) => client::system(cmd),
         Command::Events(cmd) => client::events(cmd),
     }
+}
+
+/// How the simulator starts itself again in a child process: this executable's `sim`
+/// command (shards of `ccm sim`, the simulator of `ccm bench sync`).
+pub(crate) fn sim_launcher() -> anyhow::Result<ccm_cml_sim::SimLauncher> {
+    let exe = std::env::current_exe().context("cannot find the ccm executable")?;
+    Ok(ccm_cml_sim::SimLauncher::new(exe).arg("sim"))
 }
 
 /// Loads the configuration named on the command line (or none) plus the environment.

@@ -1,10 +1,10 @@
-//! The SSE benchmark from the command line:
-//! `cargo run -p ccm-api --example sse_bench -- [SUBSCRIBERS] [EVENTS] [INTERVAL_MS]`
+//! The SSE benchmark without the `ccm` binary (so a release build skips the AWS SDK):
+//! `cargo run --release -p ccm-testbed --example sse_bench -- [SUBSCRIBERS] [EVENTS] [INTERVAL_MS]`
 //! (defaults 1000, 1000, 2). Prints the report, and its JSON on the last line.
 
 use std::time::Duration;
 
-use ccm_api::{SseBenchOptions, bench_sse};
+use ccm_testbed::bench::{SseOptions, sse};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -18,12 +18,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let subscribers = arg(0, 1000)? as usize;
     let events = arg(1, 1000)? as usize;
     let interval = Duration::from_millis(arg(2, 2)?);
-    let report = bench_sse(
+    let report = sse(
         subscribers,
         events,
-        SseBenchOptions {
+        SseOptions {
             interval,
-            ..SseBenchOptions::default()
+            ..SseOptions::default()
         },
     )
     .await?;

@@ -6,12 +6,54 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 
-use super::sync::{Statuses, Summary};
+use super::BenchError;
+use super::report::{Statuses, Summary};
+
+/// Where the seed-poller is looked for when no directory is given: relative to the working
+/// directory, i.e. the repository's root.
+pub const SEED_POLLER_DIR: &str = "bench/seed-poller";
+
+/// The script in the seed-poller's directory.
+const SCRIPT: &str = "seed_poller.py";
+
+/// The seed-poller's directory: `explicit` when given, else [`SEED_POLLER_DIR`] under the
+/// working directory; either must hold `seed_poller.py` and `requirements.txt`. Checked
+/// before a benchmark starts, so a wrong path fails at once with a one-line error.
+pub fn locate_seed_poller(explicit: Option<&Path>) -> Result<PathBuf, BenchError> {
+    let dir = explicit.map_or_else(|| PathBuf::from(SEED_POLLER_DIR), Path::to_path_buf);
+    let missing: Vec<&str> = [SCRIPT, "requirements.txt"]
+        .into_iter()
+        .filter(|f| !dir.join(f).is_file())
+        .collect();
+    if missing.is_empty() {
+        return Ok(dir);
+    }
+    let whence = if explicit.is_some() {
+        ""
+    } else {
+        " (looked up under the working directory)"
+    };
+    Err(BenchError::Peer(format!(
+        "no {} in {}{whence}",
+        missing.join(" or "),
+        dir.display()
+    )))
+}
+
+/// The seed-poller run of a sync benchmark.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedPoller {
+    /// Its directory (see [`locate_seed_poller`]).
+    pub dir: PathBuf,
+    /// Its Python virtualenv (created when missing).
+    pub venv: PathBuf,
+    /// Workers it syncs at once (its own default is 10).
+    pub concurrency: u32,
+}
 
 /// Longest time creating the virtualenv and installing its three packages may take.
 const VENV_TIMEOUT: Duration = Duration::from_secs(600);
@@ -29,49 +71,55 @@ struct CycleLine {
 }
 
 /// The peer's figures, as reported.
-#[derive(Debug, Serialize)]
-pub(super) struct PeerReport {
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PeerReport {
     /// Which peer.
-    pub(super) name: &'static str,
+    pub name: &'static str,
     /// Workers it synced at once.
-    pub(super) concurrency: u32,
+    pub concurrency: u32,
     /// Measured cycles.
-    pub(super) cycles: usize,
+    pub cycles: usize,
     /// Its first cycle (logins), not counted, like ccm's warm-up.
-    pub(super) warmup_seconds: f64,
+    pub warmup_seconds: f64,
     /// Measured cycle times.
-    pub(super) cycle_seconds: Summary,
+    pub cycle_seconds: Summary,
     /// Each measured cycle's time, in order.
-    pub(super) per_cycle_seconds: Vec<f64>,
+    pub per_cycle_seconds: Vec<f64>,
     /// HTTP requests it sent in the measured cycles (its own count: retries and logins
     /// included).
-    pub(super) requests: u64,
+    pub requests: u64,
     /// Requests per second of measured cycle time.
-    pub(super) requests_per_second: f64,
+    pub requests_per_second: f64,
     /// Statuses after its last cycle.
-    pub(super) statuses: Statuses,
+    pub statuses: Statuses,
 }
 
-async fn run_bounded(cmd: &mut Command, what: &str, limit: Duration) -> anyhow::Result<()> {
+async fn run_bounded(cmd: &mut Command, what: &str, limit: Duration) -> Result<(), BenchError> {
     cmd.kill_on_drop(true).stdin(Stdio::null());
     let out = tokio::time::timeout(limit, cmd.output())
         .await
-        .with_context(|| format!("{what} took longer than {limit:?}"))?
-        .with_context(|| format!("cannot run {what}"))?;
+        .map_err(|_| BenchError::Peer(format!("{what} took longer than {limit:?}")))?
+        .map_err(BenchError::io(format!("cannot run {what}")))?;
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         let tail: Vec<&str> = err.lines().rev().take(8).collect();
         let tail: Vec<&str> = tail.into_iter().rev().collect();
-        bail!("{what} failed ({}):\n{}", out.status, tail.join("\n"));
+        return Err(BenchError::Peer(format!(
+            "{what} failed ({}):\n{}",
+            out.status,
+            tail.join("\n")
+        )));
     }
     Ok(())
 }
 
 /// The virtualenv's python, creating the virtualenv and installing the requirements when
 /// missing or when the requirements changed.
-pub(super) async fn ensure_venv(venv: &Path, requirements: &Path) -> anyhow::Result<PathBuf> {
-    let wanted = std::fs::read_to_string(requirements)
-        .with_context(|| format!("cannot read {}", requirements.display()))?;
+async fn ensure_venv(venv: &Path, requirements: &Path) -> Result<PathBuf, BenchError> {
+    let wanted = std::fs::read_to_string(requirements).map_err(BenchError::io(format!(
+        "cannot read {}",
+        requirements.display()
+    )))?;
     let python = venv.join("bin").join("python");
     let marker = venv.join(MARKER);
     if python.exists() && std::fs::read_to_string(&marker).ok().as_deref() == Some(&wanted) {
@@ -105,25 +153,22 @@ pub(super) async fn ensure_venv(venv: &Path, requirements: &Path) -> anyhow::Res
     )
     .await?;
     std::fs::write(&marker, wanted)
-        .with_context(|| format!("cannot write {}", marker.display()))?;
+        .map_err(BenchError::io(format!("cannot write {}", marker.display())))?;
     Ok(python)
 }
 
 /// Runs the seed-poller for `cycles` measured cycles (plus one warm-up) against the
 /// endpoints in `endpoints_file`, within `limit`.
 pub(super) async fn run_seed_poller(
-    dir: &Path,
-    venv: &Path,
+    peer: &SeedPoller,
     endpoints_file: &Path,
-    concurrency: u32,
     cycles: u32,
     limit: Duration,
-) -> anyhow::Result<PeerReport> {
-    let script = dir.join("seed_poller.py");
-    if !script.exists() {
-        bail!("no seed-poller at {} (see --peer-dir)", script.display());
-    }
-    let python = ensure_venv(venv, &dir.join("requirements.txt")).await?;
+) -> Result<PeerReport, BenchError> {
+    let dir = locate_seed_poller(Some(&peer.dir))?;
+    let script = dir.join(SCRIPT);
+    let concurrency = peer.concurrency;
+    let python = ensure_venv(&peer.venv, &dir.join("requirements.txt")).await?;
     let mut child = Command::new(python)
         .arg(&script)
         .arg("--endpoints")
@@ -137,11 +182,11 @@ pub(super) async fn run_seed_poller(
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .context("cannot start the seed-poller")?;
+        .map_err(BenchError::io("cannot start the seed-poller"))?;
     let stdout = child
         .stdout
         .take()
-        .context("the seed-poller has no stdout pipe")?;
+        .ok_or_else(|| BenchError::Peer("no stdout pipe".into()))?;
     let mut lines = BufReader::new(stdout).lines();
     let mut seen: Vec<CycleLine> = Vec::new();
     let read = async {
@@ -160,25 +205,32 @@ pub(super) async fn run_seed_poller(
             );
             seen.push(cycle);
         }
-        anyhow::Ok(())
+        Ok::<(), std::io::Error>(())
     };
     match tokio::time::timeout(limit, read).await {
-        Ok(r) => r.context("cannot read the seed-poller's output")?,
-        Err(_) => bail!("the seed-poller did not finish within {limit:?}"),
+        Ok(r) => r.map_err(BenchError::io("cannot read the seed-poller's output"))?,
+        Err(_) => {
+            return Err(BenchError::Peer(format!("did not finish within {limit:?}")));
+        }
     }
-    let status = child.wait().await?;
+    let status = child
+        .wait()
+        .await
+        .map_err(BenchError::io("cannot wait for the seed-poller"))?;
     if !status.success() || seen.len() != cycles as usize + 1 {
-        bail!(
-            "the seed-poller exited ({status}) after {} of {} cycles",
+        return Err(BenchError::Peer(format!(
+            "exited ({status}) after {} of {} cycles",
             seen.len(),
             cycles + 1
-        );
+        )));
     }
     let warmup = seen.remove(0);
     let times: Vec<f64> = seen.iter().map(|c| c.seconds).collect();
     let total: f64 = times.iter().sum();
     let requests: u64 = seen.iter().map(|c| c.requests).sum();
-    let last = seen.last().context("the seed-poller reported no cycle")?;
+    let last = seen
+        .last()
+        .ok_or_else(|| BenchError::Peer("reported no cycle".into()))?;
     Ok(PeerReport {
         name: "seed-poller",
         concurrency,
@@ -199,4 +251,35 @@ pub(super) async fn run_seed_poller(
             unknown: 0,
         },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_seed_poller_should_be_found_where_it_is_said_to_be_or_named_as_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = locate_seed_poller(Some(dir.path()))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("seed_poller.py or requirements.txt")
+                && err.contains(&dir.path().display().to_string()),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "one line: {err}");
+        std::fs::write(dir.path().join(SCRIPT), "").unwrap();
+        std::fs::write(dir.path().join("requirements.txt"), "").unwrap();
+        assert_eq!(locate_seed_poller(Some(dir.path())).unwrap(), dir.path());
+    }
+
+    #[test]
+    fn the_default_seed_poller_should_be_looked_for_under_the_working_directory() {
+        // The tests run in the crate's directory, which has no bench/seed-poller.
+        let err = locate_seed_poller(None).unwrap_err().to_string();
+        assert!(err.contains(SEED_POLLER_DIR), "{err}");
+        assert!(err.contains("working directory"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
 }

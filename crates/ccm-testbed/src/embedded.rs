@@ -1,6 +1,6 @@
 //! The embedded default: a simulated CML fleet (one loopback address per worker) and a
 //! simulated EC2 whose instances are bound to those addresses, wired to a real engine. Used by
-//! `ccm demo`, `ccm bench` and the engine's and API's tests.
+//! `ccm demo`, `ccm bench sse` and the engine's and API's tests.
 //!
 //! Starting a simulated instance powers its CML worker on (booting, then ready); stopping it
 //! powers it off — so the engine sees what it would see on AWS.
@@ -9,19 +9,20 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ccm_cloud::{CloudProvider, Instance, PowerHook, SimulatedCloud};
+use ccm_cloud::{CloudProvider, Instance};
 use ccm_cml::{CmlClient, CmlConfig};
-use ccm_cml_sim::{SimConfig as CmlSimConfig, SimFleet};
+use ccm_cml_sim::{CmlSimConfig, SimFleet};
 use ccm_domain::worker::{AddressPreference, EndpointPolicy};
 use ccm_domain::{Actor, Region, RuntimeSettings};
+use ccm_engine::{
+    Clock, Engine, EngineConfig, EngineParts, ImportConfig, ImportRequest, ImportSelector,
+    ManualClock, TokioClock, resilience_with_bus,
+};
 use ccm_resilience::{Observer, ResilienceConfig};
 use ccm_store::Store;
 
-use crate::clock::Clock;
-use crate::config::{EngineConfig, ImportConfig};
-use crate::engine::{Engine, EngineParts};
-use crate::error::{EngineError, UpstreamError};
-use crate::types::{ImportRequest, ImportSelector};
+use crate::TestbedError;
+use crate::ec2::{Ec2SimConfig, PowerHook, SimulatedCloud};
 
 /// How to build an embedded fleet.
 pub struct EmbeddedOptions {
@@ -33,7 +34,7 @@ pub struct EmbeddedOptions {
     /// The simulated CML fleet (its `workers` is overridden by `workers`).
     pub sim: CmlSimConfig,
     /// The simulated cloud (its pool and seed count are set from `workers` and `sim`).
-    pub cloud: ccm_cloud::SimConfig,
+    pub cloud: Ec2SimConfig,
     /// Storage.
     pub store: Arc<dyn Store>,
     /// Runtime settings to start with.
@@ -63,9 +64,9 @@ impl EmbeddedOptions {
             ..CmlSimConfig::default()
         };
         let region = Region::parse("eu-west-1").ok().into_iter().collect();
-        let cloud = ccm_cloud::SimConfig {
+        let cloud = Ec2SimConfig {
             regions: region,
-            ..ccm_cloud::SimConfig::default()
+            ..Ec2SimConfig::default()
         };
         let engine = EngineConfig::new(
             Default::default(),
@@ -87,7 +88,7 @@ impl EmbeddedOptions {
             resilience: ResilienceConfig::default(),
             observer: None,
             engine,
-            clock: Arc::new(crate::clock::TokioClock::new()),
+            clock: Arc::new(TokioClock::new()),
             boot: Duration::from_secs(3),
             import: true,
         }
@@ -102,9 +103,9 @@ impl EmbeddedOptions {
         workers: usize,
         listen_base: Ipv4Addr,
         store: Arc<dyn Store>,
-    ) -> (Self, Arc<crate::clock::ManualClock>) {
+    ) -> (Self, Arc<ManualClock>) {
         let mut opts = Self::new(workers, listen_base, store);
-        let clock = Arc::new(crate::clock::ManualClock::new(chrono::Utc::now()));
+        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
         opts.clock = clock.clone();
         opts.settings.polling = ccm_domain::settings::PollingSettings::all_off();
         opts.spare = 2;
@@ -174,17 +175,13 @@ impl PowerHook for SimPower {
 
 impl Embedded {
     /// Starts the simulated fleet and cloud, then the engine, and imports the instances.
-    pub async fn start(opts: EmbeddedOptions) -> Result<Self, EngineError> {
+    pub async fn start(opts: EmbeddedOptions) -> Result<Self, TestbedError> {
         let mut sim_cfg = opts.sim;
         let total = opts.workers + opts.spare;
         sim_cfg.workers = total;
         let base = sim_cfg.listen_base;
         let port = sim_cfg.port;
-        let sim = Arc::new(
-            SimFleet::start(sim_cfg)
-                .await
-                .map_err(|e| UpstreamError::bad_gateway(format!("CML simulator: {e}")))?,
-        );
+        let sim = Arc::new(SimFleet::start(sim_cfg).await?);
         for spare in opts.workers..total {
             if let Some(w) = sim.worker(spare) {
                 w.power_off();
@@ -192,7 +189,7 @@ impl Embedded {
         }
 
         let mut cloud_cfg = opts.cloud;
-        cloud_cfg.ip_pool = ccm_cloud::SimConfig::loopback_pool(base, total as u32);
+        cloud_cfg.ip_pool = Ec2SimConfig::loopback_pool(base, total as u32);
         cloud_cfg.seed_instances = opts.workers;
         cloud_cfg.max_instances = cloud_cfg.max_instances.max(opts.workers * 2);
         let hook = Arc::new(SimPower {
@@ -202,8 +199,7 @@ impl Embedded {
         });
         let cloud = SimulatedCloud::with_power_hook(cloud_cfg, hook)?;
 
-        let (events, resilience) =
-            crate::resilience_events::resilience_with_bus(&opts.resilience, opts.observer);
+        let (events, resilience) = resilience_with_bus(&opts.resilience, opts.observer);
         let endpoint = EndpointPolicy {
             scheme: "http".into(),
             port: Some(port),
@@ -213,8 +209,7 @@ impl Embedded {
             endpoint: endpoint.clone(),
             ..CmlConfig::default()
         };
-        let cml = CmlClient::new(&cml_cfg, resilience.clone())
-            .map_err(|e| EngineError::invalid("cml", e))?;
+        let cml = CmlClient::new(&cml_cfg, resilience.clone())?;
         let provider: Arc<dyn CloudProvider> = Arc::new(cloud.clone());
         let engine = Engine::start(EngineParts {
             store: opts.store,

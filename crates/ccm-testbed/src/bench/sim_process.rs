@@ -1,4 +1,5 @@
-//! The CML simulator as a child process (`<this exe> sim …`), and its control API.
+//! The CML simulator as a child process (the caller's [`SimLauncher`], e.g. `ccm sim …`), and
+//! its control API.
 //!
 //! The simulator runs in its own processes (it shards itself above `--shard-size` workers):
 //! its sockets do not count against ccm's open-file limit and its memory and CPU are not
@@ -10,16 +11,19 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use anyhow::{Context, bail};
-use ccm_cml_sim::{CounterSnapshot, WorkerReport};
+use ccm_cml_sim::{CounterSnapshot, SimLauncher, WorkerReport};
 use serde::Deserialize;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
+
+use super::BenchError;
 
 /// How long a graceful stop may take before the simulator is killed.
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// What to start.
 pub(super) struct SimSpec {
+    /// How to run the simulator's command line.
+    pub(super) launcher: SimLauncher,
     pub(super) workers: u32,
     pub(super) listen_base: Ipv4Addr,
     pub(super) port: u16,
@@ -50,9 +54,12 @@ struct WorkerList {
 }
 
 /// A free TCP port on 127.0.0.1 (bound, read, released; the simulator binds it right after).
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind(("127.0.0.1", 0)).context("cannot find a free port")?;
-    Ok(l.local_addr()?.port())
+fn free_port() -> Result<u16, BenchError> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .map_err(BenchError::io("cannot find a free port"))?;
+    Ok(l.local_addr()
+        .map_err(BenchError::io("cannot find a free port"))?
+        .port())
 }
 
 /// The last lines of the simulator's log, for error messages.
@@ -65,14 +72,12 @@ fn log_tail(path: &Path) -> String {
 impl SimProcess {
     /// Starts the simulator and waits (bounded) until it serves every worker and its control
     /// API answers.
-    pub(super) async fn start(spec: &SimSpec, dir: &Path) -> anyhow::Result<Self> {
-        let exe = std::env::current_exe().context("cannot find the ccm executable")?;
+    pub(super) async fn start(spec: &SimSpec, dir: &Path) -> Result<Self, BenchError> {
         let endpoints_file = dir.join("endpoints.txt");
         let log = dir.join("sim.log");
         let control = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-        let mut cmd = Command::new(exe);
-        cmd.arg("sim")
-            .arg("--workers")
+        let mut cmd = spec.launcher.command();
+        cmd.arg("--workers")
             .arg(spec.workers.to_string())
             .arg("--listen-base")
             .arg(spec.listen_base.to_string())
@@ -92,17 +97,25 @@ impl SimProcess {
         if let Some(ca) = &spec.tls_ca_out {
             cmd.arg("--tls").arg("--ca-out").arg(ca);
         }
-        let log_file = std::fs::File::create(&log).context("cannot create the simulator log")?;
+        let log_err = BenchError::io(format!("cannot create {}", log.display()));
+        let log_file = std::fs::File::create(&log).map_err(log_err)?;
+        let log_out = log_file
+            .try_clone()
+            .map_err(BenchError::io("cannot share the simulator log"))?;
         cmd.stdin(Stdio::null())
-            .stdout(log_file.try_clone()?)
+            .stdout(log_out)
             .stderr(log_file)
             .env("RUST_LOG", "warn")
             .kill_on_drop(true);
-        let child = cmd.spawn().context("cannot start the simulator")?;
+        let program = spec.launcher.program().display().to_string();
+        let child = cmd.spawn().map_err(BenchError::io(format!(
+            "cannot start the simulator ({program})"
+        )))?;
         let http = reqwest::Client::builder()
             .no_proxy()
             .timeout(Duration::from_secs(60))
-            .build()?;
+            .build()
+            .map_err(BenchError::setup("http client"))?;
         let mut sim = SimProcess {
             child,
             control,
@@ -116,11 +129,15 @@ impl SimProcess {
         let wait = Duration::from_secs(60) + Duration::from_millis(u64::from(spec.workers) * 20);
         let started = tokio::time::Instant::now();
         loop {
-            if let Some(status) = sim.child.try_wait()? {
-                bail!(
-                    "the simulator exited ({status}) before serving:\n{}",
+            let exited = sim
+                .child
+                .try_wait()
+                .map_err(BenchError::io("cannot watch the simulator"))?;
+            if let Some(status) = exited {
+                return Err(BenchError::Simulator(format!(
+                    "exited ({status}) before serving:\n{}",
                     log_tail(&sim.log)
-                );
+                )));
             }
             if let Ok(text) = std::fs::read_to_string(&endpoints_file) {
                 let endpoints: Vec<String> = text
@@ -135,35 +152,38 @@ impl SimProcess {
                 }
             }
             if started.elapsed() > wait {
-                bail!(
-                    "the simulator did not serve within {wait:?}:\n{}",
+                return Err(BenchError::Simulator(format!(
+                    "did not serve within {wait:?}:\n{}",
                     log_tail(&sim.log)
-                );
+                )));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
-    async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> anyhow::Result<T> {
+    /// `GET path` on the control API, decoded.
+    async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, BenchError> {
         let url = format!("http://{}{path}", self.control);
-        let resp = self.http.get(&url).send().await?.error_for_status()?;
-        Ok(resp.json().await?)
+        let fail = |e: reqwest::Error| BenchError::Simulator(format!("control api {path}: {e}"));
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(fail)?;
+        resp.json().await.map_err(fail)
     }
 
     /// Request counters summed over the whole fleet (every shard).
-    pub(super) async fn counters(&self) -> anyhow::Result<CounterSnapshot> {
-        self.get("/counters")
-            .await
-            .context("simulator control api: counters")
+    pub(super) async fn counters(&self) -> Result<CounterSnapshot, BenchError> {
+        self.get("/counters").await
     }
 
     /// Requests received so far by the workers `selector` picks (fault-spec selector syntax).
-    pub(super) async fn requests_of(&self, selector: &str) -> anyhow::Result<u64> {
+    pub(super) async fn requests_of(&self, selector: &str) -> Result<u64, BenchError> {
         let sel = selector.replace('%', "%25").replace('+', "%2B");
-        let list: WorkerList = self
-            .get(&format!("/workers?workers={sel}"))
-            .await
-            .context("simulator control api: workers")?;
+        let list: WorkerList = self.get(&format!("/workers?workers={sel}")).await?;
         Ok(list.workers.iter().map(|w| w.counters.requests).sum())
     }
 

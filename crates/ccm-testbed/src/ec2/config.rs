@@ -1,19 +1,17 @@
-//! [`SimConfig`]: what the simulated cloud contains and how fast it moves.
+//! [`Ec2SimConfig`]: what the simulated cloud contains and how fast it moves.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
+use ccm_cloud::{CloudError, Image, Tags};
 use ccm_domain::{AmiId, InstanceType, Region};
 use chrono::{TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::error::CloudError;
-use crate::types::{Image, Tags};
-
 /// The simulated cloud's settings (a config section of `ccm demo`, or built in tests).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct SimConfig {
+pub struct Ec2SimConfig {
     /// The regions it serves; seeded instances go to the first.
     pub regions: Vec<Region>,
     /// Seed of the random generator (instance ids, injected throttling): same seed, same ids.
@@ -48,9 +46,9 @@ pub struct SimConfig {
     pub default_page_size: u32,
 }
 
-impl SimConfig {
+impl Ec2SimConfig {
     /// `count` consecutive loopback addresses starting at `start` (wrapping within
-    /// 127.0.0.0/8 is the caller's problem: [`SimConfig::validate`] rejects the result).
+    /// 127.0.0.0/8 is the caller's problem: [`Ec2SimConfig::validate`] rejects the result).
     pub fn loopback_pool(start: Ipv4Addr, count: u32) -> Vec<Ipv4Addr> {
         let base = u32::from(start);
         (0..count)
@@ -137,7 +135,7 @@ impl SimConfig {
     }
 }
 
-impl Default for SimConfig {
+impl Default for Ec2SimConfig {
     fn default() -> Self {
         let mut seed_tags = Tags::new();
         seed_tags.insert("ccm:cml".to_owned(), "true".to_owned());
@@ -174,29 +172,29 @@ mod tests {
 
     #[test]
     fn the_default_config_should_be_valid_and_offer_a_cml_image() {
-        let config = SimConfig::default();
+        let config = Ec2SimConfig::default();
         config.validate().unwrap();
         assert!(
             config
                 .images
                 .iter()
-                .any(|i| crate::glob_match("cml-controller-2.9*", &i.name))
+                .any(|i| ccm_cloud::glob_match("cml-controller-2.9*", &i.name))
         );
         assert_eq!(config.images.len(), 3);
     }
 
     #[test]
     fn pools_off_loopback_should_be_rejected_naming_the_key() {
-        let config = SimConfig {
+        let config = Ec2SimConfig {
             ip_pool: vec![Ipv4Addr::new(10, 0, 0, 1)],
-            ..SimConfig::default()
+            ..Ec2SimConfig::default()
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("ip_pool"), "{err}");
-        let config = SimConfig {
-            ip_pool: SimConfig::loopback_pool(Ipv4Addr::new(127, 0, 0, 1), 2),
+        let config = Ec2SimConfig {
+            ip_pool: Ec2SimConfig::loopback_pool(Ipv4Addr::new(127, 0, 0, 1), 2),
             seed_instances: 3,
-            ..SimConfig::default()
+            ..Ec2SimConfig::default()
         };
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains("seed_instances"), "{err}");
@@ -204,12 +202,12 @@ mod tests {
 
     #[test]
     fn config_should_parse_humantime_durations_and_reject_unknown_keys() {
-        let config: SimConfig = serde_json::from_str(
+        let config: Ec2SimConfig = serde_json::from_str(
             r#"{"regions":["us-east-1"],"pending_delay":"3s","seed_instances":2}"#,
         )
         .unwrap();
         assert_eq!(config.pending_delay, Duration::from_secs(3));
         assert_eq!(config.seed_instances, 2);
-        assert!(serde_json::from_str::<SimConfig>(r#"{"nope":1}"#).is_err());
+        assert!(serde_json::from_str::<Ec2SimConfig>(r#"{"nope":1}"#).is_err());
     }
 }

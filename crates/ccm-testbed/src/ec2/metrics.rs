@@ -4,19 +4,9 @@
 
 use std::f64::consts::TAU;
 
+use ccm_cloud::{Instance, InstanceMetrics, MetricKind, MetricSample, MetricsWindow};
 use ccm_domain::Ec2State;
 use chrono::{DateTime, Utc};
-
-use crate::types::{Instance, InstanceMetrics, MetricSample, MetricsWindow};
-
-/// Which metric a put value is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MetricKind {
-    /// `AWS/EC2 CPUUtilization`.
-    Cpu,
-    /// `CWAgent mem_used_percent`.
-    Memory,
-}
 
 /// Values put for one instance (the latest per metric).
 #[derive(Debug, Clone, Default)]

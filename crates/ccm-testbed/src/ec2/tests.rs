@@ -5,23 +5,23 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use ccm_cloud::InstanceFilter;
 use ccm_domain::{Ec2State, InstanceId, InstanceType, Region};
 use parking_lot::Mutex;
 
 use super::*;
-use crate::types::{InstanceFilter, MetricsWindow};
 
 fn region() -> Region {
     Region::parse("eu-west-1").unwrap()
 }
 
-fn config() -> SimConfig {
-    SimConfig {
+fn config() -> Ec2SimConfig {
+    Ec2SimConfig {
         pending_delay: Duration::from_secs(30),
         stopping_delay: Duration::from_secs(20),
         shutting_down_delay: Duration::from_secs(10),
-        ip_pool: SimConfig::loopback_pool(Ipv4Addr::new(127, 1, 0, 1), 3),
-        ..SimConfig::default()
+        ip_pool: Ec2SimConfig::loopback_pool(Ipv4Addr::new(127, 1, 0, 1), 3),
+        ..Ec2SimConfig::default()
     }
 }
 
@@ -261,7 +261,7 @@ async fn instance_n_should_get_pool_address_n_and_an_exhausted_pool_is_a_capacit
 async fn seeded_instances_should_be_running_tagged_and_reported_to_the_hook() {
     let hook = Arc::new(RecordingHook::default());
     let cloud = SimulatedCloud::with_power_hook(
-        SimConfig {
+        Ec2SimConfig {
             seed_instances: 2,
             ..config()
         },
@@ -293,7 +293,7 @@ async fn the_same_seed_should_give_the_same_instance_ids() {
     let ia = a.run_instance(&region(), &spec(&a, "w")).await.unwrap().id;
     let ib = b.run_instance(&region(), &spec(&b, "w")).await.unwrap().id;
     assert_eq!(ia, ib);
-    let c = SimulatedCloud::new(SimConfig {
+    let c = SimulatedCloud::new(Ec2SimConfig {
         seed: 2,
         ..config()
     })
@@ -369,7 +369,7 @@ async fn injected_latency_should_delay_every_call_on_tokio_time() {
 
 #[tokio::test(start_paused = true)]
 async fn metrics_for_many_instances_should_take_one_call_per_250() {
-    let cloud = SimulatedCloud::new(SimConfig {
+    let cloud = SimulatedCloud::new(Ec2SimConfig {
         seed_instances: 3,
         ..config()
     })
@@ -433,7 +433,7 @@ async fn enabling_detailed_monitoring_should_show_in_describe() {
 #[tokio::test(start_paused = true)]
 async fn a_region_that_is_not_configured_should_be_refused_and_instances_stay_in_their_region() {
     let other = Region::parse("us-east-1").unwrap();
-    let cloud = SimulatedCloud::new(SimConfig {
+    let cloud = SimulatedCloud::new(Ec2SimConfig {
         regions: vec![region(), other.clone()],
         ..config()
     })

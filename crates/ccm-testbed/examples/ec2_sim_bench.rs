@@ -1,15 +1,16 @@
 //! Rough numbers for the simulated cloud at fleet size: seeding, a full describe (1000 per
 //! page), describes of id batches, and metrics for every instance.
 //!
-//! `cargo run -p ccm-cloud --example sim_bench -- 10000`
+//! `cargo run -p ccm-testbed --example ec2_sim_bench -- 10000`
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a measuring tool")]
 
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use ccm_cloud::{CloudProvider, InstanceQuery, MetricsWindow, SimConfig, SimulatedCloud};
+use ccm_cloud::{CloudProvider, InstanceQuery, MetricsWindow};
 use ccm_domain::InstanceId;
+use ccm_testbed::ec2::{Ec2SimConfig, SimulatedCloud};
 use tokio::time::Instant;
 
 #[tokio::main(flavor = "current_thread")]
@@ -19,10 +20,10 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(10_000);
     let started = Instant::now();
-    let cloud = SimulatedCloud::new(SimConfig {
+    let cloud = SimulatedCloud::new(Ec2SimConfig {
         seed_instances: n,
-        ip_pool: SimConfig::loopback_pool(Ipv4Addr::new(127, 1, 0, 1), n as u32),
-        ..SimConfig::default()
+        ip_pool: Ec2SimConfig::loopback_pool(Ipv4Addr::new(127, 1, 0, 1), n as u32),
+        ..Ec2SimConfig::default()
     })
     .expect("config");
     println!("seed {n} instances: {:?}", started.elapsed());

@@ -1,4 +1,5 @@
-//! [`SimulatedCloud`]: an in-memory EC2 and CloudWatch for `ccm demo` and engine tests.
+//! [`SimulatedCloud`]: an in-memory EC2 and CloudWatch for `ccm demo`, the benchmarks and the
+//! tests, behind `ccm-cloud`'s [`CloudProvider`] trait.
 //!
 //! Instances move through EC2's states on `tokio::time` (pending → running, stopping →
 //! stopped, shutting-down → terminated, each after a configured delay), so tests run under
@@ -18,6 +19,11 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use ccm_cloud::{
+    CheckStatus, CloudError, CloudProvider, Image, ImageQuery, Instance, InstanceMetrics,
+    InstancePage, InstanceQuery, InstanceStatus, MetricKind, MetricsWindow, PageRequest, RunSpec,
+    StateChange, Tags, glob_match,
+};
 use ccm_domain::{Ec2State, InstanceId, Region};
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -25,15 +31,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-pub use config::SimConfig;
-pub use metrics::MetricKind;
-
-use crate::error::CloudError;
-use crate::provider::CloudProvider;
-use crate::types::{
-    CheckStatus, Image, ImageQuery, Instance, InstanceMetrics, InstancePage, InstanceQuery,
-    InstanceStatus, MetricsWindow, PageRequest, RunSpec, StateChange, Tags, glob_match,
-};
+pub use config::Ec2SimConfig;
 
 /// How long after reaching `running` the simulated status checks stay `initializing`.
 const STATUS_CHECK_WARMUP: Duration = Duration::from_secs(120);
@@ -55,7 +53,7 @@ pub struct SimulatedCloud {
 }
 
 struct Shared {
-    config: SimConfig,
+    config: Ec2SimConfig,
     clock: SimClock,
     hook: Option<Arc<dyn PowerHook>>,
     state: Mutex<State>,
@@ -118,20 +116,20 @@ enum HookEvent {
 
 impl SimulatedCloud {
     /// A simulated cloud as `config` says, without a power hook.
-    pub fn new(config: SimConfig) -> Result<Self, CloudError> {
+    pub fn new(config: Ec2SimConfig) -> Result<Self, CloudError> {
         Self::build(config, None)
     }
 
     /// A simulated cloud that tells `hook` when instances come up or go down. Seeded
     /// instances are reported as running right away.
     pub fn with_power_hook(
-        config: SimConfig,
+        config: Ec2SimConfig,
         hook: Arc<dyn PowerHook>,
     ) -> Result<Self, CloudError> {
         Self::build(config, Some(hook))
     }
 
-    fn build(config: SimConfig, hook: Option<Arc<dyn PowerHook>>) -> Result<Self, CloudError> {
+    fn build(config: Ec2SimConfig, hook: Option<Arc<dyn PowerHook>>) -> Result<Self, CloudError> {
         config.validate()?;
         let now = Instant::now();
         let state = State {
@@ -176,7 +174,7 @@ impl SimulatedCloud {
         let mut state = self.shared.state.lock();
         for n in 1..=config.seed_instances {
             let mut tags = config.seed_tags.clone();
-            tags.insert(crate::NAME_TAG.to_owned(), format!("cml-worker-{n:03}"));
+            tags.insert(ccm_cloud::NAME_TAG.to_owned(), format!("cml-worker-{n:03}"));
             let spec = RunSpec {
                 tags,
                 ..RunSpec::new(
@@ -257,7 +255,7 @@ impl SimulatedCloud {
     }
 
     /// The configuration in use.
-    pub fn config(&self) -> &SimConfig {
+    pub fn config(&self) -> &Ec2SimConfig {
         &self.shared.config
     }
 
@@ -478,7 +476,7 @@ fn set_state(sim: &mut SimInstance, state: Ec2State, now: Instant) {
     }
 }
 
-fn settle_locked(state: &mut State, config: &SimConfig, now: Instant) -> Vec<HookEvent> {
+fn settle_locked(state: &mut State, config: &Ec2SimConfig, now: Instant) -> Vec<HookEvent> {
     let mut events = Vec::new();
     let mut freed = Vec::new();
     let mut gone = Vec::new();
@@ -541,7 +539,7 @@ fn new_instance_id(state: &mut State) -> Result<InstanceId, CloudError> {
 /// Creates a `pending` instance (no transition scheduled); returns its sequence number.
 fn launch(
     state: &mut State,
-    config: &SimConfig,
+    config: &Ec2SimConfig,
     region: &Region,
     spec: &RunSpec,
     launch_time: DateTime<Utc>,
@@ -748,12 +746,12 @@ impl CloudProvider for SimulatedCloud {
                     })?,
             ),
         };
-        if query.ids.len() > crate::MAX_IDS_PER_DESCRIBE {
+        if query.ids.len() > ccm_cloud::MAX_IDS_PER_DESCRIBE {
             return Err(CloudError::InvalidParameter {
                 code: "FilterLimitExceeded".to_owned(),
                 message: format!(
                     "at most {} ids per describe call",
-                    crate::MAX_IDS_PER_DESCRIBE
+                    ccm_cloud::MAX_IDS_PER_DESCRIBE
                 ),
             });
         }
@@ -929,7 +927,7 @@ impl CloudProvider for SimulatedCloud {
         window.validate()?;
         let mut out = HashMap::with_capacity(ids.len());
         // One GetMetricData call answers up to 250 instances (500 queries of 2 metrics).
-        for chunk in ids.chunks(crate::MAX_INSTANCES_PER_METRICS_CALL) {
+        for chunk in ids.chunks(ccm_cloud::MAX_INSTANCES_PER_METRICS_CALL) {
             self.enter("GetMetricData", region).await?;
             let state = self.shared.state.lock();
             for id in chunk {

@@ -1,4 +1,4 @@
-//! The SSE benchmark: an embedded fleet, the API on a loopback port, N event-stream clients
+//! `ccm bench sse`: an embedded fleet, the API on a loopback port, N event-stream clients
 //! over real HTTP, timestamped events published on the engine's bus; measures the
 //! event-to-delivery latency (publish call → message parsed by the client) and counts the
 //! clients dropped.
@@ -8,19 +8,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use ccm_api::sse_client::{SseItem, SseReader};
+use ccm_api::{ApiConfig, ApiState, AuthConfig, Role, generate_token};
 use ccm_domain::{EventKind, ServiceStatus};
-use ccm_engine::embedded::{Embedded, EmbeddedOptions};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::auth::Role;
-use crate::config::{ApiConfig, AuthConfig, generate_token};
-use crate::sse_client::{SseItem, SseReader};
-use crate::state::ApiState;
+use super::BenchError;
+use crate::embedded::{Embedded, EmbeddedOptions};
 
 /// How to run the benchmark.
 #[derive(Debug, Clone)]
-pub struct SseBenchOptions {
+pub struct SseOptions {
     /// Pause between two published events.
     pub interval: Duration,
     /// First loopback address of the simulated CML fleet (one worker).
@@ -35,7 +34,7 @@ pub struct SseBenchOptions {
     pub sse_buffer: usize,
 }
 
-impl Default for SseBenchOptions {
+impl Default for SseOptions {
     fn default() -> Self {
         Self {
             interval: Duration::from_millis(2),
@@ -48,9 +47,9 @@ impl Default for SseBenchOptions {
     }
 }
 
-/// What the benchmark measured.
+/// What the benchmark measured (the JSON of `ccm bench sse`).
 #[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct SseBenchReport {
+pub struct SseReport {
     /// Clients connected.
     pub subscribers: usize,
     /// Events published.
@@ -73,7 +72,7 @@ pub struct SseBenchReport {
     pub publish_seconds: f64,
 }
 
-impl std::fmt::Display for SseBenchReport {
+impl std::fmt::Display for SseReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
@@ -92,30 +91,28 @@ impl std::fmt::Display for SseBenchReport {
     }
 }
 
-/// Why the benchmark could not run.
-#[derive(Debug, thiserror::Error)]
-#[error("sse benchmark: {0}")]
-pub struct SseBenchError(String);
-
-fn fail(e: impl std::fmt::Display) -> SseBenchError {
-    SseBenchError(e.to_string())
+/// A failure of the run itself (sockets, HTTP, tasks).
+fn fail(e: impl std::fmt::Display) -> BenchError {
+    BenchError::Invalid(format!("sse benchmark: {e}"))
 }
 
 /// Runs the SSE benchmark: `subscribers` clients, `events` events.
-pub async fn bench_sse(
+pub async fn sse(
     subscribers: usize,
     events: usize,
-    options: SseBenchOptions,
-) -> Result<SseBenchReport, SseBenchError> {
+    options: SseOptions,
+) -> Result<SseReport, BenchError> {
     let store = Arc::new(
         ccm_store::SqliteStore::open_in_memory()
             .await
-            .map_err(fail)?,
+            .map_err(BenchError::setup("store"))?,
     );
     let mut opts = EmbeddedOptions::new(1, options.fleet_base, store);
     opts.settings.polling = ccm_domain::settings::PollingSettings::all_off();
     opts.spare = 0;
-    let fleet = Embedded::start(opts).await.map_err(fail)?;
+    let fleet = Embedded::start(opts)
+        .await
+        .map_err(BenchError::setup("embedded fleet"))?;
     let token = generate_token();
     let api = ApiConfig {
         sse_buffer: options.sse_buffer,
@@ -123,13 +120,14 @@ pub async fn bench_sse(
         ..ApiConfig::default()
     };
     let auth = AuthConfig::default().with_token("bench", Role::Viewer, &token);
-    let state = ApiState::new(fleet.engine.clone(), api, auth, None).map_err(fail)?;
+    let state =
+        ApiState::new(fleet.engine.clone(), api, auth, None).map_err(BenchError::setup("api"))?;
     let listener = tokio::net::TcpListener::bind(SocketAddr::new(options.api_ip, 0))
         .await
         .map_err(fail)?;
     let addr = listener.local_addr().map_err(fail)?;
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(crate::serve::serve(listener, state.clone(), async move {
+    let server = tokio::spawn(ccm_api::serve(listener, state.clone(), async move {
         let _ = stop_rx.await;
     }));
 
@@ -160,7 +158,7 @@ pub async fn bench_sse(
             if !res.status().is_success() {
                 return Err(fail(format!("subscribe: http {}", res.status())));
             }
-            Ok::<_, SseBenchError>(SseReader::new(res))
+            Ok::<_, BenchError>(SseReader::new(res))
         });
     }
     let mut readers = Vec::with_capacity(subscribers);
@@ -253,7 +251,7 @@ pub async fn bench_sse(
         let i = ((all.len() as f64 - 1.0) * p).round() as usize;
         all[i.min(all.len() - 1)] as f64 / 1e6
     };
-    Ok(SseBenchReport {
+    Ok(SseReport {
         subscribers,
         events,
         expected: (subscribers * events) as u64,
