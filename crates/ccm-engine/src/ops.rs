@@ -41,27 +41,15 @@ pub(crate) fn cml_error(err: CmlError, what: &'static str, id: &str) -> EngineEr
 impl Engine {
     /// Refreshes one worker now (its EC2 state, a CML sync, its labs). Throttled per worker
     /// and de-duplicated: a request while one runs joins it; a request too soon after the
-    /// last is skipped. Every skip is an event saying why.
+    /// last is skipped. Only a refresh that runs is recorded (`ccm.worker.refresh_requested`);
+    /// a skipped one writes nothing and the caller is told why.
     pub async fn refresh_worker(
         &self,
         id: WorkerId,
         by: &Actor,
     ) -> Result<RefreshOutcome, EngineError> {
         let worker = self.worker(id).await?;
-        self.emit(
-            Some(id),
-            vec![EventKind::WorkerRefreshRequested { by: by.clone() }],
-        )
-        .await;
         if let Some(reason) = worker.refresh_blocker() {
-            self.emit(
-                Some(id),
-                vec![EventKind::WorkerRefreshSkipped {
-                    reason,
-                    retry_in_seconds: None,
-                }],
-            )
-            .await;
             return Ok(RefreshOutcome::Skipped {
                 reason,
                 retry_in_seconds: None,
@@ -69,6 +57,11 @@ impl Engine {
         }
         match self.inner.refresh_throttle.try_acquire(id) {
             Ok(guard) => {
+                self.emit(
+                    Some(id),
+                    vec![EventKind::WorkerRefreshRequested { by: by.clone() }],
+                )
+                .await;
                 let engine = self.clone();
                 let result = self
                     .inner
@@ -90,33 +83,14 @@ impl Engine {
                 Ok(RefreshOutcome::Refreshed)
             }
             Err(ThrottleError::AlreadyRunning) => {
-                self.emit(
-                    Some(id),
-                    vec![EventKind::WorkerRefreshSkipped {
-                        reason: RefreshSkip::AlreadyRunning,
-                        retry_in_seconds: None,
-                    }],
-                )
-                .await;
                 // Join the running refresh (if it just finished, this returns at once).
                 let _ = self.inner.refresh_flight.run(id, async { Ok(()) }).await;
                 Ok(RefreshOutcome::Joined)
             }
-            Err(ThrottleError::Throttled { retry_in }) => {
-                let secs = retry_in.as_secs().max(1);
-                self.emit(
-                    Some(id),
-                    vec![EventKind::WorkerRefreshSkipped {
-                        reason: RefreshSkip::Throttled,
-                        retry_in_seconds: Some(secs),
-                    }],
-                )
-                .await;
-                Ok(RefreshOutcome::Skipped {
-                    reason: RefreshSkip::Throttled,
-                    retry_in_seconds: Some(secs),
-                })
-            }
+            Err(ThrottleError::Throttled { retry_in }) => Ok(RefreshOutcome::Skipped {
+                reason: RefreshSkip::Throttled,
+                retry_in_seconds: Some(retry_in.as_secs().max(1)),
+            }),
         }
     }
 
@@ -185,30 +159,14 @@ impl Engine {
     ) -> Result<String, EngineError> {
         let worker = self.worker(id).await?;
         let target = self.lab_target(&worker)?;
+        // A read: logged, never an event (viewers may download; they must not cause writes).
         match self.inner.cml.download_lab(&target, lab).await {
             Ok(yaml) => {
-                self.emit(
-                    Some(id),
-                    vec![EventKind::LabActionCompleted {
-                        lab_id: lab.to_string(),
-                        action: LabAction::Download,
-                        title: None,
-                        by: by.clone(),
-                    }],
-                )
-                .await;
+                tracing::info!(worker = %id, lab = %lab, by = %by, "lab topology downloaded");
                 Ok(yaml)
             }
             Err(err) => {
-                self.emit(
-                    Some(id),
-                    vec![EventKind::LabActionFailed {
-                        lab_id: Some(lab.to_string()),
-                        action: LabAction::Download,
-                        error: err.to_string(),
-                    }],
-                )
-                .await;
+                tracing::info!(worker = %id, lab = %lab, by = %by, error = %err, "lab topology download failed");
                 Err(cml_error(err, "lab", lab.as_str()))
             }
         }
