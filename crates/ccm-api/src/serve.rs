@@ -14,9 +14,10 @@
 //!   consumes) is disconnected after `api.write_stall_timeout`.
 //! - **Connection limit**: at most `max_connections` at once; one more is closed at once
 //!   (plain HTTP: after a best-effort `503`).
-//! - **Graceful shutdown with a deadline**: stop accepting, end the event streams, let the
-//!   requests in flight finish; whatever is still open after `shutdown_timeout` (a client
-//!   that sent half a header, say) is closed.
+//! - **Graceful shutdown with a deadline**: stop accepting, end the event streams, close
+//!   connections with no request in flight (idle, or half a header) at once, let the requests
+//!   in flight finish; whatever is still open after `shutdown_timeout` (a request whose body
+//!   trickles in, say) is closed.
 //!
 //! Hand-written rather than `axum::serve`, which exposes none of these limits.
 
@@ -499,6 +500,10 @@ where
             }
             () = shared.abort.cancelled() => return,
             () = shared.drain.cancelled(), if !closing => {
+                // No request in flight (idle, or half a header): nothing to finish.
+                if activity.in_flight.load(Ordering::Acquire) == 0 {
+                    return;
+                }
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }

@@ -240,6 +240,22 @@ async fn shutdown_should_end_within_its_deadline_with_stalled_connections_open()
         c.write_all(HALF_HEADER).await.unwrap();
         stalled.push(c);
     }
+    // A request in flight that will not finish: its body never completes (30 s body timeout).
+    // `Expect: 100-continue` makes the server say when the handler starts reading the body.
+    let mut in_flight = TcpStream::connect(s.addr).await.unwrap();
+    in_flight
+        .write_all(
+            b"POST /api/v1/session HTTP/1.1\r\nHost: ccm\r\nContent-Type: application/json\r\nContent-Length: 100\r\nExpect: 100-continue\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), in_flight.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(buf[..n].starts_with(b"HTTP/1.1 100"), "{:?}", &buf[..n]);
+    in_flight.write_all(b"{").await.unwrap();
     // An idle kept-alive connection and an event stream.
     let mut idle = TcpStream::connect(s.addr).await.unwrap();
     idle.write_all(b"GET /healthz HTTP/1.1\r\nHost: ccm\r\n\r\n")
@@ -264,10 +280,15 @@ async fn shutdown_should_end_within_its_deadline_with_stalled_connections_open()
         .unwrap();
     let took = asked.elapsed();
     assert!(took < deadline + Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= deadline,
+        "the request in flight had until the deadline: {took:?}"
+    );
     for mut c in stalled {
         until_closed(&mut c, Duration::from_secs(2)).await;
     }
     until_closed(&mut idle, Duration::from_secs(2)).await;
+    until_closed(&mut in_flight, Duration::from_secs(2)).await;
     let end = async { while let Ok(Some(_)) = stream.chunk().await {} };
     tokio::time::timeout(Duration::from_secs(2), end)
         .await
