@@ -625,8 +625,52 @@ mod tests {
 
     #[test]
     fn defaults_should_be_valid() {
+        ServerConfig::default().validate().unwrap();
         ApiConfig::default().validate().unwrap();
         AuthConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn server_limits_out_of_range_should_be_refused_naming_the_key() {
+        let cases: [(fn(&mut ServerConfig), &str); 5] = [
+            (
+                |s| s.header_read_timeout = Duration::ZERO,
+                "server.header_read_timeout",
+            ),
+            (
+                |s| s.body_read_timeout = hours(2),
+                "server.body_read_timeout",
+            ),
+            (
+                |s| s.keep_alive_timeout = s.header_read_timeout + Duration::from_secs(1),
+                "server.keep_alive_timeout",
+            ),
+            (|s| s.max_connections = 0, "server.max_connections"),
+            (
+                |s| s.tls_cert = Some("/etc/ccm/cert.pem".into()),
+                "server.tls_key",
+            ),
+        ];
+        for (change, key) in cases {
+            let mut s = ServerConfig::default();
+            change(&mut s);
+            assert_eq!(s.validate().unwrap_err().key, key);
+        }
+        let text = r#"
+            listen = "0.0.0.0:8443"
+            header_read_timeout = "5s"
+            keep_alive_timeout = "2s"
+            tls_cert = "/etc/ccm/cert.pem"
+            tls_key = "/etc/ccm/key.pem"
+        "#;
+        let s: ServerConfig = toml::from_str(text).unwrap();
+        s.validate().unwrap();
+        assert!(s.tls());
+        assert_eq!(
+            s.body_read_timeout,
+            Duration::from_secs(30),
+            "unset keys keep defaults"
+        );
     }
 
     #[test]
