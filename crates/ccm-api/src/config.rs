@@ -632,7 +632,8 @@ mod tests {
 
     #[test]
     fn server_limits_out_of_range_should_be_refused_naming_the_key() {
-        let cases: [(fn(&mut ServerConfig), &str); 5] = [
+        type Change = fn(&mut ServerConfig);
+        let cases: [(Change, &str); 5] = [
             (
                 |s| s.header_read_timeout = Duration::ZERO,
                 "server.header_read_timeout",
