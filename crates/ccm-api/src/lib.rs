@@ -44,12 +44,13 @@ pub mod serve;
 pub mod sse;
 pub mod sse_client;
 mod state;
+mod tls;
 mod ui;
 
 pub use auth::{AuthMethod, Principal, Role};
 pub use config::{
-    ApiConfig, AuthConfig, ConfigError, CookieSecure, OidcConfig, RoleMapping, SignInLimit,
-    TokenConfig, generate_token, hash_token,
+    ApiConfig, AuthConfig, ConfigError, CookieSecure, OidcConfig, RoleMapping, ServerConfig,
+    SignInLimit, TokenConfig, generate_token, hash_token,
 };
 pub use error::{ApiError, Problem};
 pub use routes::{openapi, router};

@@ -131,6 +131,15 @@ catalogue! {
     }
     /// The full current state of a worker, sent to a live subscriber when it connects.
     WorkerSnapshot = "ccm.worker.snapshot", transient { worker: serde_json::Value }
+    /// The session or credential an event stream was opened with ended (`signed_out`,
+    /// `expired`); the stream closes after this event (to one subscriber only).
+    SessionEnded = "ccm.session.ended", transient { reason: String }
+    /// An event stream could not resume where the client asked and replays from the oldest
+    /// event kept instead (`reason`: `last_event_id_ahead` — the id is above the log's newest,
+    /// as after a recreated database or a restored backup). To one subscriber only.
+    StreamReset = "ccm.stream.reset", transient {
+        reason: String, last_event_id: u64, newest_event_id: u64,
+    }
     /// A lab action succeeded.
     LabActionCompleted = "ccm.lab.action_completed" {
         lab_id: String, action: LabAction, #[serde(default)] title: Option<String>, by: Actor,

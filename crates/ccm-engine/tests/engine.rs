@@ -590,7 +590,7 @@ async fn licence_registration_should_end_registered_or_failed() {
 }
 
 #[tokio::test]
-async fn refreshes_should_be_throttled_and_say_why() {
+async fn refreshes_should_be_throttled_say_why_and_persist_nothing_when_skipped() {
     let (fleet, _) = start(1, [127, 68, 0, 1], |o| {
         o.resilience.refresh_throttle.min_interval = Duration::from_secs(600)
     })
@@ -605,21 +605,31 @@ async fn refreshes_should_be_throttled_and_say_why() {
         fleet.engine.refresh_worker(id, &me).await.unwrap(),
         ccm_engine::RefreshOutcome::Refreshed
     );
-    match fleet.engine.refresh_worker(id, &me).await.unwrap() {
-        ccm_engine::RefreshOutcome::Skipped {
-            reason: ccm_domain::RefreshSkip::Throttled,
-            retry_in_seconds: Some(s),
-        } => assert!(s > 500),
-        other => panic!("expected throttled, got {other:?}"),
-    }
-    let events = fleet.engine.worker_events(id, None, 50).await.unwrap();
-    assert!(events.iter().any(|e| matches!(
-        e.event.kind,
-        EventKind::WorkerRefreshSkipped {
-            reason: ccm_domain::RefreshSkip::Throttled,
-            ..
+    let events = fleet.engine.worker_events(id, None, 500).await.unwrap();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e.event.kind, EventKind::WorkerRefreshRequested { .. }))
+            .count(),
+        1,
+        "the refresh that ran is recorded"
+    );
+    let head = fleet.engine.store().last_seq().await.unwrap();
+    for _ in 0..20 {
+        match fleet.engine.refresh_worker(id, &me).await.unwrap() {
+            ccm_engine::RefreshOutcome::Skipped {
+                reason: ccm_domain::RefreshSkip::Throttled,
+                retry_in_seconds: Some(s),
+            } => assert!(s > 500),
+            other => panic!("expected throttled, got {other:?}"),
         }
-    )));
+    }
+    fleet.engine.flush().await;
+    assert_eq!(
+        fleet.engine.store().last_seq().await.unwrap(),
+        head,
+        "throttled refreshes wrote nothing to the event log"
+    );
     fleet.shutdown().await;
 }
 

@@ -14,6 +14,8 @@ mod matrix;
 mod oidc;
 /// Garbage in never yields 500; secrets never come out.
 mod robustness;
+/// The listener: slow clients, the connection limit, shutdown, HTTPS.
+mod server;
 /// Cookie sessions, CSRF, sign-out, the sign-in rate limit.
 mod session;
 /// The event stream: filters, snapshot, heartbeat, resume, slow clients.

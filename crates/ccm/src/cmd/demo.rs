@@ -109,8 +109,15 @@ pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
     let fleet = Embedded::start(opts)
         .await
         .context("cannot start the embedded fleet")?;
-    let state = ccm_api::ApiState::new(
+    // The listener's limits from `[server]`; the demo always speaks plain HTTP on loopback.
+    let server = ccm_api::ServerConfig {
+        tls_cert: None,
+        tls_key: None,
+        ..config.server.clone()
+    };
+    let state = ccm_api::ApiState::with_server(
         fleet.engine.clone(),
+        server,
         config.api.clone(),
         auth,
         Some(metrics),

@@ -48,8 +48,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("cannot start the engine")?;
     engine.forward_resilience_events(events);
-    let state = ccm_api::ApiState::new(
+    let state = ccm_api::ApiState::with_server(
         engine.clone(),
+        config.server.clone(),
         config.api.clone(),
         config.auth.clone(),
         Some(metrics),
@@ -58,7 +59,11 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("server.listen {}", config.server.listen))?;
-    tracing::info!(listen = %config.server.listen, "ccm serving");
+    tracing::info!(
+        listen = %config.server.listen,
+        https = config.server.tls(),
+        "ccm serving"
+    );
     ccm_api::serve(listener, state, super::runtime::shutdown_signal())
         .await
         .context("HTTP server failed")?;
