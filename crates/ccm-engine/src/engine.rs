@@ -376,9 +376,16 @@ impl Engine {
         Ok(self.inner.jobs.run_now(job).await?)
     }
 
-    /// The savings report.
-    pub async fn savings(&self) -> Result<ccm_domain::savings::SavingsReport, EngineError> {
-        self.inner.state.savings(&self.inner.config.pricing).await
+    /// The savings report; its groups (week × reason) are also split by the value of tag
+    /// `group_tag` when given.
+    pub async fn savings(
+        &self,
+        group_tag: Option<&str>,
+    ) -> Result<ccm_domain::savings::SavingsReport, EngineError> {
+        self.inner
+            .state
+            .savings(&self.inner.config.pricing, group_tag)
+            .await
     }
 
     /// Health of the database, the scheduler (and the supervised tasks) and the providers.
@@ -545,6 +552,22 @@ impl Engine {
         by: &Actor,
     ) -> Result<Worker, EngineError> {
         self.inner.commands.enable_detailed_monitoring(id, by).await
+    }
+
+    /// Keeps a worker awake until `until`: no idle pause and no schedule stop before then
+    /// (at most 14 days ahead; ends by itself).
+    pub async fn snooze_worker(
+        &self,
+        id: WorkerId,
+        until: DateTime<Utc>,
+        by: &Actor,
+    ) -> Result<Worker, EngineError> {
+        self.inner.commands.snooze(id, Some(until), by).await
+    }
+
+    /// Ends a worker's snooze now.
+    pub async fn clear_snooze(&self, id: WorkerId, by: &Actor) -> Result<Worker, EngineError> {
+        self.inner.commands.snooze(id, None, by).await
     }
 
     /// Switches idle detection for one worker.

@@ -26,11 +26,14 @@ pub enum JobKind {
     AutoImport,
     /// Deletes events past their retention.
     EventRetention,
+    /// Off-hours schedules: stops workers whose off-hours began, starts those they stopped
+    /// once they end, warns before a stop.
+    Schedules,
 }
 
 impl JobKind {
     /// Every job.
-    pub const ALL: [JobKind; 7] = [
+    pub const ALL: [JobKind; 8] = [
         Self::Ec2Sync,
         Self::CmlSync,
         Self::Metrics,
@@ -38,6 +41,7 @@ impl JobKind {
         Self::Activity,
         Self::AutoImport,
         Self::EventRetention,
+        Self::Schedules,
     ];
 
     /// Its name in the API.
@@ -50,6 +54,7 @@ impl JobKind {
             Self::Activity => "activity",
             Self::AutoImport => "auto_import",
             Self::EventRetention => "event_retention",
+            Self::Schedules => "schedules",
         }
     }
 
@@ -68,6 +73,7 @@ impl JobKind {
             Self::Activity => (p.activity_enabled, p.activity_interval),
             Self::AutoImport => (p.auto_import_enabled, p.auto_import_interval),
             Self::EventRetention => (true, Duration::from_secs(3600)),
+            Self::Schedules => (p.activity_enabled, Duration::from_secs(60)),
         }
     }
 

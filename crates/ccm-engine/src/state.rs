@@ -279,16 +279,18 @@ impl State {
         Ok(self.store.list_labs(id).await?)
     }
 
-    /// The savings report at `pricing`.
+    /// The savings report at `pricing`, its groups split by the value of tag `group_tag`.
     pub(crate) async fn savings(
         &self,
         pricing: &PricingConfig,
+        group_tag: Option<&str>,
     ) -> Result<ccm_domain::savings::SavingsReport, EngineError> {
         let all = self.store.list(&WorkerFilter::default()).await?;
         Ok(ccm_domain::savings::savings_report(
             &all.items,
             &pricing.hourly,
             &pricing.currency,
+            group_tag,
             self.now(),
         ))
     }

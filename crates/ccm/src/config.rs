@@ -65,6 +65,8 @@ pub(crate) struct Config {
     pub(crate) idle: ccm_domain::idle::IdleSettings,
     /// Initial poll intervals and switches (runtime settings, as `idle`).
     pub(crate) polling: ccm_domain::settings::PollingSettings,
+    /// Initial off-hours schedules (runtime settings, as `idle`).
+    pub(crate) schedules: Vec<ccm_domain::schedule::ScheduleRule>,
 }
 
 impl Config {
@@ -152,6 +154,7 @@ impl Config {
         let runtime = ccm_domain::RuntimeSettings {
             idle: self.idle.clone(),
             polling: self.polling.clone(),
+            schedules: self.schedules.clone(),
         };
         runtime.validate().map_err(|e| e.to_string())?;
         Ok(())
@@ -174,6 +177,7 @@ impl Config {
         ccm_domain::RuntimeSettings {
             idle: self.idle.clone(),
             polling: self.polling.clone(),
+            schedules: self.schedules.clone(),
         }
     }
 }

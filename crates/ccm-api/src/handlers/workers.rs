@@ -21,7 +21,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use crate::auth::Caller;
 use crate::dto::{
-    CreateWorkerRequest, EventPage, EventRecord, IdleDetectionRequest, ImportView,
+    CreateWorkerRequest, EventPage, EventRecord, IdleDetectionRequest, ImportView, SnoozeRequest,
     ImportWorkersRequest, MetricsHistory, MetricsPointView, RefreshView, TagsRequest, WorkerPage,
     WorkerView,
 };
@@ -529,6 +529,74 @@ pub(crate) async fn idle_detection(
         .engine()
         .set_idle_detection(id, req.enabled, &caller.actor())
         .await?;
+    Ok(Json(WorkerView::new(&w, state.engine())))
+}
+
+/// Keep a worker awake until a time (`until`) or for a while (`for`): no idle pause and no
+/// schedule stop before then (at most 14 days; it ends by itself).
+#[utoipa::path(
+    put, path = "/api/v1/workers/{id}/snooze", tag = "workers",
+    params(("id" = uuid::Uuid, Path, description = "Worker id")),
+    request_body = SnoozeRequest,
+    responses(
+        (status = 200, body = WorkerView),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn snooze(
+    State(state): State<ApiState>,
+    caller: Caller,
+    WorkerPath(id): WorkerPath,
+    JsonBody(req): JsonBody<SnoozeRequest>,
+) -> ApiResult<Json<WorkerView>> {
+    let now = state.engine().now();
+    let until = match (req.until, req.for_.as_deref()) {
+        (Some(until), None) => until,
+        (None, Some(text)) => {
+            let d = humantime::parse_duration(text.trim()).map_err(|_| {
+                ApiError::invalid(
+                    "for",
+                    format!(
+                        "{:?} is not a duration (e.g. 90m, 4h)",
+                        text.chars().take(40).collect::<String>()
+                    ),
+                )
+            })?;
+            chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .ok_or_else(|| ApiError::invalid("for", "the duration is too long"))?
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "until",
+                "give either until (a time) or for (a duration)",
+            ));
+        }
+    };
+    let w = state
+        .engine()
+        .snooze_worker(id, until, &caller.actor())
+        .await?;
+    Ok(Json(WorkerView::new(&w, state.engine())))
+}
+
+/// End a worker's snooze now.
+#[utoipa::path(
+    delete, path = "/api/v1/workers/{id}/snooze", tag = "workers",
+    params(("id" = uuid::Uuid, Path, description = "Worker id")),
+    responses(
+        (status = 200, body = WorkerView),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn clear_snooze(
+    State(state): State<ApiState>,
+    caller: Caller,
+    WorkerPath(id): WorkerPath,
+) -> ApiResult<Json<WorkerView>> {
+    let w = state.engine().clear_snooze(id, &caller.actor()).await?;
     Ok(Json(WorkerView::new(&w, state.engine())))
 }
 
