@@ -499,6 +499,20 @@ enum WorkersAction {
         /// on or off.
         switch: OnOff,
     },
+    /// Keep a worker awake: no idle pause and no schedule stop until then (ends by itself).
+    Snooze {
+        /// Worker id.
+        id: String,
+        /// For this long from now (e.g. 1h, 4h, 90m).
+        #[arg(long = "for", value_name = "DURATION", conflicts_with_all = ["until", "clear"])]
+        for_: Option<String>,
+        /// Until this time (RFC 3339, e.g. 2026-03-03T09:00:00+01:00).
+        #[arg(long, conflicts_with = "clear")]
+        until: Option<String>,
+        /// End the snooze now.
+        #[arg(long)]
+        clear: bool,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -744,6 +758,34 @@ async fn workers_async(cmd: WorkersCmd) -> anyhow::Result<()> {
                 print_json(&w);
             } else {
                 println!("idle detection {}", if enabled { "on" } else { "off" });
+            }
+        }
+        WorkersAction::Snooze {
+            id,
+            for_,
+            until,
+            clear,
+        } => {
+            let path = lifecycle(&id, "snooze");
+            let w = if clear {
+                api.json(reqwest::Method::DELETE, &path, None).await?
+            } else {
+                let body = match (for_, until) {
+                    (Some(d), None) => json!({"for": d}),
+                    (None, Some(u)) => json!({"until": u}),
+                    _ => anyhow::bail!("give --for DURATION, --until TIME or --clear"),
+                };
+                api.json(reqwest::Method::PUT, &path, Some(body)).await?
+            };
+            if as_json {
+                print_json(&w);
+            } else {
+                let s = &w["monitoring"]["snooze"];
+                if s.is_null() {
+                    println!("not snoozed");
+                } else {
+                    println!("kept awake until {} (by {})", text(&s["until"]), text(&s["by"]));
+                }
             }
         }
     }
@@ -1103,8 +1145,15 @@ enum SystemAction {
     },
     /// Circuit breakers, the retry budget and the bulkheads.
     Breakers,
-    /// Instance-hours and money saved.
-    Savings,
+    /// Instance-hours and money saved (by worker; --csv: by week, tag value and reason).
+    Savings {
+        /// Print the groups (week, tag value, reason) as CSV.
+        #[arg(long)]
+        csv: bool,
+        /// Split the groups by the value of this tag key (e.g. team).
+        #[arg(long)]
+        tag: Option<String>,
+    },
 }
 
 /// Runs `ccm system …`.
@@ -1235,8 +1284,28 @@ async fn system_async(cmd: SystemCmd) -> anyhow::Result<()> {
                 );
             }
         }
-        SystemAction::Savings => {
-            let s = api.get("/api/v1/system/savings").await?;
+        SystemAction::Savings { csv, tag } => {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            if csv {
+                query.append_pair("format", "csv");
+            }
+            if let Some(tag) = &tag {
+                query.append_pair("tag", tag);
+            }
+            let query = query.finish();
+            let path = if query.is_empty() {
+                "/api/v1/system/savings".to_owned()
+            } else {
+                format!("/api/v1/system/savings?{query}")
+            };
+            if csv {
+                let res = api
+                    .send(api.request(reqwest::Method::GET, &path))
+                    .await?;
+                print!("{}", res.text().await?);
+                return Ok(());
+            }
+            let s = api.get(&path).await?;
             if as_json {
                 print_json(&s);
                 return Ok(());
