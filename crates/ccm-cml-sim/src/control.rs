@@ -12,7 +12,10 @@
 //!
 //! `SPEC` and `SEL` use the fault-spec grammar of [`crate::faults`]. Actions:
 //! `power_off`, `power_on` (`"boot": "30s"`), `expire_tokens`, `fail401` (`"n": 3`),
-//! `reset_counters`, `set_ready` (`"ready": false`), `user_login`. Errors are
+//! `reset_counters`, `set_ready` (`"ready": false`), `user_login`, `user_start_lab` (imports
+//! a two-node lab as the non-admin user if it has none, and starts it), `user_stop_lab`,
+//! `set_clock` (`"now": RFC 3339`: the simulator's wall clock, fleet-wide, for harnesses that
+//! play a usage trace in simulated time; telemetry is stamped with it). Errors are
 //! `{code, description}` with status 400 or 404. Worker indices are fleet-wide, also when
 //! `ccm sim` runs shard processes (the parent forwards to them).
 
@@ -80,6 +83,15 @@ pub enum Action {
     },
     /// The non-admin user logs in (user_activity telemetry).
     UserLogin,
+    /// The non-admin user starts a lab (imported first if the user has none).
+    UserStartLab,
+    /// The non-admin user stops their lab.
+    UserStopLab,
+    /// Sets the simulator's wall clock (fleet-wide).
+    SetClock {
+        /// The time it reads now.
+        now: chrono::DateTime<chrono::Utc>,
+    },
 }
 
 /// Where control requests go: this process's fleet ([`crate::SimFleet`]) or the shard

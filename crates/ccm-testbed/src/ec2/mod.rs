@@ -249,6 +249,18 @@ impl SimulatedCloud {
             .put(kind, value, at);
     }
 
+    /// Pins a metric of an instance to `value`, observed at `at` (a harness that steps its
+    /// own wall clock, such as `ccm bench idle`, stamps its samples with that clock).
+    pub fn put_metric_at(&self, id: &InstanceId, kind: MetricKind, value: f64, at: DateTime<Utc>) {
+        self.shared
+            .state
+            .lock()
+            .metric_overrides
+            .entry(id.clone())
+            .or_default()
+            .put(kind, value, at);
+    }
+
     /// The simulated wall clock (moves with `tokio::time`).
     pub fn now(&self) -> DateTime<Utc> {
         self.shared.clock.wall(Instant::now())
