@@ -202,6 +202,8 @@ pub struct PolicyReport {
     pub bill_reduction: f64,
     /// Real seconds the run took.
     pub run_seconds: f64,
+    /// The first wrongful pauses (worker, time, why), to see what the policy missed.
+    pub wrongful_examples: Vec<String>,
 }
 
 /// The report of one trace under every policy.
@@ -362,6 +364,8 @@ struct Slot {
     /// When a start was asked for (the boot runs from there).
     start_asked: Option<DateTime<Utc>>,
     ready_at: Option<DateTime<Utc>>,
+    /// When CML became ready (simulated time).
+    ready_since: Option<DateTime<Utc>>,
     /// A user waits since then.
     waiting: Option<DateTime<Utc>>,
     last_ready: Option<DateTime<Utc>>,
@@ -386,6 +390,7 @@ struct Tally {
     wait_s: f64,
     wait_max_s: f64,
     stopped_s: f64,
+    examples: Vec<String>,
 }
 
 /// Overlap, in seconds, of `[a, b)` with the stretches of `tl` for which `pred` holds,
@@ -574,7 +579,7 @@ async fn start_fleet(
             resilience.clone(),
         )
         .map_err(BenchError::setup("cml client"))?;
-        let engine_cfg = EngineConfig::new(
+        let mut engine_cfg = EngineConfig::new(
             Default::default(),
             ImportConfig {
                 regions: Vec::new(),
@@ -584,6 +589,9 @@ async fn start_fleet(
             Default::default(),
             Default::default(),
         );
+        // Simulated time stands still between ticks: gathering a batch for 100 ms real
+        // would only slow the replay down, not change what is written.
+        engine_cfg.write_interval = Duration::from_millis(2);
         let engine = Engine::start(EngineParts {
             store: Arc::new(store),
             cloud: Arc::new(cloud.clone()),
@@ -706,6 +714,7 @@ async fn replay(
             ready: true,
             start_asked: None,
             ready_at: None,
+            ready_since: Some(start),
             waiting: None,
             last_ready: Some(start),
             lab_running: false,
@@ -755,6 +764,7 @@ async fn replay(
             if !up {
                 s.ready = false;
                 s.ready_at = None;
+                s.ready_since = None;
             }
             if up
                 && !s.ready
@@ -762,7 +772,7 @@ async fn replay(
                 && at <= t
             {
                 s.ready = true;
-                s.ready_at = None;
+                s.ready_since = s.ready_at.take();
                 if let Some(w) = sim_worker(s.sim_index) {
                     w.set_ready(true);
                 }
@@ -821,25 +831,34 @@ async fn replay(
                     tally.wait_max_s = tally.wait_max_s.max(w);
                 }
                 let w = sim_worker(s.sim_index);
-                // Actions due by now (one login stands for all of them within a tick).
-                let mut acted = false;
+                // Telemetry carries the trace's own times (not the tick's): the simulator's
+                // wall clock is set to each action's time while it is played.
+                let ready_since = s.ready_since.unwrap_or(t);
+                let at = |x: DateTime<Utc>| x.max(ready_since).max(prev).min(t);
                 while s.next_action < tl.actions.len() && tl.actions[s.next_action] <= t {
+                    let a = tl.actions[s.next_action];
                     s.next_action += 1;
-                    acted = true;
+                    if let Some(w) = &w {
+                        w.set_wall_clock(at(a));
+                        w.simulate_user_login();
+                    }
                 }
-                if acted && let Some(w) = &w {
-                    w.simulate_user_login();
-                }
+                let changed = at(tl.segment_start(t).unwrap_or(t));
                 if state.nodes() && !s.lab_running {
                     if let Some(w) = &w {
+                        w.set_wall_clock(changed);
                         let _ = w.start_user_lab();
                     }
                     s.lab_running = true;
                 } else if !state.nodes() && s.lab_running {
                     if let Some(w) = &w {
+                        w.set_wall_clock(changed);
                         let _ = w.stop_user_lab();
                     }
                     s.lab_running = false;
+                }
+                if let Some(w) = &w {
+                    w.set_wall_clock(t);
                 }
             } else {
                 // Actions while the worker is not ready are lost (the user waits).
@@ -849,12 +868,20 @@ async fn replay(
             }
             // CPU follows the load, for the CPU rule (CloudWatch's view of the instance).
             if inst == Some(Ec2State::Running) && policy == PolicyKind::Cpu {
-                let load_state = if s.ready {
-                    state
-                } else {
-                    trace::State { kind: None }
-                };
-                let v = cpu_of(load_state, noise(k, t));
+                // CloudWatch's 5-minute average: the load sampled each minute of the period.
+                let minutes = (opts.tick.as_secs() / 60).max(1) as i64;
+                let v = (0..minutes)
+                    .map(|m| {
+                        let at = t - chrono::Duration::minutes(minutes - m);
+                        let load = if s.ready || s.ready_since.is_some_and(|r| r <= at) {
+                            tl.state_at(at)
+                        } else {
+                            trace::State { kind: None }
+                        };
+                        cpu_of(load, noise(k, at))
+                    })
+                    .sum::<f64>()
+                    / minutes as f64;
                 fleet
                     .cloud
                     .put_metric_at(&s.instance, MetricKind::Cpu, v, t);
@@ -967,10 +994,23 @@ async fn replay(
             if s.billed && !billed {
                 tally.pauses += 1;
                 let tl = &timelines[k];
+                let (wk, wm) = opts.trace.local(t);
+                let when = format!("worker {} at day {} {:02}:{:02}", k + 1, wk, wm / 60, wm % 60);
                 if tl.state_at(t).in_use() {
                     tally.wrongful_in_use += 1;
-                } else if tl.next_use(t).is_some_and(|u| u - t < timeout) {
+                    if tally.examples.len() < 20 {
+                        let kind = tl.state_at(t).kind.map(|k| k.to_string()).unwrap_or_default();
+                        tally.examples.push(format!("{when}: in use ({kind})"));
+                    }
+                } else if let Some(u) = tl.next_use(t).filter(|u| *u - t < timeout) {
                     tally.wrongful_return += 1;
+                    if tally.examples.len() < 20 {
+                        let idle_since = tl.segment_start(t).map_or(0, |s| (t - s).num_minutes());
+                        tally.examples.push(format!(
+                            "{when}: idle {idle_since} min, used again {} min later",
+                            (u - t).num_minutes()
+                        ));
+                    }
                 }
             }
             s.billed = billed;
@@ -1013,5 +1053,6 @@ async fn replay(
         money_saved: h(tally.idle_stopped_s) * opts.price,
         bill_reduction: h(tally.stopped_s) * opts.price,
         run_seconds: 0.0,
+        wrongful_examples: tally.examples,
     })
 }
