@@ -3,8 +3,19 @@
 // (`#/?state=running&q=lab`), so a filtered view can be bookmarked and survives a reload.
 
 import { h, render, replaceChildren, fmtAgo, fmtPct, fmtNum, focusHeading, loading, errorBox } from './dom.js';
-import { fleet, subscribe } from './live.js';
+import { fleet, subscribe, applyView } from './live.js';
 import { EC2_STATES, SERVICE_STATES, ec2Badge, serviceBadge, breakerBadge, badge } from './badges.js';
+import { put, seg } from './api.js';
+import { notify, notifyError } from './dialog.js';
+
+// A worker about to be paused (idle or off-hours): a badge, and a one-click keep-awake.
+function pauseSoon(w) {
+  const idle = w.monitoring?.idle;
+  if (!idle?.warning || w.ec2_state !== 'running') return null;
+  return h('span', { class: 'pause-soon' },
+    badge('pause soon', 'warn', { title: `Will be paused at ${new Date(idle.pause_at).toLocaleTimeString()} unless used or kept awake` }),
+    h('button', { type: 'button', class: 'btn btn-small', dataset: { action: 'snooze', workerId: w.id } }, 'Keep awake 1 h'));
+}
 
 const PAGE = 100;
 const VIEW_KEY = 'ccm.fleet.view';
@@ -100,7 +111,8 @@ function table(rows, f) {
       h('tbody', null, rows.map((w) => h('tr', { 'data-key': w.id, dataset: { workerId: w.id, state: w.ec2_state } },
         h('th', { scope: 'row', class: 'cell-name' },
           h('a', { href: `#/workers/${w.id}`, class: 'worker-link' }, w.name),
-          h('span', { class: 'sub' }, w.instance_id || 'no instance')),
+          h('span', { class: 'sub' }, w.instance_id || 'no instance'),
+          pauseSoon(w)),
         h('td', { dataset: { col: 'state' } }, ec2Badge(w.ec2_state)),
         h('td', { dataset: { col: 'service' } }, serviceBadge(w.service?.status)),
         h('td', { class: 'hide-sm nowrap' }, w.region),
@@ -315,6 +327,14 @@ export function mountFleet(container, { params }) {
     if (e.target.closest('[data-action="more"]')) {
       f.limit += PAGE;
       redraw();
+    }
+    const snooze = e.target.closest('[data-action="snooze"]');
+    if (snooze && !snooze.disabled) {
+      snooze.disabled = true;
+      const until = new Date(Date.now() + 3600 * 1000);
+      put(`/api/v1/workers/${seg(snooze.dataset.workerId)}/snooze`, { until: until.toISOString() })
+        .then((view) => { applyView(view); notify(`Kept awake until ${until.toLocaleTimeString()}`); redraw(); })
+        .catch((err) => { snooze.disabled = false; notifyError('Could not keep the worker awake', err); });
     }
   });
 
