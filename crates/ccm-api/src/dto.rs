@@ -413,6 +413,10 @@ pub struct IdleView {
     pub warning: bool,
     /// Whether running nodes count as use (`idle.running_nodes_count_as_use`).
     pub running_nodes_count_as_use: bool,
+    /// The timeout that applies now, seconds (`idle.break_timeout` while the fleet is busy).
+    pub timeout_seconds: u64,
+    /// Whether the fleet counts as busy (`idle.busy_fleet_percent`).
+    pub fleet_busy: bool,
 }
 
 /// Where the latest activity came from.
@@ -571,7 +575,8 @@ impl WorkerView {
         let settings = engine.settings().value;
         let max_age = settings.polling.stale_max_age;
         let m = &w.monitoring;
-        let decision = ccm_domain::idle::evaluate(w, &settings.idle, now);
+        let decision =
+            ccm_domain::idle::evaluate_in(w, &settings.idle, engine.fleet_busy_share(), now);
         let (action, keep_reason, remaining) = match &decision.action {
             IdleAction::Pause => ("pause", None, None),
             IdleAction::WouldPause => ("would_pause", None, None),
@@ -695,6 +700,8 @@ impl WorkerView {
                     pause_at: decision.pause_at,
                     warning: decision.warn,
                     running_nodes_count_as_use: settings.idle.running_nodes_count_as_use,
+                    timeout_seconds: decision.timeout.as_secs(),
+                    fleet_busy: decision.fleet_busy,
                 },
             },
             created_at: w.created_at,

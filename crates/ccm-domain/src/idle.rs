@@ -41,6 +41,14 @@ pub struct IdleSettings {
     /// `ccm.worker.idle_warning` this long before an idle pause or a schedule stop (0: none).
     #[serde(with = "humantime_serde")]
     pub warning_before: Duration,
+    /// The timeout while the fleet is busy (see `busy_fleet_percent`): a worker gone quiet
+    /// while most of its fleet is in use is probably on a break (lunch, a meeting), not done
+    /// for the day. Never shorter than `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub break_timeout: Duration,
+    /// The fleet is busy when at least this percentage of its workers were in use within the
+    /// timeout (0: never; the plain timeout always applies).
+    pub busy_fleet_percent: u8,
 }
 
 impl Default for IdleSettings {
@@ -53,6 +61,8 @@ impl Default for IdleSettings {
             activity_max_age: Duration::from_secs(15 * 60),
             running_nodes_count_as_use: true,
             warning_before: Duration::from_secs(10 * 60),
+            break_timeout: Duration::from_secs(2 * 60 * 60),
+            busy_fleet_percent: 50,
         }
     }
 }
@@ -71,8 +81,13 @@ pub struct IdleDecision {
     /// When the policy would pause the worker if nothing happens meanwhile (none when it is
     /// not running, idle detection is off, or its activity cannot be read).
     pub pause_at: Option<DateTime<Utc>>,
-    /// The warning before the pause is due: `pause_at − warning_before ≤ now`.
+    /// The warning before that pause is due: `pause_at − warning_before ≤ now`.
     pub warn: bool,
+    /// The timeout that applied: `break_timeout` while the fleet is busy, else `timeout`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Whether the fleet counted as busy.
+    pub fleet_busy: bool,
 }
 
 /// The action the idle policy asks for.
@@ -144,8 +159,71 @@ fn since(a: DateTime<Utc>, b: DateTime<Utc>) -> Duration {
     (a - b).to_std().unwrap_or_default()
 }
 
-/// Evaluates the idle policy for `worker` at `now`.
+/// Evaluates the idle policy for `worker` at `now`, not knowing how busy the fleet is (the
+/// plain timeout applies).
 pub fn evaluate(worker: &Worker, settings: &IdleSettings, now: DateTime<Utc>) -> IdleDecision {
+    evaluate_in(worker, settings, None, now)
+}
+
+/// Whether `worker` counts as in use at `now` for the fleet's busy share: running, with
+/// activity (as the settings define it) or a resume within the timeout.
+pub fn in_use(worker: &Worker, settings: &IdleSettings, now: DateTime<Utc>) -> bool {
+    let m = &worker.monitoring;
+    let activity = if settings.running_nodes_count_as_use {
+        m.last_activity
+    } else {
+        m.last_interaction
+    };
+    worker.ec2_state == Ec2State::Running
+        && [activity, m.last_resume]
+            .into_iter()
+            .flatten()
+            .max()
+            .is_some_and(|at| since(now, at) < settings.timeout)
+}
+
+/// The share of `workers` in use at `now` (0 to 1; terminated workers are left out).
+pub fn busy_share<'a>(
+    workers: impl IntoIterator<Item = &'a Worker>,
+    settings: &IdleSettings,
+    now: DateTime<Utc>,
+) -> f64 {
+    let (mut total, mut busy) = (0u32, 0u32);
+    for w in workers {
+        if w.ec2_state.is_final() {
+            continue;
+        }
+        total += 1;
+        if in_use(w, settings, now) {
+            busy += 1;
+        }
+    }
+    if total == 0 {
+        0.0
+    } else {
+        f64::from(busy) / f64::from(total)
+    }
+}
+
+/// Evaluates the idle policy for `worker` at `now`, given the share of its fleet in use
+/// (`None`: unknown, the plain timeout applies).
+pub fn evaluate_in(
+    worker: &Worker,
+    settings: &IdleSettings,
+    fleet_busy_share: Option<f64>,
+    now: DateTime<Utc>,
+) -> IdleDecision {
+    let fleet_busy = settings.busy_fleet_percent > 0
+        && fleet_busy_share.is_some_and(|s| s * 100.0 >= f64::from(settings.busy_fleet_percent));
+    let timeout = if fleet_busy {
+        settings.timeout.max(settings.break_timeout)
+    } else {
+        settings.timeout
+    };
+    let settings = &IdleSettings {
+        timeout,
+        ..settings.clone()
+    };
     let m = &worker.monitoring;
     let activity = if settings.running_nodes_count_as_use {
         m.last_activity
@@ -225,6 +303,8 @@ pub fn evaluate(worker: &Worker, settings: &IdleSettings, now: DateTime<Utc>) ->
         action,
         pause_at,
         warn,
+        timeout,
+        fleet_busy,
     }
 }
 
@@ -539,6 +619,34 @@ mod tests {
         let d = evaluate(&w, &s, t(50 * MIN));
         assert_eq!(d.pause_at, Some(t(90 * MIN)));
         assert!(!d.warn);
+    }
+
+    #[test]
+    fn a_busy_fleet_should_give_a_quiet_worker_the_break_timeout() {
+        let mut w = worker();
+        w.monitoring.last_activity = Some(t(0));
+        w.monitoring.activity_checked_at = Some(t(89 * MIN));
+        let s = IdleSettings::default();
+        assert_eq!(evaluate_in(&w, &s, Some(0.3), t(90 * MIN)).action, IdleAction::Pause);
+        let d = evaluate_in(&w, &s, Some(0.5), t(90 * MIN));
+        assert!(d.fleet_busy);
+        assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
+        assert_eq!(d.action.label(), "keep:not_idle");
+        assert_eq!(d.pause_at, Some(t(120 * MIN)));
+        let off = IdleSettings {
+            busy_fleet_percent: 0,
+            ..IdleSettings::default()
+        };
+        assert_eq!(evaluate_in(&w, &off, Some(1.0), t(90 * MIN)).action, IdleAction::Pause);
+        // The share: running workers with activity within the timeout, of all not terminated.
+        let mut busy = worker();
+        busy.monitoring.last_activity = Some(t(80 * MIN));
+        let mut stopped = worker();
+        stopped.ec2_state = Ec2State::Stopped;
+        let mut gone = worker();
+        gone.ec2_state = Ec2State::Terminated;
+        let share = busy_share([&w, &busy, &stopped, &gone], &s, t(90 * MIN));
+        assert!((share - 1.0 / 3.0).abs() < 1e-9, "{share}");
     }
 
     #[test]

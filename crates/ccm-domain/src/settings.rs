@@ -155,6 +155,13 @@ impl RuntimeSettings {
         )?;
         range("idle.activity_max_age", i.activity_max_age, s(10), day)?;
         range("idle.warning_before", i.warning_before, s(0), day)?;
+        range("idle.break_timeout", i.break_timeout, s(60), 30 * day)?;
+        if i.busy_fleet_percent > 100 {
+            return Err(SettingsError {
+                key: "idle.busy_fleet_percent",
+                message: format!("{} is out of range (0 to 100)", i.busy_fleet_percent),
+            });
+        }
         if self.schedules.len() > 1000 {
             return Err(SettingsError {
                 key: "schedules",

@@ -376,6 +376,12 @@ impl Engine {
         Ok(self.inner.jobs.run_now(job).await?)
     }
 
+    /// The share of the fleet in use as the idle policy last saw it (`None` before the first
+    /// activity cycle).
+    pub fn fleet_busy_share(&self) -> Option<f64> {
+        self.inner.state.busy_share().map(|(_, s)| s)
+    }
+
     /// The savings report; its groups (week × reason) are also split by the value of tag
     /// `group_tag` when given.
     pub async fn savings(

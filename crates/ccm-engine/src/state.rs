@@ -31,6 +31,9 @@ pub(crate) struct State {
     fleet: Fleet,
     settings: watch::Sender<Versioned<RuntimeSettings>>,
     writer: Mutex<Option<WriterHandle>>,
+    /// The share of the fleet in use, and when it was computed (the idle policy's
+    /// `busy_fleet_percent`).
+    busy: Mutex<Option<(DateTime<Utc>, f64)>>,
 }
 
 impl State {
@@ -65,12 +68,23 @@ impl State {
             fleet,
             settings: watch::Sender::new(settings),
             writer: Mutex::new(None),
+            busy: Mutex::new(None),
         })
     }
 
     /// The current time, as the engine sees it.
     pub(crate) fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// The share of the fleet in use as last computed, with when.
+    pub(crate) fn busy_share(&self) -> Option<(DateTime<Utc>, f64)> {
+        *self.busy.lock()
+    }
+
+    /// Records the share of the fleet in use.
+    pub(crate) fn set_busy_share(&self, at: DateTime<Utc>, share: f64) {
+        *self.busy.lock() = Some((at, share));
     }
 
     /// The store.

@@ -191,6 +191,7 @@ fn idle_settings(timeout_min: u64, snooze_min: u64, dry_run: bool) -> RuntimeSet
         snooze_after_resume: Duration::from_secs(snooze_min * 60),
         dry_run,
         activity_max_age: Duration::from_secs(15 * 60),
+        ..IdleSettings::default()
     };
     s
 }

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use ccm_domain::activity::latest_activity_event;
-use ccm_domain::idle::{IdleAction, evaluate};
+use ccm_domain::idle::{IdleAction, evaluate_in};
 use ccm_domain::{CmlCall, EventKind, PauseReason, WorkerId};
 
 use crate::error::JobError;
@@ -60,7 +60,12 @@ pub(crate) async fn evaluate_idle(
 ) -> Result<(), JobError> {
     let worker = ctx.worker(id).await?;
     let settings = ctx.settings().idle;
-    let decision = evaluate(&worker, &settings, ctx.now());
+    let share = if settings.busy_fleet_percent > 0 {
+        Some(ctx.fleet_busy_share().await?)
+    } else {
+        None
+    };
+    let decision = evaluate_in(&worker, &settings, share, ctx.now());
     let label = decision.action.label();
     if let Some(at) = decision.pause_at.filter(|_| decision.warn)
         && decision.action != IdleAction::Pause

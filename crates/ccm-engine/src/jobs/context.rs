@@ -207,6 +207,23 @@ impl JobContext {
         self.warn_marks.insert(id, at) != Some(at)
     }
 
+    /// The share of this process's fleet in use (the idle policy's busy fleet), computed at
+    /// most once a minute of engine time.
+    pub(crate) async fn fleet_busy_share(&self) -> Result<f64, JobError> {
+        let now = self.now();
+        if let Some((at, share)) = self.state.busy_share()
+            && now >= at
+            && now - at < chrono::Duration::seconds(60)
+        {
+            return Ok(share);
+        }
+        let settings = self.settings().idle;
+        let workers = self.owned_workers().await?;
+        let share = ccm_domain::idle::busy_share(&workers, &settings, now);
+        self.state.set_busy_share(now, share);
+        Ok(share)
+    }
+
     /// Every worker this process owns, from the store (fleet jobs that need whole records).
     pub(crate) async fn owned_workers(&self) -> Result<Vec<Worker>, JobError> {
         let all = self
