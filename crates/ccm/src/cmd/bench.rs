@@ -179,7 +179,7 @@ pub(crate) fn run(cmd: BenchCmd) -> anyhow::Result<()> {
 /// `ccm bench idle`: reads the traces (one-line errors naming the file and line), runs every
 /// policy on each, prints the reports as one JSON array and their tables on stderr.
 fn idle(args: IdleArgs) -> anyhow::Result<()> {
-    use bench::idle::{IdleOptions, PRESETS, PolicyKind, Trace};
+    use bench::idle::{PRESETS, PolicyKind, Trace};
     let filter = tracing_subscriber::EnvFilter::try_from_env("CCM_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let _ = tracing_subscriber::fmt()
@@ -212,36 +212,22 @@ fn idle(args: IdleArgs) -> anyhow::Result<()> {
     let mut traces = Vec::new();
     for name in names {
         let trace = if name == "random" {
-            Trace::random(
-                args.seed,
-                args.random_workers as usize,
-                args.random_days,
-            )
+            Trace::random(args.seed, args.random_workers as usize, args.random_days)
         } else {
-            let path = if PRESETS.contains(&name.as_str()) {
-                args.traces_dir.join(format!("{name}.trace"))
-            } else {
-                PathBuf::from(&name)
-            };
-            let text = std::fs::read_to_string(&path).map_err(|e| {
+            bench::idle::load_trace(&name, &args.traces_dir).map_err(|e| {
                 ConfigError(format!(
-                    "--trace {name}: cannot read {}: {e} (run from the repository root or pass --traces-dir)",
-                    path.display()
+                    "--trace {name}: {e} (run from the repository root or pass --traces-dir)"
                 ))
-            })?;
-            let source = path.file_name().map_or(name.clone(), |f| f.to_string_lossy().into_owned());
-            Trace::parse(&source, &text).map_err(|e| ConfigError(e.to_string()))?
+            })?
         };
         traces.push(trace);
     }
     let runtime = super::runtime::build()?;
     let mut reports = Vec::new();
     for trace in traces {
-        let mut opts = IdleOptions::new(trace);
+        let mut opts = bench::idle::default_options(trace);
         if !policies.is_empty() {
             opts.policies = policies.clone();
-        } else if opts.trace.name == "long-runs" {
-            opts.policies.insert(1, PolicyKind::CcmNodesIgnored);
         }
         opts.tick = args.tick;
         opts.boot = args.boot;

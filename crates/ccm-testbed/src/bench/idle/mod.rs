@@ -44,7 +44,7 @@ use ccm_engine::{
     ManualClock, resilience_with_bus,
 };
 use ccm_resilience::ResilienceConfig;
-use ccm_store::{SqliteStore, StoreConfig, WorkerFilter};
+use ccm_store::{SqliteStore, WorkerFilter};
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -227,6 +227,32 @@ pub struct IdleReport {
     pub currency: String,
     /// Every policy, in the order asked.
     pub policies: Vec<PolicyReport>,
+}
+
+/// Reads a trace by name: a preset (`training`, …) from `dir`, or a path to a file. The error
+/// names the file and, for a bad line, its number.
+pub fn load_trace(name: &str, dir: &std::path::Path) -> Result<Trace, BenchError> {
+    let path = if PRESETS.contains(&name) {
+        dir.join(format!("{name}.trace"))
+    } else {
+        PathBuf::from(name)
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(BenchError::io(format!("cannot read the trace {}", path.display())))?;
+    let source = path
+        .file_name()
+        .map_or_else(|| name.to_owned(), |f| f.to_string_lossy().into_owned());
+    Trace::parse(&source, &text).map_err(|e| BenchError::Invalid(e.to_string()))
+}
+
+/// The options of a run on `trace` as `ccm bench idle` makes them: its defaults, with
+/// `ccm-nodes-ignored` beside `ccm` on the `long-runs` preset.
+pub fn default_options(trace: Trace) -> IdleOptions {
+    let mut opts = IdleOptions::new(trace);
+    if opts.trace.name == "long-runs" {
+        opts.policies.insert(1, PolicyKind::CcmNodesIgnored);
+    }
+    opts
 }
 
 /// Runs every policy of `opts` on its trace.
@@ -544,12 +570,11 @@ async fn start_fleet(
         .map_err(BenchError::setup("simulated cloud"))?;
     let clock = Arc::new(ManualClock::new(start));
     let engine = if policy.uses_engine() {
-        let store = SqliteStore::open(&StoreConfig {
-            path: dir.path().join("idle.db"),
-            ..StoreConfig::default()
-        })
-        .await
-        .map_err(BenchError::setup("store"))?;
+        // The store is not what this benchmark measures (`ccm bench sync` does): an in-memory
+        // SQLite database keeps a simulated week from waiting on thousands of fsyncs.
+        let store = SqliteStore::open_in_memory()
+            .await
+            .map_err(BenchError::setup("store"))?;
         let mut settings = RuntimeSettings {
             polling: PollingSettings::all_off(),
             ..RuntimeSettings::default()
