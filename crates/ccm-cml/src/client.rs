@@ -587,7 +587,7 @@ impl CmlClient {
             && !session.insecure_warned.swap(true, Ordering::Relaxed)
         {
             tracing::warn!(
-                worker = target.base_url(),
+                endpoint = target.base_url(),
                 "tls certificate verification is off for this cml worker"
             );
         }
@@ -681,8 +681,8 @@ impl CmlClient {
         }
         drop(resp);
         tracing::debug!(
-            worker = target.base_url(),
-            endpoint = endpoint.name(),
+            endpoint = target.base_url(),
+            call = endpoint.name(),
             "token refused, logging in again"
         );
         let fresh = self.token(target, session, http, Some(&token)).await?;
@@ -798,7 +798,7 @@ impl CmlClient {
             }
         };
         session.store(&login);
-        tracing::debug!(worker = target.base_url(), "logged in to cml");
+        tracing::debug!(endpoint = target.base_url(), "logged in to cml");
         Ok(login)
     }
 
@@ -837,7 +837,7 @@ impl CmlClient {
             .ok_or_else(|| CmlError::decode(endpoint, "the answer has no token", b""))?;
         let info = answer.info();
         if let Some(problem) = &info.error {
-            tracing::warn!(worker = target.base_url(), problem = %problem, "cml reported a login problem");
+            tracing::warn!(endpoint = target.base_url(), problem = %problem, "cml reported a login problem");
         }
         Ok(LoggedIn {
             token: Token(Arc::from(token.expose())),

@@ -76,7 +76,7 @@ pub use breaker::{
     BreakerOpen, BreakerPermit, BreakerRegistry, BreakerSnapshot, BreakerState, Verdict,
 };
 pub use budget::{BudgetSnapshot, RetryBudget};
-pub use bulkhead::{Bulkhead, BulkheadFull, BulkheadPermit, BulkheadSnapshot, Permit};
+pub use bulkhead::{Bulkhead, BulkheadFull, BulkheadId, BulkheadPermit, BulkheadSnapshot, Permit};
 pub use classify::{Classify, ErrorClass};
 pub use config::{
     BreakerConfig, BudgetConfig, BulkheadConfig, BulkheadsConfig, ConfigError, RateLimitConfig,
@@ -85,7 +85,7 @@ pub use config::{
 pub use error::CallError;
 pub use event::{FnObserver, NoopObserver, Observer, RecordingObserver, ResilienceEvent};
 pub use policy::{Call, Resilience, ResilienceBuilder};
-pub use rate_limit::{RateLimited, RateLimiters, TokioClock};
+pub use rate_limit::{RateLimited, RateLimiters};
 pub use single_flight::SingleFlight;
 pub use telemetry::metric;
 pub use throttle::{RefreshGate, RefreshThrottle, ThrottleError, ThrottleGuard};

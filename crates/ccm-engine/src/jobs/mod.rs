@@ -157,10 +157,12 @@ fn gate(engine: &Engine, job: JobKind, down: bool) -> Option<Bulkhead> {
     match job {
         JobKind::CmlSync | JobKind::Activity if down => Some(engine.inner.cml_gates.probes.clone()),
         JobKind::CmlSync | JobKind::Activity => Some(engine.inner.cml_gates.workers.clone()),
-        JobKind::Labs => engine
-            .inner
-            .resilience
-            .bulkhead(ccm_resilience::bulkhead::LABS),
+        JobKind::Labs => Some(
+            engine
+                .inner
+                .resilience
+                .bulkhead(ccm_resilience::bulkhead::LABS),
+        ),
         _ => None,
     }
 }
