@@ -60,7 +60,7 @@ impl<S> StallGuard<S> {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        metrics::counter!("ccm_http_write_stalls_total").increment(1);
+                        metrics::counter!(crate::metrics::HTTP_WRITE_STALLS).increment(1);
                         tracing::info!("closing a connection whose client stopped reading");
                         Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,

@@ -28,6 +28,7 @@ mod engine;
 mod error;
 mod jobs;
 mod licence;
+pub mod metrics;
 mod ops;
 mod scheduler;
 mod writer;

@@ -11,7 +11,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::config::BulkheadConfig;
 use crate::event::{Observer, ResilienceEvent};
-use crate::telemetry::{self, Notifier, metric};
+use crate::metrics as metric;
+use crate::telemetry::{self, Notifier};
 
 /// Which of the process's shared bulkheads a call runs in. A call can only name a bulkhead
 /// that [`Resilience`] has: a typo fails to compile instead of leaving the call unlimited.

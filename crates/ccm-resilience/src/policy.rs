@@ -14,8 +14,9 @@ use crate::classify::Classify;
 use crate::config::ResilienceConfig;
 use crate::error::CallError;
 use crate::event::{NoopObserver, Observer};
+use crate::metrics as metric;
 use crate::rate_limit::RateLimiters;
-use crate::telemetry::{Notifier, metric};
+use crate::telemetry::Notifier;
 
 /// What one call asks for. Build it with a literal or with [`Call::new`] and the setters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

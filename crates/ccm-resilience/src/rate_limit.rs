@@ -17,7 +17,8 @@ use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
 use crate::config::RateLimitConfig;
-use crate::telemetry::{self, metric};
+use crate::metrics as metric;
+use crate::telemetry;
 
 /// governor's clock reading tokio's clock (nanoseconds since the clock was made). Not the
 /// engine's wall clock (`ccm_engine::TokioClock`): this one only measures intervals.

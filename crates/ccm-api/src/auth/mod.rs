@@ -49,6 +49,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, least privileged first.
+    pub const ALL: [Role; 3] = [Self::Viewer, Self::Manager, Self::Admin];
+
     /// The lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -346,7 +349,7 @@ async fn authenticate(
                 session: None,
             }),
             Err(e) => {
-                metrics::counter!("ccm_auth_failures_total", "method" => "bearer").increment(1);
+                metrics::counter!(crate::metrics::AUTH_FAILURES, "method" => "bearer").increment(1);
                 tracing::debug!(reason = %e, "bearer token refused");
                 Err(e.into())
             }
@@ -364,7 +367,7 @@ async fn authenticate(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             if !bool::from(sent.as_bytes().ct_eq(info.csrf_token.as_bytes())) {
-                metrics::counter!("ccm_auth_failures_total", "method" => "csrf").increment(1);
+                metrics::counter!(crate::metrics::AUTH_FAILURES, "method" => "csrf").increment(1);
                 return Err(ApiError::forbidden(
                     "a state-changing request with the session cookie needs the session's X-CSRF-Token header",
                 ));

@@ -212,7 +212,7 @@ impl Oidc {
             }
         }
         tracing::info!(keys = keys.len(), "fetched the OIDC signing keys");
-        metrics::counter!("ccm_oidc_jwks_fetches_total").increment(1);
+        metrics::counter!(crate::metrics::OIDC_JWKS_FETCHES).increment(1);
         Ok(keys)
     }
 

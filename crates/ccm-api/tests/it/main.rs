@@ -8,6 +8,8 @@ mod support;
 
 /// The SSE benchmark function, at a small scale.
 mod bench;
+/// The event schemas of the OpenAPI document against real events.
+mod event_schemas;
 /// Labs and licences.
 mod labs;
 /// The route × role × no-token matrix, and the OpenAPI document against the routes.

@@ -111,7 +111,7 @@ pub(crate) async fn sync_worker(engine: &Engine, id: WorkerId) -> Result<(), Str
         );
         probe_first(probe, others).await
     };
-    metrics::histogram!("ccm_poll_seconds", "job" => "cml_sync")
+    metrics::histogram!(crate::metrics::POLL_SECONDS, "job" => "cml_sync")
         .record(started.elapsed().as_secs_f64());
     record(engine, id, &target, sync)
 }

@@ -50,7 +50,7 @@ pub(crate) async fn refresh_labs(engine: &Engine, id: WorkerId) -> Result<(), St
             }
         }
     }
-    metrics::histogram!("ccm_poll_seconds", "job" => "labs")
+    metrics::histogram!(crate::metrics::POLL_SECONDS, "job" => "labs")
         .record(started.elapsed().as_secs_f64());
     let store = &engine.inner.store;
     let (added, removed) = if complete {

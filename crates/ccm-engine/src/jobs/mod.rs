@@ -236,7 +236,8 @@ impl JobBoard {
             }
             e.last_error = error;
         });
-        metrics::histogram!("ccm_job_seconds", "job" => job.as_str()).record(took.as_secs_f64());
+        metrics::histogram!(crate::metrics::JOB_SECONDS, "job" => job.as_str())
+            .record(took.as_secs_f64());
     }
 
     fn scheduled(&self, job: JobKind, n: usize) {
@@ -433,7 +434,8 @@ impl PollClaim {
                 key: (job, id),
             })
         } else {
-            metrics::counter!("ccm_poll_overlap_skipped_total", "job" => job.as_str()).increment(1);
+            metrics::counter!(crate::metrics::POLL_OVERLAP_SKIPPED, "job" => job.as_str())
+                .increment(1);
             None
         }
     }

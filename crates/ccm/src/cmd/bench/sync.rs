@@ -146,12 +146,6 @@ fn round3(x: f64) -> f64 {
 /// Entry point: runs the benchmark in its own runtime, bounded by `--timeout` and stopped by
 /// Ctrl-C or SIGTERM (children are killed either way), and prints the report.
 pub(super) fn main(args: SyncArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CCM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
