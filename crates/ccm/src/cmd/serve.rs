@@ -14,7 +14,7 @@ use crate::config::Config;
 
 /// Builds every part from the configuration and runs until Ctrl-C or SIGTERM.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics = super::runtime::metrics();
+    let metrics = super::runtime::metrics()?;
     let store = SqliteStore::open(&config.database)
         .await
         .with_context(|| format!("database {}", config.database.path.display()))?;
