@@ -50,7 +50,8 @@ pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
         let _ = std::fs::remove_file(PathBuf::from(p));
     }
     let store_cfg = StoreConfig {
-        path: args.db.clone(),
+        path: Some(args.db.clone()),
+        url: None,
         synchronous: ccm_store::Synchronous::Normal,
         ..config.database.clone()
     };
