@@ -627,7 +627,10 @@ mod tests {
         w.monitoring.last_activity = Some(t(0));
         w.monitoring.activity_checked_at = Some(t(89 * MIN));
         let s = IdleSettings::default();
-        assert_eq!(evaluate_in(&w, &s, Some(0.3), t(90 * MIN)).action, IdleAction::Pause);
+        assert_eq!(
+            evaluate_in(&w, &s, Some(0.3), t(90 * MIN)).action,
+            IdleAction::Pause
+        );
         let d = evaluate_in(&w, &s, Some(0.5), t(90 * MIN));
         assert!(d.fleet_busy);
         assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
@@ -637,7 +640,10 @@ mod tests {
             busy_fleet_percent: 0,
             ..IdleSettings::default()
         };
-        assert_eq!(evaluate_in(&w, &off, Some(1.0), t(90 * MIN)).action, IdleAction::Pause);
+        assert_eq!(
+            evaluate_in(&w, &off, Some(1.0), t(90 * MIN)).action,
+            IdleAction::Pause
+        );
         // The share: running workers with activity within the timeout, of all not terminated.
         let mut busy = worker();
         busy.monitoring.last_activity = Some(t(80 * MIN));

@@ -976,29 +976,29 @@ impl Worker {
 
     /// Records a successful read of activity: `latest` is the newest activity found, if any.
     pub fn record_activity_check(&mut self, latest: Option<DateTime<Utc>>, now: DateTime<Utc>) {
-        self.record_interaction(latest.map(|at| (at, None)), now);
+        let unknown = |at| {
+            let source = ActivitySource::Telemetry {
+                category: "unknown".into(),
+                user_id: None,
+            };
+            (at, source)
+        };
+        self.record_interaction(latest.map(unknown), now);
     }
 
-    /// Records a successful read of activity with what the newest interaction was
-    /// (`(at, Some((category, user id)))`).
+    /// Records a successful read of activity with what the newest interaction was (a
+    /// telemetry event: its category and user).
     pub fn record_interaction(
         &mut self,
-        latest: Option<(DateTime<Utc>, Option<(String, Option<String>)>)>,
+        latest: Option<(DateTime<Utc>, ActivitySource)>,
         now: DateTime<Utc>,
     ) {
         self.monitoring.activity_checked_at = Some(now);
-        if let Some((at, what)) = latest {
+        if let Some((at, source)) = latest {
             let m = &mut self.monitoring;
             if m.last_interaction.is_none_or(|prev| at > prev) {
                 m.last_interaction = Some(at);
             }
-            let source = match what {
-                Some((category, user_id)) => ActivitySource::Telemetry { category, user_id },
-                None => ActivitySource::Telemetry {
-                    category: "unknown".into(),
-                    user_id: None,
-                },
-            };
             self.note_activity(at, source);
         }
     }

@@ -11,11 +11,10 @@ use std::sync::Arc;
 use ccm_cloud::{CloudProvider, InstanceQuery};
 use ccm_domain::worker::EndpointPolicy;
 use ccm_domain::{
-    Actor, EventKind, InstanceId, PauseReason, Region, ResumeReason, Worker, WorkerAction,
-    WorkerId,
+    Actor, EventKind, InstanceId, PauseReason, Region, ResumeReason, Worker, WorkerAction, WorkerId,
 };
-use chrono::{DateTime, Utc};
 use ccm_resilience::Resilience;
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::convert::observation;

@@ -75,7 +75,13 @@ async fn a_warning_should_come_before_the_pause_and_a_snooze_should_hold_it_off(
         ws[0].service.status == ServiceStatus::Ready
     })
     .await;
-    let id = fleet.engine.workers(&WorkerFilter::default()).await.unwrap().items[0].id;
+    let id = fleet
+        .engine
+        .workers(&WorkerFilter::default())
+        .await
+        .unwrap()
+        .items[0]
+        .id;
 
     // 51 minutes without activity: the pause is due at 60, the warning at 50.
     clock.advance(Duration::from_secs(51 * 60));
@@ -84,7 +90,15 @@ async fn a_warning_should_come_before_the_pause_and_a_snooze_should_hold_it_off(
     assert_eq!(w.ec2_state, Ec2State::Running);
     let warnings = |ks: &[EventKind]| {
         ks.iter()
-            .filter(|k| matches!(k, EventKind::WorkerIdleWarning { reason: PauseReason::IdleTimeout, .. }))
+            .filter(|k| {
+                matches!(
+                    k,
+                    EventKind::WorkerIdleWarning {
+                        reason: PauseReason::IdleTimeout,
+                        ..
+                    }
+                )
+            })
             .count()
     };
     assert_eq!(warnings(&kinds(&fleet, &w).await), 1);
@@ -102,7 +116,10 @@ async fn a_warning_should_come_before_the_pause_and_a_snooze_should_hold_it_off(
     assert_eq!(w.monitoring.snooze.as_ref().unwrap().by, Actor::user("bob"));
     clock.advance(Duration::from_secs(10 * 60));
     fleet.engine.trigger_job(JobKind::Activity).await.unwrap();
-    assert_eq!(fleet.engine.worker(id).await.unwrap().ec2_state, Ec2State::Running);
+    assert_eq!(
+        fleet.engine.worker(id).await.unwrap().ec2_state,
+        Ec2State::Running
+    );
 
     // A snooze in the past is refused (one line, naming the field).
     let err = fleet
@@ -124,7 +141,10 @@ async fn a_warning_should_come_before_the_pause_and_a_snooze_should_hold_it_off(
     );
     assert_eq!(w.monitoring.pause_reason, Some(PauseReason::IdleTimeout));
     let ks = kinds(&fleet, &w).await;
-    assert!(ks.iter().any(|k| matches!(k, EventKind::WorkerSnoozed { .. })));
+    assert!(
+        ks.iter()
+            .any(|k| matches!(k, EventKind::WorkerSnoozed { .. }))
+    );
     fleet.shutdown().await;
 }
 
@@ -150,7 +170,13 @@ async fn a_schedule_should_stop_a_worker_in_off_hours_and_start_it_when_they_end
         ws[0].service.status == ServiceStatus::Ready
     })
     .await;
-    let id = fleet.engine.workers(&WorkerFilter::default()).await.unwrap().items[0].id;
+    let id = fleet
+        .engine
+        .workers(&WorkerFilter::default())
+        .await
+        .unwrap()
+        .items[0]
+        .id;
 
     // Working hours, 5 minutes before the window: a warning, no stop.
     clock.set(now + chrono::Duration::minutes(6));
@@ -159,13 +185,19 @@ async fn a_schedule_should_stop_a_worker_in_off_hours_and_start_it_when_they_end
     assert_eq!(w.ec2_state, Ec2State::Running);
     assert!(kinds(&fleet, &w).await.iter().any(|k| matches!(
         k,
-        EventKind::WorkerIdleWarning { reason: PauseReason::Schedule, .. }
+        EventKind::WorkerIdleWarning {
+            reason: PauseReason::Schedule,
+            ..
+        }
     )));
 
     // Off-hours: stopped, with the reason.
     clock.set(now + chrono::Duration::minutes(11));
     fleet.engine.trigger_job(JobKind::Schedules).await.unwrap();
-    until(&fleet, JobKind::Ec2Sync, "stopped", |ws| ws[0].ec2_state == Ec2State::Stopped).await;
+    until(&fleet, JobKind::Ec2Sync, "stopped", |ws| {
+        ws[0].ec2_state == Ec2State::Stopped
+    })
+    .await;
     let w = fleet.engine.worker(id).await.unwrap();
     assert_eq!(w.monitoring.pause_reason, Some(PauseReason::Schedule));
     assert_eq!(w.monitoring.pauses.schedule, 1);
@@ -173,20 +205,34 @@ async fn a_schedule_should_stop_a_worker_in_off_hours_and_start_it_when_they_end
     // Still off-hours: nothing starts it.
     clock.set(now + chrono::Duration::minutes(40));
     fleet.engine.trigger_job(JobKind::Schedules).await.unwrap();
-    assert_eq!(fleet.engine.worker(id).await.unwrap().ec2_state, Ec2State::Stopped);
+    assert_eq!(
+        fleet.engine.worker(id).await.unwrap().ec2_state,
+        Ec2State::Stopped
+    );
 
     // The window ends: started again, reason `schedule`.
     clock.set(now + chrono::Duration::minutes(71));
     fleet.engine.trigger_job(JobKind::Schedules).await.unwrap();
-    until(&fleet, JobKind::Ec2Sync, "running", |ws| ws[0].ec2_state == Ec2State::Running).await;
+    until(&fleet, JobKind::Ec2Sync, "running", |ws| {
+        ws[0].ec2_state == Ec2State::Running
+    })
+    .await;
     let w = fleet.engine.worker(id).await.unwrap();
     assert_eq!(w.monitoring.resumes.schedule, 1);
     assert!(kinds(&fleet, &w).await.iter().any(|k| matches!(
         k,
-        EventKind::WorkerResumed { reason: ResumeReason::Schedule, .. }
+        EventKind::WorkerResumed {
+            reason: ResumeReason::Schedule,
+            ..
+        }
     )));
     // The stopped hours count as savings by reason `schedule`.
     let report = fleet.engine.savings(None).await.unwrap();
-    assert!(report.groups.iter().any(|g| g.reason == "schedule" && g.hours > 0.9));
+    assert!(
+        report
+            .groups
+            .iter()
+            .any(|g| g.reason == "schedule" && g.hours > 0.9)
+    );
     fleet.shutdown().await;
 }

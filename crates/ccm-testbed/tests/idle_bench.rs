@@ -46,7 +46,10 @@ async fn each_policy_should_stop_what_it_can_and_wrongful_pauses_should_be_count
     assert_eq!(ccm.wrongful_pauses, 0, "{ccm:?}");
     assert!(ccm.pauses >= 2, "{ccm:?}");
     assert!(ccm.percent_stopped >= 90.0, "{ccm:?}");
-    assert_eq!(ccm.user_resumes, 2, "workers 1 and 2 were stopped overnight: {ccm:?}");
+    assert_eq!(
+        ccm.user_resumes, 2,
+        "workers 1 and 2 were stopped overnight: {ccm:?}"
+    );
     assert!(ccm.wait_hours > 0.0);
 
     // Running nodes ignored: the long run is paused while in use.
@@ -56,5 +59,8 @@ async fn each_policy_should_stop_what_it_can_and_wrongful_pauses_should_be_count
     // The fixed schedule stops everything at once (Monday 00:00 is outside 08-18), starts
     // it at 08:00 and stops it at 18:00, in the middle of worker 2's run.
     assert_eq!(schedule.wrongful_in_use, 1, "{schedule:?}");
-    assert!(schedule.instance_hours > ccm.instance_hours, "{schedule:?} {ccm:?}");
+    assert!(
+        schedule.instance_hours > ccm.instance_hours,
+        "{schedule:?} {ccm:?}"
+    );
 }

@@ -606,7 +606,12 @@ async fn a_snooze_should_be_set_shown_with_who_set_it_and_ended() {
     let id = api.workers().await[0].id.to_string();
     let path = format!("/api/v1/workers/{id}/snooze");
     let w = api
-        .call(Method::PUT, &path, Some(MANAGER), Some(json!({"for": "4h"})))
+        .call(
+            Method::PUT,
+            &path,
+            Some(MANAGER),
+            Some(json!({"for": "4h"})),
+        )
         .await
         .ok(200);
     let s = &w["monitoring"]["snooze"];
@@ -624,7 +629,12 @@ async fn a_snooze_should_be_set_shown_with_who_set_it_and_ended() {
     // An explicit time works too; the latest snooze wins.
     let later = (at + chrono::Duration::hours(6)).to_rfc3339();
     let w = api
-        .call(Method::PUT, &path, Some(MANAGER), Some(json!({"until": later})))
+        .call(
+            Method::PUT,
+            &path,
+            Some(MANAGER),
+            Some(json!({"until": later})),
+        )
         .await
         .ok(200);
     assert_eq!(

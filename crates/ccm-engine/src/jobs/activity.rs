@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use ccm_domain::activity::latest_activity_event;
 use ccm_domain::idle::{IdleAction, evaluate_in};
+use ccm_domain::worker::ActivitySource;
 use ccm_domain::{CmlCall, EventKind, PauseReason, WorkerId};
 
 use crate::error::JobError;
@@ -34,8 +35,13 @@ pub(crate) async fn read_activity(
     let own = cml.own_user_id(&target);
     let events = ccm_cml::models::telemetry_to_domain(events);
     let now = ctx.now();
-    let latest = latest_activity_event(&events, own.as_deref(), now)
-        .map(|(at, e)| (at, Some((e.category.clone(), e.user_id.clone()))));
+    let latest = latest_activity_event(&events, own.as_deref(), now).map(|(at, e)| {
+        let source = ActivitySource::Telemetry {
+            category: e.category.clone(),
+            user_id: e.user_id.clone(),
+        };
+        (at, source)
+    });
     ctx.apply(
         grant,
         id,

@@ -237,8 +237,10 @@ pub fn load_trace(name: &str, dir: &std::path::Path) -> Result<Trace, BenchError
     } else {
         PathBuf::from(name)
     };
-    let text = std::fs::read_to_string(&path)
-        .map_err(BenchError::io(format!("cannot read the trace {}", path.display())))?;
+    let text = std::fs::read_to_string(&path).map_err(BenchError::io(format!(
+        "cannot read the trace {}",
+        path.display()
+    )))?;
     let source = path
         .file_name()
         .map_or_else(|| name.to_owned(), |f| f.to_string_lossy().into_owned());
@@ -936,7 +938,11 @@ async fn replay(
                     .filter(|s| now_states.get(&s.instance) == Some(&Ec2State::Running))
                     .map(|s| s.instance.clone())
                     .collect();
-                let window = MetricsWindow::ending_at(t + chrono::Duration::seconds(1), opts.tick, opts.tick);
+                let window = MetricsWindow::ending_at(
+                    t + chrono::Duration::seconds(1),
+                    opts.tick,
+                    opts.tick,
+                );
                 let metrics = fleet
                     .cloud
                     .instance_metrics(&fleet.region, &running, &window)
@@ -1020,11 +1026,21 @@ async fn replay(
                 tally.pauses += 1;
                 let tl = &timelines[k];
                 let (wk, wm) = opts.trace.local(t);
-                let when = format!("worker {} at day {} {:02}:{:02}", k + 1, wk, wm / 60, wm % 60);
+                let when = format!(
+                    "worker {} at day {} {:02}:{:02}",
+                    k + 1,
+                    wk,
+                    wm / 60,
+                    wm % 60
+                );
                 if tl.state_at(t).in_use() {
                     tally.wrongful_in_use += 1;
                     if tally.examples.len() < 20 {
-                        let kind = tl.state_at(t).kind.map(|k| k.to_string()).unwrap_or_default();
+                        let kind = tl
+                            .state_at(t)
+                            .kind
+                            .map(|k| k.to_string())
+                            .unwrap_or_default();
                         tally.examples.push(format!("{when}: in use ({kind})"));
                     }
                 } else if let Some(u) = tl.next_use(t).filter(|u| *u - t < timeout) {

@@ -279,7 +279,9 @@ fn parse_range(s: &str, workers: usize) -> Result<(usize, usize), String> {
         return Err(bad());
     }
     if b > workers {
-        return Err(format!("worker {b} is beyond the fleet ({workers} workers)"));
+        return Err(format!(
+            "worker {b} is beyond the fleet ({workers} workers)"
+        ));
     }
     Ok((a - 1, b - 1))
 }
@@ -294,9 +296,7 @@ fn parse_options(
     let mut p = 1.0;
     let mut it = tokens.iter();
     while let Some(key) = it.next() {
-        let value = it
-            .next()
-            .ok_or_else(|| format!("{key:?} needs a value"))?;
+        let value = it.next().ok_or_else(|| format!("{key:?} needs a value"))?;
         match *key {
             "workers" => range = parse_range(value, workers)?,
             "p" if allow_p => {
@@ -311,6 +311,9 @@ fn parse_options(
     }
     Ok((range, p))
 }
+
+/// One session of a worker before merging: from, to, what.
+type Session = (DateTime<Utc>, DateTime<Utc>, Kind);
 
 impl Trace {
     /// Parses a trace file's text; `source_name` names it in errors.
@@ -346,9 +349,10 @@ impl Trace {
                 "name" => name = tokens[1..].join(" "),
                 "start" => {
                     let v = one("start")?;
-                    start = Some(v.parse::<Date>().map_err(|_| {
-                        err(n, format!("{v:?} is not a date (YYYY-MM-DD)"))
-                    })?);
+                    start = Some(
+                        v.parse::<Date>()
+                            .map_err(|_| err(n, format!("{v:?} is not a date (YYYY-MM-DD)")))?,
+                    );
                 }
                 "days" => {
                     let v = one("days")?;
@@ -412,10 +416,16 @@ impl Trace {
             let t: Vec<&str> = tokens.iter().map(String::as_str).collect();
             if t[0] == "on" {
                 let [_, days_s, from, to, kind, rest @ ..] = t.as_slice() else {
-                    return Err(err(n, "expected: on DAYS FROM[~J] TO[~J] KIND [workers A-B] [p P]".into()));
+                    return Err(err(
+                        n,
+                        "expected: on DAYS FROM[~J] TO[~J] KIND [workers A-B] [p P]".into(),
+                    ));
                 };
                 let kind = Kind::parse(kind).ok_or_else(|| {
-                    err(n, format!("{kind:?} is not a kind (interactive, design, running, forgotten)"))
+                    err(
+                        n,
+                        format!("{kind:?} is not a kind (interactive, design, running, forgotten)"),
+                    )
                 })?;
                 let (workers_r, p) = parse_options(rest, workers, true).map_err(|e| err(n, e))?;
                 recurring.push(Recurring {
@@ -428,10 +438,16 @@ impl Trace {
                 });
             } else {
                 let [_, date, from, to, kind, rest @ ..] = t.as_slice() else {
-                    return Err(err(n, "expected: at DATE FROM TO KIND [workers A-B]".into()));
+                    return Err(err(
+                        n,
+                        "expected: at DATE FROM TO KIND [workers A-B]".into(),
+                    ));
                 };
                 let kind = Kind::parse(kind).ok_or_else(|| {
-                    err(n, format!("{kind:?} is not a kind (interactive, design, running, forgotten)"))
+                    err(
+                        n,
+                        format!("{kind:?} is not a kind (interactive, design, running, forgotten)"),
+                    )
                 })?;
                 let (workers_r, _) = parse_options(rest, workers, false).map_err(|e| err(n, e))?;
                 one_off.push(OneOff {
@@ -563,8 +579,7 @@ impl Trace {
     /// Expands the trace: one timeline per worker (deterministic for a seed).
     pub fn expand(&self) -> Vec<Timeline> {
         let mut rng = StdRng::seed_from_u64(self.seed);
-        let mut sessions: Vec<Vec<(DateTime<Utc>, DateTime<Utc>, Kind)>> =
-            vec![Vec::new(); self.workers];
+        let mut sessions: Vec<Vec<Session>> = vec![Vec::new(); self.workers];
         let end = self.end();
         for d in 0..self.days {
             let Ok(date) = self.start.checked_add(jiff::Span::new().days(i64::from(d))) else {
@@ -704,7 +719,11 @@ at 2026-03-03 19:00 02:00 forgotten workers 3
     fn a_trace_should_expand_into_timelines_in_its_time_zone() {
         let t = Trace::parse("sample.trace", SAMPLE).unwrap();
         assert_eq!(t.name, "sample");
-        assert_eq!(t.start(), utc(1, 23, 0), "Paris midnight is 23:00 UTC the day before");
+        assert_eq!(
+            t.start(),
+            utc(1, 23, 0),
+            "Paris midnight is 23:00 UTC the day before"
+        );
         assert_eq!(t.end(), utc(3, 23, 0));
         let tl = t.expand();
         assert_eq!(tl.len(), 3);
@@ -729,9 +748,18 @@ at 2026-03-03 19:00 02:00 forgotten workers 3
     #[test]
     fn bad_lines_should_be_reported_with_their_number_and_reason() {
         let cases = [
-            ("start 2026-03-02\nworkers 2\nbogus 1", "x:3: unknown directive \"bogus\""),
-            ("start 2026-13-02\nworkers 2", "x:1: \"2026-13-02\" is not a date"),
-            ("start 2026-03-02\nworkers 0", "x:2: \"0\": workers is 1 to 5000"),
+            (
+                "start 2026-03-02\nworkers 2\nbogus 1",
+                "x:3: unknown directive \"bogus\"",
+            ),
+            (
+                "start 2026-13-02\nworkers 2",
+                "x:1: \"2026-13-02\" is not a date",
+            ),
+            (
+                "start 2026-03-02\nworkers 0",
+                "x:2: \"0\": workers is 1 to 5000",
+            ),
             ("workers 2", "x:0: no start date"),
             ("start 2026-03-02", "x:0: no fleet size"),
             (
@@ -758,9 +786,18 @@ at 2026-03-03 19:00 02:00 forgotten workers 3
                 "start 2026-03-02\nworkers 2\nat 2026-03-02 09:00 10:00 design p 0.5",
                 "x:3: unknown option \"p\"",
             ),
-            ("start 2026-03-02\nworkers 2\ntimezone Mars/Base", "x:3: \"Mars/Base\" is not a time zone"),
-            ("start 2026-03-02\nworkers 2\non Mon 09:00", "x:3: expected: on DAYS"),
-            ("start 2026-03-02\nworkers 2\ninteraction 10s", "x:3: interaction is at least 1m"),
+            (
+                "start 2026-03-02\nworkers 2\ntimezone Mars/Base",
+                "x:3: \"Mars/Base\" is not a time zone",
+            ),
+            (
+                "start 2026-03-02\nworkers 2\non Mon 09:00",
+                "x:3: expected: on DAYS",
+            ),
+            (
+                "start 2026-03-02\nworkers 2\ninteraction 10s",
+                "x:3: interaction is at least 1m",
+            ),
         ];
         for (text, want) in cases {
             let e = Trace::parse("x", text).unwrap_err().to_string();
