@@ -202,6 +202,11 @@ fn type_schema(ty: &str) -> Option<RefOr<Schema>> {
             .minimum(Some(0))
             .into(),
         "f64" => of_type(Type::Number),
+        "DateTime<Utc>" => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .description(Some("RFC 3339, UTC."))
+            .into(),
         "Actor" => ObjectBuilder::new()
             .schema_type(Type::String)
             .description(Some(
@@ -351,7 +356,7 @@ mod tests {
         assert_eq!(json["required"], serde_json::json!(["reason"]), "{json}");
         assert_eq!(
             json["properties"]["reason"]["enum"],
-            serde_json::json!(["idle_timeout", "manual", "external"])
+            serde_json::json!(["idle_timeout", "manual", "schedule", "external"])
         );
         assert_eq!(
             json["properties"]["by"]["oneOf"][1]["type"], "null",

@@ -611,6 +611,57 @@ pub async fn sessions_should_come_back_as_written_and_refuse_non_objects(backend
     assert_eq!(store.session("bad", t(0)).await.unwrap(), None);
 }
 
+/// What the idle economics keep — a worker's snooze, the source of its latest activity, its
+/// stopped seconds per week and reason, pauses by schedule — and the off-hours schedules in
+/// the runtime settings come back exactly as written, also after a reopen.
+pub async fn idle_economics_should_round_trip(backend: &dyn Backend) {
+    use ccm_domain::PauseReason;
+    use ccm_domain::worker::ActivitySource;
+
+    let db = backend.fresh(StoreConfig::default()).await;
+    let store = db.open().await;
+    let mut w = worker(1, "econ", "eu-west-1", Ec2State::Running);
+    w.snooze(t(90_000), &Actor::user("alice"), t(1000)).unwrap();
+    w.record_interaction(
+        Some((
+            t(900),
+            ActivitySource::Telemetry {
+                category: "user_activity".into(),
+                user_id: Some("u-7".into()),
+            },
+        )),
+        t(1000),
+    );
+    w.request(
+        ccm_domain::WorkerAction::Pause,
+        Some(PauseReason::Schedule),
+        &Actor::system("schedule"),
+        t(2000),
+    )
+    .unwrap();
+    w.monitoring.stopped_by_week.insert(
+        "2026-W10".into(),
+        BTreeMap::from([("schedule".into(), 3600)]),
+    );
+    w.monitoring.resumes.schedule = 1;
+    let w = store.insert(&w).await.unwrap();
+    assert_eq!(store.get(w.id).await.unwrap().as_ref(), Some(&w));
+
+    let mut s = RuntimeSettings::default();
+    s.schedules = serde_json::from_value(serde_json::json!([
+        {"selector": "tag:team=training", "off_hours": "Mon-Fri 19:00-07:00 Europe/Paris"},
+        {"selector": format!("worker:{}", w.id), "off_hours": "Fri 19:00-Mon 07:00 UTC"},
+    ]))
+    .unwrap();
+    s.idle.running_nodes_count_as_use = false;
+    s.idle.warning_before = Duration::from_secs(300);
+    store.put_runtime_settings(&s, 0, "alice").await.unwrap();
+    drop(store);
+    let store = db.open().await;
+    assert_eq!(store.runtime_settings().await.unwrap().value, s);
+    assert_eq!(store.get(w.id).await.unwrap(), Some(w));
+}
+
 /// Settings start at version 0 (defaults); each write needs the current version.
 pub async fn settings_should_be_versioned(backend: &dyn Backend) {
     let db = backend.fresh(StoreConfig::default()).await;

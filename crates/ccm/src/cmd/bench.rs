@@ -180,12 +180,6 @@ pub(crate) fn run(cmd: BenchCmd) -> anyhow::Result<()> {
 /// policy on each, prints the reports as one JSON array and their tables on stderr.
 fn idle(args: IdleArgs) -> anyhow::Result<()> {
     use bench::idle::{PRESETS, PolicyKind, Trace};
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CCM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
     if !(args.price.is_finite() && args.price >= 0.0) {
         return Err(ConfigError("--price: a price is a number, 0 or more".into()).into());
     }

@@ -3,7 +3,7 @@
 //!
 //! For each policy the harness starts a fresh simulated cloud (one running instance per
 //! worker) and — for the policies ccm runs — a fresh simulated CML fleet and a real engine on
-//! a temporary SQLite file, with every background job off. Then it steps a manual wall clock
+//! an in-memory SQLite store, with every background job off. Then it steps a manual wall clock
 //! in fixed ticks (`--tick`, default 5 min) from the trace's start to its end. At each tick:
 //!
 //! 1. the clocks move: the engine's [`ManualClock`] and the simulator's wall clock
@@ -134,8 +134,6 @@ pub struct IdleOptions {
     pub listen_base: Ipv4Addr,
     /// Its port.
     pub port: u16,
-    /// Where the temporary SQLite files go (a temporary directory when `None`).
-    pub temp_dir: Option<PathBuf>,
 }
 
 impl IdleOptions {
@@ -160,7 +158,6 @@ impl IdleOptions {
             schedule_hours: (8, 18),
             listen_base: Ipv4Addr::new(127, 77, 0, 1),
             port: 9443,
-            temp_dir: None,
         }
     }
 }
@@ -513,7 +510,6 @@ struct Fleet {
     clock: Arc<ManualClock>,
     region: Region,
     boots: Arc<Mutex<Boots>>,
-    _dir: tempfile::TempDir,
 }
 
 async fn start_fleet(
@@ -522,11 +518,6 @@ async fn start_fleet(
     start: DateTime<Utc>,
 ) -> Result<Fleet, BenchError> {
     let n = opts.trace.workers;
-    let dir = match &opts.temp_dir {
-        Some(d) => tempfile::Builder::new().prefix("ccm-idle-").tempdir_in(d),
-        None => tempfile::Builder::new().prefix("ccm-idle-").tempdir(),
-    }
-    .map_err(BenchError::io("cannot create a temporary directory"))?;
     let region = Region::parse("eu-west-1").map_err(BenchError::setup("region"))?;
     let sim = if policy.uses_engine() {
         let cfg = CmlSimConfig {
@@ -654,7 +645,6 @@ async fn start_fleet(
         clock,
         region,
         boots,
-        _dir: dir,
     })
 }
 
