@@ -19,7 +19,7 @@ use ccm_domain::{Freshness, Secret, StatusChecks, Worker};
 use ccm_engine::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{AuthMethod, Role};
@@ -99,6 +99,31 @@ pub struct SourceView<T> {
     pub attempted_at: Option<DateTime<Utc>>,
     /// Reads failed in a row since the last success.
     pub consecutive_failures: u32,
+}
+
+/// Makes `value` of every `SourceView_*` component nullable: utoipa drops the `null` of an
+/// `Option` of a type parameter (`SourceView<T>.value`), which made every unknown source
+/// break the published schema. Called when the document is built.
+pub(crate) fn fix_source_view_schemas(components: &mut utoipa::openapi::Components) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    for (name, schema) in components.schemas.iter_mut() {
+        if !name.starts_with("SourceView_") {
+            continue;
+        }
+        let RefOr::T(Schema::Object(object)) = schema else {
+            continue;
+        };
+        if let Some(value) = object.properties.remove("value") {
+            let nullable = OneOfBuilder::new()
+                .item(value)
+                .item(ObjectBuilder::new().schema_type(Type::Null))
+                .description(Some("The value to show (`null` when unknown)."));
+            object
+                .properties
+                .insert("value".to_owned(), nullable.into());
+        }
+    }
 }
 
 impl<T> SourceView<T> {
@@ -645,6 +670,92 @@ impl WorkerView {
     }
 }
 
+/// Sort keys of the worker list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SortKey {
+    /// By name.
+    #[default]
+    Name,
+    /// By creation time.
+    Created,
+    /// By last change.
+    Updated,
+    /// By EC2 state.
+    State,
+    /// By service status.
+    Service,
+    /// By region.
+    Region,
+}
+
+/// Sort order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Ascending.
+    #[default]
+    Asc,
+    /// Descending.
+    Desc,
+}
+
+impl SortKey {
+    /// Every sort key.
+    pub const ALL: [SortKey; 6] = [
+        Self::Name,
+        Self::Created,
+        Self::Updated,
+        Self::State,
+        Self::Service,
+        Self::Region,
+    ];
+
+    /// The query-string value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Name => "name",
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::State => "state",
+            Self::Service => "service",
+            Self::Region => "region",
+        }
+    }
+}
+
+/// Filters, sort and page of the worker list (`GET /api/v1/workers`; the CLI sends it too).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WorkerListQuery {
+    /// Regions (repeat the parameter, or comma-separate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub region: Vec<String>,
+    /// EC2 states: `pending`, `running`, `stopping`, `stopped`, `shutting-down`,
+    /// `terminated`, `failed`, `unknown`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<String>,
+    /// Service statuses: `ready`, `degraded`, `unavailable`, `unknown`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service: Vec<String>,
+    /// Text in the name, id or instance id (case-insensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    /// Sort key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort: Option<SortKey>,
+    /// Sort order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
+    /// Page size, 1 to 1000 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Rows to skip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u32>,
+}
+
 /// A page of workers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WorkerPage {
@@ -773,9 +884,13 @@ pub struct MetricsHistory {
 pub struct EventRecord {
     /// Position in the event log (the SSE id).
     pub seq: u64,
-    /// The CloudEvent (CloudEvents 1.0 JSON).
-    #[schema(value_type = Object)]
+    /// The CloudEvent (CloudEvents 1.0 JSON; schema `CloudEvent`, one per `type`).
+    #[schema(schema_with = cloud_event_schema)]
     pub event: serde_json::Value,
+}
+
+fn cloud_event_schema() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name(crate::event_schema::CLOUD_EVENT)
 }
 
 /// A page of a worker's events, newest first.

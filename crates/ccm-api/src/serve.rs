@@ -90,7 +90,7 @@ impl<S> StallGuard<S> {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
                 match timer.as_mut().poll(cx) {
                     Poll::Ready(()) => {
-                        metrics::counter!("ccm_http_write_stalls_total").increment(1);
+                        metrics::counter!(crate::metrics::HTTP_WRITE_STALLS).increment(1);
                         tracing::info!("closing a connection whose client stopped reading");
                         Poll::Ready(Err(io::Error::new(
                             io::ErrorKind::TimedOut,
@@ -302,7 +302,7 @@ where
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => {
-                metrics::counter!("ccm_http_timeouts_total", "kind" => "body").increment(1);
+                metrics::counter!(crate::metrics::HTTP_TIMEOUTS, "kind" => "body").increment(1);
                 Poll::Ready(Some(Err(Box::new(BodyTimeout(self.limit)))))
             }
             Poll::Pending => Poll::Pending,
@@ -404,7 +404,7 @@ struct Open {
 impl Open {
     fn new(slot: OwnedSemaphorePermit, count: Arc<AtomicUsize>) -> Self {
         let n = count.fetch_add(1, Ordering::Relaxed) + 1;
-        metrics::gauge!("ccm_http_connections").set(n as f64);
+        metrics::gauge!(crate::metrics::HTTP_CONNECTIONS).set(n as f64);
         Self { _slot: slot, count }
     }
 }
@@ -412,14 +412,14 @@ impl Open {
 impl Drop for Open {
     fn drop(&mut self) {
         let n = self.count.fetch_sub(1, Ordering::Relaxed).saturating_sub(1);
-        metrics::gauge!("ccm_http_connections").set(n as f64);
+        metrics::gauge!(crate::metrics::HTTP_CONNECTIONS).set(n as f64);
     }
 }
 
 /// A connection over the limit: a best-effort 503 (plain HTTP only; never waits), then
 /// closed.
 fn refuse(tcp: TcpStream, plain: bool) {
-    metrics::counter!("ccm_http_connections_refused_total").increment(1);
+    metrics::counter!(crate::metrics::HTTP_CONNECTIONS_REFUSED).increment(1);
     tracing::debug!("connection refused: server.max_connections reached");
     if plain {
         const BODY: &str = "too many connections; try again later\n";
@@ -451,7 +451,7 @@ async fn connection(tcp: TcpStream, peer: SocketAddr, open: Open, shared: Arc<Sh
                 Ok(Ok(tls)) => http(tls, peer, activity, &shared).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => {
-                    metrics::counter!("ccm_http_timeouts_total", "kind" => "tls_handshake")
+                    metrics::counter!(crate::metrics::HTTP_TIMEOUTS, "kind" => "tls_handshake")
                         .increment(1);
                     tracing::debug!(%peer, "TLS handshake timed out");
                 }
@@ -490,7 +490,7 @@ where
             r = conn.as_mut() => {
                 if let Err(e) = r {
                     if e.is_timeout() {
-                        metrics::counter!("ccm_http_timeouts_total", "kind" => "header").increment(1);
+                        metrics::counter!(crate::metrics::HTTP_TIMEOUTS, "kind" => "header").increment(1);
                         tracing::debug!(%peer, "closed a connection that sent no complete request header in time");
                     } else {
                         tracing::debug!(%peer, error = %e, "connection ended with an error");
@@ -510,7 +510,7 @@ where
             () = activity.changed.notified() => {}
             () = idle_timer => {
                 if activity.idle_deadline(keep_alive).is_some_and(|at| at <= Instant::now()) {
-                    metrics::counter!("ccm_http_timeouts_total", "kind" => "keep_alive").increment(1);
+                    metrics::counter!(crate::metrics::HTTP_TIMEOUTS, "kind" => "keep_alive").increment(1);
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }

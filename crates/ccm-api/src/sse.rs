@@ -191,7 +191,7 @@ impl ClientSlot {
             hub.clients.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        metrics::gauge!("ccm_sse_clients").set((n + 1) as f64);
+        metrics::gauge!(crate::metrics::SSE_CLIENTS).set((n + 1) as f64);
         Some(Self(hub.clone()))
     }
 }
@@ -203,7 +203,7 @@ impl Drop for ClientSlot {
             .clients
             .fetch_sub(1, Ordering::AcqRel)
             .saturating_sub(1);
-        metrics::gauge!("ccm_sse_clients").set(n as f64);
+        metrics::gauge!(crate::metrics::SSE_CLIENTS).set(n as f64);
     }
 }
 
@@ -444,7 +444,7 @@ impl Conn {
 
     /// The final frame: the credential ended.
     fn end(&mut self, reason: &'static str) -> Bytes {
-        metrics::counter!("ccm_sse_dropped_total", "reason" => "session_ended").increment(1);
+        metrics::counter!(crate::metrics::SSE_DROPPED, "reason" => "session_ended").increment(1);
         tracing::debug!(reason, "an event stream ended with its session");
         self.phase = Phase::Done;
         private_frame(
@@ -471,7 +471,7 @@ impl Conn {
                 newest,
                 "a client resumes above the event log's head; replaying from the start"
             );
-            metrics::counter!("ccm_sse_resets_total", "reason" => "last_event_id_ahead")
+            metrics::counter!(crate::metrics::SSE_RESETS, "reason" => "last_event_id_ahead")
                 .increment(1);
             self.queue.push_back(private_frame(
                 &self.engine,
@@ -502,7 +502,7 @@ impl Conn {
                     self.last_seq = Some(self.cursor);
                     self.queue.push_back(format_event(Some(e.seq), &e.event));
                 }
-                metrics::counter!("ccm_sse_replayed_total").increment(page.len() as u64);
+                metrics::counter!(crate::metrics::SSE_REPLAYED).increment(page.len() as u64);
                 if !full {
                     self.phase = Phase::Snapshot;
                 }
@@ -643,7 +643,7 @@ impl Conn {
     }
 
     fn reset(&mut self, reason: &'static str) -> Bytes {
-        metrics::counter!("ccm_sse_dropped_total", "reason" => reason).increment(1);
+        metrics::counter!(crate::metrics::SSE_DROPPED, "reason" => reason).increment(1);
         self.phase = Phase::Done;
         reset_frame(reason, self.last_seq)
     }
@@ -678,7 +678,7 @@ fn last_event_id(headers: &HeaderMap, query: Option<u64>) -> ApiResult<Option<u6
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id"),
     ),
     responses(
-        (status = 200, description = "Server-Sent Events: `id:` the log position (absent for transient events), `event:` the CloudEvents type, `data:` the CloudEvent JSON. First `ccm.worker.snapshot` per visible worker, then live events. `event: reset` means: reconnect with Last-Event-ID. `ccm.stream.reset`: the Last-Event-ID was above the log's newest event, replaying from the oldest kept. `ccm.session.ended`: the session or token the stream was opened with ended; the stream closes.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-Sent Events: `id:` the log position (absent for transient events), `event:` the CloudEvents type, `data:` the CloudEvent JSON (schema `CloudEvent` in the components: one `{Variant}Event` per type, its payload `{Variant}Data`). First `ccm.worker.snapshot` per visible worker, then live events. `event: reset` means: reconnect with Last-Event-ID. `ccm.stream.reset`: the Last-Event-ID was above the log's newest event, replaying from the oldest kept. `ccm.session.ended`: the session or token the stream was opened with ended; the stream closes.", content_type = "text/event-stream", body = String),
         (status = 400, description = "Bad Last-Event-ID or parameter", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown worker id shape or event type", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Too many clients", body = crate::error::Problem, content_type = "application/problem+json"),

@@ -72,7 +72,7 @@ pub(crate) async fn accept_loop(
             match bind(worker.addr) {
                 Ok(l) => listener = Some(l),
                 Err(e) => {
-                    tracing::warn!(worker = worker.index, addr = %worker.addr, error = %e,
+                    tracing::warn!(sim_worker = worker.index, addr = %worker.addr, error = %e,
                         "cannot listen again after power-on; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -92,7 +92,7 @@ pub(crate) async fn accept_loop(
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly.
-                    tracing::debug!(worker = worker.index, error = %e, "accept failed");
+                    tracing::debug!(sim_worker = worker.index, error = %e, "accept failed");
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(50)) => {}
                         () = shutdown.cancelled() => return,
@@ -211,7 +211,7 @@ async fn serve_connection(
             let acceptor = match tls.acceptor(worker.index) {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(worker = worker.index, error = %e, "no tls acceptor");
+                    tracing::warn!(sim_worker = worker.index, error = %e, "no tls acceptor");
                     return;
                 }
             };
@@ -220,7 +220,7 @@ async fn serve_connection(
                 r = handshake => match r {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        tracing::debug!(worker = worker.index, error = %e, "tls handshake failed");
+                        tracing::debug!(sim_worker = worker.index, error = %e, "tls handshake failed");
                         return;
                     }
                     Err(_) => return,
@@ -307,6 +307,7 @@ async fn handle(
 ) -> Response<Body> {
     let endpoint = Endpoint::classify(req.method(), req.uri().path());
     worker.count_request(endpoint);
+    let _answering = worker.enter(endpoint);
     let cfg = &worker.shared.config;
     let faults = worker.faults();
     let ef: Option<EndpointFaults> = faults.as_ref().map(|f| f.for_endpoint(endpoint));

@@ -673,8 +673,8 @@ impl CmlClient {
         }
         drop(resp);
         tracing::debug!(
-            worker = target.base_url(),
-            endpoint = endpoint.name(),
+            endpoint = target.base_url(),
+            call = endpoint.name(),
             "token refused, logging in again"
         );
         let fresh = self.token(target, session, http, Some(&token)).await?;
@@ -804,7 +804,7 @@ impl CmlClient {
             }
         };
         session.store(&login);
-        tracing::debug!(worker = target.base_url(), "logged in to cml");
+        tracing::debug!(endpoint = target.base_url(), "logged in to cml");
         Ok(login)
     }
 
@@ -843,7 +843,7 @@ impl CmlClient {
             .ok_or_else(|| CmlError::decode(endpoint, "the answer has no token", b""))?;
         let info = answer.info();
         if let Some(problem) = &info.error {
-            tracing::warn!(worker = target.base_url(), problem = %problem, "cml reported a login problem");
+            tracing::warn!(endpoint = target.base_url(), problem = %problem, "cml reported a login problem");
         }
         Ok(LoggedIn {
             token: Token(Arc::from(token.expose())),

@@ -162,6 +162,16 @@ pub enum CheckStatus {
 }
 
 impl CheckStatus {
+    /// Every value (for schemas and tests).
+    pub const ALL: [CheckStatus; 6] = [
+        Self::Ok,
+        Self::Impaired,
+        Self::Initializing,
+        Self::InsufficientData,
+        Self::NotApplicable,
+        Self::Unknown,
+    ];
+
     /// Parses EC2's spelling; anything unexpected becomes [`CheckStatus::Unknown`].
     pub fn from_ec2(s: &str) -> Self {
         match s {
@@ -294,5 +304,20 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", state.as_str()));
         }
         assert!("Running".parse::<Ec2State>().is_err());
+    }
+
+    #[test]
+    fn check_statuses_should_serialize_as_ec2_spells_them() {
+        for status in super::CheckStatus::ALL {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            if status != super::CheckStatus::Unknown {
+                assert_eq!(super::CheckStatus::from_ec2(status.as_str()), status);
+            }
+        }
+        assert_eq!(
+            super::CheckStatus::from_ec2("Impaired"),
+            super::CheckStatus::Unknown
+        );
     }
 }

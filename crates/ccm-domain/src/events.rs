@@ -60,6 +60,24 @@ macro_rules! catalogue {
                     $(Self::$variant { .. } => catalogue!(@transient $($transient)?),)*
                 }
             }
+
+            /// Every entry of the catalogue as declared: type, variant and payload fields with
+            /// their Rust types as written. For documentation generated elsewhere (the API
+            /// publishes each payload's JSON schema from it); the domain itself needs none.
+            pub const SHAPES: &'static [EventShape] = &[$(
+                EventShape {
+                    type_name: $name,
+                    variant: stringify!($variant),
+                    transient: catalogue!(@transient $($transient)?),
+                    fields: &[$(
+                        FieldShape {
+                            name: stringify!($field),
+                            ty: stringify!($ty),
+                            attributes: stringify!($($fmeta)*),
+                        },
+                    )*],
+                },
+            )*];
         }
     };
     (@transient transient) => { true };
@@ -195,6 +213,30 @@ catalogue! {
     ImportCompleted = "ccm.import.completed" { matched: u32, imported: u32, existing: u32, by: Actor }
     /// Runtime settings were changed.
     SettingsUpdated = "ccm.settings.updated" { changed: Vec<String>, by: Actor }
+}
+
+/// One entry of the catalogue as declared ([`EventKind::SHAPES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventShape {
+    /// The CloudEvents `type`, e.g. `ccm.worker.state_changed`.
+    pub type_name: &'static str,
+    /// The [`EventKind`] variant, e.g. `WorkerStateChanged`.
+    pub variant: &'static str,
+    /// Whether the event only refreshes live views ([`EventKind::is_transient`]).
+    pub transient: bool,
+    /// The payload (`data`) fields, in declaration order.
+    pub fields: &'static [FieldShape],
+}
+
+/// One payload field as declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldShape {
+    /// Its JSON name.
+    pub name: &'static str,
+    /// Its Rust type as written, e.g. `Option<String>` or `Vec<Reason>`.
+    pub ty: &'static str,
+    /// Its attributes as written, e.g. `serde(default)` (may be absent from the JSON).
+    pub attributes: &'static str,
 }
 
 /// One event: a [`EventKind`] in its CloudEvents envelope.
@@ -339,6 +381,34 @@ mod tests {
         let t = v["time"].as_str().unwrap();
         assert!(t.ends_with('Z') && !t.contains('+'), "{t}");
         assert!(DateTime::parse_from_rfc3339(t).is_ok());
+    }
+
+    #[test]
+    fn the_shapes_should_list_every_type_with_its_fields() {
+        assert_eq!(EventKind::SHAPES.len(), EventKind::TYPES.len());
+        for (shape, name) in EventKind::SHAPES.iter().zip(EventKind::TYPES) {
+            assert_eq!(shape.type_name, *name);
+        }
+        let changed = EventKind::SHAPES
+            .iter()
+            .find(|s| s.type_name == "ccm.worker.state_changed")
+            .unwrap();
+        assert_eq!(changed.variant, "WorkerStateChanged");
+        let fields: Vec<_> = changed.fields.iter().map(|f| (f.name, f.ty)).collect();
+        assert_eq!(fields, [("from", "Ec2State"), ("to", "Ec2State")]);
+        let paused = EventKind::SHAPES
+            .iter()
+            .find(|s| s.type_name == "ccm.worker.paused")
+            .unwrap();
+        assert!(
+            paused.fields[1].attributes.contains("default"),
+            "{paused:?}"
+        );
+        assert!(
+            EventKind::SHAPES
+                .iter()
+                .any(|s| s.transient && s.type_name == "ccm.worker.synced")
+        );
     }
 
     #[test]

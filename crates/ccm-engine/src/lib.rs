@@ -36,6 +36,7 @@ mod fleet;
 mod job_kind;
 mod jobs;
 mod licence;
+pub mod metrics;
 mod ownership;
 mod provisioning;
 mod resilience_events;

@@ -674,11 +674,14 @@ async fn settings_changes_should_apply_without_a_restart_and_polls_never_overlap
     tokio::time::sleep(Duration::from_secs(6)).await;
     for s in &sims {
         let n = info(s);
-        // Back to back without overlap: at most 3 starts in 6 s (overlapping: about 6).
-        assert!(
-            (1..=3).contains(&n),
-            "system_information asked {n} times in 6 s"
-        );
+        assert!(n >= 1, "polled once at least: {n}");
+        // The first sync (probe, login, calls) takes about 1.5 s, later ones 0.5 s: due slots
+        // come while a sync still runs. Never two at once for one worker (the simulator saw
+        // at most one system_information request of a worker in flight at a time).
+        let most = s
+            .counters()
+            .max_in_flight(ccm_cml_sim::Endpoint::SystemInformation);
+        assert_eq!(most, 1, "overlapping polls of one worker ({n} requests)");
     }
     fleet.engine.flush().await;
     assert!(

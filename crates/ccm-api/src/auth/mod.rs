@@ -55,6 +55,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, least privileged first.
+    pub const ALL: [Role; 3] = [Self::Viewer, Self::Manager, Self::Admin];
+
     /// The lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -453,7 +456,7 @@ async fn authenticate(
                 bearer_expires: v.expires_at,
             }),
             Err(e) => {
-                metrics::counter!("ccm_auth_failures_total", "method" => "bearer").increment(1);
+                metrics::counter!(crate::metrics::AUTH_FAILURES, "method" => "bearer").increment(1);
                 tracing::debug!(client = %ip, reason = %e, "bearer token refused");
                 if matches!(e, AuthError::Invalid(_)) {
                     auth.limiter.failed(ip).map_err(too_many)?;
@@ -475,7 +478,7 @@ async fn authenticate(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             if !bool::from(sent.as_bytes().ct_eq(info.csrf_token.as_bytes())) {
-                metrics::counter!("ccm_auth_failures_total", "method" => "csrf").increment(1);
+                metrics::counter!(crate::metrics::AUTH_FAILURES, "method" => "csrf").increment(1);
                 return Err(ApiError::forbidden(
                     "a state-changing request with the session cookie needs the session's X-CSRF-Token header",
                 ));

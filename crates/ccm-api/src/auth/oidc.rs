@@ -244,7 +244,7 @@ impl Oidc {
             }
         }
         tracing::info!(keys = keys.len(), "fetched the OIDC signing keys");
-        metrics::counter!("ccm_oidc_jwks_fetches_total").increment(1);
+        metrics::counter!(crate::metrics::OIDC_JWKS_FETCHES).increment(1);
         Ok(keys)
     }
 
@@ -308,7 +308,7 @@ impl Oidc {
                         c.retry_at = Some(Instant::now() + wait);
                         wait
                     };
-                    metrics::counter!("ccm_oidc_jwks_fetch_failures_total").increment(1);
+                    metrics::counter!(crate::metrics::OIDC_JWKS_FETCH_FAILURES).increment(1);
                     tracing::warn!(error = %e, retry_in_seconds = wait.as_secs(), "could not fetch the OIDC signing keys; backing off");
                     // Serve the keys we have (stale) rather than lock everybody out.
                     if let Some(k) = self.keys.read().keys.get(kid) {

@@ -125,7 +125,7 @@ pub(crate) async fn sign_in(State(state): State<ApiState>, req: Request) -> ApiR
         }
         Err(AuthError::Provider(e)) => Err(AuthError::Provider(e).into()),
         Err(e) => {
-            metrics::counter!("ccm_auth_failures_total", "method" => "sign_in").increment(1);
+            metrics::counter!(crate::metrics::AUTH_FAILURES, "method" => "sign_in").increment(1);
             tracing::info!(client = %ip, reason = %e, "sign-in refused");
             limiter.failed(ip).map_err(too_many)?;
             Err(e.into())
@@ -352,7 +352,7 @@ pub(crate) async fn oidc_callback(
     limiter.check(ip).map_err(too_many)?;
     let fail = |e: AuthError| -> ApiError {
         if !matches!(e, AuthError::Provider(_)) {
-            metrics::counter!("ccm_auth_failures_total", "method" => "oidc").increment(1);
+            metrics::counter!(crate::metrics::AUTH_FAILURES, "method" => "oidc").increment(1);
             tracing::info!(client = %ip, reason = %e, "OIDC sign-in refused");
             if let Err(wait) = limiter.failed(ip) {
                 return too_many(wait);

@@ -6,6 +6,8 @@
 /// Fixtures: the fleet, the API, tokens, request helpers.
 mod support;
 
+/// The event schemas of the OpenAPI document against real events.
+mod event_schemas;
 /// Labs and licences.
 mod labs;
 /// The route × role × no-token matrix, and the OpenAPI document against the routes.

@@ -336,7 +336,7 @@ async fn measure(
 
     let setup = tokio::time::Instant::now();
     let store_cfg = StoreConfig {
-        path: dir.join("bench.db"),
+        path: Some(dir.join("bench.db")),
         ..StoreConfig::default()
     };
     let store = SqliteStore::open(&store_cfg)

@@ -131,12 +131,6 @@ pub(crate) fn run(cmd: BenchCmd) -> anyhow::Result<()> {
 /// `ccm bench sync`: checks the flags, runs the harness until done, Ctrl-C or SIGTERM (the
 /// simulator's processes are stopped either way) and prints the report.
 fn sync(args: SyncArgs) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("CCM_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
     let peer = match args.peer {
         None => None,
         Some(Peer::SeedPoller) => Some(SeedPoller {

@@ -43,14 +43,15 @@ pub(crate) struct DemoArgs {
 pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
     let faults = ccm_cml_sim::faults::FaultSpec::parse(&args.faults)
         .map_err(|e| crate::config::ConfigError(format!("--faults: {e}")))?;
-    let metrics = super::runtime::metrics();
+    let metrics = super::runtime::metrics()?;
     for suffix in ["", "-wal", "-shm"] {
         let mut p = args.db.clone().into_os_string();
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));
     }
     let store_cfg = StoreConfig {
-        path: args.db.clone(),
+        path: Some(args.db.clone()),
+        url: None,
         synchronous: ccm_store::Synchronous::Normal,
         ..config.database.clone()
     };

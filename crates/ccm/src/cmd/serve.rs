@@ -8,16 +8,14 @@ use ccm_cloud::{CloudProvider, ResilientCloud, ResilientCloudConfig};
 use ccm_cloud_aws::AwsCloud;
 use ccm_cml::CmlClient;
 use ccm_engine::{Engine, EngineParts, TokioClock, resilience_with_bus};
-use ccm_store::SqliteStore;
+use ccm_store::{Backend, PgStore, SqliteStore, Store};
 
 use crate::config::Config;
 
 /// Builds every part from the configuration and runs until Ctrl-C or SIGTERM.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics = super::runtime::metrics();
-    let store = SqliteStore::open(&config.database)
-        .await
-        .with_context(|| format!("database {}", config.database.path.display()))?;
+    let metrics = super::runtime::metrics()?;
+    let store = open_store(&config.database).await?;
     let (events, resilience) = resilience_with_bus(&config.resilience, None);
     let cml = CmlClient::new(&config.cml, resilience.clone())
         .map_err(|e| crate::config::ConfigError(e.to_string()))?;
@@ -36,7 +34,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         &cloud_policy,
     ));
     let engine = Engine::start(EngineParts {
-        store: Arc::new(store),
+        store,
         cloud,
         cml,
         resilience,
@@ -69,4 +67,25 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         .context("HTTP server failed")?;
     engine.shutdown().await;
     Ok(())
+}
+
+/// The store the configuration selects: PostgreSQL for `database.url`, else the SQLite file.
+/// Errors name the key; the URL shows without its password.
+async fn open_store(config: &ccm_store::StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match config.backend() {
+        Backend::Postgres(url) => {
+            let store = PgStore::connect(url, config)
+                .await
+                .with_context(|| format!("database.url {url}"))?;
+            tracing::info!(database = %url, "store: PostgreSQL");
+            Arc::new(store)
+        }
+        Backend::Sqlite(path) => {
+            let store = SqliteStore::open(config)
+                .await
+                .with_context(|| format!("database.path {}", path.display()))?;
+            tracing::info!(database = %path.display(), "store: SQLite");
+            Arc::new(store)
+        }
+    })
 }
