@@ -48,7 +48,9 @@ impl ProvisioningConfig {
         if self.allowed_instance_types.is_empty() {
             self.instance_type == instance_type
         } else {
-            self.allowed_instance_types.iter().any(|t| t == instance_type)
+            self.allowed_instance_types
+                .iter()
+                .any(|t| t == instance_type)
         }
     }
 
@@ -236,7 +238,9 @@ impl EngineConfig {
         check_owners("provisioning.ami_owners", &p.ami_owners)?;
         check_owners("import.ami_owners", &self.import.ami_owners)?;
         if p.max_workers == Some(0) {
-            return Err("provisioning.max_workers: must be at least 1 (leave it out for no cap)".into());
+            return Err(
+                "provisioning.max_workers: must be at least 1 (leave it out for no cap)".into(),
+            );
         }
         for r in &self.import.regions {
             ccm_domain::Region::parse(r).map_err(|e| format!("import.regions: {e}"))?;
@@ -289,9 +293,12 @@ mod tests {
         assert_eq!(c.provisioning.max_workers, None);
     }
 
+    /// A change to the configuration and the start of the error it must cause.
+    type Case = (Box<dyn Fn(&mut EngineConfig)>, &'static str);
+
     #[test]
     fn guardrail_keys_should_be_validated_naming_the_key() {
-        let cases: Vec<(Box<dyn Fn(&mut EngineConfig)>, &str)> = vec![
+        let cases: Vec<Case> = vec![
             (
                 Box::new(|c| c.provisioning.ami_owners.clear()),
                 "provisioning.ami_owners: list at least one owner",
@@ -321,7 +328,10 @@ mod tests {
             let mut c = config();
             change(&mut c);
             let err = c.validate().unwrap_err();
-            assert!(err.starts_with(wanted), "{err} does not start with {wanted}");
+            assert!(
+                err.starts_with(wanted),
+                "{err} does not start with {wanted}"
+            );
         }
         let mut c = config();
         c.provisioning.ami_owners = vec![

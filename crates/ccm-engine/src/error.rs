@@ -65,6 +65,15 @@ impl From<StoreError> for EngineError {
                 "instance {instance_id} is already worker {existing}"
             )),
             StoreError::SettingsConflict { .. } => Self::Conflict(err.to_string()),
+            StoreError::AtCap { cap, live } => PolicyRefusal::new(
+                RefusalKind::Limit,
+                "provisioning.max_workers",
+                format!(
+                    "the fleet has {live} workers (not terminated or failed) and may have at \
+                     most {cap} ([provisioning] max_workers); terminate one first"
+                ),
+            )
+            .into(),
             other => Self::Store(other),
         }
     }

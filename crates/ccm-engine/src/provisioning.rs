@@ -6,6 +6,9 @@
 //!   id is looked up first and refused when its owner is not listed), and the chosen image's
 //!   owner is recorded on the worker;
 //! - the instance type must be one of `[provisioning] allowed_instance_types`;
+//! - with `[provisioning] max_workers`, a create is stored only while fewer workers are live
+//!   (the store counts and inserts in one atomic step, so two creates at the cap cannot both
+//!   pass);
 //! - below admin, an import takes only instances the `[import]` filter matches (tag and/or
 //!   image name and owner); name lookups of imports pass `[import] ami_owners`.
 //!
@@ -138,7 +141,10 @@ impl Provisioning {
             tags,
         };
         let (worker, events) = Worker::provision(new, by.clone(), self.inner.state.now());
-        let saved = self.inner.state.insert(&worker, events).await?;
+        let saved = match p.max_workers {
+            Some(cap) => self.inner.state.insert_capped(&worker, events, cap).await?,
+            None => self.inner.state.insert(&worker, events).await?,
+        };
         self.spawn_provision(saved.clone());
         Ok(saved)
     }
@@ -458,7 +464,10 @@ impl Provisioning {
 
     /// The `[import]` filter as a describe query in `region`; `None` when its image pattern
     /// matches no image of `[import] ami_owners` there (nothing can match).
-    async fn configured_query(&self, region: &Region) -> Result<Option<InstanceQuery>, EngineError> {
+    async fn configured_query(
+        &self,
+        region: &Region,
+    ) -> Result<Option<InstanceQuery>, EngineError> {
         let cfg = &self.inner.import;
         if cfg.tag.is_none() && cfg.ami_name_pattern.is_none() {
             return Err(EngineError::invalid(
