@@ -30,9 +30,10 @@ use crate::auth::{AuthMethod, Role};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReasonView {
     /// The call (`system_information`, `system_health`, `system_stats`, `licensing`,
-    /// `telemetry`, `labs`, `cloudwatch`).
+    /// `telemetry`, `labs`, `cloudwatch`, `ec2_status`).
     pub call: String,
-    /// What went wrong (`connect`, `timeout`, `http_status`, `circuit_open`, `not_ready`, …).
+    /// What went wrong (`connect`, `timeout`, `http_status`, `circuit_open`, `not_ready`,
+    /// `ec2_status_impaired`, …).
     pub code: String,
     /// The HTTP status, for `http_status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -590,8 +590,15 @@ async fn a_regions_status_checks_should_come_in_one_call_per_page_with_stopped_i
         .await
         .unwrap();
     proxy.reset_counts();
-    let statuses = cloud.describe_instance_status(&region(), &[]).await.unwrap();
-    assert_eq!(proxy.count("DescribeInstanceStatus"), 1, "one call for the page");
+    let statuses = cloud
+        .describe_instance_status(&region(), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        proxy.count("DescribeInstanceStatus"),
+        1,
+        "one call for the page"
+    );
     let of = |statuses: &[ccm_cloud::InstanceStatus], id: &InstanceId| {
         statuses
             .iter()
@@ -606,12 +613,19 @@ async fn a_regions_status_checks_should_come_in_one_call_per_page_with_stopped_i
     );
     assert!(!r.checks().impaired());
     let s = of(&statuses, &stopped);
-    assert_eq!(s.state, ccm_domain::Ec2State::Stopped, "stopped ones are included");
+    assert_eq!(
+        s.state,
+        ccm_domain::Ec2State::Stopped,
+        "stopped ones are included"
+    );
     assert_eq!(s.system_status, ccm_cloud::CheckStatus::NotApplicable);
 
     // moto never fails a check; the proxy makes it say so, as EC2 would.
     proxy.rewrite("<status>ok</status>", "<status>impaired</status>");
-    let statuses = cloud.describe_instance_status(&region(), &[]).await.unwrap();
+    let statuses = cloud
+        .describe_instance_status(&region(), &[])
+        .await
+        .unwrap();
     let r = of(&statuses, &running);
     assert_eq!(r.system_status, ccm_cloud::CheckStatus::Impaired);
     assert_eq!(r.instance_status, ccm_cloud::CheckStatus::Impaired);

@@ -230,18 +230,32 @@ pub async fn owner_filters_should_skip_another_accounts_public_image(h: &Harness
         pattern: h.image_pattern.clone(),
         owners,
     };
-    let anyone = h.provider.find_images(&h.region, &by_name(vec![])).await.unwrap();
+    let anyone = h
+        .provider
+        .find_images(&h.region, &by_name(vec![]))
+        .await
+        .unwrap();
     let own = h
         .provider
         .find_images(&h.region, &by_name(vec!["self".into()]))
         .await
         .unwrap();
-    assert!(!own.is_empty(), "the harness offers an image of its own account");
+    assert!(
+        !own.is_empty(),
+        "the harness offers an image of its own account"
+    );
     let account = own[0].owner_id.clone().expect("an owner id");
-    assert!(own.iter().all(|i| i.owner_id.as_deref() == Some(account.as_str())));
+    assert!(
+        own.iter()
+            .all(|i| i.owner_id.as_deref() == Some(account.as_str()))
+    );
     // Without owners, the newest match is another account's public image: the squatter.
     let squatter = anyone[0].clone();
-    assert_ne!(squatter.owner_id.as_deref(), Some(account.as_str()), "{anyone:?}");
+    assert_ne!(
+        squatter.owner_id.as_deref(),
+        Some(account.as_str()),
+        "{anyone:?}"
+    );
     assert_eq!(squatter.public, Some(true), "{squatter:?}");
     assert!(squatter.creation_date > own[0].creation_date);
     assert!(!own.iter().any(|i| i.id == squatter.id));
@@ -253,7 +267,11 @@ pub async fn owner_filters_should_skip_another_accounts_public_image(h: &Harness
         .await
         .unwrap();
     assert!(theirs.iter().any(|i| i.id == squatter.id));
-    assert!(theirs.iter().all(|i| i.owner_id.as_deref() == Some(foreign.as_str())));
+    assert!(
+        theirs
+            .iter()
+            .all(|i| i.owner_id.as_deref() == Some(foreign.as_str()))
+    );
     let both = h
         .provider
         .find_images(&h.region, &by_name(vec!["self".into(), foreign]))

@@ -44,8 +44,8 @@ use crate::resilience_events::ResilienceEvents;
 use crate::state::State;
 use crate::supervisor::{Criticality, RestartPolicy, Supervisor, TaskStatus};
 use crate::types::{
-    AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport, ImportReport,
-    ImportRequest, RefreshOutcome,
+    AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport,
+    ImportReport, ImportRequest, RefreshOutcome,
 };
 
 /// What the engine is built from.
@@ -476,7 +476,10 @@ impl Engine {
         region: Option<Region>,
         selector: &AmiSelector,
     ) -> Result<ccm_cloud::Image, EngineError> {
-        self.inner.provisioning.preview_image(region, selector).await
+        self.inner
+            .provisioning
+            .preview_image(region, selector)
+            .await
     }
 
     /// Imports existing instances; importing an instance twice returns the existing worker.

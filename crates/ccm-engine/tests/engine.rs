@@ -720,7 +720,10 @@ async fn a_name_lookup_should_skip_a_newer_public_image_of_another_account() {
     let (fleet, _) = start(1, [127, 151, 0, 1], |o| o.spare = 2).await;
     let own = ccm_testbed::ec2::Ec2SimConfig::default_images()[0].clone();
     let squatter = squatter();
-    assert!(squatter.creation_date > own.creation_date, "the squatter is newer");
+    assert!(
+        squatter.creation_date > own.creation_date,
+        "the squatter is newer"
+    );
     let admin = Actor::user("alice");
     let req = |ami| CreateWorker {
         name: "trusting".into(),
@@ -739,7 +742,10 @@ async fn a_name_lookup_should_skip_a_newer_public_image_of_another_account() {
     let mut rx = fleet.engine.subscribe();
     let w = fleet
         .engine
-        .create_worker(req(AmiSelector::NamePattern("cml-controller-2.9*".into())), &admin)
+        .create_worker(
+            req(AmiSelector::NamePattern("cml-controller-2.9*".into())),
+            &admin,
+        )
         .await
         .unwrap();
     wait_event(&mut rx, "provisioned", |e| {
@@ -767,7 +773,11 @@ async fn a_name_lookup_should_skip_a_newer_public_image_of_another_account() {
     assert_eq!(r.kind, ccm_engine::RefusalKind::NotAllowed);
     assert_eq!(r.rule, "provisioning.ami_owners");
     assert_eq!(r.field, Some("ami_id"));
-    assert!(r.message.contains(ccm_testbed::ec2::SQUATTER_ACCOUNT), "{}", r.message);
+    assert!(
+        r.message.contains(ccm_testbed::ec2::SQUATTER_ACCOUNT),
+        "{}",
+        r.message
+    );
     assert!(r.message.contains("(self)"), "{}", r.message);
     assert_eq!(workers(&fleet).await.len(), before);
     assert_eq!(fleet.cloud.calls("RunInstances"), launches);
@@ -862,7 +872,10 @@ async fn below_admin_an_import_should_take_only_instances_the_import_filter_matc
     // An instance the filter matches is fine below admin.
     let report = fleet
         .engine
-        .import_workers(import(ImportSelector::InstanceIds(vec![own]), true), &manager)
+        .import_workers(
+            import(ImportSelector::InstanceIds(vec![own]), true),
+            &manager,
+        )
         .await
         .unwrap();
     assert_eq!(report.existing.len(), 1);
@@ -878,7 +891,10 @@ async fn below_admin_an_import_should_take_only_instances_the_import_filter_matc
     assert_eq!(report.imported.len(), 1);
     let w = fleet.engine.worker(report.imported[0]).await.unwrap();
     let ami = w.ami.unwrap();
-    assert_eq!(ami.owner.as_deref(), Some(ccm_testbed::ec2::SQUATTER_ACCOUNT));
+    assert_eq!(
+        ami.owner.as_deref(),
+        Some(ccm_testbed::ec2::SQUATTER_ACCOUNT)
+    );
     assert_eq!(ami.name.as_deref(), Some(squatter.name.as_str()));
     fleet.shutdown().await;
 }
@@ -927,7 +943,11 @@ async fn an_impaired_status_check_should_degrade_a_worker_whose_cml_still_answer
         |r: &ccm_domain::Reason| r.code == ccm_domain::ReasonCode::Ec2StatusImpaired;
     let w = fleet.engine.worker(sick.id).await.unwrap();
     assert_eq!(w.service.status, ServiceStatus::Degraded);
-    assert!(w.service.reasons.iter().any(is_impaired_reason), "{:?}", w.service.reasons);
+    assert!(
+        w.service.reasons.iter().any(is_impaired_reason),
+        "{:?}",
+        w.service.reasons
+    );
     assert_eq!(
         fleet.engine.worker(well.id).await.unwrap().service.status,
         ServiceStatus::Ready
@@ -962,7 +982,11 @@ async fn a_failed_status_read_should_still_apply_states_and_keep_the_checks_stal
         .await
         .unwrap();
     fleet.cloud.fail_next_of("DescribeInstanceStatus", 1);
-    let err = fleet.engine.trigger_job(JobKind::Ec2Sync).await.unwrap_err();
+    let err = fleet
+        .engine
+        .trigger_job(JobKind::Ec2Sync)
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains(w.region.as_str()), "{err}");
     let w = fleet.engine.worker(w.id).await.unwrap();
     assert!(
@@ -970,8 +994,16 @@ async fn a_failed_status_read_should_still_apply_states_and_keep_the_checks_stal
         "the state was applied: {:?}",
         w.ec2_state
     );
-    assert_eq!(w.ec2_status.last_good, Some(checks), "the last good checks are kept");
-    let error = w.ec2_status.error.as_ref().expect("the failed read is recorded");
+    assert_eq!(
+        w.ec2_status.last_good,
+        Some(checks),
+        "the last good checks are kept"
+    );
+    let error = w
+        .ec2_status
+        .error
+        .as_ref()
+        .expect("the failed read is recorded");
     assert_eq!(error.call, ccm_domain::CmlCall::Ec2Status);
     assert_eq!(w.ec2_status.consecutive_failures, 1);
     fleet.shutdown().await;

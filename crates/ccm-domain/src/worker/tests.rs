@@ -650,10 +650,7 @@ fn an_impaired_status_check_should_degrade_a_ready_worker_until_it_recovers() {
         "the same checks again are no event"
     );
 
-    let events = w.record_ec2_status(
-        Ok(checks(CheckStatus::Ok, CheckStatus::Impaired)),
-        t(40),
-    );
+    let events = w.record_ec2_status(Ok(checks(CheckStatus::Ok, CheckStatus::Impaired)), t(40));
     assert_eq!(
         types(&events),
         [
@@ -677,7 +674,9 @@ fn an_impaired_status_check_should_degrade_a_ready_worker_until_it_recovers() {
     let failed = Reason::new(CmlCall::Ec2Status, ReasonCode::Other).with_detail("throttled");
     assert!(w.record_ec2_status(Err(failed), t(60)).is_empty());
     assert_eq!(w.service.status, ServiceStatus::Degraded);
-    let view = w.ec2_status.view(t(60), std::time::Duration::from_secs(600));
+    let view = w
+        .ec2_status
+        .view(t(60), std::time::Duration::from_secs(600));
     assert_eq!(view.freshness, crate::observed::Freshness::Stale);
 
     let events = w.record_ec2_status(Ok(checks(CheckStatus::Ok, CheckStatus::Ok)), t(70));

@@ -63,7 +63,10 @@ pub(crate) async fn sync_all(ctx: &JobContext) -> Result<(), JobError> {
 }
 
 fn checks_by_instance(statuses: Vec<InstanceStatus>) -> HashMap<InstanceId, StatusChecks> {
-    statuses.into_iter().map(|s| (s.id.clone(), s.checks())).collect()
+    statuses
+        .into_iter()
+        .map(|s| (s.id.clone(), s.checks()))
+        .collect()
 }
 
 /// What a worker's checks record when DescribeInstanceStatus failed.

@@ -314,7 +314,10 @@ impl SimulatedCloud {
                 faults.throttle_next -= 1;
                 return Err(throttled());
             }
-            let for_op = faults.unavailable_ops.get_mut(operation).filter(|n| **n > 0);
+            let for_op = faults
+                .unavailable_ops
+                .get_mut(operation)
+                .filter(|n| **n > 0);
             if let Some(n) = for_op {
                 *n -= 1;
                 return Err(CloudError::from_aws(
