@@ -228,10 +228,12 @@ async fn an_impaired_status_check_should_show_on_the_worker_and_degrade_it() {
     let shown = api.get(&path, VIEWER).await.ok(200);
     let checks = &shown["sources"]["ec2_status"];
     assert_eq!(checks["freshness"], "fresh", "{checks}");
-    assert_eq!(
-        checks["value"],
-        json!({"system": "ok", "instance": "ok", "impaired": false})
-    );
+    // Just started: the simulated cloud's checks may still be initializing.
+    for which in ["system", "instance"] {
+        let status = checks["value"][which].as_str().unwrap();
+        assert!(["ok", "initializing"].contains(&status), "{checks}");
+    }
+    assert_eq!(checks["value"]["impaired"], false);
     assert_eq!(shown["service"]["status"], "ready");
 
     api.fleet.cloud.set_status_checks(
