@@ -705,12 +705,14 @@ pub async fn idle_economics_should_round_trip(backend: &dyn Backend) {
     let w = store.insert(&w).await.unwrap();
     assert_eq!(store.get(w.id).await.unwrap().as_ref(), Some(&w));
 
-    let mut s = RuntimeSettings::default();
-    s.schedules = serde_json::from_value(serde_json::json!([
-        {"selector": "tag:team=training", "off_hours": "Mon-Fri 19:00-07:00 Europe/Paris"},
-        {"selector": format!("worker:{}", w.id), "off_hours": "Fri 19:00-Mon 07:00 UTC"},
-    ]))
-    .unwrap();
+    let mut s = RuntimeSettings {
+        schedules: serde_json::from_value(serde_json::json!([
+            {"selector": "tag:team=training", "off_hours": "Mon-Fri 19:00-07:00 Europe/Paris"},
+            {"selector": format!("worker:{}", w.id), "off_hours": "Fri 19:00-Mon 07:00 UTC"},
+        ]))
+        .unwrap(),
+        ..RuntimeSettings::default()
+    };
     s.idle.running_nodes_count_as_use = false;
     s.idle.warning_before = Duration::from_secs(300);
     store.put_runtime_settings(&s, 0, "alice").await.unwrap();
