@@ -278,6 +278,14 @@ fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
         utoipa::openapi::security::SecurityRequirement::new("session", Vec::<String>::new()),
     ]);
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    if let Some(op) = doc
+        .paths
+        .paths
+        .get_mut("/api/v1/events")
+        .and_then(|item| item.get.as_mut())
+    {
+        op.description = Some(event_catalogue_text());
+    }
     for (path, item) in doc.paths.paths.iter_mut() {
         let ops = [
             (Method::GET, item.get.as_mut()),
@@ -302,6 +310,33 @@ fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
         }
     }
     doc
+}
+
+/// The event catalogue as documentation: every CloudEvents type, which ones are transient
+/// (live streams only, not in the log, never delivered to webhooks), and which are reserved
+/// (in the catalogue, not emitted by this version).
+pub fn event_catalogue_text() -> String {
+    use ccm_domain::EventKind;
+    let list = |f: fn(&ccm_domain::EventType) -> bool| {
+        let names: Vec<String> = EventKind::CATALOGUE
+            .iter()
+            .filter(|t| f(t))
+            .map(|t| format!("`{}`", t.name))
+            .collect();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    format!(
+        "The live event stream (CloudEvents 1.0, JSON). Event types: {}.\n\n\
+Transient (sent live, not kept in the event log, not replayed, not delivered to webhooks): {}.\n\n\
+Reserved (in the catalogue for compatibility, not emitted by this version): {}.",
+        list(|_| true),
+        list(|t| t.transient),
+        list(|t| t.reserved),
+    )
 }
 
 /// The OpenAPI 3.1 document of the API.

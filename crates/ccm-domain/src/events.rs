@@ -21,11 +21,17 @@ use crate::ids::{Actor, WorkerId};
 use crate::lifecycle::{LabAction, PauseReason, RefreshSkip, ResumeReason, WorkerAction};
 use crate::service::{Reason, ServiceStatus};
 
-/// Declares the catalogue: variant, CloudEvents `type`, whether it is transient, and payload.
+/// Declares the catalogue: variant, CloudEvents `type`, flags, and payload.
+///
+/// Flags after the type name:
+/// - `transient`: sent to live subscribers only, never stored in the event log;
+/// - `reserved`: part of the published catalogue but not emitted by this version (a test in
+///   `tests/catalogue.rs` fails when a type is neither emitted anywhere nor reserved; the API
+///   documentation lists the reserved ones).
 macro_rules! catalogue {
     ($(
         $(#[$doc:meta])*
-        $variant:ident = $name:literal $(, $transient:ident)? {
+        $variant:ident = $name:literal $(, $flag:ident)* {
             $( $(#[$fmeta:meta])* $field:ident : $ty:ty ),* $(,)?
         }
     )*) => {
@@ -47,6 +53,16 @@ macro_rules! catalogue {
             /// Every CloudEvents `type` in the catalogue.
             pub const TYPES: &'static [&'static str] = &[$($name),*];
 
+            /// Every entry of the catalogue with its flags, in declaration order.
+            pub const CATALOGUE: &'static [EventType] = &[$(
+                EventType {
+                    variant: stringify!($variant),
+                    name: $name,
+                    transient: catalogue!(@flag transient $($flag)*),
+                    reserved: catalogue!(@flag reserved $($flag)*),
+                },
+            )*];
+
             /// This event's CloudEvents `type`, e.g. `ccm.worker.state_changed`.
             pub fn type_name(&self) -> &'static str {
                 match self {
@@ -57,13 +73,40 @@ macro_rules! catalogue {
             /// Whether this event only refreshes live views and is not kept in the event log.
             pub fn is_transient(&self) -> bool {
                 match self {
-                    $(Self::$variant { .. } => catalogue!(@transient $($transient)?),)*
+                    $(Self::$variant { .. } => catalogue!(@flag transient $($flag)*),)*
                 }
             }
         }
     };
-    (@transient transient) => { true };
-    (@transient) => { false };
+    // Whether the flag list (third and later tokens) holds the flag named first.
+    (@flag transient transient $($rest:ident)*) => { true };
+    (@flag reserved reserved $($rest:ident)*) => { true };
+    (@flag $want:ident transient $($rest:ident)*) => { catalogue!(@flag $want $($rest)*) };
+    (@flag $want:ident reserved $($rest:ident)*) => { catalogue!(@flag $want $($rest)*) };
+    (@flag $want:ident $other:ident $($rest:ident)*) => {
+        compile_error!(concat!("unknown catalogue flag `", stringify!($other), "` (transient, reserved)"))
+    };
+    (@flag $want:ident) => { false };
+}
+
+/// One entry of the catalogue: its CloudEvents `type` and flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventType {
+    /// The Rust variant of [`EventKind`] (for tooling and tests).
+    pub variant: &'static str,
+    /// The CloudEvents `type`.
+    pub name: &'static str,
+    /// Sent to live subscribers only; never in the event log (so never delivered to webhooks).
+    pub transient: bool,
+    /// Published in the catalogue but not emitted by this version.
+    pub reserved: bool,
+}
+
+impl EventType {
+    /// The entry of a CloudEvents `type`, if it is in the catalogue.
+    pub fn of(name: &str) -> Option<&'static EventType> {
+        EventKind::CATALOGUE.iter().find(|t| t.name == name)
+    }
 }
 
 catalogue! {
@@ -169,14 +212,22 @@ catalogue! {
     RetryBudgetRecovered = "ccm.retry_budget.recovered" {}
     /// A bulkhead's queue was full and a call was rejected.
     BulkheadRejected = "ccm.bulkhead.rejected" { name: String, max_concurrent: u64, max_queue: u64 }
-    /// A job started (live view only).
+    /// A job run started (live view only). Emitted per fleet-job run and per triggered cycle
+    /// of a per-worker job, never per worker poll. `trigger`: `scheduled`, `on_demand` or
+    /// `cycle`.
     JobStarted = "ccm.job.started", transient { job: String, trigger: String }
-    /// A job finished (live view only).
+    /// A job run finished (live view only); `summary` holds its counts (per-worker cycles:
+    /// `workers`, `failed`, `probing`).
     JobCompleted = "ccm.job.completed", transient {
         job: String, duration_ms: u64, #[serde(default)] summary: serde_json::Value,
     }
-    /// A job failed.
-    JobFailed = "ccm.job.failed" { job: String, error: String }
+    /// A job run failed (kept in the log).
+    JobFailed = "ccm.job.failed" {
+        job: String,
+        error: String,
+        #[serde(default)] trigger: Option<String>,
+        #[serde(default)] duration_ms: Option<u64>,
+    }
     /// An import run finished.
     ImportCompleted = "ccm.import.completed" { matched: u32, imported: u32, existing: u32, by: Actor }
     /// Runtime settings were changed.
@@ -349,6 +400,26 @@ mod tests {
             assert!(t.starts_with("ccm."), "{t}");
             assert!(seen.insert(*t), "duplicate {t}");
         }
+    }
+
+    #[test]
+    fn the_catalogue_should_list_every_type_with_its_flags() {
+        let names: Vec<_> = EventKind::CATALOGUE.iter().map(|t| t.name).collect();
+        assert_eq!(names, EventKind::TYPES);
+        let synced = EventType::of("ccm.worker.synced").unwrap();
+        assert!(synced.transient && !synced.reserved);
+        assert_eq!(synced.variant, "WorkerSynced");
+        let failed = EventType::of("ccm.job.failed").unwrap();
+        assert!(!failed.transient);
+        assert!(EventType::of("ccm.nope").is_none());
+    }
+
+    #[test]
+    fn flags_should_be_read_in_any_order() {
+        assert!(catalogue!(@flag reserved transient reserved));
+        assert!(catalogue!(@flag transient reserved transient));
+        assert!(!catalogue!(@flag transient reserved));
+        assert!(!catalogue!(@flag reserved));
     }
 
     #[test]

@@ -27,7 +27,7 @@ pub mod settings;
 pub mod worker;
 
 pub use ec2::{Ec2State, InvalidTransition};
-pub use events::{Event, EventKind};
+pub use events::{Event, EventKind, EventType};
 pub use ids::{Actor, AmiId, InstanceId, InstanceType, InvalidValue, LabId, Region, WorkerId};
 pub use lab::{LabRecord, LabState};
 pub use licence::Licence;

@@ -293,3 +293,27 @@ async fn the_docs_page_should_be_served_from_the_binary() {
         .problem(404);
     api.fleet.shutdown().await;
 }
+
+#[test]
+fn the_api_docs_should_list_every_event_type_and_the_reserved_ones() {
+    let json: Value = serde_json::from_str(&ccm_api::openapi().to_json().unwrap()).unwrap();
+    let text = json["paths"]["/api/v1/events"]["get"]["description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for t in ccm_domain::EventKind::CATALOGUE {
+        assert!(text.contains(&format!("`{}`", t.name)), "{} missing", t.name);
+    }
+    let reserved = text.split("Reserved").nth(1).expect("a reserved section");
+    for t in ccm_domain::EventKind::CATALOGUE {
+        assert_eq!(
+            reserved.contains(&format!("`{}`", t.name)),
+            t.reserved,
+            "{}",
+            t.name
+        );
+    }
+    if ccm_domain::EventKind::CATALOGUE.iter().all(|t| !t.reserved) {
+        assert!(reserved.contains("none"), "{reserved}");
+    }
+}
