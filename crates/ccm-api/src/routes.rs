@@ -45,6 +45,7 @@ pub struct RouteSpec {
 
 const PUBLIC: Access = Access::Public;
 const VIEWER: Access = Access::Role(Role::Viewer);
+const LAB_OPERATOR: Access = Access::Role(Role::LabOperator);
 const MANAGER: Access = Access::Role(Role::Manager);
 const ADMIN: Access = Access::Role(Role::Admin);
 
@@ -60,8 +61,9 @@ const fn r(method: Method, path: &'static str, access: Access) -> RouteSpec {
 ///
 /// - public: the probes, the sign-in, and the web UI's page shell and assets (no data);
 /// - viewer: every read (lists, details, labs' topology download, events, metrics, docs);
-/// - manager: operating workers (create, import, start, stop, pause, resume, refresh, tags,
-///   detailed monitoring, idle switch), labs (incl. import and delete) and licences;
+/// - lab_operator: lab actions (start, stop, wipe, import) and refreshing a worker;
+/// - manager: operating workers (create, import, start, stop, pause, resume, tags, detailed
+///   monitoring, idle switch), deleting labs, and licences;
 /// - admin: terminate, delete a worker record, change settings, run jobs.
 pub static ROUTES: &[RouteSpec] = &[
     r(Method::GET, "/healthz", PUBLIC),
@@ -88,7 +90,7 @@ pub static ROUTES: &[RouteSpec] = &[
     r(Method::POST, "/api/v1/workers/{id}/pause", MANAGER),
     r(Method::POST, "/api/v1/workers/{id}/resume", MANAGER),
     r(Method::POST, "/api/v1/workers/{id}/terminate", ADMIN),
-    r(Method::POST, "/api/v1/workers/{id}/refresh", MANAGER),
+    r(Method::POST, "/api/v1/workers/{id}/refresh", LAB_OPERATOR),
     r(Method::PATCH, "/api/v1/workers/{id}/tags", MANAGER),
     r(
         Method::POST,
@@ -99,7 +101,7 @@ pub static ROUTES: &[RouteSpec] = &[
     r(Method::GET, "/api/v1/workers/{id}/metrics", VIEWER),
     r(Method::GET, "/api/v1/workers/{id}/events", VIEWER),
     r(Method::GET, "/api/v1/workers/{id}/labs", VIEWER),
-    r(Method::POST, "/api/v1/workers/{id}/labs", MANAGER),
+    r(Method::POST, "/api/v1/workers/{id}/labs", LAB_OPERATOR),
     r(
         Method::DELETE,
         "/api/v1/workers/{id}/labs/{lab_id}",
@@ -108,17 +110,17 @@ pub static ROUTES: &[RouteSpec] = &[
     r(
         Method::POST,
         "/api/v1/workers/{id}/labs/{lab_id}/start",
-        MANAGER,
+        LAB_OPERATOR,
     ),
     r(
         Method::POST,
         "/api/v1/workers/{id}/labs/{lab_id}/stop",
-        MANAGER,
+        LAB_OPERATOR,
     ),
     r(
         Method::POST,
         "/api/v1/workers/{id}/labs/{lab_id}/wipe",
-        MANAGER,
+        LAB_OPERATOR,
     ),
     r(
         Method::GET,
@@ -184,7 +186,7 @@ pub(crate) fn is_known_path(path: &str) -> bool {
 Authenticate with `Authorization: Bearer <token>` (a static API token or an OIDC access token), \
 or sign in (`POST /api/v1/session`) for a session cookie; with the cookie, state-changing requests \
 need the `X-CSRF-Token` header. Each operation's minimum role is in `x-ccm-role` \
-(`public`, `viewer`, `manager`, `admin`). Errors are RFC 9457 `application/problem+json`.",
+(`public`, `viewer`, `lab_operator`, `manager`, `admin`). Errors are RFC 9457 `application/problem+json`.",
     ),
     tags(
         (name = "workers", description = "CML workers on EC2"),

@@ -122,10 +122,19 @@ fn every_catalogue_type_should_be_emitted_somewhere_or_marked_reserved() {
 #[test]
 fn the_scan_should_tell_a_construction_from_a_pattern() {
     let v = "JobFailed";
-    assert!(constructs("emit(vec![EventKind::JobFailed { job, error }]);", v));
-    assert!(constructs("let k = EventKind::JobFailed {\n job: j,\n error: e,\n};", v));
+    assert!(constructs(
+        "emit(vec![EventKind::JobFailed { job, error }]);",
+        v
+    ));
+    assert!(constructs(
+        "let k = EventKind::JobFailed {\n job: j,\n error: e,\n};",
+        v
+    ));
     assert!(!constructs("EventKind::JobFailed { .. } => {}", v));
-    assert!(!constructs("if let EventKind::JobFailed { job, error } = k {", v));
+    assert!(!constructs(
+        "if let EventKind::JobFailed { job, error } = k {",
+        v
+    ));
     assert!(!constructs("EventKind::JobFailed { job, error } => {}", v));
     assert!(!constructs("EventKind::JobFailedLater { job }", v));
     assert!(!constructs("// nothing here", v));

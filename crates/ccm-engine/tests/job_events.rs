@@ -97,8 +97,15 @@ async fn a_failing_fleet_job_should_leave_job_failed_in_the_log_with_its_error()
     assert!(fleet.engine.trigger_job(JobKind::Ec2Sync).await.is_err());
     fleet.cloud.fail_next_unavailable(0);
     let failed = job_events(&mut rx);
-    let [EventKind::JobStarted { .. }, EventKind::JobFailed { job, error, trigger, duration_ms }] =
-        &failed[..]
+    let [
+        EventKind::JobStarted { .. },
+        EventKind::JobFailed {
+            job,
+            error,
+            trigger,
+            duration_ms,
+        },
+    ] = &failed[..]
     else {
         panic!("{failed:?}");
     };

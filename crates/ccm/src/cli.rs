@@ -52,8 +52,8 @@ pub(crate) enum TokenCommand {
         /// Who uses it (shown as `token:<name>` in events and logs).
         #[arg(long, default_value = "api")]
         name: String,
-        /// What it may do: admin, manager or viewer.
-        #[arg(long, default_value = "viewer", value_parser = ["admin", "manager", "viewer"])]
+        /// What it may do: admin, manager, lab_operator or viewer.
+        #[arg(long, default_value = "viewer", value_parser = ["admin", "manager", "lab_operator", "viewer"])]
         role: String,
     },
     /// Print the SHA-256 of a token read from standard input (for `[auth] tokens`).

@@ -182,7 +182,8 @@ async fn heartbeats_should_keep_an_idle_stream_alive() {
     })
     .await;
     let addr = api.serve().await;
-    let mut r = connect(addr, "?snapshot=false", None).await;
+    // Worker events only: the housekeeping job's runs are announced (`ccm.job.*`).
+    let mut r = connect(addr, "?snapshot=false&type=ccm.worker.*", None).await;
     let mut beats = 0;
     let started = tokio::time::Instant::now();
     while beats < 3 {

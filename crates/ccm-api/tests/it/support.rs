@@ -23,6 +23,7 @@ use tower::ServiceExt as _;
 pub(crate) const ADMIN: &str = "test-admin-token-0123456789";
 pub(crate) const MANAGER: &str = "test-manager-token-0123456789";
 pub(crate) const VIEWER: &str = "test-viewer-token-0123456789";
+pub(crate) const LAB_OPERATOR: &str = "test-lab-operator-token-0123456789";
 
 /// A distinct loopback base per test (`n` < 6000), inside 127.70–127.99.
 pub(crate) fn base(n: u16) -> Ipv4Addr {
@@ -122,7 +123,8 @@ impl TestApi {
         let mut auth = AuthConfig::default()
             .with_token("admin", Role::Admin, ADMIN)
             .with_token("manager", Role::Manager, MANAGER)
-            .with_token("viewer", Role::Viewer, VIEWER);
+            .with_token("viewer", Role::Viewer, VIEWER)
+            .with_token("lab-operator", Role::LabOperator, LAB_OPERATOR);
         tweak(&mut opts, &mut api, &mut auth);
         let fleet = Embedded::start(opts).await.unwrap();
         let state = ApiState::new(fleet.engine.clone(), api, auth, None).unwrap();

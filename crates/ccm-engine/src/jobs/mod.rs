@@ -33,8 +33,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ccm_domain::{EventKind, WorkerId};
 use ccm_domain::settings::PollingSettings;
+use ccm_domain::{EventKind, WorkerId};
 use tracing::Instrument;
 
 pub use board::JobStatus;
