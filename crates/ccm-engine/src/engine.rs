@@ -70,6 +70,7 @@ pub struct EngineParts {
 
 struct Inner {
     state: Arc<State>,
+    ownership: Arc<dyn Ownership>,
     cloud: Arc<dyn CloudProvider>,
     resilience: Resilience,
     config: EngineConfig,
@@ -161,7 +162,7 @@ impl Engine {
             cloud: parts.cloud.clone(),
             resilience: parts.resilience.clone(),
             endpoint: parts.endpoint,
-            ownership,
+            ownership: ownership.clone(),
             pause: commands.clone(),
             import: Arc::new(provisioning.clone()),
             event_retention: parts.config.event_retention,
@@ -178,6 +179,7 @@ impl Engine {
         let engine = Self {
             inner: Arc::new(Inner {
                 state,
+                ownership,
                 cloud: parts.cloud,
                 resilience: parts.resilience,
                 config: parts.config,
@@ -371,9 +373,23 @@ impl Engine {
         self.inner.tasks.statuses()
     }
 
-    /// Runs a job now (a full cycle for per-worker jobs). Returns when it is done.
+    /// Runs a job now (a full cycle for per-worker jobs). Returns when it is done. A job the
+    /// engine does not run itself (webhook delivery) is a conflict.
     pub async fn trigger_job(&self, job: JobKind) -> Result<(), EngineError> {
+        if !job.runs_in_engine() {
+            return Err(EngineError::Conflict(format!(
+                "{} runs in its own loop and cannot be triggered",
+                job.as_str()
+            )));
+        }
         Ok(self.inner.jobs.run_now(job).await?)
+    }
+
+    /// Who owns which worker and fleet job. Work that another crate runs for the engine's
+    /// fleet (webhook delivery: [`JobKind::Webhooks`]) asks it for a grant before each batch
+    /// and checks the grant before each write, exactly as the engine's own fleet jobs do.
+    pub fn ownership(&self) -> Arc<dyn Ownership> {
+        self.inner.ownership.clone()
     }
 
     /// The savings report.

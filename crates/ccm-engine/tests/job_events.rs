@@ -171,3 +171,40 @@ async fn scheduled_worker_polls_should_not_announce_job_events() {
     assert!(seen.is_empty(), "{seen:?}");
     fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_webhook_job_should_be_granted_but_never_run_by_the_engine() {
+    let fleet = start(1, [127, 61, 3, 1]).await;
+    let grant = fleet
+        .engine
+        .ownership()
+        .may_run(JobKind::Webhooks, None)
+        .expect("a single node runs every fleet job");
+    assert!(fleet.engine.ownership().holds(&grant));
+    assert!(
+        fleet
+            .engine
+            .jobs()
+            .iter()
+            .all(|j| j.job != JobKind::Webhooks),
+        "not on the engine's board"
+    );
+    let err = fleet
+        .engine
+        .trigger_job(JobKind::Webhooks)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, ccm_engine::EngineError::Conflict(_)),
+        "{err:?}"
+    );
+    assert!(
+        fleet
+            .engine
+            .tasks()
+            .iter()
+            .all(|t| t.name != "job:webhooks"),
+        "no loop of its own in the engine"
+    );
+    fleet.shutdown().await;
+}

@@ -12,9 +12,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::{
-    CursorRepo, EventLog, EventQuery, LabRepo, MetricsPoint, MetricsRepo, MetricsSample, Page, Result,
-    SessionRepo, SettingsRepo, Store, StoreConfig, StoreError, StoredEvent, Synchronous, Versioned,
-    WorkerFilter, WorkerRepo, WorkerSort, persistent,
+    CursorRepo, EventLog, EventQuery, LabRepo, MetricsPoint, MetricsRepo, MetricsSample, Page,
+    Result, SessionRepo, SettingsRepo, Store, StoreConfig, StoreError, StoredEvent, Synchronous,
+    Versioned, WorkerFilter, WorkerRepo, WorkerSort, persistent,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");

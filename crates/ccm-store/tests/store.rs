@@ -16,9 +16,9 @@ use ccm_domain::{
     ServiceStatus, Worker, WorkerId,
 };
 use ccm_store::{
-    CursorRepo, EventLog, EventQuery, LabRepo, MetricsRepo, MetricsSample, SessionRepo, SettingsRepo,
-    SqliteStore, Store, StoreConfig, StoreError, WorkerFilter, WorkerRepo, WorkerSort,
-    update_worker,
+    CursorRepo, EventLog, EventQuery, LabRepo, MetricsRepo, MetricsSample, SessionRepo,
+    SettingsRepo, SqliteStore, Store, StoreConfig, StoreError, WorkerFilter, WorkerRepo,
+    WorkerSort, update_worker,
 };
 use chrono::{DateTime, TimeZone, Utc};
 
@@ -672,11 +672,26 @@ async fn cursors_should_survive_a_reopen_and_never_move_backwards() {
     {
         let store = open(&dir).await;
         assert_eq!(store.cursor("webhook:ops").await.unwrap(), None);
-        assert_eq!(store.advance_cursor("webhook:ops", 7, t(1)).await.unwrap(), 7);
-        assert_eq!(store.advance_cursor("webhook:ops", 12, t(2)).await.unwrap(), 12);
+        assert_eq!(
+            store.advance_cursor("webhook:ops", 7, t(1)).await.unwrap(),
+            7
+        );
+        assert_eq!(
+            store.advance_cursor("webhook:ops", 12, t(2)).await.unwrap(),
+            12
+        );
         // A stale writer's lower position keeps the higher one.
-        assert_eq!(store.advance_cursor("webhook:ops", 9, t(3)).await.unwrap(), 12);
-        assert_eq!(store.advance_cursor("webhook:other", 3, t(3)).await.unwrap(), 3);
+        assert_eq!(
+            store.advance_cursor("webhook:ops", 9, t(3)).await.unwrap(),
+            12
+        );
+        assert_eq!(
+            store
+                .advance_cursor("webhook:other", 3, t(3))
+                .await
+                .unwrap(),
+            3
+        );
     }
     let store = open(&dir).await;
     assert_eq!(store.cursor("webhook:ops").await.unwrap(), Some(12));

@@ -85,7 +85,7 @@ impl JobRunner {
 
     /// Starts every job's loop, each supervised as `job:<name>`.
     pub(crate) fn spawn_all(&self) {
-        for job in JobKind::ALL {
+        for job in JobKind::ALL.into_iter().filter(|j| j.runs_in_engine()) {
             let runner = self.clone();
             self.inner.tasks.supervise(
                 format!("job:{}", job.as_str()),
