@@ -224,14 +224,21 @@ impl EventFilter {
                     .map(|t| t.name)
                     .collect()
             } else {
-                persistent().filter(|t| t.name == p).map(|t| t.name).collect()
+                persistent()
+                    .filter(|t| t.name == p)
+                    .map(|t| t.name)
+                    .collect()
             };
             if matched.is_empty() {
-                let transient = EventKind::CATALOGUE
-                    .iter()
-                    .any(|t| t.transient && (t.name == p || p.strip_suffix('*').is_some_and(|x| t.name.starts_with(x))));
+                let transient = EventKind::CATALOGUE.iter().any(|t| {
+                    t.transient
+                        && (t.name == p
+                            || p.strip_suffix('*').is_some_and(|x| t.name.starts_with(x)))
+                });
                 return Err(if transient {
-                    format!("{p:?} matches only transient events, which are not kept in the log and never delivered")
+                    format!(
+                        "{p:?} matches only transient events, which are not kept in the log and never delivered"
+                    )
                 } else {
                     format!("{p:?} matches no event type of the catalogue")
                 });
@@ -280,7 +287,9 @@ mod tests {
 
     #[test]
     fn a_good_entry_should_validate() {
-        hook("https://hooks.example.com/ccm?k=v").validate(0).unwrap();
+        hook("https://hooks.example.com/ccm?k=v")
+            .validate(0)
+            .unwrap();
         hook("http://127.0.0.1:9000/in").validate(0).unwrap();
         hook("http://10.1.2.3/in").validate(0).unwrap();
     }
@@ -345,7 +354,10 @@ mod tests {
         let mut b = a.clone();
         b.url = "https://hooks.example.com/other".into();
         assert_ne!(a.breaker_key(), b.breaker_key());
-        assert!(a.breaker_key().starts_with("webhook:https://hooks.example.com#"));
+        assert!(
+            a.breaker_key()
+                .starts_with("webhook:https://hooks.example.com#")
+        );
         assert!(!a.breaker_key().contains("SECRETPATH"));
         assert_eq!(a.origin(), "https://hooks.example.com");
         let err = validate_all(&[a.clone(), a]).unwrap_err();
@@ -365,6 +377,9 @@ mod tests {
         h.validate(0).unwrap();
         assert_eq!(h.timeout, Duration::from_secs(5));
         assert_eq!(h.retry_max, Duration::from_secs(300));
-        assert!(toml::from_str::<WebhookConfig>("name='x'\nurl='http://a'\nsecret='s'\nnope=1").is_err());
+        assert!(
+            toml::from_str::<WebhookConfig>("name='x'\nurl='http://a'\nsecret='s'\nnope=1")
+                .is_err()
+        );
     }
 }

@@ -324,7 +324,10 @@ async fn wake_on_events(engine: Engine, hooks: Vec<Arc<Hook>>) {
     loop {
         match rx.recv().await {
             Ok(e) if e.seq.is_some() => {
-                for h in hooks.iter().filter(|h| h.filter.matches(e.event.type_name())) {
+                for h in hooks
+                    .iter()
+                    .filter(|h| h.filter.matches(e.event.type_name()))
+                {
                     h.wake.notify_one();
                 }
             }
@@ -445,11 +448,7 @@ async fn run(ctx: Arc<Ctx>, hook: Arc<Hook>, stop: CancellationToken) {
 }
 
 /// The stored cursor, or (a new webhook) the log's head, stored at once.
-async fn load_cursor(
-    ctx: &Ctx,
-    hook: &Hook,
-    grant: &Grant,
-) -> Result<u64, ccm_store::StoreError> {
+async fn load_cursor(ctx: &Ctx, hook: &Hook, grant: &Grant) -> Result<u64, ccm_store::StoreError> {
     if let Some(c) = ctx.store.cursor(&hook.cursor_key).await? {
         return Ok(c);
     }
@@ -459,7 +458,10 @@ async fn load_cursor(
             .store
             .advance_cursor(&hook.cursor_key, head, ctx.engine.now())
             .await?;
-        tracing::info!(cursor = stored, "new webhook: delivering from the log's end");
+        tracing::info!(
+            cursor = stored,
+            "new webhook: delivering from the log's end"
+        );
         return Ok(stored);
     }
     Ok(head)
@@ -524,7 +526,8 @@ async fn deliver(
         attempts += 1;
         let delivery = Uuid::now_v7();
         let started = tokio::time::Instant::now();
-        let span = tracing::debug_span!("webhook.attempt", seq = event.seq, attempt = attempts, %delivery);
+        let span =
+            tracing::debug_span!("webhook.attempt", seq = event.seq, attempt = attempts, %delivery);
         let result = tokio::select! {
             r = ctx.resilience.call(&call, |_| send(hook, &body, &signature, delivery)).instrument(span) => r,
             _ = stop.cancelled() => return Err(Interrupted::Stopping),
@@ -656,4 +659,3 @@ fn chain(e: &dyn std::error::Error) -> String {
     }
     text
 }
-

@@ -20,11 +20,39 @@ pub const ACTIVE: &str = "ccm_webhook_active";
 /// Registers help texts and units with the installed recorder (call once at start).
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-    describe_counter!(DELIVERED, Unit::Count, "Events delivered to a webhook (2xx)");
-    describe_counter!(ATTEMPTS, Unit::Count, "Webhook delivery attempts by outcome");
-    describe_histogram!(ATTEMPT_SECONDS, Unit::Seconds, "Duration of one webhook delivery attempt");
-    describe_gauge!(LAG, Unit::Count, "Event-log positions between a webhook's cursor and the log's head");
-    describe_gauge!(CONSECUTIVE_FAILURES, Unit::Count, "Failed webhook delivery attempts in a row");
-    describe_gauge!(LAST_DELIVERED, Unit::Seconds, "Unix time of the last event delivered to a webhook");
-    describe_gauge!(ACTIVE, Unit::Count, "1 while this replica delivers the webhook, 0 on standby");
+    describe_counter!(
+        DELIVERED,
+        Unit::Count,
+        "Events delivered to a webhook (2xx)"
+    );
+    describe_counter!(
+        ATTEMPTS,
+        Unit::Count,
+        "Webhook delivery attempts by outcome"
+    );
+    describe_histogram!(
+        ATTEMPT_SECONDS,
+        Unit::Seconds,
+        "Duration of one webhook delivery attempt"
+    );
+    describe_gauge!(
+        LAG,
+        Unit::Count,
+        "Event-log positions between a webhook's cursor and the log's head"
+    );
+    describe_gauge!(
+        CONSECUTIVE_FAILURES,
+        Unit::Count,
+        "Failed webhook delivery attempts in a row"
+    );
+    describe_gauge!(
+        LAST_DELIVERED,
+        Unit::Seconds,
+        "Unix time of the last event delivered to a webhook"
+    );
+    describe_gauge!(
+        ACTIVE,
+        Unit::Count,
+        "1 while this replica delivers the webhook, 0 on standby"
+    );
 }

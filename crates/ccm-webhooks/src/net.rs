@@ -60,9 +60,8 @@ impl Resolve for GuardedResolver {
         let allow = self.allow_link_local;
         Box::pin(async move {
             let host = name.as_str().to_owned();
-            let found: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
             let kept: Vec<SocketAddr> = found
                 .iter()
                 .copied()
@@ -82,7 +81,10 @@ impl Resolve for GuardedResolver {
 }
 
 /// The HTTP client of one webhook.
-pub(crate) fn client(timeout: Duration, allow_link_local: bool) -> reqwest::Result<reqwest::Client> {
+pub(crate) fn client(
+    timeout: Duration,
+    allow_link_local: bool,
+) -> reqwest::Result<reqwest::Client> {
     reqwest::Client::builder()
         .dns_resolver(Arc::new(GuardedResolver { allow_link_local }))
         .redirect(reqwest::redirect::Policy::none())
@@ -114,7 +116,13 @@ mod tests {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(refused_address(ip, true).is_some(), "{ip} always refused");
         }
-        for ip in ["127.0.0.1", "10.0.0.1", "192.168.1.2", "93.184.216.34", "::1"] {
+        for ip in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "192.168.1.2",
+            "93.184.216.34",
+            "::1",
+        ] {
             let ip: IpAddr = ip.parse().unwrap();
             assert!(refused_address(ip, false).is_none(), "{ip}");
         }
