@@ -278,14 +278,17 @@ impl Hook {
         now: DateTime<Utc>,
         event: &StoredEvent,
         attempts: u32,
-        error: String,
+        error: Option<String>,
         next: DateTime<Utc>,
     ) -> u32 {
         let mut l = self.live.lock();
         l.failed_attempts += 1;
         l.consecutive_failures = l.consecutive_failures.saturating_add(1);
         l.last_failure_at = Some(now);
-        l.last_error = Some(error);
+        // An attempt refused by the open breaker keeps the receiver's last real error.
+        if let Some(error) = error {
+            l.last_error = Some(error);
+        }
         l.blocked_on = Some(BlockedEvent {
             seq: event.seq,
             id: event.event.id.to_string(),
@@ -573,7 +576,8 @@ async fn deliver(
             .delay(attempts.saturating_sub(1))
             .max(wait_at_least);
         let next = now + chrono::Duration::from_std(delay).unwrap_or_default();
-        let failures = hook.failed(now, event, attempts, error.clone(), next);
+        let real = (outcome != "breaker_open").then(|| error.clone());
+        let failures = hook.failed(now, event, attempts, real, next);
         if failures == 1 || failures.is_power_of_two() {
             tracing::warn!(
                 seq = event.seq,

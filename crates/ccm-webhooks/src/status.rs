@@ -62,7 +62,8 @@ pub struct WebhookStatus {
     pub last_delivered_at: Option<DateTime<Utc>>,
     /// When an attempt last failed.
     pub last_failure_at: Option<DateTime<Utc>>,
-    /// The last failure (`HTTP 500: …`, `transport: …`).
+    /// The receiver's last failure (`HTTP 500: …`, `transport: …`); attempts refused by the
+    /// open breaker keep it (see `breaker`).
     pub last_error: Option<String>,
     /// The event it is stuck on, while failing.
     pub blocked_on: Option<BlockedEvent>,

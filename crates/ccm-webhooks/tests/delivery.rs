@@ -222,7 +222,7 @@ async fn deliveries_should_survive_a_failing_receiver_and_a_restart_in_order_wit
         s.failed_attempts > before + 1
             && s.last_error
                 .as_deref()
-                .is_some_and(|e| e.contains("transport") || e.contains("circuit breaker"))
+                .is_some_and(|e| e.contains("transport"))
     })
     .await;
     emit(&fleet, &workers, 18..21).await;
