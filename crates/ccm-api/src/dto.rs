@@ -23,6 +23,7 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::{AuthMethod, Role};
+pub use crate::handlers::webhooks::{BlockedEventView, WebhookList, WebhookView};
 
 // === views: workers ===
 

@@ -19,7 +19,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{self, Role};
 use crate::error::ApiError;
-use crate::handlers::{labs, meta, session, system, workers};
+use crate::handlers::{labs, meta, session, system, webhooks, workers};
 use crate::sse;
 use crate::state::ApiState;
 
@@ -135,6 +135,7 @@ pub static ROUTES: &[RouteSpec] = &[
     r(Method::GET, "/api/v1/system/jobs", VIEWER),
     r(Method::POST, "/api/v1/system/jobs/{job}/run", ADMIN),
     r(Method::GET, "/api/v1/system/savings", VIEWER),
+    r(Method::GET, "/api/v1/system/webhooks", VIEWER),
     r(Method::GET, "/api/v1/settings", VIEWER),
     r(Method::PATCH, "/api/v1/settings", ADMIN),
     // The web UI: page shell and assets hold no data (it all comes from the API above).
@@ -193,7 +194,7 @@ need the `X-CSRF-Token` header. Each operation's minimum role is in `x-ccm-role`
         (name = "labs", description = "Labs of a worker"),
         (name = "licence", description = "The CML licence of a worker"),
         (name = "events", description = "Live events (SSE)"),
-        (name = "system", description = "Health, jobs, breakers, savings"),
+        (name = "system", description = "Health, jobs, breakers, savings, webhooks"),
         (name = "settings", description = "Runtime settings"),
         (name = "session", description = "Browser sign-in"),
         (name = "probes", description = "Liveness, readiness, metrics"),
@@ -249,6 +250,7 @@ fn parts() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::jobs))
         .routes(routes!(system::run_job))
         .routes(routes!(system::savings))
+        .routes(routes!(webhooks::list))
         .routes(routes!(system::get_settings, system::patch_settings))
         .routes(routes!(crate::ui::index))
         .routes(routes!(crate::ui::login))

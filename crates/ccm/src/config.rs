@@ -81,6 +81,10 @@ pub(crate) struct Config {
     pub(crate) idle: ccm_domain::idle::IdleSettings,
     /// Initial poll intervals and switches (runtime settings, as `idle`).
     pub(crate) polling: ccm_domain::settings::PollingSettings,
+    /// Outbound events: `[[webhooks]]` entries (none by default; the example documents them
+    /// commented out, and a test parses that block).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) webhooks: Vec<ccm_webhooks::WebhookConfig>,
 }
 
 impl Config {
@@ -164,6 +168,7 @@ impl Config {
             .validate()
             .map_err(|e| format!("aws.{}: {}", e.key, e.message))?;
         self.engine_config().validate()?;
+        ccm_webhooks::validate_all(&self.webhooks).map_err(|e| e.to_string())?;
         let runtime = ccm_domain::RuntimeSettings {
             idle: self.idle.clone(),
             polling: self.polling.clone(),

@@ -92,6 +92,7 @@ fn expected() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
         (M::GET, "/api/v1/system/jobs", v, None),
         (M::POST, "/api/v1/system/jobs/{job}/run", a, None),
         (M::GET, "/api/v1/system/savings", v, None),
+        (M::GET, "/api/v1/system/webhooks", v, None),
         (M::GET, "/api/v1/settings", v, None),
         (M::PATCH, "/api/v1/settings", a, Some(json!({"nope": 1}))),
         // The web UI: page shell and assets are public (they hold no data).

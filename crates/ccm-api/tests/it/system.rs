@@ -248,3 +248,39 @@ async fn metrics_without_a_recorder_should_say_so() {
     assert!(p["detail"].as_str().unwrap().contains("metrics"));
     api.fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn webhook_states_should_be_shown_to_viewers_without_secret_or_path() {
+    use ccm_webhooks::{WebhookConfig, Webhooks};
+    let api = TestApi::start(98, 1).await;
+    // Nothing configured: an empty list.
+    let empty = api.get("/api/v1/system/webhooks", VIEWER).await.ok(200);
+    assert_eq!(empty["items"], serde_json::json!([]));
+    // A receiver that is not there: the webhook's state is still shown.
+    let mut hook = WebhookConfig::new(
+        "chat",
+        "http://127.0.0.1:9/services/T000/B000/capability-token?x=1",
+        ccm_cml::Secret::from("a-very-secret-signing-key"),
+    );
+    hook.events = vec!["ccm.worker.*".into()];
+    let hooks = Webhooks::start(api.state.engine(), vec![hook]).unwrap();
+    api.state.attach_webhooks(hooks.clone());
+    let list = api.get("/api/v1/system/webhooks", VIEWER).await;
+    let text = list.text();
+    let body = list.ok(200);
+    let w = &body["items"][0];
+    assert_eq!(w["name"], "chat");
+    assert_eq!(w["url"], "http://127.0.0.1:9");
+    assert_eq!(w["events"], serde_json::json!(["ccm.worker.*"]));
+    assert!(w["state"].is_string() && w["breaker"].is_string(), "{w}");
+    for secret in [
+        "capability-token",
+        "services",
+        "a-very-secret-signing-key",
+        "x=1",
+    ] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+    hooks.stop();
+    api.fleet.shutdown().await;
+}
