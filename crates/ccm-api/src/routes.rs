@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, header};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument as _;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
@@ -389,8 +390,50 @@ async fn security_headers(req: Request, next: middleware::Next) -> Response {
     res
 }
 
+/// The header carrying a request's id, in both directions.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A request's id (from a sane `X-Request-Id`, or made here), in the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// The client's `X-Request-Id` when it is sane (1 to 128 of letters, digits, `.`, `_`, `:`,
+/// `-`): anything else is replaced, so a log or trace never carries a client's junk.
+fn incoming_request_id(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get(REQUEST_ID)?.to_str().ok()?.trim();
+    let sane = (1..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    sane.then(|| v.to_owned())
+}
+
+/// The outermost layer: every request runs inside an `info_span!("http")` with the method,
+/// the route template (recorded once routed), the status and its request id, which the
+/// answer carries back in `X-Request-Id` (errors and panics included).
+async fn trace_request(mut req: Request, next: middleware::Next) -> Response {
+    let id = incoming_request_id(req.headers()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let method = req.method().clone();
+    let span = tracing::info_span!(
+        "http",
+        "otel.kind" = "server",
+        "otel.name" = %method,
+        "http.request.method" = %method,
+        "http.route" = tracing::field::Empty,
+        "http.response.status_code" = tracing::field::Empty,
+        request_id = %id,
+    );
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut res = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", res.status().as_u16());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(REQUEST_ID, v);
+    }
+    res
+}
+
 /// Records `ccm_http_requests_total` and `ccm_http_request_seconds` by route (never the raw
-/// path or the query: they may hold ids and sign-in codes), and logs each request.
+/// path or the query: they may hold ids and sign-in codes), names the request's span after
+/// its route, and logs each request.
 async fn observe(req: Request, next: middleware::Next) -> Response {
     let started = tokio::time::Instant::now();
     let method = req.method().clone();
@@ -399,6 +442,9 @@ async fn observe(req: Request, next: middleware::Next) -> Response {
         .get::<axum::extract::MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
+    let span = tracing::Span::current();
+    span.record("http.route", route.as_str());
+    span.record("otel.name", format!("{method} {route}"));
     let res = next.run(req).await;
     let took = started.elapsed();
     let status = res.status().as_u16();
@@ -445,7 +491,12 @@ pub fn router(state: ApiState) -> Router {
                 header::IF_MATCH,
                 http::HeaderName::from_static("last-event-id"),
             ])
-            .expose_headers([header::LOCATION, header::ETAG, header::RETRY_AFTER])
+            .expose_headers([
+                header::LOCATION,
+                header::ETAG,
+                header::RETRY_AFTER,
+                http::HeaderName::from_static(REQUEST_ID),
+            ])
     });
     let app = routes
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard))
@@ -454,7 +505,8 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(middleware::from_fn(security_headers))
-        .layer(CatchPanicLayer::custom(panic_response));
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(trace_request));
     match cors {
         Some(cors) => app.layer(cors),
         None => app,

@@ -500,6 +500,7 @@ impl Engine {
         self.inner
             .commands
             .ec2_action(id, WorkerAction::Start, None, by)
+            .instrument(command_span("start", id))
             .await
     }
 
@@ -508,6 +509,7 @@ impl Engine {
         self.inner
             .commands
             .ec2_action(id, WorkerAction::Stop, Some(PauseReason::Manual), by)
+            .instrument(command_span("stop", id))
             .await
     }
 
@@ -521,6 +523,7 @@ impl Engine {
         self.inner
             .commands
             .ec2_action(id, WorkerAction::Pause, Some(reason), by)
+            .instrument(command_span("pause", id))
             .await
     }
 
@@ -529,18 +532,27 @@ impl Engine {
         self.inner
             .commands
             .ec2_action(id, WorkerAction::Resume, None, by)
+            .instrument(command_span("resume", id))
             .await
     }
 
     /// Terminates the worker's instance, for good.
     pub async fn terminate_worker(&self, id: WorkerId, by: &Actor) -> Result<Worker, EngineError> {
-        self.inner.commands.terminate(id, by).await
+        self.inner
+            .commands
+            .terminate(id, by)
+            .instrument(command_span("terminate", id))
+            .await
     }
 
     /// Deletes the worker record (the instance is untouched).
     pub async fn delete_worker(&self, id: WorkerId, by: &Actor) -> Result<(), EngineError> {
         self.inner.cml.forget(id);
-        self.inner.commands.delete(id, by).await
+        self.inner
+            .commands
+            .delete(id, by)
+            .instrument(command_span("delete", id))
+            .await
     }
 
     /// Sets and removes tags, in EC2 and on the record.
@@ -551,7 +563,11 @@ impl Engine {
         remove: Vec<String>,
         by: &Actor,
     ) -> Result<Worker, EngineError> {
-        self.inner.commands.update_tags(id, set, remove, by).await
+        self.inner
+            .commands
+            .update_tags(id, set, remove, by)
+            .instrument(command_span("tags", id))
+            .await
     }
 
     /// Turns on detailed CloudWatch monitoring.
@@ -560,7 +576,11 @@ impl Engine {
         id: WorkerId,
         by: &Actor,
     ) -> Result<Worker, EngineError> {
-        self.inner.commands.enable_detailed_monitoring(id, by).await
+        self.inner
+            .commands
+            .enable_detailed_monitoring(id, by)
+            .instrument(command_span("detailed_monitoring", id))
+            .await
     }
 
     /// Switches idle detection for one worker.
@@ -573,6 +593,7 @@ impl Engine {
         self.inner
             .commands
             .set_idle_detection(id, enabled, by)
+            .instrument(command_span("idle_detection", id))
             .await
     }
 
@@ -586,7 +607,11 @@ impl Engine {
         id: WorkerId,
         by: &Actor,
     ) -> Result<RefreshOutcome, EngineError> {
-        self.inner.cml.refresh(id, by).await
+        self.inner
+            .cml
+            .refresh(id, by)
+            .instrument(command_span("refresh", id))
+            .await
     }
 
     /// The labs of a worker, as last read.
@@ -602,7 +627,11 @@ impl Engine {
         action: LabAction,
         by: &Actor,
     ) -> Result<(), EngineError> {
-        self.inner.cml.lab_action(id, lab, action, by).await
+        self.inner
+            .cml
+            .lab_action(id, lab, action, by)
+            .instrument(command_span("lab_action", id))
+            .await
     }
 
     /// The lab's topology as YAML.
@@ -612,7 +641,11 @@ impl Engine {
         lab: &LabId,
         by: &Actor,
     ) -> Result<String, EngineError> {
-        self.inner.cml.download_lab(id, lab, by).await
+        self.inner
+            .cml
+            .download_lab(id, lab, by)
+            .instrument(command_span("download_lab", id))
+            .await
     }
 
     /// Imports a topology (YAML or JSON) as a new lab; returns its id.
@@ -623,7 +656,11 @@ impl Engine {
         title: Option<&str>,
         by: &Actor,
     ) -> Result<LabId, EngineError> {
-        self.inner.cml.import_lab(id, topology, title, by).await
+        self.inner
+            .cml
+            .import_lab(id, topology, title, by)
+            .instrument(command_span("import_lab", id))
+            .await
     }
 
     /// Asks the worker's CML to register with `token`; returns once CML accepted the request.
@@ -639,13 +676,24 @@ impl Engine {
         self.inner
             .cml
             .register_licence(id, token, reregister, by)
+            .instrument(command_span("register_licence", id))
             .await
     }
 
     /// Deregisters the worker's licence.
     pub async fn deregister_licence(&self, id: WorkerId, by: &Actor) -> Result<(), EngineError> {
-        self.inner.cml.deregister_licence(id, by).await
+        self.inner
+            .cml
+            .deregister_licence(id, by)
+            .instrument(command_span("deregister_licence", id))
+            .await
     }
+}
+
+/// The span of one operator command on a worker: `command` and the worker id (its CML and
+/// cloud calls are child spans).
+fn command_span(command: &'static str, id: WorkerId) -> tracing::Span {
+    tracing::info_span!("command", command, worker = %id)
 }
 
 /// The scheduler's health: running, and no critical background task down.
