@@ -175,6 +175,23 @@ pub fn access(method: &Method, path: &str) -> Option<Access> {
     rules.get(&(method, *path)).copied()
 }
 
+/// The route template a request path matches (`/api/v1/workers/{id}`), found by `matchit` — the
+/// matcher axum routes with — over the paths of [`ROUTES`]. The request's span is named after
+/// it when the span opens, before axum has routed the request.
+pub fn route_of(path: &str) -> Option<&'static str> {
+    static MATCHER: OnceLock<matchit::Router<&'static str>> = OnceLock::new();
+    let matcher = MATCHER.get_or_init(|| {
+        let mut m = matchit::Router::new();
+        for p in table().1.iter() {
+            if let Err(e) = m.insert(*p, *p) {
+                tracing::error!(path = p, error = %e, "route template not matchable");
+            }
+        }
+        m
+    });
+    matcher.at(path).ok().map(|m| *m.value)
+}
+
 /// Whether any method of this routed path has a rule.
 pub(crate) fn is_known_path(path: &str) -> bool {
     table().1.contains(path)
@@ -407,18 +424,24 @@ fn incoming_request_id(headers: &http::HeaderMap) -> Option<String> {
     sane.then(|| v.to_owned())
 }
 
-/// The outermost layer: every request runs inside an `info_span!("http")` with the method,
-/// the route template (recorded once routed), the status and its request id, which the
-/// answer carries back in `X-Request-Id` (errors and panics included).
+/// The outermost layer: every request runs inside an `info_span!("http")` named
+/// `"{method} {route template}"` ([`route_of`]; the method alone for unknown paths), with the
+/// method, the route, the status and its request id, which the answer carries back in
+/// `X-Request-Id` (errors and panics included). Never the raw path or query.
 async fn trace_request(mut req: Request, next: middleware::Next) -> Response {
     let id = incoming_request_id(req.headers()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
     let method = req.method().clone();
+    let route = route_of(req.uri().path());
+    let name = match route {
+        Some(r) => format!("{method} {r}"),
+        None => method.to_string(),
+    };
     let span = tracing::info_span!(
         "http",
         "otel.kind" = "server",
-        "otel.name" = %method,
+        "otel.name" = name,
         "http.request.method" = %method,
-        "http.route" = tracing::field::Empty,
+        "http.route" = route,
         "http.response.status_code" = tracing::field::Empty,
         request_id = %id,
     );
@@ -432,8 +455,7 @@ async fn trace_request(mut req: Request, next: middleware::Next) -> Response {
 }
 
 /// Records `ccm_http_requests_total` and `ccm_http_request_seconds` by route (never the raw
-/// path or the query: they may hold ids and sign-in codes), names the request's span after
-/// its route, and logs each request.
+/// path or the query: they may hold ids and sign-in codes), and logs each request.
 async fn observe(req: Request, next: middleware::Next) -> Response {
     let started = tokio::time::Instant::now();
     let method = req.method().clone();
@@ -442,9 +464,6 @@ async fn observe(req: Request, next: middleware::Next) -> Response {
         .get::<axum::extract::MatchedPath>()
         .map(|m| m.as_str().to_owned())
         .unwrap_or_else(|| "unmatched".to_owned());
-    let span = tracing::Span::current();
-    span.record("http.route", route.as_str());
-    span.record("otel.name", format!("{method} {route}"));
     let res = next.run(req).await;
     let took = started.elapsed();
     let status = res.status().as_u16();
@@ -510,5 +529,32 @@ pub fn router(state: ApiState) -> Router {
     match cors {
         Some(cors) => app.layer(cors),
         None => app,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_paths_should_map_to_their_route_templates() {
+        for (path, route) in [
+            ("/api/v1/workers", Some("/api/v1/workers")),
+            ("/api/v1/workers/import", Some("/api/v1/workers/import")),
+            ("/api/v1/workers/0193abcd", Some("/api/v1/workers/{id}")),
+            (
+                "/api/v1/workers/w1/labs/l1/start",
+                Some("/api/v1/workers/{id}/labs/{lab_id}/start"),
+            ),
+            ("/api/docs/", Some("/api/docs/")),
+            ("/", Some("/")),
+            ("/api/v1/nope", None),
+        ] {
+            assert_eq!(route_of(path), route, "{path}");
+        }
+        // Every template maps to itself.
+        for r in ROUTES {
+            assert_eq!(route_of(r.path), Some(r.path));
+        }
     }
 }

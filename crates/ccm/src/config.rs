@@ -67,6 +67,7 @@ pub(crate) enum LogFormat {
 pub(crate) struct Config {
     pub(crate) server: ServerConfig,
     pub(crate) log: LogConfig,
+    pub(crate) telemetry: crate::telemetry::TelemetryConfig,
     pub(crate) api: ccm_api::ApiConfig,
     pub(crate) auth: ccm_api::AuthConfig,
     pub(crate) database: ccm_store::StoreConfig,
@@ -154,6 +155,7 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return Err("log.level: must not be empty".into());
         }
+        self.telemetry.validate()?;
         self.api.validate().map_err(|e| e.to_string())?;
         self.auth.validate().map_err(|e| e.to_string())?;
         self.database.validate()?;

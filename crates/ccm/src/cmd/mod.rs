@@ -42,13 +42,17 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve => {
             let config = load_config(&cli)?;
-            runtime::init_tracing(&config.log)?;
-            runtime::build()?.block_on(serve::run(config))
+            let telemetry = runtime::init_tracing(&config.log, &config.telemetry)?;
+            let outcome = runtime::build()?.block_on(serve::run(config));
+            drop(telemetry);
+            outcome
         }
         Command::Demo(ref args) => {
             let config = load_config(&cli)?;
-            runtime::init_tracing(&config.log)?;
-            runtime::build()?.block_on(demo::run(args.clone(), config))
+            let telemetry = runtime::init_tracing(&config.log, &config.telemetry)?;
+            let outcome = runtime::build()?.block_on(demo::run(args.clone(), config));
+            drop(telemetry);
+            outcome
         }
         Command::Sim(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()

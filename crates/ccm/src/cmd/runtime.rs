@@ -7,6 +7,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use crate::config::{LogConfig, LogFormat};
+use crate::telemetry::{Telemetry, TelemetryConfig};
 
 /// A multi-threaded tokio runtime.
 pub(crate) fn build() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -16,20 +17,41 @@ pub(crate) fn build() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Installs the log subscriber (`[log]`).
-pub(crate) fn init_tracing(config: &LogConfig) -> anyhow::Result<()> {
+/// Installs the log subscriber (`[log]`) and, when `[telemetry] otlp_endpoint` is set, the
+/// OpenTelemetry layer; each has its own filter. Keep the returned guard until the runtime
+/// has ended: dropping it flushes the last spans. Call outside the async runtime.
+pub(crate) fn init_tracing(
+    config: &LogConfig,
+    telemetry: &TelemetryConfig,
+) -> anyhow::Result<Option<Telemetry>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let filter = tracing_subscriber::EnvFilter::try_new(&config.level)
         .map_err(|e| crate::config::ConfigError(format!("log.level: {e}")))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(true);
-    let result = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let fmt = tracing_subscriber::fmt::layer().with_target(true);
+    let fmt = match config.format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+    };
+    let (guard, otel) = match Telemetry::start(telemetry)? {
+        Some((guard, tracer)) => {
+            let filter = tracing_subscriber::EnvFilter::try_new(&telemetry.level)
+                .map_err(|e| crate::config::ConfigError(format!("telemetry.level: {e}")))?;
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(filter);
+            (Some(guard), Some(layer))
+        }
+        None => (None, None),
     };
     // Already installed (tests): keep the first.
-    let _ = result;
-    Ok(())
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    Ok(guard)
 }
 
 /// Installs the global Prometheus recorder once and returns its handle (`/metrics` renders
