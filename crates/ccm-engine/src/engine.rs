@@ -447,6 +447,15 @@ impl Engine {
         self.inner.state.fleet().counts()
     }
 
+    /// Running workers whose CML data is older than the stale-data maximum age (from memory,
+    /// cheap enough for every `/metrics` scrape: `ccm_workers_stale`).
+    pub fn stale_workers(&self) -> usize {
+        self.inner
+            .state
+            .fleet()
+            .stale(self.now(), self.stale_max_age())
+    }
+
     /// The stale-data maximum age in force.
     pub fn stale_max_age(&self) -> Duration {
         self.settings().value.polling.stale_max_age

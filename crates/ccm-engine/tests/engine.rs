@@ -683,3 +683,18 @@ async fn settings_changes_should_apply_without_a_restart_and_polls_never_overlap
     );
     fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn stale_workers_should_be_the_running_ones_whose_cml_data_is_too_old() {
+    let (fleet, clock) = start(2, [127, 132, 0, 1], |_| {}).await;
+    fleet.engine.trigger_job(JobKind::Ec2Sync).await.unwrap();
+    fleet.engine.trigger_job(JobKind::CmlSync).await.unwrap();
+    assert_eq!(fleet.engine.stale_workers(), 0);
+    let max_age = fleet.engine.stale_max_age();
+    clock.advance(max_age + Duration::from_secs(1));
+    assert_eq!(fleet.engine.stale_workers(), 2);
+    // A fresh sync makes them current again.
+    fleet.engine.trigger_job(JobKind::CmlSync).await.unwrap();
+    assert_eq!(fleet.engine.stale_workers(), 0);
+    fleet.shutdown().await;
+}

@@ -1,5 +1,7 @@
 //! Job events: one `ccm.job.started` and one `ccm.job.completed` (or `ccm.job.failed`) per
 //! fleet-job run and per triggered cycle, with duration and counts — never per worker poll.
+//!
+//! Addresses 127.131.x are this file's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -49,7 +51,7 @@ fn job_events(rx: &mut Receiver<BusEvent>) -> Vec<EventKind> {
 
 #[tokio::test]
 async fn a_triggered_cycle_should_announce_its_start_and_its_counts() {
-    let fleet = start(3, [127, 61, 0, 1]).await;
+    let fleet = start(3, [127, 131, 0, 1]).await;
     fleet.engine.trigger_job(JobKind::Ec2Sync).await.unwrap();
     let mut rx = fleet.engine.subscribe();
     fleet.engine.trigger_job(JobKind::CmlSync).await.unwrap();
@@ -84,7 +86,7 @@ async fn a_triggered_cycle_should_announce_its_start_and_its_counts() {
 
 #[tokio::test]
 async fn a_failing_fleet_job_should_leave_job_failed_in_the_log_with_its_error() {
-    let fleet = start(2, [127, 61, 1, 1]).await;
+    let fleet = start(2, [127, 131, 1, 1]).await;
     let mut rx = fleet.engine.subscribe();
     fleet.engine.trigger_job(JobKind::Ec2Sync).await.unwrap();
     let ok = job_events(&mut rx);
@@ -135,7 +137,7 @@ async fn a_failing_fleet_job_should_leave_job_failed_in_the_log_with_its_error()
 
 #[tokio::test]
 async fn scheduled_worker_polls_should_not_announce_job_events() {
-    let fleet = start(2, [127, 61, 2, 1]).await;
+    let fleet = start(2, [127, 131, 2, 1]).await;
     fleet.engine.trigger_job(JobKind::Ec2Sync).await.unwrap();
     let mut rx = fleet.engine.subscribe();
     let mut settings = fleet.engine.settings();
@@ -174,7 +176,7 @@ async fn scheduled_worker_polls_should_not_announce_job_events() {
 
 #[tokio::test]
 async fn the_webhook_job_should_be_granted_but_never_run_by_the_engine() {
-    let fleet = start(1, [127, 61, 3, 1]).await;
+    let fleet = start(1, [127, 131, 3, 1]).await;
     let grant = fleet
         .engine
         .ownership()

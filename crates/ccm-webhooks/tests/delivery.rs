@@ -2,7 +2,7 @@
 //! receiver (axum on a 127.x address) that fails for a while — 500s, then connection refused
 //! — and recovers; then ccm restarts with events pending. Checked: every request's signature
 //! and headers, per-worker (and per-webhook) order, no loss, resume from the stored cursor.
-//! Network I/O runs in real time; every wait is bounded.
+//! Network I/O runs in real time; every wait is bounded. Addresses 127.133.x are this file's.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
 
@@ -176,11 +176,11 @@ async fn deliveries_should_survive_a_failing_receiver_and_a_restart_in_order_wit
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("ccm.db");
     let inbox = Arc::new(Inbox::default());
-    let (receiver, addr) = Receiver::start("127.62.9.1:0".parse().unwrap(), inbox.clone()).await;
+    let (receiver, addr) = Receiver::start("127.133.9.1:0".parse().unwrap(), inbox.clone()).await;
     let url = format!("http://{addr}/hooks/ccm");
     let workers = [WorkerId::new(), WorkerId::new(), WorkerId::new()];
 
-    let fleet = start_engine(&db, [127, 62, 0, 1]).await;
+    let fleet = start_engine(&db, [127, 133, 0, 1]).await;
     let hooks = Webhooks::start(&fleet.engine, vec![hook(&url)]).unwrap();
     until("the loop to start", || {
         status(&hooks).state == DeliveryState::Idle
@@ -255,7 +255,7 @@ async fn deliveries_should_survive_a_failing_receiver_and_a_restart_in_order_wit
 
     inbox.failing.store(false, Ordering::SeqCst);
     // (A fresh simulator address: the old simulator may still be winding down.)
-    let fleet = start_engine(&db, [127, 62, 2, 1]).await;
+    let fleet = start_engine(&db, [127, 133, 2, 1]).await;
     let hooks = Webhooks::start(&fleet.engine, vec![hook(&url)]).unwrap();
     until("27 deliveries", || distinct(&inbox) == 27).await;
     until("the webhook to be idle again", || {
@@ -325,8 +325,8 @@ impl Ownership for Lease {
 async fn a_replica_without_the_delivery_lease_should_stand_by_until_it_gets_it() {
     let dir = tempfile::tempdir().unwrap();
     let inbox = Arc::new(Inbox::default());
-    let (receiver, addr) = Receiver::start("127.62.9.2:0".parse().unwrap(), inbox.clone()).await;
-    let fleet = start_engine(&dir.path().join("ccm.db"), [127, 62, 1, 1]).await;
+    let (receiver, addr) = Receiver::start("127.133.9.2:0".parse().unwrap(), inbox.clone()).await;
+    let fleet = start_engine(&dir.path().join("ccm.db"), [127, 133, 1, 1]).await;
     let lease = Arc::new(Lease::default());
     let hooks = Webhooks::start_with_ownership(
         &fleet.engine,

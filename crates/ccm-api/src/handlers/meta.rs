@@ -82,6 +82,7 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> ApiResult<Response
         let n = counts.by_service.get(s.as_str()).copied().unwrap_or(0);
         metrics::gauge!("ccm_workers_by_service", "status" => s.as_str()).set(n as f64);
     }
+    metrics::gauge!("ccm_workers_stale").set(state.engine().stale_workers() as f64);
     metrics::gauge!("ccm_sse_clients").set(state.sse_clients() as f64);
     metrics::gauge!("ccm_sessions").set(state.sessions() as f64);
     let r = state.engine().resilience();

@@ -8,6 +8,8 @@ mod support;
 
 /// The SSE benchmark function, at a small scale.
 mod bench;
+/// The deployment files' metric names against a running ccm's /metrics.
+mod deploy;
 /// Labs and licences.
 mod labs;
 /// The route × role × no-token matrix, and the OpenAPI document against the routes.
