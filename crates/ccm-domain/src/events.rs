@@ -416,10 +416,13 @@ mod tests {
 
     #[test]
     fn flags_should_be_read_in_any_order() {
-        assert!(catalogue!(@flag reserved transient reserved));
-        assert!(catalogue!(@flag transient reserved transient));
-        assert!(!catalogue!(@flag transient reserved));
-        assert!(!catalogue!(@flag reserved));
+        let read = [
+            catalogue!(@flag reserved transient reserved),
+            catalogue!(@flag transient reserved transient),
+            catalogue!(@flag transient reserved),
+            catalogue!(@flag reserved),
+        ];
+        assert_eq!(read, [true, true, false, false]);
     }
 
     #[test]
