@@ -1,10 +1,14 @@
-//! Configuration of the API: the `[api]` section ([`ApiConfig`]: SSE, CORS, cookies, proxies)
-//! and the `[auth]` section ([`AuthConfig`]: static tokens, OIDC, sessions, sign-in rate
-//! limit). Both are serde with defaults and `deny_unknown_fields`; `validate` names the key.
+//! Configuration of the API: the `[server]` section ([`ServerConfig`]: the listener, its
+//! timeouts, connection limit and optional TLS), the `[api]` section ([`ApiConfig`]: SSE,
+//! CORS, cookies, proxies) and the `[auth]` section ([`AuthConfig`]: static tokens, OIDC,
+//! sessions, sign-in rate limits). All are serde with defaults and `deny_unknown_fields`;
+//! `validate` names the key.
 
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::time::Duration;
 
-use ccm_cml::Secret;
+use ccm_domain::Secret;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -27,6 +31,132 @@ fn bad(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// The `[server]` section: the listener and what it tolerates from clients.
+///
+/// Slow or idle clients hold a connection (a file descriptor and a task) each; these limits
+/// bound how long and how many: a client must send its request header within
+/// `header_read_timeout` (also the wait for the next request on a kept-alive connection, and
+/// the TLS handshake), its body within `body_read_timeout`, and may keep an idle connection
+/// for `keep_alive_timeout`; beyond `max_connections` new connections are closed at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address of the HTTP API and web UI.
+    pub listen: SocketAddr,
+    /// Time a client has to send a complete request header (and to finish the TLS
+    /// handshake); a connection that has not sent one by then is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Time a client has to send a complete request body, from the end of its header; a
+    /// request whose body is still incomplete then is answered 408.
+    #[serde(with = "humantime_serde")]
+    pub body_read_timeout: Duration,
+    /// How long a kept-alive connection may sit idle after a response before it is closed
+    /// (at most `header_read_timeout`, which also bounds that wait).
+    #[serde(with = "humantime_serde")]
+    pub keep_alive_timeout: Duration,
+    /// Most connections open at once (event streams included); more are closed at once.
+    pub max_connections: usize,
+    /// At shutdown, how long open requests and connections get to finish before they are
+    /// closed.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+    /// PEM file with the certificate chain for HTTPS on the listener itself (with
+    /// `tls_key`). Unset: plain HTTP (put a TLS proxy in front).
+    pub tls_cert: Option<PathBuf>,
+    /// PEM file with the private key of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            keep_alive_timeout: Duration::from_secs(5),
+            max_connections: 16_384,
+            shutdown_timeout: Duration::from_secs(10),
+            tls_cert: None,
+            tls_key: None,
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Checks every value; the first problem names its key. (The TLS files are read when
+    /// the API state is built: see [`crate::ApiState::with_server`].)
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let range = |key: &str, v: Duration, min: Duration, max: Duration, text: &str| {
+            if v < min || v > max {
+                Err(bad(
+                    format!("server.{key}"),
+                    format!("must be between {text}"),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let ms = Duration::from_millis;
+        range(
+            "header_read_timeout",
+            self.header_read_timeout,
+            ms(100),
+            Duration::from_secs(600),
+            "100ms and 10m",
+        )?;
+        range(
+            "body_read_timeout",
+            self.body_read_timeout,
+            ms(100),
+            hours(1),
+            "100ms and 1h",
+        )?;
+        range(
+            "keep_alive_timeout",
+            self.keep_alive_timeout,
+            ms(100),
+            Duration::from_secs(600),
+            "100ms and 10m",
+        )?;
+        if self.keep_alive_timeout > self.header_read_timeout {
+            return Err(bad(
+                "server.keep_alive_timeout",
+                "must not exceed server.header_read_timeout, which also bounds the wait for the next request",
+            ));
+        }
+        range(
+            "shutdown_timeout",
+            self.shutdown_timeout,
+            Duration::ZERO,
+            Duration::from_secs(600),
+            "0s and 10m",
+        )?;
+        if !(1..=1_000_000).contains(&self.max_connections) {
+            return Err(bad(
+                "server.max_connections",
+                "must be between 1 and 1000000",
+            ));
+        }
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => Err(bad(
+                "server.tls_key",
+                "is needed with server.tls_cert (the certificate's private key, PEM)",
+            )),
+            (None, Some(_)) => Err(bad(
+                "server.tls_cert",
+                "is needed with server.tls_key (the certificate chain, PEM)",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether the listener speaks HTTPS.
+    pub fn tls(&self) -> bool {
+        self.tls_cert.is_some()
+    }
+}
+
 /// The `[api]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -46,8 +176,13 @@ pub struct ApiConfig {
     /// Origins allowed to call the API from a browser (CORS). Empty: CORS off.
     pub cors_origins: Vec<String>,
     /// Behind a reverse proxy: take the client address from `X-Forwarded-For` and the scheme
-    /// from `X-Forwarded-Proto`. Only switch on when a proxy always sets them.
+    /// from `X-Forwarded-Proto`, when the connection comes from one of `trusted_proxies`.
+    /// Only switch on when a proxy always sets them.
     pub trust_forwarded_headers: bool,
+    /// The proxies whose forwarded headers are believed (addresses or CIDR blocks). The
+    /// client is the right-most `X-Forwarded-For` hop that is not one of them (earlier hops
+    /// are whatever the client sent). Default: loopback only (a proxy on the same host).
+    pub trusted_proxies: Vec<String>,
     /// The URL browsers use to reach ccm (e.g. `https://ccm.example.com`): the OIDC redirect
     /// URL is built from it, and an `https` URL makes session cookies `Secure`.
     pub public_url: Option<String>,
@@ -62,6 +197,7 @@ impl Default for ApiConfig {
             write_stall_timeout: Duration::from_secs(30),
             cors_origins: Vec::new(),
             trust_forwarded_headers: false,
+            trusted_proxies: vec!["127.0.0.0/8".into(), "::1/128".into()],
             public_url: None,
         }
     }
@@ -97,6 +233,7 @@ impl ApiConfig {
                 ));
             }
         }
+        self.proxies()?;
         if let Some(u) = &self.public_url {
             let ok = url::Url::parse(u)
                 .ok()
@@ -110,6 +247,28 @@ impl ApiConfig {
             }
         }
         Ok(())
+    }
+}
+
+impl ApiConfig {
+    /// `trusted_proxies` parsed: a bare address is a block of one.
+    pub(crate) fn proxies(&self) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        self.trusted_proxies
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let p = p.trim();
+                p.parse::<ipnet::IpNet>()
+                    .or_else(|_| p.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map(|n| n.trunc())
+                    .map_err(|_| {
+                        bad(
+                            format!("api.trusted_proxies[{i}]"),
+                            format!("{p:?} is not an address or CIDR block such as 10.0.0.0/8"),
+                        )
+                    })
+            })
+            .collect()
     }
 }
 
@@ -319,8 +478,12 @@ pub struct AuthConfig {
     pub max_sessions: usize,
     /// When the session cookie is `Secure`.
     pub cookie_secure: CookieSecure,
-    /// Failed sign-ins allowed per client address.
+    /// Failed sign-ins allowed per client address (a failed bearer token on any route
+    /// counts too).
     pub sign_in_limit: SignInLimit,
+    /// Browser sign-ins through the OIDC provider a client address may start (each one
+    /// counts, successful or not: every start holds state until it completes or expires).
+    pub sign_in_start_limit: SignInLimit,
 }
 
 impl Default for AuthConfig {
@@ -332,6 +495,10 @@ impl Default for AuthConfig {
             max_sessions: 10_000,
             cookie_secure: CookieSecure::Auto,
             sign_in_limit: SignInLimit::default(),
+            sign_in_start_limit: SignInLimit {
+                burst: 10,
+                per_minute: 10,
+            },
         }
     }
 }
@@ -426,6 +593,15 @@ impl AuthConfig {
         if self.sign_in_limit.per_minute == 0 {
             return Err(bad("auth.sign_in_limit.per_minute", "must be at least 1"));
         }
+        if self.sign_in_start_limit.burst == 0 {
+            return Err(bad("auth.sign_in_start_limit.burst", "must be at least 1"));
+        }
+        if self.sign_in_start_limit.per_minute == 0 {
+            return Err(bad(
+                "auth.sign_in_start_limit.per_minute",
+                "must be at least 1",
+            ));
+        }
         Ok(())
     }
 }
@@ -454,8 +630,53 @@ mod tests {
 
     #[test]
     fn defaults_should_be_valid() {
+        ServerConfig::default().validate().unwrap();
         ApiConfig::default().validate().unwrap();
         AuthConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn server_limits_out_of_range_should_be_refused_naming_the_key() {
+        type Change = fn(&mut ServerConfig);
+        let cases: [(Change, &str); 5] = [
+            (
+                |s| s.header_read_timeout = Duration::ZERO,
+                "server.header_read_timeout",
+            ),
+            (
+                |s| s.body_read_timeout = hours(2),
+                "server.body_read_timeout",
+            ),
+            (
+                |s| s.keep_alive_timeout = s.header_read_timeout + Duration::from_secs(1),
+                "server.keep_alive_timeout",
+            ),
+            (|s| s.max_connections = 0, "server.max_connections"),
+            (
+                |s| s.tls_cert = Some("/etc/ccm/cert.pem".into()),
+                "server.tls_key",
+            ),
+        ];
+        for (change, key) in cases {
+            let mut s = ServerConfig::default();
+            change(&mut s);
+            assert_eq!(s.validate().unwrap_err().key, key);
+        }
+        let text = r#"
+            listen = "0.0.0.0:8443"
+            header_read_timeout = "5s"
+            keep_alive_timeout = "2s"
+            tls_cert = "/etc/ccm/cert.pem"
+            tls_key = "/etc/ccm/key.pem"
+        "#;
+        let s: ServerConfig = toml::from_str(text).unwrap();
+        s.validate().unwrap();
+        assert!(s.tls());
+        assert_eq!(
+            s.body_read_timeout,
+            Duration::from_secs(30),
+            "unset keys keep defaults"
+        );
     }
 
     #[test]

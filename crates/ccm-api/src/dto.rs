@@ -15,11 +15,11 @@ use ccm_domain::licence::Licence;
 use ccm_domain::observed::Sourced;
 use ccm_domain::service::Reason;
 use ccm_domain::worker::{CloudWatchMetrics, Counters, HistoryKind};
-use ccm_domain::{Freshness, Worker};
+use ccm_domain::{Freshness, Secret, Worker};
 use ccm_engine::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{AuthMethod, Role};
@@ -100,6 +100,31 @@ pub struct SourceView<T> {
     pub attempted_at: Option<DateTime<Utc>>,
     /// Reads failed in a row since the last success.
     pub consecutive_failures: u32,
+}
+
+/// Makes `value` of every `SourceView_*` component nullable: utoipa drops the `null` of an
+/// `Option` of a type parameter (`SourceView<T>.value`), which made every unknown source
+/// break the published schema. Called when the document is built.
+pub(crate) fn fix_source_view_schemas(components: &mut utoipa::openapi::Components) {
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    for (name, schema) in components.schemas.iter_mut() {
+        if !name.starts_with("SourceView_") {
+            continue;
+        }
+        let RefOr::T(Schema::Object(object)) = schema else {
+            continue;
+        };
+        if let Some(value) = object.properties.remove("value") {
+            let nullable = OneOfBuilder::new()
+                .item(value)
+                .item(ObjectBuilder::new().schema_type(Type::Null))
+                .description(Some("The value to show (`null` when unknown)."));
+            object
+                .properties
+                .insert("value".to_owned(), nullable.into());
+        }
+    }
 }
 
 impl<T> SourceView<T> {
@@ -614,6 +639,92 @@ impl WorkerView {
     }
 }
 
+/// Sort keys of the worker list.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SortKey {
+    /// By name.
+    #[default]
+    Name,
+    /// By creation time.
+    Created,
+    /// By last change.
+    Updated,
+    /// By EC2 state.
+    State,
+    /// By service status.
+    Service,
+    /// By region.
+    Region,
+}
+
+/// Sort order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Order {
+    /// Ascending.
+    #[default]
+    Asc,
+    /// Descending.
+    Desc,
+}
+
+impl SortKey {
+    /// Every sort key.
+    pub const ALL: [SortKey; 6] = [
+        Self::Name,
+        Self::Created,
+        Self::Updated,
+        Self::State,
+        Self::Service,
+        Self::Region,
+    ];
+
+    /// The query-string value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Name => "name",
+            Self::Created => "created",
+            Self::Updated => "updated",
+            Self::State => "state",
+            Self::Service => "service",
+            Self::Region => "region",
+        }
+    }
+}
+
+/// Filters, sort and page of the worker list (`GET /api/v1/workers`; the CLI sends it too).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct WorkerListQuery {
+    /// Regions (repeat the parameter, or comma-separate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub region: Vec<String>,
+    /// EC2 states: `pending`, `running`, `stopping`, `stopped`, `shutting-down`,
+    /// `terminated`, `failed`, `unknown`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub state: Vec<String>,
+    /// Service statuses: `ready`, `degraded`, `unavailable`, `unknown`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub service: Vec<String>,
+    /// Text in the name, id or instance id (case-insensitive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub q: Option<String>,
+    /// Sort key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sort: Option<SortKey>,
+    /// Sort order.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub order: Option<Order>,
+    /// Page size, 1 to 1000 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<u32>,
+    /// Rows to skip.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u32>,
+}
+
 /// A page of workers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WorkerPage {
@@ -742,9 +853,13 @@ pub struct MetricsHistory {
 pub struct EventRecord {
     /// Position in the event log (the SSE id).
     pub seq: u64,
-    /// The CloudEvent (CloudEvents 1.0 JSON).
-    #[schema(value_type = Object)]
+    /// The CloudEvent (CloudEvents 1.0 JSON; schema `CloudEvent`, one per `type`).
+    #[schema(schema_with = cloud_event_schema)]
     pub event: serde_json::Value,
+}
+
+fn cloud_event_schema() -> utoipa::openapi::Ref {
+    utoipa::openapi::Ref::from_schema_name(crate::event_schema::CLOUD_EVENT)
 }
 
 /// A page of a worker's events, newest first.
@@ -769,9 +884,11 @@ pub struct RefreshView {
     pub worker: WorkerView,
 }
 
-/// One instance an import left out.
+/// One instance an import left out. (The schema keeps its published name `SkippedInstance`;
+/// the Rust name differs from `ccm_cloud::SkippedInstance`, an instance a describe skipped.)
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-pub struct SkippedInstance {
+#[schema(as = SkippedInstance)]
+pub struct SkippedInstanceView {
     /// The instance.
     pub instance_id: String,
     /// Why.
@@ -788,7 +905,7 @@ pub struct ImportView {
     /// Instances that already were workers.
     pub existing: Vec<Uuid>,
     /// Instances left out.
-    pub skipped: Vec<SkippedInstance>,
+    pub skipped: Vec<SkippedInstanceView>,
 }
 
 impl From<ccm_engine::ImportReport> for ImportView {
@@ -800,7 +917,7 @@ impl From<ccm_engine::ImportReport> for ImportView {
             skipped: r
                 .skipped
                 .into_iter()
-                .map(|(instance_id, reason)| SkippedInstance {
+                .map(|(instance_id, reason)| SkippedInstanceView {
                     instance_id,
                     reason,
                 })
@@ -1150,12 +1267,13 @@ pub struct IdleDetectionRequest {
     pub enabled: bool,
 }
 
-/// Register the CML licence.
+/// Register the CML licence. `Debug` and `Serialize` mask the token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LicenceRequest {
     /// The Smart Licensing token (never stored, logged or echoed).
-    pub token: String,
+    #[schema(value_type = String)]
+    pub token: Secret,
     /// Register again even if registered.
     #[serde(default)]
     pub reregister: bool,
@@ -1181,10 +1299,42 @@ pub struct LabImported {
     pub lab: Option<LabView>,
 }
 
-/// Sign in with an API token.
+/// Sign in with an API token. `Debug` and `Serialize` mask the token.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignInRequest {
     /// A static API token or an OIDC access token.
-    pub token: String,
+    #[schema(value_type = String)]
+    pub token: Secret,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_licence_request_should_keep_its_token_out_of_debug_and_serialized_output() {
+        let req: LicenceRequest =
+            serde_json::from_str(r#"{"token": "SmartLicenceToken42", "reregister": true}"#)
+                .unwrap();
+        assert_eq!(req.token.expose(), "SmartLicenceToken42");
+        let debug = format!("{req:?}");
+        let json = serde_json::to_string(&req).unwrap();
+        for text in [&debug, &json] {
+            assert!(!text.contains("SmartLicenceToken42"), "{text}");
+            assert!(text.contains("***"), "{text}");
+        }
+    }
+
+    #[test]
+    fn the_sign_in_request_should_keep_its_token_out_of_debug_and_serialized_output() {
+        let req: SignInRequest = serde_json::from_str(r#"{"token": "ccm_SignInToken"}"#).unwrap();
+        assert_eq!(req.token.expose(), "ccm_SignInToken");
+        let debug = format!("{req:?}");
+        let json = serde_json::to_string(&req).unwrap();
+        for text in [&debug, &json] {
+            assert!(!text.contains("ccm_SignInToken"), "{text}");
+            assert!(text.contains("***"), "{text}");
+        }
+    }
 }

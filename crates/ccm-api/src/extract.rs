@@ -38,7 +38,20 @@ fn is_json(media: &str) -> bool {
     media == "application/json" || (media.starts_with("application/") && media.ends_with("+json"))
 }
 
-/// Reads the body up to `limit` bytes (413 beyond).
+/// Whether `E` is anywhere in the error's chain of sources.
+fn caused_by<E: std::error::Error + 'static>(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if c.is::<E>() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
+}
+
+/// Reads the body up to `limit` bytes (413 beyond; 408 when it does not arrive within
+/// `server.body_read_timeout`).
 pub(crate) async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiError> {
     if let Some(len) = req
         .headers()
@@ -55,8 +68,15 @@ pub(crate) async fn read_body(req: Request, limit: usize) -> Result<Bytes, ApiEr
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
+            let timed_out = caused_by::<crate::serve::BodyTimeout>(&e);
             if too_large {
                 ApiError::too_large(limit)
+            } else if timed_out {
+                ApiError::new(
+                    http::StatusCode::REQUEST_TIMEOUT,
+                    "request-timeout",
+                    "the request body did not arrive in time (server.body_read_timeout)",
+                )
             } else {
                 ApiError::bad_request(None, "the request body could not be read")
             }

@@ -35,26 +35,25 @@
 #![warn(missing_docs)]
 
 pub mod auth;
-#[cfg(feature = "bench")]
-mod bench;
 pub mod config;
 pub mod dto;
 pub mod error;
+pub mod event_schema;
 pub mod extract;
 mod handlers;
+pub mod metrics;
 pub mod routes;
 pub mod serve;
 pub mod sse;
 pub mod sse_client;
 mod state;
+mod tls;
 mod ui;
 
 pub use auth::{AuthMethod, Principal, Role};
-#[cfg(feature = "bench")]
-pub use bench::{SseBenchError, SseBenchOptions, SseBenchReport, bench_sse};
 pub use config::{
-    ApiConfig, AuthConfig, ConfigError, CookieSecure, OidcConfig, RoleMapping, SignInLimit,
-    TokenConfig, generate_token, hash_token,
+    ApiConfig, AuthConfig, ConfigError, CookieSecure, OidcConfig, RoleMapping, ServerConfig,
+    SignInLimit, TokenConfig, generate_token, hash_token,
 };
 pub use error::{ApiError, Problem};
 pub use routes::{openapi, router};

@@ -276,7 +276,7 @@ fn parts() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// Adds the security schemes, and each operation's role from [`ROUTES`] as `x-ccm-role`.
+/// Adds the security schemes, the event schemas (`event_schema`), and each operation's role from [`ROUTES`] as `x-ccm-role`.
 fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     let components = doc.components.get_or_insert_with(Default::default);
     components.add_security_scheme(
@@ -299,6 +299,8 @@ fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
         utoipa::openapi::security::SecurityRequirement::new("bearer", Vec::<String>::new()),
         utoipa::openapi::security::SecurityRequirement::new("session", Vec::<String>::new()),
     ]);
+    crate::event_schema::add_components(components);
+    crate::dto::fix_source_view_schemas(components);
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
     if let Some(op) = doc
         .paths
@@ -339,11 +341,11 @@ fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
 /// (in the catalogue, not emitted by this version).
 pub fn event_catalogue_text() -> String {
     use ccm_domain::EventKind;
-    let list = |f: fn(&ccm_domain::EventType) -> bool| {
-        let names: Vec<String> = EventKind::CATALOGUE
+    let list = |f: fn(&ccm_domain::EventShape) -> bool| {
+        let names: Vec<String> = EventKind::SHAPES
             .iter()
             .filter(|t| f(t))
-            .map(|t| format!("`{}`", t.name))
+            .map(|t| format!("`{}`", t.type_name))
             .collect();
         if names.is_empty() {
             "none".to_owned()
@@ -467,8 +469,8 @@ async fn observe(req: Request, next: middleware::Next) -> Response {
     let res = next.run(req).await;
     let took = started.elapsed();
     let status = res.status().as_u16();
-    metrics::counter!("ccm_http_requests_total", "method" => method.to_string(), "route" => route.clone(), "status" => status.to_string()).increment(1);
-    metrics::histogram!("ccm_http_request_seconds", "route" => route.clone())
+    metrics::counter!(crate::metrics::HTTP_REQUESTS, "method" => method.to_string(), "route" => route.clone(), "status" => status.to_string()).increment(1);
+    metrics::histogram!(crate::metrics::HTTP_REQUEST_SECONDS, "route" => route.clone())
         .record(took.as_secs_f64());
     tracing::debug!(%method, route = %route, status, ms = took.as_millis() as u64, "http");
     res

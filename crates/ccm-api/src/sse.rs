@@ -12,6 +12,12 @@
 //!   `?last_event_id=`); then one `ccm.worker.snapshot` per visible worker (to this client
 //!   only, never on the bus); then live events, skipping any with a position already
 //!   replayed — no gaps, no duplicates. Comment lines keep an idle stream alive.
+//! - **A `Last-Event-ID` above the log's newest event** (a recreated database, a restored
+//!   backup) cannot be resumed from: the client gets `ccm.stream.reset` saying so, then the
+//!   replay starts from the oldest event kept — never a silent gap.
+//! - **Streams end with their credential**: a stream opened with a session cookie ends when
+//!   that session is signed out or expires, one opened with an OIDC token when the token
+//!   expires — a final `ccm.session.ended` (whatever the filters), then the stream closes.
 //! - **Filters**: `?worker=<id>` (repeatable) and `?type=<type or prefix.*>` (repeatable).
 
 use std::collections::{HashSet, VecDeque};
@@ -33,6 +39,8 @@ use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
 
+use crate::auth::Caller;
+use crate::auth::session::SessionWatch;
 use crate::dto::WorkerView;
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Query, split_list};
@@ -183,7 +191,7 @@ impl ClientSlot {
             hub.clients.fetch_sub(1, Ordering::AcqRel);
             return None;
         }
-        metrics::gauge!("ccm_sse_clients").set((n + 1) as f64);
+        metrics::gauge!(crate::metrics::SSE_CLIENTS).set((n + 1) as f64);
         Some(Self(hub.clone()))
     }
 }
@@ -195,7 +203,7 @@ impl Drop for ClientSlot {
             .clients
             .fetch_sub(1, Ordering::AcqRel)
             .saturating_sub(1);
-        metrics::gauge!("ccm_sse_clients").set(n as f64);
+        metrics::gauge!(crate::metrics::SSE_CLIENTS).set(n as f64);
     }
 }
 
@@ -340,12 +348,58 @@ enum Phase {
     Done,
 }
 
+/// What ends a stream besides the client: its session's sign-out, its credential's expiry.
+#[derive(Debug, Default)]
+struct Ending {
+    at: Option<tokio::time::Instant>,
+    watch: Option<SessionWatch>,
+}
+
+impl Ending {
+    /// Why the stream must end now, if it must.
+    fn reason(&self) -> Option<&'static str> {
+        if self.watch.as_ref().is_some_and(SessionWatch::is_signed_out) {
+            Some("signed_out")
+        } else if self.at.is_some_and(|at| at <= tokio::time::Instant::now()) {
+            Some("expired")
+        } else {
+            None
+        }
+    }
+
+    /// Resolves when the stream must end, with why.
+    async fn wait(&self) -> &'static str {
+        let signed_out = async {
+            match &self.watch {
+                Some(w) => w.signed_out().await,
+                None => std::future::pending().await,
+            }
+        };
+        let expired = async {
+            match self.at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = signed_out => "signed_out",
+            () = expired => "expired",
+        }
+    }
+}
+
+/// A frame of an event only this client gets (no log position).
+fn private_frame(engine: &Engine, kind: EventKind) -> Bytes {
+    format_event(None, &Event::new(API_SOURCE, None, kind, engine.now()))
+}
+
 /// One client's stream.
 struct Conn {
     engine: Engine,
     rx: broadcast::Receiver<Frame>,
     filter: Filter,
     phase: Phase,
+    ending: Ending,
     queue: VecDeque<Bytes>,
     last_seq: Option<u64>,
     cursor: u64,
@@ -359,6 +413,12 @@ struct Conn {
 impl Conn {
     async fn next(&mut self) -> Option<Bytes> {
         loop {
+            if self.phase != Phase::Done
+                && let Some(reason) = self.ending.reason()
+            {
+                self.queue.clear();
+                return Some(self.end(reason));
+            }
             if let Some(b) = self.queue.pop_front() {
                 return Some(b);
             }
@@ -366,10 +426,12 @@ impl Conn {
                 Phase::Hello => {
                     self.queue
                         .push_back(Bytes::from(format!("retry: {RETRY_MS}\n: connected\n\n")));
-                    self.phase = if self.last_seq.is_some() {
-                        Phase::Replay
-                    } else {
-                        Phase::Snapshot
+                    self.phase = match self.last_seq {
+                        Some(last) => {
+                            self.check_resumable(last).await;
+                            Phase::Replay
+                        }
+                        None => Phase::Snapshot,
                     };
                 }
                 Phase::Replay => self.replay_page().await,
@@ -377,6 +439,50 @@ impl Conn {
                 Phase::Live => return self.live().await,
                 Phase::Done => return None,
             }
+        }
+    }
+
+    /// The final frame: the credential ended.
+    fn end(&mut self, reason: &'static str) -> Bytes {
+        metrics::counter!(crate::metrics::SSE_DROPPED, "reason" => "session_ended").increment(1);
+        tracing::debug!(reason, "an event stream ended with its session");
+        self.phase = Phase::Done;
+        private_frame(
+            &self.engine,
+            EventKind::SessionEnded {
+                reason: reason.to_owned(),
+            },
+        )
+    }
+
+    /// A `Last-Event-ID` above the log's newest event cannot be resumed from: say so and
+    /// replay from the oldest event kept.
+    async fn check_resumable(&mut self, last: u64) {
+        let newest = match self.engine.store().last_seq().await {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the event log's head; resuming as asked");
+                return;
+            }
+        };
+        if last > newest {
+            tracing::info!(
+                last_event_id = last,
+                newest,
+                "a client resumes above the event log's head; replaying from the start"
+            );
+            metrics::counter!(crate::metrics::SSE_RESETS, "reason" => "last_event_id_ahead")
+                .increment(1);
+            self.queue.push_back(private_frame(
+                &self.engine,
+                EventKind::StreamReset {
+                    reason: "last_event_id_ahead".to_owned(),
+                    last_event_id: last,
+                    newest_event_id: newest,
+                },
+            ));
+            self.cursor = 0;
+            self.last_seq = None;
         }
     }
 
@@ -396,7 +502,7 @@ impl Conn {
                     self.last_seq = Some(self.cursor);
                     self.queue.push_back(format_event(Some(e.seq), &e.event));
                 }
-                metrics::counter!("ccm_sse_replayed_total").increment(page.len() as u64);
+                metrics::counter!(crate::metrics::SSE_REPLAYED).increment(page.len() as u64);
                 if !full {
                     self.phase = Phase::Snapshot;
                 }
@@ -485,6 +591,7 @@ impl Conn {
                     self.phase = Phase::Done;
                     return None;
                 }
+                reason = self.ending.wait() => return Some(self.end(reason)),
                 r = self.rx.recv() => r,
                 _ = self.heartbeat.tick() => return Some(Bytes::from_static(b": heartbeat\n\n")),
             };
@@ -536,7 +643,7 @@ impl Conn {
     }
 
     fn reset(&mut self, reason: &'static str) -> Bytes {
-        metrics::counter!("ccm_sse_dropped_total", "reason" => reason).increment(1);
+        metrics::counter!(crate::metrics::SSE_DROPPED, "reason" => reason).increment(1);
         self.phase = Phase::Done;
         reset_frame(reason, self.last_seq)
     }
@@ -571,7 +678,7 @@ fn last_event_id(headers: &HeaderMap, query: Option<u64>) -> ApiResult<Option<u6
         ("Last-Event-ID" = Option<u64>, Header, description = "Resume after this event id"),
     ),
     responses(
-        (status = 200, description = "Server-Sent Events: `id:` the log position (absent for transient events), `event:` the CloudEvents type, `data:` the CloudEvent JSON. First `ccm.worker.snapshot` per visible worker, then live events. `event: reset` means: reconnect with Last-Event-ID.", content_type = "text/event-stream", body = String),
+        (status = 200, description = "Server-Sent Events: `id:` the log position (absent for transient events), `event:` the CloudEvents type, `data:` the CloudEvent JSON (schema `CloudEvent` in the components: one `{Variant}Event` per type, its payload `{Variant}Data`). First `ccm.worker.snapshot` per visible worker, then live events. `event: reset` means: reconnect with Last-Event-ID. `ccm.stream.reset`: the Last-Event-ID was above the log's newest event, replaying from the oldest kept. `ccm.session.ended`: the session or token the stream was opened with ended; the stream closes.", content_type = "text/event-stream", body = String),
         (status = 400, description = "Bad Last-Event-ID or parameter", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 422, description = "Unknown worker id shape or event type", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 503, description = "Too many clients", body = crate::error::Problem, content_type = "application/problem+json"),
@@ -579,6 +686,7 @@ fn last_event_id(headers: &HeaderMap, query: Option<u64>) -> ApiResult<Option<u6
 )]
 pub(crate) async fn events(
     axum::extract::State(state): axum::extract::State<ApiState>,
+    caller: Caller,
     headers: HeaderMap,
     Query(q): Query<EventsQuery>,
 ) -> ApiResult<Response> {
@@ -596,11 +704,25 @@ pub(crate) async fn events(
     let period = state.config().sse_heartbeat;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let ending = match &caller.session {
+        Some(info) => Ending {
+            at: Some(info.expires()),
+            watch: Some(state.auth().sessions.watch(info)),
+        },
+        None => Ending {
+            at: caller.bearer_expires.map(|exp| {
+                let left = (exp - chrono::Utc::now()).to_std().unwrap_or_default();
+                tokio::time::Instant::now() + left
+            }),
+            watch: None,
+        },
+    };
     let conn = Conn {
         engine: state.engine().clone(),
         rx,
         filter,
         phase: Phase::Hello,
+        ending,
         queue: VecDeque::new(),
         last_seq: last,
         cursor: last.unwrap_or(0),

@@ -1,5 +1,6 @@
 //! [`ApiState`]: what every handler shares — the engine, the configuration, the
-//! authenticator, the SSE hub, the metrics handle.
+//! authenticator, the SSE hub, the metrics handle, the listener's TLS configuration and the
+//! cookie policy that follows from it.
 
 use std::sync::Arc;
 
@@ -8,13 +9,64 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
-use crate::config::{ApiConfig, AuthConfig, ConfigError};
+use crate::config::{ApiConfig, AuthConfig, ConfigError, CookieSecure, ServerConfig};
 use crate::sse::Hub;
+
+/// How cookies are set: whether `Secure`, and whether their names carry the `__Host-`
+/// prefix (only when every cookie is `Secure`: the browser then refuses one set without
+/// `Secure`, with a `Domain`, or for a path other than `/`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct CookiePolicy {
+    /// `Some(secure)` when fixed; `None`: per request (a trusted proxy's
+    /// `X-Forwarded-Proto`).
+    pub(crate) secure: Option<bool>,
+    /// Names are `__Host-` prefixed.
+    pub(crate) host_prefix: bool,
+}
+
+impl CookiePolicy {
+    fn new(server: &ServerConfig, api: &ApiConfig, auth: &AuthConfig) -> Result<Self, ConfigError> {
+        let https_url = api
+            .public_url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("https://"));
+        let secure = match (auth.cookie_secure, server.tls()) {
+            (CookieSecure::Never, true) => {
+                return Err(ConfigError {
+                    key: "auth.cookie_secure".into(),
+                    message: "\"never\" contradicts server.tls_cert: the listener speaks only HTTPS, so cookies are Secure".into(),
+                });
+            }
+            (_, true) | (CookieSecure::Always, _) => Some(true),
+            (CookieSecure::Never, false) => Some(false),
+            (CookieSecure::Auto, false) if https_url => Some(true),
+            (CookieSecure::Auto, false) if api.trust_forwarded_headers => None,
+            (CookieSecure::Auto, false) => Some(false),
+        };
+        Ok(Self {
+            secure,
+            host_prefix: secure == Some(true),
+        })
+    }
+
+    /// A cookie's name under this policy.
+    pub(crate) fn name(&self, base: &'static str) -> std::borrow::Cow<'static, str> {
+        if self.host_prefix {
+            format!("__Host-{base}").into()
+        } else {
+            base.into()
+        }
+    }
+}
 
 struct Inner {
     engine: Engine,
     webhooks: std::sync::OnceLock<ccm_webhooks::Webhooks>,
     config: ApiConfig,
+    server: ServerConfig,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    cookies: CookiePolicy,
+    proxies: Vec<ipnet::IpNet>,
     auth: Authenticator,
     metrics: Option<PrometheusHandle>,
     hub: Arc<Hub>,
@@ -43,17 +95,34 @@ impl std::fmt::Debug for ApiState {
 }
 
 impl ApiState {
-    /// Validates the configuration and builds the state. `metrics` renders `/metrics` (the
-    /// binary installs the global recorder once and passes its handle; without one,
-    /// `/metrics` answers 503). Must be called inside a tokio runtime (it starts the SSE hub).
+    /// Validates the configuration and builds the state, with the default `[server]`
+    /// section (plain HTTP). `metrics` renders `/metrics` (the binary installs the global
+    /// recorder once and passes its handle; without one, `/metrics` answers 503). Must be
+    /// called inside a tokio runtime (it starts the SSE hub).
     pub fn new(
         engine: Engine,
         config: ApiConfig,
         auth: AuthConfig,
         metrics: Option<PrometheusHandle>,
     ) -> Result<Self, ConfigError> {
+        Self::with_server(engine, ServerConfig::default(), config, auth, metrics)
+    }
+
+    /// As [`ApiState::new`], with a `[server]` section: its TLS certificate and key are
+    /// read here, so a missing or unusable file is a configuration error naming it.
+    pub fn with_server(
+        engine: Engine,
+        server: ServerConfig,
+        config: ApiConfig,
+        auth: AuthConfig,
+        metrics: Option<PrometheusHandle>,
+    ) -> Result<Self, ConfigError> {
+        server.validate()?;
         config.validate()?;
         auth.validate()?;
+        let proxies = config.proxies()?;
+        let cookies = CookiePolicy::new(&server, &config, &auth)?;
+        let tls = crate::tls::acceptor(&server)?;
         let sessions: Arc<dyn ccm_store::SessionRepo> = engine.store().clone();
         let auth = Authenticator::new(auth, Some(sessions))?;
         let stop = CancellationToken::new();
@@ -68,6 +137,10 @@ impl ApiState {
                 engine,
                 webhooks: std::sync::OnceLock::new(),
                 config,
+                server,
+                tls,
+                cookies,
+                proxies,
                 auth,
                 metrics,
                 hub,
@@ -99,6 +172,11 @@ impl ApiState {
         &self.inner.config
     }
 
+    /// The `[server]` configuration.
+    pub fn server(&self) -> &ServerConfig {
+        &self.inner.server
+    }
+
     /// Live SSE clients.
     pub fn sse_clients(&self) -> usize {
         self.inner.hub.clients()
@@ -116,6 +194,18 @@ impl ApiState {
 
     pub(crate) fn auth(&self) -> &Authenticator {
         &self.inner.auth
+    }
+
+    pub(crate) fn tls(&self) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.inner.tls.as_ref()
+    }
+
+    pub(crate) fn cookies(&self) -> CookiePolicy {
+        self.inner.cookies
+    }
+
+    pub(crate) fn proxies(&self) -> &[ipnet::IpNet] {
+        &self.inner.proxies
     }
 
     pub(crate) fn hub(&self) -> &Arc<Hub> {

@@ -15,7 +15,16 @@
 //!   name or tag holding markup is shown as text.
 //!
 //! Adding a file to `ui/` means adding one line to [`ASSETS`]; a test fails otherwise.
+//!
+//! **Editing the UI without relinking.** A debug build serves the files from the source folder
+//! (`crates/ccm-api/ui/`, when it exists) instead of the embedded copies, read on every
+//! request: edit, reload the page. `CCM_UI_DIR=<folder>` does the same in any build (an empty
+//! value forces the embedded files). Only the names in [`ASSETS`] are served either way, with
+//! the same content types, ETags and CSP; a file that cannot be read falls back to its
+//! embedded copy.
 
+use std::borrow::Cow;
+use std::path::{Path as FsPath, PathBuf};
 use std::sync::OnceLock;
 
 use axum::extract::Path;
@@ -70,19 +79,53 @@ static ASSETS: &[Asset] = &[
     asset!("icon.svg", "image/svg+xml"),
 ];
 
-/// The strong ETag of each asset, in [`ASSETS`] order (computed once).
+/// The strong ETag of some bytes: the first half of their SHA-256.
+fn etag_of(bytes: &[u8]) -> HeaderValue {
+    let digest = Sha256::digest(bytes);
+    let tag = format!("\"{}\"", hex::encode(&digest[..16]));
+    HeaderValue::from_str(&tag).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
+}
+
+/// The strong ETag of each embedded asset, in [`ASSETS`] order (computed once).
 fn etags() -> &'static [HeaderValue] {
     static TAGS: OnceLock<Vec<HeaderValue>> = OnceLock::new();
-    TAGS.get_or_init(|| {
-        ASSETS
-            .iter()
-            .map(|a| {
-                let digest = Sha256::digest(a.bytes);
-                let tag = format!("\"{}\"", hex::encode(&digest[..16]));
-                HeaderValue::from_str(&tag).unwrap_or_else(|_| HeaderValue::from_static("\"0\""))
-            })
-            .collect()
+    TAGS.get_or_init(|| ASSETS.iter().map(|a| etag_of(a.bytes)).collect())
+}
+
+/// Where the files come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Source {
+    /// The copies embedded at compile time (release builds).
+    Embedded,
+    /// A folder, read on every request (debug builds, `CCM_UI_DIR`).
+    Dir(PathBuf),
+}
+
+/// The source of this process, chosen once: `CCM_UI_DIR` if set (empty: embedded), else the
+/// source folder in a debug build, else the embedded files.
+fn source() -> &'static Source {
+    static SOURCE: OnceLock<Source> = OnceLock::new();
+    SOURCE.get_or_init(|| {
+        let built_in =
+            cfg!(debug_assertions).then(|| FsPath::new(env!("CARGO_MANIFEST_DIR")).join("ui"));
+        let chosen = choose_source(std::env::var_os("CCM_UI_DIR").map(PathBuf::from), built_in);
+        if let Source::Dir(dir) = &chosen {
+            tracing::info!(dir = %dir.display(), "serving the web UI from disk");
+        }
+        chosen
     })
+}
+
+/// `CCM_UI_DIR` wins (empty: embedded); else the debug build's source folder if it exists.
+fn choose_source(env: Option<PathBuf>, debug_folder: Option<PathBuf>) -> Source {
+    match env {
+        Some(dir) if dir.as_os_str().is_empty() => Source::Embedded,
+        Some(dir) => Source::Dir(dir),
+        None => match debug_folder {
+            Some(dir) if dir.is_dir() => Source::Dir(dir),
+            _ => Source::Embedded,
+        },
+    }
 }
 
 /// Whether `If-None-Match` names `tag` (or is `*`).
@@ -100,16 +143,30 @@ fn not_modified(headers: &HeaderMap, tag: &HeaderValue) -> bool {
 }
 
 /// The answer for one asset: 200 with the bytes, or 304 when the client has them.
-fn serve(name: &str, headers: &HeaderMap) -> Response {
+async fn serve(source: &Source, name: &str, headers: &HeaderMap) -> Response {
     let Some(i) = ASSETS.iter().position(|a| a.name == name) else {
         return ApiError::not_found("no such file of the web UI").into_response();
     };
     let asset = &ASSETS[i];
-    let tag = etags()[i].clone();
+    let (bytes, tag): (Cow<'static, [u8]>, HeaderValue) = match source {
+        Source::Embedded => (Cow::Borrowed(asset.bytes), etags()[i].clone()),
+        // The name is one of ASSETS (flat, no separators), so it stays inside the folder.
+        Source::Dir(dir) => match tokio::fs::read(dir.join(asset.name)).await {
+            Ok(bytes) => {
+                let tag = etag_of(&bytes);
+                (Cow::Owned(bytes), tag)
+            }
+            Err(e) => {
+                tracing::warn!(file = asset.name, dir = %dir.display(), error = %e,
+                    "cannot read a web UI file; serving the embedded copy");
+                (Cow::Borrowed(asset.bytes), etags()[i].clone())
+            }
+        },
+    };
     let mut res = if not_modified(headers, &tag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
-        let mut res = asset.bytes.into_response();
+        let mut res = bytes.into_response();
         res.headers_mut().insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static(asset.content_type),
@@ -137,7 +194,7 @@ fn serve(name: &str, headers: &HeaderMap) -> Response {
     )
 )]
 pub(crate) async fn index(headers: HeaderMap) -> Response {
-    serve("index.html", &headers)
+    serve(source(), "index.html", &headers).await
 }
 
 /// The web UI's sign-in page (the same shell; public).
@@ -149,7 +206,7 @@ pub(crate) async fn index(headers: HeaderMap) -> Response {
     )
 )]
 pub(crate) async fn login(headers: HeaderMap) -> Response {
-    serve("index.html", &headers)
+    serve(source(), "index.html", &headers).await
 }
 
 /// A file of the web UI (script, style sheet, icon; public, embedded in the binary).
@@ -167,7 +224,7 @@ pub(crate) async fn asset(
     headers: HeaderMap,
 ) -> Response {
     match file {
-        Ok(Path(name)) => serve(&name, &headers),
+        Ok(Path(name)) => serve(source(), &name, &headers).await,
         Err(_) => ApiError::not_found("no such file of the web UI").into_response(),
     }
 }
@@ -257,10 +314,14 @@ mod tests {
         assert!(!html.contains("style=\""), "no inline style (CSP)");
     }
 
-    #[test]
-    fn assets_should_answer_304_to_their_etag_and_200_otherwise() {
+    async fn serve(name: &str, headers: &HeaderMap) -> Response {
+        super::serve(&Source::Embedded, name, headers).await
+    }
+
+    #[tokio::test]
+    async fn assets_should_answer_304_to_their_etag_and_200_otherwise() {
         let mut h = HeaderMap::new();
-        let first = serve("app.js", &h);
+        let first = serve("app.js", &h).await;
         assert_eq!(first.status(), StatusCode::OK);
         assert_eq!(
             first.headers()[header::CONTENT_TYPE],
@@ -269,12 +330,12 @@ mod tests {
         assert_eq!(first.headers()[header::CACHE_CONTROL], "no-cache");
         let tag = first.headers()[header::ETAG].clone();
         h.insert(header::IF_NONE_MATCH, tag.clone());
-        let again = serve("app.js", &h);
+        let again = serve("app.js", &h).await;
         assert_eq!(again.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(again.headers()[header::ETAG], tag);
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"other\""));
-        assert_eq!(serve("app.js", &h).status(), StatusCode::OK);
-        let page = serve("index.html", &HeaderMap::new());
+        assert_eq!(serve("app.js", &h).await.status(), StatusCode::OK);
+        let page = serve("index.html", &HeaderMap::new()).await;
         assert!(
             page.headers()[header::CONTENT_SECURITY_POLICY]
                 .to_str()
@@ -282,12 +343,84 @@ mod tests {
                 .contains("script-src 'self'")
         );
         assert_eq!(
-            serve("../Cargo.toml", &HeaderMap::new()).status(),
+            serve("../Cargo.toml", &HeaderMap::new()).await.status(),
             StatusCode::NOT_FOUND
         );
         assert_eq!(
-            serve("nope.js", &HeaderMap::new()).status(),
+            serve("nope.js", &HeaderMap::new()).await.status(),
             StatusCode::NOT_FOUND
+        );
+    }
+
+    async fn body(res: Response) -> Vec<u8> {
+        axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap()
+            .to_vec()
+    }
+
+    #[tokio::test]
+    async fn a_ui_folder_should_be_read_on_every_request_so_edits_need_no_rebuild() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = Source::Dir(dir.path().to_owned());
+        std::fs::write(dir.path().join("app.css"), "body { color: red }").unwrap();
+        let first = super::serve(&source, "app.css", &HeaderMap::new()).await;
+        assert_eq!(first.status(), StatusCode::OK);
+        assert_eq!(
+            first.headers()[header::CONTENT_TYPE],
+            "text/css; charset=utf-8"
+        );
+        let tag = first.headers()[header::ETAG].clone();
+        assert_eq!(body(first).await, b"body { color: red }");
+
+        // Edited on disk: the next request has the new bytes and a new ETag.
+        std::fs::write(dir.path().join("app.css"), "body { color: blue }").unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, tag.clone());
+        let second = super::serve(&source, "app.css", &h).await;
+        assert_eq!(
+            second.status(),
+            StatusCode::OK,
+            "the old ETag must not match"
+        );
+        assert_ne!(second.headers()[header::ETAG], tag);
+        assert_eq!(body(second).await, b"body { color: blue }");
+
+        // The shell keeps its CSP; a missing file falls back to the embedded copy; names
+        // outside ASSETS are not served even if the folder has them.
+        std::fs::write(dir.path().join("index.html"), "<p>edited</p>").unwrap();
+        let page = super::serve(&source, "index.html", &HeaderMap::new()).await;
+        assert!(page.headers().contains_key(header::CONTENT_SECURITY_POLICY));
+        let js = super::serve(&source, "app.js", &HeaderMap::new()).await;
+        assert_eq!(
+            body(js).await,
+            ASSETS.iter().find(|a| a.name == "app.js").unwrap().bytes
+        );
+        std::fs::write(dir.path().join("secret.txt"), "no").unwrap();
+        let other = super::serve(&source, "secret.txt", &HeaderMap::new()).await;
+        assert_eq!(other.status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn ccm_ui_dir_should_choose_the_source_and_debug_builds_should_default_to_the_folder() {
+        let ui = ui_dir();
+        assert_eq!(
+            choose_source(None, Some(ui.clone())),
+            Source::Dir(ui.clone())
+        );
+        assert_eq!(choose_source(None, None), Source::Embedded);
+        assert_eq!(
+            choose_source(None, Some(ui.join("missing"))),
+            Source::Embedded,
+            "a binary run away from its source tree embeds"
+        );
+        assert_eq!(
+            choose_source(Some(PathBuf::from("/srv/ui")), Some(ui.clone())),
+            Source::Dir(PathBuf::from("/srv/ui"))
+        );
+        assert_eq!(
+            choose_source(Some(PathBuf::new()), Some(ui)),
+            Source::Embedded
         );
     }
 }

@@ -34,7 +34,7 @@ export const EVENT_TYPES = [
   'ccm.breaker.opened', 'ccm.breaker.half_open', 'ccm.breaker.closed',
   'ccm.retry_budget.exhausted', 'ccm.retry_budget.recovered', 'ccm.bulkhead.rejected',
   'ccm.job.started', 'ccm.job.completed', 'ccm.job.failed', 'ccm.import.completed',
-  'ccm.settings.updated',
+  'ccm.settings.updated', 'ccm.session.ended', 'ccm.stream.reset',
 ];
 
 /** Events that change nothing a worker view shows, or that are patched in place. */
@@ -281,6 +281,17 @@ function onEvent(message) {
       break;
     case 'ccm.worker.deleted':
       removeView(id);
+      break;
+    case 'ccm.session.ended':
+      // The session this stream was opened with ended (signed out elsewhere, expired).
+      if (source) source.close();
+      source = null;
+      onSignedOut();
+      return;
+    case 'ccm.stream.reset':
+      // The resume position was above the server's newest event (a recreated database):
+      // what follows is replayed from the start, and the list is read again.
+      loadFleet();
       break;
     default:
       break;

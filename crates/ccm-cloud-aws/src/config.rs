@@ -1,10 +1,9 @@
 //! [`AwsConfig`]: the `[aws]` section of the config file.
 
-use std::fmt;
 use std::time::Duration;
 
 use ccm_domain::Region;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use url::Url;
 
 /// The `[aws]` section: regions, endpoint, credentials, retry and timeouts.
@@ -72,47 +71,9 @@ pub enum RetryMode {
     Standard,
 }
 
-/// A secret string: its `Debug` and `Display` print `***`, and it serializes as `***` too, so
-/// a config dump never carries it. [`Secret::expose`] gives the value to the one place that
-/// needs it (the credentials provider).
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-
-    /// The secret value. Never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl fmt::Display for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("***")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str("***")
-    }
-}
-
-impl<'de> Deserialize<'de> for Secret {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d).map(Secret)
-    }
-}
+/// The secret access key and session token are [`Secret`]s (`***` in `Debug`, `Display` and
+/// serialized output): ccm's one secret type, re-exported from `ccm-domain`.
+pub use ccm_domain::Secret;
 
 /// A value in `[aws]` that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -17,8 +17,8 @@ pub const MAX_PAGES: usize = 1000;
 
 /// What ccm needs from a cloud: EC2 instances and images, and CloudWatch metrics, in any of
 /// several regions. Implemented by `ccm_cloud_aws::AwsCloud` (real AWS or an AWS-compatible
-/// endpoint), [`crate::SimulatedCloud`] (in memory) and [`crate::ResilientCloud`] (a wrapper
-/// adding breakers, bulkheads and rate limits). Used as `Arc<dyn CloudProvider>`.
+/// endpoint), `ccm_testbed::ec2::SimulatedCloud` (in memory) and [`crate::ResilientCloud`]
+/// (a wrapper adding breakers, bulkheads and rate limits). Used as `Arc<dyn CloudProvider>`.
 ///
 /// Batch operations take many ids; implementations split them into calls of the sizes AWS
 /// accepts. Every error is a [`CloudError`].

@@ -37,7 +37,7 @@ use crate::types::{
 };
 
 /// The bulkhead every cloud call runs in.
-pub const BULKHEAD: &str = ccm_resilience::bulkhead::AWS;
+pub const BULKHEAD: ccm_resilience::BulkheadId = ccm_resilience::bulkhead::AWS;
 
 // === impl Classify for CloudError ===
 

@@ -1,6 +1,7 @@
 //! The behavioural suite every [`CloudProvider`] must pass. The simulated provider runs it in
-//! `ccm-cloud`'s tests (under paused time) and the AWS provider against moto in
-//! `ccm-cloud-aws`'s tests, so that the two cannot drift apart.
+//! `ccm-testbed`'s tests (under paused time, bare and wrapped in [`crate::ResilientCloud`] in
+//! this crate's tests) and the AWS provider against moto in `ccm-cloud-aws`'s tests, so that
+//! they cannot drift apart.
 //!
 //! A test binary provides a [`Harness`] and expands [`provider_suite!`](crate::provider_suite),
 //! which writes one test per case:
@@ -26,23 +27,15 @@ use chrono::{DateTime, Utc};
 
 use crate::{
     CloudError, CloudProvider, ImageQuery, Instance, InstanceFilter, InstanceMetrics,
-    InstanceQuery, MetricKind, MetricsWindow, PageRequest, RunSpec, SimulatedCloud, Tags,
-    glob_match,
+    InstanceQuery, MetricKind, MetricsWindow, PageRequest, RunSpec, Tags, glob_match,
 };
 
-/// Puts metric datapoints for an instance, observed now (CloudWatch PutMetricData, or
-/// [`SimulatedCloud::put_metric`]).
+/// Puts metric datapoints for an instance, observed now (CloudWatch PutMetricData, or the
+/// simulated cloud's `put_metric`).
 #[async_trait]
 pub trait MetricSeeder: Send + Sync {
     /// Records `value` for `kind` of instance `id`.
     async fn put(&self, region: &Region, id: &InstanceId, kind: MetricKind, value: f64);
-}
-
-#[async_trait]
-impl MetricSeeder for SimulatedCloud {
-    async fn put(&self, _region: &Region, id: &InstanceId, kind: MetricKind, value: f64) {
-        self.put_metric(id, kind, value);
-    }
 }
 
 /// What the suite needs to know about the provider under test.

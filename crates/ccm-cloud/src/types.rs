@@ -510,6 +510,15 @@ pub const CPU_METRIC: (&str, &str) = ("AWS/EC2", "CPUUtilization");
 /// The CloudWatch namespace and name of memory use (CloudWatch agent).
 pub const MEMORY_METRIC: (&str, &str) = ("CWAgent", "mem_used_percent");
 
+/// Which of the two metrics ccm reads a value is for ([`CPU_METRIC`] or [`MEMORY_METRIC`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricKind {
+    /// `AWS/EC2 CPUUtilization`.
+    Cpu,
+    /// `CWAgent mem_used_percent`.
+    Memory,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,7 +46,7 @@ fn step(w: &SimWorker) {
         Some((id, false)) => w.start_lab_as_user(id),
     };
     if let Err(e) = outcome {
-        tracing::debug!(worker = w.index(), error = %e, "simulated user action refused");
+        tracing::debug!(sim_worker = w.index(), error = %e, "simulated user action refused");
     }
 }
 

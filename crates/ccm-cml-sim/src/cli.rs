@@ -1,4 +1,7 @@
 //! `ccm sim`: the command-line front of the simulator.
+//!
+//! The host binary flattens [`SimArgs`] into its own command line and calls [`run`] with a
+//! [`SimLauncher`] that starts the same command again (shards above `--shard-size` workers).
 
 use std::future::Future;
 use std::io;
@@ -11,12 +14,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::SimError;
-use crate::config::{ActivityConfig, NodeTiming, Password, SimConfig};
-use crate::control::{self, Backend};
+use crate::config::{ActivityConfig, CmlSimConfig, NodeTiming, Password};
+use crate::control;
 use crate::faults::FaultSpec;
 use crate::fleet::SimFleet;
+use crate::launcher::SimLauncher;
 use crate::shard::{self, ShardSet};
+use crate::signal::terminate_signal;
 use crate::tls::CaMaterial;
+
+/// The hidden flag that makes the simulator a shard child of a bigger `ccm sim` (its
+/// [`SimLauncher`] is run with this flag appended).
+pub const SHARD_CHILD_FLAG: &str = shard::SHARD_FLAG;
 
 const FAULTS_HELP: &str = "\
 Fault specs (--faults, and POST /faults on the control API):
@@ -25,7 +34,7 @@ Fault specs (--faults, and POST /faults on the control API):
   ENDPOINTS: endpoint names (system_stats, licensing, lab_start, ...) or groups
              (auth, system, licensing, labs, telemetry, users), joined with '+'
   FAULT: latency=DUR[~JITTER] | error=STATUS[@RATE] | reset[@RATE] | blackhole[@RATE]
-       | malformed[@RATE] | slow=DUR | older | down | flap=PERIOD | not-ready
+       | malformed[@RATE] | slow=DUR | redirect=STATUS:URL | older | down | flap=PERIOD | not-ready
        | disconnected | ssms-unreachable | expire-tokens | fail-401=N
   RATE: 0.25 or 25% (default 1). DUR: 150ms, 2s, 1m.
   Examples: '*:latency=20ms~10ms'  '3:down'  '10-20/system_stats:error=503@0.5'  'demo'
@@ -116,14 +125,14 @@ pub struct SimArgs {
     /// Most workers per process; bigger fleets run in child processes (open-file limit).
     #[arg(long, default_value_t = 4000)]
     pub shard_size: usize,
-    /// Internal: run as a shard child of a bigger `ccm sim`.
+    /// Internal: run as a shard child of a bigger `ccm sim` ([`SHARD_CHILD_FLAG`]).
     #[arg(long, hide = true)]
     pub shard_child: bool,
 }
 
 impl SimArgs {
     /// The fleet configuration these flags describe.
-    pub fn to_config(&self) -> Result<SimConfig, SimError> {
+    pub fn to_config(&self) -> Result<CmlSimConfig, SimError> {
         if let Some(a) = self.activity
             && !(0.0..=1.0).contains(&a)
         {
@@ -131,7 +140,7 @@ impl SimArgs {
                 "--activity {a} is not between 0 and 1"
             )));
         }
-        Ok(SimConfig {
+        Ok(CmlSimConfig {
             workers: self.workers,
             listen_base: self.listen_base,
             port: self.port,
@@ -154,34 +163,20 @@ impl SimArgs {
                 fraction,
                 interval: self.activity_interval,
             }),
-            ..SimConfig::default()
+            ..CmlSimConfig::default()
         })
     }
 }
 
-/// Installs the SIGINT and SIGTERM handlers now and returns a future that resolves on the
-/// first of them (installing first means no signal is lost while the fleet starts).
-pub(crate) fn terminate_signal() -> io::Result<impl Future<Output = io::Result<()>>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-        Ok(())
-    })
-}
-
-/// Runs `ccm sim` until Ctrl-C or SIGTERM, then shuts down cleanly.
-pub async fn run(args: SimArgs) -> Result<(), SimError> {
+/// Runs `ccm sim` until Ctrl-C or SIGTERM, then shuts down cleanly. `launcher` starts shard
+/// processes when the fleet is bigger than `--shard-size`.
+pub async fn run(args: SimArgs, launcher: &SimLauncher) -> Result<(), SimError> {
     let stop = terminate_signal()?;
-    run_until(args, stop).await
+    run_until(args, launcher, stop).await
 }
 
 /// Runs `ccm sim` until `stop` resolves (tests pass their own signal).
-pub async fn run_until<F>(args: SimArgs, stop: F) -> Result<(), SimError>
+pub async fn run_until<F>(args: SimArgs, launcher: &SimLauncher, stop: F) -> Result<(), SimError>
 where
     F: Future<Output = io::Result<()>>,
 {
@@ -190,13 +185,13 @@ where
     }
     let config = args.to_config()?;
     if config.workers > args.shard_size {
-        run_sharded(&args, config, stop).await
+        run_sharded(&args, launcher, config, stop).await
     } else {
         run_local(&args, config, stop).await
     }
 }
 
-async fn run_local<F>(args: &SimArgs, config: SimConfig, stop: F) -> Result<(), SimError>
+async fn run_local<F>(args: &SimArgs, config: CmlSimConfig, stop: F) -> Result<(), SimError>
 where
     F: Future<Output = io::Result<()>>,
 {
@@ -216,7 +211,12 @@ where
     Ok(())
 }
 
-async fn run_sharded<F>(args: &SimArgs, config: SimConfig, stop: F) -> Result<(), SimError>
+async fn run_sharded<F>(
+    args: &SimArgs,
+    launcher: &SimLauncher,
+    config: CmlSimConfig,
+    stop: F,
+) -> Result<(), SimError>
 where
     F: Future<Output = io::Result<()>>,
 {
@@ -235,7 +235,7 @@ where
     } else {
         None
     };
-    let shards = Arc::new(ShardSet::spawn(&config, args.shard_size, ca).await?);
+    let shards = Arc::new(ShardSet::spawn(launcher, &config, args.shard_size, ca).await?);
     let endpoints = shards.endpoints();
     let token = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -244,15 +244,9 @@ where
             write_endpoints(path, &endpoints)?;
         }
         let control = match args.control {
-            Some(addr) => Some(
-                control::serve(
-                    Backend::Shards(shards.clone()),
-                    addr,
-                    token.clone(),
-                    &tracker,
-                )
-                .await?,
-            ),
+            Some(addr) => {
+                Some(control::serve(shards.clone(), addr, token.clone(), &tracker).await?)
+            }
             None => None,
         };
         banner(&endpoints, control, ca_path.as_deref(), &shards.pids());

@@ -119,7 +119,7 @@ impl Default for ActivityConfig {
 /// Everything a simulated fleet needs to start. `Default` is one worker on
 /// `127.1.0.1:9443`, plain HTTP, admin/admin, 24 h tokens, CML 2.9.0.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct SimConfig {
+pub struct CmlSimConfig {
     /// Number of workers (each on its own loopback address).
     pub workers: usize,
     /// Address of the first worker; the next ones count up (127.1.0.1, 127.1.0.2, …).
@@ -164,9 +164,9 @@ pub struct SimConfig {
     pub index_offset: usize,
 }
 
-impl Default for SimConfig {
+impl Default for CmlSimConfig {
     fn default() -> Self {
-        SimConfig {
+        CmlSimConfig {
             workers: 1,
             listen_base: Ipv4Addr::new(127, 1, 0, 1),
             port: 9443,
@@ -190,7 +190,7 @@ impl Default for SimConfig {
     }
 }
 
-impl SimConfig {
+impl CmlSimConfig {
     /// The listen address of the worker with this fleet-wide index, if it stays inside
     /// 127.0.0.0/8 (and short of the broadcast address 127.255.255.255).
     pub fn worker_ip(&self, global_index: usize) -> Option<Ipv4Addr> {

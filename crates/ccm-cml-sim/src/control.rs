@@ -18,6 +18,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Bytes;
@@ -32,15 +33,74 @@ use tokio_util::task::TaskTracker;
 use crate::SimError;
 use crate::cml_error::CmlError;
 use crate::faults::{FaultSpec, WorkerRange, WorkerSelector};
-use crate::fleet::{Action, SimFleet, WorkerReport};
-use crate::shard::ShardSet;
 use crate::worker::CounterSnapshot;
 
-/// Where control requests go: this process's fleet, or the shard processes.
-#[derive(Clone)]
-pub(crate) enum Backend {
-    Local(SimFleet),
-    Shards(Arc<ShardSet>),
+/// What the control API reports about one worker.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WorkerReport {
+    /// Fleet-wide index.
+    pub index: usize,
+    /// Base URL.
+    pub endpoint: String,
+    /// Accepting connections.
+    pub up: bool,
+    /// What `system_information.ready` says now.
+    pub ready: bool,
+    /// The faults, in fault-spec notation (empty when healthy).
+    pub faults: String,
+    /// Request counters.
+    pub counters: CounterSnapshot,
+}
+
+/// A control action on workers (see [`crate::SimFleet::act`] and the control API).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Refuse connections, reset open ones.
+    PowerOff,
+    /// Come back; not ready for `boot`.
+    PowerOn {
+        /// Boot time before `ready` turns true.
+        #[serde(with = "humantime_serde", default)]
+        boot: Duration,
+    },
+    /// Invalidate every issued token.
+    ExpireTokens,
+    /// The next `n` bearer requests get 401.
+    Fail401 {
+        /// How many.
+        n: u32,
+    },
+    /// Zero the counters.
+    ResetCounters,
+    /// Set `system_information.ready`.
+    SetReady {
+        /// The new value.
+        ready: bool,
+    },
+    /// The non-admin user logs in (user_activity telemetry).
+    UserLogin,
+}
+
+/// Where control requests go: this process's fleet ([`crate::SimFleet`]) or the shard
+/// processes of a bigger one. Both answer with fleet-wide worker indices. Defined here and
+/// implemented by each backend, so that the control API depends on neither.
+#[async_trait::async_trait]
+pub(crate) trait Backend: Send + Sync + 'static {
+    /// Reports of the selected workers.
+    async fn reports(&self, sel: &WorkerSelector) -> Result<Vec<WorkerReport>, SimError>;
+    /// Counters summed over the fleet.
+    async fn counters(&self) -> Result<CounterSnapshot, SimError>;
+    /// Every worker's base URL, in fleet order.
+    fn endpoints(&self) -> Vec<String>;
+    /// Applies a fault spec (already parsed; `req` is what the client sent); returns how
+    /// many workers it selected.
+    async fn apply(&self, spec: &FaultSpec, req: &FaultsRequest) -> Result<usize, SimError>;
+    /// Removes the faults of the selected workers; returns how many.
+    async fn clear(&self, sel: &WorkerSelector) -> Result<usize, SimError>;
+    /// Runs an action on the selected workers (`req` is what the client sent); returns how
+    /// many.
+    async fn act(&self, sel: &WorkerSelector, req: &ActionRequest) -> Result<usize, SimError>;
 }
 
 /// `POST /faults` body.
@@ -108,96 +168,55 @@ fn upstream(e: SimError) -> CmlError {
     CmlError::new(StatusCode::BAD_GATEWAY, e.to_string())
 }
 
-impl Backend {
-    async fn reports(&self, sel_text: Option<&str>) -> Result<Vec<WorkerReport>, CmlError> {
-        let sel = selector(sel_text)?;
-        match self {
-            Backend::Local(f) => Ok(f.reports(&sel)),
-            Backend::Shards(s) => s.reports(&sel.to_string()).await.map_err(upstream),
-        }
-    }
-
-    async fn counters(&self) -> Result<CounterSnapshot, CmlError> {
-        match self {
-            Backend::Local(f) => Ok(f.counters()),
-            Backend::Shards(s) => s.counters().await.map_err(upstream),
-        }
-    }
-
-    fn endpoints(&self) -> Vec<String> {
-        match self {
-            Backend::Local(f) => f.endpoints(),
-            Backend::Shards(s) => s.endpoints(),
-        }
-    }
-
-    async fn apply(&self, req: &FaultsRequest) -> Result<usize, CmlError> {
-        let spec = FaultSpec::parse(&req.spec)
-            .map_err(|e| CmlError::bad_request(format!("bad fault spec: {e}")))?;
-        match self {
-            Backend::Local(f) => Ok(f.apply_faults(&spec, req.replace)),
-            Backend::Shards(s) => s.apply(req).await.map_err(upstream),
-        }
-    }
-
-    async fn clear(&self, sel_text: Option<&str>) -> Result<usize, CmlError> {
-        let sel = selector(sel_text)?;
-        match self {
-            Backend::Local(f) => Ok(f.clear_faults(&sel)),
-            Backend::Shards(s) => s.clear(&sel.to_string()).await.map_err(upstream),
-        }
-    }
-
-    async fn act(&self, req: &ActionRequest) -> Result<usize, CmlError> {
-        let sel = selector(req.workers.as_deref())?;
-        match self {
-            Backend::Local(f) => Ok(f.act(&sel, &req.action)),
-            Backend::Shards(s) => s.act(req).await.map_err(upstream),
-        }
-    }
-}
+/// The shared handle the routes hold.
+type Shared = Arc<dyn Backend>;
 
 type R = Result<Response, CmlError>;
 
-async fn list(State(b): State<Backend>, Query(q): Query<SelQuery>) -> R {
-    let workers = b.reports(q.workers.as_deref()).await?;
+async fn list(State(b): State<Shared>, Query(q): Query<SelQuery>) -> R {
+    let sel = selector(q.workers.as_deref())?;
+    let workers = b.reports(&sel).await.map_err(upstream)?;
     Ok(json(&WorkerList { workers }))
 }
 
-async fn one(State(b): State<Backend>, Path(index): Path<String>) -> R {
+async fn one(State(b): State<Shared>, Path(index): Path<String>) -> R {
     let i: usize = index
         .parse()
         .map_err(|_| CmlError::bad_request(format!("bad worker index {index:?}")))?;
-    let sel = WorkerSelector(vec![WorkerRange::Index(i)]).to_string();
-    let mut reports = b.reports(Some(&sel)).await?;
+    let sel = WorkerSelector(vec![WorkerRange::Index(i)]);
+    let mut reports = b.reports(&sel).await.map_err(upstream)?;
     match reports.pop() {
         Some(r) => Ok(json(&r)),
         None => Err(CmlError::not_found(format!("no worker {i}"))),
     }
 }
 
-async fn counters(State(b): State<Backend>) -> R {
-    Ok(json(&b.counters().await?))
+async fn counters(State(b): State<Shared>) -> R {
+    Ok(json(&b.counters().await.map_err(upstream)?))
 }
 
-async fn endpoints(State(b): State<Backend>) -> R {
+async fn endpoints(State(b): State<Shared>) -> R {
     Ok(json(&b.endpoints()))
 }
 
-async fn set_faults(State(b): State<Backend>, body: Bytes) -> R {
+async fn set_faults(State(b): State<Shared>, body: Bytes) -> R {
     let req: FaultsRequest = body_json(&body)?;
-    let matched = b.apply(&req).await?;
+    let spec = FaultSpec::parse(&req.spec)
+        .map_err(|e| CmlError::bad_request(format!("bad fault spec: {e}")))?;
+    let matched = b.apply(&spec, &req).await.map_err(upstream)?;
     Ok(json(&Matched { matched }))
 }
 
-async fn clear_faults(State(b): State<Backend>, Query(q): Query<SelQuery>) -> R {
-    let matched = b.clear(q.workers.as_deref()).await?;
+async fn clear_faults(State(b): State<Shared>, Query(q): Query<SelQuery>) -> R {
+    let sel = selector(q.workers.as_deref())?;
+    let matched = b.clear(&sel).await.map_err(upstream)?;
     Ok(json(&Matched { matched }))
 }
 
-async fn actions(State(b): State<Backend>, body: Bytes) -> R {
+async fn actions(State(b): State<Shared>, body: Bytes) -> R {
     let req: ActionRequest = body_json(&body)?;
-    let matched = b.act(&req).await?;
+    let sel = selector(req.workers.as_deref())?;
+    let matched = b.act(&sel, &req).await.map_err(upstream)?;
     Ok(json(&Matched { matched }))
 }
 
@@ -205,7 +224,7 @@ async fn not_found() -> CmlError {
     CmlError::not_found("no such control endpoint")
 }
 
-fn router(backend: Backend) -> Router {
+fn router(backend: Shared) -> Router {
     Router::new()
         .route("/workers", get(list))
         .route("/workers/{index}", get(one))
@@ -222,7 +241,7 @@ fn router(backend: Backend) -> Router {
 
 /// Binds the control API and serves it until `shutdown`; returns the bound address.
 pub(crate) async fn serve(
-    backend: Backend,
+    backend: Arc<dyn Backend>,
     addr: SocketAddr,
     shutdown: CancellationToken,
     tracker: &TaskTracker,

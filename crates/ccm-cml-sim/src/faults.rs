@@ -20,6 +20,8 @@
 //!            | blackhole[@RATE]          never answer (the connection stays open)
 //!            | malformed[@RATE]          cut the JSON body in half
 //!            | slow=DUR                  send the body in pieces spread over DUR
+//!            | redirect=STATUS:URL       answer STATUS (300-399) with `Location: URL` (the URL
+//!                                        may hold ':' and '@' but not ',' or ';'; no rate)
 //!            | older                     404, as an older CML without the endpoint; with '*'
 //!                                        it hits only the optional endpoints
 //!            | down                      the worker refuses connections
@@ -37,12 +39,12 @@
 //! bucket is in `[A, B)`. That is exactly P% of every 100 consecutive workers, spread across the
 //! fleet rather than bunched at the start, and disjoint bucket ranges give disjoint groups.
 //!
-//! Endpoint faults (latency, error, reset, blackhole, malformed, slow, older) go to the selected
+//! Endpoint faults (latency, error, reset, blackhole, malformed, slow, redirect, older) go to the selected
 //! endpoints; worker faults (down, flap, not-ready, disconnected, ssms-unreachable) and actions
 //! ignore the endpoint selector. Rules apply in order; a later rule overrides the same field.
 //!
 //! Examples: `*:latency=20ms~10ms`, `3:down`, `10-20/system_stats:error=503@0.5`,
-//! `30%/licensing:older`, `demo;0:blackhole`.
+//! `30%/licensing:older`, `demo;0:blackhole`, `0/auth:redirect=307:http://127.9.9.9:8080/`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -81,6 +83,16 @@ pub struct ErrorFault {
     pub rate: f64,
 }
 
+/// A redirect answered instead of the real answer: what a hijacked or misconfigured
+/// controller (or a proxy in front of it) may send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RedirectFault {
+    /// HTTP status, 300..=399.
+    pub status: u16,
+    /// The `Location` header, sent as given.
+    pub location: String,
+}
+
 /// The faults that apply to one endpoint (or to all of them).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct EndpointFaults {
@@ -96,6 +108,8 @@ pub struct EndpointFaults {
     pub malformed: Option<f64>,
     /// Send the body in pieces spread over this long.
     pub slow_body: Option<Duration>,
+    /// Answer this redirect.
+    pub redirect: Option<RedirectFault>,
     /// Answer 404 as an older CML without this endpoint.
     pub older: bool,
 }
@@ -115,6 +129,7 @@ impl EndpointFaults {
             blackhole: over.blackhole.or(self.blackhole),
             malformed: over.malformed.or(self.malformed),
             slow_body: over.slow_body.or(self.slow_body),
+            redirect: over.redirect.clone().or_else(|| self.redirect.clone()),
             older: over.older || self.older,
         }
     }
@@ -244,6 +259,9 @@ fn endpoint_fault_words(f: &EndpointFaults) -> Vec<String> {
     }
     if let Some(d) = f.slow_body {
         out.push(format!("slow={}", humantime::format_duration(d)));
+    }
+    if let Some(r) = &f.redirect {
+        out.push(format!("redirect={}:{}", r.status, r.location));
     }
     if f.older {
         out.push("older".to_owned());
@@ -397,6 +415,8 @@ pub enum Fault {
     Malformed(f64),
     /// Slow body over this long.
     SlowBody(Duration),
+    /// Answer a redirect.
+    Redirect(RedirectFault),
     /// 404 as an older CML.
     Older,
     /// Refuse connections.
@@ -518,6 +538,7 @@ fn apply_fault(
         Fault::Blackhole(r) => on_endpoints(&|e| e.blackhole = Some(*r)),
         Fault::Malformed(r) => on_endpoints(&|e| e.malformed = Some(*r)),
         Fault::SlowBody(d) => on_endpoints(&|e| e.slow_body = Some(*d)),
+        Fault::Redirect(r) => on_endpoints(&|e| e.redirect = Some(r.clone())),
         Fault::Older => on_endpoints(&|e| e.older = true),
         Fault::Down => faults.down = true,
         Fault::Flap(p) => faults.flap = Some(*p),
@@ -586,6 +607,10 @@ fn parse_rate(s: Option<&str>) -> Result<f64, FaultSpecError> {
 }
 
 fn parse_fault(word: &str) -> Result<Fault, FaultSpecError> {
+    // Before the rate split: a URL may hold '@' (user info) and ':'.
+    if let Some(value) = word.trim().strip_prefix("redirect=") {
+        return parse_redirect(value);
+    }
     let (head, rate) = match word.split_once('@') {
         Some((h, r)) => (h.trim(), Some(r)),
         None => (word, None),
@@ -646,8 +671,35 @@ fn parse_fault(word: &str) -> Result<Fault, FaultSpecError> {
                 .map_err(|_| FaultSpecError::new(format!("bad count {v:?}")))?;
             no_rate(Fault::Fail401(n))
         }
+        "redirect" => Err(FaultSpecError::new(
+            "fault \"redirect\" needs a value (redirect=STATUS:URL)",
+        )),
         _ => Err(FaultSpecError::new(format!("unknown fault {name:?}"))),
     }
+}
+
+/// `STATUS:URL` of `redirect=STATUS:URL`.
+fn parse_redirect(value: &str) -> Result<Fault, FaultSpecError> {
+    let (status, location) = value.trim().split_once(':').ok_or_else(|| {
+        FaultSpecError::new(format!("bad redirect {value:?} (expected STATUS:URL)"))
+    })?;
+    let status = status
+        .trim()
+        .parse::<u16>()
+        .ok()
+        .filter(|s| (300..=399).contains(s))
+        .ok_or_else(|| FaultSpecError::new(format!("bad redirect status {status:?}")))?;
+    let location = location.trim();
+    // The header must be sendable: visible ASCII only.
+    if location.is_empty() || !location.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(FaultSpecError::new(format!(
+            "bad redirect location {location:?} (visible ASCII, no spaces)"
+        )));
+    }
+    Ok(Fault::Redirect(RedirectFault {
+        status,
+        location: location.to_owned(),
+    }))
 }
 
 impl FromStr for FaultSpec {
@@ -727,8 +779,38 @@ mod tests {
     }
 
     #[test]
+    fn redirect_should_parse_a_url_with_colons_and_user_info_and_print_back() {
+        let spec = FaultSpec::parse(
+            "0/authenticate+auth_extended:redirect=307:http://u:p@127.9.9.9:8080/x?token=1",
+        )
+        .unwrap();
+        let mut f = WorkerFaults::default();
+        spec.apply(0, &mut f).unwrap();
+        let want = RedirectFault {
+            status: 307,
+            location: "http://u:p@127.9.9.9:8080/x?token=1".to_owned(),
+        };
+        assert_eq!(f.for_endpoint(Endpoint::Authenticate).redirect, Some(want));
+        assert!(
+            f.for_endpoint(Endpoint::SystemInformation)
+                .redirect
+                .is_none()
+        );
+        let mut again = WorkerFaults::default();
+        FaultSpec::parse(&f.to_string())
+            .unwrap()
+            .apply(0, &mut again);
+        assert_eq!(again, f);
+    }
+
+    #[test]
     fn parse_should_reject_bad_specs_with_a_reason() {
         for bad in [
+            "1:redirect",
+            "1:redirect=307",
+            "1:redirect=200:http://x/",
+            "1:redirect=307:",
+            "1:redirect=abc:http://x/",
             "3",
             "x:down",
             "1:explode",

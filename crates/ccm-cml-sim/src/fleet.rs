@@ -5,12 +5,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::SimError;
-use crate::config::SimConfig;
+use crate::config::CmlSimConfig;
+use crate::control::{self, Action, ActionRequest, Backend, FaultsRequest, WorkerReport};
 use crate::faults::{FaultSpec, WorkerFaults, WorkerSelector};
 use crate::server;
 use crate::tls::{CaMaterial, TlsMaterial};
@@ -50,32 +50,15 @@ impl std::fmt::Debug for SimFleet {
     }
 }
 
-/// What the control API reports about one worker.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WorkerReport {
-    /// Fleet-wide index.
-    pub index: usize,
-    /// Base URL.
-    pub endpoint: String,
-    /// Accepting connections.
-    pub up: bool,
-    /// What `system_information.ready` says now.
-    pub ready: bool,
-    /// The faults, in fault-spec notation (empty when healthy).
-    pub faults: String,
-    /// Request counters.
-    pub counters: CounterSnapshot,
-}
-
 impl SimFleet {
     /// Binds every worker's listener and starts serving.
-    pub async fn start(config: SimConfig) -> Result<SimFleet, SimError> {
+    pub async fn start(config: CmlSimConfig) -> Result<SimFleet, SimError> {
         Self::start_with_ca(config, None).await
     }
 
     /// As [`SimFleet::start`], with a given CA (shards of one fleet share the parent's CA).
     pub(crate) async fn start_with_ca(
-        config: SimConfig,
+        config: CmlSimConfig,
         ca: Option<CaMaterial>,
     ) -> Result<SimFleet, SimError> {
         if config.workers == 0 {
@@ -297,9 +280,8 @@ impl SimFleet {
     /// address (use port 0 for a free one). The control server holds a handle to the fleet,
     /// so a fleet with a control API stops only through [`SimFleet::shutdown`].
     pub async fn serve_control(&self, addr: SocketAddr) -> Result<SocketAddr, SimError> {
-        let backend = crate::control::Backend::Local(self.clone());
-        crate::control::serve(
-            backend,
+        control::serve(
+            Arc::new(self.clone()),
             addr,
             self.inner.shutdown.clone(),
             &self.inner.tracker,
@@ -321,32 +303,30 @@ impl SimFleet {
     }
 }
 
-/// A control action on workers (see [`SimFleet::act`] and the control API).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "action", rename_all = "snake_case")]
-pub enum Action {
-    /// Refuse connections, reset open ones.
-    PowerOff,
-    /// Come back; not ready for `boot`.
-    PowerOn {
-        /// Boot time before `ready` turns true.
-        #[serde(with = "humantime_serde", default)]
-        boot: Duration,
-    },
-    /// Invalidate every issued token.
-    ExpireTokens,
-    /// The next `n` bearer requests get 401.
-    Fail401 {
-        /// How many.
-        n: u32,
-    },
-    /// Zero the counters.
-    ResetCounters,
-    /// Set `system_information.ready`.
-    SetReady {
-        /// The new value.
-        ready: bool,
-    },
-    /// The non-admin user logs in (user_activity telemetry).
-    UserLogin,
+/// The control API on this process's fleet.
+#[async_trait::async_trait]
+impl Backend for SimFleet {
+    async fn reports(&self, sel: &WorkerSelector) -> Result<Vec<WorkerReport>, SimError> {
+        Ok(SimFleet::reports(self, sel))
+    }
+
+    async fn counters(&self) -> Result<CounterSnapshot, SimError> {
+        Ok(SimFleet::counters(self))
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        SimFleet::endpoints(self)
+    }
+
+    async fn apply(&self, spec: &FaultSpec, req: &FaultsRequest) -> Result<usize, SimError> {
+        Ok(self.apply_faults(spec, req.replace))
+    }
+
+    async fn clear(&self, sel: &WorkerSelector) -> Result<usize, SimError> {
+        Ok(self.clear_faults(sel))
+    }
+
+    async fn act(&self, sel: &WorkerSelector, req: &ActionRequest) -> Result<usize, SimError> {
+        Ok(SimFleet::act(self, sel, &req.action))
+    }
 }

@@ -5,7 +5,7 @@
 //!
 //! # Brief overview
 //!
-//! - [`SimFleet`] starts N workers in this process (`SimFleet::start(SimConfig)`), gives their
+//! - [`SimFleet`] starts N workers in this process (`SimFleet::start(CmlSimConfig)`), gives their
 //!   base URLs ([`SimFleet::endpoints`]) and a cheap handle per worker ([`SimWorker`]), and
 //!   shuts them down cleanly. Good for up to a few thousand workers.
 //! - [`SimWorker`] sets faults, powers the worker off and on (with a boot delay), expires
@@ -15,7 +15,8 @@
 //!   `--faults` grammar (worker selectors `*`, `3`, `10-20`, `30%`; endpoint selectors; rates)
 //!   and the `demo` preset.
 //! - [`cli`] is `ccm sim` ([`cli::SimArgs`], [`cli::run`]); above `--shard-size` workers it
-//!   re-executes itself as child processes (the open-file limit) and forwards the control API.
+//!   starts itself again as child processes (the open-file limit) with the [`SimLauncher`] its
+//!   host binary gives it, and forwards the control API.
 //! - [`control`] documents the control API (JSON over HTTP).
 //!
 //! What each worker models (see `shared/cml/CML_API.md` §7): users and HS256 JWTs with a
@@ -50,19 +51,24 @@ mod endpoint;
 mod error;
 pub mod faults;
 mod fleet;
+mod launcher;
 mod server;
 mod shard;
+mod signal;
 mod state;
 mod tls;
 mod worker;
 
-pub use config::{ActivityConfig, HostResources, NodeTiming, Password, SimConfig};
+pub use config::{ActivityConfig, CmlSimConfig, HostResources, NodeTiming, Password};
+pub use control::{Action, WorkerReport};
 pub use endpoint::{Endpoint, UnknownEndpoint};
 pub use error::SimError;
 pub use faults::{
-    EndpointFaults, ErrorFault, FaultSpec, FaultSpecError, Latency, WorkerFaults, WorkerSelector,
+    EndpointFaults, ErrorFault, FaultSpec, FaultSpecError, Latency, RedirectFault, WorkerFaults,
+    WorkerSelector,
 };
-pub use fleet::{Action, SimFleet, WorkerReport};
+pub use fleet::SimFleet;
+pub use launcher::SimLauncher;
 pub use worker::{CounterSnapshot, SimWorker};
 
 /// The id of the built-in admin user on every simulated controller.

@@ -32,7 +32,7 @@ use tower::ServiceExt;
 
 use crate::cml_error::CmlError;
 use crate::endpoint::Endpoint;
-use crate::faults::EndpointFaults;
+use crate::faults::{EndpointFaults, RedirectFault};
 use crate::worker::Worker;
 
 /// How long a closing connection may finish its in-flight request at shutdown.
@@ -72,7 +72,7 @@ pub(crate) async fn accept_loop(
             match bind(worker.addr) {
                 Ok(l) => listener = Some(l),
                 Err(e) => {
-                    tracing::warn!(worker = worker.index, addr = %worker.addr, error = %e,
+                    tracing::warn!(sim_worker = worker.index, addr = %worker.addr, error = %e,
                         "cannot listen again after power-on; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -92,7 +92,7 @@ pub(crate) async fn accept_loop(
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: back off briefly.
-                    tracing::debug!(worker = worker.index, error = %e, "accept failed");
+                    tracing::debug!(sim_worker = worker.index, error = %e, "accept failed");
                     tokio::select! {
                         () = tokio::time::sleep(Duration::from_millis(50)) => {}
                         () = shutdown.cancelled() => return,
@@ -211,7 +211,7 @@ async fn serve_connection(
             let acceptor = match tls.acceptor(worker.index) {
                 Ok(a) => a,
                 Err(e) => {
-                    tracing::warn!(worker = worker.index, error = %e, "no tls acceptor");
+                    tracing::warn!(sim_worker = worker.index, error = %e, "no tls acceptor");
                     return;
                 }
             };
@@ -220,7 +220,7 @@ async fn serve_connection(
                 r = handshake => match r {
                     Ok(Ok(s)) => s,
                     Ok(Err(e)) => {
-                        tracing::debug!(worker = worker.index, error = %e, "tls handshake failed");
+                        tracing::debug!(sim_worker = worker.index, error = %e, "tls handshake failed");
                         return;
                     }
                     Err(_) => return,
@@ -307,6 +307,7 @@ async fn handle(
 ) -> Response<Body> {
     let endpoint = Endpoint::classify(req.method(), req.uri().path());
     worker.count_request(endpoint);
+    let _answering = worker.enter(endpoint);
     let cfg = &worker.shared.config;
     let faults = worker.faults();
     let ef: Option<EndpointFaults> = faults.as_ref().map(|f| f.for_endpoint(endpoint));
@@ -344,6 +345,9 @@ async fn handle(
             let text = status.canonical_reason().unwrap_or("Simulated failure");
             return error_response(CmlError::new(status, format!("Simulated fault: {text}")));
         }
+        if let Some(r) = &ef.redirect {
+            return redirect_response(r);
+        }
     }
     if endpoint.needs_auth() && worker.take_fail_401() {
         return error_response(CmlError::unauthorized());
@@ -371,6 +375,18 @@ async fn die(ctl: &ConnCtl) -> Response<Body> {
 
 fn error_response(e: CmlError) -> Response<Body> {
     axum::response::IntoResponse::into_response(e)
+}
+
+/// The `redirect` fault: the status with `Location` and, like every non-2xx answer, a
+/// `{code, description}` body.
+fn redirect_response(r: &RedirectFault) -> Response<Body> {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::TEMPORARY_REDIRECT);
+    let mut resp = error_response(CmlError::new(status, "Simulated fault: redirect"));
+    // The grammar admits visible ASCII only, so the header value is always valid.
+    if let Ok(v) = HeaderValue::from_str(&r.location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
 }
 
 /// Cuts the body in half (malformed JSON) and/or sends it slowly.

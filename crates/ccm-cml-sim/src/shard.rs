@@ -1,8 +1,8 @@
 //! Sharding a big fleet over child processes.
 //!
 //! The open-file limit (20,000 here, hard) cannot hold 10,000 listeners plus 10,000 keep-alive
-//! connections in one process, so `ccm sim` above `--shard-size` workers re-executes itself
-//! (`<current exe> sim --shard-child`) once per block of workers. The parent writes one JSON
+//! connections in one process, so `ccm sim` above `--shard-size` workers starts itself again
+//! (the caller's [`SimLauncher`] plus `--shard-child`) once per block of workers. The parent writes one JSON
 //! line to the child's stdin (its configuration and the shared CA); the child starts a
 //! [`SimFleet`], serves a control API on 127.0.0.1:0 and answers with one JSON line on
 //! stdout (control address and endpoints). The child stops when its stdin closes (the parent
@@ -24,15 +24,15 @@ use tokio::net::TcpStream;
 use tokio::process::{Child, ChildStdin, ChildStdout};
 
 use crate::SimError;
-use crate::config::SimConfig;
-use crate::control::{ActionRequest, FaultsRequest, Matched, WorkerList};
-use crate::fleet::{SimFleet, WorkerReport};
+use crate::config::CmlSimConfig;
+use crate::control::{ActionRequest, Backend, FaultsRequest, Matched, WorkerList, WorkerReport};
+use crate::faults::{FaultSpec, WorkerSelector};
+use crate::fleet::SimFleet;
+use crate::launcher::SimLauncher;
 use crate::tls::CaMaterial;
 use crate::worker::CounterSnapshot;
 
-/// The subcommand under which the `ccm` binary runs the simulator.
-pub(crate) const SHARD_SUBCOMMAND: &str = "sim";
-/// The hidden flag that makes `ccm sim` a shard child.
+/// The hidden flag of [`crate::cli::SimArgs`] that makes the simulator a shard child.
 pub(crate) const SHARD_FLAG: &str = "--shard-child";
 
 /// How long a child may take to start serving.
@@ -43,7 +43,7 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(15);
 /// What the parent sends to a child.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct ShardSpec {
-    pub(crate) config: SimConfig,
+    pub(crate) config: CmlSimConfig,
     pub(crate) ca: Option<CaMaterial>,
 }
 
@@ -76,13 +76,14 @@ fn shard_err(index: usize, message: impl Into<String>) -> SimError {
 }
 
 impl ShardSet {
-    /// Starts `ceil(workers / shard_size)` children and waits until each one serves.
+    /// Starts `ceil(workers / shard_size)` children with `launcher` and waits until each one
+    /// serves.
     pub(crate) async fn spawn(
-        config: &SimConfig,
+        launcher: &SimLauncher,
+        config: &CmlSimConfig,
         shard_size: usize,
         ca: Option<CaMaterial>,
     ) -> Result<ShardSet, SimError> {
-        let exe = std::env::current_exe()?;
         let shard_size = shard_size.max(1);
         let count = config.workers.div_ceil(shard_size);
         let mut starting = Vec::with_capacity(count);
@@ -92,14 +93,20 @@ impl ShardSet {
             cfg.workers = shard_size.min(config.workers - offset);
             cfg.index_offset = config.index_offset + offset;
             cfg.ca_out = None;
-            let mut child = tokio::process::Command::new(&exe)
-                .arg(SHARD_SUBCOMMAND)
+            let mut child = launcher
+                .command()
                 .arg(SHARD_FLAG)
                 .stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .stderr(Stdio::inherit())
                 .kill_on_drop(true)
-                .spawn()?;
+                .spawn()
+                .map_err(|e| {
+                    shard_err(
+                        s,
+                        format!("cannot start {}: {e}", launcher.program().display()),
+                    )
+                })?;
             let mut stdin = child
                 .stdin
                 .take()
@@ -114,8 +121,9 @@ impl ShardSet {
             };
             let mut line = serde_json::to_vec(&spec).map_err(|e| shard_err(s, e.to_string()))?;
             line.push(b'\n');
-            stdin.write_all(&line).await?;
-            stdin.flush().await?;
+            // A child that exits at once (a wrong launcher) closes its pipe: say so below.
+            let _ = stdin.write_all(&line).await;
+            let _ = stdin.flush().await;
             starting.push((s, child, stdin, BufReader::new(stdout)));
         }
         let hellos = futures::future::join_all(starting.into_iter().map(
@@ -254,6 +262,34 @@ impl ShardSet {
     }
 }
 
+/// The control API of a sharded fleet: every request goes to every child, answers merged.
+#[async_trait::async_trait]
+impl Backend for ShardSet {
+    async fn reports(&self, sel: &WorkerSelector) -> Result<Vec<WorkerReport>, SimError> {
+        ShardSet::reports(self, &sel.to_string()).await
+    }
+
+    async fn counters(&self) -> Result<CounterSnapshot, SimError> {
+        ShardSet::counters(self).await
+    }
+
+    fn endpoints(&self) -> Vec<String> {
+        ShardSet::endpoints(self)
+    }
+
+    async fn apply(&self, _spec: &FaultSpec, req: &FaultsRequest) -> Result<usize, SimError> {
+        ShardSet::apply(self, req).await
+    }
+
+    async fn clear(&self, sel: &WorkerSelector) -> Result<usize, SimError> {
+        ShardSet::clear(self, &sel.to_string()).await
+    }
+
+    async fn act(&self, _sel: &WorkerSelector, req: &ActionRequest) -> Result<usize, SimError> {
+        ShardSet::act(self, req).await
+    }
+}
+
 fn encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
@@ -288,7 +324,7 @@ async fn request(
 
 /// The child side: read the spec from stdin, serve, answer, stop on stdin EOF or a signal.
 pub(crate) async fn run_child() -> Result<(), SimError> {
-    let stop = crate::cli::terminate_signal()?;
+    let stop = crate::signal::terminate_signal()?;
     let mut stdin = BufReader::new(tokio::io::stdin());
     let mut line = String::new();
     if stdin.read_line(&mut line).await? == 0 {

@@ -14,7 +14,7 @@ use uuid::Uuid;
 
 use crate::clock::SimClock;
 use crate::cml_error::CmlError;
-use crate::config::{Password, SimConfig};
+use crate::config::{CmlSimConfig, Password};
 
 /// The built-in admin's id, as on a real controller.
 pub(crate) const ADMIN_ID: Uuid = Uuid::from_u128(0x0000_0000_0000_4000_a000_0000_0000_0000);
@@ -37,7 +37,7 @@ pub(crate) struct User {
 }
 
 /// The seeded users: the configured admin and one non-admin (`student`/`student`).
-pub(crate) fn seed_users(cfg: &SimConfig) -> Vec<User> {
+pub(crate) fn seed_users(cfg: &CmlSimConfig) -> Vec<User> {
     vec![
         User {
             id: ADMIN_ID,
@@ -81,7 +81,7 @@ pub(crate) fn rfc3339(t: DateTime<Utc>) -> String {
 
 /// What the operation sees of the world: configuration, clock, and the worker's flags.
 pub(crate) struct Ctx<'a> {
-    pub(crate) cfg: &'a SimConfig,
+    pub(crate) cfg: &'a CmlSimConfig,
     pub(crate) clock: &'a SimClock,
     pub(crate) now: Instant,
     pub(crate) index: usize,

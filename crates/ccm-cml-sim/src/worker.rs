@@ -18,7 +18,7 @@ use uuid::Uuid;
 use crate::SimError;
 use crate::clock::SimClock;
 use crate::cml_error::CmlError;
-use crate::config::SimConfig;
+use crate::config::CmlSimConfig;
 use crate::endpoint::{ENDPOINT_COUNT, Endpoint};
 use crate::faults::{FaultSpec, WorkerFaults};
 use crate::state::{Ctx, STUDENT_ID, User, WorkerState};
@@ -29,7 +29,7 @@ const ISSUER: &str = "com.cisco.virl";
 
 /// What every worker of a fleet shares: configuration, clock, users, the router.
 pub(crate) struct Shared {
-    pub(crate) config: SimConfig,
+    pub(crate) config: CmlSimConfig,
     pub(crate) clock: SimClock,
     pub(crate) users: Vec<User>,
     pub(crate) router: axum::Router,
@@ -40,7 +40,7 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(
-        config: SimConfig,
+        config: CmlSimConfig,
         router: axum::Router,
         tls: Option<Arc<TlsMaterial>>,
     ) -> Self {
@@ -86,6 +86,10 @@ pub(crate) struct Power {
 /// Request counters of one worker.
 pub(crate) struct Counters {
     per_endpoint: [AtomicU64; ENDPOINT_COUNT],
+    /// Requests being answered now, per endpoint.
+    in_flight: [AtomicU64; ENDPOINT_COUNT],
+    /// The most requests of one endpoint answered at once since the last reset.
+    max_in_flight: [AtomicU64; ENDPOINT_COUNT],
     logins: AtomicU64,
     connections: AtomicU64,
 }
@@ -94,6 +98,8 @@ impl Counters {
     fn new() -> Self {
         Counters {
             per_endpoint: std::array::from_fn(|_| AtomicU64::new(0)),
+            in_flight: std::array::from_fn(|_| AtomicU64::new(0)),
+            max_in_flight: std::array::from_fn(|_| AtomicU64::new(0)),
             logins: AtomicU64::new(0),
             connections: AtomicU64::new(0),
         }
@@ -109,16 +115,24 @@ impl Counters {
                 by_endpoint.insert(e.name().to_owned(), n);
             }
         }
+        let mut max_in_flight = BTreeMap::new();
+        for (e, c) in Endpoint::ALL.iter().zip(&self.max_in_flight) {
+            let n = c.load(Ordering::Relaxed);
+            if n > 0 {
+                max_in_flight.insert(e.name().to_owned(), n);
+            }
+        }
         CounterSnapshot {
             requests,
             logins: self.logins.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
             by_endpoint,
+            max_in_flight,
         }
     }
 
     fn reset(&self) {
-        for c in &self.per_endpoint {
+        for c in self.per_endpoint.iter().chain(&self.max_in_flight) {
             c.store(0, Ordering::Relaxed);
         }
         self.logins.store(0, Ordering::Relaxed);
@@ -137,12 +151,24 @@ pub struct CounterSnapshot {
     pub connections: u64,
     /// Requests per endpoint name (endpoints with no request are left out).
     pub by_endpoint: BTreeMap<String, u64>,
+    /// The most requests of one endpoint answered at once, per endpoint name (summed over
+    /// workers: the sum of each worker's maximum). Shows overlapping polls of one worker.
+    #[serde(default)]
+    pub max_in_flight: BTreeMap<String, u64>,
 }
 
 impl CounterSnapshot {
     /// Requests to one endpoint.
     pub fn get(&self, endpoint: Endpoint) -> u64 {
         self.by_endpoint.get(endpoint.name()).copied().unwrap_or(0)
+    }
+
+    /// The most requests of one endpoint that were answered at once.
+    pub fn max_in_flight(&self, endpoint: Endpoint) -> u64 {
+        self.max_in_flight
+            .get(endpoint.name())
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Adds another snapshot to this one.
@@ -153,6 +179,20 @@ impl CounterSnapshot {
         for (k, v) in &other.by_endpoint {
             *self.by_endpoint.entry(k.clone()).or_default() += v;
         }
+        for (k, v) in &other.max_in_flight {
+            *self.max_in_flight.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
+/// A request being answered (see [`Worker::enter`]).
+pub(crate) struct InFlight<'a> {
+    counter: &'a AtomicU64,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.counter.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -201,6 +241,16 @@ impl Worker {
 
     pub(crate) fn count_request(&self, e: Endpoint) {
         self.counters.per_endpoint[e as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request of `e` as being answered until the guard drops (for
+    /// [`CounterSnapshot::max_in_flight`]).
+    pub(crate) fn enter(&self, e: Endpoint) -> InFlight<'_> {
+        let now = self.counters.in_flight[e as usize].fetch_add(1, Ordering::Relaxed) + 1;
+        self.counters.max_in_flight[e as usize].fetch_max(now, Ordering::Relaxed);
+        InFlight {
+            counter: &self.counters.in_flight[e as usize],
+        }
     }
 
     pub(crate) fn count_connection(&self) {

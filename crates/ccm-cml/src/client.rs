@@ -38,7 +38,11 @@ const API: &str = "/api/v0";
 /// - One `reqwest::Client` per distinct TLS mode (keep-alive pool, small per host), never one
 ///   per request or per worker.
 /// - One tiny session per worker (keyed by base URL): the cached token, ccm's own user id,
-///   whether the insecure-TLS warning was logged.
+///   whether the worker lacks `/auth_extended`.
+/// - Redirects are never followed: a 3xx is [`CmlError::Redirect`] (a redirected login would
+///   re-send the password to wherever it points).
+/// - Settings that expose the password (`tls = "insecure"`, plain `http`) are logged as one
+///   warning each when the client is built ([`CmlConfig::warnings`]).
 /// - Every call runs through [`Resilience::call`] keyed by the worker's base URL: per-attempt
 ///   timeout, retries of idempotent calls, budget, breaker, bulkhead.
 /// - On 401 the attempt logs in again once and repeats the request once (not a retry in the
@@ -106,8 +110,6 @@ struct LoggedIn {
 #[derive(Debug, Default)]
 struct Session {
     state: Mutex<SessionState>,
-    /// The insecure-TLS warning was logged for this worker.
-    insecure_warned: AtomicBool,
     /// `/auth_extended` answered 404 (older CML): log in with `/authenticate`.
     no_auth_extended: AtomicBool,
 }
@@ -201,6 +203,9 @@ impl CmlClient {
     pub fn new(config: &CmlConfig, resilience: Resilience) -> Result<Self, CmlConfigError> {
         config.validate()?;
         let http = HttpClients::new(config)?;
+        for warning in config.warnings() {
+            tracing::warn!("{warning}");
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 http,
@@ -271,7 +276,7 @@ impl CmlClient {
     /// on this worker. Falls back to `/authenticate` on a CML without `/auth_extended`.
     pub async fn auth_extended(&self, target: &Target) -> Result<AuthInfo, CmlError> {
         let session = self.session(target);
-        let http = self.http(target, &session, Endpoint::AuthExtended)?;
+        let http = self.http(target, Endpoint::AuthExtended)?;
         let call = Call::new(target.base_url()).non_idempotent();
         let login = self
             .inner
@@ -286,7 +291,7 @@ impl CmlClient {
     /// token). ccm's user id is then read from the token's subject.
     pub async fn authenticate(&self, target: &Target) -> Result<(), CmlError> {
         let session = self.session(target);
-        let http = self.http(target, &session, Endpoint::Authenticate)?;
+        let http = self.http(target, Endpoint::Authenticate)?;
         let call = Call::new(target.base_url()).non_idempotent();
         self.inner
             .resilience
@@ -576,22 +581,9 @@ impl CmlClient {
             .clone()
     }
 
-    /// The HTTP client for the target's TLS mode; warns once per worker when TLS is off.
-    fn http(
-        &self,
-        target: &Target,
-        session: &Session,
-        endpoint: Endpoint,
-    ) -> Result<reqwest::Client, CmlError> {
-        if *target.tls() == TlsMode::Insecure
-            && target.is_https()
-            && !session.insecure_warned.swap(true, Ordering::Relaxed)
-        {
-            tracing::warn!(
-                worker = target.base_url(),
-                "tls certificate verification is off for this cml worker"
-            );
-        }
+    /// The HTTP client for the target's TLS mode. (Insecure TLS and plain http are warned
+    /// about once, in [`CmlClient::new`], not per worker or request.)
+    fn http(&self, target: &Target, endpoint: Endpoint) -> Result<reqwest::Client, CmlError> {
         self.inner.http.get(target.tls()).map_err(|e| match e {
             CmlConfigError::CaFile { .. } | CmlConfigError::Client(_) => CmlError::Tls {
                 endpoint,
@@ -646,7 +638,7 @@ impl CmlClient {
         adjust: impl for<'c> FnOnce(Call<'c>) -> Call<'c>,
     ) -> Result<T, CmlError> {
         let session = self.session(target);
-        let http = self.http(target, &session, endpoint)?;
+        let http = self.http(target, endpoint)?;
         let mut call = Call::new(target.base_url()).idempotent(endpoint.is_idempotent());
         if let Some(bulkhead) = endpoint.bulkhead() {
             call = call.bulkhead(bulkhead);
@@ -691,8 +683,8 @@ impl CmlClient {
         }
         drop(resp);
         tracing::debug!(
-            worker = target.base_url(),
-            endpoint = endpoint.name(),
+            endpoint = target.base_url(),
+            call = endpoint.name(),
             "token refused, logging in again"
         );
         let fresh = self.token(target, session, http, Some(&token)).await?;
@@ -749,6 +741,20 @@ impl CmlClient {
         {
             let body = read_body(&mut resp, endpoint, self.inner.max_body, connect_timeout).await?;
             return decode(endpoint, status, body);
+        }
+        if status.is_redirection() {
+            // Never followed (the HTTP clients have no redirect policy) and never read on.
+            let location = resp
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .map(crate::error::location)
+                .filter(|l| !l.is_empty());
+            return Err(CmlError::Redirect {
+                endpoint,
+                status: status.as_u16(),
+                location,
+            });
         }
         let retry_after = retry_after(&resp);
         // The error body is informative only: if it cannot be read, the status still speaks.
@@ -808,7 +814,7 @@ impl CmlClient {
             }
         };
         session.store(&login);
-        tracing::debug!(worker = target.base_url(), "logged in to cml");
+        tracing::debug!(endpoint = target.base_url(), "logged in to cml");
         Ok(login)
     }
 
@@ -847,7 +853,7 @@ impl CmlClient {
             .ok_or_else(|| CmlError::decode(endpoint, "the answer has no token", b""))?;
         let info = answer.info();
         if let Some(problem) = &info.error {
-            tracing::warn!(worker = target.base_url(), problem = %problem, "cml reported a login problem");
+            tracing::warn!(endpoint = target.base_url(), problem = %problem, "cml reported a login problem");
         }
         Ok(LoggedIn {
             token: Token(Arc::from(token.expose())),

@@ -10,11 +10,14 @@ use std::time::Duration;
 use ccm_domain::worker::EndpointPolicy;
 use serde::{Deserialize, Serialize};
 
+use crate::pin::CertFingerprint;
 use crate::secret::Secret;
 
 /// How certificates of CML workers are checked.
 ///
-/// In TOML: `tls = "verify"`, `tls = "insecure"` or `tls = { ca_file = "/etc/ccm/cml-ca.pem" }`.
+/// In TOML: `tls = "verify"`, `tls = { ca_file = "/etc/ccm/cml-ca.pem" }`,
+/// `tls = { fingerprint = "sha256:AB:CD:…" }` or `tls = "insecure"`. For self-signed
+/// controllers (CML's default) use a CA file or a pinned fingerprint, not `insecure`.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TlsConfig {
@@ -23,8 +26,11 @@ pub enum TlsConfig {
     Verify,
     /// Verify against the CA certificates in this PEM file only (self-signed CML fleets).
     CaFile(PathBuf),
-    /// Do not verify certificates at all. Allowed, because real CML ships self-signed
-    /// certificates, but logged as a warning once per worker.
+    /// Trust exactly the controller whose leaf certificate has this SHA-256 fingerprint (no CA
+    /// or hostname check; the handshake signatures are still verified). See [`CertFingerprint`].
+    Fingerprint(CertFingerprint),
+    /// Do not verify certificates at all: anyone on the path can read the CML password.
+    /// Allowed, but warned about once at start ([`CmlConfig::warnings`]).
     Insecure,
 }
 
@@ -118,6 +124,29 @@ fn check(ok: bool, key: &'static str, reason: &'static str) -> Result<(), CmlCon
 }
 
 impl CmlConfig {
+    /// The settings that expose the CML password or trust any server, one line each naming
+    /// the setting: `cml.tls = "insecure"` and `cml.endpoint.scheme = "http"`. Empty for a
+    /// safe config. [`CmlClient::new`](crate::CmlClient::new) logs each once, at start.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.tls == TlsConfig::Insecure {
+            out.push(
+                "cml.tls = \"insecure\": cml certificates are not verified, so anyone on the \
+                 path can pose as a worker and read the cml password; use \
+                 tls = { ca_file = … } or tls = { fingerprint = \"sha256:…\" }"
+                    .to_owned(),
+            );
+        }
+        if self.endpoint.scheme == "http" {
+            out.push(
+                "cml.endpoint.scheme = \"http\": the cml password and tokens cross the network \
+                 in clear text; use https"
+                    .to_owned(),
+            );
+        }
+        out
+    }
+
     /// Checks every value; the error names the first offending key. (The CA file is read
     /// when the client is built, [`CmlClient::new`](crate::CmlClient::new).)
     pub fn validate(&self) -> Result<(), CmlConfigError> {

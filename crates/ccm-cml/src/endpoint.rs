@@ -3,7 +3,7 @@
 
 use std::fmt;
 
-use ccm_resilience::bulkhead;
+use ccm_resilience::bulkhead::{self, BulkheadId};
 
 /// One CML 2.9 operation the client uses (CML_API.md §1–§5).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -122,7 +122,7 @@ impl Endpoint {
 
     /// The bulkhead the call runs in: polling reads in `cml_poll`, lab and licence work in
     /// `labs`, logins and logout in none (they happen inside other calls or on their own).
-    pub const fn bulkhead(self) -> Option<&'static str> {
+    pub const fn bulkhead(self) -> Option<BulkheadId> {
         match self {
             Self::SystemInformation
             | Self::SystemHealth

@@ -11,6 +11,7 @@ use ccm_domain::service::{CallOutcome, CmlCall, Reason, ReasonCode};
 use ccm_resilience::{CallError, Classify, ErrorClass};
 
 use crate::endpoint::Endpoint;
+use crate::pin::CertFingerprint;
 
 /// Longest snippet of a response body kept in a decode error.
 const SNIPPET_CHARS: usize = 120;
@@ -43,6 +44,31 @@ pub enum CmlError {
         endpoint: Endpoint,
         /// What rustls said.
         detail: String,
+    },
+    /// The server's certificate is not the pinned one (`cml.tls = { fingerprint = … }`): a
+    /// different controller, or a man in the middle. Never retried.
+    #[error(
+        "{endpoint}: tls failure: the server's certificate is not the pinned one: expected {expected}, the server sent {seen}"
+    )]
+    CertificateMismatch {
+        /// The operation.
+        endpoint: Endpoint,
+        /// The configured fingerprint.
+        expected: CertFingerprint,
+        /// The fingerprint of the certificate the server sent.
+        seen: CertFingerprint,
+    },
+    /// The server answered with a redirect (3xx). Never followed — a redirected login would
+    /// re-send the password to wherever it points — and never retried.
+    #[error("{endpoint}: http {status} redirect to {} refused (redirects are never followed)", location.as_deref().unwrap_or("<no location>"))]
+    Redirect {
+        /// The operation.
+        endpoint: Endpoint,
+        /// The HTTP status (300–399).
+        status: u16,
+        /// The `Location` header, without user info, query or fragment, shortened and
+        /// scrubbed; `None` when absent or unreadable.
+        location: Option<String>,
     },
     /// CML answered with an error status not covered by a more specific variant.
     #[error("{endpoint}: http {status}{}", describe(*code, description.as_deref()))]
@@ -188,6 +214,8 @@ impl CmlError {
             Self::Connect { endpoint, .. }
             | Self::Timeout { endpoint, .. }
             | Self::Tls { endpoint, .. }
+            | Self::CertificateMismatch { endpoint, .. }
+            | Self::Redirect { endpoint, .. }
             | Self::Http { endpoint, .. }
             | Self::Unauthorized { endpoint }
             | Self::Forbidden { endpoint, .. }
@@ -209,7 +237,7 @@ impl CmlError {
     /// The HTTP status CML answered with, if the error came from one.
     pub fn status(&self) -> Option<u16> {
         match self {
-            Self::Http { status, .. } => Some(*status),
+            Self::Http { status, .. } | Self::Redirect { status, .. } => Some(*status),
             Self::Unauthorized { .. } => Some(401),
             Self::Forbidden { .. } => Some(403),
             Self::NotFound { .. } | Self::NotSupported { .. } => Some(404),
@@ -238,6 +266,17 @@ impl CmlError {
             Self::Timeout { .. } => r(ReasonCode::Timeout).with_detail(self.to_string()),
             Self::DeadlineExceeded { .. } => r(ReasonCode::Timeout).with_detail(self.to_string()),
             Self::Tls { detail, .. } => r(ReasonCode::Tls).with_detail(detail),
+            // The detail holds 200 characters: the seen fingerprint (the expected one is in
+            // the config).
+            Self::CertificateMismatch { seen, .. } => r(ReasonCode::Tls).with_detail(format!(
+                "not the pinned certificate; the server sent {seen}"
+            )),
+            Self::Redirect {
+                status, location, ..
+            } => Reason::http(call, *status).with_detail(format!(
+                "redirect to {} refused",
+                location.as_deref().unwrap_or("<no location>")
+            )),
             Self::Http {
                 status,
                 description,
@@ -353,6 +392,8 @@ impl Classify for CmlError {
                 _ => ErrorClass::Benign,
             },
             Self::Tls { .. }
+            | Self::CertificateMismatch { .. }
+            | Self::Redirect { .. }
             | Self::Unauthorized { .. }
             | Self::Decode { .. }
             | Self::BodyTooLarge { .. } => ErrorClass::Failure,
@@ -380,6 +421,8 @@ impl Classify for CmlError {
             Self::Connect { .. } => "connect error".to_owned(),
             Self::Timeout { .. } => "timeout".to_owned(),
             Self::Tls { .. } => "tls failure".to_owned(),
+            Self::CertificateMismatch { .. } => "pinned certificate mismatch".to_owned(),
+            Self::Redirect { status, .. } => format!("HTTP {status} redirect"),
             Self::Http { status, .. } => format!("HTTP {status}"),
             Self::Unauthorized { .. } => "HTTP 401 after re-login".to_owned(),
             Self::Decode { .. } => "decode error".to_owned(),
@@ -402,6 +445,46 @@ pub(crate) fn snippet(body: &[u8]) -> String {
         .map(|c| if c.is_control() { ' ' } else { c })
         .collect();
     scrub(&text).chars().take(SNIPPET_CHARS).collect()
+}
+
+/// Longest `Location` kept in a redirect error.
+const LOCATION_CHARS: usize = 120;
+
+/// A `Location` header made safe for errors and logs: user info, query and fragment dropped
+/// (they may carry credentials or tokens), control characters removed, scrubbed and
+/// shortened. A relative location keeps its path only.
+pub(crate) fn location(raw: &str) -> String {
+    let raw: String = raw
+        .chars()
+        .take(SCRUB_WINDOW_BYTES)
+        .filter(|c| !c.is_control())
+        .collect();
+    let raw = raw.trim();
+    let text = match url::Url::parse(raw) {
+        Ok(mut url) if url.has_host() => {
+            // Both setters only fail for URLs that cannot have user info, i.e. no host.
+            let _ = url.set_username("");
+            let _ = url.set_password(None);
+            url.set_query(None);
+            url.set_fragment(None);
+            url.to_string()
+        }
+        Ok(url) => url.scheme().to_owned() + ":",
+        Err(_) => {
+            // Relative (`/login?next=…`) or unreadable: the path before any query.
+            let path = raw.split(['?', '#']).next().unwrap_or_default();
+            // `//user:pw@host/x` is a scheme-relative URL: drop its user info too.
+            match path.strip_prefix("//") {
+                Some(rest) => {
+                    let (authority, tail) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+                    let host = authority.rsplit('@').next().unwrap_or_default();
+                    format!("//{host}{tail}")
+                }
+                None => path.to_owned(),
+            }
+        }
+    };
+    scrub(&text).chars().take(LOCATION_CHARS).collect()
 }
 
 /// A CML error description, scrubbed and shortened.
@@ -485,6 +568,24 @@ mod tests {
         assert_eq!(scrub("token 'SECRETcut-off"), "token '***");
         // A JWT cut anywhere after its header is still recognised.
         assert_eq!(scrub(&format!("x {}", &JWT[..30])), "x ***");
+    }
+
+    #[test]
+    fn redirect_locations_should_lose_credentials_queries_and_fragments() {
+        for (raw, want) in [
+            (
+                "https://u:pw@evil.example:8443/api/v0/authenticate?t=1#f",
+                "https://evil.example:8443/api/v0/authenticate",
+            ),
+            ("//u:pw@evil.example/login?next=/x", "//evil.example/login"),
+            ("/login?session=abc", "/login"),
+            ("mailto:someone@example.com", "mailto:"),
+            ("http://h/\u{7}bell", "http://h/bell"),
+        ] {
+            assert_eq!(location(raw), want, "{raw}");
+        }
+        let jwt_in_path = format!("http://h/{JWT}");
+        assert_eq!(location(&jwt_in_path), "http://h/***");
     }
 
     #[test]

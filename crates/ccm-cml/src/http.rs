@@ -82,7 +82,10 @@ fn build(settings: PoolSettings, mode: &TlsMode) -> Result<reqwest::Client, CmlC
         .tcp_keepalive(Duration::from_secs(60))
         .http1_only()
         // CML workers are reached directly; a proxy from the environment would only surprise.
-        .no_proxy();
+        .no_proxy()
+        // Never follow a redirect: a 307/308 on a login would re-send the password to
+        // whatever host and scheme it names. A 3xx is `CmlError::Redirect`.
+        .redirect(reqwest::redirect::Policy::none());
     let builder = match mode {
         TlsMode::Verify => builder,
         TlsMode::Insecure => builder.tls_danger_accept_invalid_certs(true),
@@ -98,6 +101,12 @@ fn build(settings: PoolSettings, mode: &TlsMode) -> Result<reqwest::Client, CmlC
                 return Err(bad("holds no certificate".to_owned()));
             }
             builder.tls_certs_only(certs)
+        }
+        TlsMode::Pinned(pin) => {
+            let tls = crate::pin::client_config(*pin).map_err(|e| {
+                CmlConfigError::Client(format!("tls for the pinned certificate: {e}"))
+            })?;
+            builder.tls_backend_preconfigured(tls)
         }
     };
     builder
@@ -157,6 +166,13 @@ pub(crate) fn transport_error(
     error: &reqwest::Error,
     connect_timeout: Duration,
 ) -> CmlError {
+    if let Some(m) = crate::pin::find_mismatch(error) {
+        return CmlError::CertificateMismatch {
+            endpoint,
+            expected: m.expected,
+            seen: m.seen,
+        };
+    }
     let detail = chain_text(error);
     if is_tls(error) {
         CmlError::Tls { endpoint, detail }

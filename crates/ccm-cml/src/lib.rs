@@ -9,7 +9,10 @@
 //! [`Credentials`] and [`TlsMode`].
 //!
 //! - **Transport**: one `reqwest` client (rustls, keep-alive, small pool per host) per distinct
-//!   TLS mode, never one per request or per worker; response bodies are capped.
+//!   TLS mode, never one per request or per worker; response bodies are capped; redirects
+//!   are never followed (a 3xx is [`CmlError::Redirect`]); certificates are checked against
+//!   system roots, a CA file or a pinned SHA-256 ([`CertFingerprint`]), and insecure TLS or
+//!   plain http is warned about once when the client is built.
 //! - **Sessions**: a tiny per-worker session caches the token and ccm's own CML user id
 //!   (learnt from `/auth_extended`, see [`CmlClient::own_user_id`]). On 401 the client logs in
 //!   once and repeats the request once; concurrent callers of one worker share one login.
@@ -20,7 +23,8 @@
 //! - **Models**: the [`models`] module holds lenient wire types (optional fields are
 //!   `Option`, unknown enum values kept, timestamps parsed in every shape CML sends — see
 //!   [`timestamp`]), each converting into its `ccm-domain` summary.
-//! - **Errors**: [`CmlError`] is typed (connect, timeout, TLS, HTTP status with CML's
+//! - **Errors**: [`CmlError`] is typed (connect, timeout, TLS, pinned-certificate mismatch,
+//!   redirect, HTTP status with CML's
 //!   `{code, description}`, decode with a scrubbed snippet, unauthorized, forbidden, not found,
 //!   not supported, and the resilience rejections) and maps to a domain
 //!   [`Reason`](ccm_domain::service::Reason) with [`CmlError::reason`]; [`call_outcome`] turns
@@ -28,8 +32,8 @@
 //!   supported", not a failure).
 //!
 //! Secrets (passwords, tokens, licence tokens) never appear in logs, errors or `Debug`
-//! output: they are held in [`Secret`] or the private token type, and error snippets are
-//! scrubbed.
+//! output: they are held in [`Secret`] (ccm's one secret type, from `ccm-domain`) or the
+//! private token type, and error snippets and redirect locations are scrubbed.
 //!
 //! # Not for
 //!
@@ -45,6 +49,7 @@ mod endpoint;
 mod error;
 mod http;
 pub mod models;
+mod pin;
 mod secret;
 mod target;
 pub mod timestamp;
@@ -53,5 +58,6 @@ pub use client::{CmlClient, Deregistration};
 pub use config::{CmlConfig, CmlConfigError, TlsConfig};
 pub use endpoint::Endpoint;
 pub use error::{CmlError, call_outcome};
+pub use pin::{CertFingerprint, InvalidFingerprint};
 pub use secret::Secret;
 pub use target::{Credentials, InvalidBaseUrl, Target, TlsMode};

@@ -4,6 +4,7 @@ use std::fmt;
 use std::path::Path;
 use std::sync::Arc;
 
+use crate::pin::CertFingerprint;
 use crate::secret::Secret;
 
 /// A CML user name and password. The password prints as `***`.
@@ -41,7 +42,9 @@ pub enum TlsMode {
     Verify,
     /// Only the CA certificates in this PEM file.
     CaFile(Arc<Path>),
-    /// No verification (logged as a warning once per worker).
+    /// Exactly the leaf certificate with this SHA-256 fingerprint.
+    Pinned(CertFingerprint),
+    /// No verification (warned about once at start).
     Insecure,
 }
 
@@ -50,6 +53,7 @@ impl From<&crate::config::TlsConfig> for TlsMode {
         match c {
             crate::config::TlsConfig::Verify => Self::Verify,
             crate::config::TlsConfig::CaFile(p) => Self::CaFile(Arc::from(p.as_path())),
+            crate::config::TlsConfig::Fingerprint(f) => Self::Pinned(*f),
             crate::config::TlsConfig::Insecure => Self::Insecure,
         }
     }

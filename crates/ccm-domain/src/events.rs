@@ -53,16 +53,6 @@ macro_rules! catalogue {
             /// Every CloudEvents `type` in the catalogue.
             pub const TYPES: &'static [&'static str] = &[$($name),*];
 
-            /// Every entry of the catalogue with its flags, in declaration order.
-            pub const CATALOGUE: &'static [EventType] = &[$(
-                EventType {
-                    variant: stringify!($variant),
-                    name: $name,
-                    transient: catalogue!(@flag transient $($flag)*),
-                    reserved: catalogue!(@flag reserved $($flag)*),
-                },
-            )*];
-
             /// This event's CloudEvents `type`, e.g. `ccm.worker.state_changed`.
             pub fn type_name(&self) -> &'static str {
                 match self {
@@ -76,6 +66,25 @@ macro_rules! catalogue {
                     $(Self::$variant { .. } => catalogue!(@flag transient $($flag)*),)*
                 }
             }
+
+            /// Every entry of the catalogue as declared: type, variant and payload fields with
+            /// their Rust types as written. For documentation generated elsewhere (the API
+            /// publishes each payload's JSON schema from it); the domain itself needs none.
+            pub const SHAPES: &'static [EventShape] = &[$(
+                EventShape {
+                    type_name: $name,
+                    variant: stringify!($variant),
+                    transient: catalogue!(@flag transient $($flag)*),
+                    reserved: catalogue!(@flag reserved $($flag)*),
+                    fields: &[$(
+                        FieldShape {
+                            name: stringify!($field),
+                            ty: stringify!($ty),
+                            attributes: stringify!($($fmeta)*),
+                        },
+                    )*],
+                },
+            )*];
         }
     };
     // Whether the flag list (third and later tokens) holds the flag named first.
@@ -87,26 +96,6 @@ macro_rules! catalogue {
         compile_error!(concat!("unknown catalogue flag `", stringify!($other), "` (transient, reserved)"))
     };
     (@flag $want:ident) => { false };
-}
-
-/// One entry of the catalogue: its CloudEvents `type` and flags.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EventType {
-    /// The Rust variant of [`EventKind`] (for tooling and tests).
-    pub variant: &'static str,
-    /// The CloudEvents `type`.
-    pub name: &'static str,
-    /// Sent to live subscribers only; never in the event log (so never delivered to webhooks).
-    pub transient: bool,
-    /// Published in the catalogue but not emitted by this version.
-    pub reserved: bool,
-}
-
-impl EventType {
-    /// The entry of a CloudEvents `type`, if it is in the catalogue.
-    pub fn of(name: &str) -> Option<&'static EventType> {
-        EventKind::CATALOGUE.iter().find(|t| t.name == name)
-    }
 }
 
 catalogue! {
@@ -174,6 +163,15 @@ catalogue! {
     }
     /// The full current state of a worker, sent to a live subscriber when it connects.
     WorkerSnapshot = "ccm.worker.snapshot", transient { worker: serde_json::Value }
+    /// The session or credential an event stream was opened with ended (`signed_out`,
+    /// `expired`); the stream closes after this event (to one subscriber only).
+    SessionEnded = "ccm.session.ended", transient { reason: String }
+    /// An event stream could not resume where the client asked and replays from the oldest
+    /// event kept instead (`reason`: `last_event_id_ahead` — the id is above the log's newest,
+    /// as after a recreated database or a restored backup). To one subscriber only.
+    StreamReset = "ccm.stream.reset", transient {
+        reason: String, last_event_id: u64, newest_event_id: u64,
+    }
     /// A lab action succeeded.
     LabActionCompleted = "ccm.lab.action_completed" {
         lab_id: String, action: LabAction, #[serde(default)] title: Option<String>, by: Actor,
@@ -232,6 +230,40 @@ catalogue! {
     ImportCompleted = "ccm.import.completed" { matched: u32, imported: u32, existing: u32, by: Actor }
     /// Runtime settings were changed.
     SettingsUpdated = "ccm.settings.updated" { changed: Vec<String>, by: Actor }
+}
+
+/// One entry of the catalogue as declared ([`EventKind::SHAPES`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventShape {
+    /// The CloudEvents `type`, e.g. `ccm.worker.state_changed`.
+    pub type_name: &'static str,
+    /// The [`EventKind`] variant, e.g. `WorkerStateChanged`.
+    pub variant: &'static str,
+    /// Whether the event only refreshes live views ([`EventKind::is_transient`]): sent to live
+    /// subscribers only, never in the event log (so never delivered to webhooks).
+    pub transient: bool,
+    /// Published in the catalogue but not emitted by this version.
+    pub reserved: bool,
+    /// The payload (`data`) fields, in declaration order.
+    pub fields: &'static [FieldShape],
+}
+
+impl EventShape {
+    /// The entry of a CloudEvents `type`, if it is in the catalogue.
+    pub fn of(type_name: &str) -> Option<&'static EventShape> {
+        EventKind::SHAPES.iter().find(|s| s.type_name == type_name)
+    }
+}
+
+/// One payload field as declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldShape {
+    /// Its JSON name.
+    pub name: &'static str,
+    /// Its Rust type as written, e.g. `Option<String>` or `Vec<Reason>`.
+    pub ty: &'static str,
+    /// Its attributes as written, e.g. `serde(default)` (may be absent from the JSON).
+    pub attributes: &'static str,
 }
 
 /// One event: a [`EventKind`] in its CloudEvents envelope.
@@ -379,6 +411,34 @@ mod tests {
     }
 
     #[test]
+    fn the_shapes_should_list_every_type_with_its_fields() {
+        assert_eq!(EventKind::SHAPES.len(), EventKind::TYPES.len());
+        for (shape, name) in EventKind::SHAPES.iter().zip(EventKind::TYPES) {
+            assert_eq!(shape.type_name, *name);
+        }
+        let changed = EventKind::SHAPES
+            .iter()
+            .find(|s| s.type_name == "ccm.worker.state_changed")
+            .unwrap();
+        assert_eq!(changed.variant, "WorkerStateChanged");
+        let fields: Vec<_> = changed.fields.iter().map(|f| (f.name, f.ty)).collect();
+        assert_eq!(fields, [("from", "Ec2State"), ("to", "Ec2State")]);
+        let paused = EventKind::SHAPES
+            .iter()
+            .find(|s| s.type_name == "ccm.worker.paused")
+            .unwrap();
+        assert!(
+            paused.fields[1].attributes.contains("default"),
+            "{paused:?}"
+        );
+        assert!(
+            EventKind::SHAPES
+                .iter()
+                .any(|s| s.transient && s.type_name == "ccm.worker.synced")
+        );
+    }
+
+    #[test]
     fn events_should_round_trip() {
         let e = sample();
         let back: Event = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
@@ -404,14 +464,14 @@ mod tests {
 
     #[test]
     fn the_catalogue_should_list_every_type_with_its_flags() {
-        let names: Vec<_> = EventKind::CATALOGUE.iter().map(|t| t.name).collect();
+        let names: Vec<_> = EventKind::SHAPES.iter().map(|t| t.type_name).collect();
         assert_eq!(names, EventKind::TYPES);
-        let synced = EventType::of("ccm.worker.synced").unwrap();
+        let synced = EventShape::of("ccm.worker.synced").unwrap();
         assert!(synced.transient && !synced.reserved);
         assert_eq!(synced.variant, "WorkerSynced");
-        let failed = EventType::of("ccm.job.failed").unwrap();
+        let failed = EventShape::of("ccm.job.failed").unwrap();
         assert!(!failed.transient);
-        assert!(EventType::of("ccm.nope").is_none());
+        assert!(EventShape::of("ccm.nope").is_none());
     }
 
     #[test]

@@ -94,7 +94,7 @@ impl EventBus {
             Ok(seqs) => seqs,
             Err(err) => {
                 tracing::error!(error = %err, count = events.len(), "could not append events to the log");
-                metrics::counter!("ccm_events_lost_total").increment(events.len() as u64);
+                metrics::counter!(crate::metrics::EVENTS_LOST).increment(events.len() as u64);
                 vec![None; events.len()]
             }
         };
@@ -104,7 +104,7 @@ impl EventBus {
                 subject = event.subject.as_deref().unwrap_or(""),
                 "event"
             );
-            metrics::counter!("ccm_events_total").increment(1);
+            metrics::counter!(crate::metrics::EVENTS).increment(1);
             // No subscriber is not an error.
             let _ = self.tx.send(BusEvent {
                 seq,

@@ -85,27 +85,15 @@ impl CmlCommands {
 
     /// Refreshes one worker now (its EC2 state, a CML sync, its labs). Throttled per worker
     /// and de-duplicated: a request while one runs joins it; a request too soon after the
-    /// last is skipped. Every skip is an event saying why.
+    /// last is skipped. Only a refresh that runs is recorded (`ccm.worker.refresh_requested`);
+    /// a skipped one writes nothing and the caller is told why.
     pub(crate) async fn refresh(
         &self,
         id: WorkerId,
         by: &Actor,
     ) -> Result<RefreshOutcome, EngineError> {
         let worker = self.inner.state.worker(id).await?;
-        self.emit(
-            id,
-            vec![EventKind::WorkerRefreshRequested { by: by.clone() }],
-        )
-        .await;
         if let Some(reason) = worker.refresh_blocker() {
-            self.emit(
-                id,
-                vec![EventKind::WorkerRefreshSkipped {
-                    reason,
-                    retry_in_seconds: None,
-                }],
-            )
-            .await;
             return Ok(RefreshOutcome::Skipped {
                 reason,
                 retry_in_seconds: None,
@@ -113,6 +101,11 @@ impl CmlCommands {
         }
         match self.inner.throttle.try_acquire(id) {
             Ok(guard) => {
+                self.emit(
+                    id,
+                    vec![EventKind::WorkerRefreshRequested { by: by.clone() }],
+                )
+                .await;
                 let this = self.clone();
                 let result = self
                     .inner
@@ -139,28 +132,12 @@ impl CmlCommands {
                 Ok(RefreshOutcome::Refreshed)
             }
             Err(ThrottleError::AlreadyRunning) => {
-                self.emit(
-                    id,
-                    vec![EventKind::WorkerRefreshSkipped {
-                        reason: RefreshSkip::AlreadyRunning,
-                        retry_in_seconds: None,
-                    }],
-                )
-                .await;
                 // Join the running refresh (if it just finished, this returns at once).
                 let _ = self.inner.flight.run(id, async { Ok(()) }).await;
                 Ok(RefreshOutcome::Joined)
             }
             Err(ThrottleError::Throttled { retry_in }) => {
                 let secs = retry_in.as_secs().max(1);
-                self.emit(
-                    id,
-                    vec![EventKind::WorkerRefreshSkipped {
-                        reason: RefreshSkip::Throttled,
-                        retry_in_seconds: Some(secs),
-                    }],
-                )
-                .await;
                 Ok(RefreshOutcome::Skipped {
                     reason: RefreshSkip::Throttled,
                     retry_in_seconds: Some(secs),
@@ -227,29 +204,13 @@ impl CmlCommands {
         let worker = self.inner.state.worker(id).await?;
         let target = self.target(&worker)?;
         match self.cml().download_lab(&target, lab).await {
+            // A read: logged, never written to the event log (a viewer causes no writes).
             Ok(yaml) => {
-                self.emit(
-                    id,
-                    vec![EventKind::LabActionCompleted {
-                        lab_id: lab.to_string(),
-                        action: LabAction::Download,
-                        title: None,
-                        by: by.clone(),
-                    }],
-                )
-                .await;
+                tracing::info!(worker = %id, lab = %lab, by = %by, "lab topology downloaded");
                 Ok(yaml)
             }
             Err(err) => {
-                self.emit(
-                    id,
-                    vec![EventKind::LabActionFailed {
-                        lab_id: Some(lab.to_string()),
-                        action: LabAction::Download,
-                        error: err.to_string(),
-                    }],
-                )
-                .await;
+                tracing::info!(worker = %id, lab = %lab, by = %by, error = %err, "lab topology download failed");
                 Err(EngineError::from_cml_command(
                     err,
                     CmlCall::Labs,

@@ -30,14 +30,13 @@ mod cml_commands;
 mod commands;
 mod config;
 mod convert;
-#[cfg(feature = "embedded")]
-pub mod embedded;
 mod engine;
 mod error;
 mod fleet;
 mod job_kind;
 mod jobs;
 mod licence;
+pub mod metrics;
 mod ownership;
 mod provisioning;
 mod resilience_events;

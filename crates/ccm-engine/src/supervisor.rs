@@ -205,7 +205,7 @@ impl Supervisor {
                 _ = stop_wait => return stopped(),
                 _ = tokio::time::sleep(delay) => {}
             }
-            metrics::counter!("ccm_task_restarts_total", "task" => name.clone()).increment(1);
+            metrics::counter!(crate::metrics::TASK_RESTARTS, "task" => name.clone()).increment(1);
             self.update(&name, |t| {
                 t.state = TaskState::Running;
                 t.restarts += 1;

@@ -250,7 +250,7 @@ async fn flush(buf: &mut Vec<Item>, store: &dyn Store, bus: &EventBus, on_saved:
                     }
                     Err(err) => {
                         tracing::error!(worker = %worker.id, error = %err, "could not save worker changes");
-                        metrics::counter!("ccm_worker_writes_failed_total").increment(1);
+                        metrics::counter!(crate::metrics::WORKER_WRITES_FAILED).increment(1);
                         saved.insert(worker.id, Err(err.to_string()));
                     }
                 }
@@ -269,8 +269,9 @@ async fn flush(buf: &mut Vec<Item>, store: &dyn Store, bus: &EventBus, on_saved:
     if let Err(err) = store.record_metrics_many(&samples).await {
         tracing::warn!(error = %err, "could not record metrics history");
     }
-    metrics::histogram!("ccm_writer_flush_seconds").record(started.elapsed().as_secs_f64());
-    metrics::counter!("ccm_worker_writes_total").increment(saved.len() as u64);
+    metrics::histogram!(crate::metrics::WRITER_FLUSH_SECONDS)
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(crate::metrics::WORKER_WRITES).increment(saved.len() as u64);
     bus.publish(publish).await;
     for id in order {
         let result = saved.remove(&id);

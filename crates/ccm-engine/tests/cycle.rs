@@ -13,9 +13,9 @@ use std::time::Duration;
 
 use ccm_cml_sim::faults::FaultSpec;
 use ccm_domain::ServiceStatus;
-use ccm_engine::embedded::{Embedded, EmbeddedOptions};
 use ccm_resilience::BulkheadConfig;
 use ccm_store::SqliteStore;
+use ccm_testbed::embedded::{Embedded, EmbeddedOptions};
 
 async fn fleet(
     workers: usize,

@@ -10,9 +10,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ccm_domain::EventKind;
-use ccm_engine::embedded::{Embedded, EmbeddedOptions};
 use ccm_engine::{BusEvent, JobKind};
 use ccm_store::{EventQuery, SqliteStore};
+use ccm_testbed::embedded::{Embedded, EmbeddedOptions};
 use tokio::sync::broadcast::Receiver;
 
 /// The `job` of a job event.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use ccm_cml_sim::faults::FaultSpec;
 use ccm_engine::JobKind;
-use ccm_engine::embedded::{Embedded, EmbeddedOptions};
 use ccm_store::{SqliteStore, WorkerFilter};
+use ccm_testbed::embedded::{Embedded, EmbeddedOptions};
 use parking_lot::Mutex;
 
 /// Log output kept in memory.

@@ -22,7 +22,8 @@ use tokio::time::Instant;
 use crate::classify::ErrorClass;
 use crate::config::BreakerConfig;
 use crate::event::{Observer, ResilienceEvent};
-use crate::telemetry::{Notifier, metric};
+use crate::metrics as metric;
+use crate::telemetry::Notifier;
 
 /// The state of one breaker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]

@@ -18,7 +18,8 @@ use tokio::time::Instant;
 
 use crate::config::BudgetConfig;
 use crate::event::{Observer, ResilienceEvent};
-use crate::telemetry::{Notifier, metric};
+use crate::metrics as metric;
+use crate::telemetry::Notifier;
 
 const SLOTS: usize = 10;
 /// Tolerance for float rounding (0.2 × 5 is 1.0000000000000002).

@@ -11,14 +11,54 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::config::BulkheadConfig;
 use crate::event::{Observer, ResilienceEvent};
-use crate::telemetry::{self, Notifier, metric};
+use crate::metrics as metric;
+use crate::telemetry::{self, Notifier};
 
-/// Name of the bulkhead for polling CML workers.
-pub const CML_POLL: &str = "cml_poll";
-/// Name of the bulkhead for lab work on CML workers.
-pub const LABS: &str = "labs";
-/// Name of the bulkhead for AWS calls.
-pub const AWS: &str = "aws";
+/// Which of the process's shared bulkheads a call runs in. A call can only name a bulkhead
+/// that [`Resilience`] has: a typo fails to compile instead of leaving the call unlimited.
+///
+/// ```compile_fail
+/// // A name is not a bulkhead: this does not compile.
+/// let call = ccm_resilience::Call::new("https://w1").bulkhead("lbas");
+/// ```
+///
+/// [`Resilience`]: crate::Resilience
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BulkheadId {
+    /// Polling CML workers (`[resilience.bulkheads.cml_poll]`).
+    CmlPoll,
+    /// Lab and licence work on CML workers (`[resilience.bulkheads.labs]`).
+    Labs,
+    /// Calls to AWS (`[resilience.bulkheads.aws]`).
+    Aws,
+}
+
+/// Short name for [`BulkheadId::CmlPoll`] at call sites.
+pub const CML_POLL: BulkheadId = BulkheadId::CmlPoll;
+/// Short name for [`BulkheadId::Labs`] at call sites.
+pub const LABS: BulkheadId = BulkheadId::Labs;
+/// Short name for [`BulkheadId::Aws`] at call sites.
+pub const AWS: BulkheadId = BulkheadId::Aws;
+
+impl BulkheadId {
+    /// Every shared bulkhead, in the order the API lists them.
+    pub const ALL: [Self; 3] = [Self::CmlPoll, Self::Labs, Self::Aws];
+
+    /// Its name: the config section, the metric label and the API's `name`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::CmlPoll => "cml_poll",
+            Self::Labs => "labs",
+            Self::Aws => "aws",
+        }
+    }
+}
+
+impl std::fmt::Display for BulkheadId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Largest accepted `max_concurrent` (tokio's semaphore allows far more; no host needs more).
 pub(crate) const MAX_CONCURRENT: usize = 1_000_000;

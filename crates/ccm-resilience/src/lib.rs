@@ -29,8 +29,9 @@
 //!
 //! # Metrics
 //!
-//! Recorded through the `metrics` facade; names in [`metric`]. No metric is labelled by
-//! breaker key (there may be 10,000 workers).
+//! Recorded through the `metrics` facade; names, help texts and units in [`metrics`] (call
+//! [`metrics::describe`] once the recorder is installed). No metric is labelled by breaker key
+//! (there may be 10,000 workers).
 //!
 //! | metric | type | labels |
 //! |---|---|---|
@@ -65,6 +66,7 @@ mod classify;
 mod config;
 mod error;
 mod event;
+pub mod metrics;
 mod policy;
 mod rate_limit;
 mod single_flight;
@@ -76,7 +78,7 @@ pub use breaker::{
     BreakerOpen, BreakerPermit, BreakerRegistry, BreakerSnapshot, BreakerState, Verdict,
 };
 pub use budget::{BudgetSnapshot, RetryBudget};
-pub use bulkhead::{Bulkhead, BulkheadFull, BulkheadPermit, BulkheadSnapshot, Permit};
+pub use bulkhead::{Bulkhead, BulkheadFull, BulkheadId, BulkheadPermit, BulkheadSnapshot, Permit};
 pub use classify::{Classify, ErrorClass};
 pub use config::{
     BreakerConfig, BudgetConfig, BulkheadConfig, BulkheadsConfig, ConfigError, RateLimitConfig,
@@ -85,7 +87,6 @@ pub use config::{
 pub use error::CallError;
 pub use event::{FnObserver, NoopObserver, Observer, RecordingObserver, ResilienceEvent};
 pub use policy::{Call, Resilience, ResilienceBuilder};
-pub use rate_limit::{RateLimited, RateLimiters, TokioClock};
+pub use rate_limit::{RateLimited, RateLimiters};
 pub use single_flight::SingleFlight;
-pub use telemetry::metric;
 pub use throttle::{RefreshGate, RefreshThrottle, ThrottleError, ThrottleGuard};

@@ -9,13 +9,14 @@ use tokio::time::Instant;
 use crate::backoff::Backoff;
 use crate::breaker::BreakerRegistry;
 use crate::budget::RetryBudget;
-use crate::bulkhead::{self, Bulkhead, BulkheadSnapshot};
+use crate::bulkhead::{Bulkhead, BulkheadId, BulkheadSnapshot};
 use crate::classify::Classify;
 use crate::config::ResilienceConfig;
 use crate::error::CallError;
 use crate::event::{NoopObserver, Observer};
+use crate::metrics as metric;
 use crate::rate_limit::RateLimiters;
-use crate::telemetry::{Notifier, metric};
+use crate::telemetry::Notifier;
 
 /// What one call asks for. Build it with a literal or with [`Call::new`] and the setters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,8 +25,8 @@ pub struct Call<'a> {
     pub key: &'a str,
     /// Whether the operation may be repeated safely. Only idempotent calls are retried.
     pub idempotent: bool,
-    /// Acquire this named bulkhead around the whole call (see [`bulkhead::CML_POLL`] etc.).
-    pub bulkhead: Option<&'a str>,
+    /// Acquire this bulkhead around the whole call ([`CML_POLL`](crate::bulkhead::CML_POLL) etc.).
+    pub bulkhead: Option<BulkheadId>,
     /// Take a token from this key's rate limiter before each attempt.
     pub rate_limit: Option<&'a str>,
     /// Override of the configured overall deadline (applies even when timeouts are off).
@@ -67,10 +68,10 @@ impl<'a> Call<'a> {
         self
     }
 
-    /// Runs the call inside the named bulkhead.
+    /// Runs the call inside this bulkhead.
     #[must_use]
-    pub const fn bulkhead(mut self, name: &'a str) -> Self {
-        self.bulkhead = Some(name);
+    pub const fn bulkhead(mut self, id: BulkheadId) -> Self {
+        self.bulkhead = Some(id);
         self
     }
 
@@ -119,7 +120,14 @@ struct Inner {
     budget: RetryBudget,
     breakers: BreakerRegistry,
     rate_limits: RateLimiters,
-    bulkheads: Vec<Bulkhead>,
+    /// One per [`BulkheadId`], indexed by it (`id as usize`).
+    bulkheads: [Bulkhead; 3],
+}
+
+impl Inner {
+    fn bulkhead(&self, id: BulkheadId) -> &Bulkhead {
+        &self.bulkheads[id as usize]
+    }
 }
 
 /// Builds a [`Resilience`] with an observer and, for tests, a seeded jitter generator.
@@ -161,16 +169,18 @@ impl ResilienceBuilder {
         if let Some(seed) = self.seed {
             backoff = backoff.with_seed(seed);
         }
-        let bulkheads = [
-            (bulkhead::CML_POLL, &cfg.bulkheads.cml_poll),
-            (bulkhead::LABS, &cfg.bulkheads.labs),
-            (bulkhead::AWS, &cfg.bulkheads.aws),
-        ]
-        .into_iter()
-        .map(|(name, c)| {
-            Bulkhead::build(name, cfg.bulkheads.enabled.then_some(c), notifier.clone())
-        })
-        .collect();
+        let bulkheads = BulkheadId::ALL.map(|id| {
+            let c = match id {
+                BulkheadId::CmlPoll => &cfg.bulkheads.cml_poll,
+                BulkheadId::Labs => &cfg.bulkheads.labs,
+                BulkheadId::Aws => &cfg.bulkheads.aws,
+            };
+            Bulkhead::build(
+                id.as_str(),
+                cfg.bulkheads.enabled.then_some(c),
+                notifier.clone(),
+            )
+        });
         Resilience {
             inner: Arc::new(Inner {
                 per_attempt: cfg.timeout.enabled.then_some(cfg.timeout.per_attempt),
@@ -234,14 +244,10 @@ impl Resilience {
         &self.inner.rate_limits
     }
 
-    /// The named bulkhead (`cml_poll`, `labs`, `aws`), for work run outside [`call`](Self::call).
-    /// When bulkheads are switched off it never waits nor rejects.
-    pub fn bulkhead(&self, name: &str) -> Option<Bulkhead> {
-        self.inner
-            .bulkheads
-            .iter()
-            .find(|b| b.name() == name)
-            .cloned()
+    /// The bulkhead `id`, for work run outside [`call`](Self::call). When bulkheads are
+    /// switched off it never waits nor rejects.
+    pub fn bulkhead(&self, id: BulkheadId) -> Bulkhead {
+        self.inner.bulkhead(id).clone()
     }
 
     /// All bulkheads' numbers.
@@ -290,29 +296,24 @@ impl Resilience {
         // Bulkhead around the whole call.
         let _slot = match call.bulkhead {
             None => None,
-            Some(name) => match inner.bulkheads.iter().find(|b| b.name() == name) {
-                None => {
-                    tracing::warn!(bulkhead = name, "unknown bulkhead name, call not limited");
-                    None
-                }
-                Some(bulkhead) => {
-                    let acquired = match (bulkhead.try_admit(), deadline) {
-                        // A free slot needs no timer.
-                        (Some(permit), _) => Ok(permit),
-                        (None, None) => bulkhead.acquire().await,
-                        (None, Some(at)) => {
-                            match tokio::time::timeout_at(at, bulkhead.acquire()).await {
-                                Ok(acquired) => acquired,
-                                Err(_) => return Err(deadline_exceeded(start, None)),
-                            }
+            Some(id) => {
+                let bulkhead = inner.bulkhead(id);
+                let acquired = match (bulkhead.try_admit(), deadline) {
+                    // A free slot needs no timer.
+                    (Some(permit), _) => Ok(permit),
+                    (None, None) => bulkhead.acquire().await,
+                    (None, Some(at)) => {
+                        match tokio::time::timeout_at(at, bulkhead.acquire()).await {
+                            Ok(acquired) => acquired,
+                            Err(_) => return Err(deadline_exceeded(start, None)),
                         }
-                    };
-                    match acquired {
-                        Ok(permit) => Some(permit),
-                        Err(full) => return Err(CallError::BulkheadFull { name: full.name }),
                     }
+                };
+                match acquired {
+                    Ok(permit) => Some(permit),
+                    Err(full) => return Err(CallError::BulkheadFull { name: full.name }),
                 }
-            },
+            }
         };
 
         let mut last_error: Option<E> = None;

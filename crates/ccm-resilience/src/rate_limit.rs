@@ -1,6 +1,6 @@
 //! [`RateLimiters`]: a token bucket per key (an AWS region), from `governor`.
 //!
-//! governor's GCRA limiter runs on a [`TokioClock`], so limits follow tokio's (pausable)
+//! governor's GCRA limiter runs on a [`GovernorClock`], so limits follow tokio's (pausable)
 //! clock, and waiting is a `tokio::time::sleep` (governor's own `until_ready` sleeps on a real
 //! timer that paused-time tests cannot drive).
 
@@ -17,30 +17,32 @@ use governor::{Quota, RateLimiter};
 use tokio::time::Instant;
 
 use crate::config::RateLimitConfig;
-use crate::telemetry::{self, metric};
+use crate::metrics as metric;
+use crate::telemetry;
 
-/// governor's clock reading tokio's clock (nanoseconds since the clock was made).
+/// governor's clock reading tokio's clock (nanoseconds since the clock was made). Not the
+/// engine's wall clock (`ccm_engine::TokioClock`): this one only measures intervals.
 #[derive(Debug, Clone, Copy)]
-pub struct TokioClock {
+pub(crate) struct GovernorClock {
     origin: Instant,
 }
 
-impl TokioClock {
+impl GovernorClock {
     /// A clock starting now.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             origin: Instant::now(),
         }
     }
 }
 
-impl Default for TokioClock {
+impl Default for GovernorClock {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Clock for TokioClock {
+impl Clock for GovernorClock {
     type Instant = Nanos;
 
     fn now(&self) -> Nanos {
@@ -48,7 +50,7 @@ impl Clock for TokioClock {
     }
 }
 
-type Gcra = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<Nanos>>;
+type Gcra = RateLimiter<NotKeyed, InMemoryState, GovernorClock, NoOpMiddleware<Nanos>>;
 
 /// One key's limiter, with the key kept for metric labels.
 #[derive(Debug)]
@@ -67,7 +69,7 @@ pub struct RateLimiters {
 struct Inner {
     enabled: bool,
     quota: Quota,
-    clock: TokioClock,
+    clock: GovernorClock,
     limiters: DashMap<Arc<str>, Arc<Limiter>>,
 }
 
@@ -88,7 +90,7 @@ impl RateLimiters {
             inner: Arc::new(Inner {
                 enabled: config.enabled,
                 quota: Quota::per_second(per_second).allow_burst(burst),
-                clock: TokioClock::new(),
+                clock: GovernorClock::new(),
                 limiters: DashMap::new(),
             }),
         }

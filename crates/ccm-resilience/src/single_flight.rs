@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use parking_lot::Mutex;
 use tokio::sync::watch;
 
-use crate::telemetry::metric;
+use crate::metrics as metric;
 
 /// Shares one run per key among concurrent callers. Cheap to clone (shared state).
 pub struct SingleFlight<K, V> {

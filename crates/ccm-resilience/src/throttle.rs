@@ -12,7 +12,7 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 use crate::config::ThrottleConfig;
-use crate::telemetry::metric;
+use crate::metrics as metric;
 
 /// Why a refresh may not start now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

@@ -1,20 +1,28 @@
 //! Persistence for ccm: repository traits for workers, lab records, runtime settings, the
-//! append-only event log and the bounded metrics history, with an SQLite implementation
-//! ([`SqliteStore`]: sqlx, migrations embedded in the binary, WAL).
+//! append-only event log, the bounded metrics history and API sessions, with two
+//! implementations: [`SqliteStore`] (the embedded default: one file, WAL) and [`PgStore`]
+//! (PostgreSQL, for several replicas). Both use sqlx with their migrations embedded in the
+//! binary, and both pass one behavioural suite (`testkit`).
 //!
 //! - Every worker update checks its `version` (optimistic concurrency); a lost race is
 //!   [`StoreError::Conflict`], and [`update_worker`] reloads and retries.
 //! - The database enforces uniqueness: one worker per EC2 instance id
 //!   ([`WorkerRepo::insert_or_get`] returns the existing worker), one lab record per
 //!   (worker, lab id).
-//! - The SQL is portable (`$N` placeholders, `ON CONFLICT` upserts, BIGINT epoch
-//!   milliseconds): a PostgreSQL implementation needs its own DDL, not a redesign.
+//! - The event log's positions commit in order: a reader that has seen position N never
+//!   later finds a new event below N (see [`EventLog`]).
+//! - Stored JSON documents carry a schema version and are upgraded when read ([`schema`]).
 //!
 //! This crate does not know HTTP, CML or AWS; it stores domain types.
 #![warn(missing_docs)]
 
+mod common;
 mod config;
+mod postgres;
+pub mod schema;
 mod sqlite;
+#[cfg(feature = "testkit")]
+pub mod testkit;
 
 use async_trait::async_trait;
 use ccm_domain::{
@@ -23,7 +31,8 @@ use ccm_domain::{
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use config::{StoreConfig, Synchronous};
+pub use config::{Backend, DEFAULT_SQLITE_PATH, DatabaseUrl, StoreConfig, Synchronous};
+pub use postgres::{EVENT_APPEND_LOCK, EVENTS_CHANNEL, PgStore};
 pub use sqlite::SqliteStore;
 
 /// What can go wrong in the store.
@@ -71,6 +80,29 @@ pub enum StoreError {
         /// Its id.
         id: String,
         /// The decode error.
+        message: String,
+    },
+    /// A stored document was written by a newer ccm (its schema version is unknown here).
+    #[error(
+        "stored {what} {id} has schema version {found}, but this ccm reads versions up to \
+         {supported}: it was written by a newer ccm"
+    )]
+    UnsupportedSchema {
+        /// `worker`, `settings`, `session`.
+        what: &'static str,
+        /// Its id.
+        id: String,
+        /// The version in the document.
+        found: u64,
+        /// The newest version this build reads.
+        supported: u64,
+    },
+    /// The database server could not be reached or refused us (at start).
+    #[error("cannot connect to PostgreSQL at {target}: {message}")]
+    Connect {
+        /// `host:port/database` (never a user or password).
+        target: String,
+        /// What went wrong.
         message: String,
     },
     /// The database failed.
@@ -224,6 +256,13 @@ pub struct EventQuery {
 }
 
 /// The append-only event log.
+///
+/// Positions (`seq`) are what SSE clients resume from (`Last-Event-ID`), possibly on another
+/// replica, by reading "everything after N". So every implementation makes appends **commit
+/// in position order**: once a reader can see position N, every position below N that will
+/// ever exist is visible too. (A bare auto-increment does not guarantee that on a server
+/// database: position 101 may commit before 100, and a reader at 101 would skip 100 forever.)
+/// Positions may have holes (a failed append), but a hole is never filled later.
 #[async_trait]
 pub trait EventLog: Send + Sync {
     /// Appends the non-transient events in one transaction; returns each one's position

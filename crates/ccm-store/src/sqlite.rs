@@ -1,4 +1,5 @@
-//! The SQLite implementation of every repository.
+//! The SQLite implementation of every repository. Writers are serialized by SQLite itself
+//! (`BEGIN IMMEDIATE`), so event positions commit in order.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -11,6 +12,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
+use crate::common::{
+    RUNTIME_SETTINGS_KEY, corrupt, decode_lab, decode_session, decode_settings, encode_event,
+    encode_lab, encode_session, encode_settings, encode_worker, event_limit, from_ms,
+    is_unique_violation, like_pattern, map_fk, ms, sample_pair,
+};
 use crate::{
     CursorRepo, EventLog, EventQuery, LabRepo, MetricsPoint, MetricsRepo, MetricsSample, Page,
     Result, SessionRepo, SettingsRepo, Store, StoreConfig, StoreError, StoredEvent, Synchronous,
@@ -19,75 +25,27 @@ use crate::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
-const RUNTIME_SETTINGS_KEY: &str = "runtime";
-
 /// The SQLite store. Cheap to clone (a connection pool inside).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    pool: SqlitePool,
+    pub(crate) pool: SqlitePool,
     bucket_ms: i64,
     retention_ms: i64,
-}
-
-fn ms(t: DateTime<Utc>) -> i64 {
-    t.timestamp_millis()
-}
-
-fn from_ms(v: i64) -> DateTime<Utc> {
-    DateTime::from_timestamp_millis(v).unwrap_or_default()
-}
-
-fn corrupt(what: &'static str, id: impl ToString, err: impl ToString) -> StoreError {
-    StoreError::Corrupt {
-        what,
-        id: id.to_string(),
-        message: err.to_string(),
-    }
-}
-
-fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
-}
-
-fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_foreign_key_violation())
 }
 
 fn decode_worker(row: &SqliteRow) -> Result<Worker> {
     let id: String = row.try_get("id")?;
     let version: i64 = row.try_get("version")?;
     let doc: String = row.try_get("doc")?;
-    let mut worker: Worker = serde_json::from_str(&doc).map_err(|e| corrupt("worker", &id, e))?;
-    worker.version = u64::try_from(version).map_err(|e| corrupt("worker", &id, e))?;
-    Ok(worker)
-}
-
-/// The document and indexed columns of a worker about to be written at `version`.
-struct WorkerRow {
-    id: String,
-    instance_id: Option<String>,
-    doc: String,
-    version: i64,
-}
-
-fn encode_worker(worker: &Worker, version: u64) -> Result<WorkerRow> {
-    let mut stored = worker.clone();
-    stored.version = version;
-    let doc = serde_json::to_string(&stored).map_err(|e| corrupt("worker", worker.id, e))?;
-    Ok(WorkerRow {
-        id: worker.id.to_string(),
-        instance_id: worker.instance_id.as_ref().map(ToString::to_string),
-        doc,
-        version: i64::try_from(version).map_err(|e| corrupt("worker", worker.id, e))?,
-    })
+    crate::common::decode_worker(&id, version, &doc)
 }
 
 impl SqliteStore {
-    /// Opens (creating if needed) the database at `config.path`, in WAL mode, and brings the
-    /// schema up to date.
+    /// Opens (creating if needed) the database at `config.path` (default `ccm.db`), in WAL
+    /// mode, and brings the schema up to date. `config.url` is ignored.
     pub async fn open(config: &StoreConfig) -> Result<Self> {
         let options = SqliteConnectOptions::new()
-            .filename(&config.path)
+            .filename(config.sqlite_path())
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(match config.synchronous {
@@ -356,12 +314,7 @@ impl WorkerRepo for SqliteStore {
                 }
             }
             if let Some(text) = f.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-                let escaped = text
-                    .to_lowercase()
-                    .replace('\\', "\\\\")
-                    .replace('%', "\\%")
-                    .replace('_', "\\_");
-                let pattern = format!("%{escaped}%");
+                let pattern = like_pattern(text);
                 q.push(" AND (LOWER(name) LIKE ")
                     .push_bind(pattern.clone())
                     .push(" ESCAPE '\\' OR id LIKE ")
@@ -502,19 +455,9 @@ impl LabRepo for SqliteStore {
             .map(|row| {
                 let id: String = row.try_get("lab_id")?;
                 let doc: String = row.try_get("doc")?;
-                serde_json::from_str(&doc).map_err(|e| corrupt("lab", id, e))
+                decode_lab(&id, &doc)
             })
             .collect()
-    }
-}
-
-fn map_fk(e: StoreError, worker: WorkerId) -> StoreError {
-    match e {
-        StoreError::Database(db) if is_foreign_key_violation(&db) => StoreError::NotFound {
-            what: "worker",
-            id: worker.to_string(),
-        },
-        other => other,
     }
 }
 
@@ -522,7 +465,7 @@ async fn upsert_lab_on<'c, E>(exec: E, lab: &LabRecord) -> Result<()>
 where
     E: sqlx::Executor<'c, Database = Sqlite>,
 {
-    let doc = serde_json::to_string(lab).map_err(|e| corrupt("lab", &lab.lab_id, e))?;
+    let doc = encode_lab(lab)?;
     sqlx::query(
         "INSERT INTO labs (worker_id, lab_id, title, state, observed_at_ms, doc) VALUES ($1, $2, $3, $4, $5, $6) \
          ON CONFLICT (worker_id, lab_id) DO UPDATE SET title = excluded.title, state = excluded.state, \
@@ -554,8 +497,7 @@ impl SettingsRepo for SqliteStore {
         };
         let value: String = row.try_get("value")?;
         let version: i64 = row.try_get("version")?;
-        let value = serde_json::from_str(&value)
-            .map_err(|e| corrupt("settings", RUNTIME_SETTINGS_KEY, e))?;
+        let value = decode_settings(&value)?;
         Ok(Versioned {
             value,
             version: u64::try_from(version).unwrap_or(0),
@@ -568,8 +510,7 @@ impl SettingsRepo for SqliteStore {
         expected_version: u64,
         by: &str,
     ) -> Result<Versioned<RuntimeSettings>> {
-        let value = serde_json::to_string(settings)
-            .map_err(|e| corrupt("settings", RUNTIME_SETTINGS_KEY, e))?;
+        let value = encode_settings(settings)?;
         let now = ms(Utc::now());
         let next = i64::try_from(expected_version + 1)
             .map_err(|e| corrupt("settings", RUNTIME_SETTINGS_KEY, e))?;
@@ -616,11 +557,7 @@ impl SettingsRepo for SqliteStore {
 fn decode_event(row: &SqliteRow) -> Result<StoredEvent> {
     let seq: i64 = row.try_get("seq")?;
     let body: String = row.try_get("body")?;
-    let event: Event = serde_json::from_str(&body).map_err(|e| corrupt("event", seq, e))?;
-    Ok(StoredEvent {
-        seq: u64::try_from(seq).unwrap_or(0),
-        event,
-    })
+    crate::common::decode_event(seq, &body)
 }
 
 #[async_trait]
@@ -633,7 +570,7 @@ impl EventLog for SqliteStore {
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         for (i, event) in stored {
-            let body = serde_json::to_string(event).map_err(|e| corrupt("event", event.id, e))?;
+            let body = encode_event(event)?;
             let seq: i64 = sqlx::query_scalar(
                 "INSERT INTO events (id, time_ms, type, subject, body) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
             )
@@ -675,12 +612,7 @@ impl EventLog for SqliteStore {
         } else {
             " ORDER BY seq ASC"
         });
-        let limit = if query.limit == 0 {
-            1000
-        } else {
-            query.limit.min(10_000)
-        };
-        q.push(" LIMIT ").push_bind(i64::from(limit));
+        q.push(" LIMIT ").push_bind(event_limit(query.limit));
         let rows = q.build().fetch_all(&self.pool).await?;
         rows.iter().map(decode_event).collect()
     }
@@ -710,10 +642,7 @@ async fn record_metrics_on<'c, E>(
 where
     E: sqlx::Executor<'c, Database = Sqlite>,
 {
-    let pair = |v: Option<f64>| match v {
-        Some(x) if x.is_finite() => (x, 1i64),
-        _ => (0.0, 0i64),
-    };
+    let pair = sample_pair;
     let (cpu, cpu_n) = pair(s.cpu_percent);
     let (mem, mem_n) = pair(s.memory_percent);
     let (ccpu, ccpu_n) = pair(s.cml_cpu_percent);
@@ -818,12 +747,13 @@ impl MetricsRepo for SqliteStore {
 #[async_trait]
 impl SessionRepo for SqliteStore {
     async fn put_session(&self, key: &str, doc: &str, expires_at: DateTime<Utc>) -> Result<()> {
+        let doc = encode_session(key, doc)?;
         sqlx::query(
             "INSERT INTO sessions (key, doc, expires_at_ms) VALUES ($1, $2, $3) \
              ON CONFLICT (key) DO UPDATE SET doc = excluded.doc, expires_at_ms = excluded.expires_at_ms",
         )
         .bind(key)
-        .bind(doc)
+        .bind(&doc)
         .bind(ms(expires_at))
         .execute(&self.pool)
         .await?;
@@ -836,10 +766,10 @@ impl SessionRepo for SqliteStore {
             .bind(ms(now))
             .fetch_optional(&self.pool)
             .await?;
-        Ok(match row {
-            Some(r) => Some(r.try_get("doc")?),
-            None => None,
-        })
+        match row {
+            Some(r) => Ok(Some(decode_session(key, &r.try_get::<String, _>("doc")?)?)),
+            None => Ok(None),
+        }
     }
 
     async fn delete_session(&self, key: &str) -> Result<bool> {

@@ -4,8 +4,8 @@
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ccm_cml::Secret;
 use ccm_domain::EventKind;
+use ccm_domain::Secret;
 use serde::{Deserialize, Serialize};
 use sha2_free::short_hash;
 
@@ -199,7 +199,7 @@ impl EventFilter {
         if patterns.is_empty() {
             return Err("at least one event type or pattern (`*` for all)".into());
         }
-        let persistent = || EventKind::CATALOGUE.iter().filter(|t| !t.transient);
+        let persistent = || EventKind::SHAPES.iter().filter(|t| !t.transient);
         let mut types = std::collections::BTreeSet::new();
         let mut all = false;
         for p in patterns {
@@ -217,23 +217,24 @@ impl EventFilter {
             }
             let matched: Vec<&'static str> = if p == "*" {
                 all = true;
-                persistent().map(|t| t.name).collect()
+                persistent().map(|t| t.type_name).collect()
             } else if let Some(prefix) = p.strip_suffix('*') {
                 persistent()
-                    .filter(|t| t.name.starts_with(prefix))
-                    .map(|t| t.name)
+                    .filter(|t| t.type_name.starts_with(prefix))
+                    .map(|t| t.type_name)
                     .collect()
             } else {
                 persistent()
-                    .filter(|t| t.name == p)
-                    .map(|t| t.name)
+                    .filter(|t| t.type_name == p)
+                    .map(|t| t.type_name)
                     .collect()
             };
             if matched.is_empty() {
-                let transient = EventKind::CATALOGUE.iter().any(|t| {
+                let transient = EventKind::SHAPES.iter().any(|t| {
                     t.transient
-                        && (t.name == p
-                            || p.strip_suffix('*').is_some_and(|x| t.name.starts_with(x)))
+                        && (t.type_name == p
+                            || p.strip_suffix('*')
+                                .is_some_and(|x| t.type_name.starts_with(x)))
                 });
                 return Err(if transient {
                     format!(

@@ -17,11 +17,11 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::IntoResponse;
-use ccm_cml::Secret;
+use ccm_domain::Secret;
 use ccm_domain::{Actor, EventKind, Region, WorkerId};
-use ccm_engine::embedded::{Embedded, EmbeddedOptions};
 use ccm_engine::{FencingToken, Grant, GrantScope, JobKind, Ownership};
 use ccm_store::SqliteStore;
+use ccm_testbed::embedded::{Embedded, EmbeddedOptions};
 use ccm_webhooks::{DeliveryState, WebhookConfig, WebhookStatus, Webhooks, signature};
 use parking_lot::Mutex;
 use serde_json::Value;
@@ -112,7 +112,7 @@ impl Receiver {
 async fn start_engine(db: &std::path::Path, base: [u8; 4]) -> Embedded {
     let store = Arc::new(
         SqliteStore::open(&ccm_store::StoreConfig {
-            path: db.to_owned(),
+            path: Some(db.to_owned()),
             ..ccm_store::StoreConfig::default()
         })
         .await

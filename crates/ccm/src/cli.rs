@@ -52,9 +52,9 @@ pub(crate) enum TokenCommand {
         /// Who uses it (shown as `token:<name>` in events and logs).
         #[arg(long, default_value = "api")]
         name: String,
-        /// What it may do: admin, manager, lab_operator or viewer.
-        #[arg(long, default_value = "viewer", value_parser = ["admin", "manager", "lab_operator", "viewer"])]
-        role: String,
+        /// What it may do: viewer, lab_operator, manager or admin.
+        #[arg(long, default_value = "viewer")]
+        role: crate::cmd::client::choice::RoleChoice,
     },
     /// Print the SHA-256 of a token read from standard input (for `[auth] tokens`).
     Hash,

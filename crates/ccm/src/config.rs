@@ -16,22 +16,6 @@ use serde::{Deserialize, Serialize};
 #[error("{0}")]
 pub(crate) struct ConfigError(pub(crate) String);
 
-/// The `[server]` section.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub(crate) struct ServerConfig {
-    /// Address of the HTTP API and web UI.
-    pub(crate) listen: std::net::SocketAddr,
-}
-
-impl Default for ServerConfig {
-    fn default() -> Self {
-        Self {
-            listen: std::net::SocketAddr::from(([127, 0, 0, 1], 8080)),
-        }
-    }
-}
-
 /// The `[log]` section.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -65,7 +49,7 @@ pub(crate) enum LogFormat {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Config {
-    pub(crate) server: ServerConfig,
+    pub(crate) server: ccm_api::ServerConfig,
     pub(crate) log: LogConfig,
     pub(crate) telemetry: crate::telemetry::TelemetryConfig,
     pub(crate) api: ccm_api::ApiConfig,
@@ -155,6 +139,7 @@ impl Config {
         if self.log.level.trim().is_empty() {
             return Err("log.level: must not be empty".into());
         }
+        self.server.validate().map_err(|e| e.to_string())?;
         self.telemetry.validate()?;
         self.api.validate().map_err(|e| e.to_string())?;
         self.auth.validate().map_err(|e| e.to_string())?;

@@ -14,6 +14,9 @@ fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cmd::run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        // The reader of standard output went away (`ccm workers list | head -1`): like other
+        // Unix tools, stop quietly.
+        Err(err) if err.downcast_ref::<cmd::output::StdoutClosed>().is_some() => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("ccm: {err:#}");
             ExitCode::from(cmd::exit_code(&err))

@@ -170,6 +170,36 @@ async fn bench_sse_should_refuse_a_bad_flag_with_a_usage_error() {
     assert!(stderr.contains("--subscribers"), "{stderr}");
 }
 
+#[tokio::test]
+async fn bench_sync_should_refuse_a_missing_seed_poller_in_one_line_before_starting() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("no-seed-poller");
+    // Given by flag, and the default (bench/seed-poller under the working directory), from a
+    // directory that has neither: a usage error naming where it looked, before any simulator.
+    let runs = [
+        (
+            vec!["--seed-poller", missing.to_str().unwrap()],
+            missing.display().to_string(),
+        ),
+        (Vec::new(), "bench/seed-poller".to_owned()),
+    ];
+    for (extra, looked_in) in runs {
+        let out = Command::new(CCM)
+            .current_dir(dir.path())
+            .args(["bench", "sync", "--workers", "1", "--peer", "seed-poller"])
+            .args(&extra)
+            .output()
+            .await
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{stderr}");
+        assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+        assert!(stderr.contains(&looked_in), "{stderr}");
+        assert!(stderr.contains("--seed-poller"), "{stderr}");
+        assert!(!stderr.contains("starting the simulator"), "{stderr}");
+    }
+}
+
 /// `GET url`, a success status, and its JSON body.
 async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     http.get(url)

@@ -140,4 +140,112 @@ async fn an_operator_should_list_inspect_and_stop_workers_from_the_command_line(
     );
     let (code, _, err) = ccm(&url, TOKEN, &["workers", "stop"]).await;
     assert_eq!(code, 2, "{err}");
+    // An option with a fixed set of values refuses others before any request.
+    let (code, _, err) = ccm(&url, TOKEN, &["workers", "list", "--state", "asleep"]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("running"), "the error lists the states: {err}");
+
+    // Every table decodes the API's own types: each must succeed and show its fields.
+    let (code, out, err) = ccm(
+        &url,
+        TOKEN,
+        &[
+            "workers", "list", "--state", "stopped", "--sort", "updated", "--desc",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&id) && out.contains("stopped"), "{out}");
+    assert!(err.contains("1 of 1 workers"), "{err}");
+    let (code, out, err) = ccm(&url, TOKEN, &["workers", "get", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    for field in [
+        "cml-worker-001",
+        "system_information",
+        "idle detection",
+        "updated",
+    ] {
+        assert!(out.contains(field), "{field} missing:\n{out}");
+    }
+    for (args, needle) in [
+        (vec!["system", "jobs"], "cml_sync"),
+        (vec!["system", "breakers"], "bulkhead cml_poll"),
+        (vec!["system", "savings"], "instance-hours"),
+        (vec!["system", "health"], "healthy: true"),
+        (vec!["labs", "list", &id], "LAB"),
+    ] {
+        let (code, out, err) = ccm(&url, TOKEN, &args).await;
+        assert_eq!(code, 0, "{args:?}: {err}");
+        assert!(out.contains(needle), "{args:?}: {needle} missing:\n{out}");
+    }
+
+    // A reader that has gone (`ccm workers list | head -1`): a quiet exit, no panic.
+    let (code, err) = into_closed_pipe(&["workers", "list", "--api-url", &url, "--token", TOKEN]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(err.is_empty(), "nothing on stderr: {err}");
+}
+
+/// Runs `ccm <args>` with standard output a pipe whose reading end is already closed: the
+/// first write fails with EPIPE. The exit code and standard error.
+fn into_closed_pipe(args: &[&str]) -> (Option<i32>, String) {
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = Command::new(CCM)
+        .args(args)
+        .env_remove("CCM_CONFIG")
+        .env_remove("RUST_LOG")
+        .stdout(writer)
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn printing_into_a_closed_pipe_should_end_quietly() {
+    let (code, err) = into_closed_pipe(&["config", "example"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
+
+#[test]
+fn every_command_should_read_rust_log_first_and_refuse_a_bad_filter() {
+    let run = |env: &[(&str, &str)]| {
+        let mut cmd = Command::new(CCM);
+        cmd.args(["token", "hash"])
+            .env_remove("CCM_CONFIG")
+            .env_remove("RUST_LOG")
+            .env_remove("CCM_LOG__LEVEL")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        {
+            use std::io::Write as _;
+            let mut stdin = child.stdin.take().unwrap();
+            stdin.write_all(b"some-token\n").unwrap();
+        }
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(run(&[]).0, Some(0));
+    let (code, err) = run(&[("RUST_LOG", "ccm=notalevel")]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("RUST_LOG"), "{err}");
+    let (code, err) = run(&[("CCM_LOG__LEVEL", "ccm=notalevel")]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("log.level"), "{err}");
+    // RUST_LOG decides the filter even when log.level says otherwise.
+    let (code, err) = run(&[("RUST_LOG", "warn"), ("CCM_LOG__LEVEL", "ccm=notalevel")]);
+    assert_eq!(code, Some(0), "{err}");
 }

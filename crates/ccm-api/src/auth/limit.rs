@@ -1,6 +1,10 @@
-//! Rate limit on failed sign-ins, per client address (governor's keyed GCRA limiter): after
-//! `burst` failures an address is refused with 429 and `Retry-After` until the limiter lets
-//! it try again. Successful sign-ins cost nothing.
+//! Rate limits per client address (governor's keyed GCRA limiters).
+//!
+//! - [`SignInLimiter`]: failed sign-ins, failed OIDC callbacks and failed bearer tokens.
+//!   After `burst` failures an address is refused with 429 and `Retry-After` until the
+//!   limiter lets it try again. Successes cost nothing.
+//! - [`StartLimiter`]: starts of the OIDC browser sign-in, successful or not (each holds
+//!   pending state until it completes or expires).
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -77,6 +81,44 @@ impl SignInLimiter {
     }
 }
 
+/// Limits how often an address may start an OIDC browser sign-in.
+pub(crate) struct StartLimiter {
+    limiter: DefaultKeyedRateLimiter<IpAddr>,
+    clock: DefaultClock,
+    starts: AtomicU64,
+}
+
+impl std::fmt::Debug for StartLimiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StartLimiter").finish_non_exhaustive()
+    }
+}
+
+impl StartLimiter {
+    pub(crate) fn new(cfg: SignInLimit) -> Self {
+        let one = NonZeroU32::MIN;
+        let quota = Quota::per_minute(NonZeroU32::new(cfg.per_minute).unwrap_or(one))
+            .allow_burst(NonZeroU32::new(cfg.burst).unwrap_or(one));
+        Self {
+            limiter: RateLimiter::keyed(quota),
+            clock: DefaultClock::default(),
+            starts: AtomicU64::new(0),
+        }
+    }
+
+    /// Counts one start: `Err(wait)` when the address is over its limit.
+    pub(crate) fn start(&self, ip: IpAddr) -> Result<(), Duration> {
+        if self.starts.fetch_add(1, Ordering::Relaxed) % 256 == 255 {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(&ip).map_err(|not_until| {
+            not_until
+                .wait_time_from(self.clock.now())
+                .max(Duration::from_secs(1))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -100,5 +142,18 @@ mod tests {
         );
         assert!(l.check(ip).is_err());
         assert!(l.check(other).is_ok(), "other addresses are not affected");
+    }
+
+    #[test]
+    fn every_start_should_count_against_its_address() {
+        let l = StartLimiter::new(SignInLimit {
+            burst: 2,
+            per_minute: 1,
+        });
+        let ip: IpAddr = "127.0.0.9".parse().unwrap();
+        assert!(l.start(ip).is_ok() && l.start(ip).is_ok());
+        let wait = l.start(ip).unwrap_err();
+        assert!(wait >= Duration::from_secs(1), "{wait:?}");
+        assert!(l.start("127.0.0.10".parse().unwrap()).is_ok());
     }
 }

@@ -8,18 +8,24 @@
 //!   the session's CSRF token in `X-CSRF-Token`. Bearer requests are exempt.
 //! - **Roles** ([`Role`]): `viewer` < `lab_operator` < `manager` < `admin`; each route's minimum is in
 //!   [`crate::routes::ROUTES`] and enforced by [`guard`] before any handler runs.
-//! - **Failed sign-ins** are rate limited per client address ([`limit`]).
+//! - **Failed sign-ins** are rate limited per client address ([`limit`]): failed sign-ins,
+//!   failed OIDC callbacks and failed bearer tokens on any route count against one limit; an
+//!   address over it is refused (429) whatever it sends. Starting OIDC sign-ins has a limit of
+//!   its own. Behind a proxy the client address is the right-most `X-Forwarded-For` hop that
+//!   is not a trusted proxy ([`forwarded_client`]).
 
 pub(crate) mod limit;
 pub(crate) mod oidc;
 pub(crate) mod session;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use ccm_domain::Actor;
+use chrono::{DateTime, Utc};
 use http::request::Parts;
 use http::{HeaderMap, Method, header};
 use serde::{Deserialize, Serialize};
@@ -32,7 +38,7 @@ use crate::error::ApiError;
 use crate::routes::{self, Access};
 use crate::state::ApiState;
 
-pub(crate) use session::SESSION_COOKIE;
+pub(crate) use session::{Credential, SESSION_COOKIE};
 
 /// What a caller may do. Ordered: `viewer` < `lab_operator` < `manager` < `admin`.
 #[derive(
@@ -52,6 +58,9 @@ pub enum Role {
 }
 
 impl Role {
+    /// Every role, least privileged first.
+    pub const ALL: [Role; 4] = [Self::Viewer, Self::LabOperator, Self::Manager, Self::Admin];
+
     /// The lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -104,6 +113,8 @@ pub struct Caller {
     pub principal: Principal,
     /// The session, when the request came with the session cookie (not a bearer token).
     pub session: Option<session::SessionInfo>,
+    /// When the bearer credential expires (an OIDC token's `exp`), if it does.
+    pub(crate) bearer_expires: Option<DateTime<Utc>>,
 }
 
 impl Caller {
@@ -158,6 +169,16 @@ struct StaticToken {
     name: String,
     role: Role,
     hash: [u8; 32],
+    sha256: String,
+}
+
+/// A credential that checked out: who, from what, until when.
+#[derive(Debug, Clone)]
+pub(crate) struct Verified {
+    pub(crate) principal: Principal,
+    pub(crate) credential: Credential,
+    /// The credential's own expiry (an OIDC token's `exp`), if any.
+    pub(crate) expires_at: Option<DateTime<Utc>>,
 }
 
 /// Checks credentials: static tokens, OIDC JWTs, sessions; and limits failed sign-ins.
@@ -166,7 +187,7 @@ pub(crate) struct Authenticator {
     pub(crate) oidc: Option<oidc::Oidc>,
     pub(crate) sessions: session::SessionStore,
     pub(crate) limiter: limit::SignInLimiter,
-    pub(crate) config: AuthConfig,
+    pub(crate) start_limiter: limit::StartLimiter,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -194,6 +215,7 @@ impl Authenticator {
                     name: t.name.clone(),
                     role: t.role,
                     hash,
+                    sha256: t.sha256.clone(),
                 })
             })
             .collect();
@@ -207,22 +229,34 @@ impl Authenticator {
         Ok(Self {
             tokens,
             oidc,
-            sessions: session::SessionStore::new(config.session_ttl, config.max_sessions, sessions),
+            sessions: session::SessionStore::new(
+                config.session_ttl,
+                config.max_sessions,
+                sessions,
+                session::Accepted::from_config(&config),
+            ),
             limiter: limit::SignInLimiter::new(config.sign_in_limit),
-            config,
+            start_limiter: limit::StartLimiter::new(config.sign_in_start_limit),
         })
     }
 
     /// The static token whose hash matches, compared in constant time against every one.
-    fn static_token(&self, presented: &str) -> Option<Principal> {
+    fn static_token(&self, presented: &str) -> Option<Verified> {
         let hash: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
         let mut found = None;
         for t in &self.tokens {
             if bool::from(t.hash.ct_eq(&hash)) {
-                found = Some(Principal {
-                    name: format!("token:{}", t.name),
-                    role: t.role,
-                    method: AuthMethod::Token,
+                found = Some(Verified {
+                    principal: Principal {
+                        name: format!("token:{}", t.name),
+                        role: t.role,
+                        method: AuthMethod::Token,
+                    },
+                    credential: Credential::Token {
+                        name: t.name.clone(),
+                        sha256: t.sha256.clone(),
+                    },
+                    expires_at: None,
                 });
             }
         }
@@ -231,13 +265,13 @@ impl Authenticator {
 
     /// Checks a bearer credential: a static token, else (when it looks like a JWT and OIDC
     /// is configured) an OIDC token.
-    pub(crate) async fn bearer(&self, token: &str) -> Result<Principal, AuthError> {
+    pub(crate) async fn bearer(&self, token: &str) -> Result<Verified, AuthError> {
         let token = token.trim();
         if token.is_empty() || token.len() > 16 * 1024 {
             return Err(AuthError::Invalid("empty or oversized".into()));
         }
-        if let Some(p) = self.static_token(token) {
-            return Ok(p);
+        if let Some(v) = self.static_token(token) {
+            return Ok(v);
         }
         match &self.oidc {
             Some(oidc) if token.split('.').count() == 3 => oidc.authenticate(token).await,
@@ -271,22 +305,8 @@ fn is_unsafe(method: &Method) -> bool {
     !matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS)
 }
 
-/// The client's address: the connection's peer, or the first `X-Forwarded-For` entry behind
-/// a trusted proxy.
-pub(crate) fn client_ip(
-    parts_headers: &HeaderMap,
-    extensions: &http::Extensions,
-    trust_forwarded: bool,
-) -> IpAddr {
-    if trust_forwarded
-        && let Some(ip) = parts_headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .and_then(|v| v.trim().parse::<IpAddr>().ok())
-    {
-        return ip;
-    }
+/// The peer address of the connection (unspecified when the request came in process).
+fn peer_of(extensions: &http::Extensions) -> IpAddr {
     extensions
         .get::<axum::extract::ConnectInfo<crate::serve::ClientAddr>>()
         .map(|c| c.0.0.ip())
@@ -296,6 +316,88 @@ pub(crate) fn client_ip(
                 .map(|c| c.0.ip())
         })
         .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+        .to_canonical()
+}
+
+fn trusted(ip: IpAddr, proxies: &[ipnet::IpNet]) -> bool {
+    proxies.iter().any(|n| n.contains(&ip))
+}
+
+/// One `X-Forwarded-For` hop: an address, possibly with a port (`[v6]:p`, `v4:p`).
+fn hop(text: &str) -> Option<IpAddr> {
+    let t = text.trim();
+    t.parse::<IpAddr>()
+        .ok()
+        .or_else(|| t.parse::<SocketAddr>().ok().map(|s| s.ip()))
+        .map(|ip| ip.to_canonical())
+}
+
+/// The client behind trusted proxies: walking `X-Forwarded-For` from the right (the hop the
+/// nearest proxy appended), the first address that is not a trusted proxy. Hops further left
+/// were written by the client and are never believed. A peer that is not itself a trusted
+/// proxy is the client, whatever it sends; an unreadable hop stops the walk at the last
+/// trusted address.
+pub(crate) fn forwarded_client(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    proxies: &[ipnet::IpNet],
+) -> IpAddr {
+    if !trusted(peer, proxies) {
+        return peer;
+    }
+    let hops: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .collect();
+    let mut client = peer;
+    for h in hops.iter().rev() {
+        match hop(h) {
+            Some(ip) if trusted(ip, proxies) => client = ip,
+            Some(ip) => return ip,
+            None => return client,
+        }
+    }
+    client
+}
+
+/// The client's address: the connection's peer, or behind a trusted proxy (with
+/// `api.trust_forwarded_headers`) the address [`forwarded_client`] finds.
+pub(crate) fn client_ip(
+    state: &ApiState,
+    headers: &HeaderMap,
+    extensions: &http::Extensions,
+) -> IpAddr {
+    let peer = peer_of(extensions);
+    if state.config().trust_forwarded_headers {
+        forwarded_client(peer, headers, state.proxies())
+    } else {
+        peer
+    }
+}
+
+/// Whether a trusted proxy says the request came over HTTPS (`X-Forwarded-Proto`).
+pub(crate) fn forwarded_https(
+    state: &ApiState,
+    headers: &HeaderMap,
+    extensions: &http::Extensions,
+) -> bool {
+    state.config().trust_forwarded_headers
+        && trusted(peer_of(extensions), state.proxies())
+        && headers
+            .get("x-forwarded-proto")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next_back())
+            .is_some_and(|v| v.trim().eq_ignore_ascii_case("https"))
+}
+
+/// 429: the address made too many failed attempts.
+pub(crate) fn too_many(wait: Duration) -> ApiError {
+    ApiError::too_many(
+        "too many failed sign-ins from this address; wait and try again",
+        wait,
+    )
 }
 
 /// The middleware on every route: looks up the route's access rule, authenticates the
@@ -320,7 +422,7 @@ pub(crate) async fn guard(
     let Access::Role(required) = access else {
         return next.run(req).await;
     };
-    match authenticate(&state, req.method(), req.headers()).await {
+    match authenticate(&state, req.method(), req.headers(), req.extensions()).await {
         Ok(caller) => {
             if caller.principal.role < required {
                 return ApiError::forbidden(format!(
@@ -340,23 +442,35 @@ async fn authenticate(
     state: &ApiState,
     method: &Method,
     headers: &HeaderMap,
+    extensions: &http::Extensions,
 ) -> Result<Caller, ApiError> {
     let auth = state.auth();
     if let Some(bearer) = bearer_of(headers) {
-        let token = bearer?;
-        return match auth.bearer(token).await {
-            Ok(principal) => Ok(Caller {
-                principal,
+        // Bearer tokens can be guessed on any route: the sign-in limit covers them too.
+        let ip = client_ip(state, headers, extensions);
+        auth.limiter.check(ip).map_err(too_many)?;
+        let result = match bearer {
+            Ok(token) => auth.bearer(token).await,
+            Err(e) => Err(e),
+        };
+        return match result {
+            Ok(v) => Ok(Caller {
+                principal: v.principal,
                 session: None,
+                bearer_expires: v.expires_at,
             }),
             Err(e) => {
-                metrics::counter!("ccm_auth_failures_total", "method" => "bearer").increment(1);
-                tracing::debug!(reason = %e, "bearer token refused");
+                metrics::counter!(crate::metrics::AUTH_FAILURES, "method" => "bearer").increment(1);
+                tracing::debug!(client = %ip, reason = %e, "bearer token refused");
+                if matches!(e, AuthError::Invalid(_)) {
+                    auth.limiter.failed(ip).map_err(too_many)?;
+                }
                 Err(e.into())
             }
         };
     }
-    if let Some(id) = session::cookie_of(headers) {
+    let cookie = state.cookies().name(SESSION_COOKIE);
+    if let Some(id) = session::cookie_of(headers, &cookie) {
         let Some(info) = auth.sessions.get(id).await else {
             return Err(ApiError::unauthorized(
                 "the session has expired or was signed out; sign in again",
@@ -368,7 +482,7 @@ async fn authenticate(
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("");
             if !bool::from(sent.as_bytes().ct_eq(info.csrf_token.as_bytes())) {
-                metrics::counter!("ccm_auth_failures_total", "method" => "csrf").increment(1);
+                metrics::counter!(crate::metrics::AUTH_FAILURES, "method" => "csrf").increment(1);
                 return Err(ApiError::forbidden(
                     "a state-changing request with the session cookie needs the session's X-CSRF-Token header",
                 ));
@@ -377,6 +491,7 @@ async fn authenticate(
         return Ok(Caller {
             principal: info.principal.clone(),
             session: Some(info),
+            bearer_expires: None,
         });
     }
     Err(AuthError::Missing.into())
@@ -393,16 +508,88 @@ mod tests {
             .with_token("ci", Role::Manager, "tok-1")
             .with_token("ops", Role::Admin, "tok-2");
         let a = Authenticator::new(config, None).unwrap();
-        let p = a.bearer("tok-2").await.unwrap();
-        assert_eq!(p.name, "token:ops");
-        assert_eq!(p.role, Role::Admin);
-        assert_eq!(a.bearer("tok-1").await.unwrap().role, Role::Manager);
+        let v = a.bearer("tok-2").await.unwrap();
+        assert_eq!(v.principal.name, "token:ops");
+        assert_eq!(v.principal.role, Role::Admin);
+        assert_eq!(
+            v.credential,
+            Credential::Token {
+                name: "ops".into(),
+                sha256: hash_token("tok-2")
+            }
+        );
+        assert_eq!(v.expires_at, None);
+        assert_eq!(
+            a.bearer("tok-1").await.unwrap().principal.role,
+            Role::Manager
+        );
         assert!(matches!(
             a.bearer("tok-3").await,
             Err(AuthError::Invalid(_))
         ));
         // The hash itself is not a token.
         assert!(a.bearer(&hash_token("tok-1")).await.is_err());
+    }
+
+    fn nets(list: &[&str]) -> Vec<ipnet::IpNet> {
+        let c = crate::config::ApiConfig {
+            trusted_proxies: list.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        };
+        c.proxies().unwrap()
+    }
+
+    fn xff(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append("x-forwarded-for", v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn the_client_should_be_the_right_most_untrusted_forwarded_hop() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        let proxies = nets(&["127.0.0.0/8", "10.0.0.0/8", "::1"]);
+        let local = ip("127.0.0.1");
+        // The client wrote a fake left-most hop; the proxy appended the real address.
+        let h = xff(&["6.6.6.6, 203.0.113.7"]);
+        assert_eq!(forwarded_client(local, &h, &proxies), ip("203.0.113.7"));
+        // Two proxies: the inner one is trusted too.
+        let h = xff(&["6.6.6.6, 203.0.113.7, 10.1.2.3"]);
+        assert_eq!(forwarded_client(local, &h, &proxies), ip("203.0.113.7"));
+        // Several header lines count as one list, in order.
+        let h = xff(&["6.6.6.6", "203.0.113.7", "10.1.2.3"]);
+        assert_eq!(forwarded_client(local, &h, &proxies), ip("203.0.113.7"));
+        // Ports and IPv4-mapped addresses.
+        let h = xff(&["203.0.113.7:5555, [::ffff:10.0.0.1]:80"]);
+        assert_eq!(forwarded_client(local, &h, &proxies), ip("203.0.113.7"));
+        // An untrusted peer is the client, whatever it claims.
+        let h = xff(&["1.1.1.1"]);
+        assert_eq!(
+            forwarded_client(ip("198.51.100.9"), &h, &proxies),
+            ip("198.51.100.9")
+        );
+        // Garbage appended by a trusted hop stops the walk at the last trusted address.
+        let h = xff(&["203.0.113.7, garbage, 10.9.9.9"]);
+        assert_eq!(forwarded_client(local, &h, &proxies), ip("10.9.9.9"));
+        // No header: the peer.
+        assert_eq!(forwarded_client(local, &HeaderMap::new(), &proxies), local);
+        // Only trusted hops: the left-most of them.
+        let h = xff(&["10.0.0.5, 10.0.0.6"]);
+        assert_eq!(forwarded_client(local, &h, &proxies), ip("10.0.0.5"));
+    }
+
+    #[test]
+    fn trusted_proxies_should_be_addresses_or_blocks_naming_the_bad_one() {
+        assert_eq!(nets(&["10.1.2.3"]).len(), 1);
+        assert!(nets(&["10.1.2.3"])[0].contains(&"10.1.2.3".parse::<IpAddr>().unwrap()));
+        assert!(nets(&["10.1.2.3/8"])[0].contains(&"10.200.0.1".parse::<IpAddr>().unwrap()));
+        let c = crate::config::ApiConfig {
+            trusted_proxies: vec!["10.0.0.0/8".into(), "nope".into()],
+            ..Default::default()
+        };
+        assert_eq!(c.validate().unwrap_err().key, "api.trusted_proxies[1]");
     }
 
     #[test]

@@ -4,8 +4,15 @@
 //! - Keys come from the JWKS (`[auth.oidc] jwks_url`, or `jwks_uri` of the issuer's
 //!   `.well-known/openid-configuration`), cached for `jwks_cache_ttl`. A token signed with an
 //!   unknown key id makes ccm fetch the JWKS again (key rotation) — at most once per
-//!   `jwks_min_refresh_interval`, one fetch at a time.
-//! - Tokens must be RS256 with a key id; `iss`, `aud` and `exp` are checked (with `leeway`).
+//!   `jwks_min_refresh_interval`, one fetch at a time. A failed fetch backs off
+//!   ([`backoff`]: from that interval, doubling, up to 5 minutes) instead of being retried
+//!   by every request while the provider is down; cached keys keep working meanwhile.
+//! - Tokens must be RS256 with a key id; `iss`, `aud`, `exp` and `nbf` are checked (with
+//!   `leeway`). A session made from a token lasts no longer than its `exp`.
+//! - The browser sign-in's pending `state` is bound to the browser that started it: a random
+//!   value in a short-lived HttpOnly cookie, whose hash the pending sign-in keeps; a callback
+//!   from another browser (login CSRF: an attacker's code planted in a victim's browser) is
+//!   refused.
 //! - The role comes from the claim at `roles_claim` (a dotted path; Keycloak's realm roles by
 //!   default) through `role_mapping`; the user name from `username_claim` (else `sub`).
 
@@ -13,6 +20,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use base64::Engine as _;
+use chrono::{DateTime, Utc};
 use dashmap::DashMap;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -21,13 +29,16 @@ use rand::RngCore as _;
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq as _;
 use tokio::time::Instant;
 
-use super::{AuthError, AuthMethod, Principal};
+use super::{AuthError, AuthMethod, Credential, Principal, Verified};
 use crate::config::OidcConfig;
 
-/// How long a started browser sign-in may take.
-const SIGN_IN_TTL: Duration = Duration::from_secs(600);
+/// How long a started browser sign-in may take (also the lifetime of its binding cookie).
+pub(crate) const SIGN_IN_TTL: Duration = Duration::from_secs(600);
+/// The longest wait between JWKS fetches after failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Most browser sign-ins under way at once.
 const MAX_PENDING: usize = 10_000;
 /// Largest provider answer read (JWKS, discovery, token response).
@@ -45,10 +56,31 @@ struct Discovery {
 struct KeyCache {
     keys: HashMap<String, DecodingKey>,
     fetched: Option<Instant>,
+    /// Failed fetches in a row, and when the next may be tried.
+    failures: u32,
+    retry_at: Option<Instant>,
+}
+
+/// The wait after `failures` failed JWKS fetches in a row: `base` (at least 1 s), doubling,
+/// at most [`MAX_BACKOFF`].
+pub(crate) fn backoff(base: Duration, failures: u32) -> Duration {
+    let base = base.max(Duration::from_secs(1));
+    let factor = 1u32 << failures.saturating_sub(1).min(16);
+    base.saturating_mul(factor).min(MAX_BACKOFF.max(base))
+}
+
+/// The `exp` of a set of claims, as a time.
+fn expiry(claims: &Value) -> Option<DateTime<Utc>> {
+    let secs = claims
+        .get("exp")
+        .and_then(|v| v.as_i64().or_else(|| v.as_f64().map(|f| f as i64)))?;
+    DateTime::from_timestamp(secs, 0)
 }
 
 /// A browser sign-in waiting for the provider's callback.
 struct Pending {
+    /// SHA-256 of the binding cookie's value.
+    browser: [u8; 32],
     verifier: String,
     nonce: String,
     redirect_uri: String,
@@ -212,7 +244,7 @@ impl Oidc {
             }
         }
         tracing::info!(keys = keys.len(), "fetched the OIDC signing keys");
-        metrics::counter!("ccm_oidc_jwks_fetches_total").increment(1);
+        metrics::counter!(crate::metrics::OIDC_JWKS_FETCHES).increment(1);
         Ok(keys)
     }
 
@@ -239,9 +271,25 @@ impl Oidc {
             {
                 return Ok(k.clone());
             }
-            !fresh(&c)
+            let due = !fresh(&c)
                 || c.fetched
-                    .is_none_or(|at| at.elapsed() >= self.cfg.jwks_min_refresh_interval)
+                    .is_none_or(|at| at.elapsed() >= self.cfg.jwks_min_refresh_interval);
+            let backing_off = c.retry_at.is_some_and(|at| Instant::now() < at);
+            if due && backing_off {
+                // The provider failed recently: what we have, or no.
+                if let Some(k) = c.keys.get(kid) {
+                    return Ok(k.clone());
+                }
+                let wait = c
+                    .retry_at
+                    .map(|at| at.saturating_duration_since(Instant::now()))
+                    .unwrap_or_default();
+                return Err(AuthError::Provider(format!(
+                    "the signing keys could not be fetched; next try in {}s",
+                    wait.as_secs().max(1)
+                )));
+            }
+            due
         };
         if may_fetch {
             match self.fetch_keys().await {
@@ -249,9 +297,19 @@ impl Oidc {
                     let mut c = self.keys.write();
                     c.keys = keys;
                     c.fetched = Some(Instant::now());
+                    c.failures = 0;
+                    c.retry_at = None;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "could not fetch the OIDC signing keys");
+                    let wait = {
+                        let mut c = self.keys.write();
+                        c.failures = c.failures.saturating_add(1);
+                        let wait = backoff(self.cfg.jwks_min_refresh_interval, c.failures);
+                        c.retry_at = Some(Instant::now() + wait);
+                        wait
+                    };
+                    metrics::counter!(crate::metrics::OIDC_JWKS_FETCH_FAILURES).increment(1);
+                    tracing::warn!(error = %e, retry_in_seconds = wait.as_secs(), "could not fetch the OIDC signing keys; backing off");
                     // Serve the keys we have (stale) rather than lock everybody out.
                     if let Some(k) = self.keys.read().keys.get(kid) {
                         return Ok(k.clone());
@@ -293,6 +351,7 @@ impl Oidc {
             }
         }
         v.leeway = self.cfg.leeway.as_secs();
+        v.validate_nbf = true;
         jsonwebtoken::decode::<Value>(token, &key, &v)
             .map(|d| d.claims)
             .map_err(|e| AuthError::Invalid(describe(e.kind())))
@@ -326,18 +385,30 @@ impl Oidc {
         })
     }
 
-    /// Checks a bearer JWT.
-    pub(crate) async fn authenticate(&self, token: &str) -> Result<Principal, AuthError> {
-        let claims = self.verify(token, Some(&self.cfg.audience)).await?;
-        self.principal(&[&claims])
+    /// What sessions made from this provider's tokens record.
+    fn credential(&self) -> Credential {
+        Credential::Oidc {
+            issuer: self.cfg.issuer.clone(),
+        }
     }
 
-    /// Starts a browser sign-in: the provider URL to send the browser to.
+    /// Checks a bearer JWT.
+    pub(crate) async fn authenticate(&self, token: &str) -> Result<Verified, AuthError> {
+        let claims = self.verify(token, Some(&self.cfg.audience)).await?;
+        Ok(Verified {
+            principal: self.principal(&[&claims])?,
+            credential: self.credential(),
+            expires_at: expiry(&claims),
+        })
+    }
+
+    /// Starts a browser sign-in: the provider URL to send the browser to, and the value of
+    /// the binding cookie the browser must bring back to the callback.
     pub(crate) async fn begin(
         &self,
         redirect_uri: &str,
         return_to: &str,
-    ) -> Result<String, AuthError> {
+    ) -> Result<(String, String), AuthError> {
         let endpoint = self
             .discovery()
             .await?
@@ -355,6 +426,7 @@ impl Oidc {
             }
         }
         let state = random_b64(32);
+        let binding = random_b64(32);
         let verifier = random_b64(32);
         let nonce = random_b64(16);
         let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -371,6 +443,7 @@ impl Oidc {
         self.pending.insert(
             state,
             Pending {
+                browser: Sha256::digest(binding.as_bytes()).into(),
                 verifier,
                 nonce,
                 redirect_uri: redirect_uri.to_owned(),
@@ -378,21 +451,33 @@ impl Oidc {
                 started: Instant::now(),
             },
         );
-        Ok(url.into())
+        Ok((url.into(), binding))
     }
 
-    /// Completes a browser sign-in: exchanges the code (with the PKCE verifier), checks the
-    /// ID token (signature, issuer, audience = client id, expiry, nonce). Returns the
-    /// principal and where to send the browser.
+    /// Completes a browser sign-in: checks that this browser started it (`binding`, the
+    /// value of its binding cookie), exchanges the code (with the PKCE verifier), checks the
+    /// ID token (signature, issuer, audience = client id, expiry, nonce). Returns who signed
+    /// in (expiring with the earlier of the ID and access tokens) and where to send the
+    /// browser.
     pub(crate) async fn complete(
         &self,
         code: &str,
         state: &str,
-    ) -> Result<(Principal, String), AuthError> {
+        binding: Option<&str>,
+    ) -> Result<(Verified, String), AuthError> {
         let (_, pending) = self
             .pending
             .remove(state)
             .ok_or_else(|| AuthError::Invalid("unknown or already used sign-in state".into()))?;
+        let bound = binding.is_some_and(|b| {
+            let h: [u8; 32] = Sha256::digest(b.as_bytes()).into();
+            bool::from(h.ct_eq(&pending.browser))
+        });
+        if !bound {
+            return Err(AuthError::Invalid(
+                "the sign-in was not started in this browser (its sign-in cookie is missing or different); start again".into(),
+            ));
+        }
         if pending.started.elapsed() > SIGN_IN_TTL {
             return Err(AuthError::Invalid(
                 "the sign-in took too long; start again".into(),
@@ -456,7 +541,13 @@ impl Oidc {
         if let Some(a) = &access {
             claims.push(a);
         }
-        Ok((self.principal(&claims)?, pending.return_to))
+        let expires_at = claims.iter().filter_map(|c| expiry(c)).min();
+        let verified = Verified {
+            principal: self.principal(&claims)?,
+            credential: self.credential(),
+            expires_at,
+        };
+        Ok((verified, pending.return_to))
     }
 }
 
@@ -464,6 +555,37 @@ impl Oidc {
 mod tests {
     use super::*;
     use crate::auth::Role;
+
+    #[test]
+    fn jwks_fetches_should_back_off_doubling_up_to_five_minutes() {
+        let s = Duration::from_secs;
+        let waits: Vec<_> = (1..=8).map(|n| backoff(s(10), n)).collect();
+        assert_eq!(
+            waits,
+            [s(10), s(20), s(40), s(80), s(160), s(300), s(300), s(300)]
+        );
+        assert_eq!(
+            backoff(Duration::ZERO, 1),
+            s(1),
+            "never hammering, even with 0s"
+        );
+        assert_eq!(backoff(s(600), 3), s(600), "a longer interval is kept");
+        assert_eq!(backoff(s(10), u32::MAX), s(300));
+    }
+
+    #[test]
+    fn expiry_should_read_exp_as_seconds() {
+        let at = expiry(&serde_json::json!({"exp": 1_800_000_000})).unwrap();
+        assert_eq!(at.timestamp(), 1_800_000_000);
+        assert_eq!(
+            expiry(&serde_json::json!({"exp": 1.8e9}))
+                .unwrap()
+                .timestamp(),
+            1_800_000_000
+        );
+        assert!(expiry(&serde_json::json!({"exp": "soon"})).is_none());
+        assert!(expiry(&serde_json::json!({})).is_none());
+    }
 
     #[test]
     fn a_ca_file_that_cannot_serve_should_be_an_error_naming_it() {

@@ -140,7 +140,8 @@ pub(crate) async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Download a lab's topology (YAML).
+/// Download a lab's topology (YAML). A lab unknown to ccm's records is 404 without asking
+/// CML; a download is a read and records no event.
 #[utoipa::path(
     get, path = "/api/v1/workers/{id}/labs/{lab_id}/topology", tag = "labs",
     params(
@@ -158,6 +159,13 @@ pub(crate) async fn download(
     caller: Caller,
     LabPath(id, lab): LabPath,
 ) -> ApiResult<Response> {
+    // ccm's own lab records answer for a lab that does not exist: no CML call for it.
+    let known = state.engine().labs(id).await?;
+    if !known.iter().any(|l| l.lab_id == lab) {
+        return Err(ApiError::not_found(format!(
+            "lab {lab} is not known on worker {id} (as of its last lab refresh)"
+        )));
+    }
     let yaml = state
         .engine()
         .download_lab(id, &lab, &caller.actor())
@@ -305,7 +313,7 @@ pub(crate) async fn register(
     WorkerPath(id): WorkerPath,
     crate::extract::JsonBody(req): crate::extract::JsonBody<LicenceRequest>,
 ) -> ApiResult<Response> {
-    let token = req.token.trim();
+    let token = req.token.expose().trim();
     if token.is_empty() || token.len() > 256 {
         return Err(ApiError::invalid("token", "token: 1 to 256 characters"));
     }

@@ -76,24 +76,17 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> ApiResult<Response
     let counts = state.engine().counts();
     for s in Ec2State::ALL {
         let n = counts.by_state.get(s.as_str()).copied().unwrap_or(0);
-        metrics::gauge!("ccm_workers", "state" => s.as_str()).set(n as f64);
+        metrics::gauge!(crate::metrics::WORKERS, "state" => s.as_str()).set(n as f64);
     }
     for s in ServiceStatus::ALL {
         let n = counts.by_service.get(s.as_str()).copied().unwrap_or(0);
-        metrics::gauge!("ccm_workers_by_service", "status" => s.as_str()).set(n as f64);
+        metrics::gauge!(crate::metrics::WORKERS_BY_SERVICE, "status" => s.as_str()).set(n as f64);
     }
-    metrics::gauge!("ccm_workers_stale").set(state.engine().stale_workers() as f64);
-    metrics::gauge!("ccm_sse_clients").set(state.sse_clients() as f64);
-    metrics::gauge!("ccm_sessions").set(state.sessions() as f64);
-    let r = state.engine().resilience();
-    let open = r
-        .breakers()
-        .snapshot()
-        .iter()
-        .filter(|b| b.state == ccm_resilience::BreakerState::Open)
-        .count();
-    metrics::gauge!("ccm_breakers_open_now").set(open as f64);
-    let _ = r.budget().snapshot(); // refreshes the budget gauge
+    metrics::gauge!(crate::metrics::WORKERS_STALE).set(state.engine().stale_workers() as f64);
+    metrics::gauge!(crate::metrics::SSE_CLIENTS).set(state.sse_clients() as f64);
+    metrics::gauge!(crate::metrics::SESSIONS).set(state.sessions() as f64);
+    // Breakers open: `ccm_breakers_open`, kept by ccm-resilience on every transition.
+    let _ = state.engine().resilience().budget().snapshot(); // refreshes the budget gauge
     Ok((
         [(
             header::CONTENT_TYPE,

@@ -1,7 +1,10 @@
 //! `/api/v1/session`: the browser sign-in. With a token (`POST`), or through the OIDC
 //! provider (`GET /session/oidc` → provider → `GET /session/oidc/callback`); both end with an
 //! HttpOnly, SameSite=Strict session cookie and a CSRF token for state-changing requests.
-//! Failed sign-ins are rate limited per client address (429 with `Retry-After`).
+//! Failed sign-ins are rate limited per client address (429 with `Retry-After`), and so are
+//! starts of the OIDC sign-in; the OIDC `state` is bound to the browser that started it by a
+//! short-lived HttpOnly cookie. Cookie names are `__Host-` prefixed when cookies are always
+//! `Secure` (HTTPS on the listener, `cookie_secure = "always"`, or an https `public_url`).
 
 use axum::Json;
 use axum::extract::{Request, State};
@@ -11,34 +14,29 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use utoipa::IntoParams;
 
-use crate::auth::session::{self, SessionInfo};
-use crate::auth::{AuthError, Caller, Principal, client_ip};
-use crate::config::CookieSecure;
+use crate::auth::session::{self, SameSite, SessionInfo};
+use crate::auth::{
+    AuthError, Caller, Principal, SESSION_COOKIE, Verified, client_ip, forwarded_https, too_many,
+};
 use crate::dto::{SessionView, SignInMethods, SignInRequest};
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{MAX_JSON_BODY, Query, parse_json, read_body};
 use crate::state::ApiState;
 
 const CALLBACK_PATH: &str = "/api/v1/session/oidc/callback";
+/// The base name of the cookie that binds an OIDC sign-in to its browser.
+const OIDC_COOKIE: &str = "ccm_oidc";
 
 /// Whether cookies set for this request must be `Secure`.
-fn secure(state: &ApiState, headers: &HeaderMap) -> bool {
-    match state.auth().config.cookie_secure {
-        CookieSecure::Always => true,
-        CookieSecure::Never => false,
-        CookieSecure::Auto => {
-            state
-                .config()
-                .public_url
-                .as_deref()
-                .is_some_and(|u| u.starts_with("https://"))
-                || (state.config().trust_forwarded_headers
-                    && headers
-                        .get("x-forwarded-proto")
-                        .and_then(|v| v.to_str().ok())
-                        .is_some_and(|v| v.eq_ignore_ascii_case("https")))
-        }
-    }
+fn secure(state: &ApiState, headers: &HeaderMap, extensions: &http::Extensions) -> bool {
+    state
+        .cookies()
+        .secure
+        .unwrap_or_else(|| forwarded_https(state, headers, extensions))
+}
+
+fn header_value(cookie: &str) -> HeaderValue {
+    HeaderValue::from_str(cookie).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 fn view(principal: &Principal, session: Option<&SessionInfo>) -> SessionView {
@@ -52,25 +50,29 @@ fn view(principal: &Principal, session: Option<&SessionInfo>) -> SessionView {
     }
 }
 
-fn too_many(wait: std::time::Duration) -> ApiError {
-    ApiError::too_many(
-        "too many failed sign-ins from this address; wait and try again",
-        wait,
-    )
-}
-
-/// Starts a session for `principal`: the response with its cookie.
+/// Starts a session for a verified credential: the response with its cookie.
 async fn start_session(
     state: &ApiState,
     headers: &HeaderMap,
-    principal: Principal,
+    extensions: &http::Extensions,
+    verified: Verified,
 ) -> (HeaderValue, SessionView) {
     let sessions = &state.auth().sessions;
-    let (id, info) = sessions.create(principal).await;
-    tracing::info!(user = %info.principal.name, role = %info.principal.role, "signed in");
-    let cookie = session::set_cookie(&id, sessions.ttl(), secure(state, headers));
-    let value = HeaderValue::from_str(&cookie).unwrap_or_else(|_| HeaderValue::from_static(""));
-    (value, view(&info.principal, Some(&info)))
+    let (id, info) = sessions
+        .create(verified.principal, verified.credential, verified.expires_at)
+        .await;
+    tracing::info!(user = %info.principal.name, role = %info.principal.role, expires_at = %info.expires_at, "signed in");
+    let lifetime = info
+        .expires()
+        .saturating_duration_since(tokio::time::Instant::now());
+    let cookie = session::set_cookie(
+        &state.cookies().name(SESSION_COOKIE),
+        &id,
+        lifetime,
+        secure(state, headers, extensions),
+        SameSite::Strict,
+    );
+    (header_value(&cookie), view(&info.principal, Some(&info)))
 }
 
 /// How a browser can sign in.
@@ -101,14 +103,11 @@ pub(crate) async fn methods(State(state): State<ApiState>) -> Json<SignInMethods
     )
 )]
 pub(crate) async fn sign_in(State(state): State<ApiState>, req: Request) -> ApiResult<Response> {
-    let ip = client_ip(
-        req.headers(),
-        req.extensions(),
-        state.config().trust_forwarded_headers,
-    );
+    let ip = client_ip(&state, req.headers(), req.extensions());
     let limiter = &state.auth().limiter;
     limiter.check(ip).map_err(too_many)?;
     let headers = req.headers().clone();
+    let extensions = req.extensions().clone();
     match crate::extract::media_type(&headers).as_deref() {
         Some("application/json") => {}
         _ => {
@@ -119,14 +118,14 @@ pub(crate) async fn sign_in(State(state): State<ApiState>, req: Request) -> ApiR
     }
     let body = read_body(req, MAX_JSON_BODY).await?;
     let SignInRequest { token } = parse_json(&body)?;
-    match state.auth().bearer(&token).await {
-        Ok(principal) => {
-            let (cookie, view) = start_session(&state, &headers, principal).await;
+    match state.auth().bearer(token.expose()).await {
+        Ok(verified) => {
+            let (cookie, view) = start_session(&state, &headers, &extensions, verified).await;
             Ok(([(header::SET_COOKIE, cookie)], Json(view)).into_response())
         }
         Err(AuthError::Provider(e)) => Err(AuthError::Provider(e).into()),
         Err(e) => {
-            metrics::counter!("ccm_auth_failures_total", "method" => "sign_in").increment(1);
+            metrics::counter!(crate::metrics::AUTH_FAILURES, "method" => "sign_in").increment(1);
             tracing::info!(client = %ip, reason = %e, "sign-in refused");
             limiter.failed(ip).map_err(too_many)?;
             Err(e.into())
@@ -148,19 +147,20 @@ pub(crate) async fn current(caller: Caller) -> Json<SessionView> {
 }
 
 /// Sign out: ends the session and clears the cookie (needs `X-CSRF-Token` when a session is
-/// live).
+/// live). Event streams opened with the session end too. If the session cannot be deleted
+/// from the database it stays valid and the answer is 503: try again.
 #[utoipa::path(
     delete, path = "/api/v1/session", tag = "session", security(()),
     responses(
         (status = 204, description = "Signed out"),
         (status = 403, description = "Missing or wrong X-CSRF-Token", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The session could not be ended (database); it is still valid", body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn sign_out(
-    State(state): State<ApiState>,
-    headers: HeaderMap,
-) -> ApiResult<Response> {
-    if let Some(id) = session::cookie_of(&headers)
+pub(crate) async fn sign_out(State(state): State<ApiState>, req: Request) -> ApiResult<Response> {
+    let headers = req.headers();
+    let name = state.cookies().name(SESSION_COOKIE);
+    if let Some(id) = session::cookie_of(headers, &name)
         && let Some(info) = state.auth().sessions.get(id).await
     {
         let sent = headers
@@ -172,12 +172,22 @@ pub(crate) async fn sign_out(
                 "signing out needs the session's X-CSRF-Token header",
             ));
         }
-        state.auth().sessions.remove(id).await;
+        if let Err(e) = state.auth().sessions.remove(id).await {
+            tracing::error!(user = %info.principal.name, error = %e, "sign-out failed: the session could not be deleted from the database and stays valid");
+            return Err(ApiError::unavailable(
+                "the session could not be ended (the database failed); it is still valid: try again",
+                Some(std::time::Duration::from_secs(5)),
+            ));
+        }
         tracing::info!(user = %info.principal.name, "signed out");
     }
-    let cookie = HeaderValue::from_str(&session::clear_cookie(secure(&state, &headers)))
-        .unwrap_or_else(|_| HeaderValue::from_static(""));
-    Ok((StatusCode::NO_CONTENT, [(header::SET_COOKIE, cookie)]).into_response())
+    let secure = secure(&state, headers, req.extensions());
+    let cookie = session::clear_cookie(&name, secure, SameSite::Strict);
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(header::SET_COOKIE, header_value(&cookie))],
+    )
+        .into_response())
 }
 
 /// Parameters of the OIDC sign-in.
@@ -207,7 +217,11 @@ fn local_path(p: Option<&str>) -> String {
 }
 
 /// The callback URL the provider sends the browser back to.
-fn redirect_uri(state: &ApiState, headers: &HeaderMap) -> ApiResult<String> {
+fn redirect_uri(
+    state: &ApiState,
+    headers: &HeaderMap,
+    extensions: &http::Extensions,
+) -> ApiResult<String> {
     if let Some(base) = &state.config().public_url {
         return Ok(format!("{}{CALLBACK_PATH}", base.trim_end_matches('/')));
     }
@@ -225,7 +239,7 @@ fn redirect_uri(state: &ApiState, headers: &HeaderMap) -> ApiResult<String> {
                 "cannot build the sign-in callback URL: set api.public_url",
             )
         })?;
-    let scheme = if secure(state, headers) {
+    let scheme = if state.tls().is_some() || secure(state, headers, extensions) {
         "https"
     } else {
         "http"
@@ -242,7 +256,8 @@ fn oidc_of(state: &ApiState) -> ApiResult<&crate::auth::oidc::Oidc> {
 }
 
 /// Sign in through the OIDC provider: redirects the browser there (authorization code flow
-/// with PKCE).
+/// with PKCE), with a short-lived HttpOnly cookie that binds the sign-in to this browser.
+/// Starts are limited per client address.
 #[utoipa::path(
     get, path = "/api/v1/session/oidc", tag = "session", security(()),
     params(OidcBeginQuery),
@@ -259,20 +274,37 @@ pub(crate) async fn oidc_begin(
     req: Request,
 ) -> ApiResult<Response> {
     let oidc = oidc_of(&state)?;
-    let ip = client_ip(
-        req.headers(),
-        req.extensions(),
-        state.config().trust_forwarded_headers,
-    );
+    let ip = client_ip(&state, req.headers(), req.extensions());
     state.auth().limiter.check(ip).map_err(too_many)?;
-    let redirect = redirect_uri(&state, req.headers())?;
-    let url = oidc
+    state.auth().start_limiter.start(ip).map_err(|wait| {
+        tracing::info!(client = %ip, "too many OIDC sign-ins started from one address");
+        ApiError::too_many(
+            "too many sign-ins started from this address; wait and try again",
+            wait,
+        )
+    })?;
+    let redirect = redirect_uri(&state, req.headers(), req.extensions())?;
+    let (url, binding) = oidc
         .begin(&redirect, &local_path(q.return_to.as_deref()))
         .await
         .map_err(ApiError::from)?;
     let location = HeaderValue::from_str(&url)
         .map_err(|_| ApiError::unavailable("the provider's sign-in URL is not usable", None))?;
-    Ok((StatusCode::SEE_OTHER, [(header::LOCATION, location)]).into_response())
+    let cookie = session::set_cookie(
+        &state.cookies().name(OIDC_COOKIE),
+        &binding,
+        crate::auth::oidc::SIGN_IN_TTL,
+        secure(&state, req.headers(), req.extensions()),
+        SameSite::Lax,
+    );
+    Ok((
+        StatusCode::SEE_OTHER,
+        [
+            (header::LOCATION, location),
+            (header::SET_COOKIE, header_value(&cookie)),
+        ],
+    )
+        .into_response())
 }
 
 /// Parameters the provider sends back.
@@ -293,7 +325,8 @@ pub(crate) struct OidcCallbackQuery {
     pub error_description: Option<String>,
 }
 
-/// Where the provider sends the browser back: exchanges the code, starts the session and
+/// Where the provider sends the browser back: checks the browser's binding cookie,
+/// exchanges the code, starts the session (lasting no longer than the provider's tokens) and
 /// redirects to `return_to`.
 #[utoipa::path(
     get, path = "/api/v1/session/oidc/callback", tag = "session", security(()),
@@ -313,16 +346,13 @@ pub(crate) async fn oidc_callback(
 ) -> ApiResult<Response> {
     let oidc = oidc_of(&state)?;
     let headers = req.headers().clone();
-    let ip = client_ip(
-        &headers,
-        req.extensions(),
-        state.config().trust_forwarded_headers,
-    );
+    let extensions = req.extensions().clone();
+    let ip = client_ip(&state, &headers, &extensions);
     let limiter = &state.auth().limiter;
     limiter.check(ip).map_err(too_many)?;
     let fail = |e: AuthError| -> ApiError {
         if !matches!(e, AuthError::Provider(_)) {
-            metrics::counter!("ccm_auth_failures_total", "method" => "oidc").increment(1);
+            metrics::counter!(crate::metrics::AUTH_FAILURES, "method" => "oidc").increment(1);
             tracing::info!(client = %ip, reason = %e, "OIDC sign-in refused");
             if let Err(wait) = limiter.failed(ip) {
                 return too_many(wait);
@@ -353,15 +383,25 @@ pub(crate) async fn oidc_callback(
             "code or state too long",
         ));
     }
-    let (principal, return_to) = oidc.complete(code, st).await.map_err(fail)?;
-    let (cookie, _) = start_session(&state, &headers, principal).await;
+    let binding_name = state.cookies().name(OIDC_COOKIE);
+    let binding = session::cookie_of(&headers, &binding_name);
+    let (verified, return_to) = oidc.complete(code, st, binding).await.map_err(fail)?;
+    let (cookie, _) = start_session(&state, &headers, &extensions, verified).await;
     let location = HeaderValue::from_str(&local_path(Some(&return_to)))
         .unwrap_or_else(|_| HeaderValue::from_static("/"));
-    Ok((
+    let clear = session::clear_cookie(
+        &binding_name,
+        secure(&state, &headers, &extensions),
+        SameSite::Lax,
+    );
+    let mut res = (
         StatusCode::SEE_OTHER,
         [(header::SET_COOKIE, cookie), (header::LOCATION, location)],
     )
-        .into_response())
+        .into_response();
+    res.headers_mut()
+        .append(header::SET_COOKIE, header_value(&clear));
+    Ok(res)
 }
 
 #[cfg(test)]

@@ -16,80 +16,18 @@ use ccm_domain::{AmiId, Ec2State, InstanceId, InstanceType, PauseReason, Region,
 use ccm_engine::{AmiSelector, CreateWorker, ImportRequest, ImportSelector, RefreshOutcome};
 use ccm_store::{WorkerFilter, WorkerSort};
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::auth::Caller;
 use crate::dto::{
     CreateWorkerRequest, EventPage, EventRecord, IdleDetectionRequest, ImportView,
-    ImportWorkersRequest, MetricsHistory, MetricsPointView, RefreshView, TagsRequest, WorkerPage,
-    WorkerView,
+    ImportWorkersRequest, MetricsHistory, MetricsPointView, Order, RefreshView, SortKey,
+    TagsRequest, WorkerListQuery, WorkerPage, WorkerView,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, Query, WorkerPath, split_list};
 use crate::state::ApiState;
-
-/// Sort keys of the worker list.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum SortKey {
-    /// By name.
-    #[default]
-    Name,
-    /// By creation time.
-    Created,
-    /// By last change.
-    Updated,
-    /// By EC2 state.
-    State,
-    /// By service status.
-    Service,
-    /// By region.
-    Region,
-}
-
-/// Sort order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-pub(crate) enum Order {
-    /// Ascending.
-    #[default]
-    Asc,
-    /// Descending.
-    Desc,
-}
-
-/// Filters, sort and page of the worker list.
-#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
-#[serde(deny_unknown_fields)]
-#[into_params(parameter_in = Query)]
-pub(crate) struct WorkerListQuery {
-    /// Regions (repeat the parameter, or comma-separate).
-    #[serde(default)]
-    pub region: Vec<String>,
-    /// EC2 states: `pending`, `running`, `stopping`, `stopped`, `shutting-down`,
-    /// `terminated`, `failed`, `unknown`.
-    #[serde(default)]
-    pub state: Vec<String>,
-    /// Service statuses: `ready`, `degraded`, `unavailable`, `unknown`.
-    #[serde(default)]
-    pub service: Vec<String>,
-    /// Text in the name, id or instance id (case-insensitive).
-    #[serde(default)]
-    pub q: Option<String>,
-    /// Sort key.
-    #[serde(default)]
-    pub sort: Option<SortKey>,
-    /// Sort order.
-    #[serde(default)]
-    pub order: Option<Order>,
-    /// Page size, 1 to 1000 (default 100).
-    #[serde(default)]
-    pub limit: Option<u32>,
-    /// Rows to skip.
-    #[serde(default)]
-    pub offset: Option<u32>,
-}
 
 fn filter_of(q: WorkerListQuery) -> ApiResult<WorkerFilter> {
     let regions = split_list(&q.region);

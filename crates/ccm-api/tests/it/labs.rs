@@ -283,6 +283,80 @@ async fn licence_registration_should_answer_202_with_where_to_watch() {
 }
 
 #[tokio::test]
+async fn viewers_should_cause_no_writes_and_unknown_labs_should_be_404_without_a_cml_call() {
+    let api = TestApi::start(34, 1).await;
+    api.until_ready().await;
+    let id = api.workers().await[0].id.to_string();
+    let created = api
+        .post(
+            &format!("/api/v1/workers/{id}/labs"),
+            MANAGER,
+            Some(json!({"topology": ccm_cml_sim::SAMPLE_LAB_YAML, "title": "Read me"})),
+        )
+        .await
+        .ok(201);
+    let lab = created["lab_id"].as_str().unwrap().to_owned();
+    let engine = &api.fleet.engine;
+    engine.flush().await;
+    let head = engine.store().last_seq().await.unwrap();
+
+    // Topology downloads by a viewer: answered, nothing written.
+    for _ in 0..3 {
+        let dl = api
+            .get(&format!("/api/v1/workers/{id}/labs/{lab}/topology"), VIEWER)
+            .await;
+        assert_eq!(dl.status, 200, "{}", dl.text());
+    }
+    engine.flush().await;
+    assert_eq!(
+        engine.store().last_seq().await.unwrap(),
+        head,
+        "no event persisted"
+    );
+
+    // A lab ccm does not know: 404 from ccm's own records, CML is not asked.
+    let sim = api.fleet.sim.worker(0).unwrap();
+    let before = sim.counters();
+    let missing = uuid::Uuid::new_v4();
+    let p = api
+        .get(
+            &format!("/api/v1/workers/{id}/labs/{missing}/topology"),
+            VIEWER,
+        )
+        .await
+        .problem(404);
+    assert!(p["detail"].as_str().unwrap().contains("not known"), "{p}");
+    assert_eq!(sim.counters().requests, before.requests, "no CML call");
+    assert_eq!(
+        sim.counters().get(ccm_cml_sim::Endpoint::LabDownload),
+        before.get(ccm_cml_sim::Endpoint::LabDownload)
+    );
+
+    // A refresh runs and is recorded; throttled ones persist nothing.
+    let first = api
+        .post(&format!("/api/v1/workers/{id}/refresh"), MANAGER, None)
+        .await
+        .ok(200);
+    assert_eq!(first["outcome"], "refreshed", "{first}");
+    engine.flush().await;
+    let head = engine.store().last_seq().await.unwrap();
+    for _ in 0..5 {
+        let again = api
+            .post(&format!("/api/v1/workers/{id}/refresh"), MANAGER, None)
+            .await
+            .ok(200);
+        assert_eq!(again["reason"], "throttled", "{again}");
+    }
+    engine.flush().await;
+    assert_eq!(
+        engine.store().last_seq().await.unwrap(),
+        head,
+        "throttled: nothing written"
+    );
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_lab_operator_should_run_lab_actions_and_refresh_and_nothing_else() {
     let api = TestApi::start(36, 1).await;
     api.until_ready().await;

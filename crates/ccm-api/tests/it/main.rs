@@ -6,10 +6,10 @@
 /// Fixtures: the fleet, the API, tokens, request helpers.
 mod support;
 
-/// The SSE benchmark function, at a small scale.
-mod bench;
 /// The deployment files' metric names against a running ccm's /metrics.
 mod deploy;
+/// The event schemas of the OpenAPI document against real events.
+mod event_schemas;
 /// Labs and licences.
 mod labs;
 /// The route × role × no-token matrix, and the OpenAPI document against the routes.
@@ -18,6 +18,8 @@ mod matrix;
 mod oidc;
 /// Garbage in never yields 500; secrets never come out.
 mod robustness;
+/// The listener: slow clients, the connection limit, shutdown, HTTPS.
+mod server;
 /// Cookie sessions, CSRF, sign-out, the sign-in rate limit.
 mod session;
 /// The event stream: filters, snapshot, heartbeat, resume, slow clients.

@@ -260,6 +260,12 @@ async fn the_openapi_document_should_list_exactly_the_routes_with_their_roles() 
     assert!(json["components"]["securitySchemes"]["bearer"].is_object());
     assert!(json["components"]["schemas"]["WorkerView"].is_object());
     assert!(json["components"]["schemas"]["Problem"].is_object());
+    // Published schema names stay when Rust types are renamed (`dto::SkippedInstanceView`).
+    assert_eq!(
+        json["components"]["schemas"]["ImportView"]["properties"]["skipped"]["items"]["$ref"],
+        "#/components/schemas/SkippedInstance"
+    );
+    assert!(json["components"]["schemas"]["SkippedInstance"].is_object());
 }
 
 #[tokio::test]
@@ -304,23 +310,23 @@ fn the_api_docs_should_list_every_event_type_and_the_reserved_ones() {
         .as_str()
         .unwrap()
         .to_owned();
-    for t in ccm_domain::EventKind::CATALOGUE {
+    for t in ccm_domain::EventKind::SHAPES {
         assert!(
-            text.contains(&format!("`{}`", t.name)),
+            text.contains(&format!("`{}`", t.type_name)),
             "{} missing",
-            t.name
+            t.type_name
         );
     }
     let reserved = text.split("Reserved").nth(1).expect("a reserved section");
-    for t in ccm_domain::EventKind::CATALOGUE {
+    for t in ccm_domain::EventKind::SHAPES {
         assert_eq!(
-            reserved.contains(&format!("`{}`", t.name)),
+            reserved.contains(&format!("`{}`", t.type_name)),
             t.reserved,
             "{}",
-            t.name
+            t.type_name
         );
     }
-    if ccm_domain::EventKind::CATALOGUE.iter().all(|t| !t.reserved) {
+    if ccm_domain::EventKind::SHAPES.iter().all(|t| !t.reserved) {
         assert!(reserved.contains("none"), "{reserved}");
     }
 }

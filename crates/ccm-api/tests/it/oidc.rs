@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use aws_lc_rs::encoding::AsDer as _;
@@ -56,6 +56,8 @@ struct Provider {
     issuer: String,
     keys: Mutex<Vec<Key>>,
     fetches: AtomicUsize,
+    /// The JWKS endpoint answers 500 (the provider is down).
+    fail_jwks: AtomicBool,
     logins: Mutex<HashMap<String, Login>>,
     /// Roles the next sign-in gets (in the access token, as Keycloak does).
     roles: Mutex<Vec<String>>,
@@ -85,11 +87,15 @@ async fn discovery(State(p): State<Arc<Provider>>) -> axum::Json<Value> {
     }))
 }
 
-async fn jwks(State(p): State<Arc<Provider>>) -> axum::Json<JwkSet> {
+async fn jwks(State(p): State<Arc<Provider>>) -> axum::response::Response {
     p.fetches.fetch_add(1, Ordering::SeqCst);
+    if p.fail_jwks.load(Ordering::SeqCst) {
+        return http::StatusCode::INTERNAL_SERVER_ERROR.into_response();
+    }
     axum::Json(JwkSet {
         keys: p.keys.lock().iter().map(|k| k.jwk.clone()).collect(),
     })
+    .into_response()
 }
 
 async fn authorize(
@@ -254,6 +260,7 @@ fn provider(issuer: String, keys: Vec<Key>) -> (Arc<Provider>, Router) {
         issuer,
         keys: Mutex::new(keys),
         fetches: AtomicUsize::new(0),
+        fail_jwks: AtomicBool::new(false),
         logins: Mutex::new(HashMap::new()),
         roles: Mutex::new(vec!["ccm-manager".into()]),
     });
@@ -488,6 +495,18 @@ async fn browser_sign_in_through_the_provider_should_start_a_session() {
         to_provider.starts_with(&format!("{}/authorize?", p.issuer)),
         "{to_provider}"
     );
+    // The sign-in is bound to this browser by a short-lived HttpOnly cookie.
+    let bind_cookie = begin.headers()["set-cookie"].to_str().unwrap().to_owned();
+    for attr in [
+        "ccm_oidc=",
+        "HttpOnly",
+        "SameSite=Lax",
+        "Path=/",
+        "Max-Age=600",
+    ] {
+        assert!(bind_cookie.contains(attr), "{attr} missing: {bind_cookie}");
+    }
+    let binding = bind_cookie.split(';').next().unwrap().to_owned();
     assert!(to_provider.contains("code_challenge="));
     let back = client.get(&to_provider).send().await.unwrap();
     assert!(back.status().is_redirection());
@@ -497,13 +516,25 @@ async fn browser_sign_in_through_the_provider_should_start_a_session() {
         "{callback}"
     );
 
-    let done = client.get(&callback).send().await.unwrap();
+    let done = client
+        .get(&callback)
+        .header("cookie", &binding)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(done.status(), 303, "{:?}", done.text().await);
     assert_eq!(done.headers()["location"], "/workers?state=running");
     let cookie = done.headers()["set-cookie"].to_str().unwrap().to_owned();
     assert!(
         cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"),
         "{cookie}"
+    );
+    assert!(
+        done.headers()
+            .get_all("set-cookie")
+            .iter()
+            .any(|c| c.to_str().unwrap().starts_with("ccm_oidc=;")),
+        "the binding cookie is cleared"
     );
     let pair = cookie.split(';').next().unwrap().to_owned();
     let me: Value = client
@@ -519,9 +550,22 @@ async fn browser_sign_in_through_the_provider_should_start_a_session() {
     assert_eq!(me["role"], "manager", "roles from the access token: {me}");
     assert_eq!(me["cookie"], true);
     assert!(me["csrf_token"].as_str().is_some());
+    // The session lasts no longer than the provider's tokens (they expire in 300 s).
+    let expires: chrono::DateTime<chrono::Utc> =
+        me["expires_at"].as_str().unwrap().parse().unwrap();
+    let left = expires - chrono::Utc::now();
+    assert!(
+        left <= chrono::Duration::seconds(301) && left > chrono::Duration::seconds(200),
+        "session ends with the token: {left}"
+    );
 
     // The same callback again: the state was used up.
-    let replay = client.get(&callback).send().await.unwrap();
+    let replay = client
+        .get(&callback)
+        .header("cookie", &binding)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(replay.status(), 401);
     // A forged state.
     let forged = client
@@ -549,11 +593,181 @@ async fn browser_sign_in_through_the_provider_should_start_a_session() {
         .await
         .unwrap();
     let to_provider = begin.headers()["location"].to_str().unwrap().to_owned();
+    let binding = begin.headers()["set-cookie"].to_str().unwrap();
+    let binding = binding.split(';').next().unwrap().to_owned();
     let back = client.get(&to_provider).send().await.unwrap();
     let callback = back.headers()["location"].to_str().unwrap().to_owned();
-    let done = client.get(&callback).send().await.unwrap();
+    let done = client
+        .get(&callback)
+        .header("cookie", &binding)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(done.status(), 403);
     assert!(done.headers().get("set-cookie").is_none());
+    api.fleet.shutdown().await;
+}
+
+/// Starts a sign-in and follows it to the provider: the callback URL and the binding cookie.
+async fn to_callback(client: &reqwest::Client, base: &str) -> (String, String) {
+    let begin = client
+        .get(format!("{base}/api/v1/session/oidc"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(begin.status(), 303);
+    let binding = begin.headers()["set-cookie"].to_str().unwrap();
+    let binding = binding.split(';').next().unwrap().to_owned();
+    let to_provider = begin.headers()["location"].to_str().unwrap().to_owned();
+    let back = client.get(&to_provider).send().await.unwrap();
+    (
+        back.headers()["location"].to_str().unwrap().to_owned(),
+        binding,
+    )
+}
+
+#[tokio::test]
+async fn a_sign_in_callback_in_another_browser_should_be_refused_as_login_csrf() {
+    let k1 = new_key("k1");
+    let (p, _) = start_provider([127, 71, 74, 1], vec![k1.clone()]).await;
+    let api = oidc_api(74, &p, |_| {}).await;
+    let addr = api.serve().await;
+    let base = format!("http://{addr}");
+    let client = http();
+    // The attacker signs in up to the callback, then gets the victim's browser to open it:
+    // the victim has no binding cookie, or the one of a sign-in of their own.
+    let (attackers_callback, _) = to_callback(&client, &base).await;
+    let (_, victims_binding) = to_callback(&client, &base).await;
+    for cookie in [
+        None,
+        Some(victims_binding.as_str()),
+        Some("ccm_oidc=forged"),
+    ] {
+        let (callback, _) = if cookie.is_none() {
+            (attackers_callback.clone(), String::new())
+        } else {
+            to_callback(&client, &base).await
+        };
+        let mut req = client.get(&callback);
+        if let Some(c) = cookie {
+            req = req.header("cookie", c);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 401, "{cookie:?}");
+        assert!(
+            res.headers()
+                .get_all("set-cookie")
+                .iter()
+                .all(|c| !c.to_str().unwrap().starts_with("ccm_session=")),
+            "no session for {cookie:?}"
+        );
+        let body: Value = res.json().await.unwrap();
+        assert!(
+            body["detail"].as_str().unwrap().contains("this browser"),
+            "{body}"
+        );
+    }
+    assert_eq!(api.state.sessions(), 0);
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn starting_oidc_sign_ins_should_be_limited_per_client() {
+    let k1 = new_key("k1");
+    let (p, _) = start_provider([127, 71, 75, 1], vec![k1.clone()]).await;
+    let mut cfg = OidcConfig::new(p.issuer.clone(), "ccm");
+    cfg.jwks_min_refresh_interval = Duration::ZERO;
+    let api = TestApi::start_with(75, 1, |_, _, auth| {
+        auth.oidc = Some(cfg);
+        auth.sign_in_start_limit = ccm_api::SignInLimit {
+            burst: 3,
+            per_minute: 1,
+        };
+    })
+    .await;
+    let addr = api.serve().await;
+    let client = http();
+    let begin = || {
+        client
+            .get(format!("http://{addr}/api/v1/session/oidc"))
+            .send()
+    };
+    for _ in 0..3 {
+        assert_eq!(begin().await.unwrap().status(), 303);
+    }
+    let limited = begin().await.unwrap();
+    assert_eq!(limited.status(), 429);
+    assert!(limited.headers().contains_key("retry-after"));
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_not_valid_yet_should_be_refused() {
+    let k1 = new_key("k1");
+    let (p, _) = start_provider([127, 71, 76, 1], vec![k1.clone()]).await;
+    let api = oidc_api(76, &p, |_| {}).await;
+    let later = p.sign(&k1, claims(&p, json!({"nbf": now() + 3600})));
+    let problem = api.get("/api/v1/session", &later).await.problem(401);
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not valid yet"),
+        "{problem}"
+    );
+    // Within the leeway (30 s) it passes.
+    let soon = p.sign(&k1, claims(&p, json!({"nbf": now() + 5})));
+    api.get("/api/v1/session", &soon).await.ok(200);
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn jwks_fetches_should_back_off_while_the_provider_is_down() {
+    let k1 = new_key("k1");
+    let (p, _) = start_provider([127, 71, 77, 1], vec![k1.clone()]).await;
+    let api = oidc_api(77, &p, |c| {
+        c.jwks_min_refresh_interval = Duration::from_secs(60)
+    })
+    .await;
+    p.fail_jwks.store(true, Ordering::SeqCst);
+    let token = p.sign(&k1, claims(&p, json!({})));
+    for _ in 0..20 {
+        api.get("/api/v1/session", &token).await.problem(503);
+    }
+    assert_eq!(
+        p.fetches.load(Ordering::SeqCst),
+        1,
+        "one failed fetch, then a back-off instead of one fetch per request"
+    );
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stream_opened_with_an_oidc_token_should_end_when_the_token_expires() {
+    let k1 = new_key("k1");
+    let (p, _) = start_provider([127, 71, 78, 1], vec![k1.clone()]).await;
+    let api = oidc_api(78, &p, |_| {}).await;
+    let addr = api.serve().await;
+    // Expires in 2 s (the leeway would accept it for 30 s more: the stream still ends at exp).
+    let token = p.sign(&k1, claims(&p, json!({"exp": now() + 2})));
+    let mut res = http()
+        .get(format!("http://{addr}/api/v1/events?snapshot=false"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    let mut text = String::new();
+    let read = async {
+        while let Some(chunk) = res.chunk().await.unwrap() {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("the stream ended");
+    assert!(text.contains("event: ccm.session.ended"), "{text}");
+    assert!(text.contains("\"reason\":\"expired\""), "{text}");
     api.fleet.shutdown().await;
 }
 

@@ -1,3 +1,5 @@
+use std::time::Duration;
+
 use ccm_api::SignInLimit;
 use serde_json::{Value, json};
 
@@ -181,16 +183,112 @@ async fn failed_sign_ins_should_be_rate_limited_per_address() {
     assert!((1..=60).contains(&wait), "{wait}");
     let p: Value = limited.json().await.unwrap();
     assert_eq!(p["status"], 429);
-    // Even the right token waits now.
+    // Even the right token waits now, as a sign-in or as a bearer token: a blocked address
+    // could otherwise go on guessing through any route.
     assert_eq!(sign_in(MANAGER).await.unwrap().status(), 429);
-    // Bearer requests are not sign-ins and are not blocked.
-    let ok = client
+    let blocked = client
         .get(format!("http://{addr}/api/v1/workers"))
         .bearer_auth(MANAGER)
         .send()
         .await
         .unwrap();
-    assert_eq!(ok.status(), 200);
+    assert_eq!(blocked.status(), 429);
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn failed_bearer_tokens_on_any_route_should_count_against_the_sign_in_limit() {
+    let api = TestApi::start_with(85, 1, |_, _, auth| {
+        auth.sign_in_limit = SignInLimit {
+            burst: 3,
+            per_minute: 1,
+        }
+    })
+    .await;
+    let addr = api.serve().await;
+    let client = http();
+    let id = api.workers().await[0].id;
+    let routes = [
+        format!("http://{addr}/api/v1/workers"),
+        format!("http://{addr}/api/v1/workers/{id}"),
+        format!("http://{addr}/api/v1/system/health"),
+    ];
+    for url in &routes {
+        let res = client.get(url).bearer_auth("guess").send().await.unwrap();
+        assert_eq!(res.status(), 401, "{url}");
+    }
+    let res = client
+        .get(&routes[0])
+        .bearer_auth("guess")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    assert!(res.headers().contains_key("retry-after"));
+    // The same limit as the sign-in: it is refused too, right token or not.
+    let res = client
+        .post(format!("http://{addr}/api/v1/session"))
+        .json(&json!({"token": MANAGER}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 429);
+    // A wrong cookie is not a guess at a token: nobody is blocked for an expired session.
+    let api2 = TestApi::start_with(86, 1, |_, _, auth| {
+        auth.sign_in_limit = SignInLimit {
+            burst: 1,
+            per_minute: 1,
+        }
+    })
+    .await;
+    let addr2 = api2.serve().await;
+    for _ in 0..5 {
+        let res = client
+            .get(format!("http://{addr2}/api/v1/workers"))
+            .header("cookie", "ccm_session=expired-or-signed-out")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 401);
+    }
+    api.fleet.shutdown().await;
+    api2.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn behind_a_proxy_the_limit_should_key_on_the_right_most_untrusted_forwarded_hop() {
+    let api = TestApi::start_with(87, 1, |_, api, auth| {
+        api.trust_forwarded_headers = true;
+        auth.sign_in_limit = SignInLimit {
+            burst: 2,
+            per_minute: 1,
+        }
+    })
+    .await;
+    let addr = api.serve().await;
+    let client = http();
+    // The test connects from 127.0.0.1: the default trusted proxy. The attacker varies the
+    // left-most hop it writes itself; the proxy appended its real address on the right.
+    let sign_in = |xff: String| {
+        client
+            .post(format!("http://{addr}/api/v1/session"))
+            .header("x-forwarded-for", xff)
+            .json(&json!({"token": "guess"}))
+            .send()
+    };
+    for i in 0..2 {
+        let res = sign_in(format!("10.9.9.{i}, 203.0.113.7")).await.unwrap();
+        assert_eq!(res.status(), 401);
+    }
+    let res = sign_in("10.9.9.77, 203.0.113.7".into()).await.unwrap();
+    assert_eq!(
+        res.status(),
+        429,
+        "a fresh left-most hop does not reset the limit"
+    );
+    // Another real client behind the same proxy is not affected.
+    let res = sign_in("203.0.113.8".into()).await.unwrap();
+    assert_eq!(res.status(), 401);
     api.fleet.shutdown().await;
 }
 
@@ -234,8 +332,14 @@ async fn send_to(
 /// The API as after a restart of ccm: a new state over the same engine and database, with
 /// no session in memory.
 fn restarted(api: &TestApi) -> axum::Router {
-    let auth =
-        ccm_api::AuthConfig::default().with_token("manager", ccm_api::Role::Manager, MANAGER);
+    restarted_with(
+        api,
+        ccm_api::AuthConfig::default().with_token("manager", ccm_api::Role::Manager, MANAGER),
+    )
+}
+
+/// As [`restarted`], with another `[auth]` configuration.
+fn restarted_with(api: &TestApi, auth: ccm_api::AuthConfig) -> axum::Router {
     let state = ccm_api::ApiState::new(
         api.fleet.engine.clone(),
         ccm_api::ApiConfig::default(),
@@ -300,4 +404,145 @@ async fn a_session_should_survive_a_restart_and_end_everywhere_when_signed_out()
     )
     .await;
     assert_eq!(status, 401);
+}
+
+#[tokio::test]
+async fn a_session_should_end_at_the_next_start_when_its_token_is_removed_or_lowered() {
+    let api = TestApi::start(88, 1).await;
+    let first = restarted(&api);
+    let mut cookies = Vec::new();
+    for _ in 0..3 {
+        let (status, cookie, session) = send_to(
+            &first,
+            http::Method::POST,
+            "/api/v1/session",
+            None,
+            None,
+            Some(json!({"token": MANAGER})),
+        )
+        .await;
+        assert_eq!(status, 200, "{session}");
+        cookies.push(cookie.unwrap().split(';').next().unwrap().to_owned());
+    }
+    let me = |router: axum::Router, cookie: String| async move {
+        send_to(
+            &router,
+            http::Method::GET,
+            "/api/v1/session",
+            Some(&cookie),
+            None,
+            None,
+        )
+        .await
+        .0
+    };
+    use ccm_api::{AuthConfig, Role};
+    // Lowered to viewer: the manager session ends.
+    let lowered = AuthConfig::default().with_token("manager", Role::Viewer, MANAGER);
+    assert_eq!(
+        me(restarted_with(&api, lowered), cookies[0].clone()).await,
+        401
+    );
+    // Removed: ends.
+    let removed = AuthConfig::default().with_token("other", Role::Admin, "other-token");
+    assert_eq!(
+        me(restarted_with(&api, removed), cookies[1].clone()).await,
+        401
+    );
+    // Unchanged: lives on.
+    assert_eq!(me(restarted(&api), cookies[2].clone()).await, 200);
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_event_stream_should_end_when_its_session_signs_out() {
+    let api = TestApi::start(89, 1).await;
+    let addr = api.serve().await;
+    let base = format!("http://{addr}");
+    let client = http();
+    let res = client
+        .post(format!("{base}/api/v1/session"))
+        .json(&json!({"token": VIEWER}))
+        .send()
+        .await
+        .unwrap();
+    let pair = res.headers()["set-cookie"].to_str().unwrap();
+    let pair = pair.split(';').next().unwrap().to_owned();
+    let csrf = res.json::<Value>().await.unwrap()["csrf_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut stream = client
+        .get(format!("{base}/api/v1/events"))
+        .header("cookie", &pair)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    // Wait until it streams (the connect comment and the snapshot).
+    let mut text = String::new();
+    while !text.contains("ccm.worker.snapshot") {
+        let chunk = tokio::time::timeout(Duration::from_secs(10), stream.chunk())
+            .await
+            .expect("the stream opened")
+            .unwrap()
+            .unwrap();
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    // Another session of the same user keeps its stream.
+    let res = client
+        .post(format!("{base}/api/v1/session"))
+        .json(&json!({"token": VIEWER}))
+        .send()
+        .await
+        .unwrap();
+    let other = res.headers()["set-cookie"].to_str().unwrap();
+    let other = other.split(';').next().unwrap().to_owned();
+    let mut other_stream = client
+        .get(format!("{base}/api/v1/events?snapshot=false"))
+        .header("cookie", &other)
+        .send()
+        .await
+        .unwrap();
+    let first = tokio::time::timeout(Duration::from_secs(10), other_stream.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("connected"));
+
+    let out = client
+        .delete(format!("{base}/api/v1/session"))
+        .header("cookie", &pair)
+        .header("x-csrf-token", &csrf)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(out.status(), 204);
+    let rest = async {
+        let mut rest = String::new();
+        while let Some(chunk) = stream.chunk().await.unwrap() {
+            rest.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        rest
+    };
+    let rest = tokio::time::timeout(Duration::from_secs(10), rest)
+        .await
+        .expect("the stream ends promptly after the sign-out");
+    assert!(rest.contains("event: ccm.session.ended"), "{rest}");
+    assert!(rest.contains("\"reason\":\"signed_out\""), "{rest}");
+    assert!(
+        rest.trim_end().ends_with('}'),
+        "the end event is the last frame: {rest}"
+    );
+    // The other session is still signed in.
+    let me = client
+        .get(format!("{base}/api/v1/session"))
+        .header("cookie", &other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(me.status(), 200);
+    drop(other_stream);
+    api.fleet.shutdown().await;
 }

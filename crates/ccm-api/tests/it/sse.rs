@@ -307,6 +307,67 @@ async fn last_event_id_should_resume_without_gaps_or_duplicates() {
     api.fleet.shutdown().await;
 }
 
+#[tokio::test]
+async fn a_last_event_id_above_the_log_head_should_replay_from_the_start_and_say_so() {
+    let api = TestApi::start(98, 1).await;
+    let addr = api.serve().await;
+    let id = api.workers().await[0].id.to_string();
+    for i in 0..4 {
+        toggle_idle(&api, &id, i % 2 == 1).await;
+    }
+    let store = api.fleet.engine.store();
+    let kept: Vec<u64> = store
+        .read(&EventQuery {
+            types: vec!["ccm.worker.idle_detection_changed".into()],
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.seq)
+        .collect();
+    assert!(kept.len() >= 3, "{kept:?}");
+    let head = store.last_seq().await.unwrap();
+    // As after a restored backup: the client saw ids the log no longer reaches.
+    let ahead = head + 1000;
+    let mut r = connect(
+        addr,
+        "?snapshot=false&type=ccm.worker.idle_detection_changed",
+        Some(ahead),
+    )
+    .await;
+    let reset = next_message(&mut r).await;
+    assert_eq!(reset.event_type(), "ccm.stream.reset");
+    assert_eq!(reset.id, None, "not a log position");
+    let d = data(&reset);
+    assert_eq!(d["data"]["reason"], "last_event_id_ahead", "{d}");
+    assert_eq!(d["data"]["last_event_id"], ahead);
+    assert_eq!(d["data"]["newest_event_id"], head);
+    let mut replayed = Vec::new();
+    while replayed.len() < kept.len() {
+        let m = next_message(&mut r).await;
+        replayed.push(m.id.unwrap().parse::<u64>().unwrap());
+    }
+    assert_eq!(replayed, kept, "everything kept, from the start, in order");
+    // Then live, as usual.
+    toggle_idle(&api, &id, false).await;
+    toggle_idle(&api, &id, true).await;
+    let live = next_message(&mut r).await;
+    assert!(live.id.unwrap().parse::<u64>().unwrap() > head);
+    // A Last-Event-ID at the head is an ordinary resume: no reset.
+    let mut at_head = connect(
+        addr,
+        "?snapshot=false&type=ccm.worker.idle_detection_changed",
+        Some(store.last_seq().await.unwrap()),
+    )
+    .await;
+    toggle_idle(&api, &id, false).await;
+    let m = next_message(&mut at_head).await;
+    assert_eq!(m.event_type(), "ccm.worker.idle_detection_changed");
+    api.fleet.shutdown().await;
+}
+
 /// A client that sends its request and then never reads.
 async fn stalled_client(addr: SocketAddr) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();

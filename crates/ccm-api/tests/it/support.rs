@@ -12,9 +12,9 @@ use axum::body::Body;
 use bytes::Bytes;
 use ccm_api::{ApiConfig, ApiState, AuthConfig, Role};
 use ccm_domain::ServiceStatus;
-use ccm_engine::embedded::{Embedded, EmbeddedOptions};
 use ccm_engine::{JobKind, ManualClock};
 use ccm_store::{SqliteStore, WorkerFilter};
+use ccm_testbed::embedded::{Embedded, EmbeddedOptions};
 use http::{HeaderMap, Method, Request, StatusCode, header};
 use serde_json::Value;
 use tower::ServiceExt as _;
@@ -36,6 +36,10 @@ pub(crate) struct TestApi {
     pub(crate) clock: Arc<ManualClock>,
     pub(crate) state: ApiState,
     pub(crate) router: Router,
+    /// The `[api]` and `[auth]` sections it was built with (for another state over the same
+    /// fleet, e.g. with a `[server]` section).
+    pub(crate) api_config: ApiConfig,
+    pub(crate) auth_config: AuthConfig,
 }
 
 /// An answer.
@@ -125,15 +129,23 @@ impl TestApi {
             .with_token("manager", Role::Manager, MANAGER)
             .with_token("viewer", Role::Viewer, VIEWER)
             .with_token("lab-operator", Role::LabOperator, LAB_OPERATOR);
+        // Most tests send many bad credentials on purpose (all from one address); the tests
+        // of the limit itself set their own.
+        auth.sign_in_limit = ccm_api::SignInLimit {
+            burst: 1_000_000,
+            per_minute: 1_000_000,
+        };
         tweak(&mut opts, &mut api, &mut auth);
         let fleet = Embedded::start(opts).await.unwrap();
-        let state = ApiState::new(fleet.engine.clone(), api, auth, None).unwrap();
+        let state = ApiState::new(fleet.engine.clone(), api.clone(), auth.clone(), None).unwrap();
         let router = ccm_api::router(state.clone());
         Self {
             fleet,
             clock,
             state,
             router,
+            api_config: api,
+            auth_config: auth,
         }
     }
 

@@ -143,9 +143,7 @@ async fn settings_should_be_read_patched_validated_and_versioned() {
 
 #[tokio::test]
 async fn probes_should_be_public_and_metrics_should_need_a_token() {
-    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .unwrap();
+    let handle = ccm_api::metrics::install().unwrap();
     let api = TestApi::start_with(48, 2, |_, _, _| {}).await;
     let state = ccm_api::ApiState::new(
         api.fleet.engine.clone(),
@@ -181,8 +179,19 @@ async fn probes_should_be_public_and_metrics_should_need_a_token() {
 
     api.until_ready().await;
     let _ = send("/api/v1/workers", Some(VIEWER)).await;
+    let _ = send("/api/v1/system/resilience", Some(VIEWER)).await;
+    assert_eq!(send("/api/v1/workers", Some("wrong-token")).await.0, 401);
     let (status, text) = send("/metrics", Some(VIEWER)).await;
     assert_eq!(status, 200);
+    assert_every_series_is_described(&text);
+    // Real histograms with buckets, not summaries; one series per fact.
+    assert!(text.contains("ccm_http_request_seconds_bucket{"), "{text}");
+    assert!(text.contains("ccm_poll_seconds_bucket{"), "{text}");
+    assert!(!text.contains("ccm_breakers_open_now"), "{text}");
+    assert!(
+        text.contains("ccm_auth_failures_total{method=\"bearer\"} 1"),
+        "{text}"
+    );
     for needle in [
         "ccm_workers{state=\"running\"} 2",
         "ccm_workers{state=\"stopped\"} 0",
@@ -241,6 +250,52 @@ async fn a_critical_task_down_should_make_readyz_false_until_it_is_stopped() {
     api.fleet.shutdown().await;
 }
 
+/// Every `ccm_*` series on `/metrics` has `# HELP` and `# TYPE`, and its name follows the
+/// Prometheus conventions for its type.
+fn assert_every_series_is_described(text: &str) {
+    use std::collections::{BTreeMap, BTreeSet};
+    let mut help = BTreeSet::new();
+    let mut types = BTreeMap::new();
+    let mut series = BTreeSet::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        match (words.next(), words.next(), words.next()) {
+            (Some("#"), Some("HELP"), Some(name)) => {
+                help.insert(name.to_owned());
+            }
+            (Some("#"), Some("TYPE"), Some(name)) => {
+                types.insert(name.to_owned(), words.next().unwrap_or_default().to_owned());
+            }
+            (Some(sample), _, _) if !sample.starts_with('#') => {
+                let name = sample.split('{').next().unwrap().to_owned();
+                series.insert(name);
+            }
+            _ => {}
+        }
+    }
+    let ccm: Vec<&String> = series.iter().filter(|n| n.starts_with("ccm_")).collect();
+    assert!(ccm.len() >= 8, "too little traffic to check: {ccm:?}");
+    for name in ccm {
+        let family = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|suffix| {
+                name.strip_suffix(suffix)
+                    .filter(|base| types.get(*base).is_some_and(|t| t == "histogram"))
+            })
+            .unwrap_or(name);
+        assert!(help.contains(family), "{family} has no # HELP:\n{text}");
+        let kind = types
+            .get(family)
+            .unwrap_or_else(|| panic!("{family} has no # TYPE"));
+        match kind.as_str() {
+            "counter" => assert!(family.ends_with("_total"), "{family}"),
+            "histogram" => assert!(family.ends_with("_seconds"), "{family}"),
+            "gauge" => assert!(!family.ends_with("_total"), "{family}"),
+            other => panic!("{family} is a {other} (summaries are not wanted)"),
+        }
+    }
+}
+
 #[tokio::test]
 async fn metrics_without_a_recorder_should_say_so() {
     let api = TestApi::start(49, 1).await;
@@ -252,7 +307,7 @@ async fn metrics_without_a_recorder_should_say_so() {
 #[tokio::test]
 async fn webhook_states_should_be_shown_to_viewers_without_secret_or_path() {
     use ccm_webhooks::{WebhookConfig, Webhooks};
-    let api = TestApi::start(98, 1).await;
+    let api = TestApi::start(102, 1).await;
     // Nothing configured: an empty list.
     let empty = api.get("/api/v1/system/webhooks", VIEWER).await.ok(200);
     assert_eq!(empty["items"], serde_json::json!([]));

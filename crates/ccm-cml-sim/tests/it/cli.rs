@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use ccm_cml_sim::cli::{SimArgs, run_until};
+use ccm_cml_sim::SimLauncher;
+use ccm_cml_sim::cli::{SHARD_CHILD_FLAG, SimArgs, run_until};
 use clap::Parser;
 use reqwest::StatusCode;
 
@@ -16,6 +17,11 @@ struct Cmd {
 
 fn parse(args: &[&str]) -> Result<SimArgs, clap::Error> {
     Cmd::try_parse_from(std::iter::once("sim").chain(args.iter().copied())).map(|c| c.args)
+}
+
+/// For runs that stay below `--shard-size`: the launcher is never used.
+fn unused_launcher() -> SimLauncher {
+    SimLauncher::new("/nonexistent/ccm-sim-launcher")
 }
 
 #[tokio::test]
@@ -36,10 +42,13 @@ async fn run_should_write_endpoints_serve_and_stop_cleanly() {
     ])
     .unwrap();
     let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let running = tokio::spawn(run_until(args, async move {
-        let _ = stop_rx.await;
-        Ok(())
-    }));
+    let running = tokio::spawn(async move {
+        run_until(args, &unused_launcher(), async move {
+            let _ = stop_rx.await;
+            Ok(())
+        })
+        .await
+    });
     let mut text = None;
     for _ in 0..500 {
         if let Ok(t) = std::fs::read_to_string(&out) {
@@ -103,6 +112,52 @@ fn flags_should_default_like_the_issue_says_and_reject_bad_input() {
     assert!(parse(&["--faults", "1:explode"]).is_err());
     assert!(parse(&["--faults", "demo", "--latency-ms", "5", "--tls"]).is_ok());
     assert!(parse(&["--activity", "2"]).unwrap().to_config().is_err());
+    assert!(parse(&[SHARD_CHILD_FLAG]).unwrap().shard_child);
+}
+
+#[tokio::test]
+async fn a_sharded_fleet_should_start_its_shards_with_the_callers_launcher() {
+    // A launcher that records its arguments and exits at once: the shard never serves, and
+    // the run says so, after starting exactly what the caller asked for.
+    let dir = tempfile::tempdir().unwrap();
+    let record = dir.path().join("args.txt");
+    let launcher = SimLauncher::new("/bin/sh")
+        .arg("-c")
+        .arg(r#"echo "$@" > "$0""#)
+        .arg(&record)
+        .arg("host-subcommand");
+    let args = parse(&[
+        "--workers",
+        "2",
+        "--shard-size",
+        "1",
+        "--listen-base",
+        "127.4.2.1",
+        "--port",
+        "0",
+    ])
+    .unwrap();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        run_until(args, &launcher, std::future::pending()),
+    )
+    .await
+    .expect("a failed start ends the run");
+    let err = outcome.expect_err("no shard serves");
+    assert!(matches!(err, ccm_cml_sim::SimError::Shard { .. }), "{err}");
+    assert!(err.to_string().contains("exited before serving"), "{err}");
+    let recorded = std::fs::read_to_string(&record).unwrap();
+    assert_eq!(
+        recorded.trim(),
+        format!("host-subcommand {SHARD_CHILD_FLAG}")
+    );
+
+    let missing = SimLauncher::new(dir.path().join("no-such-program"));
+    let args = parse(&["--workers", "2", "--shard-size", "1", "--port", "0"]).unwrap();
+    let err = run_until(args, &missing, std::future::pending())
+        .await
+        .expect_err("nothing to start");
+    assert!(err.to_string().contains("no-such-program"), "{err}");
 }
 
 async fn stops_on(signal: nix::sys::signal::Signal) {
@@ -119,7 +174,8 @@ async fn stops_on(signal: nix::sys::signal::Signal) {
         out.to_str().unwrap(),
     ])
     .unwrap();
-    let running = tokio::spawn(ccm_cml_sim::cli::run(args));
+    let running =
+        tokio::spawn(async move { ccm_cml_sim::cli::run(args, &unused_launcher()).await });
     let mut text = None;
     for _ in 0..500 {
         if let Ok(t) = std::fs::read_to_string(&out) {

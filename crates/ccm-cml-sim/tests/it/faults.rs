@@ -224,3 +224,35 @@ async fn set_faults_should_replace_and_clear_should_heal() {
     assert!(w.faults().is_empty() && w.is_ready());
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn redirect_should_answer_the_status_with_location_and_an_error_body() {
+    let f = fleet(1, |c| {
+        c.faults = spec("0/authenticate:redirect=308:http://127.9.9.9:8080/api/v0/authenticate")
+    })
+    .await;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = format!("{}/api/v0/authenticate", f.endpoints()[0]);
+    let resp = client
+        .post(&url)
+        .json(&serde_json::json!({"username": "admin", "password": "admin"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.headers()[reqwest::header::LOCATION],
+        "http://127.9.9.9:8080/api/v0/authenticate"
+    );
+    expect_error(resp, StatusCode::PERMANENT_REDIRECT).await;
+    // Other endpoints answer as usual.
+    let cml = Cml::new(&f.endpoints()[0]);
+    assert_eq!(
+        cml.get("/system_information").await.status(),
+        StatusCode::OK
+    );
+    f.shutdown().await;
+}

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use ccm_cml_sim::{SimConfig, SimFleet};
+use ccm_cml_sim::{CmlSimConfig, SimFleet};
 use reqwest::{Client, Method, Response, StatusCode};
 use serde_json::Value;
 
@@ -13,12 +13,12 @@ pub(crate) const ADMIN: (&str, &str) = ("admin", "admin");
 pub(crate) const STUDENT: (&str, &str) = ("student", "student");
 
 /// A fleet of `n` workers on free ports (port 0), base address 127.3.0.1.
-pub(crate) async fn fleet(n: usize, tweak: impl FnOnce(&mut SimConfig)) -> SimFleet {
-    let mut cfg = SimConfig {
+pub(crate) async fn fleet(n: usize, tweak: impl FnOnce(&mut CmlSimConfig)) -> SimFleet {
+    let mut cfg = CmlSimConfig {
         workers: n,
         port: 0,
         listen_base: Ipv4Addr::new(127, 3, 0, 1),
-        ..SimConfig::default()
+        ..CmlSimConfig::default()
     };
     tweak(&mut cfg);
     SimFleet::start(cfg).await.expect("fleet starts")

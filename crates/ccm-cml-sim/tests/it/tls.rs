@@ -1,19 +1,19 @@
 //! `--tls`: HTTPS with a generated CA that clients can verify.
 
-use ccm_cml_sim::{SimConfig, SimFleet};
+use ccm_cml_sim::{CmlSimConfig, SimFleet};
 use reqwest::StatusCode;
 
 #[tokio::test]
 async fn tls_fleet_should_serve_https_that_its_ca_verifies() {
     let dir = tempfile::tempdir().unwrap();
     let ca_out = dir.path().join("ca.pem");
-    let f = SimFleet::start(SimConfig {
+    let f = SimFleet::start(CmlSimConfig {
         workers: 2,
         port: 0,
         listen_base: "127.5.0.1".parse().unwrap(),
         tls: true,
         ca_out: Some(ca_out.clone()),
-        ..SimConfig::default()
+        ..CmlSimConfig::default()
     })
     .await
     .unwrap();
@@ -51,12 +51,12 @@ async fn tls_fleet_should_serve_https_that_its_ca_verifies() {
 /// The CA of a second fleet: valid, but not the one that signed the first fleet.
 async fn ccm_cml_sim_test_ca() -> String {
     let dir = tempfile::tempdir().unwrap();
-    let f = SimFleet::start(SimConfig {
+    let f = SimFleet::start(CmlSimConfig {
         port: 0,
         listen_base: "127.5.1.1".parse().unwrap(),
         tls: true,
         ca_out: Some(dir.path().join("other-ca.pem")),
-        ..SimConfig::default()
+        ..CmlSimConfig::default()
     })
     .await
     .unwrap();

@@ -43,15 +43,32 @@ fn every_key_should_be_read_from_toml_and_survive_a_round_trip() {
     assert_eq!(cfg.max_body_bytes, 1 << 20);
     assert_eq!(cfg.endpoint.port, Some(9443));
     cfg.validate().unwrap();
-    let back: CmlConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
-    assert_eq!(back, cfg);
+    // Written out, everything survives but the password, which is masked.
+    let written = toml::to_string(&cfg).unwrap();
+    assert!(!written.contains("s3cret"), "{written}");
+    let back: CmlConfig = toml::from_str(&written).unwrap();
+    assert_eq!(back.password.expose(), "***");
+    assert_eq!(
+        CmlConfig {
+            password: cfg.password.clone(),
+            ..back
+        },
+        cfg
+    );
 
+    let pin = format!("sha256:{}", "ab".repeat(32));
     for (text, want) in [
-        (r#"tls = "insecure""#, TlsConfig::Insecure),
-        (r#"tls = "verify""#, TlsConfig::Verify),
+        (r#"tls = "insecure""#.to_owned(), TlsConfig::Insecure),
+        (r#"tls = "verify""#.to_owned(), TlsConfig::Verify),
+        (
+            format!(r#"tls = {{ fingerprint = "{pin}" }}"#),
+            TlsConfig::Fingerprint(pin.parse().unwrap()),
+        ),
     ] {
-        let cfg: CmlConfig = toml::from_str(text).unwrap();
+        let cfg: CmlConfig = toml::from_str(&text).unwrap();
         assert_eq!(cfg.tls, want);
+        let back: CmlConfig = toml::from_str(&toml::to_string(&cfg).unwrap()).unwrap();
+        assert_eq!(back.tls, want);
     }
 }
 
@@ -92,6 +109,49 @@ fn typos_and_bad_values_should_be_rejected_naming_the_key() {
             Err(CmlConfigError::Invalid { key: k, .. }) => assert_eq!(k, key),
             other => panic!("{key}: expected invalid, got {other:?}"),
         }
+    }
+}
+
+#[test]
+fn a_malformed_fingerprint_should_be_refused_naming_the_key() {
+    for bad in [
+        "ab".repeat(32),
+        format!("sha256:{}", "ab".repeat(31)),
+        format!("sha256:{}", "zz".repeat(32)),
+        "sha1:00:11".to_owned(),
+    ] {
+        let text = format!("tls = {{ fingerprint = \"{bad}\" }}");
+        let value: toml::Value = toml::from_str(&text).unwrap();
+        let err = serde_path_to_error::deserialize::<_, CmlConfig>(value).unwrap_err();
+        assert_eq!(err.path().to_string(), "tls.fingerprint", "{bad}");
+        let err = err.into_inner().to_string();
+        assert!(err.contains("64 hex digits"), "{bad}: {err}");
+    }
+}
+
+#[test]
+fn insecure_tls_and_plain_http_should_be_named_in_the_warnings() {
+    assert!(CmlConfig::default().warnings().is_empty());
+    let mut cfg = CmlConfig {
+        tls: TlsConfig::Insecure,
+        ..CmlConfig::default()
+    };
+    let w = cfg.warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].starts_with("cml.tls = \"insecure\""), "{w:?}");
+    cfg.endpoint.scheme = "http".into();
+    let w = cfg.warnings();
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(w[1].starts_with("cml.endpoint.scheme = \"http\""), "{w:?}");
+    for safe in [
+        TlsConfig::CaFile("/etc/ccm/ca.pem".into()),
+        TlsConfig::Fingerprint(format!("sha256:{}", "00".repeat(32)).parse().unwrap()),
+    ] {
+        let cfg = CmlConfig {
+            tls: safe,
+            ..CmlConfig::default()
+        };
+        assert!(cfg.warnings().is_empty());
     }
 }
 

@@ -26,3 +26,5 @@ mod fuzz;
 mod sim_client;
 /// The resilience wiring against the simulator: blackhole, 401 storm, flapping worker.
 mod sim_resilience;
+/// What the client trusts: no redirects, pinned certificates, warnings once at start.
+mod trust;

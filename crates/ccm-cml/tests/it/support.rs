@@ -2,13 +2,13 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use ccm_cml::{CmlClient, CmlConfig, Target, TlsConfig};
-use ccm_cml_sim::{NodeTiming, SimConfig, SimFleet};
+use ccm_cml_sim::{CmlSimConfig, NodeTiming, SimFleet};
 use ccm_resilience::{Resilience, ResilienceConfig};
 
 /// A fleet of `n` simulated workers on `127.20.<net>.1..` (port 0), with fast node and
 /// licence timing; `tweak` adjusts the config.
-pub(crate) async fn fleet(net: u8, n: usize, tweak: impl FnOnce(&mut SimConfig)) -> SimFleet {
-    let mut cfg = SimConfig {
+pub(crate) async fn fleet(net: u8, n: usize, tweak: impl FnOnce(&mut CmlSimConfig)) -> SimFleet {
+    let mut cfg = CmlSimConfig {
         workers: n,
         listen_base: Ipv4Addr::new(127, 20, net, 1),
         port: 0,
@@ -18,7 +18,7 @@ pub(crate) async fn fleet(net: u8, n: usize, tweak: impl FnOnce(&mut SimConfig))
             boot: Duration::from_millis(60),
         },
         licence_delay: Duration::from_millis(100),
-        ..SimConfig::default()
+        ..CmlSimConfig::default()
     };
     tweak(&mut cfg);
     SimFleet::start(cfg)

@@ -86,7 +86,8 @@ impl JobBoard {
             }
             e.last_error = error;
         });
-        metrics::histogram!("ccm_job_seconds", "job" => job.as_str()).record(took.as_secs_f64());
+        metrics::histogram!(crate::metrics::JOB_SECONDS, "job" => job.as_str())
+            .record(took.as_secs_f64());
     }
 
     pub(crate) fn scheduled(&self, job: JobKind, n: usize) {

@@ -116,7 +116,7 @@ pub(crate) async fn sync_worker(
         );
         probe_first(probe, others).await
     };
-    metrics::histogram!("ccm_poll_seconds", "job" => "cml_sync")
+    metrics::histogram!(crate::metrics::POLL_SECONDS, "job" => "cml_sync")
         .record(started.elapsed().as_secs_f64());
     record(ctx, grant, id, &target, sync)
 }

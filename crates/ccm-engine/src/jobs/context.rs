@@ -200,7 +200,7 @@ impl JobContext {
     fn held(&self, grant: &Grant) -> bool {
         let held = *grant.scope() == GrantScope::Command || self.ownership.holds(grant);
         if !held {
-            metrics::counter!("ccm_job_writes_refused_total").increment(1);
+            metrics::counter!(crate::metrics::JOB_WRITES_REFUSED).increment(1);
             tracing::debug!(scope = ?grant.scope(), fence = %grant.token(), "grant no longer held; result dropped");
         }
         held

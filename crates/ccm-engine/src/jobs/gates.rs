@@ -61,7 +61,7 @@ impl CmlGates {
         match job {
             JobKind::CmlSync | JobKind::Activity if down => Some(self.probes.clone()),
             JobKind::CmlSync | JobKind::Activity => Some(self.workers.clone()),
-            JobKind::Labs => ctx.resilience().bulkhead(ccm_resilience::bulkhead::LABS),
+            JobKind::Labs => Some(ctx.resilience().bulkhead(ccm_resilience::bulkhead::LABS)),
             _ => None,
         }
     }
@@ -102,7 +102,8 @@ impl PollClaims {
                 key: (job, id),
             })
         } else {
-            metrics::counter!("ccm_poll_overlap_skipped_total", "job" => job.as_str()).increment(1);
+            metrics::counter!(crate::metrics::POLL_OVERLAP_SKIPPED, "job" => job.as_str())
+                .increment(1);
             None
         }
     }

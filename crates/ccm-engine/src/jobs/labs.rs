@@ -61,7 +61,7 @@ pub(crate) async fn refresh_labs(
             }
         }
     }
-    metrics::histogram!("ccm_poll_seconds", "job" => "labs")
+    metrics::histogram!(crate::metrics::POLL_SECONDS, "job" => "labs")
         .record(started.elapsed().as_secs_f64());
     let (added, removed) = if unread == 0 {
         ctx.replace_labs(grant, id, &records).await?

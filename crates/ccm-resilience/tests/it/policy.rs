@@ -1,6 +1,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use ccm_resilience::bulkhead::{AWS, CML_POLL, LABS};
 use ccm_resilience::{
     Call, CallError, ErrorClass, RecordingObserver, Resilience, ResilienceConfig, ResilienceEvent,
 };
@@ -317,7 +318,7 @@ async fn the_disabled_stack_should_make_exactly_one_unbounded_attempt() {
     let r = Resilience::disabled();
     let n = Counter::default();
     let res: Result<(), _> = r
-        .call(&Call::new("w").bulkhead("labs").rate_limit("eu"), |_| {
+        .call(&Call::new("w").bulkhead(LABS).rate_limit("eu"), |_| {
             n.hit();
             async { Err(TestError::transient()) }
         })
@@ -414,13 +415,13 @@ async fn a_full_bulkhead_should_reject_the_call_with_a_typed_error() {
     cfg.bulkheads.labs.max_queue = 1;
     let obs = RecordingObserver::new();
     let r = Resilience::new(&cfg, obs.clone());
-    let labs = r.bulkhead("labs").unwrap();
+    let labs = r.bulkhead(LABS);
     let held = labs.acquire().await.unwrap();
 
     let queued = tokio::spawn({
         let r = r.clone();
         async move {
-            r.call(&Call::new("w").bulkhead("labs"), |_| async {
+            r.call(&Call::new("w").bulkhead(LABS), |_| async {
                 Ok::<_, TestError>(1)
             })
             .await
@@ -431,7 +432,7 @@ async fn a_full_bulkhead_should_reject_the_call_with_a_typed_error() {
     }
     let n = Counter::default();
     let res: Result<(), _> = r
-        .call(&Call::new("w").bulkhead("labs"), |_| {
+        .call(&Call::new("w").bulkhead(LABS), |_| {
             n.hit();
             async { Ok::<_, TestError>(()) }
         })
@@ -463,10 +464,10 @@ async fn waiting_for_a_bulkhead_should_count_against_the_deadline() {
     let mut cfg = ResilienceConfig::default();
     cfg.bulkheads.aws.max_concurrent = 1;
     let r = Resilience::new(&cfg, Arc::new(ccm_resilience::NoopObserver));
-    let _held = r.bulkhead("aws").unwrap().acquire().await.unwrap();
+    let _held = r.bulkhead(AWS).acquire().await.unwrap();
     let t0 = Instant::now();
     let res: Result<(), CallError<TestError>> = r
-        .call(&Call::new("aws:eu-west-1:ec2").bulkhead("aws"), |_| async {
+        .call(&Call::new("aws:eu-west-1:ec2").bulkhead(AWS), |_| async {
             Ok(())
         })
         .await;
@@ -526,7 +527,7 @@ async fn the_full_stack_should_pass_a_healthy_call_through_once() {
         assert_eq!(res, Ok(i));
     }
     assert_eq!(n.get(), 100);
-    assert_eq!(r.bulkhead("cml_poll").unwrap().in_flight(), 0);
+    assert_eq!(r.bulkhead(CML_POLL).in_flight(), 0);
     assert_eq!(r.budget().snapshot().calls, 100);
     assert_eq!(r.budget().snapshot().retries, 0);
     assert_eq!(

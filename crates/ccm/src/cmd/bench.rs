@@ -1,22 +1,20 @@
-//! `ccm bench`: reproducible performance runs that print one JSON object.
+//! `ccm bench`: reproducible performance runs that print one JSON object (BENCHMARKS.md).
 //!
-//! - `ccm bench sync` — the fleet sync benchmark: spawns the CML simulator (`ccm sim`, in its
-//!   own processes), registers its workers in a real engine on a temporary SQLite file, runs
-//!   full CML sync cycles and reports their times, the requests the simulator received, ccm's
-//!   peak memory and CPU time, and the resulting statuses; optionally runs the Python
-//!   seed-poller on the same fleet and reports the speedup. See BENCHMARKS.md.
-//! - `ccm bench sse` — live-event fan-out: many SSE clients of the real API, every event
-//!   counted at every client, with its latency.
-
-mod peer;
-mod procstat;
-mod sim;
-mod sse;
-mod sync;
+//! Thin glue: the flags become the options of a harness in `ccm_testbed::bench`, which runs
+//! the benchmark and returns its report; this module prints it.
+//!
+//! - `ccm bench sync` — full CML sync cycles of a simulated fleet (`ccm sim` in child
+//!   processes) through a real engine; optionally the Python seed-poller on the same fleet.
+//! - `ccm bench sse` — live events fanned out to many SSE subscribers of the real API.
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::time::Duration;
+
+use anyhow::Context as _;
+use ccm_testbed::bench::{self, SeedPoller, SseOptions, SyncOptions};
+
+use crate::config::ConfigError;
 
 /// `ccm bench` and its benchmarks.
 #[derive(Debug, clap::Args)]
@@ -31,7 +29,7 @@ pub(crate) enum BenchCommand {
     /// Full CML sync cycles of a simulated fleet (optionally against the Python seed-poller).
     Sync(SyncArgs),
     /// Live events fanned out to many SSE subscribers of the API.
-    Sse(sse::SseArgs),
+    Sse(SseArgs),
 }
 
 /// A peer implementation to run on the same fleet.
@@ -81,11 +79,12 @@ pub(crate) struct SyncArgs {
     /// The peer's concurrency (the seed-poller's default is 10).
     #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(crate) peer_concurrency: u32,
-    /// Directory holding `seed_poller.py` and `requirements.txt`.
-    #[arg(long, value_name = "DIR", default_value = default_peer_dir())]
-    pub(crate) peer_dir: PathBuf,
+    /// The seed-poller's directory (`seed_poller.py`, `requirements.txt`)
+    /// [default: bench/seed-poller under the working directory].
+    #[arg(long = "seed-poller", alias = "peer-dir", value_name = "DIR")]
+    pub(crate) seed_poller: Option<PathBuf>,
     /// The peer's Python virtualenv (created when missing).
-    #[arg(long, value_name = "DIR", default_value = default_peer_venv())]
+    #[arg(long, value_name = "DIR", default_value = "target/seed-poller-venv")]
     pub(crate) peer_venv: PathBuf,
     /// Address of the first simulated worker (the others count up).
     #[arg(long, default_value = "127.100.0.1")]
@@ -101,20 +100,105 @@ pub(crate) struct SyncArgs {
     pub(crate) timeout: Duration,
 }
 
-/// The repository's `bench/seed-poller`, as seen from where this binary was built.
-fn default_peer_dir() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../../bench/seed-poller")
-}
-
-/// `target/seed-poller-venv` of the repository this binary was built from (gitignored).
-fn default_peer_venv() -> &'static str {
-    concat!(env!("CARGO_MANIFEST_DIR"), "/../../target/seed-poller-venv")
+/// `ccm bench sse` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct SseArgs {
+    /// SSE clients connected at once.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=20_000))]
+    pub(crate) subscribers: u32,
+    /// Events published.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub(crate) events: u32,
+    /// Pause between two published events.
+    #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) interval: Duration,
+    /// Address of the one simulated worker the engine needs.
+    #[arg(long, default_value = "127.98.0.1")]
+    pub(crate) listen_base: Ipv4Addr,
+    /// Longest the whole run may take.
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) timeout: Duration,
 }
 
 /// Runs a benchmark and prints its JSON report on stdout.
 pub(crate) fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd.command {
-        BenchCommand::Sync(args) => sync::main(args),
-        BenchCommand::Sse(args) => sse::main(args),
+        BenchCommand::Sync(args) => sync(args),
+        BenchCommand::Sse(args) => sse(args),
     }
+}
+
+/// `ccm bench sync`: checks the flags, runs the harness until done, Ctrl-C or SIGTERM (the
+/// simulator's processes are stopped either way) and prints the report.
+fn sync(args: SyncArgs) -> anyhow::Result<()> {
+    let peer = match args.peer {
+        None => None,
+        Some(Peer::SeedPoller) => Some(SeedPoller {
+            dir: bench::locate_seed_poller(args.seed_poller.as_deref()).map_err(|e| {
+                let hint = match args.seed_poller {
+                    Some(_) => "check --seed-poller DIR",
+                    None => "run from the repository root or pass --seed-poller DIR",
+                };
+                ConfigError(format!("{e}; {hint}"))
+            })?,
+            venv: args.peer_venv,
+            concurrency: args.peer_concurrency,
+        }),
+    };
+    let options = SyncOptions {
+        simulator: super::sim_launcher()?,
+        workers: args.workers,
+        latency_ms: args.latency_ms,
+        concurrency: args.concurrency,
+        cycles: args.cycles,
+        blackhole_percent: args.blackhole_percent,
+        breaker_open_for: args.breaker_open_for,
+        idle_connections_per_worker: args.idle_connections_per_worker,
+        idle_timeout: args.idle_timeout,
+        tls: args.tls,
+        peer,
+        listen_base: args.listen_base,
+        port: args.port,
+        shard_size: args.shard_size,
+        timeout: args.timeout,
+    };
+    let runtime = super::runtime::build()?;
+    let outcome = runtime.block_on(async move {
+        tokio::select! {
+            r = bench::sync(options) => r.context("sync benchmark failed"),
+            () = super::runtime::shutdown_signal() => anyhow::bail!("interrupted"),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let report = outcome?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// `ccm bench sse`: runs the harness (bounded by `--timeout`) and prints the report, its
+/// summary on stderr.
+fn sse(args: SseArgs) -> anyhow::Result<()> {
+    let runtime = super::runtime::build()?;
+    let options = SseOptions {
+        interval: args.interval,
+        fleet_base: args.listen_base,
+        ..SseOptions::default()
+    };
+    let report = runtime.block_on(async {
+        tokio::time::timeout(
+            args.timeout,
+            bench::sse(args.subscribers as usize, args.events as usize, options),
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "the benchmark took longer than --timeout {:?}",
+                args.timeout
+            )
+        })?
+        .context("SSE benchmark failed")
+    })?;
+    eprintln!("{report}");
+    println!("{}", serde_json::to_string(&report)?);
+    Ok(())
 }

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use ccm_engine::embedded::{Embedded, EmbeddedOptions};
 use ccm_store::{SqliteStore, StoreConfig};
+use ccm_testbed::embedded::{Embedded, EmbeddedOptions};
 
 use crate::config::Config;
 
@@ -43,14 +43,15 @@ pub(crate) struct DemoArgs {
 pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
     let faults = ccm_cml_sim::faults::FaultSpec::parse(&args.faults)
         .map_err(|e| crate::config::ConfigError(format!("--faults: {e}")))?;
-    let metrics = super::runtime::metrics();
+    let metrics = super::runtime::metrics()?;
     for suffix in ["", "-wal", "-shm"] {
         let mut p = args.db.clone().into_os_string();
         p.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(p));
     }
     let store_cfg = StoreConfig {
-        path: args.db.clone(),
+        path: Some(args.db.clone()),
+        url: None,
         synchronous: ccm_store::Synchronous::Normal,
         ..config.database.clone()
     };
@@ -109,8 +110,15 @@ pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
     let fleet = Embedded::start(opts)
         .await
         .context("cannot start the embedded fleet")?;
-    let state = ccm_api::ApiState::new(
+    // The listener's limits from `[server]`; the demo always speaks plain HTTP on loopback.
+    let server = ccm_api::ServerConfig {
+        tls_cert: None,
+        tls_key: None,
+        ..config.server.clone()
+    };
+    let state = ccm_api::ApiState::with_server(
         fleet.engine.clone(),
+        server,
         config.api.clone(),
         auth,
         Some(metrics),

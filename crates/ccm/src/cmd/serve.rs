@@ -8,16 +8,14 @@ use ccm_cloud::{CloudProvider, ResilientCloud, ResilientCloudConfig};
 use ccm_cloud_aws::AwsCloud;
 use ccm_cml::CmlClient;
 use ccm_engine::{Engine, EngineParts, TokioClock, resilience_with_bus};
-use ccm_store::SqliteStore;
+use ccm_store::{Backend, PgStore, SqliteStore, Store};
 
 use crate::config::Config;
 
 /// Builds every part from the configuration and runs until Ctrl-C or SIGTERM.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
-    let metrics = super::runtime::metrics();
-    let store = SqliteStore::open(&config.database)
-        .await
-        .with_context(|| format!("database {}", config.database.path.display()))?;
+    let metrics = super::runtime::metrics()?;
+    let store = open_store(&config.database).await?;
     let (events, resilience) = resilience_with_bus(&config.resilience, None);
     let cml = CmlClient::new(&config.cml, resilience.clone())
         .map_err(|e| crate::config::ConfigError(e.to_string()))?;
@@ -36,7 +34,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         &cloud_policy,
     ));
     let engine = Engine::start(EngineParts {
-        store: Arc::new(store),
+        store,
         cloud,
         cml,
         resilience,
@@ -48,8 +46,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     .await
     .context("cannot start the engine")?;
     engine.forward_resilience_events(events);
-    let state = ccm_api::ApiState::new(
+    let state = ccm_api::ApiState::with_server(
         engine.clone(),
+        config.server.clone(),
         config.api.clone(),
         config.auth.clone(),
         Some(metrics),
@@ -61,11 +60,36 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("server.listen {}", config.server.listen))?;
-    tracing::info!(listen = %config.server.listen, "ccm serving");
+    tracing::info!(
+        listen = %config.server.listen,
+        https = config.server.tls(),
+        "ccm serving"
+    );
     ccm_api::serve(listener, state, super::runtime::shutdown_signal())
         .await
         .context("HTTP server failed")?;
     webhooks.stop();
     engine.shutdown().await;
     Ok(())
+}
+
+/// The store the configuration selects: PostgreSQL for `database.url`, else the SQLite file.
+/// Errors name the key; the URL shows without its password.
+async fn open_store(config: &ccm_store::StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+    Ok(match config.backend() {
+        Backend::Postgres(url) => {
+            let store = PgStore::connect(url, config)
+                .await
+                .with_context(|| format!("database.url {url}"))?;
+            tracing::info!(database = %url, "store: PostgreSQL");
+            Arc::new(store)
+        }
+        Backend::Sqlite(path) => {
+            let store = SqliteStore::open(config)
+                .await
+                .with_context(|| format!("database.path {}", path.display()))?;
+            tracing::info!(database = %path.display(), "store: SQLite");
+            Arc::new(store)
+        }
+    })
 }

@@ -115,6 +115,83 @@ fn environment_variables_should_override_and_be_named_in_errors() {
 }
 
 #[test]
+fn a_database_url_should_select_postgres_and_never_show_its_password() {
+    let c = load_str(
+        "[database]\nurl = \"postgres://ccm:s3cret-pw@db.internal:5432/ccm\"\n",
+        &[],
+    )
+    .unwrap();
+    match c.database.backend() {
+        ccm_store::Backend::Postgres(url) => {
+            assert!(url.expose().contains("s3cret-pw"));
+            assert_eq!(url.to_string(), "postgres://ccm:***@db.internal:5432/ccm");
+        }
+        other => panic!("expected PostgreSQL, got {other:?}"),
+    }
+    let shown = toml::to_string_pretty(&c).unwrap();
+    assert!(!shown.contains("s3cret-pw"), "{shown}");
+    assert!(format!("{c:?}").contains("ccm:***@"));
+    assert!(!format!("{c:?}").contains("s3cret-pw"));
+
+    // The environment works too, and the SQLite default stays when nothing is set.
+    let c = load_str(
+        "",
+        &[("CCM_DATABASE__URL", "postgresql://ccm:s3cret-pw@db/ccm")],
+    )
+    .unwrap();
+    assert!(matches!(
+        c.database.backend(),
+        ccm_store::Backend::Postgres(_)
+    ));
+    let c = load_str("", &[]).unwrap();
+    assert_eq!(
+        c.database.backend(),
+        ccm_store::Backend::Sqlite(Path::new("ccm.db"))
+    );
+}
+
+#[test]
+fn a_bad_database_url_should_name_the_key_and_not_the_password() {
+    for (text, env) in [
+        (
+            "[database]\nurl = \"mysql://ccm:s3cret-pw@db/ccm\"\n",
+            vec![],
+        ),
+        (
+            "",
+            vec![("CCM_DATABASE__URL", "postgres://ccm:s3cret-pw@db:99999/ccm")],
+        ),
+        (
+            "[database]\nurl = \"postgres://ccm:s3cret-pw@db\"\n",
+            vec![],
+        ),
+    ] {
+        let err = load_str(text, &env).unwrap_err();
+        assert!(err.0.starts_with("database.url: "), "{}", err.0);
+        assert!(!err.0.contains("s3cret-pw"), "{}", err.0);
+        assert_eq!(err.0.lines().count(), 1, "{}", err.0);
+        if !env.is_empty() {
+            assert!(err.0.contains("CCM_DATABASE__URL"), "{}", err.0);
+        }
+    }
+}
+
+#[test]
+fn path_and_url_together_should_be_refused_naming_both() {
+    let err = load_str(
+        "[database]\npath = \"x.db\"\nurl = \"postgres://ccm:pw@db/ccm\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        err.0.contains("database.path") && err.0.contains("database.url"),
+        "{}",
+        err.0
+    );
+    assert_eq!(err.0.lines().count(), 1);
+}
+
+#[test]
 fn the_commented_webhooks_example_should_parse_and_validate() {
     let block: String = EXAMPLE
         .lines()

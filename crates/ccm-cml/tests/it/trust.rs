@@ -1,0 +1,256 @@
+//! What the client trusts: it never follows a redirect (a redirected login would re-send the
+//! password), a pinned certificate fingerprint is the only certificate accepted, and settings
+//! that expose the password are warned about once, at start.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use ccm_cml::{CertFingerprint, CmlClient, CmlConfig, CmlError, TlsConfig};
+use ccm_domain::service::{CmlCall, ReasonCode};
+use ccm_resilience::{Classify, ErrorClass, Resilience};
+use parking_lot::Mutex;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+use crate::support::{client, eventually, fleet, resilience_config, target};
+
+/// A listener on `ip` that counts the connections it accepts and closes each at once.
+async fn counting_listener(ip: &str) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = Arc::new(AtomicUsize::new(0));
+    let seen = count.clone();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            seen.fetch_add(1, Ordering::SeqCst);
+            drop(socket);
+        }
+    });
+    (port, count)
+}
+
+#[tokio::test]
+async fn a_redirect_should_never_be_followed_and_should_name_its_sanitised_location() {
+    let (port, hits) = counting_listener("127.9.9.9").await;
+    let elsewhere = format!("http://127.9.9.9:{port}/api/v0/authenticate");
+    // The location carries user info, a query and a fragment: none may reach the error.
+    let location = format!("http://admin:leaked@127.9.9.9:{port}/api/v0/authenticate?token=abc#x");
+    let f = fleet(40, 1, |cfg| {
+        cfg.faults = format!(
+            "0/authenticate+auth_extended:redirect=307:{location};\
+             0/system_information:redirect=302:/elsewhere?session=42"
+        )
+        .parse()
+        .unwrap();
+    })
+    .await;
+    let w = f.worker(0).unwrap();
+    let c = client();
+    let t = target(&c, &f, 0);
+
+    // A login answered with 307: the password is not re-sent anywhere.
+    let err = c.auth_extended(&t).await.unwrap_err();
+    match &err {
+        CmlError::Redirect {
+            status: 307,
+            location: Some(l),
+            ..
+        } => assert_eq!(l, &elsewhere),
+        other => panic!("expected a redirect error, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(&elsewhere), "{text}");
+    for leak in ["leaked", "admin:", "token=abc", "#x"] {
+        assert!(!text.contains(leak), "{leak} in {text}");
+    }
+    assert_eq!(err.class(), ErrorClass::Failure);
+    // An authenticated call logs in first and fails the same way.
+    let err = c.system_health(&t).await.unwrap_err();
+    assert!(
+        matches!(err, CmlError::Redirect { status: 307, .. }),
+        "{err:?}"
+    );
+
+    // An idempotent GET answered with a relative 302: not retried, not followed.
+    let err = c.system_information(&t).await.unwrap_err();
+    match &err {
+        CmlError::Redirect {
+            status: 302,
+            location: Some(l),
+            ..
+        } => assert_eq!(l, "/elsewhere"),
+        other => panic!("expected a redirect error, got {other:?}"),
+    }
+    let reason = err.reason(CmlCall::SystemInformation);
+    assert_eq!(
+        (reason.code, reason.status),
+        (ReasonCode::HttpStatus, Some(302))
+    );
+    assert!(reason.detail.unwrap().contains("/elsewhere"));
+    let counts = w.counters().by_endpoint;
+    assert_eq!(counts.get("system_information"), Some(&1), "{counts:?}");
+    assert!(!counts.contains_key("system_health"), "{counts:?}");
+
+    // The host the redirect named received nothing: each call above returned only after its
+    // whole exchange, so a followed redirect would already have connected.
+    assert_eq!(hits.load(Ordering::SeqCst), 0);
+
+    // Control: a client with reqwest's default policy does follow the login redirect, and
+    // the listener sees it — so the zero above is not a listener that cannot count.
+    let naive = reqwest::Client::builder().no_proxy().build().unwrap();
+    let _ = naive
+        .post(format!("{}/api/v0/authenticate", f.endpoints()[0]))
+        .json(&serde_json::json!({"username": "admin", "password": "admin"}))
+        .send()
+        .await;
+    eventually(
+        Duration::from_secs(5),
+        "the naive client follows",
+        || async { (hits.load(Ordering::SeqCst) > 0).then_some(()) },
+    )
+    .await;
+    f.shutdown().await;
+}
+
+/// The fingerprint of the certificate the simulator serves at `url`, read over a connection
+/// verified with the simulator's CA.
+async fn served_fingerprint(url: &str, ca: &std::path::Path) -> CertFingerprint {
+    let pem = std::fs::read(ca).unwrap();
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).unwrap();
+    let http = reqwest::Client::builder()
+        .no_proxy()
+        .tls_certs_only(certs)
+        .tls_info(true)
+        .build()
+        .unwrap();
+    let resp = http
+        .get(format!("{url}/api/v0/system_information"))
+        .send()
+        .await
+        .unwrap();
+    let info = resp.extensions().get::<reqwest::tls::TlsInfo>().unwrap();
+    CertFingerprint::of(info.peer_certificate().unwrap())
+}
+
+#[tokio::test]
+async fn a_pinned_fingerprint_should_connect_only_to_the_certificate_it_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let ca_out = ca.clone();
+    let f = fleet(41, 1, move |cfg| {
+        cfg.tls = true;
+        cfg.ca_out = Some(ca_out);
+    })
+    .await;
+    let url = f.endpoints()[0].clone();
+    assert!(url.starts_with("https://"), "{url}");
+    let right = served_fingerprint(&url, &ca).await;
+    let wrong = CertFingerprint::of(b"another controller");
+    let with = |pin: CertFingerprint| {
+        let cfg = CmlConfig {
+            tls: TlsConfig::Fingerprint(pin),
+            ..CmlConfig::default()
+        };
+        CmlClient::new(&cfg, Resilience::builder(&resilience_config()).build()).unwrap()
+    };
+
+    // The right pin: no CA is configured, yet both the open and the logged-in calls work.
+    let pinned = with(right);
+    let t = pinned.target(&url).unwrap();
+    assert!(pinned.system_information(&t).await.unwrap().ready);
+    pinned.system_health(&t).await.unwrap();
+
+    // The wrong pin: refused before anything is sent, naming both fingerprints.
+    let before = f.worker(0).unwrap().counters().requests;
+    let other = with(wrong);
+    let t = other.target(&url).unwrap();
+    let err = other.system_health(&t).await.unwrap_err();
+    match &err {
+        CmlError::CertificateMismatch { expected, seen, .. } => {
+            assert_eq!((*expected, *seen), (wrong, right));
+        }
+        other => panic!("expected a certificate mismatch, got {other:?}"),
+    }
+    let text = err.to_string();
+    assert!(text.contains(&wrong.to_string()), "{text}");
+    assert!(text.contains(&right.to_string()), "{text}");
+    assert_eq!(err.class(), ErrorClass::Failure);
+    let reason = err.reason(CmlCall::SystemHealth);
+    assert_eq!(reason.code, ReasonCode::Tls);
+    assert!(reason.detail.unwrap().contains(&right.to_string()));
+    assert_eq!(f.worker(0).unwrap().counters().requests, before);
+    f.shutdown().await;
+}
+
+/// Records the messages of the warnings `ccm_cml` logs.
+#[derive(Clone, Default)]
+struct Warnings(Arc<Mutex<Vec<String>>>);
+
+struct Message(String);
+
+impl Visit for Message {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.0 = format!("{value:?}");
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Warnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: Context<'_, S>) {
+        let meta = event.metadata();
+        let ours = meta.target() == "ccm_cml" || meta.target().starts_with("ccm_cml::");
+        if *meta.level() == tracing::Level::WARN && ours {
+            let mut m = Message(String::new());
+            event.record(&mut m);
+            self.0.lock().push(m.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn insecure_tls_should_be_warned_about_once_at_start_not_per_worker() {
+    let warnings = Warnings::default();
+    // Thread-local: this current-thread test runtime runs the client and the fleet here.
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
+    let f = fleet(42, 3, |cfg| cfg.tls = true).await;
+    let cfg = CmlConfig {
+        tls: TlsConfig::Insecure,
+        ..CmlConfig::default()
+    };
+    let c = CmlClient::new(&cfg, Resilience::builder(&resilience_config()).build()).unwrap();
+    assert_eq!(warnings.0.lock().len(), 1, "{:?}", warnings.0.lock());
+    for url in f.endpoints() {
+        let t = c.target(&url).unwrap();
+        for _ in 0..3 {
+            c.system_health(&t).await.unwrap();
+        }
+    }
+    let seen = warnings.0.lock().clone();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert!(seen[0].starts_with("cml.tls = \"insecure\""), "{seen:?}");
+
+    // Plain http: one more warning naming the scheme, again once.
+    let plain = fleet(43, 2, |_| {}).await;
+    let cfg = CmlConfig {
+        endpoint: ccm_domain::worker::EndpointPolicy {
+            scheme: "http".into(),
+            ..ccm_domain::worker::EndpointPolicy::default()
+        },
+        ..CmlConfig::default()
+    };
+    let c = CmlClient::new(&cfg, Resilience::builder(&resilience_config()).build()).unwrap();
+    for url in plain.endpoints() {
+        c.system_health(&c.target(&url).unwrap()).await.unwrap();
+    }
+    let seen = warnings.0.lock().clone();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert!(
+        seen[1].starts_with("cml.endpoint.scheme = \"http\""),
+        "{seen:?}"
+    );
+    f.shutdown().await;
+    plain.shutdown().await;
+}

@@ -1,0 +1,141 @@
+//! What both backends share: time and document encodings, error mapping.
+
+use ccm_domain::{Event, LabRecord, RuntimeSettings, Worker, WorkerId};
+use chrono::{DateTime, Utc};
+
+use crate::schema::{SESSION, SETTINGS, WORKER};
+use crate::{Result, StoreError, StoredEvent};
+
+/// The key of the runtime settings row.
+pub(crate) const RUNTIME_SETTINGS_KEY: &str = "runtime";
+
+/// Times are stored as epoch milliseconds (BIGINT) on both backends.
+pub(crate) fn ms(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_ms(v: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(v).unwrap_or_default()
+}
+
+pub(crate) fn corrupt(what: &'static str, id: impl ToString, err: impl ToString) -> StoreError {
+    StoreError::Corrupt {
+        what,
+        id: id.to_string(),
+        message: err.to_string(),
+    }
+}
+
+pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+}
+
+pub(crate) fn is_foreign_key_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(db) if db.is_foreign_key_violation())
+}
+
+/// A write that referenced a missing worker is `NotFound`, not a database error.
+pub(crate) fn map_fk(e: StoreError, worker: WorkerId) -> StoreError {
+    match e {
+        StoreError::Database(db) if is_foreign_key_violation(&db) => StoreError::NotFound {
+            what: "worker",
+            id: worker.to_string(),
+        },
+        other => other,
+    }
+}
+
+/// A worker as read from its row: the document (any schema version) and the version column.
+pub(crate) fn decode_worker(id: &str, version: i64, doc: &str) -> Result<Worker> {
+    let mut worker: Worker = WORKER.decode(id, doc)?;
+    worker.version = u64::try_from(version).map_err(|e| corrupt("worker", id, e))?;
+    Ok(worker)
+}
+
+/// The document and indexed columns of a worker about to be written at `version`.
+pub(crate) struct WorkerRow {
+    pub(crate) id: String,
+    pub(crate) instance_id: Option<String>,
+    pub(crate) doc: String,
+    pub(crate) version: i64,
+}
+
+pub(crate) fn encode_worker(worker: &Worker, version: u64) -> Result<WorkerRow> {
+    let id = worker.id.to_string();
+    let mut stored = worker.clone();
+    stored.version = version;
+    let doc = WORKER.encode(&id, &stored)?;
+    Ok(WorkerRow {
+        instance_id: worker.instance_id.as_ref().map(ToString::to_string),
+        doc,
+        version: i64::try_from(version).map_err(|e| corrupt("worker", &id, e))?,
+        id,
+    })
+}
+
+pub(crate) fn encode_settings(settings: &RuntimeSettings) -> Result<String> {
+    SETTINGS.encode(RUNTIME_SETTINGS_KEY, settings)
+}
+
+pub(crate) fn decode_settings(doc: &str) -> Result<RuntimeSettings> {
+    SETTINGS.decode(RUNTIME_SETTINGS_KEY, doc)
+}
+
+/// Sessions are the API's documents; the store only versions them. `key` is a hash, safe to
+/// name in errors.
+pub(crate) fn encode_session(key: &str, doc: &str) -> Result<String> {
+    SESSION.stamp(key, doc)
+}
+
+/// The session document as the API wrote it (upgraded, without `schema_version`).
+pub(crate) fn decode_session(key: &str, doc: &str) -> Result<String> {
+    let map = SESSION.upgrade(key, doc)?;
+    serde_json::to_string(&map).map_err(|e| corrupt("session", key, e))
+}
+
+pub(crate) fn encode_event(event: &Event) -> Result<String> {
+    serde_json::to_string(event).map_err(|e| corrupt("event", event.id, e))
+}
+
+pub(crate) fn decode_event(seq: i64, body: &str) -> Result<StoredEvent> {
+    let event: Event = serde_json::from_str(body).map_err(|e| corrupt("event", seq, e))?;
+    Ok(StoredEvent {
+        seq: u64::try_from(seq).map_err(|e| corrupt("event", seq, e))?,
+        event,
+    })
+}
+
+pub(crate) fn encode_lab(lab: &LabRecord) -> Result<String> {
+    serde_json::to_string(lab).map_err(|e| corrupt("lab", &lab.lab_id, e))
+}
+
+pub(crate) fn decode_lab(id: &str, doc: &str) -> Result<LabRecord> {
+    serde_json::from_str(doc).map_err(|e| corrupt("lab", id, e))
+}
+
+/// The escaped `LIKE` pattern of a worker text filter (`%`, `_` and `\` are literal).
+pub(crate) fn like_pattern(text: &str) -> String {
+    let escaped = text
+        .to_lowercase()
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}
+
+/// A metrics value and whether it counts (NaN and infinities do not).
+pub(crate) fn sample_pair(v: Option<f64>) -> (f64, i64) {
+    match v {
+        Some(x) if x.is_finite() => (x, 1),
+        _ => (0.0, 0),
+    }
+}
+
+/// Rows in one page of events (0: the default of 1,000; at most 10,000).
+pub(crate) fn event_limit(limit: u32) -> i64 {
+    if limit == 0 {
+        1000
+    } else {
+        i64::from(limit.min(10_000))
+    }
+}

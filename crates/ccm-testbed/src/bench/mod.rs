@@ -1,0 +1,29 @@
+//! The benchmark harnesses behind `ccm bench` (BENCHMARKS.md): each runs one reproducible
+//! measurement and returns a report that serialises to the JSON `ccm bench` prints.
+//!
+//! - [`sync()`] — full CML sync cycles of a simulated fleet through a real engine: the CML
+//!   simulator runs in its own processes (started with the caller's [`SimLauncher`]), the
+//!   workers are registered in a temporary SQLite store, and the report gives cycle times,
+//!   the requests the simulator received, ccm's peak memory and CPU time, and the statuses;
+//!   optionally the Python seed-poller ([`SeedPoller`]) runs on the same fleet.
+//! - [`sse()`] — live events fanned out to many SSE clients of the real API, every event
+//!   counted at every client, with its latency.
+//!
+//! Nothing here parses a command line or prints a report: the binary does (thin glue). The
+//! runs write their progress to standard error.
+//!
+//! [`SimLauncher`]: ccm_cml_sim::SimLauncher
+
+mod error;
+mod peer;
+mod procstat;
+mod report;
+mod sim_process;
+mod sse;
+mod sync;
+
+pub use error::BenchError;
+pub use peer::{PeerReport, SEED_POLLER_DIR, SeedPoller, locate_seed_poller};
+pub use report::{Statuses, Summary};
+pub use sse::{SseOptions, SseReport, sse};
+pub use sync::{BlackholeReport, SyncOptions, SyncReport, sync};

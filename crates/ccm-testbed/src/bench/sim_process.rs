@@ -1,0 +1,213 @@
+//! The CML simulator as a child process (the caller's [`SimLauncher`], e.g. `ccm sim …`), and
+//! its control API.
+//!
+//! The simulator runs in its own processes (it shards itself above `--shard-size` workers):
+//! its sockets do not count against ccm's open-file limit and its memory and CPU are not
+//! ccm's. It is stopped with SIGTERM (then SIGKILL) when the run ends, and killed when its
+//! handle is dropped (errors, Ctrl-C); shard children stop when their parent's pipe closes.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use ccm_cml_sim::{CounterSnapshot, SimLauncher, WorkerReport};
+use serde::Deserialize;
+use tokio::process::Child;
+
+use super::BenchError;
+
+/// How long a graceful stop may take before the simulator is killed.
+const STOP_GRACE: Duration = Duration::from_secs(20);
+
+/// What to start.
+pub(super) struct SimSpec {
+    /// How to run the simulator's command line.
+    pub(super) launcher: SimLauncher,
+    pub(super) workers: u32,
+    pub(super) listen_base: Ipv4Addr,
+    pub(super) port: u16,
+    pub(super) latency_ms: u64,
+    pub(super) faults: Option<String>,
+    pub(super) shard_size: u32,
+    /// Serve HTTPS and write the CA certificate to this file.
+    pub(super) tls_ca_out: Option<PathBuf>,
+}
+
+/// A running simulator.
+pub(super) struct SimProcess {
+    child: Child,
+    control: SocketAddr,
+    http: reqwest::Client,
+    log: PathBuf,
+    /// The file holding one base URL per line, as `ccm sim --endpoints-out` writes it.
+    pub(super) endpoints_file: PathBuf,
+    /// Base URLs, in fleet order.
+    pub(super) endpoints: Vec<String>,
+    /// The CA certificate the workers' HTTPS certificates chain to (`SimSpec::tls_ca_out`).
+    pub(super) ca_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+struct WorkerList {
+    workers: Vec<WorkerReport>,
+}
+
+/// A free TCP port on 127.0.0.1 (bound, read, released; the simulator binds it right after).
+fn free_port() -> Result<u16, BenchError> {
+    let l = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .map_err(BenchError::io("cannot find a free port"))?;
+    Ok(l.local_addr()
+        .map_err(BenchError::io("cannot find a free port"))?
+        .port())
+}
+
+/// The last lines of the simulator's log, for error messages.
+fn log_tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+impl SimProcess {
+    /// Starts the simulator and waits (bounded) until it serves every worker and its control
+    /// API answers.
+    pub(super) async fn start(spec: &SimSpec, dir: &Path) -> Result<Self, BenchError> {
+        let endpoints_file = dir.join("endpoints.txt");
+        let log = dir.join("sim.log");
+        let control = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+        let mut cmd = spec.launcher.command();
+        cmd.arg("--workers")
+            .arg(spec.workers.to_string())
+            .arg("--listen-base")
+            .arg(spec.listen_base.to_string())
+            .arg("--port")
+            .arg(spec.port.to_string())
+            .arg("--latency-ms")
+            .arg(spec.latency_ms.to_string())
+            .arg("--shard-size")
+            .arg(spec.shard_size.to_string())
+            .arg("--endpoints-out")
+            .arg(&endpoints_file)
+            .arg("--control")
+            .arg(control.to_string());
+        if let Some(f) = &spec.faults {
+            cmd.arg("--faults").arg(f);
+        }
+        if let Some(ca) = &spec.tls_ca_out {
+            cmd.arg("--tls").arg("--ca-out").arg(ca);
+        }
+        let log_err = BenchError::io(format!("cannot create {}", log.display()));
+        let log_file = std::fs::File::create(&log).map_err(log_err)?;
+        let log_out = log_file
+            .try_clone()
+            .map_err(BenchError::io("cannot share the simulator log"))?;
+        cmd.stdin(Stdio::null())
+            .stdout(log_out)
+            .stderr(log_file)
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true);
+        let program = spec.launcher.program().display().to_string();
+        let child = cmd.spawn().map_err(BenchError::io(format!(
+            "cannot start the simulator ({program})"
+        )))?;
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(60))
+            .build()
+            .map_err(BenchError::setup("http client"))?;
+        let mut sim = SimProcess {
+            child,
+            control,
+            http,
+            log,
+            endpoints_file: endpoints_file.clone(),
+            endpoints: Vec::new(),
+            ca_file: spec.tls_ca_out.clone(),
+        };
+        // Roughly 1 s per 1,000 workers on this kind of machine; allow plenty.
+        let wait = Duration::from_secs(60) + Duration::from_millis(u64::from(spec.workers) * 20);
+        let started = tokio::time::Instant::now();
+        loop {
+            let exited = sim
+                .child
+                .try_wait()
+                .map_err(BenchError::io("cannot watch the simulator"))?;
+            if let Some(status) = exited {
+                return Err(BenchError::Simulator(format!(
+                    "exited ({status}) before serving:\n{}",
+                    log_tail(&sim.log)
+                )));
+            }
+            if let Ok(text) = std::fs::read_to_string(&endpoints_file) {
+                let endpoints: Vec<String> = text
+                    .lines()
+                    .map(str::trim)
+                    .filter(|l| !l.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if endpoints.len() == spec.workers as usize && sim.counters().await.is_ok() {
+                    sim.endpoints = endpoints;
+                    return Ok(sim);
+                }
+            }
+            if started.elapsed() > wait {
+                return Err(BenchError::Simulator(format!(
+                    "did not serve within {wait:?}:\n{}",
+                    log_tail(&sim.log)
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `GET path` on the control API, decoded.
+    async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, BenchError> {
+        let url = format!("http://{}{path}", self.control);
+        let fail = |e: reqwest::Error| BenchError::Simulator(format!("control api {path}: {e}"));
+        let resp = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map_err(fail)?;
+        resp.json().await.map_err(fail)
+    }
+
+    /// Request counters summed over the whole fleet (every shard).
+    pub(super) async fn counters(&self) -> Result<CounterSnapshot, BenchError> {
+        self.get("/counters").await
+    }
+
+    /// Requests received so far by the workers `selector` picks (fault-spec selector syntax).
+    pub(super) async fn requests_of(&self, selector: &str) -> Result<u64, BenchError> {
+        let sel = selector.replace('%', "%25").replace('+', "%2B");
+        let list: WorkerList = self.get(&format!("/workers?workers={sel}")).await?;
+        Ok(list.workers.iter().map(|w| w.counters.requests).sum())
+    }
+
+    /// CPU time the simulator's processes (parent and shards) used so far, in seconds.
+    pub(super) fn cpu_seconds(&self) -> f64 {
+        self.child
+            .id()
+            .map_or(0.0, super::procstat::tree_cpu_seconds)
+    }
+
+    /// Stops the simulator: SIGTERM, then SIGKILL after a grace period.
+    pub(super) async fn stop(mut self) {
+        if let Some(pid) = self.child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGTERM,
+            );
+        }
+        if tokio::time::timeout(STOP_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the simulator did not stop in time; killing it");
+            let _ = self.child.kill().await;
+        }
+    }
+}

@@ -1,0 +1,495 @@
+//! `ccm bench sync`: full CML sync cycles of a simulated fleet through a real engine.
+//!
+//! The run: start the simulator (child processes), register its workers as running workers
+//! in a temporary SQLite store (the product's store, durability settings included, so
+//! persistence is part of what is measured), start an engine with background polling off,
+//! run one warm-up cycle (logins, connections; reported apart, not counted) and then the
+//! measured cycles with [`Engine::run_cml_cycle`], which returns once every result is
+//! stored. Requests are counted by the simulator (its control API), so retries and logins
+//! are included and nothing ccm says about itself is trusted.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ccm_cloud::CloudProvider;
+use ccm_cml::{CmlClient, CmlConfig};
+use ccm_cml_sim::{SimLauncher, WorkerSelector};
+use ccm_domain::worker::{AddressPreference, EndpointPolicy, InstanceObservation};
+use ccm_domain::{Actor, Ec2State, InstanceId, Region, RuntimeSettings, Worker};
+use ccm_engine::{CML_SYNC_CALLS, Engine, EngineConfig, EngineParts, TokioClock};
+use ccm_resilience::{BulkheadConfig, ResilienceConfig};
+use ccm_store::{SqliteStore, StoreConfig, WorkerRepo};
+use serde::Serialize;
+
+use super::BenchError;
+use super::peer::{PeerReport, SeedPoller, run_seed_poller};
+use super::procstat;
+use super::report::{Statuses, Summary, round3};
+use super::sim_process::{SimProcess, SimSpec};
+use crate::ec2::{Ec2SimConfig, SimulatedCloud};
+
+/// What to run (the flags of `ccm bench sync`).
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// How to run the CML simulator's command line (`ccm sim`) in child processes.
+    pub simulator: SimLauncher,
+    /// Simulated workers.
+    pub workers: u32,
+    /// Latency the simulator adds to every request, in milliseconds.
+    pub latency_ms: u64,
+    /// Workers synced at once (the `cml_poll` bulkhead gets [`CML_SYNC_CALLS`] call slots
+    /// per worker, its queue holds the whole fleet). `None`: the product default.
+    pub concurrency: Option<u32>,
+    /// Measured cycles (one warm-up cycle runs first and is reported apart).
+    pub cycles: u32,
+    /// Share of workers (0–100 %) that never answer (`P%:blackhole` in the simulator).
+    pub blackhole_percent: u8,
+    /// How long an open breaker rejects calls before a probe (`None`: the product default).
+    pub breaker_open_for: Option<Duration>,
+    /// Idle keep-alive connections ccm keeps per worker (`[cml] pool_max_idle_per_host`).
+    pub idle_connections_per_worker: u32,
+    /// How long an idle connection is kept (`None`: the product default).
+    pub idle_timeout: Option<Duration>,
+    /// Serve the simulated workers over HTTPS with a generated CA that ccm trusts.
+    pub tls: bool,
+    /// Also run the Python seed-poller on the same fleet and report the speedup.
+    pub peer: Option<SeedPoller>,
+    /// Address of the first simulated worker (the others count up).
+    pub listen_base: Ipv4Addr,
+    /// Port of every simulated worker.
+    pub port: u16,
+    /// Most simulated workers per simulator process.
+    pub shard_size: u32,
+    /// Longest the whole run may take; children are stopped and the run fails after it.
+    pub timeout: Duration,
+}
+
+/// What the blackholed workers saw.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BlackholeReport {
+    /// Workers that never answer.
+    pub workers: u64,
+    /// How long an open breaker rejects calls before it lets a probe through.
+    pub breaker_open_for_seconds: f64,
+    /// Requests the blackholed workers received in the warm-up cycle.
+    pub warmup_requests: u64,
+    /// Requests the blackholed workers received in each measured cycle.
+    pub requests_per_cycle: Vec<u64>,
+    /// Requests the blackholed workers received in the last measured cycle.
+    pub requests_last_cycle: u64,
+    /// Breakers open or half-open after the last cycle.
+    pub breakers_open: usize,
+}
+
+/// What `ccm bench sync` reports (its JSON; BENCHMARKS.md explains every field).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SyncReport {
+    /// Always `sync`.
+    pub benchmark: &'static str,
+    /// Simulated workers.
+    pub workers: u32,
+    /// Measured cycles.
+    pub cycles: u32,
+    /// Latency the simulator added to every request.
+    pub latency_ms: u64,
+    /// Workers synced at once.
+    pub concurrency: usize,
+    /// Slots of the `cml_poll` bulkhead (calls in flight): `concurrency` × calls per sync.
+    pub cml_poll_slots: usize,
+    /// `[cml] pool_max_idle_per_host`: keep-alive connections kept per worker between calls.
+    pub idle_connections_per_worker: u32,
+    /// Share of workers that never answered.
+    pub blackhole_percent: u8,
+    /// Whether the workers were served over HTTPS (`--tls`).
+    pub tls: bool,
+    /// The warm-up cycle (first logins, new connections); not in `cycle_seconds`.
+    pub warmup_seconds: f64,
+    /// Measured cycle times.
+    pub cycle_seconds: Summary,
+    /// Each measured cycle's time, in order.
+    pub per_cycle_seconds: Vec<f64>,
+    /// Requests the simulator received during the measured cycles (all shards).
+    pub requests: u64,
+    /// `requests` ÷ total measured cycle time.
+    pub requests_per_second: f64,
+    /// ccm's peak resident memory over the whole run (VmHWM), MiB; the simulator's processes
+    /// are not included.
+    pub rss_mb: f64,
+    /// ccm's resident memory after the last cycle, MiB.
+    pub rss_end_mb: f64,
+    /// Most file descriptors ccm held at once during the measured cycles (sampled every
+    /// 50 ms; the open-file limit here is 20,000).
+    pub open_fds_peak: usize,
+    /// ccm's user + system CPU time during the measured cycles.
+    pub cpu_seconds: f64,
+    /// The simulator's CPU time during the measured cycles (it shares the machine).
+    pub sim_cpu_seconds: f64,
+    /// Time to register the workers in the store and start the engine.
+    pub setup_seconds: f64,
+    /// Workers by service status after the last cycle.
+    pub statuses: Statuses,
+    /// With `blackhole_percent` > 0: what the blackholed workers saw.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub blackholed: Option<BlackholeReport>,
+    /// With a peer: its figures on the same fleet.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peer: Option<PeerReport>,
+    /// Peer median ÷ ccm median.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub speedup: Option<f64>,
+}
+
+/// Runs the sync benchmark (bounded by [`SyncOptions::timeout`]; the simulator's processes
+/// are stopped whichever way it ends, also when the future is dropped).
+pub async fn sync(options: SyncOptions) -> Result<SyncReport, BenchError> {
+    let limit = options.timeout;
+    tokio::time::timeout(limit, run(options))
+        .await
+        .map_err(|_| BenchError::Timeout(limit))?
+}
+
+/// The IPv4 address in a base URL such as `http://127.100.0.1:9443`.
+fn ip_of(url: &str) -> Result<Ipv4Addr, BenchError> {
+    let host = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest)
+        .split([':', '/'])
+        .next()
+        .unwrap_or_default();
+    host.parse()
+        .map_err(|_| BenchError::Simulator(format!("an endpoint without an IPv4 host: {url}")))
+}
+
+/// Runtime settings with every background job off: the benchmark drives the cycles.
+fn quiet_settings() -> RuntimeSettings {
+    RuntimeSettings {
+        polling: ccm_domain::settings::PollingSettings::all_off(),
+        ..RuntimeSettings::default()
+    }
+}
+
+/// Registers one running worker per simulator endpoint, directly in the store.
+async fn register(
+    store: &SqliteStore,
+    endpoints: &[String],
+    policy: &EndpointPolicy,
+) -> Result<(), BenchError> {
+    let region = Region::parse("eu-west-1").map_err(BenchError::setup("region"))?;
+    let by = Actor::system("bench");
+    let now = chrono::Utc::now();
+    for (i, url) in endpoints.iter().enumerate() {
+        let ip = ip_of(url)?;
+        let obs = InstanceObservation {
+            instance_id: InstanceId::parse(&format!("i-{i:017x}"))
+                .map_err(BenchError::setup("instance id"))?,
+            state: Ec2State::Running,
+            instance_type: None,
+            ami_id: None,
+            public_ip: Some(IpAddr::V4(ip)),
+            private_ip: None,
+            tags: BTreeMap::from([("Name".to_owned(), format!("bench-{i:05}"))]),
+            launched_at: Some(now),
+            detailed_monitoring: false,
+            state_reason: None,
+        };
+        let (worker, _) = Worker::import(&obs, region.clone(), policy, by.clone(), now);
+        if worker.endpoint.as_deref() != Some(url.as_str()) {
+            return Err(BenchError::Invalid(format!(
+                "worker {i}: endpoint {:?} does not match the simulator's {url}",
+                worker.endpoint
+            )));
+        }
+        store
+            .insert(&worker)
+            .await
+            .map_err(BenchError::setup("store"))?;
+    }
+    Ok(())
+}
+
+/// Everything one engine needs, built on `store`.
+async fn start_engine(
+    store: SqliteStore,
+    resilience_cfg: &ResilienceConfig,
+    policy: EndpointPolicy,
+    pool: (usize, Option<Duration>),
+    ca_file: Option<std::path::PathBuf>,
+) -> Result<Engine, BenchError> {
+    let (events, resilience) = ccm_engine::resilience_with_bus(resilience_cfg, None);
+    let mut cml_cfg = CmlConfig {
+        endpoint: policy.clone(),
+        ..CmlConfig::default()
+    };
+    cml_cfg.pool_max_idle_per_host = pool.0;
+    if let Some(ca) = ca_file {
+        cml_cfg.tls = ccm_cml::TlsConfig::CaFile(ca);
+    }
+    if let Some(idle) = pool.1 {
+        cml_cfg.pool_idle_timeout = idle;
+    }
+    let cml = CmlClient::new(&cml_cfg, resilience.clone()).map_err(BenchError::setup("cml"))?;
+    let cloud: Arc<dyn CloudProvider> =
+        Arc::new(SimulatedCloud::new(Ec2SimConfig::default()).map_err(BenchError::setup("cloud"))?);
+    let config = EngineConfig::new(
+        Default::default(),
+        Default::default(),
+        Default::default(),
+        Default::default(),
+    );
+    let engine = Engine::start(EngineParts {
+        store: Arc::new(store),
+        cloud,
+        cml,
+        resilience,
+        endpoint: policy,
+        config,
+        initial_settings: quiet_settings(),
+        clock: Arc::new(TokioClock::new()),
+    })
+    .await
+    .map_err(BenchError::setup("engine"))?;
+    engine.forward_resilience_events(events);
+    Ok(engine)
+}
+
+fn statuses(engine: &Engine) -> Statuses {
+    let counts = engine.counts();
+    let get = |k: &str| counts.by_service.get(k).copied().unwrap_or(0);
+    Statuses {
+        ready: get("ready"),
+        degraded: get("degraded"),
+        unavailable: get("unavailable"),
+        unknown: get("unknown"),
+    }
+}
+
+async fn run(args: SyncOptions) -> Result<SyncReport, BenchError> {
+    let started = tokio::time::Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("ccm-bench-")
+        .tempdir()
+        .map_err(BenchError::io("cannot create a temporary directory"))?;
+    let p = args.blackhole_percent;
+    let blackhole_sel = (p > 0).then(|| format!("{p}%"));
+    let spec = SimSpec {
+        launcher: args.simulator.clone(),
+        workers: args.workers,
+        listen_base: args.listen_base,
+        port: args.port,
+        latency_ms: args.latency_ms,
+        faults: blackhole_sel.as_ref().map(|s| format!("{s}:blackhole")),
+        shard_size: args.shard_size,
+        tls_ca_out: args.tls.then(|| dir.path().join("sim-ca.pem")),
+    };
+    eprintln!(
+        "ccm bench: starting the simulator ({} workers, {} ms latency{})",
+        args.workers,
+        args.latency_ms,
+        blackhole_sel
+            .as_ref()
+            .map(|s| format!(", {s} blackholed"))
+            .unwrap_or_default()
+    );
+    let sim = SimProcess::start(&spec, dir.path()).await?;
+    let outcome = measure(&args, &sim, dir.path(), blackhole_sel.as_deref(), started).await;
+    sim.stop().await;
+    outcome
+}
+
+async fn measure(
+    args: &SyncOptions,
+    sim: &SimProcess,
+    dir: &Path,
+    blackhole_sel: Option<&str>,
+    started: tokio::time::Instant,
+) -> Result<SyncReport, BenchError> {
+    let n = args.workers as usize;
+    let policy = EndpointPolicy {
+        scheme: if args.tls { "https" } else { "http" }.into(),
+        port: Some(args.port),
+        address: AddressPreference::Public,
+    };
+    // `--concurrency C` is in workers, like the peer's semaphore: the engine syncs
+    // `cml_poll / CML_SYNC_CALLS` workers at once, so the bulkhead gets C × CML_SYNC_CALLS
+    // call slots. Its queue holds the whole fleet.
+    let mut resilience_cfg = ResilienceConfig::default();
+    let default_poll = resilience_cfg.bulkheads.cml_poll.clone();
+    let concurrency = args
+        .concurrency
+        .map_or((default_poll.max_concurrent / CML_SYNC_CALLS).max(1), |c| {
+            c as usize
+        });
+    let cml_poll_slots = concurrency * CML_SYNC_CALLS;
+    resilience_cfg.bulkheads.cml_poll = BulkheadConfig::new(
+        cml_poll_slots,
+        default_poll.max_queue.max(n * CML_SYNC_CALLS),
+    );
+    if let Some(open_for) = args.breaker_open_for {
+        resilience_cfg.breaker.open_for = open_for;
+    }
+    resilience_cfg
+        .validate()
+        .map_err(BenchError::setup("resilience"))?;
+
+    let setup = tokio::time::Instant::now();
+    let store_cfg = StoreConfig {
+        path: Some(dir.join("bench.db")),
+        ..StoreConfig::default()
+    };
+    let store = SqliteStore::open(&store_cfg)
+        .await
+        .map_err(BenchError::setup("store"))?;
+    register(&store, &sim.endpoints, &policy).await?;
+    let pool = (args.idle_connections_per_worker as usize, args.idle_timeout);
+    let engine = start_engine(store, &resilience_cfg, policy, pool, sim.ca_file.clone()).await?;
+    let setup_seconds = setup.elapsed().as_secs_f64();
+    eprintln!("ccm bench: {n} workers registered and engine started in {setup_seconds:.1} s");
+
+    let blackholed_workers = (0..n)
+        .filter(|&i| blackhole_sel.is_some() && WorkerSelector::bucket(i) < args.blackhole_percent)
+        .count() as u64;
+    let bh_requests = || async {
+        match blackhole_sel {
+            Some(sel) => sim.requests_of(sel).await,
+            None => Ok(0),
+        }
+    };
+
+    let mut bh_before = bh_requests().await?;
+    let warm = engine.run_cml_cycle().await;
+    let bh_after = bh_requests().await?;
+    let warmup_requests = bh_after - bh_before;
+    bh_before = bh_after;
+    eprintln!(
+        "ccm bench: warm-up cycle: {:.3} s ({} workers)",
+        warm.seconds, warm.workers
+    );
+    if warm.workers != n {
+        return Err(BenchError::Invalid(format!(
+            "the engine polled {} workers, not {n}",
+            warm.workers
+        )));
+    }
+
+    let fds_peak = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let sampler = {
+        let peak = fds_peak.clone();
+        tokio::spawn(async move {
+            loop {
+                let n = procstat::open_fds().unwrap_or(0);
+                peak.fetch_max(n, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let cpu_before = procstat::cpu_seconds().unwrap_or(0.0);
+    let sim_cpu_before = sim.cpu_seconds();
+    let mut times = Vec::with_capacity(args.cycles as usize);
+    let mut requests = 0u64;
+    let mut bh_per_cycle = Vec::new();
+    for k in 1..=args.cycles {
+        let before = sim.counters().await?.requests;
+        let cycle = engine.run_cml_cycle().await;
+        let after = sim.counters().await?.requests;
+        requests += after.saturating_sub(before);
+        times.push(cycle.seconds);
+        let bh_now = bh_requests().await?;
+        let bh = bh_now.saturating_sub(bh_before);
+        bh_before = bh_now;
+        if blackhole_sel.is_some() {
+            bh_per_cycle.push(bh);
+            eprintln!(
+                "ccm bench: cycle {k}: {:.3} s, {} requests, {bh} to blackholed workers, {} breakers open",
+                cycle.seconds,
+                after.saturating_sub(before),
+                engine.resilience().breakers().open_count()
+            );
+        } else {
+            eprintln!(
+                "ccm bench: cycle {k}: {:.3} s, {} requests",
+                cycle.seconds,
+                after.saturating_sub(before)
+            );
+        }
+    }
+    let cpu_seconds = procstat::cpu_seconds().unwrap_or(0.0) - cpu_before;
+    let sim_cpu_seconds = sim.cpu_seconds() - sim_cpu_before;
+    sampler.abort();
+    let statuses = statuses(&engine);
+    let breakers_open = engine.resilience().breakers().open_count();
+    let rss_end_mb = procstat::rss_mib().unwrap_or(0.0);
+    engine.shutdown().await;
+    let rss_mb = procstat::peak_rss_mib().unwrap_or(0.0);
+
+    let total: f64 = times.iter().sum();
+    let summary = Summary::of(&times);
+    let peer = match &args.peer {
+        None => None,
+        Some(peer) => {
+            let left = args.timeout.saturating_sub(started.elapsed());
+            eprintln!(
+                "ccm bench: running the seed-poller (concurrency {}) on the same fleet",
+                peer.concurrency
+            );
+            Some(run_seed_poller(peer, &sim.endpoints_file, args.cycles, left).await?)
+        }
+    };
+    let speedup = peer
+        .as_ref()
+        .filter(|_| summary.median > 0.0)
+        .map(|p| round3(p.cycle_seconds.median / summary.median));
+    Ok(SyncReport {
+        benchmark: "sync",
+        workers: args.workers,
+        cycles: args.cycles,
+        latency_ms: args.latency_ms,
+        concurrency,
+        cml_poll_slots,
+        idle_connections_per_worker: args.idle_connections_per_worker,
+        blackhole_percent: args.blackhole_percent,
+        tls: args.tls,
+        warmup_seconds: round3(warm.seconds),
+        cycle_seconds: summary.rounded(),
+        per_cycle_seconds: times.iter().copied().map(round3).collect(),
+        requests,
+        requests_per_second: if total > 0.0 {
+            (requests as f64 / total).round()
+        } else {
+            0.0
+        },
+        rss_mb: (rss_mb * 10.0).round() / 10.0,
+        rss_end_mb: (rss_end_mb * 10.0).round() / 10.0,
+        open_fds_peak: fds_peak.load(std::sync::atomic::Ordering::Relaxed),
+        cpu_seconds: (cpu_seconds * 100.0).round() / 100.0,
+        sim_cpu_seconds: (sim_cpu_seconds * 100.0).round() / 100.0,
+        setup_seconds: round3(setup_seconds),
+        statuses,
+        blackholed: blackhole_sel.map(|_| BlackholeReport {
+            workers: blackholed_workers,
+            breaker_open_for_seconds: resilience_cfg.breaker.open_for.as_secs_f64(),
+            warmup_requests,
+            requests_last_cycle: bh_per_cycle.last().copied().unwrap_or(0),
+            requests_per_cycle: bh_per_cycle,
+            breakers_open,
+        }),
+        peer,
+        speedup,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_addresses_should_be_read_from_base_urls() {
+        assert_eq!(
+            ip_of("http://127.100.0.7:9443").unwrap(),
+            Ipv4Addr::new(127, 100, 0, 7)
+        );
+        assert!(ip_of("http://cml.example:9443").is_err());
+    }
+}
