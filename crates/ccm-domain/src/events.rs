@@ -141,8 +141,9 @@ catalogue! {
     WorkerIdleDetectionChanged = "ccm.worker.idle_detection_changed" { enabled: bool, by: Actor }
     /// A refresh was asked for.
     WorkerRefreshRequested = "ccm.worker.refresh_requested" { by: Actor }
-    /// A refresh was not started, and why.
-    WorkerRefreshSkipped = "ccm.worker.refresh_skipped" {
+    /// A refresh was not started, and why. Reserved: since refreshes that are throttled write
+    /// nothing, the reason is only in the API's answer (`outcome`/`reason`).
+    WorkerRefreshSkipped = "ccm.worker.refresh_skipped", reserved {
         reason: RefreshSkip, #[serde(default)] retry_in_seconds: Option<u64>,
     }
     /// The idle policy found the worker idle.
