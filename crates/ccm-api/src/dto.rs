@@ -23,6 +23,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{AuthMethod, Role};
+pub use crate::handlers::webhooks::{BlockedEventView, WebhookList, WebhookView};
 
 // === views: workers ===
 

@@ -61,6 +61,7 @@ impl CookiePolicy {
 
 struct Inner {
     engine: Engine,
+    webhooks: std::sync::OnceLock<ccm_webhooks::Webhooks>,
     config: ApiConfig,
     server: ServerConfig,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -134,6 +135,7 @@ impl ApiState {
         Ok(Self {
             inner: Arc::new(Inner {
                 engine,
+                webhooks: std::sync::OnceLock::new(),
                 config,
                 server,
                 tls,
@@ -150,6 +152,19 @@ impl ApiState {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// Shows these webhook deliveries at `GET /api/v1/system/webhooks` (once; a second call
+    /// is ignored).
+    pub fn attach_webhooks(&self, webhooks: ccm_webhooks::Webhooks) {
+        if self.inner.webhooks.set(webhooks).is_err() {
+            tracing::warn!("webhooks were attached twice; keeping the first");
+        }
+    }
+
+    /// The webhook deliveries, when attached.
+    pub(crate) fn webhooks(&self) -> Option<&ccm_webhooks::Webhooks> {
+        self.inner.webhooks.get()
     }
 
     /// The `[api]` configuration.

@@ -13,7 +13,8 @@ import { ec2Badge, serviceBadge, freshnessBadge, breakerBadge, boolBadge, badge 
 import { confirmAction, notify, notifyError } from './dialog.js';
 import { lineChart } from './chart.js';
 
-const RANK = { viewer: 0, manager: 1, admin: 2 };
+/** The roles in order (the server's `routes::ROUTES` decides; this only shapes the buttons). */
+const RANK = { viewer: 0, lab_operator: 1, manager: 2, admin: 3 };
 const RANGES = [['1h', 'Last hour'], ['6h', 'Last 6 hours'], ['24h', 'Last 24 hours'], ['7d', 'Last 7 days']];
 const RANGE_MS = { '1h': 3_600_000, '6h': 21_600_000, '24h': 86_400_000, '7d': 604_800_000 };
 
@@ -32,7 +33,7 @@ const ACTIONS = {
     label: 'Pause', role: 'manager', when: can('pause'), busy: 'Pausing…',
     confirm: (w) => ({ title: `Pause ${w.name}?`, body: 'The EC2 instance stops (reason: manual) and can be resumed later. Running labs end.', confirm: 'Pause worker' }),
   },
-  refresh: { label: 'Refresh now', role: 'manager', when: can('refresh'), busy: 'Refreshing…' },
+  refresh: { label: 'Refresh now', role: 'lab_operator', when: can('refresh'), busy: 'Refreshing…' },
   terminate: {
     label: 'Terminate', role: 'admin', danger: true, when: can('terminate'), busy: 'Terminating…',
     confirm: (w) => ({ title: `Terminate ${w.name}?`, body: ['The EC2 instance and its disks are destroyed, with every lab on it. ', h('strong', null, 'This cannot be undone.')], confirm: 'Terminate instance' }),
@@ -44,10 +45,10 @@ const ACTIONS = {
 };
 
 const LAB_ACTIONS = {
-  'lab-start': { label: 'Start', when: (l) => l.state !== 'STARTED' },
-  'lab-stop': { label: 'Stop', when: (l) => l.state === 'STARTED', confirm: (l) => ({ title: `Stop lab ${l.title}?`, body: 'Every node of the lab stops; people working in it lose their sessions.', confirm: 'Stop lab' }) },
-  'lab-wipe': { label: 'Wipe', when: (l) => l.state !== 'STARTED', confirm: (l) => ({ title: `Wipe lab ${l.title}?`, body: 'The nodes’ disks and configurations are erased; the topology stays.', confirm: 'Wipe lab' }) },
-  'lab-delete': { label: 'Delete', when: (l) => l.state !== 'STARTED', confirm: (l) => ({ title: `Delete lab ${l.title}?`, body: ['The lab and its nodes are removed from CML. ', h('strong', null, 'This cannot be undone.')], confirm: 'Delete lab' }) },
+  'lab-start': { label: 'Start', role: 'lab_operator', when: (l) => l.state !== 'STARTED' },
+  'lab-stop': { label: 'Stop', role: 'lab_operator', when: (l) => l.state === 'STARTED', confirm: (l) => ({ title: `Stop lab ${l.title}?`, body: 'Every node of the lab stops; people working in it lose their sessions.', confirm: 'Stop lab' }) },
+  'lab-wipe': { label: 'Wipe', role: 'lab_operator', when: (l) => l.state !== 'STARTED', confirm: (l) => ({ title: `Wipe lab ${l.title}?`, body: 'The nodes’ disks and configurations are erased; the topology stays.', confirm: 'Wipe lab' }) },
+  'lab-delete': { label: 'Delete', role: 'manager', when: (l) => l.state !== 'STARTED', confirm: (l) => ({ title: `Delete lab ${l.title}?`, body: ['The lab and its nodes are removed from CML. ', h('strong', null, 'This cannot be undone.')], confirm: 'Delete lab' }) },
 };
 
 function may(session, role) {
@@ -178,7 +179,7 @@ export function mountWorker(container, { args, session }) {
     return h('button', {
       type: 'button', class: ['btn', a.danger && 'btn-danger-outline'], dataset: { action: name },
       disabled: !allowed || !possible || busy,
-      title: !allowed ? `Needs the ${a.role} role` : !possible ? `Not possible while ${w.ec2_state}` : null,
+      title: !allowed ? `Needs the ${a.role.replace('_', ' ')} role` : !possible ? `Not possible while ${w.ec2_state}` : null,
     }, busy ? a.busy : a.label);
   }
 
@@ -374,7 +375,7 @@ export function mountWorker(container, { args, session }) {
   }
 
   function labsPanel(w) {
-    const canManage = may(session, 'manager');
+    const canOperate = may(session, 'lab_operator');
     const running = w.ec2_state === 'running';
     let body;
     if (st.labsError) body = errorBox('The labs could not be loaded', st.labsError.detail);
@@ -395,7 +396,8 @@ export function mountWorker(container, { args, session }) {
               const busy = st.busy.has(`${name}:${l.lab_id}`);
               return h('button', {
                 type: 'button', class: ['btn', 'btn-small', a.confirm && name !== 'lab-stop' && 'btn-danger-outline'],
-                dataset: { action: name, lab: l.lab_id }, disabled: !canManage || !running || !a.when(l) || busy,
+                dataset: { action: name, lab: l.lab_id }, disabled: !may(session, a.role) || !running || !a.when(l) || busy,
+                title: !may(session, a.role) ? `Needs the ${a.role.replace('_', ' ')} role` : null,
                 'aria-label': `${a.label} lab ${l.title}`,
               }, busy ? '…' : a.label);
             }),
@@ -407,12 +409,12 @@ export function mountWorker(container, { args, session }) {
       h('form', { class: 'inline-form', id: 'lab-import-form', 'aria-label': 'Import a lab' },
         h('div', { class: 'field field-grow' },
           h('label', { for: 'lab-file', class: 'label' }, 'Import a topology (CML YAML)'),
-          h('input', { id: 'lab-file', type: 'file', accept: '.yaml,.yml,application/yaml,text/yaml', class: 'input', 'data-keep': true, disabled: !canManage || !running })),
+          h('input', { id: 'lab-file', type: 'file', accept: '.yaml,.yml,application/yaml,text/yaml', class: 'input', 'data-keep': true, disabled: !canOperate || !running })),
         h('div', { class: 'field' },
           h('label', { for: 'lab-title', class: 'label' }, 'Title (optional)'),
-          h('input', { id: 'lab-title', type: 'text', class: 'input', maxlength: 128, 'data-keep': true, disabled: !canManage || !running })),
+          h('input', { id: 'lab-title', type: 'text', class: 'input', maxlength: 128, 'data-keep': true, disabled: !canOperate || !running })),
         h('div', { class: 'field field-end' },
-          h('button', { type: 'submit', class: 'btn', disabled: !canManage || !running || st.busy.has('import') }, st.busy.has('import') ? 'Importing…' : 'Import'))));
+          h('button', { type: 'submit', class: 'btn', disabled: !canOperate || !running || st.busy.has('import') }, st.busy.has('import') ? 'Importing…' : 'Import'))));
   }
 
   function eventsPanel() {

@@ -70,6 +70,7 @@ pub struct EngineParts {
 
 struct Inner {
     state: Arc<State>,
+    ownership: Arc<dyn Ownership>,
     cloud: Arc<dyn CloudProvider>,
     resilience: Resilience,
     config: EngineConfig,
@@ -161,7 +162,7 @@ impl Engine {
             cloud: parts.cloud.clone(),
             resilience: parts.resilience.clone(),
             endpoint: parts.endpoint,
-            ownership,
+            ownership: ownership.clone(),
             pause: commands.clone(),
             import: Arc::new(provisioning.clone()),
             event_retention: parts.config.event_retention,
@@ -178,6 +179,7 @@ impl Engine {
         let engine = Self {
             inner: Arc::new(Inner {
                 state,
+                ownership,
                 cloud: parts.cloud,
                 resilience: parts.resilience,
                 config: parts.config,
@@ -371,9 +373,23 @@ impl Engine {
         self.inner.tasks.statuses()
     }
 
-    /// Runs a job now (a full cycle for per-worker jobs). Returns when it is done.
+    /// Runs a job now (a full cycle for per-worker jobs). Returns when it is done. A job the
+    /// engine does not run itself (webhook delivery) is a conflict.
     pub async fn trigger_job(&self, job: JobKind) -> Result<(), EngineError> {
+        if !job.runs_in_engine() {
+            return Err(EngineError::Conflict(format!(
+                "{} runs in its own loop and cannot be triggered",
+                job.as_str()
+            )));
+        }
         Ok(self.inner.jobs.run_now(job).await?)
+    }
+
+    /// Who owns which worker and fleet job. Work that another crate runs for the engine's
+    /// fleet (webhook delivery: [`JobKind::Webhooks`]) asks it for a grant before each batch
+    /// and checks the grant before each write, exactly as the engine's own fleet jobs do.
+    pub fn ownership(&self) -> Arc<dyn Ownership> {
+        self.inner.ownership.clone()
     }
 
     /// The savings report.
@@ -429,6 +445,15 @@ impl Engine {
     /// every `/metrics` scrape).
     pub fn counts(&self) -> FleetCounts {
         self.inner.state.fleet().counts()
+    }
+
+    /// Running workers whose CML data is older than the stale-data maximum age (from memory,
+    /// cheap enough for every `/metrics` scrape: `ccm_workers_stale`).
+    pub fn stale_workers(&self) -> usize {
+        self.inner
+            .state
+            .fleet()
+            .stale(self.now(), self.stale_max_age())
     }
 
     /// The stale-data maximum age in force.
@@ -498,6 +523,7 @@ impl Engine {
         self.inner
             .commands
             .ec2_action(id, WorkerAction::Start, None, by)
+            .instrument(command_span("start", id))
             .await
     }
 
@@ -506,6 +532,7 @@ impl Engine {
         self.inner
             .commands
             .ec2_action(id, WorkerAction::Stop, Some(PauseReason::Manual), by)
+            .instrument(command_span("stop", id))
             .await
     }
 
@@ -519,6 +546,7 @@ impl Engine {
         self.inner
             .commands
             .ec2_action(id, WorkerAction::Pause, Some(reason), by)
+            .instrument(command_span("pause", id))
             .await
     }
 
@@ -527,18 +555,27 @@ impl Engine {
         self.inner
             .commands
             .ec2_action(id, WorkerAction::Resume, None, by)
+            .instrument(command_span("resume", id))
             .await
     }
 
     /// Terminates the worker's instance, for good.
     pub async fn terminate_worker(&self, id: WorkerId, by: &Actor) -> Result<Worker, EngineError> {
-        self.inner.commands.terminate(id, by).await
+        self.inner
+            .commands
+            .terminate(id, by)
+            .instrument(command_span("terminate", id))
+            .await
     }
 
     /// Deletes the worker record (the instance is untouched).
     pub async fn delete_worker(&self, id: WorkerId, by: &Actor) -> Result<(), EngineError> {
         self.inner.cml.forget(id);
-        self.inner.commands.delete(id, by).await
+        self.inner
+            .commands
+            .delete(id, by)
+            .instrument(command_span("delete", id))
+            .await
     }
 
     /// Sets and removes tags, in EC2 and on the record.
@@ -549,7 +586,11 @@ impl Engine {
         remove: Vec<String>,
         by: &Actor,
     ) -> Result<Worker, EngineError> {
-        self.inner.commands.update_tags(id, set, remove, by).await
+        self.inner
+            .commands
+            .update_tags(id, set, remove, by)
+            .instrument(command_span("tags", id))
+            .await
     }
 
     /// Turns on detailed CloudWatch monitoring.
@@ -558,7 +599,11 @@ impl Engine {
         id: WorkerId,
         by: &Actor,
     ) -> Result<Worker, EngineError> {
-        self.inner.commands.enable_detailed_monitoring(id, by).await
+        self.inner
+            .commands
+            .enable_detailed_monitoring(id, by)
+            .instrument(command_span("detailed_monitoring", id))
+            .await
     }
 
     /// Switches idle detection for one worker.
@@ -571,6 +616,7 @@ impl Engine {
         self.inner
             .commands
             .set_idle_detection(id, enabled, by)
+            .instrument(command_span("idle_detection", id))
             .await
     }
 
@@ -584,7 +630,11 @@ impl Engine {
         id: WorkerId,
         by: &Actor,
     ) -> Result<RefreshOutcome, EngineError> {
-        self.inner.cml.refresh(id, by).await
+        self.inner
+            .cml
+            .refresh(id, by)
+            .instrument(command_span("refresh", id))
+            .await
     }
 
     /// The labs of a worker, as last read.
@@ -600,7 +650,11 @@ impl Engine {
         action: LabAction,
         by: &Actor,
     ) -> Result<(), EngineError> {
-        self.inner.cml.lab_action(id, lab, action, by).await
+        self.inner
+            .cml
+            .lab_action(id, lab, action, by)
+            .instrument(command_span("lab_action", id))
+            .await
     }
 
     /// The lab's topology as YAML.
@@ -610,7 +664,11 @@ impl Engine {
         lab: &LabId,
         by: &Actor,
     ) -> Result<String, EngineError> {
-        self.inner.cml.download_lab(id, lab, by).await
+        self.inner
+            .cml
+            .download_lab(id, lab, by)
+            .instrument(command_span("download_lab", id))
+            .await
     }
 
     /// Imports a topology (YAML or JSON) as a new lab; returns its id.
@@ -621,7 +679,11 @@ impl Engine {
         title: Option<&str>,
         by: &Actor,
     ) -> Result<LabId, EngineError> {
-        self.inner.cml.import_lab(id, topology, title, by).await
+        self.inner
+            .cml
+            .import_lab(id, topology, title, by)
+            .instrument(command_span("import_lab", id))
+            .await
     }
 
     /// Asks the worker's CML to register with `token`; returns once CML accepted the request.
@@ -637,13 +699,24 @@ impl Engine {
         self.inner
             .cml
             .register_licence(id, token, reregister, by)
+            .instrument(command_span("register_licence", id))
             .await
     }
 
     /// Deregisters the worker's licence.
     pub async fn deregister_licence(&self, id: WorkerId, by: &Actor) -> Result<(), EngineError> {
-        self.inner.cml.deregister_licence(id, by).await
+        self.inner
+            .cml
+            .deregister_licence(id, by)
+            .instrument(command_span("deregister_licence", id))
+            .await
     }
+}
+
+/// The span of one operator command on a worker: `command` and the worker id (its CML and
+/// cloud calls are child spans).
+fn command_span(command: &'static str, id: WorkerId) -> tracing::Span {
+    tracing::info_span!("command", command, worker = %id)
 }
 
 /// The scheduler's health: running, and no critical background task down.

@@ -26,11 +26,15 @@ pub enum JobKind {
     AutoImport,
     /// Deletes events past their retention.
     EventRetention,
+    /// Delivers the event log to webhooks. Run by `ccm-webhooks`' own loop, not by the
+    /// engine's job runner, but granted through [`crate::Ownership`] like every fleet job
+    /// (`Engine::ownership`), so that with several replicas exactly one delivers.
+    Webhooks,
 }
 
 impl JobKind {
     /// Every job.
-    pub const ALL: [JobKind; 7] = [
+    pub const ALL: [JobKind; 8] = [
         Self::Ec2Sync,
         Self::CmlSync,
         Self::Metrics,
@@ -38,6 +42,7 @@ impl JobKind {
         Self::Activity,
         Self::AutoImport,
         Self::EventRetention,
+        Self::Webhooks,
     ];
 
     /// Its name in the API.
@@ -50,6 +55,7 @@ impl JobKind {
             Self::Activity => "activity",
             Self::AutoImport => "auto_import",
             Self::EventRetention => "event_retention",
+            Self::Webhooks => "webhooks",
         }
     }
 
@@ -68,7 +74,15 @@ impl JobKind {
             Self::Activity => (p.activity_enabled, p.activity_interval),
             Self::AutoImport => (p.auto_import_enabled, p.auto_import_interval),
             Self::EventRetention => (true, Duration::from_secs(3600)),
+            // Event-driven (woken by new events); the interval is its fallback poll.
+            Self::Webhooks => (true, Duration::from_secs(5)),
         }
+    }
+
+    /// Whether the engine's job runner runs it (loops, the board, `trigger_job`). `Webhooks`
+    /// is run by its own crate and only granted here.
+    pub fn runs_in_engine(self) -> bool {
+        !matches!(self, Self::Webhooks)
     }
 
     /// Polls each worker on its own schedule (otherwise: one run for the fleet).

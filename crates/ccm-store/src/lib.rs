@@ -359,10 +359,23 @@ pub trait SessionRepo: Send + Sync {
     async fn purge_sessions(&self, now: DateTime<Utc>) -> Result<u64>;
 }
 
+/// Positions of the event log's consumers (webhook deliveries), so that a restart resumes
+/// where each left off. A position only ever moves forward: advancing to a lower `seq` keeps
+/// the higher one, so a stale writer (a replica that lost its lease mid-batch) can cause
+/// events to be delivered again, never skipped.
+#[async_trait]
+pub trait CursorRepo: Send + Sync {
+    /// The stored position of `name` (`None`: never stored).
+    async fn cursor(&self, name: &str) -> Result<Option<u64>>;
+    /// Moves `name` forward to `seq` (created if missing); returns the stored position, which
+    /// is `seq` or a higher one stored before.
+    async fn advance_cursor(&self, name: &str, seq: u64, now: DateTime<Utc>) -> Result<u64>;
+}
+
 /// Everything the engine and the API need from storage.
 #[async_trait]
 pub trait Store:
-    WorkerRepo + LabRepo + SettingsRepo + EventLog + MetricsRepo + SessionRepo
+    WorkerRepo + LabRepo + SettingsRepo + EventLog + MetricsRepo + SessionRepo + CursorRepo
 {
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;

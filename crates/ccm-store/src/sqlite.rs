@@ -18,9 +18,9 @@ use crate::common::{
     is_unique_violation, like_pattern, map_fk, ms, sample_pair,
 };
 use crate::{
-    EventLog, EventQuery, LabRepo, MetricsPoint, MetricsRepo, MetricsSample, Page, Result,
-    SessionRepo, SettingsRepo, Store, StoreConfig, StoreError, StoredEvent, Synchronous, Versioned,
-    WorkerFilter, WorkerRepo, WorkerSort, persistent,
+    CursorRepo, EventLog, EventQuery, LabRepo, MetricsPoint, MetricsRepo, MetricsSample, Page,
+    Result, SessionRepo, SettingsRepo, Store, StoreConfig, StoreError, StoredEvent, Synchronous,
+    Versioned, WorkerFilter, WorkerRepo, WorkerSort, persistent,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -837,6 +837,35 @@ impl SessionRepo for SqliteStore {
             .execute(&self.pool)
             .await?;
         Ok(done.rows_affected())
+    }
+}
+
+#[async_trait]
+impl CursorRepo for SqliteStore {
+    async fn cursor(&self, name: &str) -> Result<Option<u64>> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM cursors WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        seq.map(|s| u64::try_from(s).map_err(|e| corrupt("cursor", name, e)))
+            .transpose()
+    }
+
+    async fn advance_cursor(&self, name: &str, seq: u64, now: DateTime<Utc>) -> Result<u64> {
+        let seq = i64::try_from(seq).map_err(|e| corrupt("cursor", name, e))?;
+        // MAX keeps the position monotonic whatever order writers arrive in.
+        let stored: i64 = sqlx::query_scalar(
+            "INSERT INTO cursors (name, seq, updated_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET seq = MAX(cursors.seq, excluded.seq), \
+             updated_at_ms = excluded.updated_at_ms \
+             RETURNING seq",
+        )
+        .bind(name)
+        .bind(seq)
+        .bind(ms(now))
+        .fetch_one(&self.pool)
+        .await?;
+        u64::try_from(stored).map_err(|e| corrupt("cursor", name, e))
     }
 }
 

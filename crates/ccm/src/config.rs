@@ -51,6 +51,7 @@ pub(crate) enum LogFormat {
 pub(crate) struct Config {
     pub(crate) server: ccm_api::ServerConfig,
     pub(crate) log: LogConfig,
+    pub(crate) telemetry: crate::telemetry::TelemetryConfig,
     pub(crate) api: ccm_api::ApiConfig,
     pub(crate) auth: ccm_api::AuthConfig,
     pub(crate) database: ccm_store::StoreConfig,
@@ -65,6 +66,10 @@ pub(crate) struct Config {
     pub(crate) idle: ccm_domain::idle::IdleSettings,
     /// Initial poll intervals and switches (runtime settings, as `idle`).
     pub(crate) polling: ccm_domain::settings::PollingSettings,
+    /// Outbound events: `[[webhooks]]` entries (none by default; the example documents them
+    /// commented out, and a test parses that block).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) webhooks: Vec<ccm_webhooks::WebhookConfig>,
 }
 
 impl Config {
@@ -135,6 +140,7 @@ impl Config {
             return Err("log.level: must not be empty".into());
         }
         self.server.validate().map_err(|e| e.to_string())?;
+        self.telemetry.validate()?;
         self.api.validate().map_err(|e| e.to_string())?;
         self.auth.validate().map_err(|e| e.to_string())?;
         self.database.validate()?;
@@ -149,6 +155,7 @@ impl Config {
             .validate()
             .map_err(|e| format!("aws.{}: {}", e.key, e.message))?;
         self.engine_config().validate()?;
+        ccm_webhooks::validate_all(&self.webhooks).map_err(|e| e.to_string())?;
         let runtime = ccm_domain::RuntimeSettings {
             idle: self.idle.clone(),
             polling: self.polling.clone(),

@@ -82,6 +82,7 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> ApiResult<Response
         let n = counts.by_service.get(s.as_str()).copied().unwrap_or(0);
         metrics::gauge!(crate::metrics::WORKERS_BY_SERVICE, "status" => s.as_str()).set(n as f64);
     }
+    metrics::gauge!(crate::metrics::WORKERS_STALE).set(state.engine().stale_workers() as f64);
     metrics::gauge!(crate::metrics::SSE_CLIENTS).set(state.sse_clients() as f64);
     metrics::gauge!(crate::metrics::SESSIONS).set(state.sessions() as f64);
     // Breakers open: `ccm_breakers_open`, kept by ccm-resilience on every transition.

@@ -307,6 +307,12 @@ impl JobContext {
         }
     }
 
+    /// Publishes this process's job events (`ccm.job.*`): they describe a run made here, so
+    /// they need no grant.
+    pub(crate) async fn announce(&self, kinds: Vec<EventKind>) {
+        self.state.emit(None, kinds).await;
+    }
+
     /// Waits until every poll result queued so far is stored.
     pub(crate) async fn flush(&self) {
         self.state.flush().await;

@@ -330,6 +330,8 @@ macro_rules! store_suite {
             golden_fixtures_should_load_through_the_store,
             documents_from_a_newer_ccm_should_be_refused_clearly,
             ping_should_answer,
+            cursors_should_survive_a_reopen_and_never_move_backwards,
+            concurrent_cursor_advances_should_keep_the_highest,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {

@@ -1233,3 +1233,70 @@ pub async fn ping_should_answer(backend: &dyn Backend) {
     store.ping().await.unwrap();
     assert!(!backend.name().is_empty());
 }
+
+/// Consumer positions survive a reopen, are kept per name, and never move backwards (a stale
+/// writer's lower position keeps the higher one).
+pub async fn cursors_should_survive_a_reopen_and_never_move_backwards(backend: &dyn Backend) {
+    let db = backend.fresh(StoreConfig::default()).await;
+    let store = db.open().await;
+    assert_eq!(store.cursor("webhook:ops").await.unwrap(), None);
+    assert_eq!(
+        store.advance_cursor("webhook:ops", 7, t(1)).await.unwrap(),
+        7
+    );
+    assert_eq!(
+        store.advance_cursor("webhook:ops", 12, t(2)).await.unwrap(),
+        12
+    );
+    assert_eq!(
+        store.advance_cursor("webhook:ops", 9, t(3)).await.unwrap(),
+        12,
+        "a lower position keeps the higher one"
+    );
+    assert_eq!(
+        store
+            .advance_cursor("webhook:other", 3, t(3))
+            .await
+            .unwrap(),
+        3
+    );
+    assert!(
+        store
+            .advance_cursor("webhook:ops", u64::MAX, t(4))
+            .await
+            .is_err(),
+        "a position beyond the database's integers is refused"
+    );
+    drop(store);
+
+    let store = db.open().await;
+    assert_eq!(store.cursor("webhook:ops").await.unwrap(), Some(12));
+    assert_eq!(store.cursor("webhook:other").await.unwrap(), Some(3));
+}
+
+/// Writers advancing one cursor at once (two replicas around a lease hand-over) leave the
+/// highest position any of them wrote, and each is told a position at least its own.
+pub async fn concurrent_cursor_advances_should_keep_the_highest(backend: &dyn Backend) {
+    let store = open(backend).await;
+    let mut tasks = Vec::new();
+    for writer in 0..8u64 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            for step in 0..20u64 {
+                let seq = step * 8 + writer;
+                let stored = store
+                    .advance_cursor("webhook:race", seq, t(1))
+                    .await
+                    .unwrap();
+                assert!(stored >= seq, "{stored} < {seq}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        store.cursor("webhook:race").await.unwrap(),
+        Some(19 * 8 + 7)
+    );
+}

@@ -54,6 +54,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         Some(metrics),
     )
     .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    let webhooks = ccm_webhooks::Webhooks::start(&engine, config.webhooks.clone())
+        .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    state.attach_webhooks(webhooks.clone());
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("server.listen {}", config.server.listen))?;
@@ -65,6 +68,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     ccm_api::serve(listener, state, super::runtime::shutdown_signal())
         .await
         .context("HTTP server failed")?;
+    webhooks.stop();
     engine.shutdown().await;
     Ok(())
 }
