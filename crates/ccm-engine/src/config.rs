@@ -14,6 +14,9 @@ pub struct ProvisioningConfig {
     pub region: Option<String>,
     /// Instance type for new workers.
     pub instance_type: String,
+    /// Other instance types a create request may choose (besides `instance_type`); empty:
+    /// any valid type.
+    pub allowed_instance_types: Vec<String>,
     /// AMI id for new workers (wins over `ami_name_pattern`).
     pub ami_id: Option<String>,
     /// Name pattern (`*` wildcards) of the CML image; the newest match is used.
@@ -35,6 +38,7 @@ impl Default for ProvisioningConfig {
         Self {
             region: None,
             instance_type: "m5zn.metal".into(),
+            allowed_instance_types: Vec::new(),
             ami_id: None,
             ami_name_pattern: Some("cml-controller-2.9*".into()),
             subnet_id: None,

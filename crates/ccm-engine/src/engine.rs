@@ -20,7 +20,7 @@ use std::time::Duration;
 use ccm_cloud::CloudProvider;
 use ccm_domain::worker::EndpointPolicy;
 use ccm_domain::{
-    Actor, EventKind, LabAction, LabId, LabRecord, PauseReason, RuntimeSettings, Worker,
+    Actor, EventKind, LabAction, LabId, LabRecord, PauseReason, Region, RuntimeSettings, Worker,
     WorkerAction, WorkerId,
 };
 use ccm_resilience::Resilience;
@@ -44,8 +44,8 @@ use crate::resilience_events::ResilienceEvents;
 use crate::state::State;
 use crate::supervisor::{Criticality, RestartPolicy, Supervisor, TaskStatus};
 use crate::types::{
-    ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport, ImportReport,
-    ImportRequest, RefreshOutcome,
+    AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport,
+    ImagePreview, ImportPreview, ImportReport, ImportRequest, ProvisioningOptions, RefreshOutcome,
 };
 
 /// What the engine is built from.
@@ -475,6 +475,27 @@ impl Engine {
         by: &Actor,
     ) -> Result<ImportReport, EngineError> {
         self.inner.provisioning.import(req, by).await
+    }
+
+    /// What a create or import form may offer (regions, instance types, image defaults,
+    /// the configured import filter).
+    pub fn provisioning_options(&self) -> ProvisioningOptions {
+        self.inner.provisioning.options()
+    }
+
+    /// The image a create request with this region and selector would use, resolved without
+    /// launching anything.
+    pub async fn preview_image(
+        &self,
+        region: Option<Region>,
+        ami: AmiSelector,
+    ) -> Result<ImagePreview, EngineError> {
+        self.inner.provisioning.preview_image(region, ami).await
+    }
+
+    /// The instances an import would take and which already are workers; changes nothing.
+    pub async fn preview_import(&self, req: ImportRequest) -> Result<ImportPreview, EngineError> {
+        self.inner.provisioning.preview_import(req).await
     }
 
     // === commands: workers ===

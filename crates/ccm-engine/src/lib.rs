@@ -57,6 +57,7 @@ pub use ownership::{FencingToken, Grant, GrantScope, Ownership, SingleNode};
 pub use resilience_events::{ResilienceEvents, resilience_with_bus};
 pub use supervisor::{Criticality, TaskState, TaskStatus};
 pub use types::{
-    AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport,
-    ImportReport, ImportRequest, ImportSelector, RefreshOutcome,
+    AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport, ImageInfo,
+    ImagePreview, ImportCandidate, ImportPreview, ImportReport, ImportRequest, ImportSelector,
+    ProvisioningOptions, RefreshOutcome,
 };

@@ -18,7 +18,10 @@ use crate::error::EngineError;
 use crate::jobs::AutoImport;
 use crate::state::State;
 use crate::supervisor::Supervisor;
-use crate::types::{AmiSelector, CreateWorker, ImportReport, ImportRequest, ImportSelector};
+use crate::types::{
+    AmiSelector, CreateWorker, ImageInfo, ImagePreview, ImportCandidate, ImportPreview,
+    ImportReport, ImportRequest, ImportSelector, ProvisioningOptions,
+};
 
 /// Provisioning and imports. Cheap to clone.
 #[derive(Clone)]
@@ -68,28 +71,68 @@ impl Provisioning {
             .ok_or_else(|| EngineError::invalid("region", "no region given and none configured"))
     }
 
-    /// Provisions a new worker: the record is created `pending` at once and RunInstances runs
-    /// in the background; the worker gets its instance, or becomes `failed` with the reason.
-    pub(crate) async fn create(
-        &self,
-        req: CreateWorker,
-        by: &Actor,
-    ) -> Result<Worker, EngineError> {
-        let name = req.name.trim().to_owned();
-        if name.is_empty() || name.len() > 128 {
-            return Err(EngineError::invalid("name", "must be 1 to 128 characters"));
-        }
-        let region = match req.region {
-            Some(r) => r,
-            None => self.default_region()?,
-        };
+    /// What a create or import form may offer.
+    pub(crate) fn options(&self) -> ProvisioningOptions {
         let p = &self.inner.provisioning;
-        let instance_type = match req.instance_type {
-            Some(t) => t,
-            None => InstanceType::parse(&p.instance_type)
-                .map_err(|e| EngineError::invalid("instance_type", e))?,
+        let i = &self.inner.import;
+        let regions = self.inner.cloud.regions();
+        let mut instance_types = Vec::new();
+        if !p.allowed_instance_types.is_empty() {
+            instance_types.push(p.instance_type.clone());
+            for t in &p.allowed_instance_types {
+                if !instance_types.contains(t) {
+                    instance_types.push(t.clone());
+                }
+            }
+        }
+        let import_regions = if i.regions.is_empty() {
+            regions.clone()
+        } else {
+            i.regions
+                .iter()
+                .filter_map(|r| Region::parse(r).ok())
+                .collect()
         };
-        let query = match req.ami {
+        ProvisioningOptions {
+            default_region: self.default_region().ok(),
+            regions,
+            default_instance_type: p.instance_type.clone(),
+            instance_types,
+            ami_id: p.ami_id.clone(),
+            ami_name_pattern: p.ami_name_pattern.clone(),
+            tags: p.tags.clone(),
+            import_regions,
+            import_ami_name_pattern: i.ami_name_pattern.clone(),
+            import_tag: i.tag.clone(),
+        }
+    }
+
+    /// The instance type of a request: the configured default, or one of the allowed ones.
+    fn instance_type(&self, asked: Option<InstanceType>) -> Result<InstanceType, EngineError> {
+        let p = &self.inner.provisioning;
+        match asked {
+            None => InstanceType::parse(&p.instance_type)
+                .map_err(|e| EngineError::invalid("instance_type", e)),
+            Some(t) => {
+                let allowed = p.allowed_instance_types.is_empty()
+                    || t.as_str() == p.instance_type
+                    || p.allowed_instance_types.iter().any(|a| a == t.as_str());
+                if allowed {
+                    Ok(t)
+                } else {
+                    Err(EngineError::invalid(
+                        "instance_type",
+                        format!("{t} is not one of the allowed instance types"),
+                    ))
+                }
+            }
+        }
+    }
+
+    /// The image query of a selector (the configured default for [`AmiSelector::Default`]).
+    fn image_query(&self, ami: AmiSelector) -> Result<ImageQuery, EngineError> {
+        let p = &self.inner.provisioning;
+        Ok(match ami {
             AmiSelector::Id(id) => ImageQuery::Ids(vec![id]),
             AmiSelector::NamePattern(pattern) => ImageQuery::Name {
                 pattern,
@@ -110,7 +153,56 @@ impl Provisioning {
                     ));
                 }
             },
+        })
+    }
+
+    /// The images a create request would choose from, the one it would use first.
+    pub(crate) async fn preview_image(
+        &self,
+        region: Option<Region>,
+        ami: AmiSelector,
+    ) -> Result<ImagePreview, EngineError> {
+        let region = match region {
+            Some(r) => r,
+            None => self.default_region()?,
         };
+        let query = self.image_query(ami)?;
+        let images = self.inner.cloud.find_images(&region, &query).await?;
+        Ok(ImagePreview {
+            region,
+            images: images
+                .into_iter()
+                .take(20)
+                .map(|i| ImageInfo {
+                    id: i.id,
+                    name: i.name,
+                    owner_id: i.owner_id,
+                    creation_date: i.creation_date,
+                    state: i.state,
+                    description: i.description,
+                })
+                .collect(),
+        })
+    }
+
+    /// Provisions a new worker: the record is created `pending` at once and RunInstances runs
+    /// in the background; the worker gets its instance, or becomes `failed` with the reason.
+    pub(crate) async fn create(
+        &self,
+        req: CreateWorker,
+        by: &Actor,
+    ) -> Result<Worker, EngineError> {
+        let name = req.name.trim().to_owned();
+        if name.is_empty() || name.len() > 128 {
+            return Err(EngineError::invalid("name", "must be 1 to 128 characters"));
+        }
+        let region = match req.region {
+            Some(r) => r,
+            None => self.default_region()?,
+        };
+        let p = &self.inner.provisioning;
+        let instance_type = self.instance_type(req.instance_type)?;
+        let query = self.image_query(req.ami)?;
         let images = self.inner.cloud.find_images(&region, &query).await?;
         let image = images
             .into_iter()
@@ -231,13 +323,12 @@ impl Provisioning {
         }
     }
 
-    /// Imports existing instances; importing an instance twice returns the existing worker.
-    pub(crate) async fn import(
+    /// The instances a request matches (terminated ones included), and the ids asked for
+    /// but not found.
+    async fn candidates(
         &self,
-        req: ImportRequest,
-        by: &Actor,
-    ) -> Result<ImportReport, EngineError> {
-        let state = &self.inner.state;
+        req: &ImportRequest,
+    ) -> Result<(Vec<ccm_cloud::Instance>, Vec<(String, String)>), EngineError> {
         let cloud = &self.inner.cloud;
         let regions: Vec<Region> = match &req.region {
             Some(r) => vec![r.clone()],
@@ -296,27 +387,74 @@ impl Provisioning {
             };
             candidates.extend(cloud.describe_instances(region, &query).await?);
         }
-        let mut report = ImportReport {
-            matched: candidates.len() as u32,
-            ..Default::default()
-        };
+        let mut skipped = Vec::new();
         if let ImportSelector::InstanceIds(ids) = &req.selector {
             for id in ids {
                 if !candidates.iter().any(|c| &c.id == id) {
-                    report
-                        .skipped
-                        .push((id.to_string(), "not found in the searched regions".into()));
+                    skipped.push((id.to_string(), "not found in the searched regions".into()));
                 }
             }
         }
+        Ok((candidates, skipped))
+    }
+
+    /// Whether an import of `importable` instances must be confirmed with `all`.
+    fn needs_all(req: &ImportRequest, importable: usize) -> bool {
+        importable > 1 && !matches!(req.selector, ImportSelector::InstanceIds(_))
+    }
+
+    /// What [`Provisioning::import`] would do, without changing anything: the matching
+    /// instances, which of them already are workers, and whether `all` is needed.
+    pub(crate) async fn preview_import(
+        &self,
+        req: ImportRequest,
+    ) -> Result<ImportPreview, EngineError> {
+        let (instances, skipped) = self.candidates(&req).await?;
+        let importable = instances.iter().filter(|i| !i.state.is_final()).count();
+        let store = self.inner.state.store();
+        let mut candidates = Vec::with_capacity(instances.len());
+        for i in instances {
+            let worker = store.get_by_instance(&i.id).await?.map(|w| w.id);
+            candidates.push(ImportCandidate {
+                name: i.name().map(str::to_owned),
+                skip_reason: i
+                    .state
+                    .is_final()
+                    .then(|| format!("the instance is {}", i.state)),
+                instance_id: i.id,
+                region: i.region,
+                state: i.state,
+                instance_type: i.instance_type,
+                image_id: i.image_id,
+                launch_time: i.launch_time,
+                worker,
+            });
+        }
+        Ok(ImportPreview {
+            needs_all: Self::needs_all(&req, importable),
+            candidates,
+            skipped,
+        })
+    }
+
+    /// Imports existing instances; importing an instance twice returns the existing worker.
+    pub(crate) async fn import(
+        &self,
+        req: ImportRequest,
+        by: &Actor,
+    ) -> Result<ImportReport, EngineError> {
+        let state = &self.inner.state;
+        let (candidates, skipped) = self.candidates(&req).await?;
+        let mut report = ImportReport {
+            matched: candidates.len() as u32,
+            skipped,
+            ..Default::default()
+        };
         let importable: Vec<_> = candidates
             .into_iter()
             .filter(|i| !i.state.is_final())
             .collect();
-        if !req.all
-            && importable.len() > 1
-            && !matches!(req.selector, ImportSelector::InstanceIds(_))
-        {
+        if !req.all && Self::needs_all(&req, importable.len()) {
             return Err(EngineError::Conflict(format!(
                 "{} instances match; import them all explicitly (all = true)",
                 importable.len()

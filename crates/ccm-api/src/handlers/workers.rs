@@ -21,9 +21,9 @@ use utoipa::IntoParams;
 
 use crate::auth::Caller;
 use crate::dto::{
-    CreateWorkerRequest, EventPage, EventRecord, IdleDetectionRequest, ImportView,
-    ImportWorkersRequest, MetricsHistory, MetricsPointView, Order, RefreshView, SortKey,
-    TagsRequest, WorkerListQuery, WorkerPage, WorkerView,
+    CreateWorkerRequest, EventPage, EventRecord, IdleDetectionRequest, ImagePreviewView,
+    ImportPreviewView, ImportView, ImportWorkersRequest, MetricsHistory, MetricsPointView, Order,
+    RefreshView, SortKey, TagsRequest, WorkerListQuery, WorkerPage, WorkerView,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, Query, WorkerPath, split_list};
@@ -173,7 +173,27 @@ pub(crate) async fn create(
                 .map_err(|e| ApiError::invalid("instance_type", format!("instance_type: {e}")))
         })
         .transpose()?;
-    let ami = match (req.ami_id.as_deref(), req.ami_name_pattern.as_deref()) {
+    let ami = ami_selector(req.ami_id.as_deref(), req.ami_name_pattern.as_deref())?;
+    check_tags(&req.tags)?;
+    let w = state
+        .engine()
+        .create_worker(
+            CreateWorker {
+                name: req.name,
+                region,
+                instance_type,
+                ami,
+                tags: req.tags,
+            },
+            &caller.actor(),
+        )
+        .await?;
+    Ok(accepted(WorkerView::new(&w, state.engine())))
+}
+
+/// The image selector of a request: an id, a name pattern, or neither (the configured one).
+fn ami_selector(id: Option<&str>, pattern: Option<&str>) -> ApiResult<AmiSelector> {
+    Ok(match (id, pattern) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "ami_id",
@@ -193,22 +213,13 @@ pub(crate) async fn create(
             AmiSelector::NamePattern(p.to_owned())
         }
         (None, None) => AmiSelector::Default,
-    };
-    check_tags(&req.tags)?;
-    let w = state
-        .engine()
-        .create_worker(
-            CreateWorker {
-                name: req.name,
-                region,
-                instance_type,
-                ami,
-                tags: req.tags,
-            },
-            &caller.actor(),
-        )
-        .await?;
-    Ok(accepted(WorkerView::new(&w, state.engine())))
+    })
+}
+
+fn region_of(region: Option<&str>) -> ApiResult<Option<Region>> {
+    region
+        .map(|r| Region::parse(r).map_err(|e| ApiError::invalid("region", format!("region: {e}"))))
+        .transpose()
 }
 
 fn check_tags(tags: &BTreeMap<String, String>) -> ApiResult<()> {
@@ -226,21 +237,8 @@ fn check_tags(tags: &BTreeMap<String, String>) -> ApiResult<()> {
     Ok(())
 }
 
-/// Import existing EC2 instances as workers (importing one twice returns the existing worker).
-#[utoipa::path(
-    post, path = "/api/v1/workers/import", tag = "workers",
-    request_body = ImportWorkersRequest,
-    responses(
-        (status = 200, body = ImportView),
-        (status = 409, description = "Several instances match and `all` is not set", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
-    )
-)]
-pub(crate) async fn import(
-    State(state): State<ApiState>,
-    caller: Caller,
-    JsonBody(req): JsonBody<ImportWorkersRequest>,
-) -> ApiResult<Json<ImportView>> {
+/// An import request, validated (every error names its field).
+fn import_request_of(req: ImportWorkersRequest) -> ApiResult<ImportRequest> {
     let region = req
         .region
         .as_deref()
@@ -296,18 +294,95 @@ pub(crate) async fn import(
     } else {
         ImportSelector::Configured
     };
+    Ok(ImportRequest {
+        region,
+        selector,
+        all: req.all,
+    })
+}
+
+/// Import existing EC2 instances as workers (importing one twice returns the existing worker).
+#[utoipa::path(
+    post, path = "/api/v1/workers/import", tag = "workers",
+    request_body = ImportWorkersRequest,
+    responses(
+        (status = 200, body = ImportView),
+        (status = 409, description = "Several instances match and `all` is not set", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn import(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<ImportWorkersRequest>,
+) -> ApiResult<Json<ImportView>> {
+    let request = import_request_of(req)?;
     let report = state
         .engine()
-        .import_workers(
-            ImportRequest {
-                region,
-                selector,
-                all: req.all,
-            },
-            &caller.actor(),
-        )
+        .import_workers(request, &caller.actor())
         .await?;
     Ok(Json(report.into()))
+}
+
+/// What an import with this body would do, without changing anything: every matching
+/// instance, which of them already are workers, and whether `all` is needed.
+#[utoipa::path(
+    post, path = "/api/v1/workers/import/preview", tag = "workers",
+    request_body = ImportWorkersRequest,
+    responses(
+        (status = 200, body = ImportPreviewView),
+        (status = 422, description = "Invalid value (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The cloud is throttled or unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn import_preview(
+    State(state): State<ApiState>,
+    JsonBody(req): JsonBody<ImportWorkersRequest>,
+) -> ApiResult<Json<ImportPreviewView>> {
+    let request = import_request_of(req)?;
+    let preview = state.engine().preview_import(request).await?;
+    Ok(Json(preview.into()))
+}
+
+/// Parameters of an image preview.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ImageQueryParams {
+    /// Region (default: the configured one).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// An image id.
+    #[serde(default)]
+    pub ami_id: Option<String>,
+    /// Or: a name pattern (`*` wildcards). Neither: the configured image.
+    #[serde(default)]
+    pub ami_name_pattern: Option<String>,
+}
+
+/// The image a new worker would use with this region and selector, resolved as a create
+/// would resolve it (nothing is launched).
+#[utoipa::path(
+    get, path = "/api/v1/images", tag = "images",
+    params(ImageQueryParams),
+    responses(
+        (status = 200, body = ImagePreviewView),
+        (status = 400, description = "Bad parameter (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid value (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The cloud is throttled or unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn images(
+    State(state): State<ApiState>,
+    Query(q): Query<ImageQueryParams>,
+) -> ApiResult<Json<ImagePreviewView>> {
+    let region = region_of(q.region.as_deref().filter(|r| !r.is_empty()))?;
+    let ami = ami_selector(
+        q.ami_id.as_deref().filter(|x| !x.is_empty()),
+        q.ami_name_pattern.as_deref().filter(|x| !x.is_empty()),
+    )?;
+    let preview = state.engine().preview_image(region, ami).await?;
+    Ok(Json(preview.into()))
 }
 
 macro_rules! lifecycle {
