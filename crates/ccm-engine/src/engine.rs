@@ -45,7 +45,7 @@ use crate::state::State;
 use crate::supervisor::{Criticality, RestartPolicy, Supervisor, TaskStatus};
 use crate::types::{
     AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport,
-    ImagePreview, ImportPreview, ImportReport, ImportRequest, ProvisioningOptions, RefreshOutcome,
+    ImportPreview, ImportReport, ImportRequest, ProvisioningOptions, RefreshOutcome,
 };
 
 /// What the engine is built from.
@@ -468,13 +468,18 @@ impl Engine {
         self.inner.provisioning.create(req, by).await
     }
 
-    /// Imports existing instances; importing an instance twice returns the existing worker.
-    pub async fn import_workers(
+    /// The image a create with `selector` would launch in `region` (default region when
+    /// `None`), under the same owner rule (`[provisioning] ami_owners`), without launching
+    /// anything: for previews.
+    pub async fn preview_image(
         &self,
-        req: ImportRequest,
-        by: &Actor,
-    ) -> Result<ImportReport, EngineError> {
-        self.inner.provisioning.import(req, by).await
+        region: Option<Region>,
+        selector: &AmiSelector,
+    ) -> Result<ccm_cloud::Image, EngineError> {
+        self.inner
+            .provisioning
+            .preview_image(region, selector)
+            .await
     }
 
     /// What a create or import form may offer (regions, instance types, image defaults,
@@ -483,19 +488,18 @@ impl Engine {
         self.inner.provisioning.options()
     }
 
-    /// The image a create request with this region and selector would use, resolved without
-    /// launching anything.
-    pub async fn preview_image(
-        &self,
-        region: Option<Region>,
-        ami: AmiSelector,
-    ) -> Result<ImagePreview, EngineError> {
-        self.inner.provisioning.preview_image(region, ami).await
-    }
-
     /// The instances an import would take and which already are workers; changes nothing.
     pub async fn preview_import(&self, req: ImportRequest) -> Result<ImportPreview, EngineError> {
         self.inner.provisioning.preview_import(req).await
+    }
+
+    /// Imports existing instances; importing an instance twice returns the existing worker.
+    pub async fn import_workers(
+        &self,
+        req: ImportRequest,
+        by: &Actor,
+    ) -> Result<ImportReport, EngineError> {
+        self.inner.provisioning.import(req, by).await
     }
 
     // === commands: workers ===

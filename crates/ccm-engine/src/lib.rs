@@ -50,14 +50,14 @@ pub use bus::{BUS_CAPACITY, BusEvent, EventBus};
 pub use clock::{Clock, ManualClock, TokioClock};
 pub use config::{EngineConfig, ImportConfig, LicenceConfig, PricingConfig, ProvisioningConfig};
 pub use engine::{Engine, EngineParts};
-pub use error::{EngineError, JobError, UpstreamError, UpstreamKind};
+pub use error::{EngineError, JobError, PolicyRefusal, RefusalKind, UpstreamError, UpstreamKind};
 pub use job_kind::JobKind;
 pub use jobs::{CML_SYNC_CALLS, JobStatus};
 pub use ownership::{FencingToken, Grant, GrantScope, Ownership, SingleNode};
 pub use resilience_events::{ResilienceEvents, resilience_with_bus};
 pub use supervisor::{Criticality, TaskState, TaskStatus};
 pub use types::{
-    AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport, ImageInfo,
-    ImagePreview, ImportCandidate, ImportPreview, ImportReport, ImportRequest, ImportSelector,
+    AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport,
+    ImportCandidate, ImportPreview, ImportReport, ImportRequest, ImportSelector,
     ProvisioningOptions, RefreshOutcome,
 };

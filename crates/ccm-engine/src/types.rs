@@ -57,6 +57,10 @@ pub struct ImportRequest {
     pub selector: ImportSelector,
     /// Import every match; without it, more than one match is refused.
     pub all: bool,
+    /// Take only instances the `[import]` filter matches (tag and/or image name and owner):
+    /// callers below admin, whose imports must not hand the fleet's CML password to any
+    /// instance in the account. An instance outside the filter refuses the whole import.
+    pub restricted_to_filter: bool,
 }
 
 /// What an import did.
@@ -96,32 +100,6 @@ pub struct ProvisioningOptions {
     pub import_ami_name_pattern: Option<String>,
     /// The configured import filter: tag `key=value`.
     pub import_tag: Option<String>,
-}
-
-/// An image as a preview shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImageInfo {
-    /// The AMI id.
-    pub id: AmiId,
-    /// Its name.
-    pub name: String,
-    /// The owner's account id, when known.
-    pub owner_id: Option<String>,
-    /// When it was created, when known.
-    pub creation_date: Option<chrono::DateTime<chrono::Utc>>,
-    /// EC2's state of the image.
-    pub state: String,
-    /// Its description.
-    pub description: Option<String>,
-}
-
-/// The image a create request would use, resolved without launching anything.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ImagePreview {
-    /// The region searched.
-    pub region: Region,
-    /// The matching images, the one that would be used first.
-    pub images: Vec<ImageInfo>,
 }
 
 /// One instance an import would take, and whether it already is a worker.

@@ -544,7 +544,15 @@ async fn walk(c: &Client, api: &Api, base: &str, shots: &Path) {
         c,
         "each source's freshness",
         short,
-        "document.querySelectorAll('#sources-table [data-freshness]').length === 6",
+        "document.querySelectorAll('#sources-table [data-freshness]').length === 7",
+    )
+    .await;
+    // The image's owner and EC2's status checks (read by the EC2 sync) on the EC2 panel.
+    wait_js(
+        c,
+        "the image owner and the EC2 status checks",
+        long,
+        "document.querySelector('#worker-ami-owner')?.textContent === '123456789012' && document.querySelectorAll('#worker-status-checks [data-check]').length === 2",
     )
     .await;
     screenshot(c, shots, "04-worker", true).await;
@@ -731,7 +739,7 @@ async fn an_operator_should_create_import_tag_licence_and_run_labs_from_the_brow
     let shots = screenshot_dir();
     let config = format!(
         "[auth]\ntokens = [{{ name = \"ui-viewer\", role = \"viewer\", sha256 = \"{}\" }}]\n\
-         [provisioning]\nallowed_instance_types = [\"c5.metal\"]\n",
+         [provisioning]\nallowed_instance_types = [\"m5zn.metal\", \"c5.metal\"]\n",
         ccm_api::hash_token(VIEWER_TOKEN)
     );
     let rig = Rig::start(4, "127.121.0.1", &config).await;
@@ -774,7 +782,7 @@ async fn an_operator_should_create_import_tag_licence_and_run_labs_from_the_brow
         c,
         "a preview that matches nothing",
         long,
-        "document.querySelector('#image-preview-none')",
+        "document.querySelector('#image-preview-error')?.textContent.includes('no-such-image')",
     )
     .await;
     // No name: refused before sending, next to the name.

@@ -19,9 +19,9 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Role};
 use crate::dto::{
-    CreateWorkerRequest, EventPage, EventRecord, IdleDetectionRequest, ImagePreviewView,
+    CreateWorkerRequest, EventPage, EventRecord, IdleDetectionRequest, ImagePreviewView, ImageView,
     ImportPreviewView, ImportView, ImportWorkersRequest, MetricsHistory, MetricsPointView, Order,
     RefreshView, SortKey, TagsRequest, WorkerListQuery, WorkerPage, WorkerView,
 };
@@ -144,6 +144,10 @@ pub(crate) async fn get(
 }
 
 /// Provision a new worker (202: the record exists, RunInstances runs in the background).
+///
+/// The instance type must be one of `[provisioning] allowed_instance_types`, the image one of
+/// `[provisioning] ami_owners` (a name pattern searches only those owners; an AMI id of
+/// another owner is refused), and the fleet below `[provisioning] max_workers`.
 #[utoipa::path(
     post, path = "/api/v1/workers", tag = "workers",
     request_body = CreateWorkerRequest,
@@ -151,7 +155,8 @@ pub(crate) async fn get(
         (status = 202, description = "Provisioning started; `Location` is the worker", body = WorkerView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid value (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`[provisioning] max_workers` is reached (`rule` names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid value (named in `field`), or an instance type or image owner the configuration does not allow (`rule` names it)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The cloud is throttled or unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -237,8 +242,9 @@ fn check_tags(tags: &BTreeMap<String, String>) -> ApiResult<()> {
     Ok(())
 }
 
-/// An import request, validated (every error names its field).
-fn import_request_of(req: ImportWorkersRequest) -> ApiResult<ImportRequest> {
+/// An import request, validated (every error names its field). `restricted`: callers below
+/// admin may import only instances that match the `[import]` filter.
+fn import_request_of(req: ImportWorkersRequest, restricted: bool) -> ApiResult<ImportRequest> {
     let region = req
         .region
         .as_deref()
@@ -298,15 +304,21 @@ fn import_request_of(req: ImportWorkersRequest) -> ApiResult<ImportRequest> {
         region,
         selector,
         all: req.all,
+        restricted_to_filter: restricted,
     })
 }
 
 /// Import existing EC2 instances as workers (importing one twice returns the existing worker).
+///
+/// Below admin, every instance to import must match the `[import]` filter (tag and/or image
+/// name and owner), since an imported worker receives the fleet's CML password; an admin may
+/// import any instance.
 #[utoipa::path(
     post, path = "/api/v1/workers/import", tag = "workers",
     request_body = ImportWorkersRequest,
     responses(
         (status = 200, body = ImportView),
+        (status = 403, description = "Below admin: an instance to import does not match the `[import]` filter (`rule` is `import`); nothing was imported", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Several instances match and `all` is not set", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     )
@@ -316,7 +328,7 @@ pub(crate) async fn import(
     caller: Caller,
     JsonBody(req): JsonBody<ImportWorkersRequest>,
 ) -> ApiResult<Json<ImportView>> {
-    let request = import_request_of(req)?;
+    let request = import_request_of(req, caller.principal.role != Role::Admin)?;
     let report = state
         .engine()
         .import_workers(request, &caller.actor())
@@ -337,9 +349,10 @@ pub(crate) async fn import(
 )]
 pub(crate) async fn import_preview(
     State(state): State<ApiState>,
+    caller: Caller,
     JsonBody(req): JsonBody<ImportWorkersRequest>,
 ) -> ApiResult<Json<ImportPreviewView>> {
-    let request = import_request_of(req)?;
+    let request = import_request_of(req, caller.principal.role != Role::Admin)?;
     let preview = state.engine().preview_import(request).await?;
     Ok(Json(preview.into()))
 }
@@ -381,8 +394,28 @@ pub(crate) async fn images(
         q.ami_id.as_deref().filter(|x| !x.is_empty()),
         q.ami_name_pattern.as_deref().filter(|x| !x.is_empty()),
     )?;
-    let preview = state.engine().preview_image(region, ami).await?;
-    Ok(Json(preview.into()))
+    let engine = state.engine();
+    let region = match region {
+        Some(r) => r,
+        None => engine
+            .provisioning_options()
+            .default_region
+            .ok_or_else(|| ApiError::invalid("region", "region: none given and none configured"))?,
+    };
+    let i = engine.preview_image(Some(region.clone()), &ami).await?;
+    let image = ImageView {
+        id: i.id.to_string(),
+        name: i.name,
+        owner_id: i.owner_id,
+        creation_date: i.creation_date,
+        state: i.state,
+        description: i.description,
+    };
+    Ok(Json(ImagePreviewView {
+        region: region.to_string(),
+        selected: Some(image.clone()),
+        images: vec![image],
+    }))
 }
 
 macro_rules! lifecycle {

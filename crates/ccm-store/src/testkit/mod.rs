@@ -316,6 +316,7 @@ macro_rules! store_suite {
             update_many_should_save_or_refuse_each_row_on_its_own,
             overlapping_batches_should_neither_deadlock_nor_lose_updates,
             concurrent_imports_of_one_instance_should_make_one_worker,
+            capped_inserts_racing_at_the_cap_should_store_only_up_to_it,
             lab_refreshes_should_remove_orphans_and_never_duplicate,
             sessions_should_survive_a_reopen_until_they_expire,
             sessions_should_come_back_as_written_and_refuse_non_objects,
