@@ -84,6 +84,10 @@ pub static ROUTES: &[RouteSpec] = &[
     r(Method::GET, "/api/v1/workers", VIEWER),
     r(Method::POST, "/api/v1/workers", MANAGER),
     r(Method::POST, "/api/v1/workers/import", MANAGER),
+    // A preview asks the cloud (DescribeInstances, DescribeImages) on the caller's behalf:
+    // only for those who may import or create.
+    r(Method::POST, "/api/v1/workers/import/preview", MANAGER),
+    r(Method::GET, "/api/v1/images", MANAGER),
     r(Method::GET, "/api/v1/workers/{id}", VIEWER),
     r(Method::DELETE, "/api/v1/workers/{id}", ADMIN),
     r(Method::POST, "/api/v1/workers/{id}/start", MANAGER),
@@ -137,6 +141,7 @@ pub static ROUTES: &[RouteSpec] = &[
     r(Method::POST, "/api/v1/system/jobs/{job}/run", ADMIN),
     r(Method::GET, "/api/v1/system/savings", VIEWER),
     r(Method::GET, "/api/v1/system/webhooks", VIEWER),
+    r(Method::GET, "/api/v1/system/provisioning", VIEWER),
     r(Method::GET, "/api/v1/settings", VIEWER),
     r(Method::PATCH, "/api/v1/settings", ADMIN),
     // The web UI: page shell and assets hold no data (it all comes from the API above).
@@ -192,6 +197,26 @@ pub fn route_of(path: &str) -> Option<&'static str> {
     matcher.at(path).ok().map(|m| *m.value)
 }
 
+impl Access {
+    /// Whether a caller with `role` may call a route with this rule.
+    pub fn allows(self, role: Role) -> bool {
+        match self {
+            Access::Public => true,
+            Access::Role(required) => role >= required,
+        }
+    }
+}
+
+/// The API routes (`/api/v1/…`) a role may call, as `METHOD /path/{template}`: what the web
+/// UI reads to show only the buttons a caller may use (the role table stays the one rule).
+pub fn permissions(role: Role) -> Vec<String> {
+    ROUTES
+        .iter()
+        .filter(|r| r.path.starts_with("/api/v1/") && r.access.allows(role))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
 /// Whether any method of this routed path has a rule.
 pub(crate) fn is_known_path(path: &str) -> bool {
     table().1.contains(path)
@@ -210,6 +235,7 @@ need the `X-CSRF-Token` header. Each operation's minimum role is in `x-ccm-role`
     tags(
         (name = "workers", description = "CML workers on EC2"),
         (name = "labs", description = "Labs of a worker"),
+        (name = "images", description = "Machine images (AMIs) a new worker could use"),
         (name = "licence", description = "The CML licence of a worker"),
         (name = "events", description = "Live events (SSE)"),
         (name = "system", description = "Health, jobs, breakers, savings, webhooks"),
@@ -243,6 +269,8 @@ fn parts() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sse::events))
         .routes(routes!(workers::list, workers::create))
         .routes(routes!(workers::import))
+        .routes(routes!(workers::import_preview))
+        .routes(routes!(workers::images))
         .routes(routes!(workers::get, workers::delete))
         .routes(routes!(workers::start))
         .routes(routes!(workers::stop))
@@ -269,6 +297,7 @@ fn parts() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::run_job))
         .routes(routes!(system::savings))
         .routes(routes!(webhooks::list))
+        .routes(routes!(system::provisioning))
         .routes(routes!(system::get_settings, system::patch_settings))
         .routes(routes!(crate::ui::index))
         .routes(routes!(crate::ui::login))

@@ -45,7 +45,7 @@ use crate::state::State;
 use crate::supervisor::{Criticality, RestartPolicy, Supervisor, TaskStatus};
 use crate::types::{
     AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport,
-    ImportReport, ImportRequest, RefreshOutcome,
+    ImportPreview, ImportReport, ImportRequest, ProvisioningOptions, RefreshOutcome,
 };
 
 /// What the engine is built from.
@@ -505,6 +505,17 @@ impl Engine {
             .provisioning
             .preview_image(region, selector)
             .await
+    }
+
+    /// What a create or import form may offer (regions, instance types, image defaults,
+    /// the configured import filter).
+    pub fn provisioning_options(&self) -> ProvisioningOptions {
+        self.inner.provisioning.options()
+    }
+
+    /// The instances an import would take and which already are workers; changes nothing.
+    pub async fn preview_import(&self, req: ImportRequest) -> Result<ImportPreview, EngineError> {
+        self.inner.provisioning.preview_import(req).await
     }
 
     /// Imports existing instances; importing an instance twice returns the existing worker.

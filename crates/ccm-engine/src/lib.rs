@@ -58,5 +58,6 @@ pub use resilience_events::{ResilienceEvents, resilience_with_bus};
 pub use supervisor::{Criticality, TaskState, TaskStatus};
 pub use types::{
     AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport,
-    ImportReport, ImportRequest, ImportSelector, RefreshOutcome,
+    ImportCandidate, ImportPreview, ImportReport, ImportRequest, ImportSelector,
+    ProvisioningOptions, RefreshOutcome,
 };

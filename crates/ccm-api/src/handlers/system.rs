@@ -11,7 +11,7 @@ use ccm_resilience::BreakerState;
 use crate::auth::Caller;
 use crate::dto::{
     BreakerView, BudgetView, BulkheadView, ComponentView, CountsView, HealthView, JobList, JobView,
-    ResilienceView, SavingsView, SettingsView,
+    ProvisioningView, ResilienceView, SavingsView, SettingsView,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JobPath, JsonBody};
@@ -46,6 +46,16 @@ pub(crate) async fn counts(State(state): State<ApiState>) -> Json<CountsView> {
         by_service: c.by_service,
         sse_clients: state.sse_clients(),
     })
+}
+
+/// What a create or import form may offer: regions, instance types, image defaults, default
+/// tags and the configured import filter.
+#[utoipa::path(
+    get, path = "/api/v1/system/provisioning", tag = "system",
+    responses((status = 200, body = ProvisioningView))
+)]
+pub(crate) async fn provisioning(State(state): State<ApiState>) -> Json<ProvisioningView> {
+    Json(state.engine().provisioning_options().into())
 }
 
 /// Circuit breakers, the retry budget and the bulkheads.

@@ -39,6 +39,13 @@ fn expected() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
         (M::GET, "/api/v1/workers", v, None),
         (M::POST, "/api/v1/workers", m, Some(json!({}))),
         (M::POST, "/api/v1/workers/import", m, Some(json!({}))),
+        (
+            M::POST,
+            "/api/v1/workers/import/preview",
+            m,
+            Some(json!({})),
+        ),
+        (M::GET, "/api/v1/images", m, None),
         (M::GET, "/api/v1/workers/{id}", v, None),
         (M::DELETE, "/api/v1/workers/{id}", a, None),
         (M::POST, "/api/v1/workers/{id}/start", m, None),
@@ -93,6 +100,7 @@ fn expected() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
         (M::POST, "/api/v1/system/jobs/{job}/run", a, None),
         (M::GET, "/api/v1/system/savings", v, None),
         (M::GET, "/api/v1/system/webhooks", v, None),
+        (M::GET, "/api/v1/system/provisioning", v, None),
         (M::GET, "/api/v1/settings", v, None),
         (M::PATCH, "/api/v1/settings", a, Some(json!({"nope": 1}))),
         // The web UI: page shell and assets are public (they hold no data).
