@@ -80,11 +80,27 @@ pub trait ClusterRepo: Send + Sync {
     async fn acquire(&self, holder: &str, keys: &[String], ttl: Duration) -> Result<Vec<Acquired>>;
     /// Extends the leases `holder` still holds under these tokens and that have not expired,
     /// to `ttl` from now. Returns the ones extended; any other is lost.
-    async fn renew(&self, holder: &str, held: &[(String, u64)], ttl: Duration)
-    -> Result<Vec<String>>;
+    async fn renew(
+        &self,
+        holder: &str,
+        held: &[(String, u64)],
+        ttl: Duration,
+    ) -> Result<Vec<String>>;
     /// Gives up leases (they expire now, and the holder is cleared) if still held under these
     /// tokens. Returns how many.
     async fn release(&self, holder: &str, held: &[(String, u64)]) -> Result<u64>;
     /// Every unexpired lease.
     async fn leases(&self) -> Result<Vec<LeaseRecord>>;
+    /// A dedicated connection listening on `channels` (e.g. [`crate::EVENTS_CHANNEL`],
+    /// [`crate::SESSIONS_CHANNEL`]). Notifications are hints: some may be lost while it
+    /// reconnects, so readers also look at the tables themselves now and then.
+    async fn listen(&self, channels: &[&str]) -> Result<Box<dyn Notifications>>;
+}
+
+/// Notifications from other replicas (PostgreSQL `LISTEN`).
+#[async_trait]
+pub trait Notifications: Send {
+    /// The next notification: (channel, payload). `Err`: the connection is gone for good
+    /// (listen again).
+    async fn recv(&mut self) -> Result<(String, String)>;
 }

@@ -33,9 +33,9 @@ use ccm_domain::{
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-pub use cluster::{Acquired, ClusterRepo, LeaseRecord, ReplicaRecord, ReplicaRow};
+pub use cluster::{Acquired, ClusterRepo, LeaseRecord, Notifications, ReplicaRecord, ReplicaRow};
 pub use config::{Backend, DEFAULT_SQLITE_PATH, DatabaseUrl, StoreConfig, Synchronous};
-pub use postgres::{EVENT_APPEND_LOCK, EVENTS_CHANNEL, PgStore};
+pub use postgres::{EVENT_APPEND_LOCK, EVENTS_CHANNEL, PgStore, SESSIONS_CHANNEL};
 pub use sqlite::{SingleNodeLock, SqliteStore};
 
 /// What can go wrong in the store.

@@ -5,7 +5,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::cluster::{Acquired, ClusterRepo, LeaseRecord, ReplicaRecord, ReplicaRow};
+use sqlx::postgres::PgListener;
+
+use crate::cluster::{
+    Acquired, ClusterRepo, LeaseRecord, Notifications, ReplicaRecord, ReplicaRow,
+};
 use crate::common::{from_ms, ms};
 use crate::{PgStore, Result};
 
@@ -149,6 +153,12 @@ impl ClusterRepo for PgStore {
         Ok(done.rows_affected())
     }
 
+    async fn listen(&self, channels: &[&str]) -> Result<Box<dyn Notifications>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen_all(channels.iter().copied()).await?;
+        Ok(Box::new(Listener(listener)))
+    }
+
     async fn leases(&self) -> Result<Vec<LeaseRecord>> {
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
             "SELECT key, holder, fence, \
@@ -166,5 +176,15 @@ impl ClusterRepo for PgStore {
                 remaining: duration(left),
             })
             .collect())
+    }
+}
+
+struct Listener(PgListener);
+
+#[async_trait]
+impl Notifications for Listener {
+    async fn recv(&mut self) -> Result<(String, String)> {
+        let n = self.0.recv().await?;
+        Ok((n.channel().to_owned(), n.payload().to_owned()))
     }
 }

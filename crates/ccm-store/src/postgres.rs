@@ -20,6 +20,7 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Postgres, QueryBuilder, Row};
 
+use crate::cluster::ClusterRepo;
 use crate::common::{
     RUNTIME_SETTINGS_KEY, WorkerRow, corrupt, decode_lab, decode_session, decode_settings,
     encode_event, encode_lab, encode_session, encode_settings, encode_worker, event_limit, from_ms,
@@ -30,7 +31,6 @@ use crate::{
     Result, SessionRepo, SettingsRepo, Store, StoreConfig, StoreError, StoredEvent, Versioned,
     WorkerFilter, WorkerRepo, WorkerSort, WorkerWrite, WriteOutcome, persistent,
 };
-use crate::cluster::ClusterRepo;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -39,6 +39,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// reads everything after the position it has from the log: the payload is a hint that more
 /// exists, the log is the truth (notifications can be missed while a listener reconnects).
 pub const EVENTS_CHANNEL: &str = "ccm_events";
+
+/// The channel a session's deletion (sign-out) notifies, in the deleting transaction, with the
+/// session's key (the SHA-256 of its id, hex) as the payload: every replica drops it from its
+/// cache and ends its event streams.
+pub const SESSIONS_CHANNEL: &str = "ccm_sessions";
 
 /// The advisory lock key (`pg_advisory_xact_lock(bigint)`) every event append holds from
 /// before it draws its positions until it commits. Appends therefore commit one after the
@@ -469,7 +474,10 @@ impl PgStore {
 
 /// One statement updating every row of `cols` whose version is still the one read; returns
 /// the ids updated.
-async fn batch_update_on(conn: &mut PgConnection, cols: &BatchColumns) -> sqlx::Result<Vec<String>> {
+async fn batch_update_on(
+    conn: &mut PgConnection,
+    cols: &BatchColumns,
+) -> sqlx::Result<Vec<String>> {
     sqlx::query_scalar::<_, String>(
         "UPDATE workers AS w SET instance_id = u.instance_id, name = u.name, \
          region = u.region, ec2_state = u.ec2_state, service_status = u.service_status, \
@@ -1039,11 +1047,20 @@ impl SessionRepo for PgStore {
         doc.map(|d| decode_session(key, &d)).transpose()
     }
 
+    /// Deletes and notifies [`SESSIONS_CHANNEL`] with the key in one transaction, so every
+    /// replica ends the session (also when it was only in their memory).
     async fn delete_session(&self, key: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM sessions WHERE key = $1")
             .bind(key)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(SESSIONS_CHANNEL)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -1172,8 +1189,11 @@ impl PgStore {
                         match update_row(&mut *one, row, &writes[*i].worker).await {
                             Ok(n) => {
                                 one.commit().await?;
-                                pending[*i] =
-                                    Some(if n == 1 { Pending::Saved } else { Pending::Stale });
+                                pending[*i] = Some(if n == 1 {
+                                    Pending::Saved
+                                } else {
+                                    Pending::Stale
+                                });
                             }
                             Err(e) => {
                                 one.rollback().await?;

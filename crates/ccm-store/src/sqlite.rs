@@ -562,7 +562,10 @@ fn decode_event(row: &SqliteRow) -> Result<StoredEvent> {
 
 /// Appends the persistent `events` inside the caller's transaction; each one's position
 /// (`None` for transient ones).
-async fn append_on(conn: &mut sqlx::SqliteConnection, events: &[Event]) -> Result<Vec<Option<u64>>> {
+async fn append_on(
+    conn: &mut sqlx::SqliteConnection,
+    events: &[Event],
+) -> Result<Vec<Option<u64>>> {
     let mut out = vec![None; events.len()];
     for (i, event) in persistent(events) {
         let body = encode_event(event)?;

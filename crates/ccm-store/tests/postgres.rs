@@ -264,8 +264,15 @@ mod cluster {
             .await
             .unwrap();
         assert_eq!(b.len(), 1, "an expired lease is free to take");
-        assert_eq!(b[0].fence, a_fence + 1, "every acquisition raises the fence");
-        assert_eq!(b[0].previous_holder, "replica-a", "a takeover names the old holder");
+        assert_eq!(
+            b[0].fence,
+            a_fence + 1,
+            "every acquisition raises the fence"
+        );
+        assert_eq!(
+            b[0].previous_holder, "replica-a",
+            "a takeover names the old holder"
+        );
         let before = store.last_seq().await.unwrap();
 
         let stale = store
@@ -281,7 +288,11 @@ mod cluster {
             .unwrap();
         assert!(matches!(stale[0], WriteOutcome::Fenced), "{:?}", stale[0]);
         assert_eq!(store.get(w.id).await.unwrap().unwrap().name, w.name);
-        assert_eq!(store.last_seq().await.unwrap(), before, "no event of a refused write");
+        assert_eq!(
+            store.last_seq().await.unwrap(),
+            before,
+            "no event of a refused write"
+        );
         assert!(
             store
                 .renew("replica-a", &[(key.clone(), a_fence)], LONG)
@@ -302,7 +313,11 @@ mod cluster {
             )])
             .await
             .unwrap();
-        assert!(matches!(fresh[0], WriteOutcome::Saved { .. }), "{:?}", fresh[0]);
+        assert!(
+            matches!(fresh[0], WriteOutcome::Saved { .. }),
+            "{:?}",
+            fresh[0]
+        );
         assert_eq!(store.get(w.id).await.unwrap().unwrap().name, "from-b");
         let logged = store
             .read(&EventQuery {
@@ -311,7 +326,11 @@ mod cluster {
             })
             .await
             .unwrap();
-        assert_eq!(logged.len(), 1, "the saved write's event, in the same transaction");
+        assert_eq!(
+            logged.len(),
+            1,
+            "the saved write's event, in the same transaction"
+        );
     }
 
     /// A lease that expired without anyone taking it is not held either: a write under it is
@@ -360,7 +379,10 @@ mod cluster {
         let ks = keys(&["job:ec2_sync:eu-west-1", "part:0000", "part:0001"]);
         let a = store.acquire("a", &ks, LONG).await.unwrap();
         assert_eq!(a.len(), 3);
-        assert!(a.iter().all(|l| l.fence == 1 && l.previous_holder.is_empty()));
+        assert!(
+            a.iter()
+                .all(|l| l.fence == 1 && l.previous_holder.is_empty())
+        );
         assert!(
             store.acquire("b", &ks, LONG).await.unwrap().is_empty(),
             "held leases are not taken"
@@ -378,11 +400,18 @@ mod cluster {
         assert_eq!(b.len(), 1);
         assert_eq!(b[0].key, ks[0]);
         assert_eq!(b[0].fence, 2);
-        assert!(b[0].previous_holder.is_empty(), "a handover, not a takeover");
+        assert!(
+            b[0].previous_holder.is_empty(),
+            "a handover, not a takeover"
+        );
         let listed = store.leases().await.unwrap();
         assert_eq!(listed.len(), 3);
         assert_eq!(listed[0].holder, "b");
-        assert!(listed.iter().all(|l| l.remaining > Duration::from_secs(500)));
+        assert!(
+            listed
+                .iter()
+                .all(|l| l.remaining > Duration::from_secs(500))
+        );
     }
 
     /// Heartbeats are stamped by the database; a replica's row goes away when it leaves.

@@ -33,7 +33,7 @@ pub(crate) async fn sync_all(ctx: &JobContext) -> Result<(), JobError> {
                 .describe_instances(&region, &InstanceQuery::ids(ids))
                 .await
                 .map_err(|source| JobError::Cloud { region, source })?;
-            apply(ctx, &grant, workers, instances);
+            apply(ctx, &grant, workers, instances).await;
             Ok::<(), JobError>(())
         },
     );
@@ -45,7 +45,7 @@ pub(crate) async fn sync_all(ctx: &JobContext) -> Result<(), JobError> {
     JobError::regions(errors)
 }
 
-fn apply(
+async fn apply(
     ctx: &JobContext,
     grant: &Grant,
     workers: Vec<(WorkerId, InstanceId)>,
@@ -70,14 +70,15 @@ fn apply(
                             vec![EventKind::WorkerInvalidTransition { from: e.from, to: e.to }]
                         }
                     }),
-                );
+                ).await;
             }
             None => {
                 let Some(slot) = ctx.slot(id) else {
                     continue;
                 };
                 if now - slot.created_at >= GONE_AFTER {
-                    ctx.submit(grant, id, Arc::new(move |w| w.observe_gone(now)));
+                    ctx.submit(grant, id, Arc::new(move |w| w.observe_gone(now)))
+                        .await;
                 }
             }
         }

@@ -328,12 +328,18 @@ pub async fn saved_changes_should_carry_their_events_and_fail_row_by_row(backend
         other => panic!("the clean row should be saved: {other:?}"),
     }
     assert!(
-        matches!(&out[1], crate::WriteOutcome::Failed(StoreError::Conflict { .. })),
+        matches!(
+            &out[1],
+            crate::WriteOutcome::Failed(StoreError::Conflict { .. })
+        ),
         "{:?}",
         out[1]
     );
     assert!(
-        matches!(&out[2], crate::WriteOutcome::Failed(StoreError::Duplicate { .. })),
+        matches!(
+            &out[2],
+            crate::WriteOutcome::Failed(StoreError::Duplicate { .. })
+        ),
         "{:?}",
         out[2]
     );
@@ -344,7 +350,11 @@ pub async fn saved_changes_should_carry_their_events_and_fail_row_by_row(backend
         })
         .await
         .unwrap();
-    assert_eq!(logged.len(), 2, "only the saved row's events are in the log");
+    assert_eq!(
+        logged.len(),
+        2,
+        "only the saved row's events are in the log"
+    );
     assert!(
         logged
             .iter()
