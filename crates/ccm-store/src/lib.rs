@@ -373,6 +373,9 @@ pub struct WorkerWrite {
 }
 
 /// What became of one [`WorkerWrite`].
+// Most outcomes are `Saved`, and the worker is moved on to the engine's index: boxing it would
+// add an allocation per saved worker for a value that lives only until the batch is handled.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum WriteOutcome {
     /// Saved with its events; the worker at its new version and each event's position
