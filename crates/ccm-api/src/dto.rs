@@ -15,7 +15,7 @@ use ccm_domain::licence::Licence;
 use ccm_domain::observed::Sourced;
 use ccm_domain::service::Reason;
 use ccm_domain::worker::{CloudWatchMetrics, Counters, HistoryKind};
-use ccm_domain::{Freshness, Secret, Worker};
+use ccm_domain::{Freshness, Secret, StatusChecks, Worker};
 use ccm_engine::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -30,9 +30,10 @@ use crate::auth::{AuthMethod, Role};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ReasonView {
     /// The call (`system_information`, `system_health`, `system_stats`, `licensing`,
-    /// `telemetry`, `labs`, `cloudwatch`).
+    /// `telemetry`, `labs`, `cloudwatch`, `ec2_status`).
     pub call: String,
-    /// What went wrong (`connect`, `timeout`, `http_status`, `circuit_open`, `not_ready`, …).
+    /// What went wrong (`connect`, `timeout`, `http_status`, `circuit_open`, `not_ready`,
+    /// `ec2_status_impaired`, …).
     pub code: String,
     /// The HTTP status, for `http_status`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -319,6 +320,29 @@ impl From<&CloudWatchMetrics> for CloudWatchView {
     }
 }
 
+/// EC2's status checks of the instance (DescribeInstanceStatus).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct StatusChecksView {
+    /// The system (AWS host) check: `ok`, `impaired`, `initializing`, `insufficient-data`,
+    /// `not-applicable` or `unknown`.
+    pub system: String,
+    /// The instance (guest) check, same values.
+    pub instance: String,
+    /// Either check is `impaired` (the worker is then `degraded`, reason
+    /// `ec2_status_impaired`, while it runs).
+    pub impaired: bool,
+}
+
+impl From<&StatusChecks> for StatusChecksView {
+    fn from(c: &StatusChecks) -> Self {
+        Self {
+            system: c.system.as_str().to_owned(),
+            instance: c.instance.as_str().to_owned(),
+            impaired: c.impaired(),
+        }
+    }
+}
+
 /// Every source of a worker, each with its freshness.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct SourcesView {
@@ -334,6 +358,8 @@ pub struct SourcesView {
     pub labs_count: SourceView<u32>,
     /// CloudWatch.
     pub cloudwatch: SourceView<CloudWatchView>,
+    /// EC2's status checks.
+    pub ec2_status: SourceView<StatusChecksView>,
 }
 
 /// A circuit breaker.
@@ -466,6 +492,9 @@ pub struct AmiView {
     pub id: String,
     /// Image name.
     pub name: Option<String>,
+    /// The AWS account that owns the image, when known (recorded when ccm chose or imported
+    /// it; `[provisioning] ami_owners` decides which owners new workers may use).
+    pub owner: Option<String>,
 }
 
 /// A worker: one CML instance on one EC2 instance, as the API shows it.
@@ -559,6 +588,7 @@ impl WorkerView {
             ami: w.ami.as_ref().map(|a| AmiView {
                 id: a.id.to_string(),
                 name: a.name.clone(),
+                owner: a.owner.clone(),
             }),
             ec2_state: w.ec2_state.as_str().to_owned(),
             state_reason: w.state_reason.clone(),
@@ -582,6 +612,9 @@ impl WorkerView {
                 labs_count: SourceView::of(&w.labs_count, now, max_age, |n| *n),
                 cloudwatch: SourceView::of(&w.cloudwatch, now, max_age, |x| {
                     CloudWatchView::from(x)
+                }),
+                ec2_status: SourceView::of(&w.ec2_status, now, max_age, |x| {
+                    StatusChecksView::from(x)
                 }),
             },
             breaker: engine.breaker_of(w).as_ref().map(BreakerView::from),

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
-use ccm_engine::{EngineError, UpstreamError, UpstreamKind};
+use ccm_engine::{EngineError, PolicyRefusal, RefusalKind, UpstreamError, UpstreamKind};
 use http::{HeaderValue, StatusCode, header};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -34,6 +34,11 @@ pub struct Problem {
     /// When to try again (also the `Retry-After` header), for 429 and 503.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_after_seconds: Option<u64>,
+    /// The configured guardrail that refused the request, by its configuration key
+    /// (`provisioning.allowed_instance_types`, `provisioning.ami_owners`,
+    /// `provisioning.max_workers`, `import`), for `urn:ccm:problem:policy`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 /// An error answer. Build with the constructors; convert from [`EngineError`].
@@ -44,6 +49,7 @@ pub struct ApiError {
     detail: String,
     field: Option<String>,
     retry_after: Option<u64>,
+    rule: Option<&'static str>,
     www_authenticate: Option<&'static str>,
 }
 
@@ -64,6 +70,7 @@ impl ApiError {
             detail: detail.into(),
             field: None,
             retry_after: None,
+            rule: None,
             www_authenticate: None,
         }
     }
@@ -109,6 +116,20 @@ impl ApiError {
     /// 403.
     pub fn forbidden(detail: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    /// A guardrail's refusal: 403 (the caller's role), 409 (a limit reached) or 422 (a value
+    /// the configuration does not allow), kind `policy`, naming the rule and the field.
+    pub fn refused(refusal: PolicyRefusal) -> Self {
+        let status = match refusal.kind {
+            RefusalKind::Role => StatusCode::FORBIDDEN,
+            RefusalKind::Limit => StatusCode::CONFLICT,
+            RefusalKind::NotAllowed => StatusCode::UNPROCESSABLE_ENTITY,
+        };
+        let mut e = Self::new(status, "policy", refusal.message);
+        e.field = refusal.field.map(str::to_owned);
+        e.rule = Some(refusal.rule);
+        e
     }
 
     /// 429 with `Retry-After`.
@@ -172,6 +193,7 @@ impl ApiError {
             detail: self.detail.clone(),
             field: self.field.clone(),
             retry_after_seconds: self.retry_after,
+            rule: self.rule.map(str::to_owned),
         }
     }
 }
@@ -207,6 +229,7 @@ impl From<EngineError> for ApiError {
             EngineError::NotFound { .. } => Self::not_found(err.to_string()),
             EngineError::Conflict(message) => Self::conflict(message),
             EngineError::Invalid { field, message } => Self::invalid(&field, message),
+            EngineError::Refused(refusal) => Self::refused(refusal),
             EngineError::Upstream(e) => from_upstream(&e),
             EngineError::Store(e) => {
                 tracing::error!(error = %e, "database failure");
@@ -301,6 +324,24 @@ mod tests {
     fn an_invalid_upstream_parameter_should_name_no_field() {
         let p = ApiError::from(upstream(UpstreamKind::Invalid)).problem();
         assert_eq!(p.field, None);
+    }
+
+    #[test]
+    fn guardrail_refusals_should_name_their_rule_with_the_status_of_their_kind() {
+        for (kind, status) in [
+            (RefusalKind::Role, 403),
+            (RefusalKind::Limit, 409),
+            (RefusalKind::NotAllowed, 422),
+        ] {
+            let refusal = PolicyRefusal::new(kind, "provisioning.max_workers", "at the cap")
+                .field("instance_type");
+            let p = ApiError::from(EngineError::Refused(refusal)).problem();
+            assert_eq!(p.status, status);
+            assert_eq!(p.kind, "urn:ccm:problem:policy");
+            assert_eq!(p.rule.as_deref(), Some("provisioning.max_workers"));
+            assert_eq!(p.field.as_deref(), Some("instance_type"));
+            assert_eq!(p.detail, "at the cap");
+        }
     }
 
     #[test]

@@ -11,8 +11,8 @@
 
 use ccm_domain::events::{EventShape, FieldShape};
 use ccm_domain::{
-    Ec2State, EventKind, LabAction, PauseReason, RefreshSkip, ResumeReason, ServiceStatus,
-    WorkerAction,
+    CheckStatus, Ec2State, EventKind, LabAction, PauseReason, RefreshSkip, ResumeReason,
+    ServiceStatus, WorkerAction,
 };
 use serde::Serialize;
 use utoipa::openapi::schema::{
@@ -224,6 +224,12 @@ fn type_schema(ty: &str) -> Option<RefOr<Schema>> {
         ),
         "ServiceStatus" => string_enum(
             ServiceStatus::ALL
+                .iter()
+                .map(|s| s.as_str().to_owned())
+                .collect(),
+        ),
+        "CheckStatus" => string_enum(
+            CheckStatus::ALL
                 .iter()
                 .map(|s| s.as_str().to_owned())
                 .collect(),

@@ -20,7 +20,8 @@ import { get, seg } from './api.js';
 export const EVENT_TYPES = [
   'ccm.worker.created', 'ccm.worker.imported', 'ccm.worker.provisioned',
   'ccm.worker.provisioning_failed', 'ccm.worker.state_changed', 'ccm.worker.invalid_transition',
-  'ccm.worker.service_changed', 'ccm.worker.action_requested', 'ccm.worker.action_failed',
+  'ccm.worker.service_changed', 'ccm.worker.status_checks_changed',
+  'ccm.worker.action_requested', 'ccm.worker.action_failed',
   'ccm.worker.paused', 'ccm.worker.resumed', 'ccm.worker.terminated', 'ccm.worker.deleted',
   'ccm.worker.tags_updated', 'ccm.worker.detailed_monitoring_enabled',
   'ccm.worker.idle_detection_changed', 'ccm.worker.refresh_requested',
@@ -256,6 +257,12 @@ function onEvent(message) {
     case 'ccm.worker.service_changed':
       patchView(id, (w) => {
         w.service = { ...w.service, status: d.to, reasons: d.reasons || [], checked_at: ev.time };
+      });
+      break;
+    case 'ccm.worker.status_checks_changed':
+      patchView(id, (w) => {
+        const s = w.sources?.ec2_status;
+        if (s) s.value = { system: d.system, instance: d.instance, impaired: d.system === 'impaired' || d.instance === 'impaired' };
       });
       break;
     case 'ccm.worker.synced':

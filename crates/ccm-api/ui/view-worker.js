@@ -68,6 +68,7 @@ function eventSummary(ev) {
     case 'ccm.worker.idle_detection_changed': return `Idle detection ${d.enabled ? 'on' : 'off'}${by}`;
     case 'ccm.worker.tags_updated': return `Tags updated${by}`;
     case 'ccm.worker.refresh_skipped': return `Refresh skipped: ${d.reason}`;
+    case 'ccm.worker.status_checks_changed': return `EC2 status checks: system ${d.system}, instance ${d.instance}`;
     case 'ccm.lab.action_completed': return `Lab ${d.title || d.lab_id}: ${d.action}${by}`;
     case 'ccm.lab.action_failed': return `Lab ${d.lab_id || ''} ${d.action} failed: ${d.error}`;
     case 'ccm.labs.refreshed': return `${d.count} labs (${d.added} new, ${d.removed} gone)`;
@@ -88,6 +89,20 @@ function sourceRow(name, s) {
     h('td', { class: 'hide-sm' }, time(s?.attempted_at, true)),
     h('td', { class: 'num' }, String(s?.consecutive_failures ?? 0)),
     h('td', null, s?.error ? h('span', { class: 'error-text' }, `${s.error.code}${s.error.status ? ` ${s.error.status}` : ''}${s.error.detail ? `: ${s.error.detail}` : ''}`) : h('span', { class: 'muted' }, '—')));
+}
+
+const CHECK_TONE = { ok: 'ok', impaired: 'bad', initializing: 'info', 'insufficient-data': 'warn', 'not-applicable': 'neutral' };
+
+/** One EC2 status check (`ok`, `impaired`, …) as a badge. */
+function checkBadge(which, status) {
+  return badge(`${which} ${status}`, CHECK_TONE[status] || 'muted', { 'data-check': which, 'data-status': status, title: `EC2 ${which} status check: ${status}` });
+}
+
+/** EC2's status checks with their freshness, or a dash before the first read. */
+function statusChecks(source) {
+  const c = source?.value;
+  if (!c) return h('span', { id: 'worker-status-checks' }, '—');
+  return h('span', { id: 'worker-status-checks' }, checkBadge('system', c.system), ' ', checkBadge('instance', c.instance), ' ', freshnessBadge(source));
 }
 
 function card(title, id, ...children) {
@@ -193,6 +208,8 @@ export function mountWorker(container, { args, session }) {
         ['Type', w.instance_type || '—'],
         ['Region', w.region],
         ['AMI', w.ami ? h('span', null, h('span', { class: 'mono' }, w.ami.id), w.ami.name ? h('span', { class: 'muted small' }, ` ${w.ami.name}`) : null) : '—'],
+        ['Image owner', w.ami?.owner ? h('span', { class: 'mono', id: 'worker-ami-owner' }, w.ami.owner) : '—'],
+        ['Status checks', statusChecks(w.sources?.ec2_status)],
         ['Public IP', w.public_ip || '—'],
         ['Private IP', w.private_ip || '—'],
         ['Endpoint', w.endpoint ? h('span', { class: 'mono' }, w.endpoint) : '—'],
@@ -285,7 +302,8 @@ export function mountWorker(container, { args, session }) {
           sourceRow('Statistics', s.stats),
           sourceRow('Licence', s.licence),
           sourceRow('Labs', s.labs_count),
-          sourceRow('CloudWatch', s.cloudwatch)))),
+          sourceRow('CloudWatch', s.cloudwatch),
+          sourceRow('EC2 status checks', s.ec2_status)))),
       h('h3', { class: 'sub-title' }, 'Circuit breaker of the CML endpoint'),
       facts([
         ['State', h('span', { id: 'worker-breaker' }, breakerBadge(b))],

@@ -128,6 +128,8 @@ pub(crate) fn convert_image(raw: &ec2::Image) -> Result<Image, SkippedInstance> 
         id,
         name: raw.name().unwrap_or("").to_owned(),
         owner_id: raw.owner_id().map(str::to_owned),
+        owner_alias: raw.image_owner_alias().map(str::to_owned),
+        public: raw.public(),
         creation_date: raw
             .creation_date()
             .and_then(|d| DateTime::parse_from_rfc3339(d).ok())

@@ -263,6 +263,17 @@ impl CloudProvider for AwsCloud {
                     request = request
                         .set_image_ids(Some(ids.iter().map(|i| i.as_str().to_owned()).collect()));
                 }
+                ImageQuery::OwnedIds { ids, owners } => {
+                    // A filter, not ImageIds: an id of another owner (or an unknown one) is
+                    // then absent instead of an error.
+                    request = request.filters(ec2_filter(
+                        "image-id",
+                        ids.iter().map(|i| i.as_str().to_owned()).collect(),
+                    ));
+                    if !owners.is_empty() {
+                        request = request.set_owners(Some(owners.clone()));
+                    }
+                }
                 ImageQuery::Name { pattern, owners } => {
                     request = request.filters(ec2_filter("name", vec![pattern.clone()]));
                     if !owners.is_empty() {
@@ -420,10 +431,13 @@ impl CloudProvider for AwsCloud {
         for batch in batches {
             let mut token: Option<String> = None;
             for _ in 0..MAX_PAGES {
+                // MaxResults may not go with InstanceIds; for a whole region, the largest page.
+                let page_size = batch.is_none().then_some(ccm_cloud::MAX_PAGE_SIZE as i32);
                 let output = ec2
                     .describe_instance_status()
                     .include_all_instances(true)
                     .set_instance_ids(batch.clone())
+                    .set_max_results(page_size)
                     .set_next_token(token.take())
                     .send()
                     .await

@@ -15,18 +15,20 @@ use tokio::process::{Child, Command};
 pub const INSTALL_HINT: &str = "install moto first (./scripts/test does):\n    python3 -m venv <repo>/.venv\n    \
 <repo>/.venv/bin/pip install 'moto[server]'\nor set CCM_MOTO_SERVER to a moto_server binary";
 
-/// The AMIs the test moto offers (it then loads only these): two CML controller releases and
-/// an Ubuntu image, as the simulated cloud does.
+/// The AMIs the test moto offers (it then loads only these), as the simulated cloud does: two
+/// CML controller releases of moto's own account (123456789012, `self`), a public Ubuntu image
+/// of Canonical's, and a squatter — a newer public image of another account named like the
+/// controller.
 pub const AMIS_JSON: &str = r#"[
   {"ami_id": "ami-0c31c0de00290000a", "name": "cml-controller-2.9.0-1234-x86_64-2025-06-30",
    "description": "Cisco Modeling Labs 2.9.0 controller", "owner_id": "123456789012",
-   "state": "available", "public": true, "architecture": "x86_64", "platform": null,
+   "state": "available", "public": false, "architecture": "x86_64", "platform": null,
    "root_device_type": "ebs", "root_device_name": "/dev/sda1", "virtualization_type": "hvm",
    "hypervisor": "xen", "sriov": "simple", "image_type": "machine",
    "image_location": "123456789012/cml-controller-2.9.0", "creation_date": "2025-06-30T12:00:00.000Z"},
   {"ami_id": "ami-0c31c0de00281000b", "name": "cml-controller-2.8.1-14-x86_64-2025-01-15",
    "description": "Cisco Modeling Labs 2.8.1 controller", "owner_id": "123456789012",
-   "state": "available", "public": true, "architecture": "x86_64", "platform": null,
+   "state": "available", "public": false, "architecture": "x86_64", "platform": null,
    "root_device_type": "ebs", "root_device_name": "/dev/sda1", "virtualization_type": "hvm",
    "hypervisor": "xen", "sriov": "simple", "image_type": "machine",
    "image_location": "123456789012/cml-controller-2.8.1", "creation_date": "2025-01-15T12:00:00.000Z"},
@@ -35,7 +37,13 @@ pub const AMIS_JSON: &str = r#"[
    "state": "available", "public": true, "architecture": "x86_64", "platform": null,
    "root_device_type": "ebs", "root_device_name": "/dev/sda1", "virtualization_type": "hvm",
    "hypervisor": "xen", "sriov": "simple", "image_type": "machine",
-   "image_location": "099720109477/ubuntu", "creation_date": "2025-06-01T12:00:00.000Z"}
+   "image_location": "099720109477/ubuntu", "creation_date": "2025-06-01T12:00:00.000Z"},
+  {"ami_id": "ami-0bad5a0a70000000d", "name": "cml-controller-2.9.9-0000-x86_64-2025-12-01",
+   "description": "Not Cisco: a public image named like the controller", "owner_id": "666666666666",
+   "state": "available", "public": true, "architecture": "x86_64", "platform": null,
+   "root_device_type": "ebs", "root_device_name": "/dev/sda1", "virtualization_type": "hvm",
+   "hypervisor": "xen", "sriov": "simple", "image_type": "machine",
+   "image_location": "666666666666/cml-controller-2.9.9", "creation_date": "2025-12-01T12:00:00.000Z"}
 ]"#;
 
 /// Where `moto_server` is: `CCM_MOTO_SERVER`, else `<repo>/.venv/bin/moto_server`.

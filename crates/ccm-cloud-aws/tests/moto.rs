@@ -558,3 +558,76 @@ async fn an_instance_aws_describes_oddly_should_be_skipped_not_fail_the_describe
     let all = cloud.describe_instances(&region(), &query).await.unwrap();
     assert_eq!(all.len(), 1);
 }
+
+#[tokio::test]
+async fn a_regions_status_checks_should_come_in_one_call_per_page_with_stopped_instances() {
+    let (_moto, proxy, cloud) = behind_proxy(|_| {}).await;
+    let image = cloud
+        .find_images(
+            &region(),
+            &ImageQuery::Name {
+                pattern: "cml-controller-2.9*".into(),
+                owners: vec!["self".into()],
+            },
+        )
+        .await
+        .unwrap()[0]
+        .id
+        .clone();
+    let launch = |name: &str| {
+        let spec = RunSpec::new(
+            image.clone(),
+            InstanceType::parse("m5.large").unwrap(),
+            name,
+        );
+        let cloud = cloud.clone();
+        async move { cloud.run_instance(&region(), &spec).await.unwrap().id }
+    };
+    let running = launch("status-running").await;
+    let stopped = launch("status-stopped").await;
+    cloud
+        .stop_instances(&region(), std::slice::from_ref(&stopped))
+        .await
+        .unwrap();
+    proxy.reset_counts();
+    let statuses = cloud
+        .describe_instance_status(&region(), &[])
+        .await
+        .unwrap();
+    assert_eq!(
+        proxy.count("DescribeInstanceStatus"),
+        1,
+        "one call for the page"
+    );
+    let of = |statuses: &[ccm_cloud::InstanceStatus], id: &InstanceId| {
+        statuses
+            .iter()
+            .find(|s| &s.id == id)
+            .unwrap_or_else(|| panic!("{id} not listed: {statuses:?}"))
+            .clone()
+    };
+    let r = of(&statuses, &running);
+    assert_eq!(
+        (r.system_status, r.instance_status),
+        (ccm_cloud::CheckStatus::Ok, ccm_cloud::CheckStatus::Ok)
+    );
+    assert!(!r.checks().impaired());
+    let s = of(&statuses, &stopped);
+    assert_eq!(
+        s.state,
+        ccm_domain::Ec2State::Stopped,
+        "stopped ones are included"
+    );
+    assert_eq!(s.system_status, ccm_cloud::CheckStatus::NotApplicable);
+
+    // moto never fails a check; the proxy makes it say so, as EC2 would.
+    proxy.rewrite("<status>ok</status>", "<status>impaired</status>");
+    let statuses = cloud
+        .describe_instance_status(&region(), &[])
+        .await
+        .unwrap();
+    let r = of(&statuses, &running);
+    assert_eq!(r.system_status, ccm_cloud::CheckStatus::Impaired);
+    assert_eq!(r.instance_status, ccm_cloud::CheckStatus::Impaired);
+    assert!(r.checks().impaired());
+}

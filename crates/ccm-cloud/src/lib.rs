@@ -33,5 +33,5 @@ pub use types::{
     InstancePage, InstanceQuery, InstanceStatus, MAX_IDS_PER_ACTION, MAX_IDS_PER_DESCRIBE,
     MAX_INSTANCES_PER_METRICS_CALL, MAX_PAGE_SIZE, MEMORY_METRIC, MIN_PAGE_SIZE, MetricKind,
     MetricSample, MetricsWindow, NAME_TAG, PageRequest, RunSpec, SkippedInstance, StateChange,
-    Tags, glob_match,
+    Tags, glob_match, owned_by,
 };

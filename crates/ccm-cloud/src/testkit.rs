@@ -44,7 +44,9 @@ pub struct Harness {
     pub provider: Arc<dyn CloudProvider>,
     /// The region to work in.
     pub region: Region,
-    /// A name pattern that finds at least one launchable image (e.g. `cml-controller-2.9*`).
+    /// A name pattern that finds at least one launchable image of the caller's own account
+    /// (e.g. `cml-controller-2.9*`) **and** a newer public image of another account (a
+    /// squatter: what a lookup without owners would pick).
     pub image_pattern: String,
     /// The instance type to launch.
     pub instance_type: InstanceType,
@@ -68,6 +70,7 @@ macro_rules! provider_suite {
     ($(#[$attr:meta])* harness = $harness:expr) => {
         $crate::provider_suite!(@cases [$(#[$attr])*] ($harness);
             images_should_be_found_by_name_pattern_and_by_id,
+            owner_filters_should_skip_another_accounts_public_image,
             a_launched_instance_should_carry_its_spec_and_tags,
             instances_should_go_through_the_ec2_state_machine,
             describe_should_page_through_more_than_one_page,
@@ -105,6 +108,7 @@ fn tag_filter(tag: &(String, String)) -> InstanceFilter {
     InstanceFilter::tag(tag.0.clone(), tag.1.clone())
 }
 
+/// The caller's own newest image matching the harness's pattern.
 async fn image(h: &Harness) -> AmiId {
     let images = h
         .provider
@@ -112,7 +116,7 @@ async fn image(h: &Harness) -> AmiId {
             &h.region,
             &ImageQuery::Name {
                 pattern: h.image_pattern.clone(),
-                owners: vec![],
+                owners: vec!["self".into()],
             },
         )
         .await
@@ -219,6 +223,98 @@ pub async fn images_should_be_found_by_name_pattern_and_by_id(h: &Harness) {
             .unwrap()
             .is_empty()
     );
+}
+
+pub async fn owner_filters_should_skip_another_accounts_public_image(h: &Harness) {
+    let by_name = |owners: Vec<String>| ImageQuery::Name {
+        pattern: h.image_pattern.clone(),
+        owners,
+    };
+    let anyone = h
+        .provider
+        .find_images(&h.region, &by_name(vec![]))
+        .await
+        .unwrap();
+    let own = h
+        .provider
+        .find_images(&h.region, &by_name(vec!["self".into()]))
+        .await
+        .unwrap();
+    assert!(
+        !own.is_empty(),
+        "the harness offers an image of its own account"
+    );
+    let account = own[0].owner_id.clone().expect("an owner id");
+    assert!(
+        own.iter()
+            .all(|i| i.owner_id.as_deref() == Some(account.as_str()))
+    );
+    // Without owners, the newest match is another account's public image: the squatter.
+    let squatter = anyone[0].clone();
+    assert_ne!(
+        squatter.owner_id.as_deref(),
+        Some(account.as_str()),
+        "{anyone:?}"
+    );
+    assert_eq!(squatter.public, Some(true), "{squatter:?}");
+    assert!(squatter.creation_date > own[0].creation_date);
+    assert!(!own.iter().any(|i| i.id == squatter.id));
+    let foreign = squatter.owner_id.clone().unwrap();
+    // An account id works as an owner too.
+    let theirs = h
+        .provider
+        .find_images(&h.region, &by_name(vec![foreign.clone()]))
+        .await
+        .unwrap();
+    assert!(theirs.iter().any(|i| i.id == squatter.id));
+    assert!(
+        theirs
+            .iter()
+            .all(|i| i.owner_id.as_deref() == Some(foreign.as_str()))
+    );
+    let both = h
+        .provider
+        .find_images(&h.region, &by_name(vec!["self".into(), foreign]))
+        .await
+        .unwrap();
+    assert_eq!(both.len(), own.len() + theirs.len());
+
+    // By id: the owner filter leaves the squatter out instead of failing; without it, the
+    // image is found with its owner (so that a refusal can name it).
+    let owned = h
+        .provider
+        .find_images(
+            &h.region,
+            &ImageQuery::OwnedIds {
+                ids: vec![squatter.id.clone(), own[0].id.clone()],
+                owners: vec!["self".into()],
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        owned.iter().map(|i| &i.id).collect::<Vec<_>>(),
+        [&own[0].id]
+    );
+    let missing = AmiId::parse("ami-0000000000000dead").unwrap();
+    let none = h
+        .provider
+        .find_images(
+            &h.region,
+            &ImageQuery::OwnedIds {
+                ids: vec![missing],
+                owners: vec!["self".into()],
+            },
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "an unknown id is absent, not an error");
+    let found = h
+        .provider
+        .find_images(&h.region, &ImageQuery::Ids(vec![squatter.id.clone()]))
+        .await
+        .unwrap();
+    assert_eq!(found[0].owner_id, squatter.owner_id);
 }
 
 pub async fn a_launched_instance_should_carry_its_spec_and_tags(h: &Harness) {

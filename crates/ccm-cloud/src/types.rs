@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
-use ccm_domain::{AmiId, Ec2State, InstanceId, InstanceType, Region};
+pub use ccm_domain::CheckStatus;
+use ccm_domain::{AmiId, Ec2State, InstanceId, InstanceType, Region, StatusChecks};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -41,6 +42,12 @@ pub struct Image {
     pub name: String,
     /// The owner's account id, when known.
     pub owner_id: Option<String>,
+    /// The owner's alias (`amazon`, `aws-marketplace`), when EC2 gives one.
+    #[serde(default)]
+    pub owner_alias: Option<String>,
+    /// Whether anyone may launch it (a public image), when known.
+    #[serde(default)]
+    pub public: Option<bool>,
     /// When the image was created, when known.
     pub creation_date: Option<DateTime<Utc>>,
     /// The image state as EC2 names it (`available`, `pending`, …).
@@ -50,19 +57,50 @@ pub struct Image {
 }
 
 /// Which images to find.
+///
+/// Owners are what EC2's `Owners` parameter takes: account ids, `self` (the caller's own
+/// account) and the aliases `amazon` and `aws-marketplace`. Without owners, EC2 answers with
+/// every image the caller may launch — its own, those shared with it, and **every public image
+/// of any account**: a name lookup without owners can find an image anyone published under a
+/// matching name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ImageQuery {
-    /// These AMIs (unknown ids are an [`CloudError::InvalidParameter`]).
+    /// These AMIs, whoever owns them (unknown ids are an [`CloudError::InvalidParameter`]).
     Ids(Vec<AmiId>),
+    /// These AMIs, but only those owned by one of `owners` (EC2's `image-id` filter with
+    /// `Owners`): the others, and unknown ids, are simply absent, never an error.
+    OwnedIds {
+        /// The image ids.
+        ids: Vec<AmiId>,
+        /// Owners to restrict to; empty means any owner the caller can see.
+        owners: Vec<String>,
+    },
     /// Images whose name matches `pattern` (`*` and `?` wildcards, as EC2's `name` filter),
-    /// optionally only from these owners (account ids, `self`, `amazon`).
+    /// optionally only from these owners.
     Name {
         /// The name pattern.
         pattern: String,
         /// Owners to restrict to; empty means any owner the caller can see.
         owners: Vec<String>,
     },
+}
+
+/// Whether `image` is owned by one of `owners` (account ids, aliases, `self` meaning
+/// `self_account`) — the in-memory twin of EC2's `Owners` parameter. Empty `owners` allow any.
+pub fn owned_by(image: &Image, owners: &[String], self_account: Option<&str>) -> bool {
+    owners.is_empty()
+        || owners.iter().any(|owner| {
+            let owner = if owner == "self" {
+                match self_account {
+                    Some(account) => account,
+                    None => return false,
+                }
+            } else {
+                owner.as_str()
+            };
+            image.owner_id.as_deref() == Some(owner) || image.owner_alias.as_deref() == Some(owner)
+        })
 }
 
 /// What to launch: one instance per call (ccm provisions workers one by one).
@@ -364,38 +402,6 @@ pub struct InstancePage {
     pub next_token: Option<String>,
 }
 
-/// The health of one side of an instance's status checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum CheckStatus {
-    /// All checks passed.
-    Ok,
-    /// A check failed.
-    Impaired,
-    /// Checks are still running (just started).
-    Initializing,
-    /// Not enough data yet.
-    InsufficientData,
-    /// Not applicable (the instance is not running).
-    NotApplicable,
-    /// A value this version of ccm does not know.
-    Unknown,
-}
-
-impl CheckStatus {
-    /// Parses EC2's spelling; anything unexpected becomes [`CheckStatus::Unknown`].
-    pub fn from_ec2(s: &str) -> Self {
-        match s {
-            "ok" => Self::Ok,
-            "impaired" => Self::Impaired,
-            "initializing" => Self::Initializing,
-            "insufficient-data" => Self::InsufficientData,
-            "not-applicable" => Self::NotApplicable,
-            _ => Self::Unknown,
-        }
-    }
-}
-
 /// An instance's state and status checks (EC2 DescribeInstanceStatus).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceStatus {
@@ -407,6 +413,16 @@ pub struct InstanceStatus {
     pub system_status: CheckStatus,
     /// The instance (guest) status check.
     pub instance_status: CheckStatus,
+}
+
+impl InstanceStatus {
+    /// Both checks, as the domain keeps them.
+    pub fn checks(&self) -> StatusChecks {
+        StatusChecks {
+            system: self.system_status,
+            instance: self.instance_status,
+        }
+    }
 }
 
 /// The result of a start, stop or terminate for one instance.

@@ -142,6 +142,97 @@ pub struct InvalidTransition {
     pub to: Ec2State,
 }
 
+/// The result of one side of EC2's status checks (DescribeInstanceStatus): the *system*
+/// check watches AWS's host, the *instance* check the guest (network, OS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CheckStatus {
+    /// All checks passed.
+    Ok,
+    /// A check failed.
+    Impaired,
+    /// Checks are still running (the instance just started).
+    Initializing,
+    /// Not enough data yet.
+    InsufficientData,
+    /// Not applicable (the instance is not running).
+    NotApplicable,
+    /// A value this version of ccm does not know.
+    Unknown,
+}
+
+impl CheckStatus {
+    /// Every value (for schemas and tests).
+    pub const ALL: [CheckStatus; 6] = [
+        Self::Ok,
+        Self::Impaired,
+        Self::Initializing,
+        Self::InsufficientData,
+        Self::NotApplicable,
+        Self::Unknown,
+    ];
+
+    /// Parses EC2's spelling; anything unexpected becomes [`CheckStatus::Unknown`].
+    pub fn from_ec2(s: &str) -> Self {
+        match s {
+            "ok" => Self::Ok,
+            "impaired" => Self::Impaired,
+            "initializing" => Self::Initializing,
+            "insufficient-data" => Self::InsufficientData,
+            "not-applicable" => Self::NotApplicable,
+            _ => Self::Unknown,
+        }
+    }
+
+    /// EC2's spelling (`insufficient-data`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::Impaired => "impaired",
+            Self::Initializing => "initializing",
+            Self::InsufficientData => "insufficient-data",
+            Self::NotApplicable => "not-applicable",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for CheckStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Both of an instance's EC2 status checks, as one observation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StatusChecks {
+    /// The system (AWS host) check.
+    pub system: CheckStatus,
+    /// The instance (guest) check.
+    pub instance: CheckStatus,
+}
+
+impl StatusChecks {
+    /// Whether either check is `impaired`.
+    pub fn impaired(&self) -> bool {
+        self.system == CheckStatus::Impaired || self.instance == CheckStatus::Impaired
+    }
+
+    /// Which checks are impaired, for operators: `system`, `instance` or `system and
+    /// instance`; `None` when neither is.
+    pub fn impaired_text(&self) -> Option<&'static str> {
+        match (
+            self.system == CheckStatus::Impaired,
+            self.instance == CheckStatus::Impaired,
+        ) {
+            (true, true) => Some("system and instance status checks impaired"),
+            (true, false) => Some("system status check impaired"),
+            (false, true) => Some("instance status check impaired"),
+            (false, false) => None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Ec2State::{self, *};
@@ -213,5 +304,20 @@ mod tests {
             assert_eq!(json, format!("\"{}\"", state.as_str()));
         }
         assert!("Running".parse::<Ec2State>().is_err());
+    }
+
+    #[test]
+    fn check_statuses_should_serialize_as_ec2_spells_them() {
+        for status in super::CheckStatus::ALL {
+            let json = serde_json::to_string(&status).unwrap();
+            assert_eq!(json, format!("\"{}\"", status.as_str()));
+            if status != super::CheckStatus::Unknown {
+                assert_eq!(super::CheckStatus::from_ec2(status.as_str()), status);
+            }
+        }
+        assert_eq!(
+            super::CheckStatus::from_ec2("Impaired"),
+            super::CheckStatus::Unknown
+        );
     }
 }

@@ -16,7 +16,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
-use crate::ec2::Ec2State;
+use crate::ec2::{CheckStatus, Ec2State};
 use crate::ids::{Actor, WorkerId};
 use crate::lifecycle::{LabAction, PauseReason, RefreshSkip, ResumeReason, WorkerAction};
 use crate::service::{Reason, ServiceStatus};
@@ -102,6 +102,11 @@ catalogue! {
     /// The CML service status changed.
     WorkerServiceChanged = "ccm.worker.service_changed" {
         from: ServiceStatus, to: ServiceStatus, reasons: Vec<Reason>,
+    }
+    /// EC2's system or instance status check of the worker's instance changed (`ok`,
+    /// `impaired`, `initializing`, `insufficient-data`, `not-applicable`).
+    WorkerStatusChecksChanged = "ccm.worker.status_checks_changed" {
+        system: CheckStatus, instance: CheckStatus,
     }
     /// Someone asked for an action on a worker.
     WorkerActionRequested = "ccm.worker.action_requested" {

@@ -28,7 +28,7 @@ pub mod service;
 pub mod settings;
 pub mod worker;
 
-pub use ec2::{Ec2State, InvalidTransition};
+pub use ec2::{CheckStatus, Ec2State, InvalidTransition, StatusChecks};
 pub use events::{Event, EventKind, EventShape, FieldShape};
 pub use ids::{Actor, AmiId, InstanceId, InstanceType, InvalidValue, LabId, Region, WorkerId};
 pub use lab::{LabRecord, LabState};

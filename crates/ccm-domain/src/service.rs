@@ -7,10 +7,16 @@
 //!
 //! A 404 on an optional endpoint of an older CML counts as an answer ("not supported"), not as
 //! a failure. Every status carries [`Reason`]s naming the calls that failed and why.
+//!
+//! EC2's status checks are a second source: an `impaired` system or instance check makes a
+//! running worker `degraded` (reason `ec2_status_impaired`) even when CML still answers
+//! ([`with_ec2_checks`], applied on top of [`derive_status`]).
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+use crate::ec2::StatusChecks;
 
 /// The health of a worker's CML service, derived from the latest CML sync.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -86,6 +92,8 @@ pub enum CmlCall {
     Labs,
     /// Not a CML call: CloudWatch metrics of the instance.
     CloudWatch,
+    /// Not a CML call: EC2's status checks of the instance (DescribeInstanceStatus).
+    Ec2Status,
 }
 
 impl CmlCall {
@@ -99,6 +107,7 @@ impl CmlCall {
             Self::Telemetry => "telemetry",
             Self::Labs => "labs",
             Self::CloudWatch => "cloudwatch",
+            Self::Ec2Status => "ec2_status",
         }
     }
 }
@@ -135,6 +144,8 @@ pub enum ReasonCode {
     Rejected,
     /// Login failed (bad credentials).
     Credentials,
+    /// EC2 reports an `impaired` system or instance status check (the detail says which).
+    Ec2StatusImpaired,
     /// Anything else.
     Other,
 }
@@ -273,6 +284,29 @@ pub fn derive_status(outcome: &SyncOutcome) -> Assessment {
         ServiceStatus::Ready
     } else {
         ServiceStatus::Degraded
+    };
+    Assessment { status, reasons }
+}
+
+/// Applies EC2's status checks to a status derived from CML: an impaired check adds the reason
+/// `ec2_status: ec2_status_impaired` (after CML's own) and makes `ready` or `unknown` into
+/// `degraded` — the instance is known to be unwell even if CML still answers, or has not been
+/// asked yet. `unavailable` stays `unavailable` (nothing answered, which is worse); healthy or
+/// absent checks change nothing.
+pub fn with_ec2_checks(cml: Assessment, checks: Option<&StatusChecks>) -> Assessment {
+    let Some(text) = checks.and_then(StatusChecks::impaired_text) else {
+        return cml;
+    };
+    let Assessment {
+        status,
+        mut reasons,
+    } = cml;
+    reasons.push(Reason::new(CmlCall::Ec2Status, ReasonCode::Ec2StatusImpaired).with_detail(text));
+    let status = match status {
+        ServiceStatus::Unavailable => ServiceStatus::Unavailable,
+        ServiceStatus::Ready | ServiceStatus::Degraded | ServiceStatus::Unknown => {
+            ServiceStatus::Degraded
+        }
     };
     Assessment { status, reasons }
 }
@@ -465,5 +499,64 @@ mod tests {
     fn details_should_be_bounded() {
         let r = Reason::new(SystemStats, ReasonCode::Decode).with_detail("x".repeat(5000));
         assert_eq!(r.detail.unwrap().len(), 200);
+    }
+
+    #[test]
+    fn an_impaired_ec2_check_should_degrade_a_worker_whose_cml_still_answers() {
+        use crate::ec2::CheckStatus as C;
+        let checks = |system, instance| StatusChecks { system, instance };
+        let ready = || Assessment {
+            status: ServiceStatus::Ready,
+            reasons: Vec::new(),
+        };
+        // Healthy, absent or not-yet-known checks change nothing.
+        for healthy in [
+            Some(checks(C::Ok, C::Ok)),
+            Some(checks(C::Initializing, C::InsufficientData)),
+            Some(checks(C::NotApplicable, C::Unknown)),
+            None,
+        ] {
+            assert_eq!(with_ec2_checks(ready(), healthy.as_ref()), ready());
+        }
+        let a = with_ec2_checks(ready(), Some(&checks(C::Ok, C::Impaired)));
+        assert_eq!(a.status, ServiceStatus::Degraded);
+        assert_eq!(codes(&a), ["ec2_status:Ec2StatusImpaired"]);
+        assert_eq!(
+            a.reasons[0].detail.as_deref(),
+            Some("instance status check impaired")
+        );
+        let json = serde_json::to_value(&a.reasons[0]).unwrap();
+        assert_eq!(json["call"], "ec2_status");
+        assert_eq!(json["code"], "ec2_status_impaired");
+
+        // CML's own reasons come first; a worker not synced yet is degraded too.
+        let cml = Assessment {
+            status: ServiceStatus::Degraded,
+            reasons: vec![Reason::new(SystemHealth, ReasonCode::Timeout)],
+        };
+        let a = with_ec2_checks(cml, Some(&checks(C::Impaired, C::Impaired)));
+        assert_eq!(a.status, ServiceStatus::Degraded);
+        assert_eq!(
+            codes(&a),
+            ["system_health:Timeout", "ec2_status:Ec2StatusImpaired"]
+        );
+        assert_eq!(
+            a.reasons[1].detail.as_deref(),
+            Some("system and instance status checks impaired")
+        );
+        let unknown = Assessment {
+            status: ServiceStatus::Unknown,
+            reasons: Vec::new(),
+        };
+        let a = with_ec2_checks(unknown, Some(&checks(C::Impaired, C::Ok)));
+        assert_eq!(a.status, ServiceStatus::Degraded);
+        // Nothing answering stays the worse status.
+        let down = Assessment {
+            status: ServiceStatus::Unavailable,
+            reasons: vec![Reason::new(SystemInformation, ReasonCode::Connect)],
+        };
+        let a = with_ec2_checks(down, Some(&checks(C::Impaired, C::Ok)));
+        assert_eq!(a.status, ServiceStatus::Unavailable);
+        assert_eq!(a.reasons.len(), 2);
     }
 }

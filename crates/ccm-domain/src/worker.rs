@@ -13,7 +13,7 @@ use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::cml::{CmlHealth, CmlInfo, CmlStats};
-use crate::ec2::{Ec2State, InvalidTransition};
+use crate::ec2::{Ec2State, InvalidTransition, StatusChecks};
 use crate::events::EventKind;
 use crate::ids::{Actor, AmiId, InstanceId, InstanceType, Region, WorkerId};
 use crate::licence::Licence;
@@ -21,6 +21,7 @@ use crate::lifecycle::{PauseReason, RefreshSkip, ResumeReason, WorkerAction};
 use crate::observed::Sourced;
 use crate::service::{
     Assessment, CallOutcome, CmlCall, Reason, ServiceStatus, SyncOutcome, derive_status,
+    with_ec2_checks,
 };
 
 /// How long a requested stop or start waits to be observed before it no longer explains a
@@ -81,13 +82,17 @@ impl EndpointPolicy {
     }
 }
 
-/// An AMI: id and, when known, name.
+/// An AMI: id and, when known, name and owner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Ami {
     /// Image id.
     pub id: AmiId,
     /// Image name.
     pub name: Option<String>,
+    /// The AWS account that owns the image, when known (recorded when ccm chose the image;
+    /// documents stored before owners were recorded have none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// The latest service assessment.
@@ -99,6 +104,11 @@ pub struct ServiceState {
     pub reasons: Vec<Reason>,
     /// When the sync that produced it ran.
     pub checked_at: Option<DateTime<Utc>>,
+    /// The status CML's own sync gave, before EC2's status checks were applied (`status` is
+    /// that plus the checks; see [`crate::service::with_ec2_checks`]). `None` before the first
+    /// sync, and in documents stored before status checks were read (where `status` is CML's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cml_status: Option<ServiceStatus>,
 }
 
 impl Default for ServiceState {
@@ -107,6 +117,7 @@ impl Default for ServiceState {
             status: ServiceStatus::Unknown,
             reasons: Vec::new(),
             checked_at: None,
+            cml_status: None,
         }
     }
 }
@@ -362,6 +373,9 @@ pub struct Worker {
     pub labs_count: Sourced<u32>,
     /// CloudWatch metrics.
     pub cloudwatch: Sourced<CloudWatchMetrics>,
+    /// EC2's system and instance status checks (read in the EC2 sync, every state).
+    #[serde(default)]
+    pub ec2_status: Sourced<StatusChecks>,
     /// Activity, idle detection, pause/resume bookkeeping.
     pub monitoring: Monitoring,
     /// Created (in ccm).
@@ -403,6 +417,7 @@ impl Worker {
             cml: CmlState::default(),
             labs_count: Sourced::default(),
             cloudwatch: Sourced::default(),
+            ec2_status: Sourced::default(),
             monitoring: Monitoring::default(),
             created_at: now,
             created_by: by.clone(),
@@ -521,6 +536,7 @@ impl Worker {
             self.ami = Some(Ami {
                 id: ami_id.clone(),
                 name: None,
+                owner: None,
             });
         }
         if !obs.tags.is_empty() {
@@ -655,6 +671,7 @@ impl Worker {
             status: ServiceStatus::Unknown,
             reasons: Vec::new(),
             checked_at: Some(now),
+            cml_status: None,
         };
     }
 
@@ -857,7 +874,9 @@ impl Worker {
                 .calls
                 .push((CmlCall::Licensing, apply(&mut self.cml.licence, r, now)));
         }
-        let Assessment { status, reasons } = derive_status(&outcome);
+        let cml = derive_status(&outcome);
+        let cml_status = cml.status;
+        let Assessment { status, reasons } = with_ec2_checks(cml, self.ec2_checks_in_force());
         let mut events = Vec::new();
         if status != self.service.status {
             events.push(EventKind::WorkerServiceChanged {
@@ -870,6 +889,7 @@ impl Worker {
             status,
             reasons,
             checked_at: Some(now),
+            cml_status: Some(cml_status),
         };
         let stats = self
             .cml
@@ -891,6 +911,69 @@ impl Worker {
             running_nodes: stats.and_then(|s| s.running_nodes),
         });
         self.updated_at = now;
+        events
+    }
+
+    /// The status checks that bear on the service status: the last ones read, while the
+    /// instance runs (a stopped instance's checks are `not-applicable`, and its status is
+    /// `unknown` anyway).
+    fn ec2_checks_in_force(&self) -> Option<&StatusChecks> {
+        if self.ec2_state != Ec2State::Running {
+            return None;
+        }
+        self.ec2_status.last_good.as_ref().map(|o| &o.value)
+    }
+
+    /// Records the outcome of reading EC2's status checks. A change of the checks is an event;
+    /// while the instance runs, the service status is derived again (CML's last assessment
+    /// plus the checks), so an impaired check degrades the worker at once, without waiting
+    /// for the next CML sync, and its recovery lifts that again.
+    pub fn record_ec2_status(
+        &mut self,
+        result: Result<StatusChecks, Reason>,
+        now: DateTime<Utc>,
+    ) -> Vec<EventKind> {
+        let checks = match result {
+            Ok(checks) => checks,
+            Err(reason) => {
+                self.ec2_status.fail(reason, now);
+                return Vec::new();
+            }
+        };
+        let before = self.ec2_status.last_good.as_ref().map(|o| o.value);
+        self.ec2_status.succeed(checks, now);
+        let mut events = Vec::new();
+        if before != Some(checks) {
+            events.push(EventKind::WorkerStatusChecksChanged {
+                system: checks.system,
+                instance: checks.instance,
+            });
+        }
+        if self.ec2_state == Ec2State::Running {
+            let cml = Assessment {
+                status: self.service.cml_status.unwrap_or(self.service.status),
+                reasons: self
+                    .service
+                    .reasons
+                    .iter()
+                    .filter(|r| r.call != CmlCall::Ec2Status)
+                    .cloned()
+                    .collect(),
+            };
+            let Assessment { status, reasons } = with_ec2_checks(cml, Some(&checks));
+            if status != self.service.status {
+                events.push(EventKind::WorkerServiceChanged {
+                    from: self.service.status,
+                    to: status,
+                    reasons: reasons.clone(),
+                });
+            }
+            if reasons != self.service.reasons || status != self.service.status {
+                self.service.status = status;
+                self.service.reasons = reasons;
+                self.updated_at = now;
+            }
+        }
         events
     }
 

@@ -14,10 +14,21 @@ pub struct ProvisioningConfig {
     pub region: Option<String>,
     /// Instance type for new workers.
     pub instance_type: String,
+    /// The instance types a new worker may have; empty means `instance_type` only. Must
+    /// include `instance_type`.
+    pub allowed_instance_types: Vec<String>,
     /// AMI id for new workers (wins over `ami_name_pattern`).
     pub ami_id: Option<String>,
-    /// Name pattern (`*` wildcards) of the CML image; the newest match is used.
+    /// Name pattern (`*` wildcards) of the CML image; the newest match of `ami_owners` is used.
     pub ami_name_pattern: Option<String>,
+    /// Whose images new workers may be launched from: account ids, `self` (this account),
+    /// `amazon`, `aws-marketplace`. Name lookups only search these owners, and an AMI id of
+    /// another owner is refused: a public image anyone can publish under a matching name
+    /// never receives the fleet's CML password. At least one.
+    pub ami_owners: Vec<String>,
+    /// Most workers that may exist at once (every worker not terminated or failed, imported
+    /// ones included); a create beyond it is refused (409). Unset: no cap.
+    pub max_workers: Option<u32>,
     /// Subnet.
     pub subnet_id: Option<String>,
     /// Security groups.
@@ -30,13 +41,39 @@ pub struct ProvisioningConfig {
     pub tags: BTreeMap<String, String>,
 }
 
+impl ProvisioningConfig {
+    /// Whether a new worker may have `instance_type` (`allowed_instance_types`, else
+    /// `instance_type` only).
+    pub fn allows_type(&self, instance_type: &str) -> bool {
+        if self.allowed_instance_types.is_empty() {
+            self.instance_type == instance_type
+        } else {
+            self.allowed_instance_types
+                .iter()
+                .any(|t| t == instance_type)
+        }
+    }
+
+    /// The instance types a new worker may have.
+    pub fn allowed_types(&self) -> Vec<String> {
+        if self.allowed_instance_types.is_empty() {
+            vec![self.instance_type.clone()]
+        } else {
+            self.allowed_instance_types.clone()
+        }
+    }
+}
+
 impl Default for ProvisioningConfig {
     fn default() -> Self {
         Self {
             region: None,
             instance_type: "m5zn.metal".into(),
+            allowed_instance_types: Vec::new(),
             ami_id: None,
             ami_name_pattern: Some("cml-controller-2.9*".into()),
+            ami_owners: vec!["self".into()],
+            max_workers: None,
             subnet_id: None,
             security_group_ids: Vec::new(),
             key_name: None,
@@ -52,8 +89,12 @@ impl Default for ProvisioningConfig {
 pub struct ImportConfig {
     /// Regions to search (all configured regions when empty).
     pub regions: Vec<String>,
-    /// Instances launched from images whose name matches this pattern.
+    /// Instances launched from images whose name matches this pattern (and whose owner is
+    /// one of `ami_owners`).
     pub ami_name_pattern: Option<String>,
+    /// Whose images `ami_name_pattern` (and an import by name pattern) finds: account ids,
+    /// `self`, `amazon`, `aws-marketplace`. At least one.
+    pub ami_owners: Vec<String>,
     /// And/or instances carrying this tag (`key=value`).
     pub tag: Option<String>,
 }
@@ -63,9 +104,30 @@ impl Default for ImportConfig {
         Self {
             regions: Vec::new(),
             ami_name_pattern: Some("cml-controller-*".into()),
+            ami_owners: vec!["self".into()],
             tag: None,
         }
     }
+}
+
+/// Checks an owner list: at least one, each an AWS account id (12 digits), `self`, `amazon` or
+/// `aws-marketplace`.
+fn check_owners(key: &str, owners: &[String]) -> Result<(), String> {
+    if owners.is_empty() {
+        return Err(format!(
+            "{key}: list at least one owner (an account id, self, amazon or aws-marketplace); \
+             no owner would trust every public image"
+        ));
+    }
+    for owner in owners {
+        let account = owner.len() == 12 && owner.bytes().all(|b| b.is_ascii_digit());
+        if !account && !matches!(owner.as_str(), "self" | "amazon" | "aws-marketplace") {
+            return Err(format!(
+                "{key}: {owner:?} is not an account id (12 digits), self, amazon or aws-marketplace"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Licence registration (`[licence]`).
@@ -163,8 +225,25 @@ impl EngineConfig {
         if let Some(r) = &p.region {
             ccm_domain::Region::parse(r).map_err(|e| format!("provisioning.region: {e}"))?;
         }
+        for t in &p.allowed_instance_types {
+            ccm_domain::InstanceType::parse(t)
+                .map_err(|e| format!("provisioning.allowed_instance_types: {e}"))?;
+        }
+        if !p.allows_type(&p.instance_type) {
+            return Err(format!(
+                "provisioning.allowed_instance_types: must include provisioning.instance_type ({})",
+                p.instance_type
+            ));
+        }
         if let Some(a) = &p.ami_id {
             ccm_domain::AmiId::parse(a).map_err(|e| format!("provisioning.ami_id: {e}"))?;
+        }
+        check_owners("provisioning.ami_owners", &p.ami_owners)?;
+        check_owners("import.ami_owners", &self.import.ami_owners)?;
+        if p.max_workers == Some(0) {
+            return Err(
+                "provisioning.max_workers: must be at least 1 (leave it out for no cap)".into(),
+            );
         }
         for r in &self.import.regions {
             ccm_domain::Region::parse(r).map_err(|e| format!("import.regions: {e}"))?;
@@ -189,5 +268,84 @@ impl EngineConfig {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> EngineConfig {
+        EngineConfig::new(
+            ProvisioningConfig::default(),
+            ImportConfig::default(),
+            LicenceConfig::default(),
+            PricingConfig::default(),
+        )
+    }
+
+    #[test]
+    fn the_defaults_should_trust_only_this_accounts_images_and_the_configured_type() {
+        let c = config();
+        c.validate().unwrap();
+        assert_eq!(c.provisioning.ami_owners, ["self"]);
+        assert_eq!(c.import.ami_owners, ["self"]);
+        assert!(c.provisioning.allows_type("m5zn.metal"));
+        assert!(!c.provisioning.allows_type("p5.48xlarge"));
+        assert_eq!(c.provisioning.allowed_types(), ["m5zn.metal"]);
+        assert_eq!(c.provisioning.max_workers, None);
+    }
+
+    /// A change to the configuration and the start of the error it must cause.
+    type Case = (Box<dyn Fn(&mut EngineConfig)>, &'static str);
+
+    #[test]
+    fn guardrail_keys_should_be_validated_naming_the_key() {
+        let cases: Vec<Case> = vec![
+            (
+                Box::new(|c| c.provisioning.ami_owners.clear()),
+                "provisioning.ami_owners: list at least one owner",
+            ),
+            (
+                Box::new(|c| c.import.ami_owners = vec!["anyone".into()]),
+                "import.ami_owners: \"anyone\" is not an account id",
+            ),
+            (
+                Box::new(|c| c.provisioning.ami_owners = vec!["12345".into()]),
+                "provisioning.ami_owners",
+            ),
+            (
+                Box::new(|c| c.provisioning.allowed_instance_types = vec!["c5.metal".into()]),
+                "provisioning.allowed_instance_types: must include provisioning.instance_type",
+            ),
+            (
+                Box::new(|c| c.provisioning.allowed_instance_types = vec!["not a type".into()]),
+                "provisioning.allowed_instance_types:",
+            ),
+            (
+                Box::new(|c| c.provisioning.max_workers = Some(0)),
+                "provisioning.max_workers",
+            ),
+        ];
+        for (change, wanted) in cases {
+            let mut c = config();
+            change(&mut c);
+            let err = c.validate().unwrap_err();
+            assert!(
+                err.starts_with(wanted),
+                "{err} does not start with {wanted}"
+            );
+        }
+        let mut c = config();
+        c.provisioning.ami_owners = vec![
+            "self".into(),
+            "amazon".into(),
+            "aws-marketplace".into(),
+            "123456789012".into(),
+        ];
+        c.provisioning.allowed_instance_types = vec!["m5zn.metal".into(), "c5.metal".into()];
+        c.provisioning.max_workers = Some(10);
+        c.validate().unwrap();
+        assert!(c.provisioning.allows_type("c5.metal"));
     }
 }

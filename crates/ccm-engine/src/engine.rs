@@ -20,7 +20,7 @@ use std::time::Duration;
 use ccm_cloud::CloudProvider;
 use ccm_domain::worker::EndpointPolicy;
 use ccm_domain::{
-    Actor, EventKind, LabAction, LabId, LabRecord, PauseReason, RuntimeSettings, Worker,
+    Actor, EventKind, LabAction, LabId, LabRecord, PauseReason, Region, RuntimeSettings, Worker,
     WorkerAction, WorkerId,
 };
 use ccm_resilience::Resilience;
@@ -44,8 +44,8 @@ use crate::resilience_events::ResilienceEvents;
 use crate::state::State;
 use crate::supervisor::{Criticality, RestartPolicy, Supervisor, TaskStatus};
 use crate::types::{
-    ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport, ImportReport,
-    ImportRequest, RefreshOutcome,
+    AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport,
+    ImportReport, ImportRequest, RefreshOutcome,
 };
 
 /// What the engine is built from.
@@ -540,6 +540,20 @@ impl Engine {
         by: &Actor,
     ) -> Result<Worker, EngineError> {
         self.inner.provisioning.create(req, by).await
+    }
+
+    /// The image a create with `selector` would launch in `region` (default region when
+    /// `None`), under the same owner rule (`[provisioning] ami_owners`), without launching
+    /// anything: for previews.
+    pub async fn preview_image(
+        &self,
+        region: Option<Region>,
+        selector: &AmiSelector,
+    ) -> Result<ccm_cloud::Image, EngineError> {
+        self.inner
+            .provisioning
+            .preview_image(region, selector)
+            .await
     }
 
     /// Imports existing instances; importing an instance twice returns the existing worker.

@@ -39,6 +39,10 @@ pub enum EngineError {
         /// What is wrong.
         message: String,
     },
+    /// A configured guardrail refused the request (HTTP 403, 409 or 422 by
+    /// [`RefusalKind`]); the refusal names its rule.
+    #[error("{}", .0.message)]
+    Refused(PolicyRefusal),
     /// The cloud or a CML controller refused or failed, classified by [`UpstreamError::kind`].
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
@@ -61,6 +65,15 @@ impl From<StoreError> for EngineError {
                 "instance {instance_id} is already worker {existing}"
             )),
             StoreError::SettingsConflict { .. } => Self::Conflict(err.to_string()),
+            StoreError::AtCap { cap, live } => PolicyRefusal::new(
+                RefusalKind::Limit,
+                "provisioning.max_workers",
+                format!(
+                    "the fleet has {live} workers (not terminated or failed) and may have at \
+                     most {cap} ([provisioning] max_workers); terminate one first"
+                ),
+            )
+            .into(),
             other => Self::Store(other),
         }
     }
@@ -134,6 +147,55 @@ impl EngineError {
             CmlError::Http { status: 409, .. } => Self::Conflict(err.to_string()),
             _ => Self::Upstream(UpstreamError::from_cml(err, Some(call))),
         }
+    }
+}
+
+/// What a guardrail refusal is about; each kind has one HTTP answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RefusalKind {
+    /// The caller's role does not allow it; a higher role may (403).
+    Role,
+    /// A configured limit is reached (409).
+    Limit,
+    /// The value asked for is not allowed by the configuration, for anyone (422).
+    NotAllowed,
+}
+
+/// A request refused by a configured guardrail: which rule (named by its configuration key),
+/// which request field, and a message for a person saying what would be allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyRefusal {
+    /// The kind (decides the HTTP status).
+    pub kind: RefusalKind,
+    /// The rule, as its configuration key (`provisioning.allowed_instance_types`).
+    pub rule: &'static str,
+    /// The request field concerned, when one is (`instance_type`, `ami_id`).
+    pub field: Option<&'static str>,
+    /// What was refused, by which rule, and what would be allowed.
+    pub message: String,
+}
+
+impl PolicyRefusal {
+    /// A refusal of `kind` by `rule`.
+    pub fn new(kind: RefusalKind, rule: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            rule,
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    /// Names the request field concerned.
+    pub fn field(mut self, field: &'static str) -> Self {
+        self.field = Some(field);
+        self
+    }
+}
+
+impl From<PolicyRefusal> for EngineError {
+    fn from(refusal: PolicyRefusal) -> Self {
+        Self::Refused(refusal)
     }
 }
 

@@ -52,7 +52,7 @@ pub use clock::{Clock, ManualClock, TokioClock};
 pub use cluster::{ClusterConfig, ClusterView, LeaseOwnership};
 pub use config::{EngineConfig, ImportConfig, LicenceConfig, PricingConfig, ProvisioningConfig};
 pub use engine::{Engine, EngineParts};
-pub use error::{EngineError, JobError, UpstreamError, UpstreamKind};
+pub use error::{EngineError, JobError, PolicyRefusal, RefusalKind, UpstreamError, UpstreamKind};
 pub use job_kind::JobKind;
 pub use jobs::{CML_SYNC_CALLS, JobStatus};
 pub use ownership::{FencingToken, Grant, GrantScope, Ownership, SingleNode};

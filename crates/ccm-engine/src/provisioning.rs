@@ -1,20 +1,31 @@
 //! [`Provisioning`]: new workers (the record at once, RunInstances in the background, resumed
 //! after a restart with the same client token) and imports of existing instances.
 //!
+//! **Guardrails** (issue 12), each refusal naming its rule ([`PolicyRefusal`]):
+//! - images come only from `[provisioning] ami_owners` (name lookups pass the owners; an AMI
+//!   id is looked up first and refused when its owner is not listed), and the chosen image's
+//!   owner is recorded on the worker;
+//! - the instance type must be one of `[provisioning] allowed_instance_types`;
+//! - with `[provisioning] max_workers`, a create is stored only while fewer workers are live
+//!   (the store counts and inserts in one atomic step, so two creates at the cap cannot both
+//!   pass);
+//! - below admin, an import takes only instances the `[import]` filter matches (tag and/or
+//!   image name and owner); name lookups of imports pass `[import] ami_owners`.
+//!
 //! The periodic auto-import job reaches it only through [`AutoImport`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use ccm_cloud::{CloudProvider, ImageQuery, InstanceQuery, RunSpec};
+use ccm_cloud::{CloudProvider, Image, ImageQuery, Instance, InstanceQuery, RunSpec, glob_match};
 use ccm_domain::worker::{Ami, EndpointPolicy, NewWorker};
-use ccm_domain::{Actor, AmiId, EventKind, InstanceType, Region, Worker};
+use ccm_domain::{Actor, AmiId, EventKind, InstanceId, InstanceType, Region, Worker};
 use ccm_store::WorkerFilter;
 use futures::future::BoxFuture;
 
 use crate::config::{ImportConfig, ProvisioningConfig};
 use crate::convert::observation;
-use crate::error::EngineError;
+use crate::error::{EngineError, PolicyRefusal, RefusalKind};
 use crate::jobs::AutoImport;
 use crate::state::State;
 use crate::supervisor::Supervisor;
@@ -68,6 +79,19 @@ impl Provisioning {
             .ok_or_else(|| EngineError::invalid("region", "no region given and none configured"))
     }
 
+    /// The image a create would launch (see [`Self::resolve_image`]).
+    pub(crate) async fn preview_image(
+        &self,
+        region: Option<Region>,
+        selector: &AmiSelector,
+    ) -> Result<Image, EngineError> {
+        let region = match region {
+            Some(r) => r,
+            None => self.default_region()?,
+        };
+        self.resolve_image(&region, selector).await
+    }
+
     /// Provisions a new worker: the record is created `pending` at once and RunInstances runs
     /// in the background; the worker gets its instance, or becomes `failed` with the reason.
     pub(crate) async fn create(
@@ -89,33 +113,20 @@ impl Provisioning {
             None => InstanceType::parse(&p.instance_type)
                 .map_err(|e| EngineError::invalid("instance_type", e))?,
         };
-        let query = match req.ami {
-            AmiSelector::Id(id) => ImageQuery::Ids(vec![id]),
-            AmiSelector::NamePattern(pattern) => ImageQuery::Name {
-                pattern,
-                owners: Vec::new(),
-            },
-            AmiSelector::Default => match (&p.ami_id, &p.ami_name_pattern) {
-                (Some(id), _) => ImageQuery::Ids(vec![
-                    AmiId::parse(id).map_err(|e| EngineError::invalid("ami", e))?,
-                ]),
-                (None, Some(pattern)) => ImageQuery::Name {
-                    pattern: pattern.clone(),
-                    owners: Vec::new(),
-                },
-                (None, None) => {
-                    return Err(EngineError::invalid(
-                        "ami",
-                        "no AMI given and none configured",
-                    ));
-                }
-            },
-        };
-        let images = self.inner.cloud.find_images(&region, &query).await?;
-        let image = images
-            .into_iter()
-            .next()
-            .ok_or_else(|| EngineError::invalid("ami", "no image matches"))?;
+        if !p.allows_type(instance_type.as_str()) {
+            return Err(PolicyRefusal::new(
+                RefusalKind::NotAllowed,
+                "provisioning.allowed_instance_types",
+                format!(
+                    "instance type {instance_type} is not allowed for new workers; allowed: {} \
+                     ([provisioning] allowed_instance_types)",
+                    p.allowed_types().join(", ")
+                ),
+            )
+            .field("instance_type")
+            .into());
+        }
+        let image = self.resolve_image(&region, &req.ami).await?;
         let mut tags = p.tags.clone();
         tags.extend(req.tags);
         let new = NewWorker {
@@ -125,13 +136,114 @@ impl Provisioning {
             ami: Ami {
                 id: image.id.clone(),
                 name: Some(image.name.clone()),
+                owner: image.owner_id.clone(),
             },
             tags,
         };
         let (worker, events) = Worker::provision(new, by.clone(), self.inner.state.now());
-        let saved = self.inner.state.insert(&worker, events).await?;
+        let saved = match p.max_workers {
+            Some(cap) => self.inner.state.insert_capped(&worker, events, cap).await?,
+            None => self.inner.state.insert(&worker, events).await?,
+        };
         self.spawn_provision(saved.clone());
         Ok(saved)
+    }
+
+    /// The image `selector` names in `region`, from `[provisioning] ami_owners` only: a name
+    /// pattern searches only those owners (the newest match wins); an AMI id is looked up and
+    /// refused, naming its owner, when that owner is not listed. Launches nothing (the API's
+    /// image preview asks this too).
+    pub(crate) async fn resolve_image(
+        &self,
+        region: &Region,
+        selector: &AmiSelector,
+    ) -> Result<Image, EngineError> {
+        let p = &self.inner.provisioning;
+        let owners = &p.ami_owners;
+        let (id, field) = match selector {
+            AmiSelector::Id(id) => (id.clone(), "ami_id"),
+            AmiSelector::NamePattern(pattern) => {
+                return self
+                    .newest_image(region, pattern, owners, "ami_name_pattern")
+                    .await;
+            }
+            AmiSelector::Default => match (&p.ami_id, &p.ami_name_pattern) {
+                (Some(id), _) => (
+                    AmiId::parse(id).map_err(|e| EngineError::invalid("ami", e))?,
+                    "ami",
+                ),
+                (None, Some(pattern)) => {
+                    return self.newest_image(region, pattern, owners, "ami").await;
+                }
+                (None, None) => {
+                    return Err(EngineError::invalid(
+                        "ami",
+                        "no AMI given and none configured",
+                    ));
+                }
+            },
+        };
+        let cloud = &self.inner.cloud;
+        let query = ImageQuery::OwnedIds {
+            ids: vec![id.clone()],
+            owners: owners.clone(),
+        };
+        if let Some(image) = cloud.find_images(region, &query).await?.into_iter().next() {
+            return Ok(image);
+        }
+        // Not among the trusted owners' images: say whose it is (an unknown id fails here).
+        let image = cloud
+            .find_images(region, &ImageQuery::Ids(vec![id.clone()]))
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| EngineError::invalid(field, format!("image {id} does not exist")))?;
+        let owner = image
+            .owner_alias
+            .clone()
+            .or_else(|| image.owner_id.clone())
+            .unwrap_or_else(|| "an unknown account".to_owned());
+        Err(PolicyRefusal::new(
+            RefusalKind::NotAllowed,
+            "provisioning.ami_owners",
+            format!(
+                "image {id} ({}) is owned by {owner}, which is not one of [provisioning] \
+                 ami_owners ({}); add that owner there to launch it",
+                image.name,
+                owners.join(", ")
+            ),
+        )
+        .field(field)
+        .into())
+    }
+
+    /// The newest image of `owners` whose name matches `pattern`.
+    async fn newest_image(
+        &self,
+        region: &Region,
+        pattern: &str,
+        owners: &[String],
+        field: &str,
+    ) -> Result<Image, EngineError> {
+        let query = ImageQuery::Name {
+            pattern: pattern.to_owned(),
+            owners: owners.to_vec(),
+        };
+        self.inner
+            .cloud
+            .find_images(region, &query)
+            .await?
+            .into_iter()
+            .next()
+            .ok_or_else(|| {
+                EngineError::invalid(
+                    field,
+                    format!(
+                        "no image of owners {} matches {pattern:?} in {region}",
+                        owners.join(", ")
+                    ),
+                )
+            })
     }
 
     fn spawn_provision(&self, worker: Worker) {
@@ -232,6 +344,8 @@ impl Provisioning {
     }
 
     /// Imports existing instances; importing an instance twice returns the existing worker.
+    /// With [`ImportRequest::restricted_to_filter`] (callers below admin), every instance to
+    /// import must match the `[import]` filter, else nothing is imported (403 naming them).
     pub(crate) async fn import(
         &self,
         req: ImportRequest,
@@ -239,6 +353,7 @@ impl Provisioning {
     ) -> Result<ImportReport, EngineError> {
         let state = &self.inner.state;
         let cloud = &self.inner.cloud;
+        let owners = &self.inner.import.ami_owners;
         let regions: Vec<Region> = match &req.region {
             Some(r) => vec![r.clone()],
             None if !self.inner.import.regions.is_empty() => self
@@ -266,33 +381,15 @@ impl Provisioning {
                     InstanceQuery::all().with(ccm_cloud::InstanceFilter::ImageId(vec![id.clone()]))
                 }
                 ImportSelector::AmiNamePattern(pattern) => {
-                    match self.images_matching(region, pattern).await? {
+                    match self.images_matching(region, pattern, owners).await? {
                         Some(filter) => InstanceQuery::all().with(filter),
                         None => continue,
                     }
                 }
-                ImportSelector::Configured => {
-                    let cfg = &self.inner.import;
-                    let mut q = InstanceQuery::all();
-                    if let Some(tag) = &cfg.tag
-                        && let Some((k, v)) = tag.split_once('=')
-                    {
-                        q = q.with(ccm_cloud::InstanceFilter::tag(k, v));
-                    }
-                    if let Some(pattern) = &cfg.ami_name_pattern {
-                        match self.images_matching(region, pattern).await? {
-                            Some(filter) => q = q.with(filter),
-                            None => continue,
-                        }
-                    }
-                    if cfg.tag.is_none() && cfg.ami_name_pattern.is_none() {
-                        return Err(EngineError::invalid(
-                            "import",
-                            "no [import] filter is configured",
-                        ));
-                    }
-                    q
-                }
+                ImportSelector::Configured => match self.configured_query(region).await? {
+                    Some(q) => q,
+                    None => continue,
+                },
             };
             candidates.extend(cloud.describe_instances(region, &query).await?);
         }
@@ -313,6 +410,12 @@ impl Provisioning {
             .into_iter()
             .filter(|i| !i.state.is_final())
             .collect();
+        if req.restricted_to_filter && req.selector != ImportSelector::Configured {
+            let outside = self.outside_import_filter(&importable).await?;
+            if !outside.is_empty() {
+                return Err(self.outside_refusal(&req.selector, &outside).into());
+            }
+        }
         if !req.all
             && importable.len() > 1
             && !matches!(req.selector, ImportSelector::InstanceIds(_))
@@ -322,7 +425,7 @@ impl Provisioning {
                 importable.len()
             )));
         }
-        let names = self.ami_names(&importable).await;
+        let images = self.images_of(&importable).await;
         for instance in &importable {
             let obs = observation(instance);
             let (mut worker, events) = Worker::import(
@@ -332,8 +435,11 @@ impl Provisioning {
                 by.clone(),
                 state.now(),
             );
-            if let Some(ami) = worker.ami.as_mut() {
-                ami.name = names.get(&ami.id).cloned();
+            if let Some(ami) = worker.ami.as_mut()
+                && let Some(image) = images.get(&ami.id)
+            {
+                ami.name = Some(image.name.clone());
+                ami.owner.clone_from(&image.owner_id);
             }
             let (saved, created) = state.insert_or_get(&worker, events).await?;
             if created {
@@ -356,9 +462,138 @@ impl Provisioning {
         Ok(report)
     }
 
-    /// The names of the AMIs these instances run, one lookup per region. Best effort: an
-    /// image that is gone (or a failed lookup) leaves the name unknown, never the import.
-    async fn ami_names(&self, instances: &[ccm_cloud::Instance]) -> HashMap<AmiId, String> {
+    /// The `[import]` filter as a describe query in `region`; `None` when its image pattern
+    /// matches no image of `[import] ami_owners` there (nothing can match).
+    async fn configured_query(
+        &self,
+        region: &Region,
+    ) -> Result<Option<InstanceQuery>, EngineError> {
+        let cfg = &self.inner.import;
+        if cfg.tag.is_none() && cfg.ami_name_pattern.is_none() {
+            return Err(EngineError::invalid(
+                "import",
+                "no [import] filter is configured",
+            ));
+        }
+        let mut q = InstanceQuery::all();
+        if let Some(filter) = self.tag_filter() {
+            q = q.with(filter);
+        }
+        if let Some(pattern) = &cfg.ami_name_pattern {
+            match self
+                .images_matching(region, pattern, &cfg.ami_owners)
+                .await?
+            {
+                Some(filter) => q = q.with(filter),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(q))
+    }
+
+    /// The `[import] tag` as a filter.
+    fn tag_filter(&self) -> Option<ccm_cloud::InstanceFilter> {
+        let (k, v) = self.inner.import.tag.as_ref()?.split_once('=')?;
+        Some(ccm_cloud::InstanceFilter::tag(k, v))
+    }
+
+    /// The instances among `instances` the `[import]` filter does not match: a tag that is
+    /// missing or different, or an image whose name does not match `ami_name_pattern` or whose
+    /// owner is not one of `ami_owners`. With no filter configured, none matches.
+    async fn outside_import_filter(
+        &self,
+        instances: &[Instance],
+    ) -> Result<Vec<InstanceId>, EngineError> {
+        let cfg = &self.inner.import;
+        if cfg.tag.is_none() && cfg.ami_name_pattern.is_none() {
+            return Ok(instances.iter().map(|i| i.id.clone()).collect());
+        }
+        let tag = self.tag_filter();
+        let mut trusted_images: Vec<AmiId> = Vec::new();
+        if let Some(pattern) = &cfg.ami_name_pattern {
+            let mut by_region: BTreeMap<&Region, Vec<AmiId>> = BTreeMap::new();
+            for i in instances {
+                let ids = by_region.entry(&i.region).or_default();
+                if !ids.contains(&i.image_id) {
+                    ids.push(i.image_id.clone());
+                }
+            }
+            for (region, ids) in by_region {
+                let query = ImageQuery::OwnedIds {
+                    ids,
+                    owners: cfg.ami_owners.clone(),
+                };
+                trusted_images.extend(
+                    self.inner
+                        .cloud
+                        .find_images(region, &query)
+                        .await?
+                        .into_iter()
+                        .filter(|image| glob_match(pattern, &image.name))
+                        .map(|image| image.id),
+                );
+            }
+        }
+        Ok(instances
+            .iter()
+            .filter(|i| {
+                let tag_ok = tag.as_ref().is_none_or(|f| f.matches(i));
+                let image_ok =
+                    cfg.ami_name_pattern.is_none() || trusted_images.contains(&i.image_id);
+                !(tag_ok && image_ok)
+            })
+            .map(|i| i.id.clone())
+            .collect())
+    }
+
+    /// The 403 for an import below admin that reaches beyond the `[import]` filter.
+    fn outside_refusal(&self, selector: &ImportSelector, outside: &[InstanceId]) -> PolicyRefusal {
+        let cfg = &self.inner.import;
+        let mut filter = Vec::new();
+        if let Some(tag) = &cfg.tag {
+            filter.push(format!("tag {tag}"));
+        }
+        if let Some(pattern) = &cfg.ami_name_pattern {
+            filter.push(format!(
+                "images named {pattern:?} of owners {}",
+                cfg.ami_owners.join(", ")
+            ));
+        }
+        let filter = if filter.is_empty() {
+            "none is configured".to_owned()
+        } else {
+            filter.join(" and ")
+        };
+        let mut ids: Vec<String> = outside.iter().take(10).map(ToString::to_string).collect();
+        if outside.len() > 10 {
+            ids.push(format!("and {} more", outside.len() - 10));
+        }
+        let field = match selector {
+            ImportSelector::InstanceIds(_) => "instance_ids",
+            ImportSelector::AmiId(_) => "ami_id",
+            ImportSelector::AmiNamePattern(_) => "ami_name_pattern",
+            ImportSelector::Configured => "configured",
+        };
+        PolicyRefusal::new(
+            RefusalKind::Role,
+            "import",
+            format!(
+                "{} not match the [import] filter ({filter}); below admin, only instances the \
+                 filter matches may be imported (they receive the fleet's CML password), and \
+                 nothing was imported",
+                if outside.len() == 1 {
+                    format!("instance {} does", ids.join(", "))
+                } else {
+                    format!("instances {} do", ids.join(", "))
+                }
+            ),
+        )
+        .field(field)
+    }
+
+    /// The images these instances run (name and owner), one lookup per region. Best effort:
+    /// an image that is gone (or a failed lookup) leaves them unknown, never the import.
+    async fn images_of(&self, instances: &[Instance]) -> HashMap<AmiId, Image> {
         let mut by_region: BTreeMap<&Region, Vec<AmiId>> = BTreeMap::new();
         for i in instances {
             let ids = by_region.entry(&i.region).or_default();
@@ -366,27 +601,30 @@ impl Provisioning {
                 ids.push(i.image_id.clone());
             }
         }
-        let mut names = HashMap::new();
+        let mut images = HashMap::new();
         for (region, ids) in by_region {
-            match self
-                .inner
-                .cloud
-                .find_images(region, &ImageQuery::Ids(ids))
-                .await
-            {
-                Ok(images) => names.extend(images.into_iter().map(|i| (i.id, i.name))),
+            // Owned by anyone: this only describes what already runs.
+            let query = ImageQuery::OwnedIds {
+                ids,
+                owners: Vec::new(),
+            };
+            match self.inner.cloud.find_images(region, &query).await {
+                Ok(found) => images.extend(found.into_iter().map(|i| (i.id.clone(), i))),
                 Err(e) => {
                     tracing::warn!(region = %region, error = %e, "AMI names unknown for this import");
                 }
             }
         }
-        names
+        images
     }
 
+    /// The instances launched from images of `owners` whose name matches `pattern`, as a
+    /// filter; `None` when there is no such image.
     async fn images_matching(
         &self,
         region: &Region,
         pattern: &str,
+        owners: &[String],
     ) -> Result<Option<ccm_cloud::InstanceFilter>, EngineError> {
         let images = self
             .inner
@@ -395,7 +633,7 @@ impl Provisioning {
                 region,
                 &ImageQuery::Name {
                     pattern: pattern.to_owned(),
-                    owners: Vec::new(),
+                    owners: owners.to_vec(),
                 },
             )
             .await?;
@@ -415,6 +653,7 @@ impl AutoImport for Provisioning {
                 region: None,
                 selector: ImportSelector::Configured,
                 all: true,
+                restricted_to_filter: false,
             };
             self.import(req, &Actor::system("auto-import")).await
         })

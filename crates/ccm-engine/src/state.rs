@@ -289,6 +289,22 @@ impl State {
         Ok(saved)
     }
 
+    /// Stores a new worker (provisioning) only while fewer than `cap` are live (the store
+    /// counts and inserts atomically); at the cap it is a [`RefusalKind::Limit`] refusal.
+    ///
+    /// [`RefusalKind::Limit`]: crate::RefusalKind::Limit
+    pub(crate) async fn insert_capped(
+        &self,
+        worker: &Worker,
+        events: Vec<EventKind>,
+        cap: u32,
+    ) -> Result<Worker, EngineError> {
+        let saved = self.store.insert_capped(worker, cap).await?;
+        self.fleet.remember(&saved);
+        self.emit(Some(saved.id), events).await;
+        Ok(saved)
+    }
+
     /// Stores an imported worker unless its instance already is one; publishes its events
     /// only when it is new. Returns the stored worker and whether it was created.
     pub(crate) async fn insert_or_get(

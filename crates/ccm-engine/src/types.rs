@@ -57,6 +57,10 @@ pub struct ImportRequest {
     pub selector: ImportSelector,
     /// Import every match; without it, more than one match is refused.
     pub all: bool,
+    /// Take only instances the `[import]` filter matches (tag and/or image name and owner):
+    /// callers below admin, whose imports must not hand the fleet's CML password to any
+    /// instance in the account. An instance outside the filter refuses the whole import.
+    pub restricted_to_filter: bool,
 }
 
 /// What an import did.

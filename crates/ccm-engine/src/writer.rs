@@ -465,6 +465,7 @@ mod tests {
             ami: Ami {
                 id: AmiId::parse("ami-0123456789abcdef0").expect("ami"),
                 name: None,
+                owner: None,
             },
             tags: BTreeMap::new(),
         };

@@ -356,6 +356,7 @@ async fn importing_twice_should_make_one_worker() {
         region: None,
         selector: ImportSelector::Configured,
         all: true,
+        restricted_to_filter: false,
     };
     let report = fleet
         .engine
@@ -371,6 +372,7 @@ async fn importing_twice_should_make_one_worker() {
         region: None,
         selector: ImportSelector::InstanceIds(vec![instance]),
         all: false,
+        restricted_to_filter: false,
     };
     let report = fleet
         .engine
@@ -694,5 +696,315 @@ async fn settings_changes_should_apply_without_a_restart_and_polls_never_overlap
         cml.enabled && cml.runs >= 2 && cml.scheduled == 2,
         "{cml:?}"
     );
+    fleet.shutdown().await;
+}
+
+// === image trust, guardrails, EC2 status checks (issue 12 items 1–2, issue 14) ===
+
+fn squatter() -> ccm_cloud::Image {
+    ccm_testbed::ec2::Ec2SimConfig::default_images()
+        .into_iter()
+        .find(|i| i.owner_id.as_deref() == Some(ccm_testbed::ec2::SQUATTER_ACCOUNT))
+        .unwrap()
+}
+
+fn refusal(err: ccm_engine::EngineError) -> ccm_engine::PolicyRefusal {
+    match err {
+        ccm_engine::EngineError::Refused(r) => r,
+        other => panic!("expected a guardrail refusal, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_name_lookup_should_skip_a_newer_public_image_of_another_account() {
+    let (fleet, _) = start(1, [127, 151, 0, 1], |o| o.spare = 2).await;
+    let own = ccm_testbed::ec2::Ec2SimConfig::default_images()[0].clone();
+    let squatter = squatter();
+    assert!(
+        squatter.creation_date > own.creation_date,
+        "the squatter is newer"
+    );
+    let admin = Actor::user("alice");
+    let req = |ami| CreateWorker {
+        name: "trusting".into(),
+        region: None,
+        instance_type: None,
+        ami,
+        tags: Default::default(),
+    };
+    // The default pattern (cml-controller-2.9*) finds only this account's image.
+    let preview = fleet
+        .engine
+        .preview_image(None, &AmiSelector::Default)
+        .await
+        .unwrap();
+    assert_eq!(preview.id, own.id);
+    let mut rx = fleet.engine.subscribe();
+    let w = fleet
+        .engine
+        .create_worker(
+            req(AmiSelector::NamePattern("cml-controller-2.9*".into())),
+            &admin,
+        )
+        .await
+        .unwrap();
+    wait_event(&mut rx, "provisioned", |e| {
+        matches!(e.event.kind, EventKind::WorkerProvisioned { .. })
+            && e.event.worker_id() == Some(w.id)
+    })
+    .await;
+    let ami = w.ami.unwrap();
+    assert_eq!(ami.id, own.id);
+    assert_eq!(
+        ami.owner.as_deref(),
+        Some(ccm_testbed::ec2::DEFAULT_ACCOUNT),
+        "the owner is recorded"
+    );
+
+    // The squatter's id is refused, naming its owner and the rule; nothing is launched.
+    let launches = fleet.cloud.calls("RunInstances");
+    let before = workers(&fleet).await.len();
+    let err = fleet
+        .engine
+        .create_worker(req(AmiSelector::Id(squatter.id.clone())), &admin)
+        .await
+        .unwrap_err();
+    let r = refusal(err);
+    assert_eq!(r.kind, ccm_engine::RefusalKind::NotAllowed);
+    assert_eq!(r.rule, "provisioning.ami_owners");
+    assert_eq!(r.field, Some("ami_id"));
+    assert!(
+        r.message.contains(ccm_testbed::ec2::SQUATTER_ACCOUNT),
+        "{}",
+        r.message
+    );
+    assert!(r.message.contains("(self)"), "{}", r.message);
+    assert_eq!(workers(&fleet).await.len(), before);
+    assert_eq!(fleet.cloud.calls("RunInstances"), launches);
+
+    // An instance type beyond the allowed ones (default: the configured one only).
+    let err = fleet
+        .engine
+        .create_worker(
+            CreateWorker {
+                instance_type: Some(ccm_domain::InstanceType::parse("p5.48xlarge").unwrap()),
+                ..req(AmiSelector::Default)
+            },
+            &admin,
+        )
+        .await
+        .unwrap_err();
+    let r = refusal(err);
+    assert_eq!(r.kind, ccm_engine::RefusalKind::NotAllowed);
+    assert_eq!(r.rule, "provisioning.allowed_instance_types");
+    assert!(r.message.contains("m5zn.metal"), "{}", r.message);
+    fleet.shutdown().await;
+
+    // Listing the other account trusts it: its (newer) image then wins a name lookup.
+    let (fleet, _) = start(1, [127, 152, 0, 1], |o| {
+        o.spare = 2;
+        o.engine.provisioning.ami_owners =
+            vec!["self".into(), ccm_testbed::ec2::SQUATTER_ACCOUNT.into()];
+    })
+    .await;
+    let preview = fleet
+        .engine
+        .preview_image(None, &AmiSelector::Default)
+        .await
+        .unwrap();
+    assert_eq!(preview.id, squatter.id);
+    let w = fleet
+        .engine
+        .create_worker(req(AmiSelector::Id(squatter.id.clone())), &admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.ami.unwrap().owner.as_deref(),
+        Some(ccm_testbed::ec2::SQUATTER_ACCOUNT)
+    );
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn below_admin_an_import_should_take_only_instances_the_import_filter_matches() {
+    let (fleet, _) = start(1, [127, 153, 0, 1], |o| o.spare = 2).await;
+    let region = ccm_cloud::CloudProvider::regions(&fleet.cloud)[0].clone();
+    let squatter = squatter();
+    let foreign = ccm_cloud::CloudProvider::run_instance(
+        &fleet.cloud,
+        &region,
+        &ccm_cloud::RunSpec::new(
+            squatter.id.clone(),
+            ccm_domain::InstanceType::parse("m5zn.metal").unwrap(),
+            "foreign",
+        ),
+    )
+    .await
+    .unwrap();
+    let own = workers(&fleet).await[0].instance_id.clone().unwrap();
+    let import = |selector, restricted| ImportRequest {
+        region: None,
+        selector,
+        all: true,
+        restricted_to_filter: restricted,
+    };
+    let manager = Actor::user("mona");
+    for selector in [
+        ImportSelector::InstanceIds(vec![own.clone(), foreign.id.clone()]),
+        ImportSelector::AmiId(squatter.id.clone()),
+    ] {
+        let err = fleet
+            .engine
+            .import_workers(import(selector, true), &manager)
+            .await
+            .unwrap_err();
+        let r = refusal(err);
+        assert_eq!(r.kind, ccm_engine::RefusalKind::Role);
+        assert_eq!(r.rule, "import");
+        assert!(r.message.contains(foreign.id.as_str()), "{}", r.message);
+        assert!(
+            !r.message.contains(own.as_str()),
+            "only the outsider is named: {}",
+            r.message
+        );
+    }
+    assert_eq!(workers(&fleet).await.len(), 1, "nothing was imported");
+    // An instance the filter matches is fine below admin.
+    let report = fleet
+        .engine
+        .import_workers(
+            import(ImportSelector::InstanceIds(vec![own]), true),
+            &manager,
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.existing.len(), 1);
+    // An admin may import the outsider; its image's owner is recorded.
+    let report = fleet
+        .engine
+        .import_workers(
+            import(ImportSelector::InstanceIds(vec![foreign.id.clone()]), false),
+            &Actor::user("alice"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(report.imported.len(), 1);
+    let w = fleet.engine.worker(report.imported[0]).await.unwrap();
+    let ami = w.ami.unwrap();
+    assert_eq!(
+        ami.owner.as_deref(),
+        Some(ccm_testbed::ec2::SQUATTER_ACCOUNT)
+    );
+    assert_eq!(ami.name.as_deref(), Some(squatter.name.as_str()));
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_impaired_status_check_should_degrade_a_worker_whose_cml_still_answers() {
+    let (fleet, _) = start(2, [127, 154, 0, 1], |_| {}).await;
+    until(&fleet, JobKind::CmlSync, "all ready", |ws| {
+        ws.iter().all(|w| w.service.status == ServiceStatus::Ready)
+    })
+    .await;
+    // One DescribeInstanceStatus per region and page, not per worker.
+    let calls = fleet.cloud.calls("DescribeInstanceStatus");
+    fleet.engine.trigger_job(JobKind::Ec2Sync).await.unwrap();
+    assert_eq!(fleet.cloud.calls("DescribeInstanceStatus"), calls + 1);
+    let ws = workers(&fleet).await;
+    for w in &ws {
+        let checks = w.ec2_status.last_good.as_ref().expect("checks read").value;
+        assert!(!checks.impaired(), "{checks:?}");
+        assert_eq!(w.service.status, ServiceStatus::Ready);
+    }
+
+    let (sick, well) = (&ws[0], &ws[1]);
+    let mut rx = fleet.engine.subscribe();
+    fleet.cloud.set_status_checks(
+        sick.instance_id.as_ref().unwrap(),
+        Some(ccm_domain::StatusChecks {
+            system: ccm_domain::CheckStatus::Ok,
+            instance: ccm_domain::CheckStatus::Impaired,
+        }),
+    );
+    fleet.engine.trigger_job(JobKind::Ec2Sync).await.unwrap();
+    let e = wait_event(&mut rx, "status checks changed", |e| {
+        matches!(e.event.kind, EventKind::WorkerStatusChecksChanged { .. })
+            && e.event.worker_id() == Some(sick.id)
+    })
+    .await;
+    assert!(matches!(
+        e.event.kind,
+        EventKind::WorkerStatusChecksChanged {
+            instance: ccm_domain::CheckStatus::Impaired,
+            ..
+        }
+    ));
+    let is_impaired_reason =
+        |r: &ccm_domain::Reason| r.code == ccm_domain::ReasonCode::Ec2StatusImpaired;
+    let w = fleet.engine.worker(sick.id).await.unwrap();
+    assert_eq!(w.service.status, ServiceStatus::Degraded);
+    assert!(
+        w.service.reasons.iter().any(is_impaired_reason),
+        "{:?}",
+        w.service.reasons
+    );
+    assert_eq!(
+        fleet.engine.worker(well.id).await.unwrap().service.status,
+        ServiceStatus::Ready
+    );
+    // CML still answers: a CML sync keeps it degraded for EC2's reason alone.
+    fleet.engine.trigger_job(JobKind::CmlSync).await.unwrap();
+    let w = fleet.engine.worker(sick.id).await.unwrap();
+    assert_eq!(w.service.status, ServiceStatus::Degraded);
+    assert_eq!(w.service.reasons.len(), 1, "{:?}", w.service.reasons);
+    assert_eq!(w.service.cml_status, Some(ServiceStatus::Ready));
+
+    // Recovered checks lift it again.
+    fleet
+        .cloud
+        .set_status_checks(sick.instance_id.as_ref().unwrap(), None);
+    fleet.engine.trigger_job(JobKind::Ec2Sync).await.unwrap();
+    let w = fleet.engine.worker(sick.id).await.unwrap();
+    assert_eq!(w.service.status, ServiceStatus::Ready);
+    assert!(!w.service.reasons.iter().any(is_impaired_reason));
+    fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_status_read_should_still_apply_states_and_keep_the_checks_stale() {
+    let (fleet, _) = start(1, [127, 155, 0, 1], |_| {}).await;
+    fleet.engine.trigger_job(JobKind::Ec2Sync).await.unwrap();
+    let w = workers(&fleet).await.remove(0);
+    let checks = w.ec2_status.last_good.clone().expect("checks read");
+    let instance = w.instance_id.clone().unwrap();
+    // The worker is stopped outside ccm, and the status call fails in the same sync.
+    ccm_cloud::CloudProvider::stop_instances(&fleet.cloud, &w.region, &[instance])
+        .await
+        .unwrap();
+    fleet.cloud.fail_next_of("DescribeInstanceStatus", 1);
+    let err = fleet
+        .engine
+        .trigger_job(JobKind::Ec2Sync)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains(w.region.as_str()), "{err}");
+    let w = fleet.engine.worker(w.id).await.unwrap();
+    assert!(
+        matches!(w.ec2_state, Ec2State::Stopping | Ec2State::Stopped),
+        "the state was applied: {:?}",
+        w.ec2_state
+    );
+    assert_eq!(
+        w.ec2_status.last_good,
+        Some(checks),
+        "the last good checks are kept"
+    );
+    let error = w
+        .ec2_status
+        .error
+        .as_ref()
+        .expect("the failed read is recorded");
+    assert_eq!(error.call, ccm_domain::CmlCall::Ec2Status);
+    assert_eq!(w.ec2_status.consecutive_failures, 1);
     fleet.shutdown().await;
 }

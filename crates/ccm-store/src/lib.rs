@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 
 pub use cluster::{Acquired, ClusterRepo, LeaseRecord, Notifications, ReplicaRecord, ReplicaRow};
 pub use config::{Backend, DEFAULT_SQLITE_PATH, DatabaseUrl, StoreConfig, Synchronous};
-pub use postgres::{EVENT_APPEND_LOCK, EVENTS_CHANNEL, PgStore, SESSIONS_CHANNEL};
+pub use postgres::{EVENT_APPEND_LOCK, EVENTS_CHANNEL, PgStore, SESSIONS_CHANNEL, WORKER_CAP_LOCK};
 pub use sqlite::{SingleNodeLock, SqliteStore};
 
 /// What can go wrong in the store.
@@ -74,6 +74,14 @@ pub enum StoreError {
         instance_id: String,
         /// The worker that has it.
         existing: WorkerId,
+    },
+    /// A capped insert found the fleet at its cap ([`WorkerRepo::insert_capped`]).
+    #[error("the fleet has {live} workers and may have at most {cap}")]
+    AtCap {
+        /// The cap.
+        cap: u32,
+        /// The workers counted against it (neither terminated nor failed).
+        live: u64,
     },
     /// A stored document could not be read back.
     #[error("stored {what} {id} is unreadable: {message}")]
@@ -176,6 +184,10 @@ pub trait WorkerRepo: Send + Sync {
     /// Inserts a new worker (version becomes 1). An instance id already taken is
     /// [`StoreError::Duplicate`].
     async fn insert(&self, worker: &Worker) -> Result<Worker>;
+    /// Inserts a new worker only while fewer than `cap` workers are live (EC2 state neither
+    /// `terminated` nor `failed`); else [`StoreError::AtCap`]. The count and the insert are
+    /// one atomic step: of two concurrent inserts at `cap - 1`, one is refused.
+    async fn insert_capped(&self, worker: &Worker, cap: u32) -> Result<Worker>;
     /// Inserts the worker unless its instance already has one; returns the stored worker and
     /// whether it was created. Importing twice never makes two workers.
     async fn insert_or_get(&self, worker: &Worker) -> Result<(Worker, bool)>;

@@ -55,6 +55,14 @@ pub const EVENT_APPEND_LOCK: i64 = 0x6363_6d5f_6576_656e; // "ccm_even"
 /// worker (second key: `hashtext(worker id)`). The two-key space never meets the one-key one.
 const LABS_LOCK_CLASS: i32 = 0x6c61_6273; // "labs"
 
+/// The advisory lock key a capped worker insert ([`WorkerRepo::insert_capped`]) holds from
+/// before its count until it commits, so two creates at the cap cannot both count below it.
+pub const WORKER_CAP_LOCK: i64 = 0x6363_6d5f_6361_7073; // "ccm_caps"
+
+/// Counts the workers a fleet cap counts: all but terminated and failed ones.
+const LIVE_WORKERS: &str =
+    "SELECT COUNT(*) FROM workers WHERE ec2_state NOT IN ('terminated', 'failed')";
+
 /// The PostgreSQL store. Cheap to clone (a connection pool inside).
 #[derive(Debug, Clone)]
 pub struct PgStore {
@@ -272,6 +280,47 @@ impl WorkerRepo for PgStore {
                 saved.version = 1;
                 Ok(saved)
             }
+            Err(e) if is_unique_violation(&e) && row.instance_id.is_some() => {
+                let instance_id = row.instance_id.unwrap_or_default();
+                match self.existing_for_instance(&instance_id).await? {
+                    Some(existing) => Err(StoreError::Duplicate {
+                        instance_id,
+                        existing: existing.id,
+                    }),
+                    None => Err(e.into()),
+                }
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn insert_capped(&self, worker: &Worker, cap: u32) -> Result<Worker> {
+        let row = encode_worker(worker, 1)?;
+        // Under READ COMMITTED each statement sees what committed before it started: the
+        // count runs after the lock is ours, so it sees the previous holder's insert.
+        let result: std::result::Result<Result<()>, sqlx::Error> = async {
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(WORKER_CAP_LOCK)
+                .execute(&mut *tx)
+                .await?;
+            let live: i64 = sqlx::query_scalar(LIVE_WORKERS).fetch_one(&mut *tx).await?;
+            let live = u64::try_from(live).unwrap_or(0);
+            if live >= u64::from(cap) {
+                return Ok(Err(StoreError::AtCap { cap, live }));
+            }
+            insert_worker(&mut *tx, &row, worker, false).await?;
+            tx.commit().await?;
+            Ok(Ok(()))
+        }
+        .await;
+        match result {
+            Ok(Ok(())) => {
+                let mut saved = worker.clone();
+                saved.version = 1;
+                Ok(saved)
+            }
+            Ok(Err(at_cap)) => Err(at_cap),
             Err(e) if is_unique_violation(&e) && row.instance_id.is_some() => {
                 let instance_id = row.instance_id.unwrap_or_default();
                 match self.existing_for_instance(&instance_id).await? {
@@ -529,12 +578,15 @@ struct BatchColumns {
     doc: Vec<String>,
 }
 
-async fn insert_worker(
-    pool: &PgPool,
+async fn insert_worker<'c, E>(
+    exec: E,
     row: &WorkerRow,
     worker: &Worker,
     or_nothing: bool,
-) -> sqlx::Result<u64> {
+) -> sqlx::Result<u64>
+where
+    E: sqlx::Executor<'c, Database = Postgres>,
+{
     let sql = if or_nothing {
         "INSERT INTO workers (id, instance_id, name, region, ec2_state, service_status, \
          created_at_ms, updated_at_ms, version, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -554,7 +606,7 @@ async fn insert_worker(
         .bind(ms(worker.updated_at))
         .bind(row.version)
         .bind(&row.doc)
-        .execute(pool)
+        .execute(exec)
         .await?;
     Ok(done.rows_affected())
 }

@@ -25,6 +25,38 @@ use crate::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// Counts the workers a fleet cap counts: all but terminated and failed ones.
+const LIVE_WORKERS: &str =
+    "SELECT COUNT(*) FROM workers WHERE ec2_state NOT IN ('terminated', 'failed')";
+
+/// Inserts one new worker row.
+async fn insert_row<'c, E>(
+    exec: E,
+    row: &crate::common::WorkerRow,
+    worker: &Worker,
+) -> sqlx::Result<u64>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    let done = sqlx::query(
+        "INSERT INTO workers (id, instance_id, name, region, ec2_state, service_status, \
+         created_at_ms, updated_at_ms, version, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+    )
+    .bind(&row.id)
+    .bind(&row.instance_id)
+    .bind(&worker.name)
+    .bind(worker.region.as_str())
+    .bind(worker.ec2_state.as_str())
+    .bind(worker.service.status.as_str())
+    .bind(ms(worker.created_at))
+    .bind(ms(worker.updated_at))
+    .bind(row.version)
+    .bind(&row.doc)
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// The SQLite store. Cheap to clone (a connection pool inside).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -108,6 +140,24 @@ impl SqliteStore {
         Ok(v.and_then(|v| u64::try_from(v).ok()))
     }
 
+    /// The error of a failed insert: [`StoreError::Duplicate`] when the instance already has a
+    /// worker.
+    async fn insert_failure(&self, e: sqlx::Error, instance_id: Option<String>) -> StoreError {
+        match instance_id {
+            Some(instance_id) if is_unique_violation(&e) => {
+                match self.existing_for_instance(&instance_id).await {
+                    Ok(Some(existing)) => StoreError::Duplicate {
+                        instance_id,
+                        existing: existing.id,
+                    },
+                    Ok(None) => e.into(),
+                    Err(other) => other,
+                }
+            }
+            _ => e.into(),
+        }
+    }
+
     async fn existing_for_instance(&self, instance_id: &str) -> Result<Option<Worker>> {
         let row = sqlx::query("SELECT id, version, doc FROM workers WHERE instance_id = $1")
             .bind(instance_id)
@@ -186,39 +236,40 @@ impl SqliteStore {
 impl WorkerRepo for SqliteStore {
     async fn insert(&self, worker: &Worker) -> Result<Worker> {
         let row = encode_worker(worker, 1)?;
-        let result = sqlx::query(
-            "INSERT INTO workers (id, instance_id, name, region, ec2_state, service_status, \
-             created_at_ms, updated_at_ms, version, doc) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        )
-        .bind(&row.id)
-        .bind(&row.instance_id)
-        .bind(&worker.name)
-        .bind(worker.region.as_str())
-        .bind(worker.ec2_state.as_str())
-        .bind(worker.service.status.as_str())
-        .bind(ms(worker.created_at))
-        .bind(ms(worker.updated_at))
-        .bind(row.version)
-        .bind(&row.doc)
-        .execute(&self.pool)
-        .await;
-        match result {
+        match insert_row(&self.pool, &row, worker).await {
             Ok(_) => {
                 let mut saved = worker.clone();
                 saved.version = 1;
                 Ok(saved)
             }
-            Err(e) if is_unique_violation(&e) && row.instance_id.is_some() => {
-                let instance_id = row.instance_id.unwrap_or_default();
-                match self.existing_for_instance(&instance_id).await? {
-                    Some(existing) => Err(StoreError::Duplicate {
-                        instance_id,
-                        existing: existing.id,
-                    }),
-                    None => Err(e.into()),
-                }
+            Err(e) => Err(self.insert_failure(e, row.instance_id).await),
+        }
+    }
+
+    async fn insert_capped(&self, worker: &Worker, cap: u32) -> Result<Worker> {
+        let row = encode_worker(worker, 1)?;
+        // BEGIN IMMEDIATE takes the write lock before the count: no other writer can insert
+        // between the count and the insert.
+        let result: std::result::Result<Result<()>, sqlx::Error> = async {
+            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let live: i64 = sqlx::query_scalar(LIVE_WORKERS).fetch_one(&mut *tx).await?;
+            let live = u64::try_from(live).unwrap_or(0);
+            if live >= u64::from(cap) {
+                return Ok(Err(StoreError::AtCap { cap, live }));
             }
-            Err(e) => Err(e.into()),
+            insert_row(&mut *tx, &row, worker).await?;
+            tx.commit().await?;
+            Ok(Ok(()))
+        }
+        .await;
+        match result {
+            Ok(Ok(())) => {
+                let mut saved = worker.clone();
+                saved.version = 1;
+                Ok(saved)
+            }
+            Ok(Err(at_cap)) => Err(at_cap),
+            Err(e) => Err(self.insert_failure(e, row.instance_id).await),
         }
     }
 

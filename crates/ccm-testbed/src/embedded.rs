@@ -73,6 +73,7 @@ impl EmbeddedOptions {
             ImportConfig {
                 regions: Vec::new(),
                 ami_name_pattern: Some("cml-controller-*".into()),
+                ami_owners: vec!["self".into()],
                 tag: None,
             },
             Default::default(),
@@ -228,6 +229,7 @@ impl Embedded {
                 region: None,
                 selector: ImportSelector::Configured,
                 all: true,
+                restricted_to_filter: false,
             };
             engine
                 .import_workers(req, &Actor::system("embedded"))

@@ -100,6 +100,12 @@ async fn an_operator_should_list_inspect_and_stop_workers_from_the_command_line(
     let (code, out, err) = ccm(&url, TOKEN, &["workers", "get", &id, "--json"]).await;
     assert_eq!(code, 0, "{err}");
     assert_eq!(json(&out)["id"], id.as_str());
+    // The table shows the image with its owner and EC2's status checks with their age.
+    let (code, out, err) = ccm(&url, TOKEN, &["workers", "get", &id]).await;
+    assert_eq!(code, 0, "{err}");
+    for label in ["image ", "ec2 status checks "] {
+        assert!(out.lines().any(|l| l.starts_with(label)), "{label}: {out}");
+    }
 
     // Stop and follow the events until the worker is stopped.
     let (code, out, err) = ccm(

@@ -124,8 +124,8 @@ activity_enabled = false
         .arg(&path)
         .current_dir(dir.path())
         .env_remove("CCM_CONFIG")
-        .stdout(std::fs::File::create(&log).unwrap())
-        .stderr(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
     let api = Api::new(port, TOKEN);

@@ -502,7 +502,15 @@ async fn walk(c: &Client, api: &Api, base: &str, shots: &Path) {
         c,
         "each source's freshness",
         short,
-        "document.querySelectorAll('#sources-table [data-freshness]').length === 6",
+        "document.querySelectorAll('#sources-table [data-freshness]').length === 7",
+    )
+    .await;
+    // The image's owner and EC2's status checks (read by the EC2 sync) on the EC2 panel.
+    wait_js(
+        c,
+        "the image owner and the EC2 status checks",
+        long,
+        "document.querySelector('#worker-ami-owner')?.textContent === '123456789012' && document.querySelectorAll('#worker-status-checks [data-check]').length === 2",
     )
     .await;
     screenshot(c, shots, "04-worker", true).await;

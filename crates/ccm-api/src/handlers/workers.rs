@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use utoipa::IntoParams;
 
-use crate::auth::Caller;
+use crate::auth::{Caller, Role};
 use crate::dto::{
     CreateWorkerRequest, EventPage, EventRecord, IdleDetectionRequest, ImportView,
     ImportWorkersRequest, MetricsHistory, MetricsPointView, Order, RefreshView, SortKey,
@@ -144,6 +144,10 @@ pub(crate) async fn get(
 }
 
 /// Provision a new worker (202: the record exists, RunInstances runs in the background).
+///
+/// The instance type must be one of `[provisioning] allowed_instance_types`, the image one of
+/// `[provisioning] ami_owners` (a name pattern searches only those owners; an AMI id of
+/// another owner is refused), and the fleet below `[provisioning] max_workers`.
 #[utoipa::path(
     post, path = "/api/v1/workers", tag = "workers",
     request_body = CreateWorkerRequest,
@@ -151,7 +155,8 @@ pub(crate) async fn get(
         (status = 202, description = "Provisioning started; `Location` is the worker", body = WorkerView),
         (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 415, body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Invalid value (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "`[provisioning] max_workers` is reached (`rule` names it)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid value (named in `field`), or an instance type or image owner the configuration does not allow (`rule` names it)", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "The cloud is throttled or unavailable", body = Problem, content_type = "application/problem+json"),
     )
 )]
@@ -227,11 +232,16 @@ fn check_tags(tags: &BTreeMap<String, String>) -> ApiResult<()> {
 }
 
 /// Import existing EC2 instances as workers (importing one twice returns the existing worker).
+///
+/// Below admin, every instance to import must match the `[import]` filter (tag and/or image
+/// name and owner), since an imported worker receives the fleet's CML password; an admin may
+/// import any instance.
 #[utoipa::path(
     post, path = "/api/v1/workers/import", tag = "workers",
     request_body = ImportWorkersRequest,
     responses(
         (status = 200, body = ImportView),
+        (status = 403, description = "Below admin: an instance to import does not match the `[import]` filter (`rule` is `import`); nothing was imported", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "Several instances match and `all` is not set", body = Problem, content_type = "application/problem+json"),
         (status = 422, body = Problem, content_type = "application/problem+json"),
     )
@@ -303,6 +313,7 @@ pub(crate) async fn import(
                 region,
                 selector,
                 all: req.all,
+                restricted_to_filter: caller.principal.role != Role::Admin,
             },
             &caller.actor(),
         )

@@ -8,6 +8,9 @@ mod support;
 
 /// The event schemas of the OpenAPI document against real events.
 mod event_schemas;
+/// Guardrails (image owners, instance types, the fleet cap, imports below admin) and EC2
+/// status checks, through the API.
+mod guardrails;
 /// Labs and licences.
 mod labs;
 /// The route × role × no-token matrix, and the OpenAPI document against the routes.

@@ -260,11 +260,11 @@ async fn creating_a_worker_should_answer_202_and_provision_in_the_background() {
         let p = bad(body.clone()).await.problem(422);
         assert_eq!(p["field"], field, "{body}: {p}");
     }
-    // No image matches.
+    // No image (of the trusted owners) matches: the request's field is named.
     let p = bad(json!({"name": "x", "ami_name_pattern": "no-such-image-*"}))
         .await
         .problem(422);
-    assert_eq!(p["field"], "ami");
+    assert_eq!(p["field"], "ami_name_pattern");
 
     let raw = |content_type: &str, body: Vec<u8>| {
         Request::builder()

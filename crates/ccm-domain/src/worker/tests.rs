@@ -89,6 +89,7 @@ fn provisioning_should_go_from_pending_to_running_and_derive_the_endpoint_when_a
         ami: Ami {
             id: AmiId::parse("ami-0123abcd").unwrap(),
             name: Some("cml-2.9".into()),
+            owner: Some("123456789012".into()),
         },
         tags: BTreeMap::new(),
     };
@@ -136,6 +137,7 @@ fn a_provisioning_failure_should_leave_the_worker_failed_with_the_reason() {
         ami: Ami {
             id: AmiId::parse("ami-0123abcd").unwrap(),
             name: None,
+            owner: None,
         },
         tags: BTreeMap::new(),
     };
@@ -613,4 +615,106 @@ fn allowed_actions_should_follow_the_command_rules() {
         w.monitoring.pending_pause.is_none(),
         "asking changes nothing"
     );
+}
+
+fn ready_sync() -> CmlSync {
+    CmlSync {
+        info: Some(CallResult::Ok(CmlInfo {
+            version: "2.9.0".into(),
+            ready: true,
+        })),
+        health: Some(CallResult::NotSupported),
+        stats: Some(CallResult::Ok(CmlStats::default())),
+        licence: Some(CallResult::NotSupported),
+    }
+}
+
+fn checks(system: CheckStatus, instance: CheckStatus) -> StatusChecks {
+    StatusChecks { system, instance }
+}
+
+use crate::ec2::CheckStatus;
+
+#[test]
+fn an_impaired_status_check_should_degrade_a_ready_worker_until_it_recovers() {
+    let mut w = running_worker();
+    w.record_sync(ready_sync(), t(10));
+    assert_eq!(w.service.status, ServiceStatus::Ready);
+
+    let ok = w.record_ec2_status(Ok(checks(CheckStatus::Ok, CheckStatus::Ok)), t(20));
+    assert_eq!(types(&ok), ["ccm.worker.status_checks_changed"]);
+    assert_eq!(w.service.status, ServiceStatus::Ready);
+    assert!(
+        w.record_ec2_status(Ok(checks(CheckStatus::Ok, CheckStatus::Ok)), t(30))
+            .is_empty(),
+        "the same checks again are no event"
+    );
+
+    let events = w.record_ec2_status(Ok(checks(CheckStatus::Ok, CheckStatus::Impaired)), t(40));
+    assert_eq!(
+        types(&events),
+        [
+            "ccm.worker.status_checks_changed",
+            "ccm.worker.service_changed"
+        ]
+    );
+    assert_eq!(w.service.status, ServiceStatus::Degraded);
+    assert_eq!(w.service.reasons.len(), 1);
+    assert_eq!(w.service.reasons[0].call, CmlCall::Ec2Status);
+    assert_eq!(w.service.reasons[0].code, ReasonCode::Ec2StatusImpaired);
+
+    // CML still answers: the next sync keeps the worker degraded, with one EC2 reason.
+    let events = w.record_sync(ready_sync(), t(50));
+    assert_eq!(types(&events), ["ccm.worker.synced"]);
+    assert_eq!(w.service.status, ServiceStatus::Degraded);
+    assert_eq!(w.service.cml_status, Some(ServiceStatus::Ready));
+    assert_eq!(w.service.reasons.len(), 1);
+
+    // A failed read keeps the last checks (stale), and the status with them.
+    let failed = Reason::new(CmlCall::Ec2Status, ReasonCode::Other).with_detail("throttled");
+    assert!(w.record_ec2_status(Err(failed), t(60)).is_empty());
+    assert_eq!(w.service.status, ServiceStatus::Degraded);
+    let view = w
+        .ec2_status
+        .view(t(60), std::time::Duration::from_secs(600));
+    assert_eq!(view.freshness, crate::observed::Freshness::Stale);
+
+    let events = w.record_ec2_status(Ok(checks(CheckStatus::Ok, CheckStatus::Ok)), t(70));
+    assert_eq!(
+        types(&events),
+        [
+            "ccm.worker.status_checks_changed",
+            "ccm.worker.service_changed"
+        ]
+    );
+    assert_eq!(w.service.status, ServiceStatus::Ready);
+    assert!(w.service.reasons.is_empty());
+}
+
+#[test]
+fn status_checks_should_not_touch_the_service_of_a_worker_that_is_not_running() {
+    let mut w = running_worker();
+    w.record_sync(ready_sync(), t(10));
+    w.observe_ec2(&obs(Ec2State::Stopped, None), &policy(), t(20))
+        .unwrap();
+    assert_eq!(w.service.status, ServiceStatus::Unknown);
+    let events = w.record_ec2_status(
+        Ok(checks(CheckStatus::NotApplicable, CheckStatus::Impaired)),
+        t(30),
+    );
+    assert_eq!(types(&events), ["ccm.worker.status_checks_changed"]);
+    assert_eq!(w.service.status, ServiceStatus::Unknown);
+    assert!(w.service.reasons.is_empty());
+}
+
+#[test]
+fn a_worker_stored_before_status_checks_and_owners_should_still_load() {
+    let mut json = serde_json::to_value(running_worker()).unwrap();
+    let doc = json.as_object_mut().unwrap();
+    doc.remove("ec2_status");
+    doc["service"].as_object_mut().unwrap().remove("cml_status");
+    doc["ami"].as_object_mut().unwrap().remove("owner");
+    let w: Worker = serde_json::from_value(json).unwrap();
+    assert_eq!(w.ec2_status, Sourced::default());
+    assert_eq!(w.ami.unwrap().owner, None);
 }

@@ -317,6 +317,7 @@ macro_rules! store_suite {
             saved_changes_should_carry_their_events_and_fail_row_by_row,
             overlapping_batches_should_neither_deadlock_nor_lose_updates,
             concurrent_imports_of_one_instance_should_make_one_worker,
+            capped_inserts_racing_at_the_cap_should_store_only_up_to_it,
             lab_refreshes_should_remove_orphans_and_never_duplicate,
             sessions_should_survive_a_reopen_until_they_expire,
             sessions_should_come_back_as_written_and_refuse_non_objects,

@@ -12,8 +12,8 @@ use std::time::Duration;
 use ccm_domain::lab::LabState;
 use ccm_domain::worker::{EndpointPolicy, InstanceObservation};
 use ccm_domain::{
-    Actor, Ec2State, Event, EventKind, InstanceId, LabId, LabRecord, Region, RuntimeSettings,
-    ServiceStatus, Worker, WorkerId,
+    Actor, CheckStatus, Ec2State, Event, EventKind, InstanceId, LabId, LabRecord, Region,
+    RuntimeSettings, ServiceStatus, Worker, WorkerId,
 };
 use chrono::{DateTime, TimeZone, Utc};
 
@@ -23,6 +23,10 @@ use crate::{EventQuery, MetricsSample, Page, StoreConfig, StoreError, WorkerFilt
 /// The golden fixtures: documents of the shapes stored before schema versions existed (so
 /// version 1). They must load in every future version; never edit them.
 pub const WORKER_FIXTURE: &str = include_str!("../../tests/fixtures/worker-v1.json");
+/// A version-1 worker as stored since image owners and EC2 status checks are recorded (both
+/// optional fields: no upgrade step). Never edit it either.
+pub const WORKER_EC2_STATUS_FIXTURE: &str =
+    include_str!("../../tests/fixtures/worker-v1-ec2-status.json");
 /// See [`WORKER_FIXTURE`].
 pub const SETTINGS_FIXTURE: &str = include_str!("../../tests/fixtures/settings-v1.json");
 /// See [`WORKER_FIXTURE`].
@@ -564,6 +568,60 @@ pub async fn concurrent_imports_of_one_instance_should_make_one_worker(backend: 
     b.instance_id = None;
     store.insert(&a).await.unwrap();
     store.insert(&b).await.unwrap();
+}
+
+/// A fleet cap holds under concurrency: of 12 creates racing for 2 free places, 2 are
+/// stored and 10 refused with the count; terminated and failed workers do not count, and a
+/// place freed by a termination can be taken again.
+pub async fn capped_inserts_racing_at_the_cap_should_store_only_up_to_it(backend: &dyn Backend) {
+    let store = open(backend).await;
+    for (n, state) in [
+        (1, Ec2State::Running),
+        (2, Ec2State::Terminated),
+        (3, Ec2State::Failed),
+    ] {
+        store
+            .insert(&worker(n, "old", "eu-west-1", state))
+            .await
+            .unwrap();
+    }
+    let pending = |n: u32| {
+        let mut w = worker(n, &format!("new-{n}"), "eu-west-1", Ec2State::Pending);
+        w.instance_id = None;
+        w
+    };
+    let tasks: Vec<_> = (0..12)
+        .map(|i| {
+            let store = store.clone();
+            let w = pending(100 + i);
+            tokio::spawn(async move { store.insert_capped(&w, 3).await })
+        })
+        .collect();
+    let (mut stored, mut refused) = (0, 0);
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(w) => {
+                assert_eq!(w.version, 1);
+                stored += 1;
+            }
+            Err(StoreError::AtCap { cap, live }) => {
+                assert_eq!((cap, live), (3, 3));
+                refused += 1;
+            }
+            Err(other) => panic!("expected stored or at the cap, got {other:?}"),
+        }
+    }
+    assert_eq!((stored, refused), (2, 10));
+    assert_eq!(store.list(&WorkerFilter::default()).await.unwrap().total, 5);
+
+    let mut running = store.get_by_instance(&instance(1)).await.unwrap().unwrap();
+    running.ec2_state = Ec2State::Terminated;
+    store.update(&running).await.unwrap();
+    store.insert_capped(&pending(200), 3).await.unwrap();
+    assert!(matches!(
+        store.insert_capped(&pending(201), 3).await,
+        Err(StoreError::AtCap { cap: 3, live: 3 })
+    ));
 }
 
 fn lab(worker: WorkerId, id: &str, title: &str) -> LabRecord {
@@ -1170,9 +1228,40 @@ pub async fn golden_fixtures_should_load_through_the_store(backend: &dyn Backend
         vec![w.clone()]
     );
     assert_eq!(store.get_many(&[id]).await.unwrap(), vec![w.clone()]);
+    // Stored before owners and status checks were recorded: none of either.
+    assert_eq!(w.ami.as_ref().map(|a| a.owner.clone()), Some(None));
+    assert!(w.ec2_status.last_good.is_none());
     let saved = store.update(&w).await.unwrap();
     assert_eq!(saved.version, w.version + 1);
     assert_eq!(store.get(id).await.unwrap().unwrap(), saved);
+
+    // With both, the document loads them, and this build writes the same document again.
+    let raw_checks: serde_json::Value = serde_json::from_str(WORKER_EC2_STATUS_FIXTURE).unwrap();
+    store
+        .put_raw_worker(WORKER_EC2_STATUS_FIXTURE)
+        .await
+        .unwrap();
+    let checked_id: WorkerId = raw_checks["id"].as_str().unwrap().parse().unwrap();
+    let checked = store
+        .get(checked_id)
+        .await
+        .unwrap()
+        .expect("the fixture worker");
+    assert_eq!(
+        checked.ami.as_ref().and_then(|a| a.owner.as_deref()),
+        Some("123456789012")
+    );
+    let checks = checked.ec2_status.last_good.as_ref().expect("checks").value;
+    assert_eq!(
+        (checks.system, checks.instance),
+        (CheckStatus::Ok, CheckStatus::Impaired)
+    );
+    let mut rewritten = serde_json::to_value(&checked).unwrap();
+    rewritten["schema_version"] = serde_json::json!(crate::schema::WORKER.current());
+    assert_eq!(
+        rewritten, raw_checks,
+        "this build writes the fixture's shape"
+    );
 
     let raw_settings: serde_json::Value = serde_json::from_str(SETTINGS_FIXTURE).unwrap();
     store.put_raw_settings(SETTINGS_FIXTURE, 3).await.unwrap();

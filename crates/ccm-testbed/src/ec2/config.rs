@@ -8,6 +8,12 @@ use ccm_domain::{AmiId, InstanceType, Region};
 use chrono::{TimeZone, Utc};
 use serde::{Deserialize, Serialize};
 
+/// The account the simulated caller is in by default (moto's default account too).
+pub const DEFAULT_ACCOUNT: &str = "123456789012";
+
+/// The account of the built-in squatting image (see [`Ec2SimConfig::default_images`]).
+pub const SQUATTER_ACCOUNT: &str = "666666666666";
+
 /// The simulated cloud's settings (a config section of `ccm demo`, or built in tests).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -34,7 +40,11 @@ pub struct Ec2SimConfig {
     pub ip_pool: Vec<Ipv4Addr>,
     /// Most live (not terminated) instances; more is `InstanceLimitExceeded`.
     pub max_instances: usize,
-    /// The images every region offers.
+    /// The account the simulated caller is in: `self` in image owner filters, and the images
+    /// it may launch beside public ones.
+    pub account_id: String,
+    /// The images every region holds. The caller sees (and may launch) those of its own
+    /// account and the public ones; another account's private image is invisible, as in EC2.
     pub images: Vec<Image>,
     /// How many running instances exist from the start (for `import existing instances`).
     pub seed_instances: usize,
@@ -56,13 +66,24 @@ impl Ec2SimConfig {
             .collect()
     }
 
-    /// The built-in images: two CML controller releases and an Ubuntu image.
+    /// The built-in images, the same as the test moto's (`ccm_cloud_aws::moto::AMIS_JSON`):
+    /// two CML controller releases of the caller's own account ([`DEFAULT_ACCOUNT`]), a public
+    /// Ubuntu image of Canonical's, and a **squatter**: a public image of another account
+    /// ([`SQUATTER_ACCOUNT`]) whose name matches `cml-controller-2.9*` and which is newer than
+    /// the real one — what a name lookup without an owner filter would launch.
     pub fn default_images() -> Vec<Image> {
-        let image = |id: &str, name: &str, description: &str, (y, m, d): (i32, u32, u32)| {
+        let image = |id: &str,
+                     name: &str,
+                     description: &str,
+                     owner: &str,
+                     public: bool,
+                     (y, m, d): (i32, u32, u32)| {
             AmiId::parse(id).ok().map(|id| Image {
                 id,
                 name: name.to_owned(),
-                owner_id: Some("123456789012".to_owned()),
+                owner_id: Some(owner.to_owned()),
+                owner_alias: None,
+                public: Some(public),
                 creation_date: Utc.with_ymd_and_hms(y, m, d, 12, 0, 0).single(),
                 state: "available".to_owned(),
                 description: Some(description.to_owned()),
@@ -73,19 +94,33 @@ impl Ec2SimConfig {
                 "ami-0c31c0de00290000a",
                 "cml-controller-2.9.0-1234-x86_64-2025-06-30",
                 "Cisco Modeling Labs 2.9.0 controller",
+                DEFAULT_ACCOUNT,
+                false,
                 (2025, 6, 30),
             ),
             image(
                 "ami-0c31c0de00281000b",
                 "cml-controller-2.8.1-14-x86_64-2025-01-15",
                 "Cisco Modeling Labs 2.8.1 controller",
+                DEFAULT_ACCOUNT,
+                false,
                 (2025, 1, 15),
             ),
             image(
                 "ami-0ab1ce0000000000c",
                 "ubuntu/images/hvm-ssd/ubuntu-noble-24.04-amd64-server-20250601",
                 "Canonical, Ubuntu, 24.04 LTS, amd64 noble image",
+                "099720109477",
+                true,
                 (2025, 6, 1),
+            ),
+            image(
+                "ami-0bad5a0a70000000d",
+                "cml-controller-2.9.9-0000-x86_64-2025-12-01",
+                "Not Cisco: a public image named like the controller",
+                SQUATTER_ACCOUNT,
+                true,
+                (2025, 12, 1),
             ),
         ]
         .into_iter()
@@ -128,6 +163,9 @@ impl Ec2SimConfig {
         if self.seed_instances > 0 && self.images.is_empty() {
             return bad("images", "seeded instances need at least one image".into());
         }
+        if self.account_id.len() != 12 || !self.account_id.bytes().all(|b| b.is_ascii_digit()) {
+            return bad("account_id", "must be 12 digits".into());
+        }
         if self.default_page_size == 0 {
             return bad("default_page_size", "must be at least 1".into());
         }
@@ -148,6 +186,7 @@ impl Default for Ec2SimConfig {
             terminated_retention: Duration::from_secs(3600),
             ip_pool: Self::loopback_pool(Ipv4Addr::new(127, 100, 0, 1), 1024),
             max_instances: 20_000,
+            account_id: DEFAULT_ACCOUNT.to_owned(),
             images: Self::default_images(),
             seed_instances: 0,
             seed_instance_type: literal_type("m5zn.metal"),
@@ -180,7 +219,18 @@ mod tests {
                 .iter()
                 .any(|i| ccm_cloud::glob_match("cml-controller-2.9*", &i.name))
         );
-        assert_eq!(config.images.len(), 3);
+        assert_eq!(config.images.len(), 4);
+        let newest_match = config
+            .images
+            .iter()
+            .filter(|i| ccm_cloud::glob_match("cml-controller-2.9*", &i.name))
+            .max_by_key(|i| i.creation_date)
+            .unwrap();
+        assert_eq!(
+            newest_match.owner_id.as_deref(),
+            Some(SQUATTER_ACCOUNT),
+            "the newest match is the squatter"
+        );
     }
 
     #[test]

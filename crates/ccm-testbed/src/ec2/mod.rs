@@ -7,8 +7,11 @@
 //! EC2. Each instance is bound for life to one address of a pool of loopback addresses, its
 //! public IP, so that the CML simulator's worker N answers on instance N's IP; a
 //! [`PowerHook`] tells the simulator when an instance comes up or goes down. Throttling,
-//! unavailability and latency can be injected; metrics come from a deterministic generator,
-//! or from values put with [`SimulatedCloud::put_metric`].
+//! unavailability and latency can be injected, and an instance's status checks impaired
+//! ([`SimulatedCloud::set_status_checks`]); metrics come from a deterministic generator, or
+//! from values put with [`SimulatedCloud::put_metric`]. Images have owners: the caller sees
+//! its own account's and public ones, and owner filters (`self`, account ids, aliases) work
+//! as in EC2.
 
 mod config;
 mod metrics;
@@ -22,16 +25,16 @@ use async_trait::async_trait;
 use ccm_cloud::{
     CheckStatus, CloudError, CloudProvider, Image, ImageQuery, Instance, InstanceMetrics,
     InstancePage, InstanceQuery, InstanceStatus, MetricKind, MetricsWindow, PageRequest, RunSpec,
-    StateChange, Tags, glob_match,
+    StateChange, Tags, glob_match, owned_by,
 };
-use ccm_domain::{Ec2State, InstanceId, Region};
+use ccm_domain::{Ec2State, InstanceId, Region, StatusChecks};
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use tokio::time::Instant;
 
-pub use config::Ec2SimConfig;
+pub use config::{DEFAULT_ACCOUNT, Ec2SimConfig, SQUATTER_ACCOUNT};
 
 /// How long after reaching `running` the simulated status checks stay `initializing`.
 const STATUS_CHECK_WARMUP: Duration = Duration::from_secs(120);
@@ -86,12 +89,16 @@ struct State {
     faults: Faults,
     calls: BTreeMap<&'static str, u64>,
     metric_overrides: HashMap<InstanceId, metrics::Overrides>,
+    /// Status checks forced on instances while they run ([`SimulatedCloud::set_status_checks`]).
+    status_overrides: HashMap<InstanceId, StatusChecks>,
 }
 
 #[derive(Default)]
 struct Faults {
     throttle_next: u32,
     unavailable_next: u32,
+    /// Per operation: the next calls that fail with Unavailable.
+    unavailable_ops: HashMap<&'static str, u32>,
     throttle_rate: f64,
     latency: Duration,
 }
@@ -142,6 +149,7 @@ impl SimulatedCloud {
             faults: Faults::default(),
             calls: BTreeMap::new(),
             metric_overrides: HashMap::new(),
+            status_overrides: HashMap::new(),
         };
         let shared = Arc::new(Shared {
             clock: SimClock {
@@ -218,6 +226,17 @@ impl SimulatedCloud {
         self.shared.state.lock().faults.unavailable_next = n;
     }
 
+    /// The next `n` calls of `operation` (e.g. `DescribeInstanceStatus`) fail with
+    /// [`CloudError::Unavailable`]; other operations are unaffected.
+    pub fn fail_next_of(&self, operation: &'static str, n: u32) {
+        self.shared
+            .state
+            .lock()
+            .faults
+            .unavailable_ops
+            .insert(operation, n);
+    }
+
     /// Every call takes `latency` (on `tokio::time`) before it does anything.
     pub fn set_latency(&self, latency: Duration) {
         self.shared.state.lock().faults.latency = latency;
@@ -249,6 +268,22 @@ impl SimulatedCloud {
             .put(kind, value, at);
     }
 
+    /// Forces the status checks of an instance while it runs (`None`: back to the simulated
+    /// ones — `initializing` for two minutes after reaching `running`, then `ok`). A stopped
+    /// instance's checks stay `not-applicable` either way, as in EC2. This is how tests and
+    /// `ccm demo` impair an instance.
+    pub fn set_status_checks(&self, id: &InstanceId, checks: Option<StatusChecks>) {
+        let mut state = self.shared.state.lock();
+        match checks {
+            Some(checks) => {
+                state.status_overrides.insert(id.clone(), checks);
+            }
+            None => {
+                state.status_overrides.remove(id);
+            }
+        }
+    }
+
     /// The simulated wall clock (moves with `tokio::time`).
     pub fn now(&self) -> DateTime<Utc> {
         self.shared.clock.wall(Instant::now())
@@ -278,6 +313,18 @@ impl SimulatedCloud {
             if faults.throttle_next > 0 {
                 faults.throttle_next -= 1;
                 return Err(throttled());
+            }
+            let for_op = faults
+                .unavailable_ops
+                .get_mut(operation)
+                .filter(|n| **n > 0);
+            if let Some(n) = for_op {
+                *n -= 1;
+                return Err(CloudError::from_aws(
+                    Some("Unavailable"),
+                    Some(&format!("the simulated {operation} is unavailable")),
+                    Some(503),
+                ));
             }
             if faults.unavailable_next > 0 {
                 faults.unavailable_next -= 1;
@@ -513,6 +560,7 @@ fn settle_locked(state: &mut State, config: &Ec2SimConfig, now: Instant) -> Vec<
         state.instances.remove(&seq);
         state.index.remove(&id);
         state.metric_overrides.remove(&id);
+        state.status_overrides.remove(&id);
     }
     events
 }
@@ -605,6 +653,42 @@ fn launch(
     Ok(seq)
 }
 
+impl SimulatedCloud {
+    /// Whether the caller may see (and launch) `image`: its own account's, or public.
+    fn visible(&self, image: &Image) -> bool {
+        image.public == Some(true)
+            || image.owner_id.as_deref() == Some(self.shared.config.account_id.as_str())
+    }
+
+    /// The checks of one instance now.
+    fn checks_of(state: &State, sim: &SimInstance, now: Instant) -> StatusChecks {
+        let simulated = match sim.running_since {
+            Some(since) if now.saturating_duration_since(since) >= STATUS_CHECK_WARMUP => {
+                CheckStatus::Ok
+            }
+            Some(_) => CheckStatus::Initializing,
+            None => CheckStatus::NotApplicable,
+        };
+        match state.status_overrides.get(&sim.instance.id) {
+            Some(forced) if sim.running_since.is_some() => *forced,
+            _ => StatusChecks {
+                system: simulated,
+                instance: simulated,
+            },
+        }
+    }
+}
+
+fn status_of(state: &State, sim: &SimInstance, now: Instant) -> InstanceStatus {
+    let checks = SimulatedCloud::checks_of(state, sim, now);
+    InstanceStatus {
+        id: sim.instance.id.clone(),
+        state: sim.instance.state,
+        system_status: checks.system,
+        instance_status: checks.instance,
+    }
+}
+
 fn unknown_image(id: &str) -> CloudError {
     CloudError::from_aws(
         Some("InvalidAMIID.NotFound"),
@@ -629,28 +713,33 @@ impl CloudProvider for SimulatedCloud {
         query: &ImageQuery,
     ) -> Result<Vec<Image>, CloudError> {
         self.enter("DescribeImages", region).await?;
-        let images = &self.shared.config.images;
+        let account = Some(self.shared.config.account_id.as_str());
+        let images = self
+            .shared
+            .config
+            .images
+            .iter()
+            .filter(|image| self.visible(image));
         let mut found: Vec<Image> = match query {
             ImageQuery::Ids(ids) => {
+                let images: Vec<&Image> = images.collect();
                 let mut out = Vec::new();
                 for id in ids {
                     match images.iter().find(|image| &image.id == id) {
-                        Some(image) => out.push(image.clone()),
+                        Some(image) => out.push((*image).clone()),
                         None => return Err(unknown_image(id.as_str())),
                     }
                 }
                 out
             }
+            ImageQuery::OwnedIds { ids, owners } => images
+                .filter(|image| ids.contains(&image.id))
+                .filter(|image| owned_by(image, owners, account))
+                .cloned()
+                .collect(),
             ImageQuery::Name { pattern, owners } => images
-                .iter()
                 .filter(|image| glob_match(pattern, &image.name))
-                .filter(|image| {
-                    owners.is_empty()
-                        || image
-                            .owner_id
-                            .as_ref()
-                            .is_some_and(|owner| owners.contains(owner))
-                })
+                .filter(|image| owned_by(image, owners, account))
                 .cloned()
                 .collect(),
         };
@@ -663,7 +752,11 @@ impl CloudProvider for SimulatedCloud {
         self.enter("RunInstances", region).await?;
         spec.validate()?;
         let config = &self.shared.config;
-        if !config.images.iter().any(|image| image.id == spec.image_id) {
+        if !config
+            .images
+            .iter()
+            .any(|image| image.id == spec.image_id && self.visible(image))
+        {
             return Err(unknown_image(spec.image_id.as_str()));
         }
         if let Some(subnet) = &spec.subnet_id
@@ -788,39 +881,47 @@ impl CloudProvider for SimulatedCloud {
         region: &Region,
         ids: &[InstanceId],
     ) -> Result<Vec<InstanceStatus>, CloudError> {
-        self.enter("DescribeInstanceStatus", region).await?;
-        let now = Instant::now();
-        let state = self.shared.state.lock();
-        let seqs: Vec<u64> = if ids.is_empty() {
-            state
+        if !ids.is_empty() {
+            // As EC2: at most 100 ids per call, every id must exist.
+            let mut out = Vec::with_capacity(ids.len());
+            for chunk in ids.chunks(ccm_cloud::MAX_IDS_PER_ACTION) {
+                self.enter("DescribeInstanceStatus", region).await?;
+                let now = Instant::now();
+                let state = self.shared.state.lock();
+                let seqs = Self::resolve(&state, region, chunk)?;
+                out.extend(
+                    seqs.iter()
+                        .filter_map(|seq| state.instances.get(seq))
+                        .map(|sim| status_of(&state, sim, now)),
+                );
+            }
+            return Ok(out);
+        }
+        // A whole region: one call per page, as the AWS provider pages.
+        let size = self
+            .shared
+            .config
+            .default_page_size
+            .min(ccm_cloud::MAX_PAGE_SIZE) as usize;
+        let mut out = Vec::new();
+        let mut after: Option<u64> = None;
+        loop {
+            self.enter("DescribeInstanceStatus", region).await?;
+            let now = Instant::now();
+            let state = self.shared.state.lock();
+            let mut matching = state
                 .instances
-                .iter()
+                .range(after.map_or(0, |s| s + 1)..)
                 .filter(|(_, s)| &s.instance.region == region)
-                .filter(|(_, s)| s.instance.state != Ec2State::Terminated)
-                .map(|(seq, _)| *seq)
-                .collect()
-        } else {
-            Self::resolve(&state, region, ids)?
-        };
-        Ok(seqs
-            .iter()
-            .filter_map(|seq| state.instances.get(seq))
-            .map(|sim| {
-                let check = match sim.running_since {
-                    Some(since) if now.saturating_duration_since(since) >= STATUS_CHECK_WARMUP => {
-                        CheckStatus::Ok
-                    }
-                    Some(_) => CheckStatus::Initializing,
-                    None => CheckStatus::NotApplicable,
-                };
-                InstanceStatus {
-                    id: sim.instance.id.clone(),
-                    state: sim.instance.state,
-                    system_status: check,
-                    instance_status: check,
-                }
-            })
-            .collect())
+                .filter(|(_, s)| s.instance.state != Ec2State::Terminated);
+            for (seq, sim) in matching.by_ref().take(size) {
+                out.push(status_of(&state, sim, now));
+                after = Some(*seq);
+            }
+            if matching.next().is_none() {
+                return Ok(out);
+            }
+        }
     }
 
     async fn start_instances(

@@ -236,7 +236,32 @@ fn print_worker(w: &WorkerView) -> anyhow::Result<()> {
                 opt(w.instance_type.as_ref())
             ),
         ),
+        (
+            "image",
+            w.ami.as_ref().map_or_else(
+                || "-".to_owned(),
+                |a| {
+                    format!(
+                        "{} {} (owner {})",
+                        a.id,
+                        opt(a.name.as_ref()),
+                        opt(a.owner.as_ref())
+                    )
+                },
+            ),
+        ),
         ("state", w.ec2_state.clone()),
+        (
+            "ec2 status checks",
+            format!(
+                "{} — {}",
+                s.ec2_status.value.as_ref().map_or_else(
+                    || "-".to_owned(),
+                    |c| format!("system {}, instance {}", c.system, c.instance)
+                ),
+                age(&s.ec2_status)
+            ),
+        ),
         ("service", w.service.status.clone()),
         ("endpoint", opt(w.endpoint.as_ref())),
         (
