@@ -1311,6 +1311,44 @@ impl From<&ccm_engine::JobStatus> for JobView {
     }
 }
 
+/// One replica of a cluster (several `ccm serve` on one PostgreSQL database).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaView {
+    /// Its id.
+    pub id: String,
+    /// Where its API listens (as it advertises).
+    pub address: String,
+    /// Its ccm version.
+    pub version: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Seconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_seconds: f64,
+    /// Its heartbeat is younger than the lease TTL.
+    pub live: bool,
+    /// This is the replica answering.
+    pub this: bool,
+    /// Worker partitions it holds.
+    pub partitions: u32,
+    /// Fleet-job leases it holds (`job:ec2_sync:eu-west-1`, …).
+    pub jobs: Vec<String>,
+    /// Workers in the partitions it holds.
+    pub workers: u64,
+}
+
+/// The replicas (`GET /api/v1/system/replicas`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaList {
+    /// `single_node` (SQLite: this process owns everything) or `cluster`.
+    pub mode: String,
+    /// Seconds a lease lasts without renewal (cluster only).
+    pub lease_ttl_seconds: Option<f64>,
+    /// Worker partitions (cluster only).
+    pub partitions: Option<u32>,
+    /// Every registered replica (empty for a single node).
+    pub items: Vec<ReplicaView>,
+}
+
 /// The background jobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobList {

@@ -136,6 +136,7 @@ pub static ROUTES: &[RouteSpec] = &[
     r(Method::DELETE, "/api/v1/workers/{id}/licence", MANAGER),
     r(Method::GET, "/api/v1/system/health", VIEWER),
     r(Method::GET, "/api/v1/system/counts", VIEWER),
+    r(Method::GET, "/api/v1/system/replicas", VIEWER),
     r(Method::GET, "/api/v1/system/resilience", VIEWER),
     r(Method::GET, "/api/v1/system/jobs", VIEWER),
     r(Method::POST, "/api/v1/system/jobs/{job}/run", ADMIN),
@@ -292,6 +293,7 @@ fn parts() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(labs::register, labs::deregister))
         .routes(routes!(system::health))
         .routes(routes!(system::counts))
+        .routes(routes!(system::replicas))
         .routes(routes!(system::resilience))
         .routes(routes!(system::jobs))
         .routes(routes!(system::run_job))

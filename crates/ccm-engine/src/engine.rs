@@ -79,6 +79,9 @@ struct Inner {
     commands: Arc<WorkerCommands>,
     provisioning: Provisioning,
     cml: CmlCommands,
+    ownership: Arc<dyn Ownership>,
+    /// Set by [`Engine::follow_cluster`] (several replicas on PostgreSQL).
+    cluster: std::sync::OnceLock<(Arc<crate::cluster::Listen>, crate::cluster::LeaseOwnership)>,
     running: AtomicBool,
 }
 
@@ -137,8 +140,11 @@ impl Engine {
                     state.fleet().remember(w);
                 }
             }),
-            parts.config.write_batch,
-            parts.config.write_interval,
+            (
+                parts.config.write_batch,
+                parts.config.write_interval,
+                parts.config.write_queue,
+            ),
             &tasks,
         );
         state.attach_writer(writer);
@@ -188,6 +194,8 @@ impl Engine {
                 commands,
                 provisioning,
                 cml,
+                ownership,
+                cluster: std::sync::OnceLock::new(),
                 running: AtomicBool::new(false),
             }),
         };
@@ -300,6 +308,72 @@ impl Engine {
         self.inner.running.load(Ordering::SeqCst)
             && !self.inner.tasks.is_stopping()
             && self.inner.tasks.critical_down().is_empty()
+    }
+
+    /// Whether this process may act: `Err` names why not (e.g. its cluster membership has
+    /// lapsed). Part of `/readyz`.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.inner.ownership.readiness()
+    }
+
+    /// The event bus (the cluster's log tailer feeds it).
+    pub fn bus(&self) -> &EventBus {
+        self.inner.state.bus()
+    }
+
+    /// Follows what other replicas do, through the store's notifications: their events reach
+    /// this replica's subscribers in log order, their worker changes this replica's fleet index,
+    /// their settings changes this replica's settings. Supervised as `cluster_tail`.
+    /// `lease` is this replica's ownership (for [`Self::cluster_view`]). Call once, right
+    /// after start.
+    pub fn follow_cluster(
+        &self,
+        listen: crate::cluster::Listen,
+        lease: crate::cluster::LeaseOwnership,
+    ) {
+        let state = self.inner.state.clone();
+        let cancel = self.inner.tasks.cancel_token().clone();
+        let listen = Arc::new(listen);
+        if self.inner.cluster.set((listen.clone(), lease)).is_err() {
+            tracing::warn!("follow_cluster called twice; ignored");
+            return;
+        }
+        state.bus().set_tailed();
+        self.inner
+            .tasks
+            .supervise("cluster_tail", Criticality::Critical, None, move || {
+                crate::cluster::tail(state.clone(), listen.clone(), cancel.clone())
+            });
+    }
+
+    /// Sessions ended on any replica (keys: SHA-256 of the id, hex), when this engine follows
+    /// a cluster; `None` for a single node.
+    pub fn ended_sessions(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        self.inner.cluster.get().map(|(l, _)| l.ended_sessions())
+    }
+
+    /// Every replica and lease, when this engine is one of several replicas (`None` for a
+    /// single node).
+    pub async fn cluster_view(
+        &self,
+    ) -> Option<Result<crate::cluster::ClusterView, ccm_store::StoreError>> {
+        let (_, lease) = self.inner.cluster.get()?;
+        Some(lease.view().await.map(|mut view| {
+            let holders: std::collections::HashMap<&str, &str> = view
+                .leases
+                .iter()
+                .map(|l| (l.key.as_str(), l.holder.as_str()))
+                .collect();
+            let mut workers = BTreeMap::new();
+            for (id, _) in self.inner.state.fleet().select(|_| true) {
+                let key = crate::cluster::partition_key(id, view.partitions);
+                if let Some(holder) = holders.get(key.as_str()) {
+                    *workers.entry((*holder).to_owned()).or_insert(0u64) += 1;
+                }
+            }
+            view.workers = workers;
+            view
+        }))
     }
 
     /// The runtime settings in force.

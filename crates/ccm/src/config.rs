@@ -55,6 +55,8 @@ pub(crate) struct Config {
     pub(crate) api: ccm_api::ApiConfig,
     pub(crate) auth: ccm_api::AuthConfig,
     pub(crate) database: ccm_store::StoreConfig,
+    /// Several replicas on one PostgreSQL database (ignored with SQLite).
+    pub(crate) cluster: ccm_engine::ClusterConfig,
     pub(crate) resilience: ccm_resilience::ResilienceConfig,
     pub(crate) cml: ccm_cml::CmlConfig,
     pub(crate) aws: ccm_cloud_aws::AwsConfig,
@@ -144,6 +146,7 @@ impl Config {
         self.api.validate().map_err(|e| e.to_string())?;
         self.auth.validate().map_err(|e| e.to_string())?;
         self.database.validate()?;
+        self.cluster.validate()?;
         self.resilience.validate().map_err(
             |ccm_resilience::ConfigError::Invalid { key, reason }| format!("{key}: {reason}"),
         )?;

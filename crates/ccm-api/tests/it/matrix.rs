@@ -95,6 +95,7 @@ fn expected() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
         (M::DELETE, "/api/v1/workers/{id}/licence", m, None),
         (M::GET, "/api/v1/system/health", v, None),
         (M::GET, "/api/v1/system/counts", v, None),
+        (M::GET, "/api/v1/system/replicas", v, None),
         (M::GET, "/api/v1/system/resilience", v, None),
         (M::GET, "/api/v1/system/jobs", v, None),
         (M::POST, "/api/v1/system/jobs/{job}/run", a, None),

@@ -267,6 +267,108 @@ pub async fn concurrent_read_modify_writes_should_lose_no_update(backend: &dyn B
     );
 }
 
+/// `save_changes` stores each worker with its events in one transaction: saved rows get their
+/// events (with positions, transient ones unstored), a stale or duplicate row fails alone and
+/// leaves no event behind.
+pub async fn saved_changes_should_carry_their_events_and_fail_row_by_row(backend: &dyn Backend) {
+    let store = open(backend).await;
+    let a = store
+        .insert(&worker(1, "a", "eu-west-1", Ec2State::Running))
+        .await
+        .unwrap();
+    let b = store
+        .insert(&worker(2, "b", "eu-west-1", Ec2State::Running))
+        .await
+        .unwrap();
+    let c = store
+        .insert(&worker(3, "c", "eu-west-1", Ec2State::Running))
+        .await
+        .unwrap();
+    let before = store.last_seq().await.unwrap();
+    let event = |w: &Worker| {
+        Event::new(
+            "/test",
+            Some(w.id),
+            EventKind::WorkerDeleted {
+                by: Actor::user("t"),
+            },
+            t(10),
+        )
+    };
+    let mut a2 = a.clone();
+    a2.name = "a2".into();
+    let stale = {
+        let mut b1 = b.clone();
+        b1.version = 0; // never current
+        b1
+    };
+    let mut dup = c.clone();
+    dup.instance_id = Some(instance(1)); // a's instance: a uniqueness rule
+    let writes = [
+        crate::WorkerWrite {
+            worker: a2,
+            events: vec![event(&a), event(&a)],
+            fence: None,
+        },
+        crate::WorkerWrite {
+            worker: stale,
+            events: vec![event(&b)],
+            fence: None,
+        },
+        crate::WorkerWrite {
+            worker: dup,
+            events: vec![event(&c)],
+            fence: None,
+        },
+    ];
+    let out = store.save_changes(&writes).await.unwrap();
+    assert_eq!(out.len(), 3);
+    match &out[0] {
+        crate::WriteOutcome::Saved { worker, seqs } => {
+            assert_eq!(worker.version, 2);
+            assert_eq!(seqs.len(), 2);
+            assert!(seqs.iter().all(|s| s.is_some_and(|s| s > before)));
+        }
+        other => panic!("the clean row should be saved: {other:?}"),
+    }
+    assert!(
+        matches!(
+            &out[1],
+            crate::WriteOutcome::Failed(StoreError::Conflict { .. })
+        ),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(
+            &out[2],
+            crate::WriteOutcome::Failed(StoreError::Duplicate { .. })
+        ),
+        "{:?}",
+        out[2]
+    );
+    let logged = store
+        .read(&EventQuery {
+            after: Some(before),
+            ..EventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        logged.len(),
+        2,
+        "only the saved row's events are in the log"
+    );
+    assert!(
+        logged
+            .iter()
+            .all(|e| e.event.subject.as_deref() == Some(a.id.to_string().as_str()))
+    );
+    assert_eq!(store.get(a.id).await.unwrap().unwrap().name, "a2");
+    assert_eq!(store.get(c.id).await.unwrap().unwrap().version, 1);
+    assert!(store.save_changes(&[]).await.unwrap().is_empty());
+}
+
 /// In one batch: a good row is saved, a stale one conflicts, one that takes another's
 /// instance is a duplicate, the same worker twice saves once — each on its own.
 pub async fn update_many_should_save_or_refuse_each_row_on_its_own(backend: &dyn Backend) {
