@@ -79,7 +79,6 @@ struct Inner {
     commands: Arc<WorkerCommands>,
     provisioning: Provisioning,
     cml: CmlCommands,
-    ownership: Arc<dyn Ownership>,
     /// Set by [`Engine::follow_cluster`] (several replicas on PostgreSQL).
     cluster: std::sync::OnceLock<(Arc<crate::cluster::Listen>, crate::cluster::LeaseOwnership)>,
     running: AtomicBool,
@@ -194,7 +193,6 @@ impl Engine {
                 commands,
                 provisioning,
                 cml,
-                ownership,
                 cluster: std::sync::OnceLock::new(),
                 running: AtomicBool::new(false),
             }),

@@ -123,7 +123,10 @@ async fn every_metric_in_the_alert_rules_and_the_dashboard_should_be_exported() 
         if cycle >= 3 && handle.render().contains("ccm_retry_budget_exhausted_total") {
             break;
         }
-        assert!(cycle < 40, "40 sync cycles and the retry budget never refused a retry");
+        assert!(
+            cycle < 40,
+            "40 sync cycles and the retry budget never refused a retry"
+        );
     }
     engine.trigger_job(JobKind::Labs).await.unwrap();
 
