@@ -130,45 +130,7 @@ mod tests {
     /// the kind it is described as.
     #[test]
     fn every_metric_should_be_described_and_named_by_the_conventions() {
-        let text = include_str!("metrics.rs");
-        let body = text.split("pub fn describe()").nth(1).unwrap_or_default();
-        // The describe macro before each identifier in `describe`'s body.
-        let mut kind = "";
-        let mut described = std::collections::HashMap::new();
-        for token in body.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
-            if token.starts_with("describe_") {
-                kind = token;
-            } else if !token.is_empty() {
-                described.insert(token, kind);
-            }
-        }
-        let mut names = 0;
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("pub const ") && l.contains(": &str = "))
-        {
-            let constant = line["pub const ".len()..]
-                .split(':')
-                .next()
-                .unwrap_or_default();
-            let name = line.split('"').nth(1).unwrap_or_default();
-            let kind = described
-                .get(constant)
-                .unwrap_or_else(|| panic!("{constant} is not described"));
-            assert!(name.starts_with("ccm_"), "{name}");
-            match *kind {
-                "describe_counter" => assert!(name.ends_with("_total"), "{name}"),
-                "describe_histogram" => {
-                    assert!(
-                        name.ends_with("_seconds") || name.ends_with("_bytes"),
-                        "{name}"
-                    );
-                }
-                "describe_gauge" => assert!(!name.ends_with("_total"), "{name}"),
-                other => panic!("{constant}: unknown kind {other:?}"),
-            }
-            names += 1;
-        }
+        let names = ccm_resilience::metrics::check_catalogue(include_str!("metrics.rs"));
         assert!(names >= 8, "found only {names} metrics");
     }
 }
