@@ -305,6 +305,8 @@ pub struct RoleMapping {
     pub admin: Vec<String>,
     /// Claim values that mean `manager`.
     pub manager: Vec<String>,
+    /// Claim values that mean `lab_operator` (lab actions and refresh, nothing else).
+    pub lab_operator: Vec<String>,
     /// Claim values that mean `viewer`.
     pub viewer: Vec<String>,
 }
@@ -314,6 +316,7 @@ impl Default for RoleMapping {
         Self {
             admin: vec!["ccm-admin".into()],
             manager: vec!["ccm-manager".into()],
+            lab_operator: vec!["ccm-lab-operator".into()],
             viewer: vec!["ccm-viewer".into()],
         }
     }
@@ -332,6 +335,8 @@ impl RoleMapping {
             Some(Role::Admin)
         } else if has(&self.manager) {
             Some(Role::Manager)
+        } else if has(&self.lab_operator) {
+            Some(Role::LabOperator)
         } else if has(&self.viewer) {
             Some(Role::Viewer)
         } else {
@@ -745,6 +750,14 @@ mod tests {
         let m = RoleMapping::default();
         assert_eq!(m.role_of(["ccm-viewer", "ccm-admin"]), Some(Role::Admin));
         assert_eq!(m.role_of(["ccm-manager"]), Some(Role::Manager));
+        assert_eq!(
+            m.role_of(["ccm-viewer", "ccm-lab-operator"]),
+            Some(Role::LabOperator)
+        );
+        assert_eq!(
+            m.role_of(["ccm-lab-operator", "ccm-manager"]),
+            Some(Role::Manager)
+        );
         assert_eq!(m.role_of(["other"]), None);
     }
 

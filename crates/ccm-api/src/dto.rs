@@ -16,7 +16,7 @@ use ccm_domain::observed::Sourced;
 use ccm_domain::schedule::ScheduleState;
 use ccm_domain::service::Reason;
 use ccm_domain::worker::{ActivitySource, CloudWatchMetrics, Counters, HistoryKind};
-use ccm_domain::{Freshness, Secret, StatusChecks, Worker};
+use ccm_domain::{Freshness, LabAction, Secret, StatusChecks, Worker};
 use ccm_engine::Engine;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -24,6 +24,7 @@ use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 use crate::auth::{AuthMethod, Role};
+pub use crate::handlers::webhooks::{BlockedEventView, WebhookList, WebhookView};
 
 // === views: workers ===
 
@@ -620,6 +621,11 @@ pub struct WorkerView {
     /// `delete`, `update_tags`, `enable_detailed_monitoring`, `refresh`, `licence`); the
     /// caller's role may allow less.
     pub actions: Vec<String>,
+    /// Why each action not in `actions` is not possible now (action → the refusal a command
+    /// would give), for a disabled button's explanation.
+    pub action_reasons: BTreeMap<String, String>,
+    /// Why lab and licence actions cannot reach the worker's CML now (`null`: they can).
+    pub cml_blocked: Option<String>,
 }
 
 impl WorkerView {
@@ -778,6 +784,16 @@ impl WorkerView {
                         .and_then(|v| v.as_str().map(str::to_owned))
                 })
                 .collect(),
+            action_reasons: w
+                .action_blockers(now)
+                .into_iter()
+                .filter_map(|(a, why)| {
+                    serde_json::to_value(a)
+                        .ok()
+                        .and_then(|v| v.as_str().map(|k| (k.to_owned(), why)))
+                })
+                .collect(),
+            cml_blocked: w.cml_blocker().map(str::to_owned),
         }
     }
 }
@@ -908,6 +924,9 @@ pub struct LabView {
     pub modified: Option<DateTime<Utc>>,
     /// When ccm read it.
     pub observed_at: DateTime<Utc>,
+    /// Why CML would refuse an action in the lab's state (`start`, `stop`, `wipe`,
+    /// `delete` → reason); an action not listed is possible.
+    pub action_reasons: BTreeMap<String, String>,
 }
 
 impl From<&LabRecord> for LabView {
@@ -925,6 +944,19 @@ impl From<&LabRecord> for LabView {
             created: l.created,
             modified: l.modified,
             observed_at: l.observed_at,
+            action_reasons: [
+                LabAction::Start,
+                LabAction::Stop,
+                LabAction::Wipe,
+                LabAction::Delete,
+            ]
+            .into_iter()
+            .filter_map(|a| {
+                let why = l.action_blocker(a)?;
+                let key = serde_json::to_value(a).ok()?.as_str()?.to_owned();
+                Some((key, why.to_owned()))
+            })
+            .collect(),
         }
     }
 }
@@ -1065,6 +1097,167 @@ impl From<ccm_engine::ImportReport> for ImportView {
                     reason,
                 })
                 .collect(),
+        }
+    }
+}
+
+/// What a create or import form may offer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ProvisioningView {
+    /// Regions the cloud serves.
+    pub regions: Vec<String>,
+    /// The region used when a request names none.
+    pub default_region: Option<String>,
+    /// The instance type used when a request names none.
+    pub default_instance_type: String,
+    /// The instance types a request may choose, the default first; empty: any valid type.
+    pub instance_types: Vec<String>,
+    /// The configured image id, if any (wins over the pattern).
+    pub ami_id: Option<String>,
+    /// The configured image name pattern, if any.
+    pub ami_name_pattern: Option<String>,
+    /// Tags every new worker gets.
+    pub tags: BTreeMap<String, String>,
+    /// The configured import filter (`configured: true` in an import).
+    pub import: ImportFilterView,
+}
+
+/// The configured `[import]` filter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImportFilterView {
+    /// Regions an import searches.
+    pub regions: Vec<String>,
+    /// Instances from images whose name matches.
+    pub ami_name_pattern: Option<String>,
+    /// Instances carrying this tag (`key=value`).
+    pub tag: Option<String>,
+}
+
+impl From<ccm_engine::ProvisioningOptions> for ProvisioningView {
+    fn from(o: ccm_engine::ProvisioningOptions) -> Self {
+        Self {
+            regions: o.regions.iter().map(ToString::to_string).collect(),
+            default_region: o.default_region.map(|r| r.to_string()),
+            default_instance_type: o.default_instance_type,
+            instance_types: o.instance_types,
+            ami_id: o.ami_id,
+            ami_name_pattern: o.ami_name_pattern,
+            tags: o.tags,
+            import: ImportFilterView {
+                regions: o.import_regions.iter().map(ToString::to_string).collect(),
+                ami_name_pattern: o.import_ami_name_pattern,
+                tag: o.import_tag,
+            },
+        }
+    }
+}
+
+/// An image.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImageView {
+    /// Image id.
+    pub id: String,
+    /// Image name.
+    pub name: String,
+    /// The owner's account id.
+    pub owner_id: Option<String>,
+    /// When it was created.
+    pub creation_date: Option<DateTime<Utc>>,
+    /// EC2's state of the image (`available`, …).
+    pub state: String,
+    /// Description.
+    pub description: Option<String>,
+}
+
+/// The image a create request would use, resolved without launching anything.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImagePreviewView {
+    /// The region searched.
+    pub region: String,
+    /// The image that would be used (the newest match of the trusted owners).
+    pub selected: Option<ImageView>,
+    /// The images considered (today: the selected one).
+    pub images: Vec<ImageView>,
+}
+
+/// One instance an import would take.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImportCandidateView {
+    /// The instance.
+    pub instance_id: String,
+    /// Its region.
+    pub region: String,
+    /// Its `Name` tag.
+    pub name: Option<String>,
+    /// Its EC2 state.
+    pub state: String,
+    /// Its instance type.
+    pub instance_type: String,
+    /// Its image.
+    pub image_id: String,
+    /// When it was launched.
+    pub launch_time: Option<DateTime<Utc>>,
+    /// The worker it already is (`null`: the import would create one).
+    pub worker_id: Option<Uuid>,
+    /// Why it would not be imported, if so.
+    pub skip_reason: Option<String>,
+}
+
+/// What an import would do (nothing is changed).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ImportPreviewView {
+    /// Every matching instance.
+    pub candidates: Vec<ImportCandidateView>,
+    /// How many would become new workers.
+    pub new: u32,
+    /// How many already are workers.
+    pub existing: u32,
+    /// Ids asked for but not found.
+    pub skipped: Vec<SkippedInstanceView>,
+    /// Whether the import needs `all: true` (several matches of an image selector).
+    pub needs_all: bool,
+}
+
+impl From<ccm_engine::ImportPreview> for ImportPreviewView {
+    fn from(p: ccm_engine::ImportPreview) -> Self {
+        let importable = |c: &&ccm_engine::ImportCandidate| c.skip_reason.is_none();
+        Self {
+            new: p
+                .candidates
+                .iter()
+                .filter(importable)
+                .filter(|c| c.worker.is_none())
+                .count() as u32,
+            existing: p
+                .candidates
+                .iter()
+                .filter(importable)
+                .filter(|c| c.worker.is_some())
+                .count() as u32,
+            candidates: p
+                .candidates
+                .into_iter()
+                .map(|c| ImportCandidateView {
+                    instance_id: c.instance_id.to_string(),
+                    region: c.region.to_string(),
+                    name: c.name,
+                    state: c.state.as_str().to_owned(),
+                    instance_type: c.instance_type.to_string(),
+                    image_id: c.image_id.to_string(),
+                    launch_time: c.launch_time,
+                    worker_id: c.worker.map(|w| w.as_uuid()),
+                    skip_reason: c.skip_reason,
+                })
+                .collect(),
+            skipped: p
+                .skipped
+                .into_iter()
+                .map(|(instance_id, reason)| SkippedInstanceView {
+                    instance_id,
+                    reason,
+                })
+                .collect(),
+            needs_all: p.needs_all,
         }
     }
 }
@@ -1229,6 +1422,44 @@ impl From<&ccm_engine::JobStatus> for JobView {
     }
 }
 
+/// One replica of a cluster (several `ccm serve` on one PostgreSQL database).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaView {
+    /// Its id.
+    pub id: String,
+    /// Where its API listens (as it advertises).
+    pub address: String,
+    /// Its ccm version.
+    pub version: String,
+    /// When it started.
+    pub started_at: DateTime<Utc>,
+    /// Seconds since its last heartbeat, by the database's clock.
+    pub heartbeat_age_seconds: f64,
+    /// Its heartbeat is younger than the lease TTL.
+    pub live: bool,
+    /// This is the replica answering.
+    pub this: bool,
+    /// Worker partitions it holds.
+    pub partitions: u32,
+    /// Fleet-job leases it holds (`job:ec2_sync:eu-west-1`, …).
+    pub jobs: Vec<String>,
+    /// Workers in the partitions it holds.
+    pub workers: u64,
+}
+
+/// The replicas (`GET /api/v1/system/replicas`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ReplicaList {
+    /// `single_node` (SQLite: this process owns everything) or `cluster`.
+    pub mode: String,
+    /// Seconds a lease lasts without renewal (cluster only).
+    pub lease_ttl_seconds: Option<f64>,
+    /// Worker partitions (cluster only).
+    pub partitions: Option<u32>,
+    /// Every registered replica (empty for a single node).
+    pub items: Vec<ReplicaView>,
+}
+
 /// The background jobs.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct JobList {
@@ -1363,6 +1594,9 @@ pub struct SessionView {
     pub csrf_token: Option<String>,
     /// With the cookie: when the session ends.
     pub expires_at: Option<DateTime<Utc>>,
+    /// The routes this caller's role may call, as `METHOD /path/{template}` (from the role
+    /// table): a UI shows only the buttons whose route is listed.
+    pub permissions: Vec<String>,
 }
 
 /// How a browser can sign in.

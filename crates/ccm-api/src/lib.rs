@@ -15,6 +15,7 @@
 //! |---|---|
 //! | public | `/healthz`, `/readyz`, the sign-in (`/api/v1/session` POST/DELETE, `/session/methods`, `/session/oidc…`), the web UI's page shell and assets (`/`, `/login`, `/ui/{file}`) |
 //! | viewer | every `GET`: workers, labs (incl. topology download), metrics history, events (SSE), system, settings, `/metrics`, the OpenAPI document and docs page |
+//! | lab_operator | what a viewer may, plus lab actions (start, stop, wipe, import) and refreshing a worker |
 //! | manager | operate workers (create, import, start, stop, pause, resume, refresh, tags, detailed monitoring, idle switch), labs (start, stop, wipe, delete, import) and licences |
 //! | admin | everything, incl. terminate, delete a worker record, change settings, run jobs |
 //!

@@ -24,6 +24,9 @@ pub const OIDC_JWKS_FETCHES: &str = "ccm_oidc_jwks_fetches_total";
 pub const WORKERS: &str = "ccm_workers";
 /// Gauge `{status}`: workers by service status (set when `/metrics` is scraped).
 pub const WORKERS_BY_SERVICE: &str = "ccm_workers_by_service";
+/// Gauge: workers whose last successful poll is older than their stale threshold (set when
+/// `/metrics` is scraped).
+pub const WORKERS_STALE: &str = "ccm_workers_stale";
 /// Gauge: live SSE clients.
 pub const SSE_CLIENTS: &str = "ccm_sse_clients";
 /// Counter: events replayed to SSE clients from the event log.
@@ -103,6 +106,11 @@ pub fn describe() {
         Unit::Count,
         "Workers by CML service status."
     );
+    describe_gauge!(
+        WORKERS_STALE,
+        Unit::Count,
+        "Workers whose data is stale (no successful poll within the stale threshold)."
+    );
     describe_gauge!(SSE_CLIENTS, Unit::Count, "Live event-stream (SSE) clients.");
     describe_counter!(
         SSE_REPLAYED,
@@ -142,7 +150,7 @@ pub enum MetricsError {
 }
 
 /// Installs the process's Prometheus recorder ([`prometheus`]) and describes the metrics of
-/// `ccm-resilience`, `ccm-engine` and this crate. Idempotent: later calls return the same
+/// `ccm-resilience`, `ccm-engine`, `ccm-webhooks` and this crate. Idempotent: later calls return the same
 /// handle (for `/metrics`).
 pub fn install() -> Result<PrometheusHandle, MetricsError> {
     static HANDLE: Mutex<Option<PrometheusHandle>> = Mutex::new(None);
@@ -155,6 +163,7 @@ pub fn install() -> Result<PrometheusHandle, MetricsError> {
     ::metrics::set_global_recorder(recorder).map_err(|_| MetricsError::AlreadyInstalled)?;
     ccm_resilience::metrics::describe();
     ccm_engine::metrics::describe();
+    ccm_webhooks::metrics::describe();
     describe();
     *slot = Some(handle.clone());
     Ok(handle)
@@ -166,45 +175,7 @@ mod tests {
     /// the kind it is described as.
     #[test]
     fn every_metric_should_be_described_and_named_by_the_conventions() {
-        let text = include_str!("metrics.rs");
-        let body = text.split("pub fn describe()").nth(1).unwrap_or_default();
-        // The describe macro before each identifier in `describe`'s body.
-        let mut kind = "";
-        let mut described = std::collections::HashMap::new();
-        for token in body.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
-            if token.starts_with("describe_") {
-                kind = token;
-            } else if !token.is_empty() {
-                described.insert(token, kind);
-            }
-        }
-        let mut names = 0;
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("pub const ") && l.contains(": &str = "))
-        {
-            let constant = line["pub const ".len()..]
-                .split(':')
-                .next()
-                .unwrap_or_default();
-            let name = line.split('"').nth(1).unwrap_or_default();
-            let kind = described
-                .get(constant)
-                .unwrap_or_else(|| panic!("{constant} is not described"));
-            assert!(name.starts_with("ccm_"), "{name}");
-            match *kind {
-                "describe_counter" => assert!(name.ends_with("_total"), "{name}"),
-                "describe_histogram" => {
-                    assert!(
-                        name.ends_with("_seconds") || name.ends_with("_bytes"),
-                        "{name}"
-                    );
-                }
-                "describe_gauge" => assert!(!name.ends_with("_total"), "{name}"),
-                other => panic!("{constant}: unknown kind {other:?}"),
-            }
-            names += 1;
-        }
+        let names = ccm_resilience::metrics::check_catalogue(include_str!("metrics.rs"));
         assert!(names >= 11, "found only {names} metrics");
     }
 }

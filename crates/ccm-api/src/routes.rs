@@ -12,6 +12,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, Method, header};
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument as _;
 use utoipa::OpenApi;
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa_axum::router::OpenApiRouter;
@@ -19,7 +20,7 @@ use utoipa_axum::routes;
 
 use crate::auth::{self, Role};
 use crate::error::ApiError;
-use crate::handlers::{labs, meta, session, system, workers};
+use crate::handlers::{labs, meta, session, system, webhooks, workers};
 use crate::sse;
 use crate::state::ApiState;
 
@@ -45,6 +46,7 @@ pub struct RouteSpec {
 
 const PUBLIC: Access = Access::Public;
 const VIEWER: Access = Access::Role(Role::Viewer);
+const LAB_OPERATOR: Access = Access::Role(Role::LabOperator);
 const MANAGER: Access = Access::Role(Role::Manager);
 const ADMIN: Access = Access::Role(Role::Admin);
 
@@ -60,8 +62,9 @@ const fn r(method: Method, path: &'static str, access: Access) -> RouteSpec {
 ///
 /// - public: the probes, the sign-in, and the web UI's page shell and assets (no data);
 /// - viewer: every read (lists, details, labs' topology download, events, metrics, docs);
-/// - manager: operating workers (create, import, start, stop, pause, resume, refresh, tags,
-///   detailed monitoring, idle switch), labs (incl. import and delete) and licences;
+/// - lab_operator: lab actions (start, stop, wipe, import) and refreshing a worker;
+/// - manager: operating workers (create, import, start, stop, pause, resume, tags, detailed
+///   monitoring, idle switch), deleting labs, and licences;
 /// - admin: terminate, delete a worker record, change settings, run jobs.
 pub static ROUTES: &[RouteSpec] = &[
     r(Method::GET, "/healthz", PUBLIC),
@@ -81,6 +84,10 @@ pub static ROUTES: &[RouteSpec] = &[
     r(Method::GET, "/api/v1/workers", VIEWER),
     r(Method::POST, "/api/v1/workers", MANAGER),
     r(Method::POST, "/api/v1/workers/import", MANAGER),
+    // A preview asks the cloud (DescribeInstances, DescribeImages) on the caller's behalf:
+    // only for those who may import or create.
+    r(Method::POST, "/api/v1/workers/import/preview", MANAGER),
+    r(Method::GET, "/api/v1/images", MANAGER),
     r(Method::GET, "/api/v1/workers/{id}", VIEWER),
     r(Method::DELETE, "/api/v1/workers/{id}", ADMIN),
     r(Method::POST, "/api/v1/workers/{id}/start", MANAGER),
@@ -88,7 +95,7 @@ pub static ROUTES: &[RouteSpec] = &[
     r(Method::POST, "/api/v1/workers/{id}/pause", MANAGER),
     r(Method::POST, "/api/v1/workers/{id}/resume", MANAGER),
     r(Method::POST, "/api/v1/workers/{id}/terminate", ADMIN),
-    r(Method::POST, "/api/v1/workers/{id}/refresh", MANAGER),
+    r(Method::POST, "/api/v1/workers/{id}/refresh", LAB_OPERATOR),
     r(Method::PATCH, "/api/v1/workers/{id}/tags", MANAGER),
     r(
         Method::POST,
@@ -101,7 +108,7 @@ pub static ROUTES: &[RouteSpec] = &[
     r(Method::GET, "/api/v1/workers/{id}/metrics", VIEWER),
     r(Method::GET, "/api/v1/workers/{id}/events", VIEWER),
     r(Method::GET, "/api/v1/workers/{id}/labs", VIEWER),
-    r(Method::POST, "/api/v1/workers/{id}/labs", MANAGER),
+    r(Method::POST, "/api/v1/workers/{id}/labs", LAB_OPERATOR),
     r(
         Method::DELETE,
         "/api/v1/workers/{id}/labs/{lab_id}",
@@ -110,17 +117,17 @@ pub static ROUTES: &[RouteSpec] = &[
     r(
         Method::POST,
         "/api/v1/workers/{id}/labs/{lab_id}/start",
-        MANAGER,
+        LAB_OPERATOR,
     ),
     r(
         Method::POST,
         "/api/v1/workers/{id}/labs/{lab_id}/stop",
-        MANAGER,
+        LAB_OPERATOR,
     ),
     r(
         Method::POST,
         "/api/v1/workers/{id}/labs/{lab_id}/wipe",
-        MANAGER,
+        LAB_OPERATOR,
     ),
     r(
         Method::GET,
@@ -131,10 +138,13 @@ pub static ROUTES: &[RouteSpec] = &[
     r(Method::DELETE, "/api/v1/workers/{id}/licence", MANAGER),
     r(Method::GET, "/api/v1/system/health", VIEWER),
     r(Method::GET, "/api/v1/system/counts", VIEWER),
+    r(Method::GET, "/api/v1/system/replicas", VIEWER),
     r(Method::GET, "/api/v1/system/resilience", VIEWER),
     r(Method::GET, "/api/v1/system/jobs", VIEWER),
     r(Method::POST, "/api/v1/system/jobs/{job}/run", ADMIN),
     r(Method::GET, "/api/v1/system/savings", VIEWER),
+    r(Method::GET, "/api/v1/system/webhooks", VIEWER),
+    r(Method::GET, "/api/v1/system/provisioning", VIEWER),
     r(Method::GET, "/api/v1/settings", VIEWER),
     r(Method::PATCH, "/api/v1/settings", ADMIN),
     // The web UI: page shell and assets hold no data (it all comes from the API above).
@@ -173,6 +183,43 @@ pub fn access(method: &Method, path: &str) -> Option<Access> {
     rules.get(&(method, *path)).copied()
 }
 
+/// The route template a request path matches (`/api/v1/workers/{id}`), found by `matchit` — the
+/// matcher axum routes with — over the paths of [`ROUTES`]. The request's span is named after
+/// it when the span opens, before axum has routed the request.
+pub fn route_of(path: &str) -> Option<&'static str> {
+    static MATCHER: OnceLock<matchit::Router<&'static str>> = OnceLock::new();
+    let matcher = MATCHER.get_or_init(|| {
+        let mut m = matchit::Router::new();
+        for p in table().1.iter() {
+            if let Err(e) = m.insert(*p, *p) {
+                tracing::error!(path = p, error = %e, "route template not matchable");
+            }
+        }
+        m
+    });
+    matcher.at(path).ok().map(|m| *m.value)
+}
+
+impl Access {
+    /// Whether a caller with `role` may call a route with this rule.
+    pub fn allows(self, role: Role) -> bool {
+        match self {
+            Access::Public => true,
+            Access::Role(required) => role >= required,
+        }
+    }
+}
+
+/// The API routes (`/api/v1/…`) a role may call, as `METHOD /path/{template}`: what the web
+/// UI reads to show only the buttons a caller may use (the role table stays the one rule).
+pub fn permissions(role: Role) -> Vec<String> {
+    ROUTES
+        .iter()
+        .filter(|r| r.path.starts_with("/api/v1/") && r.access.allows(role))
+        .map(|r| format!("{} {}", r.method, r.path))
+        .collect()
+}
+
 /// Whether any method of this routed path has a rule.
 pub(crate) fn is_known_path(path: &str) -> bool {
     table().1.contains(path)
@@ -186,14 +233,15 @@ pub(crate) fn is_known_path(path: &str) -> bool {
 Authenticate with `Authorization: Bearer <token>` (a static API token or an OIDC access token), \
 or sign in (`POST /api/v1/session`) for a session cookie; with the cookie, state-changing requests \
 need the `X-CSRF-Token` header. Each operation's minimum role is in `x-ccm-role` \
-(`public`, `viewer`, `manager`, `admin`). Errors are RFC 9457 `application/problem+json`.",
+(`public`, `viewer`, `lab_operator`, `manager`, `admin`). Errors are RFC 9457 `application/problem+json`.",
     ),
     tags(
         (name = "workers", description = "CML workers on EC2"),
         (name = "labs", description = "Labs of a worker"),
+        (name = "images", description = "Machine images (AMIs) a new worker could use"),
         (name = "licence", description = "The CML licence of a worker"),
         (name = "events", description = "Live events (SSE)"),
-        (name = "system", description = "Health, jobs, breakers, savings"),
+        (name = "system", description = "Health, jobs, breakers, savings, webhooks"),
         (name = "settings", description = "Runtime settings"),
         (name = "session", description = "Browser sign-in"),
         (name = "probes", description = "Liveness, readiness, metrics"),
@@ -224,6 +272,8 @@ fn parts() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(sse::events))
         .routes(routes!(workers::list, workers::create))
         .routes(routes!(workers::import))
+        .routes(routes!(workers::import_preview))
+        .routes(routes!(workers::images))
         .routes(routes!(workers::get, workers::delete))
         .routes(routes!(workers::start))
         .routes(routes!(workers::stop))
@@ -246,10 +296,13 @@ fn parts() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(labs::register, labs::deregister))
         .routes(routes!(system::health))
         .routes(routes!(system::counts))
+        .routes(routes!(system::replicas))
         .routes(routes!(system::resilience))
         .routes(routes!(system::jobs))
         .routes(routes!(system::run_job))
         .routes(routes!(system::savings))
+        .routes(routes!(webhooks::list))
+        .routes(routes!(system::provisioning))
         .routes(routes!(system::get_settings, system::patch_settings))
         .routes(routes!(crate::ui::index))
         .routes(routes!(crate::ui::login))
@@ -283,6 +336,14 @@ fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
     crate::event_schema::add_components(components);
     crate::dto::fix_source_view_schemas(components);
     doc.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    if let Some(op) = doc
+        .paths
+        .paths
+        .get_mut("/api/v1/events")
+        .and_then(|item| item.get.as_mut())
+    {
+        op.description = Some(event_catalogue_text());
+    }
     for (path, item) in doc.paths.paths.iter_mut() {
         let ops = [
             (Method::GET, item.get.as_mut()),
@@ -307,6 +368,33 @@ fn finish(mut doc: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
         }
     }
     doc
+}
+
+/// The event catalogue as documentation: every CloudEvents type, which ones are transient
+/// (live streams only, not in the log, never delivered to webhooks), and which are reserved
+/// (in the catalogue, not emitted by this version).
+pub fn event_catalogue_text() -> String {
+    use ccm_domain::EventKind;
+    let list = |f: fn(&ccm_domain::EventShape) -> bool| {
+        let names: Vec<String> = EventKind::SHAPES
+            .iter()
+            .filter(|t| f(t))
+            .map(|t| format!("`{}`", t.type_name))
+            .collect();
+        if names.is_empty() {
+            "none".to_owned()
+        } else {
+            names.join(", ")
+        }
+    };
+    format!(
+        "The live event stream (CloudEvents 1.0, JSON). Event types: {}.\n\n\
+Transient (sent live, not kept in the event log, not replayed, not delivered to webhooks): {}.\n\n\
+Reserved (in the catalogue for compatibility, not emitted by this version): {}.",
+        list(|_| true),
+        list(|t| t.transient),
+        list(|t| t.reserved),
+    )
 }
 
 /// The OpenAPI 3.1 document of the API.
@@ -351,6 +439,53 @@ async fn security_headers(req: Request, next: middleware::Next) -> Response {
     );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    res
+}
+
+/// The header carrying a request's id, in both directions.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// A request's id (from a sane `X-Request-Id`, or made here), in the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestId(pub String);
+
+/// The client's `X-Request-Id` when it is sane (1 to 128 of letters, digits, `.`, `_`, `:`,
+/// `-`): anything else is replaced, so a log or trace never carries a client's junk.
+fn incoming_request_id(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get(REQUEST_ID)?.to_str().ok()?.trim();
+    let sane = (1..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b));
+    sane.then(|| v.to_owned())
+}
+
+/// The outermost layer: every request runs inside an `info_span!("http")` named
+/// `"{method} {route template}"` ([`route_of`]; the method alone for unknown paths), with the
+/// method, the route, the status and its request id, which the answer carries back in
+/// `X-Request-Id` (errors and panics included). Never the raw path or query.
+async fn trace_request(mut req: Request, next: middleware::Next) -> Response {
+    let id = incoming_request_id(req.headers()).unwrap_or_else(|| uuid::Uuid::now_v7().to_string());
+    let method = req.method().clone();
+    let route = route_of(req.uri().path());
+    let name = match route {
+        Some(r) => format!("{method} {r}"),
+        None => method.to_string(),
+    };
+    let span = tracing::info_span!(
+        "http",
+        "otel.kind" = "server",
+        "otel.name" = name,
+        "http.request.method" = %method,
+        "http.route" = route,
+        "http.response.status_code" = tracing::field::Empty,
+        request_id = %id,
+    );
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let mut res = next.run(req).instrument(span.clone()).await;
+    span.record("http.response.status_code", res.status().as_u16());
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert(REQUEST_ID, v);
     }
     res
 }
@@ -411,7 +546,12 @@ pub fn router(state: ApiState) -> Router {
                 header::IF_MATCH,
                 http::HeaderName::from_static("last-event-id"),
             ])
-            .expose_headers([header::LOCATION, header::ETAG, header::RETRY_AFTER])
+            .expose_headers([
+                header::LOCATION,
+                header::ETAG,
+                header::RETRY_AFTER,
+                http::HeaderName::from_static(REQUEST_ID),
+            ])
     });
     let app = routes
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::guard))
@@ -420,9 +560,37 @@ pub fn router(state: ApiState) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
         .layer(middleware::from_fn(security_headers))
-        .layer(CatchPanicLayer::custom(panic_response));
+        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(middleware::from_fn(trace_request));
     match cors {
         Some(cors) => app.layer(cors),
         None => app,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_paths_should_map_to_their_route_templates() {
+        for (path, route) in [
+            ("/api/v1/workers", Some("/api/v1/workers")),
+            ("/api/v1/workers/import", Some("/api/v1/workers/import")),
+            ("/api/v1/workers/0193abcd", Some("/api/v1/workers/{id}")),
+            (
+                "/api/v1/workers/w1/labs/l1/start",
+                Some("/api/v1/workers/{id}/labs/{lab_id}/start"),
+            ),
+            ("/api/docs/", Some("/api/docs/")),
+            ("/", Some("/")),
+            ("/api/v1/nope", None),
+        ] {
+            assert_eq!(route_of(path), route, "{path}");
+        }
+        // Every template maps to itself.
+        for r in ROUTES {
+            assert_eq!(route_of(r.path), Some(r.path));
+        }
     }
 }

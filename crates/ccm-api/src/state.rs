@@ -61,6 +61,7 @@ impl CookiePolicy {
 
 struct Inner {
     engine: Engine,
+    webhooks: std::sync::OnceLock<ccm_webhooks::Webhooks>,
     config: ApiConfig,
     server: ServerConfig,
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -131,9 +132,10 @@ impl ApiState {
             config.sse_max_clients,
             stop.clone(),
         );
-        Ok(Self {
+        let this = Self {
             inner: Arc::new(Inner {
                 engine,
+                webhooks: std::sync::OnceLock::new(),
                 config,
                 server,
                 tls,
@@ -144,12 +146,65 @@ impl ApiState {
                 hub,
                 stop,
             }),
-        })
+        };
+        this.follow_session_ends();
+        Ok(this)
+    }
+
+    /// On several replicas: a sign-out on any replica ends the session here too (memory and
+    /// open event streams), within the notification's latency.
+    fn follow_session_ends(&self) {
+        if self.inner.engine.ended_sessions().is_none() {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.engine.spawn_supervised(
+            "session_ends",
+            ccm_engine::Criticality::BestEffort,
+            self.inner.stop.clone(),
+            move || {
+                let weak = weak.clone();
+                async move {
+                    let Some(mut rx) = weak.upgrade().and_then(|i| i.engine.ended_sessions())
+                    else {
+                        return;
+                    };
+                    loop {
+                        match rx.recv().await {
+                            Ok(key) => match weak.upgrade() {
+                                Some(inner) => inner.auth.sessions.end_key(&key),
+                                None => return,
+                            },
+                            Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => {
+                                tracing::warn!(
+                                    missed = n,
+                                    "missed session ends from other replicas"
+                                );
+                            }
+                            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                        }
+                    }
+                }
+            },
+        );
     }
 
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// Shows these webhook deliveries at `GET /api/v1/system/webhooks` (once; a second call
+    /// is ignored).
+    pub fn attach_webhooks(&self, webhooks: ccm_webhooks::Webhooks) {
+        if self.inner.webhooks.set(webhooks).is_err() {
+            tracing::warn!("webhooks were attached twice; keeping the first");
+        }
+    }
+
+    /// The webhook deliveries, when attached.
+    pub(crate) fn webhooks(&self) -> Option<&ccm_webhooks::Webhooks> {
+        self.inner.webhooks.get()
     }
 
     /// The `[api]` configuration.

@@ -76,6 +76,9 @@ static ASSETS: &[Asset] = &[
     asset!("view-worker.js", "text/javascript; charset=utf-8"),
     asset!("view-system.js", "text/javascript; charset=utf-8"),
     asset!("view-settings.js", "text/javascript; charset=utf-8"),
+    asset!("view-create.js", "text/javascript; charset=utf-8"),
+    asset!("view-import.js", "text/javascript; charset=utf-8"),
+    asset!("forms.js", "text/javascript; charset=utf-8"),
     asset!("icon.svg", "image/svg+xml"),
 ];
 

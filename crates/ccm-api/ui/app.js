@@ -1,6 +1,7 @@
 // The app: session, navigation (hash routes), the connection indicator and sign-out.
 //
-// Routes: `#/` fleet · `#/workers/<id>` one worker · `#/system` · `#/settings`. The sign-in
+// Routes: `#/` fleet · `#/workers/<id>` one worker · `#/create` new worker · `#/import`
+// import workers · `#/system` · `#/settings`. The sign-in
 // is shown whenever nobody is signed in (also at `/login`).
 
 import { currentSession, setCsrf, setUnauthorizedHandler, del } from './api.js';
@@ -12,10 +13,14 @@ import { mountFleet } from './view-fleet.js';
 import { mountWorker } from './view-worker.js';
 import { mountSystem } from './view-system.js';
 import { mountSettings } from './view-settings.js';
+import { mountCreate } from './view-create.js';
+import { mountImport } from './view-import.js';
 
 const ROUTES = [
   { pattern: /^\/?$/, nav: 'fleet', mount: mountFleet },
   { pattern: /^\/workers\/([0-9a-fA-F-]{36})$/, nav: 'fleet', mount: mountWorker },
+  { pattern: /^\/create$/, nav: 'fleet', mount: mountCreate },
+  { pattern: /^\/import$/, nav: 'fleet', mount: mountImport },
   { pattern: /^\/system$/, nav: 'system', mount: mountSystem },
   { pattern: /^\/settings$/, nav: 'settings', mount: mountSettings },
 ];

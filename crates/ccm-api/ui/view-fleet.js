@@ -1,11 +1,18 @@
 // The fleet: counts by status, filters (region, EC2 state, service status), text search, a
-// table or cards, all kept current by the live store. Filters live in the URL
-// (`#/?state=running&q=lab`), so a filtered view can be bookmarked and survives a reload.
+// table or cards. Filters live in the URL (`#/?state=running&q=lab`), so a filtered view can
+// be bookmarked and survives a reload.
+//
+// Filters, search, sort and paging are done by the API (`GET /api/v1/workers`, pages of 100,
+// "show more" up to 1,000 rows) and the counts come from `/api/v1/system/counts`, so a fleet
+// of 5,000 or 10,000 workers shows its first rows as fast as one of ten. The rows shown are
+// kept current by the live store (views patched in place); events that can change which
+// workers match or their order re-read the page (at most once a second).
 
 import { h, render, replaceChildren, fmtAgo, fmtPct, fmtNum, focusHeading, loading, errorBox } from './dom.js';
+import { get, put, seg } from './api.js';
 import { fleet, subscribe, applyView } from './live.js';
 import { EC2_STATES, SERVICE_STATES, ec2Badge, serviceBadge, breakerBadge, badge } from './badges.js';
-import { put, seg } from './api.js';
+import { permitted } from './forms.js';
 import { notify, notifyError } from './dialog.js';
 
 // A worker about to be paused (idle or off-hours): a badge, and a one-click keep-awake.
@@ -18,6 +25,15 @@ function pauseSoon(w) {
 }
 
 const PAGE = 100;
+const MAX_ROWS = 1000;
+/** Events after which the page is read again: they can change which workers match, or their order. */
+const RELIST = new Set([
+  'ccm.worker.created', 'ccm.worker.imported', 'ccm.worker.deleted', 'ccm.worker.state_changed',
+  'ccm.worker.service_changed', 'ccm.worker.provisioned', 'ccm.worker.provisioning_failed',
+  'ccm.worker.terminated', 'ccm.worker.tags_updated', 'ccm.import.completed', 'ccm.stream.reset',
+]);
+/** Sort keys the API knows (`sort=`); the rest sort the shown rows only. */
+const API_SORTS = new Set(['name', 'state', 'service', 'region', 'updated']);
 const VIEW_KEY = 'ccm.fleet.view';
 const SORTS = {
   name: (a, b) => collator.compare(a.name, b.name),
@@ -52,19 +68,6 @@ export function staleness(w) {
   if (stale.length) return { freshness: 'stale', age: Math.max(...stale.map((x) => x.age_seconds || 0)) };
   if (list.some((x) => x.freshness === 'unknown')) return { freshness: 'unknown' };
   return { freshness: 'fresh' };
-}
-
-function matches(w, f) {
-  if (f.region && w.region !== f.region) return false;
-  if (f.state && w.ec2_state !== f.state) return false;
-  if (f.service && (w.service?.status || 'unknown') !== f.service) return false;
-  if (f.q) {
-    const q = f.q.toLowerCase();
-    const hay = [w.name, w.id, w.instance_id, w.public_ip, w.private_ip, w.instance_type, w.region, ...Object.entries(w.tags || {}).flat()]
-      .filter(Boolean).join(' ').toLowerCase();
-    if (!hay.includes(q)) return false;
-  }
-  return true;
 }
 
 function cpuCell(w) {
@@ -152,7 +155,7 @@ function countButtons(kind, list, counts, active, badgeFn) {
 }
 
 /** Mounts the fleet page. */
-export function mountFleet(container, { params }) {
+export function mountFleet(container, { params, session }) {
   document.title = 'Fleet · ccm';
   const f = {
     q: params.get('q') || '',
@@ -165,7 +168,7 @@ export function mountFleet(container, { params }) {
     limit: PAGE,
   };
 
-  const search = h('input', { id: 'fleet-search', type: 'search', class: 'input', placeholder: 'Name, id, instance, IP, tag…', value: f.q, autocomplete: 'off', 'data-keep': true });
+  const search = h('input', { id: 'fleet-search', type: 'search', class: 'input', placeholder: 'Name, worker id or instance id…', value: f.q, autocomplete: 'off', 'data-keep': true });
   const region = h('select', { id: 'filter-region', class: 'input' }, h('option', { value: '' }, 'All regions'));
   const state = h('select', { id: 'filter-state', class: 'input' }, h('option', { value: '' }, 'All states'), EC2_STATES.map(([s]) => h('option', { value: s }, s)));
   const service = h('select', { id: 'filter-service', class: 'input' }, h('option', { value: '' }, 'All statuses'), SERVICE_STATES.map(([s]) => h('option', { value: s }, s)));
@@ -181,7 +184,10 @@ export function mountFleet(container, { params }) {
   const page = h('div', { class: 'page' },
     h('div', { class: 'page-head' },
       h('div', null, h('h1', null, 'Fleet'), h('p', { class: 'muted', id: 'fleet-total' }, '')),
-      h('div', { class: 'seg-group', role: 'group', 'aria-label': 'Layout' }, viewTable, viewCards)),
+      h('div', { class: 'head-actions' },
+        permitted(session, 'POST', '/api/v1/workers') ? h('a', { href: '#/create', class: 'btn btn-primary', id: 'fleet-create' }, 'New worker') : null,
+        permitted(session, 'POST', '/api/v1/workers/import/preview') ? h('a', { href: '#/import', class: 'btn', id: 'fleet-import' }, 'Import') : null,
+        h('div', { class: 'seg-group', role: 'group', 'aria-label': 'Layout' }, viewTable, viewCards))),
     stats,
     h('form', { class: 'toolbar', role: 'search', 'aria-label': 'Filter workers', onsubmit: (e) => e.preventDefault() },
       h('div', { class: 'field field-grow' }, h('label', { for: 'fleet-search', class: 'label' }, 'Search'), search),
@@ -203,8 +209,77 @@ export function mountFleet(container, { params }) {
     history.replaceState(null, '', `#/${qs ? `?${qs}` : ''}`);
   }
 
+  // What the API answered for the current filters: the ids in order, the total matching.
+  const list = { ids: [], total: 0, loaded: false, error: null, seq: 0, counts: null, regions: [] };
+  let destroyed = false;
+
+  function query() {
+    const p = new URLSearchParams();
+    for (const k of ['q', 'region', 'state', 'service']) if (f[k]) p.set(k, f[k]);
+    if (API_SORTS.has(f.sort)) p.set('sort', f.sort);
+    if (f.order === 'desc') p.set('order', 'desc');
+    p.set('limit', String(Math.min(f.limit, MAX_ROWS)));
+    return p.toString();
+  }
+
+  /** Reads the page for the current filters (answers to older filters are dropped). */
+  async function loadList() {
+    const seq = ++list.seq;
+    try {
+      const res = await get(`/api/v1/workers?${query()}`);
+      if (seq !== list.seq || destroyed) return;
+      for (const w of res.items) applyView(w);
+      list.ids = res.items.map((w) => w.id);
+      list.total = res.total;
+      list.loaded = true;
+      list.error = null;
+    } catch (e) {
+      if (seq !== list.seq || destroyed) return;
+      list.error = e;
+    }
+    redraw();
+    // When the first rows were on screen, measured from the navigation (the browser test
+    // reads it: the fleet list's time to first render).
+    if (list.ids.length && !performance.getEntriesByName('ccm:fleet-first-rows').length) {
+      performance.mark('ccm:fleet-first-rows');
+    }
+  }
+
+  async function loadCounts() {
+    try {
+      const c = await get('/api/v1/system/counts');
+      if (destroyed) return;
+      list.counts = c;
+      redraw();
+    } catch {
+      // keep the last counts
+    }
+  }
+
+  async function loadRegions() {
+    try {
+      const p = await get('/api/v1/system/provisioning');
+      if (destroyed) return;
+      list.regions = p.regions || [];
+      redraw();
+    } catch {
+      // regions of the rows shown only
+    }
+  }
+
+  let relistTimer = null;
+  function relistSoon() {
+    if (relistTimer !== null) return;
+    relistTimer = setTimeout(() => {
+      relistTimer = null;
+      loadList();
+      loadCounts();
+    }, 1000);
+  }
+
   function syncRegions() {
-    const regions = [...new Set([...fleet.workers.values()].map((w) => w.region))].sort();
+    const shownRegions = list.ids.map((id) => fleet.workers.get(id)?.region).filter(Boolean);
+    const regions = [...new Set([...list.regions, ...shownRegions])].sort();
     if (f.region && !regions.includes(f.region)) regions.push(f.region);
     const have = [...region.options].slice(1).map((o) => o.value);
     if (have.join() !== regions.join()) {
@@ -218,35 +293,35 @@ export function mountFleet(container, { params }) {
     viewTable.setAttribute('aria-pressed', String(f.view === 'table'));
     viewCards.setAttribute('aria-pressed', String(f.view === 'cards'));
     clear.disabled = !(f.q || f.region || f.state || f.service);
-    const all = [...fleet.workers.values()];
-    const byState = new Map();
-    const byService = new Map();
-    for (const w of all) {
-      byState.set(w.ec2_state, (byState.get(w.ec2_state) || 0) + 1);
-      const s = w.service?.status || 'unknown';
-      byService.set(s, (byService.get(s) || 0) + 1);
-    }
-    document.getElementById('fleet-total').textContent = fleet.loaded || all.length
-      ? `${fmtNum(all.length)} worker${all.length === 1 ? '' : 's'} · ${fleet.connection === 'live' ? 'updated live' : 'live updates paused'}`
+    const counts = list.counts;
+    const byState = new Map(Object.entries(counts?.by_state || {}));
+    const byService = new Map(Object.entries(counts?.by_service || {}));
+    const fleetTotal = counts ? counts.total : null;
+    document.getElementById('fleet-total').textContent = fleetTotal !== null
+      ? `${fmtNum(fleetTotal)} worker${fleetTotal === 1 ? '' : 's'} · ${fleet.connection === 'live' ? 'updated live' : 'live updates paused'}`
       : '';
     render(stats, h('div', { class: 'stats-inner' },
       h('div', { class: 'stat-group' }, h('span', { class: 'stat-label' }, 'EC2'), countButtons('state', EC2_STATES, byState, f.state, (k) => ec2Badge(k))),
       h('div', { class: 'stat-group' }, h('span', { class: 'stat-label' }, 'Service'), countButtons('service', SERVICE_STATES, byService, f.service, (k) => serviceBadge(k)))));
 
-    if (!fleet.loaded && !all.length) {
-      if (fleet.loadError) render(results, errorBox('The workers could not be loaded', fleet.loadError.detail || fleet.loadError.message));
+    if (!list.loaded) {
+      if (list.error) render(results, errorBox('The workers could not be loaded', list.error.detail || list.error.message));
       else render(results, loading('Loading workers…'));
       summary.textContent = '';
       return;
     }
-    const rows = all.filter((w) => matches(w, f));
-    const cmp = SORTS[f.sort];
-    rows.sort((a, b) => (f.order === 'desc' ? -1 : 1) * (cmp(a, b) || collator.compare(a.name, b.name)));
-    const shown = rows.slice(0, f.limit);
-    const text = rows.length === all.length ? `${fmtNum(rows.length)} workers` : `${fmtNum(rows.length)} of ${fmtNum(all.length)} workers match`;
+    // The rows in the API's order, with the live store's newest view of each.
+    const rows = list.ids.map((id) => fleet.workers.get(id)).filter(Boolean);
+    if (!API_SORTS.has(f.sort)) {
+      const cmp = SORTS[f.sort];
+      rows.sort((a, b) => (f.order === 'desc' ? -1 : 1) * (cmp(a, b) || collator.compare(a.name, b.name)));
+    }
+    const shown = rows;
+    const filtered = f.q || f.region || f.state || f.service;
+    const text = !filtered ? `${fmtNum(list.total)} workers` : `${fmtNum(list.total)}${fleetTotal !== null ? ` of ${fmtNum(fleetTotal)}` : ''} workers match`;
     if (summary.textContent !== text) summary.textContent = text;
-    if (!all.length) {
-      render(results, h('div', { class: 'empty' }, h('h2', null, 'No workers yet'), h('p', null, 'Create or import workers through the API or the CLI; they appear here at once.')));
+    if (!list.total && !filtered) {
+      render(results, h('div', { class: 'empty' }, h('h2', null, 'No workers yet'), h('p', null, 'Create or import workers here, through the API or the CLI; they appear at once.')));
       return;
     }
     if (!rows.length) {
@@ -255,8 +330,10 @@ export function mountFleet(container, { params }) {
     }
     render(results, h('div', { class: 'results-inner' },
       f.view === 'cards' ? cards(shown) : table(shown, f),
-      rows.length > shown.length
-        ? h('div', { class: 'more' }, h('button', { type: 'button', class: 'btn', dataset: { action: 'more' } }, `Show ${Math.min(PAGE, rows.length - shown.length)} more (${fmtNum(rows.length - shown.length)} not shown)`))
+      list.total > shown.length
+        ? h('div', { class: 'more' }, f.limit < MAX_ROWS
+          ? h('button', { type: 'button', class: 'btn', dataset: { action: 'more' } }, `Show ${Math.min(PAGE, list.total - shown.length)} more (${fmtNum(list.total - shown.length)} not shown)`)
+          : h('p', { class: 'muted' }, `${fmtNum(list.total - shown.length)} more not shown: narrow the search or the filters.`))
         : null));
   }
 
@@ -276,7 +353,7 @@ export function mountFleet(container, { params }) {
       f.q = search.value.trim();
       f.limit = PAGE;
       syncUrl();
-      redraw();
+      loadList();
     }, 120);
   });
   for (const [el, key] of [[region, 'region'], [state, 'state'], [service, 'service']]) {
@@ -284,7 +361,7 @@ export function mountFleet(container, { params }) {
       f[key] = el.value;
       f.limit = PAGE;
       syncUrl();
-      redraw();
+      loadList();
     });
   }
   clear.addEventListener('click', () => {
@@ -292,8 +369,9 @@ export function mountFleet(container, { params }) {
     search.value = '';
     state.value = '';
     service.value = '';
+    f.limit = PAGE;
     syncUrl();
-    redraw();
+    loadList();
     search.focus();
   });
   for (const btn of [viewTable, viewCards]) {
@@ -312,7 +390,7 @@ export function mountFleet(container, { params }) {
     (kind === 'state' ? state : service).value = f[kind];
     f.limit = PAGE;
     syncUrl();
-    redraw();
+    loadList();
   });
   results.addEventListener('click', (e) => {
     const sort = e.target.closest('[data-sort]');
@@ -321,12 +399,13 @@ export function mountFleet(container, { params }) {
       f.order = f.sort === key && f.order === 'asc' ? 'desc' : 'asc';
       f.sort = key;
       syncUrl();
-      redraw();
+      if (API_SORTS.has(key)) loadList();
+      else redraw();
       return;
     }
     if (e.target.closest('[data-action="more"]')) {
-      f.limit += PAGE;
-      redraw();
+      f.limit = Math.min(MAX_ROWS, f.limit + PAGE);
+      loadList();
     }
     const snooze = e.target.closest('[data-action="snooze"]');
     if (snooze && !snooze.disabled) {
@@ -340,13 +419,26 @@ export function mountFleet(container, { params }) {
 
   redraw();
   focusHeading(container);
-  const off = subscribe(() => redraw());
-  const tick = setInterval(redraw, 5000);
+  loadList();
+  loadCounts();
+  loadRegions();
+  const shownIds = () => new Set(list.ids);
+  const off = subscribe((change) => {
+    if (change.events.some((ev) => RELIST.has(ev.type))) relistSoon();
+    const ids = shownIds();
+    if (change.connection || [...change.ids].some((id) => ids.has(id))) redraw();
+  });
+  const tick = setInterval(() => {
+    loadCounts();
+    redraw();
+  }, 5000);
   return {
     destroy() {
+      destroyed = true;
       off();
       clearInterval(tick);
       clearTimeout(searchTimer);
+      clearTimeout(relistTimer);
     },
   };
 }

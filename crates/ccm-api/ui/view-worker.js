@@ -3,7 +3,7 @@
 // their actions, recent events — and the worker's actions. Live: every event about this
 // worker re-reads what it changed.
 
-import { get, post, put, del, seg } from './api.js';
+import { get, post, put, patch, del, seg } from './api.js';
 import {
   h, render, replaceChildren, facts, time, fmtAgo, fmtDuration, fmtPct, fmtBytes, humanize,
   focusHeading, loading, errorBox,
@@ -12,8 +12,10 @@ import { fleet, subscribe, applyView, refetch } from './live.js';
 import { ec2Badge, serviceBadge, freshnessBadge, breakerBadge, boolBadge, badge } from './badges.js';
 import { confirmAction, notify, notifyError } from './dialog.js';
 import { lineChart } from './chart.js';
+import { permitted, field, clearErrors, showProblem, formError } from './forms.js';
 
-const RANK = { viewer: 0, manager: 1, admin: 2 };
+const W = '/api/v1/workers/{id}';
+const LAB = `${W}/labs/{lab_id}`;
 const RANGES = [['1h', 'Last hour'], ['6h', 'Last 6 hours'], ['24h', 'Last 24 hours'], ['7d', 'Last 7 days']];
 const RANGE_MS = { '1h': 3_600_000, '6h': 21_600_000, '24h': 86_400_000, '7d': 604_800_000 };
 
@@ -22,36 +24,43 @@ const can = (name) => (w) => Array.isArray(w.actions) && w.actions.includes(name
 
 /** The worker's actions: who may, when, and what to ask first. */
 const ACTIONS = {
-  start: { label: 'Start', role: 'manager', when: can('start'), busy: 'Starting…' },
-  resume: { label: 'Resume', role: 'manager', when: (w) => can('resume')(w) && !!w.monitoring?.paused_at, busy: 'Resuming…' },
+  start: { label: 'Start', route: ['POST', `${W}/start`], when: can('start'), busy: 'Starting…' },
+  resume: { label: 'Resume', route: ['POST', `${W}/resume`], when: (w) => can('resume')(w) && !!w.monitoring?.paused_at, busy: 'Resuming…' },
   stop: {
-    label: 'Stop', role: 'manager', when: can('stop'), busy: 'Stopping…',
+    label: 'Stop', route: ['POST', `${W}/stop`], when: can('stop'), busy: 'Stopping…',
     confirm: (w) => ({ title: `Stop ${w.name}?`, body: 'The EC2 instance stops: running labs end and everyone using them is cut off. ccm counts it as a manual pause.', confirm: 'Stop worker' }),
   },
   pause: {
-    label: 'Pause', role: 'manager', when: can('pause'), busy: 'Pausing…',
+    label: 'Pause', route: ['POST', `${W}/pause`], when: can('pause'), busy: 'Pausing…',
     confirm: (w) => ({ title: `Pause ${w.name}?`, body: 'The EC2 instance stops (reason: manual) and can be resumed later. Running labs end.', confirm: 'Pause worker' }),
   },
-  refresh: { label: 'Refresh now', role: 'manager', when: can('refresh'), busy: 'Refreshing…' },
+  refresh: { label: 'Refresh now', route: ['POST', `${W}/refresh`], when: can('refresh'), busy: 'Refreshing…' },
   terminate: {
-    label: 'Terminate', role: 'admin', danger: true, when: can('terminate'), busy: 'Terminating…',
+    label: 'Terminate', route: ['POST', `${W}/terminate`], danger: true, when: can('terminate'), busy: 'Terminating…',
     confirm: (w) => ({ title: `Terminate ${w.name}?`, body: ['The EC2 instance and its disks are destroyed, with every lab on it. ', h('strong', null, 'This cannot be undone.')], confirm: 'Terminate instance' }),
   },
   delete: {
-    label: 'Delete record', role: 'admin', danger: true, when: can('delete'), busy: 'Deleting…',
+    label: 'Delete record', route: ['DELETE', W], danger: true, when: can('delete'), busy: 'Deleting…',
     confirm: (w) => ({ title: `Delete the record of ${w.name}?`, body: 'ccm forgets this worker and its history. The EC2 instance itself is not touched; import it again to see it.', confirm: 'Delete record' }),
   },
 };
 
+// A lab's actions; whether its state allows one is the API's (`action_reasons` of the lab).
 const LAB_ACTIONS = {
-  'lab-start': { label: 'Start', when: (l) => l.state !== 'STARTED' },
-  'lab-stop': { label: 'Stop', when: (l) => l.state === 'STARTED', confirm: (l) => ({ title: `Stop lab ${l.title}?`, body: 'Every node of the lab stops; people working in it lose their sessions.', confirm: 'Stop lab' }) },
-  'lab-wipe': { label: 'Wipe', when: (l) => l.state !== 'STARTED', confirm: (l) => ({ title: `Wipe lab ${l.title}?`, body: 'The nodes’ disks and configurations are erased; the topology stays.', confirm: 'Wipe lab' }) },
-  'lab-delete': { label: 'Delete', when: (l) => l.state !== 'STARTED', confirm: (l) => ({ title: `Delete lab ${l.title}?`, body: ['The lab and its nodes are removed from CML. ', h('strong', null, 'This cannot be undone.')], confirm: 'Delete lab' }) },
+  'lab-start': { label: 'Start', key: 'start', route: ['POST', `${LAB}/start`] },
+  'lab-stop': { label: 'Stop', key: 'stop', route: ['POST', `${LAB}/stop`], confirm: (l) => ({ title: `Stop lab ${l.title}?`, body: 'Every node of the lab stops; people working in it lose their sessions.', confirm: 'Stop lab' }) },
+  'lab-wipe': { label: 'Wipe', key: 'wipe', route: ['POST', `${LAB}/wipe`], confirm: (l) => ({ title: `Wipe lab ${l.title}?`, body: 'The nodes’ disks and configurations are erased; the topology stays.', confirm: 'Wipe lab' }) },
+  'lab-delete': { label: 'Delete', key: 'delete', route: ['DELETE', LAB], confirm: (l) => ({ title: `Delete lab ${l.title}?`, body: ['The lab and its nodes are removed from CML. ', h('strong', null, 'This cannot be undone.')], confirm: 'Delete lab' }) },
 };
 
-function may(session, role) {
-  return (RANK[session.role] ?? -1) >= RANK[role];
+/** Whether the session's role may call the route `[method, template]` (the server's table). */
+function may(session, [method, template]) {
+  return permitted(session, method, template);
+}
+
+/** Why the worker's state forbids `action` now, as the API says (`action_reasons`). */
+function reasonOf(w, action) {
+  return w.action_reasons?.[action] || null;
 }
 
 // The end of a keep-awake preset, in the browser's time zone: `1h`, `4h`, or `tomorrow`
@@ -139,6 +148,8 @@ export function mountWorker(container, { args, session }) {
     events: null,
     range: '24h',
     busy: new Set(),
+    /** The last failure of each form (by form id), shown again after every redraw. */
+    errors: {},
     notFound: false,
     error: null,
   };
@@ -188,13 +199,14 @@ export function mountWorker(container, { args, session }) {
 
   function actionButton(name, w) {
     const a = ACTIONS[name];
-    const allowed = may(session, a.role);
+    // Buttons the caller's role may not use are not shown at all.
+    if (!may(session, a.route)) return null;
     const possible = a.when(w);
     const busy = st.busy.has(name);
+    const why = possible ? null : reasonOf(w, name) || (name === 'resume' ? 'The worker is not paused' : `Not possible while ${w.ec2_state}`);
     return h('button', {
-      type: 'button', class: ['btn', a.danger && 'btn-danger-outline'], dataset: { action: name },
-      disabled: !allowed || !possible || busy,
-      title: !allowed ? `Needs the ${a.role} role` : !possible ? `Not possible while ${w.ec2_state}` : null,
+      type: 'button', class: ['btn', a.danger && 'btn-danger-outline'], dataset: { action: name, reason: why },
+      disabled: !possible || busy, title: why,
     }, busy ? a.busy : a.label);
   }
 
@@ -211,7 +223,7 @@ export function mountWorker(container, { args, session }) {
         h('p', { class: 'muted mono small' }, `${w.id}${w.instance_id ? ` · ${w.instance_id}` : ''}`)),
       h('div', { class: 'actions', role: 'toolbar', 'aria-label': 'Worker actions' },
         ['start', 'resume', 'stop', 'pause', 'refresh'].map((n) => actionButton(n, w)),
-        h('span', { class: 'actions-sep', 'aria-hidden': 'true' }),
+        ['terminate', 'delete'].some((n) => may(session, ACTIONS[n].route)) ? h('span', { class: 'actions-sep', 'aria-hidden': 'true' }) : null,
         ['terminate', 'delete'].map((n) => actionButton(n, w))));
   }
 
@@ -238,6 +250,25 @@ export function mountWorker(container, { args, session }) {
       tags.length
         ? h('ul', { class: 'tags' }, tags.map(([k, v]) => h('li', { class: 'tag' }, h('span', { class: 'tag-k' }, k), h('span', { class: 'tag-v' }, v))))
         : h('p', { class: 'muted' }, 'No tags.'));
+  }
+
+  /** Tag editing (shown to roles that may PATCH tags): remove a tag, set one. */
+  function tagsPanel(w) {
+    if (!may(session, ['PATCH', `${W}/tags`])) return null;
+    const why = reasonOf(w, 'update_tags');
+    const tags = Object.entries(w.tags || {});
+    return card('Edit tags', 'tags-edit',
+      tags.length
+        ? h('ul', { class: 'tags', id: 'tags-edit-list' }, tags.map(([k, v]) => h('li', { class: 'tag', 'data-key': k },
+          h('span', { class: 'tag-k' }, k), h('span', { class: 'tag-v' }, v),
+          h('button', { type: 'button', class: 'btn btn-ghost btn-small', dataset: { action: 'tag-remove', tag: k, reason: why }, disabled: !!why || st.busy.has('tags'), title: why || `Remove ${k}`, 'aria-label': `Remove tag ${k}` }, '×'))))
+        : h('p', { class: 'muted' }, 'No tags.'),
+      h('form', { class: 'inline-form tags-form', id: 'tags-form', 'aria-label': 'Set a tag', novalidate: true },
+        field({ id: 'tag-key', label: 'Key', control: h('input', { id: 'tag-key', class: 'input mono', maxlength: 128, autocomplete: 'off', 'data-keep': true, disabled: !!why }), errorFor: ['tags', 'set'] }),
+        field({ id: 'tag-value', label: 'Value', control: h('input', { id: 'tag-value', class: 'input mono', maxlength: 256, autocomplete: 'off', 'data-keep': true, disabled: !!why }), errorFor: 'remove', grow: true }),
+        h('div', { class: 'field field-end' }, h('button', { type: 'submit', class: 'btn', id: 'tag-save', disabled: !!why || st.busy.has('tags'), title: why }, st.busy.has('tags') ? 'Saving…' : 'Set tag')),
+        formError('tags-error')),
+      why ? h('p', { class: 'help', id: 'tags-blocked' }, `Not now: ${why}.`) : null);
   }
 
   function cmlPanel(w) {
@@ -279,8 +310,10 @@ export function mountWorker(container, { args, session }) {
   function licencePanel(w) {
     const lic = w.sources?.licence;
     const l = lic?.value;
-    const canManage = may(session, 'manager');
-    const running = w.ec2_state === 'running';
+    const canRegister = may(session, ['POST', `${W}/licence`]);
+    const canDeregister = may(session, ['DELETE', `${W}/licence`]);
+    const blocked = w.cml_blocked || reasonOf(w, 'licence');
+    const running = !blocked;
     return card('Licence', 'licence',
       facts([
         ['Registration', l ? badge(l.registration, l.registration === 'COMPLETED' ? 'ok' : l.registration === 'FAILED' ? 'bad' : 'warn', { id: 'licence-registration' }) : '—'],
@@ -292,17 +325,19 @@ export function mountWorker(container, { args, session }) {
         ['Data', freshnessBadge(lic)],
         l?.last_failure ? ['Last failure', h('span', { class: 'error-text' }, l.last_failure)] : null,
       ]),
-      h('form', { class: 'inline-form', id: 'licence-form', 'aria-label': 'Register the licence' },
-        h('div', { class: 'field field-grow' },
+      canRegister || canDeregister ? h('form', { class: 'inline-form', id: 'licence-form', 'aria-label': 'Register the licence', novalidate: true },
+        canRegister ? h('div', { class: 'field field-grow' },
           h('label', { for: 'licence-token', class: 'label' }, 'Smart Licensing token'),
-          h('input', { id: 'licence-token', type: 'password', class: 'input', autocomplete: 'off', 'data-keep': true, disabled: !canManage || !running })),
-        h('div', { class: 'field check' },
-          h('input', { id: 'licence-reregister', type: 'checkbox', 'data-keep': true, disabled: !canManage || !running }),
-          h('label', { for: 'licence-reregister' }, 'Register again')),
+          h('input', { id: 'licence-token', type: 'password', class: 'input', autocomplete: 'off', 'data-keep': true, disabled: !running, 'aria-describedby': 'licence-token-error' }),
+          h('p', { id: 'licence-token-error', class: 'field-error', dataset: { errorFor: 'token', control: 'licence-token' } })) : null,
+        canRegister ? h('div', { class: 'field check' },
+          h('input', { id: 'licence-reregister', type: 'checkbox', 'data-keep': true, disabled: !running }),
+          h('label', { for: 'licence-reregister' }, 'Register again')) : null,
         h('div', { class: 'field field-end' },
-          h('button', { type: 'submit', class: 'btn', disabled: !canManage || !running || st.busy.has('licence') }, st.busy.has('licence') ? 'Registering…' : 'Register'),
-          h('button', { type: 'button', class: 'btn btn-danger-outline', dataset: { action: 'deregister' }, disabled: !canManage || !running || st.busy.has('deregister') }, 'Deregister'))),
-      !running ? h('p', { class: 'help' }, 'The worker must be running to change its licence.') : null);
+          canRegister ? h('button', { type: 'submit', class: 'btn', id: 'licence-register', disabled: !running || st.busy.has('licence'), title: blocked }, st.busy.has('licence') ? 'Registering…' : 'Register') : null,
+          canDeregister ? h('button', { type: 'button', class: 'btn btn-danger-outline', id: 'licence-deregister', dataset: { action: 'deregister' }, disabled: !running || st.busy.has('deregister'), title: blocked }, 'Deregister') : null),
+        formError('licence-error')) : null,
+      blocked && (canRegister || canDeregister) ? h('p', { class: 'help', id: 'licence-blocked' }, `Not now: ${blocked}.`) : null);
   }
 
   function sourcesPanel(w) {
@@ -332,7 +367,9 @@ export function mountWorker(container, { args, session }) {
   function monitoringPanel(w) {
     const m = w.monitoring || {};
     const idle = m.idle || {};
-    const canManage = may(session, 'manager');
+    const canManage = may(session, ['PUT', `${W}/idle-detection`]);
+    const canMonitor = may(session, ['POST', `${W}/detailed-monitoring`]);
+    const monitorWhy = reasonOf(w, 'enable_detailed_monitoring');
     const idleText = idle.action === 'pause' ? 'idle: will be paused'
       : idle.action === 'would_pause' ? 'idle: would be paused (dry run)'
         : idle.keep_reason === 'not_idle' ? `in use · idle in ${fmtDuration(idle.remaining_seconds)}`
@@ -383,7 +420,7 @@ export function mountWorker(container, { args, session }) {
         ['Resumes', counters(m.resumes)],
         ['Stopped by ccm', fmtDuration(m.seconds_stopped_by_ccm)],
         ['Detailed CloudWatch', m.detailed_monitoring ? badge('on (1 min)', 'ok') : h('span', null, 'off (5 min) ',
-          h('button', { type: 'button', class: 'btn btn-small', dataset: { action: 'detailed-monitoring' }, disabled: !canManage || w.ec2_state !== 'running' || st.busy.has('detailed-monitoring') }, 'Turn on'))],
+          canMonitor ? h('button', { type: 'button', class: 'btn btn-small', id: 'detailed-monitoring', dataset: { action: 'detailed-monitoring', reason: monitorWhy }, disabled: !!monitorWhy || st.busy.has('detailed-monitoring'), title: monitorWhy }, 'Turn on') : null)],
       ]),
       h('h3', { class: 'sub-title' }, 'Pause and resume history'),
       (m.history || []).length
@@ -418,8 +455,10 @@ export function mountWorker(container, { args, session }) {
   }
 
   function labsPanel(w) {
-    const canManage = may(session, 'manager');
-    const running = w.ec2_state === 'running';
+    const canImport = may(session, ['POST', `${W}/labs`]);
+    const canDownload = may(session, ['GET', `${LAB}/topology`]);
+    const blocked = w.cml_blocked;
+    const running = !blocked;
     let body;
     if (st.labsError) body = errorBox('The labs could not be loaded', st.labsError.detail);
     else if (!st.labs) body = loading('Loading labs…');
@@ -435,28 +474,33 @@ export function mountWorker(container, { args, session }) {
           h('td', { class: 'hide-sm' }, l.owner_username || l.owner || '—'),
           h('td', { class: 'hide-md' }, time(l.modified, true)),
           h('td', { class: 'row-actions' },
-            Object.entries(LAB_ACTIONS).map(([name, a]) => {
+            Object.entries(LAB_ACTIONS).filter(([, a]) => may(session, a.route)).map(([name, a]) => {
               const busy = st.busy.has(`${name}:${l.lab_id}`);
+              const why = blocked || l.action_reasons?.[a.key] || null;
               return h('button', {
                 type: 'button', class: ['btn', 'btn-small', a.confirm && name !== 'lab-stop' && 'btn-danger-outline'],
-                dataset: { action: name, lab: l.lab_id }, disabled: !canManage || !running || !a.when(l) || busy,
+                dataset: { action: name, lab: l.lab_id, reason: why }, disabled: !!why || busy, title: why,
                 'aria-label': `${a.label} lab ${l.title}`,
               }, busy ? '…' : a.label);
             }),
-            h('a', { class: 'btn btn-small', href: `/api/v1/workers/${seg(id)}/labs/${seg(l.lab_id)}/topology`, download: `${l.title}.yaml`, 'aria-label': `Download the topology of lab ${l.title}` }, 'Download')))))));
+            canDownload ? h('button', { type: 'button', class: 'btn btn-small', dataset: { action: 'lab-download', lab: l.lab_id, reason: blocked }, disabled: !!blocked || st.busy.has(`lab-download:${l.lab_id}`), title: blocked, 'aria-label': `Download the topology of lab ${l.title}` }, 'Download') : null))))));
     }
     return h('section', { class: 'panel panel-wide', 'aria-labelledby': 'labs-title', id: 'labs' },
       h('h2', { class: 'panel-title', id: 'labs-title' }, `Labs${st.labs ? ` (${st.labs.length})` : ''}`),
       body,
-      h('form', { class: 'inline-form', id: 'lab-import-form', 'aria-label': 'Import a lab' },
+      canImport ? h('form', { class: 'inline-form', id: 'lab-import-form', 'aria-label': 'Import a lab', novalidate: true },
         h('div', { class: 'field field-grow' },
           h('label', { for: 'lab-file', class: 'label' }, 'Import a topology (CML YAML)'),
-          h('input', { id: 'lab-file', type: 'file', accept: '.yaml,.yml,application/yaml,text/yaml', class: 'input', 'data-keep': true, disabled: !canManage || !running })),
+          h('input', { id: 'lab-file', type: 'file', accept: '.yaml,.yml,application/yaml,text/yaml', class: 'input', 'data-keep': true, disabled: !running, 'aria-describedby': 'lab-file-error' }),
+          h('p', { id: 'lab-file-error', class: 'field-error', dataset: { errorFor: 'topology', control: 'lab-file' } })),
         h('div', { class: 'field' },
           h('label', { for: 'lab-title', class: 'label' }, 'Title (optional)'),
-          h('input', { id: 'lab-title', type: 'text', class: 'input', maxlength: 128, 'data-keep': true, disabled: !canManage || !running })),
+          h('input', { id: 'lab-title', type: 'text', class: 'input', maxlength: 128, 'data-keep': true, disabled: !running, 'aria-describedby': 'lab-title-error' }),
+          h('p', { id: 'lab-title-error', class: 'field-error', dataset: { errorFor: 'title', control: 'lab-title' } })),
         h('div', { class: 'field field-end' },
-          h('button', { type: 'submit', class: 'btn', disabled: !canManage || !running || st.busy.has('import') }, st.busy.has('import') ? 'Importing…' : 'Import'))));
+          h('button', { type: 'submit', class: 'btn', id: 'lab-import', disabled: !running || st.busy.has('import'), title: blocked }, st.busy.has('import') ? 'Importing…' : 'Import')),
+        formError('lab-import-error'),
+        blocked ? h('p', { class: 'help', id: 'labs-blocked' }, `Not now: ${blocked}.`) : null) : null);
   }
 
   function eventsPanel() {
@@ -486,6 +530,7 @@ export function mountWorker(container, { args, session }) {
       header(w),
       h('div', { class: 'grid' },
         ec2Panel(w),
+        tagsPanel(w),
         cmlPanel(w),
         monitoringPanel(w),
         sourcesPanel(w),
@@ -493,6 +538,10 @@ export function mountWorker(container, { args, session }) {
         labsPanel(w),
         licencePanel(w),
         eventsPanel())));
+    for (const [formId, err] of Object.entries(st.errors)) {
+      const form = document.getElementById(formId);
+      if (form) showProblem(form, err, { focus: false });
+    }
     if (!headingFocused) {
       headingFocused = true;
       focusHeading(container);
@@ -554,6 +603,30 @@ export function mountWorker(container, { args, session }) {
     }
   }
 
+  /** Downloads a lab's topology (YAML) through the API, as a file. */
+  async function downloadLab(labId) {
+    const lab = (st.labs || []).find((l) => l.lab_id === labId);
+    if (!lab) return;
+    const key = `lab-download:${labId}`;
+    st.busy.add(key);
+    draw();
+    try {
+      const text = await get(`/api/v1/workers/${seg(id)}/labs/${seg(labId)}/topology`, { headers: { Accept: 'application/yaml, text/yaml, */*' } });
+      const url = URL.createObjectURL(new Blob([text], { type: 'application/yaml' }));
+      const a = h('a', { href: url, download: `${lab.title.replace(/[^\w.-]+/g, '_') || 'lab'}.yaml`, class: 'sr-only' });
+      document.body.append(a);
+      a.click();
+      a.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10_000);
+      notify(`Lab ${lab.title}: topology downloaded (${text.length} characters)`);
+    } catch (e) {
+      notifyError(`Download of lab ${lab.title} failed`, e);
+    } finally {
+      st.busy.delete(key);
+      draw();
+    }
+  }
+
   async function setIdleDetection(enabled) {
     st.busy.add('idle');
     draw();
@@ -601,7 +674,14 @@ export function mountWorker(container, { args, session }) {
         `Kept awake until ${until.toLocaleString()}`, 'Could not keep the worker awake');
     } else if (name === 'snooze-clear') {
       simple('snooze', () => del(`/api/v1/workers/${seg(id)}/snooze`), 'Keep-awake ended', 'Could not end the keep-awake');
-    } else if (name === 'detailed-monitoring') {
+    }
+    else if (name === 'lab-download') downloadLab(b.dataset.lab);
+    else if (name === 'tag-remove') {
+      const key = b.dataset.tag;
+      confirmAction({ title: `Remove the tag ${key}?`, body: `The tag is removed from the EC2 instance and from ccm's record.`, confirm: 'Remove tag' })
+        .then((yes) => yes && simple('tags', () => patch(`/api/v1/workers/${seg(id)}/tags`, { remove: [key] }), `Tag ${key} removed`, `Tag ${key} could not be removed`));
+    }
+    else if (name === 'detailed-monitoring') {
       simple('detailed-monitoring', () => post(`/api/v1/workers/${seg(id)}/detailed-monitoring`), 'Detailed monitoring on', 'Detailed monitoring could not be turned on');
     } else if (name === 'deregister') {
       confirmAction({ title: `Deregister the licence of ${st.worker.name}?`, body: 'CML loses its licence and stops accepting new nodes until registered again.', confirm: 'Deregister' })
@@ -619,24 +699,66 @@ export function mountWorker(container, { args, session }) {
     }
   }
 
+  /** Shows a form's failure next to its field, and keeps it shown across live redraws. */
+  function failed(form, err) {
+    st.errors[form.id] = err;
+    showProblem(form, err);
+  }
+
+  function cleared(form) {
+    delete st.errors[form.id];
+    clearErrors(form);
+  }
+
   async function onSubmit(e) {
     e.preventDefault();
     const form = e.target;
-    if (form.id === 'licence-form') {
+    if (form.id === 'tags-form') {
+      cleared(form);
+      const key = form.querySelector('#tag-key').value.trim();
+      const value = form.querySelector('#tag-value').value;
+      if (!key) {
+        failed(form, { field: 'tags', detail: 'Enter the tag key.' });
+        return;
+      }
+      st.busy.add('tags');
+      draw();
+      try {
+        applyView(await patch(`/api/v1/workers/${seg(id)}/tags`, { set: { [key]: value } }));
+        notify(`Tag ${key} set`);
+        form.reset();
+      } catch (err) {
+        failed(form, err);
+      } finally {
+        st.busy.delete('tags');
+        st.worker = fleet.workers.get(id) || st.worker;
+        draw();
+      }
+    } else if (form.id === 'licence-form') {
+      cleared(form);
       const token = form.querySelector('#licence-token');
       if (!token.value.trim()) {
-        notify('Enter the Smart Licensing token', 'bad');
-        token.focus();
+        failed(form, { field: 'token', detail: 'Enter the Smart Licensing token.' });
         return;
       }
       const reregister = form.querySelector('#licence-reregister').checked;
-      await simple('licence', () => post(`/api/v1/workers/${seg(id)}/licence`, { token: token.value.trim(), reregister }), 'Registration started: watch the licence status', 'Registration failed');
-      token.value = '';
+      st.busy.add('licence');
+      draw();
+      try {
+        await post(`/api/v1/workers/${seg(id)}/licence`, { token: token.value.trim(), reregister });
+        notify('Registration started: watch the licence status');
+        token.value = '';
+      } catch (err) {
+        failed(form, err);
+      } finally {
+        st.busy.delete('licence');
+        draw();
+      }
     } else if (form.id === 'lab-import-form') {
+      cleared(form);
       const file = form.querySelector('#lab-file').files[0];
       if (!file) {
-        notify('Choose a topology file', 'bad');
-        form.querySelector('#lab-file').focus();
+        failed(form, { field: 'topology', detail: 'Choose a topology file.' });
         return;
       }
       const title = form.querySelector('#lab-title').value.trim();
@@ -648,7 +770,7 @@ export function mountWorker(container, { args, session }) {
         notify(`Lab imported: ${res.lab?.title || res.lab_id}`);
         form.reset();
       } catch (err) {
-        notifyError('The import failed', err);
+        failed(form, err);
       } finally {
         st.busy.delete('import');
         loadLabs();

@@ -27,6 +27,7 @@ use ccm_domain::{InstanceId, Region};
 use ccm_resilience::{
     Call, CallError, Classify, ErrorClass, Observer, Resilience, ResilienceConfig,
 };
+use tracing::Instrument as _;
 
 use crate::error::CloudError;
 use crate::provider::CloudProvider;
@@ -241,7 +242,36 @@ impl ResilientCloud {
         &self.inner
     }
 
+    /// Runs one provider operation through the policies, inside an `info_span!("cloud.call",
+    /// operation, region)` with one `cloud.attempt` child span per attempt (`attempt`).
     async fn run<T, F, Fut>(
+        &self,
+        operation: &'static str,
+        region: &Region,
+        service: Service,
+        idempotent: bool,
+        mut op: F,
+    ) -> Result<T, CloudError>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: Future<Output = Result<T, CloudError>>,
+    {
+        let span = tracing::info_span!(
+            "cloud.call",
+            "otel.kind" = "client",
+            provider = self.inner.name(),
+            operation,
+            region = region.as_str(),
+        );
+        let op = move |attempt: u32| {
+            op(attempt).instrument(tracing::info_span!("cloud.attempt", operation, attempt))
+        };
+        self.run_policies(region, service, idempotent, op)
+            .instrument(span)
+            .await
+    }
+
+    async fn run_policies<T, F, Fut>(
         &self,
         region: &Region,
         service: Service,
@@ -292,7 +322,7 @@ impl CloudProvider for ResilientCloud {
         region: &Region,
         query: &ImageQuery,
     ) -> Result<Vec<Image>, CloudError> {
-        self.run(region, Service::Ec2, true, |_| {
+        self.run("find_images", region, Service::Ec2, true, |_| {
             self.inner.find_images(region, query)
         })
         .await
@@ -301,7 +331,7 @@ impl CloudProvider for ResilientCloud {
     async fn run_instance(&self, region: &Region, spec: &RunSpec) -> Result<Instance, CloudError> {
         // Safe to repeat only with a client token: EC2 then returns the first launch.
         let idempotent = !spec.client_token.is_empty();
-        self.run(region, Service::Ec2, idempotent, |_| {
+        self.run("run_instance", region, Service::Ec2, idempotent, |_| {
             self.inner.run_instance(region, spec)
         })
         .await
@@ -313,9 +343,13 @@ impl CloudProvider for ResilientCloud {
         query: &InstanceQuery,
         page: &PageRequest,
     ) -> Result<InstancePage, CloudError> {
-        self.run(region, Service::Ec2, true, |_| {
-            self.inner.describe_instances_page(region, query, page)
-        })
+        self.run(
+            "describe_instances_page",
+            region,
+            Service::Ec2,
+            true,
+            |_| self.inner.describe_instances_page(region, query, page),
+        )
         .await
     }
 
@@ -324,9 +358,13 @@ impl CloudProvider for ResilientCloud {
         region: &Region,
         ids: &[InstanceId],
     ) -> Result<Vec<InstanceStatus>, CloudError> {
-        self.run(region, Service::Ec2, true, |_| {
-            self.inner.describe_instance_status(region, ids)
-        })
+        self.run(
+            "describe_instance_status",
+            region,
+            Service::Ec2,
+            true,
+            |_| self.inner.describe_instance_status(region, ids),
+        )
         .await
     }
 
@@ -335,7 +373,7 @@ impl CloudProvider for ResilientCloud {
         region: &Region,
         ids: &[InstanceId],
     ) -> Result<Vec<StateChange>, CloudError> {
-        self.run(region, Service::Ec2, true, |_| {
+        self.run("start_instances", region, Service::Ec2, true, |_| {
             self.inner.start_instances(region, ids)
         })
         .await
@@ -346,7 +384,7 @@ impl CloudProvider for ResilientCloud {
         region: &Region,
         ids: &[InstanceId],
     ) -> Result<Vec<StateChange>, CloudError> {
-        self.run(region, Service::Ec2, true, |_| {
+        self.run("stop_instances", region, Service::Ec2, true, |_| {
             self.inner.stop_instances(region, ids)
         })
         .await
@@ -357,7 +395,7 @@ impl CloudProvider for ResilientCloud {
         region: &Region,
         ids: &[InstanceId],
     ) -> Result<Vec<StateChange>, CloudError> {
-        self.run(region, Service::Ec2, true, |_| {
+        self.run("terminate_instances", region, Service::Ec2, true, |_| {
             self.inner.terminate_instances(region, ids)
         })
         .await
@@ -369,7 +407,7 @@ impl CloudProvider for ResilientCloud {
         ids: &[InstanceId],
         tags: &Tags,
     ) -> Result<(), CloudError> {
-        self.run(region, Service::Ec2, true, |_| {
+        self.run("create_tags", region, Service::Ec2, true, |_| {
             self.inner.create_tags(region, ids, tags)
         })
         .await
@@ -381,7 +419,7 @@ impl CloudProvider for ResilientCloud {
         ids: &[InstanceId],
         keys: &[String],
     ) -> Result<(), CloudError> {
-        self.run(region, Service::Ec2, true, |_| {
+        self.run("delete_tags", region, Service::Ec2, true, |_| {
             self.inner.delete_tags(region, ids, keys)
         })
         .await
@@ -392,9 +430,13 @@ impl CloudProvider for ResilientCloud {
         region: &Region,
         ids: &[InstanceId],
     ) -> Result<(), CloudError> {
-        self.run(region, Service::Ec2, true, |_| {
-            self.inner.enable_detailed_monitoring(region, ids)
-        })
+        self.run(
+            "enable_detailed_monitoring",
+            region,
+            Service::Ec2,
+            true,
+            |_| self.inner.enable_detailed_monitoring(region, ids),
+        )
         .await
     }
 
@@ -404,9 +446,13 @@ impl CloudProvider for ResilientCloud {
         ids: &[InstanceId],
         window: &MetricsWindow,
     ) -> Result<HashMap<InstanceId, InstanceMetrics>, CloudError> {
-        self.run(region, Service::CloudWatch, true, |_| {
-            self.inner.instance_metrics(region, ids, window)
-        })
+        self.run(
+            "instance_metrics",
+            region,
+            Service::CloudWatch,
+            true,
+            |_| self.inner.instance_metrics(region, ids, window),
+        )
         .await
     }
 }

@@ -13,6 +13,7 @@ use dashmap::DashMap;
 use parking_lot::Mutex;
 use reqwest::{Method, StatusCode};
 use serde::de::DeserializeOwned;
+use tracing::Instrument as _;
 
 use crate::config::{CmlConfig, CmlConfigError};
 use crate::endpoint::Endpoint;
@@ -643,11 +644,20 @@ impl CmlClient {
             call = call.bulkhead(bulkhead);
         }
         let call = adjust(call);
+        let operation = endpoint.name();
+        let span = tracing::info_span!(
+            "cml.call",
+            "otel.kind" = "client",
+            operation,
+            endpoint = target.base_url(),
+        );
         self.inner
             .resilience
-            .call(&call, |_attempt| {
+            .call(&call, |attempt| {
                 self.attempt(target, &session, &http, endpoint, req, decode)
+                    .instrument(tracing::info_span!("cml.attempt", operation, attempt))
             })
+            .instrument(span)
             .await
             .map_err(|e| CmlError::from_call(endpoint, e))
     }

@@ -21,11 +21,17 @@ use crate::ids::{Actor, WorkerId};
 use crate::lifecycle::{LabAction, PauseReason, RefreshSkip, ResumeReason, WorkerAction};
 use crate::service::{Reason, ServiceStatus};
 
-/// Declares the catalogue: variant, CloudEvents `type`, whether it is transient, and payload.
+/// Declares the catalogue: variant, CloudEvents `type`, flags, and payload.
+///
+/// Flags after the type name:
+/// - `transient`: sent to live subscribers only, never stored in the event log;
+/// - `reserved`: part of the published catalogue but not emitted by this version (a test in
+///   `tests/catalogue.rs` fails when a type is neither emitted anywhere nor reserved; the API
+///   documentation lists the reserved ones).
 macro_rules! catalogue {
     ($(
         $(#[$doc:meta])*
-        $variant:ident = $name:literal $(, $transient:ident)? {
+        $variant:ident = $name:literal $(, $flag:ident)* {
             $( $(#[$fmeta:meta])* $field:ident : $ty:ty ),* $(,)?
         }
     )*) => {
@@ -57,7 +63,7 @@ macro_rules! catalogue {
             /// Whether this event only refreshes live views and is not kept in the event log.
             pub fn is_transient(&self) -> bool {
                 match self {
-                    $(Self::$variant { .. } => catalogue!(@transient $($transient)?),)*
+                    $(Self::$variant { .. } => catalogue!(@flag transient $($flag)*),)*
                 }
             }
 
@@ -68,7 +74,8 @@ macro_rules! catalogue {
                 EventShape {
                     type_name: $name,
                     variant: stringify!($variant),
-                    transient: catalogue!(@transient $($transient)?),
+                    transient: catalogue!(@flag transient $($flag)*),
+                    reserved: catalogue!(@flag reserved $($flag)*),
                     fields: &[$(
                         FieldShape {
                             name: stringify!($field),
@@ -80,8 +87,15 @@ macro_rules! catalogue {
             )*];
         }
     };
-    (@transient transient) => { true };
-    (@transient) => { false };
+    // Whether the flag list (third and later tokens) holds the flag named first.
+    (@flag transient transient $($rest:ident)*) => { true };
+    (@flag reserved reserved $($rest:ident)*) => { true };
+    (@flag $want:ident transient $($rest:ident)*) => { catalogue!(@flag $want $($rest)*) };
+    (@flag $want:ident reserved $($rest:ident)*) => { catalogue!(@flag $want $($rest)*) };
+    (@flag $want:ident $other:ident $($rest:ident)*) => {
+        compile_error!(concat!("unknown catalogue flag `", stringify!($other), "` (transient, reserved)"))
+    };
+    (@flag $want:ident) => { false };
 }
 
 catalogue! {
@@ -132,8 +146,9 @@ catalogue! {
     WorkerIdleDetectionChanged = "ccm.worker.idle_detection_changed" { enabled: bool, by: Actor }
     /// A refresh was asked for.
     WorkerRefreshRequested = "ccm.worker.refresh_requested" { by: Actor }
-    /// A refresh was not started, and why.
-    WorkerRefreshSkipped = "ccm.worker.refresh_skipped" {
+    /// A refresh was not started, and why. Reserved: since refreshes that are throttled write
+    /// nothing, the reason is only in the API's answer (`outcome`/`reason`).
+    WorkerRefreshSkipped = "ccm.worker.refresh_skipped", reserved {
         reason: RefreshSkip, #[serde(default)] retry_in_seconds: Option<u64>,
     }
     /// The idle policy found the worker idle.
@@ -211,14 +226,22 @@ catalogue! {
     RetryBudgetRecovered = "ccm.retry_budget.recovered" {}
     /// A bulkhead's queue was full and a call was rejected.
     BulkheadRejected = "ccm.bulkhead.rejected" { name: String, max_concurrent: u64, max_queue: u64 }
-    /// A job started (live view only).
+    /// A job run started (live view only). Emitted per fleet-job run and per triggered cycle
+    /// of a per-worker job, never per worker poll. `trigger`: `scheduled`, `on_demand` or
+    /// `cycle`.
     JobStarted = "ccm.job.started", transient { job: String, trigger: String }
-    /// A job finished (live view only).
+    /// A job run finished (live view only); `summary` holds its counts (per-worker cycles:
+    /// `workers`, `failed`, `probing`).
     JobCompleted = "ccm.job.completed", transient {
         job: String, duration_ms: u64, #[serde(default)] summary: serde_json::Value,
     }
-    /// A job failed.
-    JobFailed = "ccm.job.failed" { job: String, error: String }
+    /// A job run failed (kept in the log).
+    JobFailed = "ccm.job.failed" {
+        job: String,
+        error: String,
+        #[serde(default)] trigger: Option<String>,
+        #[serde(default)] duration_ms: Option<u64>,
+    }
     /// An import run finished.
     ImportCompleted = "ccm.import.completed" { matched: u32, imported: u32, existing: u32, by: Actor }
     /// Runtime settings were changed.
@@ -232,10 +255,20 @@ pub struct EventShape {
     pub type_name: &'static str,
     /// The [`EventKind`] variant, e.g. `WorkerStateChanged`.
     pub variant: &'static str,
-    /// Whether the event only refreshes live views ([`EventKind::is_transient`]).
+    /// Whether the event only refreshes live views ([`EventKind::is_transient`]): sent to live
+    /// subscribers only, never in the event log (so never delivered to webhooks).
     pub transient: bool,
+    /// Published in the catalogue but not emitted by this version.
+    pub reserved: bool,
     /// The payload (`data`) fields, in declaration order.
     pub fields: &'static [FieldShape],
+}
+
+impl EventShape {
+    /// The entry of a CloudEvents `type`, if it is in the catalogue.
+    pub fn of(type_name: &str) -> Option<&'static EventShape> {
+        EventKind::SHAPES.iter().find(|s| s.type_name == type_name)
+    }
 }
 
 /// One payload field as declared.
@@ -443,6 +476,29 @@ mod tests {
             assert!(t.starts_with("ccm."), "{t}");
             assert!(seen.insert(*t), "duplicate {t}");
         }
+    }
+
+    #[test]
+    fn the_catalogue_should_list_every_type_with_its_flags() {
+        let names: Vec<_> = EventKind::SHAPES.iter().map(|t| t.type_name).collect();
+        assert_eq!(names, EventKind::TYPES);
+        let synced = EventShape::of("ccm.worker.synced").unwrap();
+        assert!(synced.transient && !synced.reserved);
+        assert_eq!(synced.variant, "WorkerSynced");
+        let failed = EventShape::of("ccm.job.failed").unwrap();
+        assert!(!failed.transient);
+        assert!(EventShape::of("ccm.nope").is_none());
+    }
+
+    #[test]
+    fn flags_should_be_read_in_any_order() {
+        let read = [
+            catalogue!(@flag reserved transient reserved),
+            catalogue!(@flag transient reserved transient),
+            catalogue!(@flag transient reserved),
+            catalogue!(@flag reserved),
+        ];
+        assert_eq!(read, [true, true, false, false]);
     }
 
     #[test]

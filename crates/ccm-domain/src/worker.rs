@@ -841,6 +841,29 @@ impl Worker {
     /// The actions the current state allows (for UIs: which buttons to enable). Asks
     /// [`Worker::request`] itself, so it can never disagree with what a command would do.
     pub fn allowed_actions(&self, now: DateTime<Utc>) -> Vec<WorkerAction> {
+        self.action_checks(now)
+            .into_iter()
+            .filter_map(|(a, r)| r.is_ok().then_some(a))
+            .collect()
+    }
+
+    /// Why each action the current state forbids is forbidden (the text of the refusal
+    /// [`Worker::request`] would give), for UIs to show on a disabled button.
+    pub fn action_blockers(&self, now: DateTime<Utc>) -> Vec<(WorkerAction, String)> {
+        self.action_checks(now)
+            .into_iter()
+            .filter_map(|(a, r)| r.err().map(|e| (a, e.to_string())))
+            .collect()
+    }
+
+    /// Why CML actions (labs, licence) cannot reach this worker now, if they cannot: it
+    /// must be running with a CML endpoint.
+    pub fn cml_blocker(&self) -> Option<&'static str> {
+        (self.ec2_state != Ec2State::Running || self.endpoint.is_none())
+            .then_some("the worker must be running with a CML endpoint")
+    }
+
+    fn action_checks(&self, now: DateTime<Utc>) -> Vec<(WorkerAction, Result<(), CommandError>)> {
         const ACTIONS: [WorkerAction; 10] = [
             WorkerAction::Start,
             WorkerAction::Stop,
@@ -856,9 +879,9 @@ impl Worker {
         let probe = Actor::system("probe");
         ACTIONS
             .into_iter()
-            .filter(|a| {
+            .map(|a| {
                 let reason = matches!(a, WorkerAction::Pause).then_some(PauseReason::Manual);
-                self.clone().request(*a, reason, &probe, now).is_ok()
+                (a, self.clone().request(a, reason, &probe, now).map(|_| ()))
             })
             .collect()
     }

@@ -3,8 +3,15 @@
 //!
 //! Subscribers get a bounded `broadcast` receiver: one that falls behind sees `Lagged` and
 //! should reconnect from the log (`Last-Event-ID`) — a slow client never slows the others.
+//!
+//! Two ways to feed subscribers: **local** (one process: every published event is broadcast
+//! as it is stored) and **tailed** (several replicas on PostgreSQL: stored events reach the
+//! broadcast only through [`EventBus::deliver_logged`], called by the replica's tailer of the
+//! event log, so every replica broadcasts every replica's events in log order; transient
+//! events, which are not stored, are broadcast locally).
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ccm_domain::{Event, EventKind, WorkerId};
 use ccm_store::Store;
@@ -31,6 +38,8 @@ pub struct EventBus {
     clock: Arc<dyn Clock>,
     source: Arc<str>,
     tx: broadcast::Sender<BusEvent>,
+    /// Stored events are broadcast by a tailer of the log, not on publish.
+    tailed: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for EventBus {
@@ -51,6 +60,53 @@ impl EventBus {
             clock,
             source: source.into(),
             tx,
+            tailed: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// From now on, stored events reach subscribers only through [`Self::deliver_logged`]
+    /// (a tailer of the event log feeds them, in log order, from every replica).
+    pub fn set_tailed(&self) {
+        self.tailed.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether stored events come from a tailer.
+    pub fn is_tailed(&self) -> bool {
+        self.tailed.load(Ordering::SeqCst)
+    }
+
+    /// Broadcasts events read from the log (the tailer), in log order.
+    pub fn deliver_logged(&self, events: impl IntoIterator<Item = (u64, Event)>) {
+        for (seq, event) in events {
+            let _ = self.tx.send(BusEvent {
+                seq: Some(seq),
+                event: Arc::new(event),
+            });
+        }
+    }
+
+    /// Broadcasts events already stored (or transient) with their positions. Stored ones are
+    /// left to the tailer when the bus is tailed.
+    pub fn deliver(&self, events: Vec<Event>, seqs: Vec<Option<u64>>) {
+        let tailed = self.is_tailed();
+        for (event, seq) in events
+            .into_iter()
+            .zip(seqs.into_iter().chain(std::iter::repeat(None)))
+        {
+            tracing::debug!(
+                r#type = event.type_name(),
+                subject = event.subject.as_deref().unwrap_or(""),
+                "event"
+            );
+            metrics::counter!(crate::metrics::EVENTS).increment(1);
+            if tailed && seq.is_some() {
+                continue;
+            }
+            // No subscriber is not an error.
+            let _ = self.tx.send(BusEvent {
+                seq,
+                event: Arc::new(event),
+            });
         }
     }
 
@@ -98,18 +154,6 @@ impl EventBus {
                 vec![None; events.len()]
             }
         };
-        for (event, seq) in events.into_iter().zip(seqs) {
-            tracing::debug!(
-                r#type = event.type_name(),
-                subject = event.subject.as_deref().unwrap_or(""),
-                "event"
-            );
-            metrics::counter!(crate::metrics::EVENTS).increment(1);
-            // No subscriber is not an error.
-            let _ = self.tx.send(BusEvent {
-                seq,
-                event: Arc::new(event),
-            });
-        }
+        self.deliver(events, seqs);
     }
 }

@@ -185,6 +185,8 @@ pub struct EngineConfig {
     pub write_batch: usize,
     /// …and flushed at least this often.
     pub write_interval: Duration,
+    /// Mutations the writer's queue holds; submitting waits while it is full (back-pressure).
+    pub write_queue: usize,
     /// How long shutdown waits for in-flight work.
     pub shutdown_grace: Duration,
     /// CloudEvents `source` of engine events.
@@ -208,6 +210,7 @@ impl EngineConfig {
             pricing,
             write_batch: 500,
             write_interval: Duration::from_millis(100),
+            write_queue: 20_000,
             shutdown_grace: Duration::from_secs(30),
             event_source: "/ccm/engine".into(),
             event_retention: Duration::from_secs(30 * 24 * 3600),

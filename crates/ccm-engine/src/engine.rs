@@ -45,7 +45,7 @@ use crate::state::State;
 use crate::supervisor::{Criticality, RestartPolicy, Supervisor, TaskStatus};
 use crate::types::{
     AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport,
-    ImportReport, ImportRequest, RefreshOutcome,
+    ImportPreview, ImportReport, ImportRequest, ProvisioningOptions, RefreshOutcome,
 };
 
 /// What the engine is built from.
@@ -70,6 +70,7 @@ pub struct EngineParts {
 
 struct Inner {
     state: Arc<State>,
+    ownership: Arc<dyn Ownership>,
     cloud: Arc<dyn CloudProvider>,
     resilience: Resilience,
     config: EngineConfig,
@@ -78,6 +79,8 @@ struct Inner {
     commands: Arc<WorkerCommands>,
     provisioning: Provisioning,
     cml: CmlCommands,
+    /// Set by [`Engine::follow_cluster`] (several replicas on PostgreSQL).
+    cluster: std::sync::OnceLock<(Arc<crate::cluster::Listen>, crate::cluster::LeaseOwnership)>,
     running: AtomicBool,
 }
 
@@ -136,8 +139,11 @@ impl Engine {
                     state.fleet().remember(w);
                 }
             }),
-            parts.config.write_batch,
-            parts.config.write_interval,
+            (
+                parts.config.write_batch,
+                parts.config.write_interval,
+                parts.config.write_queue,
+            ),
             &tasks,
         );
         state.attach_writer(writer);
@@ -161,7 +167,7 @@ impl Engine {
             cloud: parts.cloud.clone(),
             resilience: parts.resilience.clone(),
             endpoint: parts.endpoint,
-            ownership,
+            ownership: ownership.clone(),
             pause: commands.clone(),
             import: Arc::new(provisioning.clone()),
             event_retention: parts.config.event_retention,
@@ -178,6 +184,7 @@ impl Engine {
         let engine = Self {
             inner: Arc::new(Inner {
                 state,
+                ownership,
                 cloud: parts.cloud,
                 resilience: parts.resilience,
                 config: parts.config,
@@ -186,6 +193,7 @@ impl Engine {
                 commands,
                 provisioning,
                 cml,
+                cluster: std::sync::OnceLock::new(),
                 running: AtomicBool::new(false),
             }),
         };
@@ -300,6 +308,72 @@ impl Engine {
             && self.inner.tasks.critical_down().is_empty()
     }
 
+    /// Whether this process may act: `Err` names why not (e.g. its cluster membership has
+    /// lapsed). Part of `/readyz`.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.inner.ownership.readiness()
+    }
+
+    /// The event bus (the cluster's log tailer feeds it).
+    pub fn bus(&self) -> &EventBus {
+        self.inner.state.bus()
+    }
+
+    /// Follows what other replicas do, through the store's notifications: their events reach
+    /// this replica's subscribers in log order, their worker changes this replica's fleet index,
+    /// their settings changes this replica's settings. Supervised as `cluster_tail`.
+    /// `lease` is this replica's ownership (for [`Self::cluster_view`]). Call once, right
+    /// after start.
+    pub fn follow_cluster(
+        &self,
+        listen: crate::cluster::Listen,
+        lease: crate::cluster::LeaseOwnership,
+    ) {
+        let state = self.inner.state.clone();
+        let cancel = self.inner.tasks.cancel_token().clone();
+        let listen = Arc::new(listen);
+        if self.inner.cluster.set((listen.clone(), lease)).is_err() {
+            tracing::warn!("follow_cluster called twice; ignored");
+            return;
+        }
+        state.bus().set_tailed();
+        self.inner
+            .tasks
+            .supervise("cluster_tail", Criticality::Critical, None, move || {
+                crate::cluster::tail(state.clone(), listen.clone(), cancel.clone())
+            });
+    }
+
+    /// Sessions ended on any replica (keys: SHA-256 of the id, hex), when this engine follows
+    /// a cluster; `None` for a single node.
+    pub fn ended_sessions(&self) -> Option<tokio::sync::broadcast::Receiver<String>> {
+        self.inner.cluster.get().map(|(l, _)| l.ended_sessions())
+    }
+
+    /// Every replica and lease, when this engine is one of several replicas (`None` for a
+    /// single node).
+    pub async fn cluster_view(
+        &self,
+    ) -> Option<Result<crate::cluster::ClusterView, ccm_store::StoreError>> {
+        let (_, lease) = self.inner.cluster.get()?;
+        Some(lease.view().await.map(|mut view| {
+            let holders: std::collections::HashMap<&str, &str> = view
+                .leases
+                .iter()
+                .map(|l| (l.key.as_str(), l.holder.as_str()))
+                .collect();
+            let mut workers = BTreeMap::new();
+            for (id, _) in self.inner.state.fleet().select(|_| true) {
+                let key = crate::cluster::partition_key(id, view.partitions);
+                if let Some(holder) = holders.get(key.as_str()) {
+                    *workers.entry((*holder).to_owned()).or_insert(0u64) += 1;
+                }
+            }
+            view.workers = workers;
+            view
+        }))
+    }
+
     /// The runtime settings in force.
     pub fn settings(&self) -> Versioned<RuntimeSettings> {
         self.inner.state.settings()
@@ -371,9 +445,23 @@ impl Engine {
         self.inner.tasks.statuses()
     }
 
-    /// Runs a job now (a full cycle for per-worker jobs). Returns when it is done.
+    /// Runs a job now (a full cycle for per-worker jobs). Returns when it is done. A job the
+    /// engine does not run itself (webhook delivery) is a conflict.
     pub async fn trigger_job(&self, job: JobKind) -> Result<(), EngineError> {
+        if !job.runs_in_engine() {
+            return Err(EngineError::Conflict(format!(
+                "{} runs in its own loop and cannot be triggered",
+                job.as_str()
+            )));
+        }
         Ok(self.inner.jobs.run_now(job).await?)
+    }
+
+    /// Who owns which worker and fleet job. Work that another crate runs for the engine's
+    /// fleet (webhook delivery: [`JobKind::Webhooks`]) asks it for a grant before each batch
+    /// and checks the grant before each write, exactly as the engine's own fleet jobs do.
+    pub fn ownership(&self) -> Arc<dyn Ownership> {
+        self.inner.ownership.clone()
     }
 
     /// The share of the fleet in use as the idle policy last saw it (`None` before the first
@@ -444,6 +532,15 @@ impl Engine {
         self.inner.state.fleet().counts()
     }
 
+    /// Running workers whose CML data is older than the stale-data maximum age (from memory,
+    /// cheap enough for every `/metrics` scrape: `ccm_workers_stale`).
+    pub fn stale_workers(&self) -> usize {
+        self.inner
+            .state
+            .fleet()
+            .stale(self.now(), self.stale_max_age())
+    }
+
     /// The stale-data maximum age in force.
     pub fn stale_max_age(&self) -> Duration {
         self.settings().value.polling.stale_max_age
@@ -495,6 +592,17 @@ impl Engine {
             .await
     }
 
+    /// What a create or import form may offer (regions, instance types, image defaults,
+    /// the configured import filter).
+    pub fn provisioning_options(&self) -> ProvisioningOptions {
+        self.inner.provisioning.options()
+    }
+
+    /// The instances an import would take and which already are workers; changes nothing.
+    pub async fn preview_import(&self, req: ImportRequest) -> Result<ImportPreview, EngineError> {
+        self.inner.provisioning.preview_import(req).await
+    }
+
     /// Imports existing instances; importing an instance twice returns the existing worker.
     pub async fn import_workers(
         &self,
@@ -511,6 +619,7 @@ impl Engine {
         self.inner
             .commands
             .ec2_action(id, WorkerAction::Start, None, by)
+            .instrument(command_span("start", id))
             .await
     }
 
@@ -519,6 +628,7 @@ impl Engine {
         self.inner
             .commands
             .ec2_action(id, WorkerAction::Stop, Some(PauseReason::Manual), by)
+            .instrument(command_span("stop", id))
             .await
     }
 
@@ -532,6 +642,7 @@ impl Engine {
         self.inner
             .commands
             .ec2_action(id, WorkerAction::Pause, Some(reason), by)
+            .instrument(command_span("pause", id))
             .await
     }
 
@@ -540,18 +651,27 @@ impl Engine {
         self.inner
             .commands
             .ec2_action(id, WorkerAction::Resume, None, by)
+            .instrument(command_span("resume", id))
             .await
     }
 
     /// Terminates the worker's instance, for good.
     pub async fn terminate_worker(&self, id: WorkerId, by: &Actor) -> Result<Worker, EngineError> {
-        self.inner.commands.terminate(id, by).await
+        self.inner
+            .commands
+            .terminate(id, by)
+            .instrument(command_span("terminate", id))
+            .await
     }
 
     /// Deletes the worker record (the instance is untouched).
     pub async fn delete_worker(&self, id: WorkerId, by: &Actor) -> Result<(), EngineError> {
         self.inner.cml.forget(id);
-        self.inner.commands.delete(id, by).await
+        self.inner
+            .commands
+            .delete(id, by)
+            .instrument(command_span("delete", id))
+            .await
     }
 
     /// Sets and removes tags, in EC2 and on the record.
@@ -562,7 +682,11 @@ impl Engine {
         remove: Vec<String>,
         by: &Actor,
     ) -> Result<Worker, EngineError> {
-        self.inner.commands.update_tags(id, set, remove, by).await
+        self.inner
+            .commands
+            .update_tags(id, set, remove, by)
+            .instrument(command_span("tags", id))
+            .await
     }
 
     /// Turns on detailed CloudWatch monitoring.
@@ -571,7 +695,11 @@ impl Engine {
         id: WorkerId,
         by: &Actor,
     ) -> Result<Worker, EngineError> {
-        self.inner.commands.enable_detailed_monitoring(id, by).await
+        self.inner
+            .commands
+            .enable_detailed_monitoring(id, by)
+            .instrument(command_span("detailed_monitoring", id))
+            .await
     }
 
     /// Keeps a worker awake until `until`: no idle pause and no schedule stop before then
@@ -600,6 +728,7 @@ impl Engine {
         self.inner
             .commands
             .set_idle_detection(id, enabled, by)
+            .instrument(command_span("idle_detection", id))
             .await
     }
 
@@ -613,7 +742,11 @@ impl Engine {
         id: WorkerId,
         by: &Actor,
     ) -> Result<RefreshOutcome, EngineError> {
-        self.inner.cml.refresh(id, by).await
+        self.inner
+            .cml
+            .refresh(id, by)
+            .instrument(command_span("refresh", id))
+            .await
     }
 
     /// The labs of a worker, as last read.
@@ -629,7 +762,11 @@ impl Engine {
         action: LabAction,
         by: &Actor,
     ) -> Result<(), EngineError> {
-        self.inner.cml.lab_action(id, lab, action, by).await
+        self.inner
+            .cml
+            .lab_action(id, lab, action, by)
+            .instrument(command_span("lab_action", id))
+            .await
     }
 
     /// The lab's topology as YAML.
@@ -639,7 +776,11 @@ impl Engine {
         lab: &LabId,
         by: &Actor,
     ) -> Result<String, EngineError> {
-        self.inner.cml.download_lab(id, lab, by).await
+        self.inner
+            .cml
+            .download_lab(id, lab, by)
+            .instrument(command_span("download_lab", id))
+            .await
     }
 
     /// Imports a topology (YAML or JSON) as a new lab; returns its id.
@@ -650,7 +791,11 @@ impl Engine {
         title: Option<&str>,
         by: &Actor,
     ) -> Result<LabId, EngineError> {
-        self.inner.cml.import_lab(id, topology, title, by).await
+        self.inner
+            .cml
+            .import_lab(id, topology, title, by)
+            .instrument(command_span("import_lab", id))
+            .await
     }
 
     /// Asks the worker's CML to register with `token`; returns once CML accepted the request.
@@ -666,13 +811,24 @@ impl Engine {
         self.inner
             .cml
             .register_licence(id, token, reregister, by)
+            .instrument(command_span("register_licence", id))
             .await
     }
 
     /// Deregisters the worker's licence.
     pub async fn deregister_licence(&self, id: WorkerId, by: &Actor) -> Result<(), EngineError> {
-        self.inner.cml.deregister_licence(id, by).await
+        self.inner
+            .cml
+            .deregister_licence(id, by)
+            .instrument(command_span("deregister_licence", id))
+            .await
     }
+}
+
+/// The span of one operator command on a worker: `command` and the worker id (its CML and
+/// cloud calls are child spans).
+fn command_span(command: &'static str, id: WorkerId) -> tracing::Span {
+    tracing::info_span!("command", command, worker = %id)
 }
 
 /// The scheduler's health: running, and no critical background task down.

@@ -20,6 +20,8 @@ pub(crate) struct Slot {
     pub(crate) service: ServiceStatus,
     pub(crate) endpoint: Option<Arc<str>>,
     pub(crate) created_at: DateTime<Utc>,
+    /// When CML last answered `system_information` (the stale-data gauge).
+    pub(crate) cml_at: Option<DateTime<Utc>>,
 }
 
 impl Slot {
@@ -31,6 +33,7 @@ impl Slot {
             service: w.service.status,
             endpoint: w.endpoint.as_deref().map(Arc::from),
             created_at: w.created_at,
+            cml_at: w.cml.info.last_good.as_ref().map(|o| o.observed_at),
         }
     }
 
@@ -101,6 +104,20 @@ impl Fleet {
             .iter()
             .find(|e| e.value().endpoint.as_deref() == Some(endpoint))
             .map(|e| *e.key())
+    }
+
+    /// Running workers with an endpoint whose CML data is older than `max_age` at `now` (or
+    /// was never read, and the worker is known for longer than that): what the UI shows as
+    /// stale.
+    pub(crate) fn stale(&self, now: DateTime<Utc>, max_age: std::time::Duration) -> usize {
+        let max_age = chrono::Duration::from_std(max_age).unwrap_or(chrono::Duration::MAX);
+        self.slots
+            .iter()
+            .filter(|e| {
+                let s = e.value();
+                s.reachable().is_some() && now - s.cml_at.unwrap_or(s.created_at) > max_age
+            })
+            .count()
     }
 
     /// Counts by EC2 state and service status.

@@ -29,11 +29,15 @@ pub enum JobKind {
     /// Off-hours schedules: stops workers whose off-hours began, starts those they stopped
     /// once they end, warns before a stop.
     Schedules,
+    /// Delivers the event log to webhooks. Run by `ccm-webhooks`' own loop, not by the
+    /// engine's job runner, but granted through [`crate::Ownership`] like every fleet job
+    /// (`Engine::ownership`), so that with several replicas exactly one delivers.
+    Webhooks,
 }
 
 impl JobKind {
     /// Every job.
-    pub const ALL: [JobKind; 8] = [
+    pub const ALL: [JobKind; 9] = [
         Self::Ec2Sync,
         Self::CmlSync,
         Self::Metrics,
@@ -42,6 +46,7 @@ impl JobKind {
         Self::AutoImport,
         Self::EventRetention,
         Self::Schedules,
+        Self::Webhooks,
     ];
 
     /// Its name in the API.
@@ -55,6 +60,7 @@ impl JobKind {
             Self::AutoImport => "auto_import",
             Self::EventRetention => "event_retention",
             Self::Schedules => "schedules",
+            Self::Webhooks => "webhooks",
         }
     }
 
@@ -74,7 +80,15 @@ impl JobKind {
             Self::AutoImport => (p.auto_import_enabled, p.auto_import_interval),
             Self::EventRetention => (true, Duration::from_secs(3600)),
             Self::Schedules => (p.activity_enabled, Duration::from_secs(60)),
+            // Event-driven (woken by new events); the interval is its fallback poll.
+            Self::Webhooks => (true, Duration::from_secs(5)),
         }
+    }
+
+    /// Whether the engine's job runner runs it (loops, the board, `trigger_job`). `Webhooks`
+    /// is run by its own crate and only granted here.
+    pub fn runs_in_engine(self) -> bool {
+        !matches!(self, Self::Webhooks)
     }
 
     /// Polls each worker on its own schedule (otherwise: one run for the fleet).

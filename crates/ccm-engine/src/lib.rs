@@ -26,6 +26,7 @@
 
 mod bus;
 mod clock;
+pub mod cluster;
 mod cml_commands;
 mod commands;
 mod config;
@@ -48,6 +49,7 @@ mod writer;
 
 pub use bus::{BUS_CAPACITY, BusEvent, EventBus};
 pub use clock::{Clock, ManualClock, TokioClock};
+pub use cluster::{ClusterConfig, ClusterView, LeaseOwnership};
 pub use config::{EngineConfig, ImportConfig, LicenceConfig, PricingConfig, ProvisioningConfig};
 pub use engine::{Engine, EngineParts};
 pub use error::{EngineError, JobError, PolicyRefusal, RefusalKind, UpstreamError, UpstreamKind};
@@ -58,5 +60,6 @@ pub use resilience_events::{ResilienceEvents, resilience_with_bus};
 pub use supervisor::{Criticality, TaskState, TaskStatus};
 pub use types::{
     AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport,
-    ImportReport, ImportRequest, ImportSelector, RefreshOutcome,
+    ImportCandidate, ImportPreview, ImportReport, ImportRequest, ImportSelector,
+    ProvisioningOptions, RefreshOutcome,
 };

@@ -93,7 +93,7 @@ impl CmlCommands {
             match self.cml().licensing(&target).await {
                 Ok(status) => {
                     let licence: Licence = status.into();
-                    self.record_licence(id, licence.clone());
+                    self.record_licence(id, licence.clone()).await;
                     match licence.registration.clone() {
                         RegistrationStatus::Completed => {
                             state
@@ -149,15 +149,17 @@ impl CmlCommands {
         }
     }
 
-    fn record_licence(&self, id: WorkerId, licence: Licence) {
+    async fn record_licence(&self, id: WorkerId, licence: Licence) {
         let now = self.state().now();
-        self.state().submit(
-            id,
-            Arc::new(move |w| {
-                w.cml.licence.succeed(licence.clone(), now);
-                Vec::new()
-            }),
-        );
+        self.state()
+            .submit(
+                id,
+                Arc::new(move |w| {
+                    w.cml.licence.succeed(licence.clone(), now);
+                    Vec::new()
+                }),
+            )
+            .await;
     }
 
     /// Deregisters the worker's licence.
@@ -184,7 +186,7 @@ impl CmlCommands {
                     .emit(Some(id), [EventKind::LicenceDeregistered {}])
                     .await;
                 if let Ok(status) = self.cml().licensing(&target).await {
-                    self.record_licence(id, status.into());
+                    self.record_licence(id, status.into()).await;
                 }
                 state.flush().await;
                 Ok(())

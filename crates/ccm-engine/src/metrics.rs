@@ -2,7 +2,7 @@
 //! [`describe`], which gives each its help text and unit. Prometheus naming: counters end in
 //! `_total`, histograms in their unit (`_seconds`). Labels are bounded (`job` is a job name).
 
-use ::metrics::{Unit, describe_counter, describe_histogram};
+use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 
 /// Histogram `{job}`: seconds one poll of one worker took (`cml_sync`, `labs`).
 pub const POLL_SECONDS: &str = "ccm_poll_seconds";
@@ -25,10 +25,53 @@ pub const WRITER_FLUSH_SECONDS: &str = "ccm_writer_flush_seconds";
 pub const TASK_RESTARTS: &str = "ccm_task_restarts_total";
 /// Counter: job writes refused because the job's grant (lease) was no longer held.
 pub const JOB_WRITES_REFUSED: &str = "ccm_job_writes_refused_total";
+/// Counter: poll results the store refused because their lease had been taken over or had
+/// expired (fencing); dropped, never retried.
+pub const FENCING_REFUSALS: &str = "ccm_fencing_refusals_total";
+/// Gauge: leases this replica holds (worker partitions and fleet jobs).
+pub const LEASES_HELD: &str = "ccm_leases_held";
+/// Counter: leases this replica took over from another replica whose lease had expired.
+pub const LEASE_TAKEOVERS: &str = "ccm_lease_takeovers_total";
+/// Counter: heartbeat or lease renewal rounds that failed (database unreachable).
+pub const LEASE_RENEW_FAILURES: &str = "ccm_lease_renew_failures_total";
+/// Gauge: live replicas this replica sees (itself included).
+pub const REPLICAS_LIVE: &str = "ccm_replicas_live";
+/// Counter: writer batches kept for another attempt after the database failed.
+pub const WRITER_RETRIES: &str = "ccm_writer_retries_total";
 
 /// Gives every metric of this crate its help text and unit, in the recorder installed now
 /// (call it once after installing one; without a recorder it does nothing).
 pub fn describe() {
+    describe_counter!(
+        FENCING_REFUSALS,
+        Unit::Count,
+        "Poll results refused by the store because their lease was taken over or expired (fencing)."
+    );
+    describe_gauge!(
+        LEASES_HELD,
+        Unit::Count,
+        "Leases this replica holds (worker partitions and fleet jobs)."
+    );
+    describe_counter!(
+        LEASE_TAKEOVERS,
+        Unit::Count,
+        "Leases taken over from a replica whose lease had expired."
+    );
+    describe_counter!(
+        LEASE_RENEW_FAILURES,
+        Unit::Count,
+        "Heartbeat and lease renewal rounds that failed."
+    );
+    describe_gauge!(
+        REPLICAS_LIVE,
+        Unit::Count,
+        "Live replicas this replica sees, itself included."
+    );
+    describe_counter!(
+        WRITER_RETRIES,
+        Unit::Count,
+        "Writer batches kept for another attempt after a database failure."
+    );
     describe_counter!(
         TASK_RESTARTS,
         Unit::Count,
@@ -87,45 +130,7 @@ mod tests {
     /// the kind it is described as.
     #[test]
     fn every_metric_should_be_described_and_named_by_the_conventions() {
-        let text = include_str!("metrics.rs");
-        let body = text.split("pub fn describe()").nth(1).unwrap_or_default();
-        // The describe macro before each identifier in `describe`'s body.
-        let mut kind = "";
-        let mut described = std::collections::HashMap::new();
-        for token in body.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
-            if token.starts_with("describe_") {
-                kind = token;
-            } else if !token.is_empty() {
-                described.insert(token, kind);
-            }
-        }
-        let mut names = 0;
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("pub const ") && l.contains(": &str = "))
-        {
-            let constant = line["pub const ".len()..]
-                .split(':')
-                .next()
-                .unwrap_or_default();
-            let name = line.split('"').nth(1).unwrap_or_default();
-            let kind = described
-                .get(constant)
-                .unwrap_or_else(|| panic!("{constant} is not described"));
-            assert!(name.starts_with("ccm_"), "{name}");
-            match *kind {
-                "describe_counter" => assert!(name.ends_with("_total"), "{name}"),
-                "describe_histogram" => {
-                    assert!(
-                        name.ends_with("_seconds") || name.ends_with("_bytes"),
-                        "{name}"
-                    );
-                }
-                "describe_gauge" => assert!(!name.ends_with("_total"), "{name}"),
-                other => panic!("{constant}: unknown kind {other:?}"),
-            }
-            names += 1;
-        }
+        let names = ccm_resilience::metrics::check_catalogue(include_str!("metrics.rs"));
         assert!(names >= 8, "found only {names} metrics");
     }
 }

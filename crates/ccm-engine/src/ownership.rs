@@ -9,9 +9,15 @@
 //! themselves, so a lease-backed implementation changes this one trait object, not the jobs.
 //!
 //! [`SingleNode`] is the implementation for one process: it owns every worker and every job,
-//! and its grants never lapse. A lease-backed implementation also has to make the store refuse
-//! a write whose token is stale (in the writer's save transaction), because checking
-//! [`Ownership::holds`] before queueing a write narrows the window but cannot close it.
+//! and its grants never lapse. [`crate::cluster::LeaseOwnership`] is the one for several
+//! replicas: grants are leases in the database, and [`Ownership::fence`] names the lease each
+//! write must still be covered by, which the store checks in the writer's save transaction —
+//! checking [`Ownership::holds`] before queueing a write narrows the window but cannot close
+//! it.
+//!
+//! A new fleet job (e.g. webhook delivery) needs nothing here: a new [`JobKind`] and a call to
+//! [`Ownership::may_run`] in its loop give it a lease of its own on several replicas
+//! (`job:<name>`, or `job:<name>:<region>`).
 //!
 //! Commands (start, stop, refresh, lab actions, licences) are not owned: any replica accepts
 //! any command, and commands write with optimistic concurrency ([`Grant::command`]).
@@ -98,6 +104,20 @@ pub trait Ownership: Send + Sync + fmt::Debug {
 
     /// Whether `grant` is still held (checked before each write a job makes).
     fn holds(&self, grant: &Grant) -> bool;
+
+    /// The lease a write made under `grant` must still be covered by when the store applies
+    /// it (checked in the write's own transaction: fencing). `None` (the default): writes are
+    /// not fenced — one process owns everything.
+    fn fence(&self, grant: &Grant) -> Option<ccm_store::Fence> {
+        let _ = grant;
+        None
+    }
+
+    /// Whether this process may act at all: `Err` names why not (e.g. its membership in the
+    /// cluster has lapsed). `/readyz` reports it.
+    fn readiness(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// One process owns everything: every worker, every job, forever (token 1).

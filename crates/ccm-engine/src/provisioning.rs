@@ -29,7 +29,10 @@ use crate::error::{EngineError, PolicyRefusal, RefusalKind};
 use crate::jobs::AutoImport;
 use crate::state::State;
 use crate::supervisor::Supervisor;
-use crate::types::{AmiSelector, CreateWorker, ImportReport, ImportRequest, ImportSelector};
+use crate::types::{
+    AmiSelector, CreateWorker, ImportCandidate, ImportPreview, ImportReport, ImportRequest,
+    ImportSelector, ProvisioningOptions,
+};
 
 /// Provisioning and imports. Cheap to clone.
 #[derive(Clone)]
@@ -77,6 +80,33 @@ impl Provisioning {
             .into_iter()
             .next()
             .ok_or_else(|| EngineError::invalid("region", "no region given and none configured"))
+    }
+
+    /// What a create or import form may offer.
+    pub(crate) fn options(&self) -> ProvisioningOptions {
+        let p = &self.inner.provisioning;
+        let i = &self.inner.import;
+        let regions = self.inner.cloud.regions();
+        let import_regions = if i.regions.is_empty() {
+            regions.clone()
+        } else {
+            i.regions
+                .iter()
+                .filter_map(|r| Region::parse(r).ok())
+                .collect()
+        };
+        ProvisioningOptions {
+            default_region: self.default_region().ok(),
+            regions,
+            default_instance_type: p.instance_type.clone(),
+            instance_types: p.allowed_types(),
+            ami_id: p.ami_id.clone(),
+            ami_name_pattern: p.ami_name_pattern.clone(),
+            tags: p.tags.clone(),
+            import_regions,
+            import_ami_name_pattern: i.ami_name_pattern.clone(),
+            import_tag: i.tag.clone(),
+        }
     }
 
     /// The image a create would launch (see [`Self::resolve_image`]).
@@ -343,15 +373,12 @@ impl Provisioning {
         }
     }
 
-    /// Imports existing instances; importing an instance twice returns the existing worker.
-    /// With [`ImportRequest::restricted_to_filter`] (callers below admin), every instance to
-    /// import must match the `[import]` filter, else nothing is imported (403 naming them).
-    pub(crate) async fn import(
+    /// The instances a request matches (terminated ones included), and the ids asked for
+    /// but not found.
+    async fn candidates(
         &self,
-        req: ImportRequest,
-        by: &Actor,
-    ) -> Result<ImportReport, EngineError> {
-        let state = &self.inner.state;
+        req: &ImportRequest,
+    ) -> Result<(Vec<Instance>, Vec<(String, String)>), EngineError> {
         let cloud = &self.inner.cloud;
         let owners = &self.inner.import.ami_owners;
         let regions: Vec<Region> = match &req.region {
@@ -393,19 +420,71 @@ impl Provisioning {
             };
             candidates.extend(cloud.describe_instances(region, &query).await?);
         }
-        let mut report = ImportReport {
-            matched: candidates.len() as u32,
-            ..Default::default()
-        };
+        let mut skipped = Vec::new();
         if let ImportSelector::InstanceIds(ids) = &req.selector {
             for id in ids {
                 if !candidates.iter().any(|c| &c.id == id) {
-                    report
-                        .skipped
-                        .push((id.to_string(), "not found in the searched regions".into()));
+                    skipped.push((id.to_string(), "not found in the searched regions".into()));
                 }
             }
         }
+        Ok((candidates, skipped))
+    }
+
+    /// Whether an import of `importable` instances must be confirmed with `all`.
+    fn needs_all(req: &ImportRequest, importable: usize) -> bool {
+        importable > 1 && !matches!(req.selector, ImportSelector::InstanceIds(_))
+    }
+
+    /// What [`Provisioning::import`] would do, without changing anything: the matching
+    /// instances, which of them already are workers, and whether `all` is needed.
+    pub(crate) async fn preview_import(
+        &self,
+        req: ImportRequest,
+    ) -> Result<ImportPreview, EngineError> {
+        let (instances, skipped) = self.candidates(&req).await?;
+        let importable = instances.iter().filter(|i| !i.state.is_final()).count();
+        let store = self.inner.state.store();
+        let mut candidates = Vec::with_capacity(instances.len());
+        for i in instances {
+            let worker = store.get_by_instance(&i.id).await?.map(|w| w.id);
+            candidates.push(ImportCandidate {
+                name: i.name().map(str::to_owned),
+                skip_reason: i
+                    .state
+                    .is_final()
+                    .then(|| format!("the instance is {}", i.state)),
+                instance_id: i.id,
+                region: i.region,
+                state: i.state,
+                instance_type: i.instance_type,
+                image_id: i.image_id,
+                launch_time: i.launch_time,
+                worker,
+            });
+        }
+        Ok(ImportPreview {
+            needs_all: Self::needs_all(&req, importable),
+            candidates,
+            skipped,
+        })
+    }
+
+    /// Imports existing instances; importing an instance twice returns the existing worker.
+    /// With [`ImportRequest::restricted_to_filter`] (callers below admin), every instance to
+    /// import must match the `[import]` filter, else nothing is imported (403 naming them).
+    pub(crate) async fn import(
+        &self,
+        req: ImportRequest,
+        by: &Actor,
+    ) -> Result<ImportReport, EngineError> {
+        let state = &self.inner.state;
+        let (candidates, skipped) = self.candidates(&req).await?;
+        let mut report = ImportReport {
+            matched: candidates.len() as u32,
+            skipped,
+            ..Default::default()
+        };
         let importable: Vec<_> = candidates
             .into_iter()
             .filter(|i| !i.state.is_final())
@@ -416,10 +495,7 @@ impl Provisioning {
                 return Err(self.outside_refusal(&req.selector, &outside).into());
             }
         }
-        if !req.all
-            && importable.len() > 1
-            && !matches!(req.selector, ImportSelector::InstanceIds(_))
-        {
+        if !req.all && Self::needs_all(&req, importable.len()) {
             return Err(EngineError::Conflict(format!(
                 "{} instances match; import them all explicitly (all = true)",
                 importable.len()

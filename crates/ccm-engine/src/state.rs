@@ -10,7 +10,8 @@ use std::sync::Arc;
 
 use ccm_domain::{Actor, EventKind, RuntimeSettings, Worker, WorkerId};
 use ccm_store::{
-    EventQuery, MetricsPoint, Page, Store, StoredEvent, Versioned, WorkerFilter, update_worker,
+    EventQuery, MetricsPoint, Page, Store, StoreError, StoredEvent, Versioned, WorkerFilter,
+    WorkerWrite, WriteOutcome,
 };
 use chrono::{DateTime, Utc};
 use parking_lot::Mutex;
@@ -155,6 +156,49 @@ impl State {
         Ok(saved)
     }
 
+    /// Reloads the settings from the store when they are newer than the ones in force
+    /// (changed through another replica).
+    pub(crate) async fn reload_settings(&self) {
+        match self.store.runtime_settings().await {
+            Ok(stored) if stored.version > self.settings().version => {
+                if let Err(e) = stored.value.validate() {
+                    tracing::warn!(error = %e.message, "settings changed elsewhere are invalid here; kept the current ones");
+                    return;
+                }
+                tracing::info!(
+                    version = stored.version,
+                    "settings changed on another replica; applied"
+                );
+                self.settings.send_replace(stored);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "cannot reload the settings"),
+        }
+    }
+
+    /// Refreshes the fleet index for workers changed elsewhere (another replica): present ones
+    /// are remembered as stored, missing ones forgotten.
+    pub(crate) async fn follow_workers(&self, ids: Vec<WorkerId>) {
+        if ids.is_empty() {
+            return;
+        }
+        match self.store.get_many(&ids).await {
+            Ok(found) => {
+                let present: std::collections::HashSet<WorkerId> =
+                    found.iter().map(|w| w.id).collect();
+                for w in &found {
+                    self.fleet.remember(w);
+                }
+                for id in ids {
+                    if !present.contains(&id) {
+                        self.fleet.forget(id);
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot refresh the fleet index"),
+        }
+    }
+
     // === writes ===
 
     /// Connects the batched writer.
@@ -173,10 +217,10 @@ impl State {
         self.writer.lock().clone()
     }
 
-    /// Queues a batched mutation (polls).
-    pub(crate) fn submit(&self, id: WorkerId, mutation: Mutation) {
+    /// Queues a batched mutation (not fenced: commands' follow-ups).
+    pub(crate) async fn submit(&self, id: WorkerId, mutation: Mutation) {
         match self.writer() {
-            Some(w) => w.submit(id, mutation),
+            Some(w) => w.submit(id, mutation, None).await,
             None => tracing::debug!(worker = %id, "writer stopped; dropping a poll result"),
         }
     }
@@ -199,10 +243,52 @@ impl State {
         F: FnMut(&mut Worker) -> Result<Vec<EventKind>, E>,
         E: Into<EngineError>,
     {
-        let (saved, events) = update_worker(self.store.as_ref(), id, |w| change(w)).await?;
-        self.fleet.remember(&saved);
-        self.emit(Some(saved.id), events).await;
-        Ok(saved)
+        // The change and its events in one transaction; a conflict reloads and reapplies.
+        let mut last = None;
+        for _ in 0..ccm_store::UPDATE_ATTEMPTS {
+            let mut worker = self.store.get(id).await?.ok_or(EngineError::NotFound {
+                what: "worker",
+                id: id.to_string(),
+            })?;
+            let kinds = change(&mut worker).map_err(Into::into)?;
+            let events = self.bus.stamp(Some(id), kinds);
+            let write = WorkerWrite {
+                worker,
+                events: events.clone(),
+                fence: None,
+            };
+            match self
+                .store
+                .save_changes(std::slice::from_ref(&write))
+                .await?
+                .pop()
+            {
+                Some(WriteOutcome::Saved { worker, seqs }) => {
+                    self.fleet.remember(&worker);
+                    self.bus.deliver(events, seqs);
+                    return Ok(worker);
+                }
+                Some(WriteOutcome::Failed(e @ StoreError::Conflict { .. })) => {
+                    tracing::debug!(worker = %id, "update conflict, retrying");
+                    last = Some(e);
+                }
+                Some(WriteOutcome::Failed(e)) => return Err(e.into()),
+                Some(WriteOutcome::Fenced) | None => {
+                    return Err(StoreError::Conflict {
+                        id,
+                        expected: write.worker.version,
+                        found: None,
+                    }
+                    .into());
+                }
+            }
+        }
+        Err(last
+            .unwrap_or(StoreError::NotFound {
+                what: "worker",
+                id: id.to_string(),
+            })
+            .into())
     }
 
     /// Stores a new worker (provisioning), indexes it and publishes its events.

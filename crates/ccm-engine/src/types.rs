@@ -76,6 +76,66 @@ pub struct ImportReport {
     pub skipped: Vec<(String, String)>,
 }
 
+/// What a create or import form may offer: regions, instance types, image defaults and the
+/// configured import filter (from `[provisioning]`, `[import]` and the cloud's regions).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ProvisioningOptions {
+    /// Regions the cloud serves.
+    pub regions: Vec<Region>,
+    /// The region used when a request names none.
+    pub default_region: Option<Region>,
+    /// The instance type used when a request names none.
+    pub default_instance_type: String,
+    /// Instance types a request may choose (the default first); empty: any valid type.
+    pub instance_types: Vec<String>,
+    /// The configured image id, if any (wins over the pattern).
+    pub ami_id: Option<String>,
+    /// The configured image name pattern, if any.
+    pub ami_name_pattern: Option<String>,
+    /// Tags every new worker gets.
+    pub tags: BTreeMap<String, String>,
+    /// Regions an import searches.
+    pub import_regions: Vec<Region>,
+    /// The configured import filter: image name pattern.
+    pub import_ami_name_pattern: Option<String>,
+    /// The configured import filter: tag `key=value`.
+    pub import_tag: Option<String>,
+}
+
+/// One instance an import would take, and whether it already is a worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportCandidate {
+    /// The instance.
+    pub instance_id: InstanceId,
+    /// Its region.
+    pub region: Region,
+    /// Its `Name` tag.
+    pub name: Option<String>,
+    /// Its EC2 state.
+    pub state: ccm_domain::Ec2State,
+    /// Its instance type.
+    pub instance_type: InstanceType,
+    /// Its image.
+    pub image_id: AmiId,
+    /// When it was launched, when known.
+    pub launch_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// The worker it already is, if any.
+    pub worker: Option<WorkerId>,
+    /// Why it would not be imported (terminated), if so.
+    pub skip_reason: Option<String>,
+}
+
+/// What an import would do, found without changing anything.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct ImportPreview {
+    /// Instances that matched.
+    pub candidates: Vec<ImportCandidate>,
+    /// Ids asked for but not found, and why.
+    pub skipped: Vec<(String, String)>,
+    /// Whether the import must be confirmed with `all` (several matches of an image selector).
+    pub needs_all: bool,
+}
+
 /// What an on-demand refresh did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "outcome", rename_all = "snake_case")]

@@ -3,21 +3,32 @@
 //! Polls produce a write per worker per cycle (10,000 per cycle for a large fleet). Writing
 //! each in its own transaction would cost one fsync each; the writer instead collects
 //! mutations for up to `write_interval` or `write_batch` items, loads the workers in one query,
-//! applies the mutations in order, saves them in one transaction, and publishes the events of
-//! the saved changes. A version conflict (someone else wrote the worker meanwhile) falls back
-//! to reload-and-reapply for that worker only. On shutdown the queue is drained: nothing
-//! accepted is lost.
+//! applies the mutations in order, and saves the workers **with their events in one
+//! transaction** ([`Store::save_changes`]), then delivers the events to live subscribers.
 //!
-//! The writer runs under the [`Supervisor`]: the queue lives outside the task, so when a
-//! mutation panics the batch in hand is lost but the task is restarted on the same queue and
-//! every handle stays valid.
+//! - **Fencing**: each mutation carries the lease it was produced under
+//!   ([`crate::ownership::Ownership::fence`]); the store refuses a write whose lease was taken
+//!   over or expired, in the same transaction. Refused poll results are dropped and counted
+//!   (`ccm_fencing_refusals_total`), never retried; commands in the same batch are not fenced
+//!   and are saved on their own.
+//! - **Conflicts** (someone else wrote the worker meanwhile) fall back to reload-and-reapply for
+//!   that worker only.
+//! - **Nothing is dropped on a database failure**: a batch whose load or save fails is kept
+//!   and tried again at the next flush (up to [`MAX_ATTEMPTS`] times, then failed to its
+//!   callers and counted in `ccm_worker_writes_failed_total`).
+//! - **Back-pressure**: the queue is bounded (`write_queue`); submitting waits while it is
+//!   full, so a slow database slows the polls instead of growing memory.
+//!
+//! On shutdown the queue is drained: nothing accepted is lost. The writer runs under the
+//! [`Supervisor`]: the queue lives outside the task, so when a mutation panics the batch in
+//! hand is lost but the task is restarted on the same queue and every handle stays valid.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use ccm_domain::{EventKind, Worker, WorkerId};
-use ccm_store::{MetricsSample, Store, StoreError};
+use ccm_store::{Fence, MetricsSample, Store, StoreError, WorkerWrite, WriteOutcome};
 use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 
@@ -31,11 +42,16 @@ pub(crate) type Mutation = Arc<dyn Fn(&mut Worker) -> Vec<EventKind> + Send + Sy
 /// Called with every worker the writer saved (the engine refreshes its cache).
 pub(crate) type OnSaved = Arc<dyn Fn(&Worker) + Send + Sync>;
 
+/// How many flushes a batch is tried in before its items fail (database failures only).
+pub(crate) const MAX_ATTEMPTS: u32 = 5;
+
 struct Item {
     id: WorkerId,
     mutation: Mutation,
+    fence: Option<Fence>,
     sample: Option<(DateTime<Utc>, MetricsSample)>,
     done: Option<oneshot::Sender<Result<Worker, String>>>,
+    attempts: u32,
 }
 
 enum Msg {
@@ -46,70 +62,89 @@ enum Msg {
 /// Sends mutations to the writer task.
 #[derive(Clone)]
 pub(crate) struct WriterHandle {
-    tx: mpsc::UnboundedSender<Msg>,
+    tx: mpsc::Sender<Msg>,
 }
 
 impl WriterHandle {
-    /// Queues a mutation; returns at once.
-    pub(crate) fn submit(&self, id: WorkerId, mutation: Mutation) {
-        let _ = self.tx.send(Msg::Item(Item {
-            id,
-            mutation,
-            sample: None,
-            done: None,
-        }));
+    /// Queues a mutation (waits while the queue is full).
+    pub(crate) async fn submit(&self, id: WorkerId, mutation: Mutation, fence: Option<Fence>) {
+        let _ = self
+            .tx
+            .send(Msg::Item(Item {
+                id,
+                mutation,
+                fence,
+                sample: None,
+                done: None,
+                attempts: 0,
+            }))
+            .await;
     }
 
     /// Queues a mutation and a metrics history sample, saved together.
-    pub(crate) fn submit_with_sample(
+    pub(crate) async fn submit_with_sample(
         &self,
         id: WorkerId,
         mutation: Mutation,
+        fence: Option<Fence>,
         at: DateTime<Utc>,
         sample: MetricsSample,
     ) {
-        let _ = self.tx.send(Msg::Item(Item {
-            id,
-            mutation,
-            sample: Some((at, sample)),
-            done: None,
-        }));
+        let _ = self
+            .tx
+            .send(Msg::Item(Item {
+                id,
+                mutation,
+                fence,
+                sample: Some((at, sample)),
+                done: None,
+                attempts: 0,
+            }))
+            .await;
     }
 
-    /// Waits until everything queued before this call is saved.
+    /// Waits until everything queued before this call is saved (or kept for a retry).
     pub(crate) async fn barrier(&self) {
         let (done, rx) = oneshot::channel();
-        if self.tx.send(Msg::Barrier(done)).is_ok() {
+        if self.tx.send(Msg::Barrier(done)).await.is_ok() {
             let _ = rx.await;
         }
     }
 
     /// Queues a mutation and waits until it is saved (or failed).
-    pub(crate) async fn apply(&self, id: WorkerId, mutation: Mutation) -> Result<Worker, String> {
+    pub(crate) async fn apply(
+        &self,
+        id: WorkerId,
+        mutation: Mutation,
+        fence: Option<Fence>,
+    ) -> Result<Worker, String> {
         let (done, rx) = oneshot::channel();
         self.tx
             .send(Msg::Item(Item {
                 id,
                 mutation,
+                fence,
                 sample: None,
                 done: Some(done),
+                attempts: 0,
             }))
+            .await
             .map_err(|_| "the writer has stopped".to_owned())?;
         rx.await.map_err(|_| "the writer has stopped".to_owned())?
     }
 }
 
-/// Starts the writer as the supervised task `writer`. It ends when every handle is dropped
-/// and the queue is empty.
+/// Starts the writer as the supervised task `writer`, with a queue of `capacity` messages. It
+/// ends when every handle is dropped and the queue is empty.
 pub(crate) fn spawn(
     store: Arc<dyn Store>,
     bus: EventBus,
     on_saved: OnSaved,
-    batch: usize,
-    interval: Duration,
+    limits: (usize, Duration, usize),
     supervisor: &Supervisor,
 ) -> WriterHandle {
-    let (tx, rx) = mpsc::unbounded_channel();
+    let (batch, interval, capacity) = limits;
+    let (tx, rx) = mpsc::channel(capacity.max(1));
     let queue = Arc::new(tokio::sync::Mutex::new(rx));
     supervisor.supervise("writer", Criticality::Critical, None, move || {
         run(
@@ -125,7 +160,7 @@ pub(crate) fn spawn(
 }
 
 async fn run(
-    queue: Arc<tokio::sync::Mutex<mpsc::UnboundedReceiver<Msg>>>,
+    queue: Arc<tokio::sync::Mutex<mpsc::Receiver<Msg>>>,
     store: Arc<dyn Store>,
     bus: EventBus,
     on_saved: OnSaved,
@@ -134,156 +169,278 @@ async fn run(
 ) {
     // Held for the life of this run; a panicking run releases it for the next.
     let mut rx = queue.lock_owned().await;
-    let mut buf = Vec::with_capacity(batch);
+    let mut buf: Vec<Item> = Vec::with_capacity(batch);
     let mut barriers = Vec::new();
-    loop {
-        // Wait for the first message, then gather for up to `interval`.
-        match rx.recv().await {
-            Some(Msg::Item(item)) => buf.push(item),
-            Some(Msg::Barrier(done)) => barriers.push(done),
-            None => break,
+    let mut open = true;
+    while open || !buf.is_empty() {
+        // Items kept from a failed flush wait one interval; otherwise wait for a message.
+        if buf.is_empty() {
+            match rx.recv().await {
+                Some(Msg::Item(item)) => buf.push(item),
+                Some(Msg::Barrier(done)) => barriers.push(done),
+                None => break,
+            }
         }
         let deadline = tokio::time::Instant::now() + interval;
-        while buf.len() < batch && barriers.is_empty() {
+        while open && buf.len() < batch && barriers.is_empty() {
             match tokio::time::timeout_at(deadline, rx.recv()).await {
                 Ok(Some(Msg::Item(item))) => buf.push(item),
                 Ok(Some(Msg::Barrier(done))) => barriers.push(done),
-                Ok(None) | Err(_) => break,
+                Ok(None) => open = false,
+                Err(_) => break,
             }
         }
-        flush(&mut buf, store.as_ref(), &bus, &on_saved).await;
+        let items = std::mem::take(&mut buf);
+        buf = flush(items, store.as_ref(), &bus, &on_saved).await;
         for done in barriers.drain(..) {
             let _ = done.send(());
         }
     }
-    flush(&mut buf, store.as_ref(), &bus, &on_saved).await;
     for done in barriers {
         let _ = done.send(());
     }
 }
 
-async fn flush(buf: &mut Vec<Item>, store: &dyn Store, bus: &EventBus, on_saved: &OnSaved) {
-    if buf.is_empty() {
-        return;
+/// One worker's items in a flush.
+struct Group {
+    id: WorkerId,
+    items: Vec<Item>,
+}
+
+impl Group {
+    /// The lease the group's write is fenced by: the newest token among its poll results.
+    fn fence(&self) -> Option<Fence> {
+        self.items
+            .iter()
+            .filter_map(|i| i.fence.clone())
+            .max_by_key(|f| f.token)
+    }
+
+    /// Applies every item's mutation; the events they caused.
+    fn apply(&self, worker: &mut Worker) -> Vec<EventKind> {
+        let mut evs = Vec::new();
+        for item in &self.items {
+            evs.extend((item.mutation)(worker));
+        }
+        evs
+    }
+}
+
+/// Saves one batch; returns the items to try again at the next flush.
+async fn flush(
+    items: Vec<Item>,
+    store: &dyn Store,
+    bus: &EventBus,
+    on_saved: &OnSaved,
+) -> Vec<Item> {
+    if items.is_empty() {
+        return Vec::new();
     }
     let started = tokio::time::Instant::now();
-    let items = std::mem::take(buf);
     // Group by worker, keeping order.
-    let mut order: Vec<WorkerId> = Vec::new();
-    let mut groups: HashMap<WorkerId, Vec<Item>> = HashMap::new();
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: HashMap<WorkerId, usize> = HashMap::new();
     for item in items {
-        groups
-            .entry(item.id)
-            .or_insert_with(|| {
-                order.push(item.id);
-                Vec::new()
-            })
-            .push(item);
+        let at = *index.entry(item.id).or_insert_with(|| {
+            groups.push(Group {
+                id: item.id,
+                items: Vec::new(),
+            });
+            groups.len() - 1
+        });
+        groups[at].items.push(item);
     }
-    let loaded = match store.get_many(&order).await {
+    let ids: Vec<WorkerId> = groups.iter().map(|g| g.id).collect();
+    let loaded = match store.get_many(&ids).await {
         Ok(ws) => ws,
         Err(err) => {
-            tracing::error!(error = %err, "writer could not load workers; retrying one by one");
-            Vec::new()
+            tracing::warn!(error = %err, items = groups.len(), "writer could not load workers; the batch is kept for the next flush");
+            return keep(groups, &err);
         }
     };
     let mut by_id: HashMap<WorkerId, Worker> = loaded.into_iter().map(|w| (w.id, w)).collect();
-    let mut changed = Vec::new();
-    let mut events: HashMap<WorkerId, Vec<EventKind>> = HashMap::new();
-    for id in &order {
-        let Some(mut worker) = by_id.remove(id) else {
+    let mut writes = Vec::with_capacity(groups.len());
+    let mut present = Vec::with_capacity(groups.len());
+    for group in groups {
+        let Some(mut worker) = by_id.remove(&group.id) else {
+            let missing = format!("worker {} not found", group.id);
+            finish(group, &Err(missing));
             continue;
         };
-        let mut evs = Vec::new();
-        for item in &groups[id] {
-            evs.extend((item.mutation)(&mut worker));
-        }
-        events.insert(*id, evs);
-        changed.push(worker);
+        let events = bus.stamp(Some(group.id), group.apply(&mut worker));
+        writes.push(WorkerWrite {
+            worker,
+            events,
+            fence: group.fence(),
+        });
+        present.push(group);
     }
-    let results = match store.update_many(&changed).await {
-        Ok(r) => r,
+    let outcomes = match store.save_changes(&writes).await {
+        Ok(o) => o,
         Err(err) => {
-            tracing::warn!(error = %err, "batched write failed; retrying one by one");
-            changed
-                .iter()
-                .map(|w| {
-                    Err(StoreError::Conflict {
-                        id: w.id,
-                        expected: w.version,
-                        found: None,
-                    })
-                })
-                .collect()
+            tracing::warn!(error = %err, items = present.len(), "batched write failed; the batch is kept for the next flush");
+            return keep(present, &err);
         }
     };
-    let mut saved: HashMap<WorkerId, Result<Worker, String>> = HashMap::new();
-    let mut publish = Vec::new();
-    for (worker, result) in changed.iter().zip(results) {
-        match result {
-            Ok(w) => {
-                on_saved(&w);
-                publish.extend(bus.stamp(Some(w.id), events.remove(&w.id).unwrap_or_default()));
-                saved.insert(w.id, Ok(w));
+    let mut samples = Vec::new();
+    let mut retry = Vec::new();
+    let mut saved_count = 0u64;
+    for ((mut group, write), outcome) in present.into_iter().zip(writes).zip(outcomes) {
+        let result = match outcome {
+            WriteOutcome::Saved { worker, seqs } => {
+                on_saved(&worker);
+                bus.deliver(write.events, seqs);
+                Ok(worker)
             }
-            Err(_) => {
-                // Reload and reapply this worker's mutations alone.
-                let group = &groups[&worker.id];
-                let mut evs = Vec::new();
-                let outcome = ccm_store::update_worker::<_, _, _, std::convert::Infallible>(
-                    store,
-                    worker.id,
-                    |w| {
-                        evs.clear();
-                        for item in group {
-                            evs.extend((item.mutation)(w));
-                        }
-                        Ok(())
-                    },
-                )
-                .await;
-                match outcome {
-                    Ok((w, ())) => {
-                        on_saved(&w);
-                        publish.extend(bus.stamp(Some(w.id), std::mem::take(&mut evs)));
-                        saved.insert(w.id, Ok(w));
-                    }
+            WriteOutcome::Fenced => {
+                group = drop_fenced(group);
+                if group.items.is_empty() {
+                    continue;
+                }
+                match one_by_one(&group, store, bus, on_saved).await {
+                    Ok(r) => r,
                     Err(err) => {
-                        tracing::error!(worker = %worker.id, error = %err, "could not save worker changes");
-                        metrics::counter!(crate::metrics::WORKER_WRITES_FAILED).increment(1);
-                        saved.insert(worker.id, Err(err.to_string()));
+                        retry.extend(keep(vec![group], &err));
+                        continue;
                     }
                 }
             }
+            WriteOutcome::Failed(_) => match one_by_one(&group, store, bus, on_saved).await {
+                Ok(r) => r,
+                Err(err) => {
+                    retry.extend(keep(vec![group], &err));
+                    continue;
+                }
+            },
+        };
+        if let Ok(w) = &result {
+            saved_count += 1;
+            samples.extend(
+                group
+                    .items
+                    .iter()
+                    .filter_map(|i| i.sample.map(|(at, s)| (w.id, at, s))),
+            );
         }
+        finish(group, &result);
     }
-    let samples: Vec<_> = groups
-        .iter()
-        .filter(|(id, _)| matches!(saved.get(*id), Some(Ok(_))))
-        .flat_map(|(id, items)| {
-            items
-                .iter()
-                .filter_map(move |i| i.sample.map(|(at, s)| (*id, at, s)))
-        })
-        .collect();
     if let Err(err) = store.record_metrics_many(&samples).await {
         tracing::warn!(error = %err, "could not record metrics history");
     }
     metrics::histogram!(crate::metrics::WRITER_FLUSH_SECONDS)
         .record(started.elapsed().as_secs_f64());
-    metrics::counter!(crate::metrics::WORKER_WRITES).increment(saved.len() as u64);
-    bus.publish(publish).await;
-    for id in order {
-        let result = saved.remove(&id);
-        for item in groups.remove(&id).unwrap_or_default() {
-            if let Some(done) = item.done {
-                let r = match &result {
-                    Some(Ok(w)) => Ok(w.clone()),
-                    Some(Err(e)) => Err(e.clone()),
-                    None => Err(format!("worker {id} not found")),
-                };
-                let _ = done.send(r);
+    metrics::counter!(crate::metrics::WORKER_WRITES).increment(saved_count);
+    retry
+}
+
+/// Drops the group's fenced items (their lease is gone: counted, answered, never retried);
+/// what is left (commands) is saved without a fence.
+fn drop_fenced(group: Group) -> Group {
+    let (fenced, rest): (Vec<Item>, Vec<Item>) =
+        group.items.into_iter().partition(|i| i.fence.is_some());
+    metrics::counter!(crate::metrics::FENCING_REFUSALS).increment(fenced.len() as u64);
+    tracing::info!(worker = %group.id, refused = fenced.len(), "poll results refused: their lease was taken over or expired");
+    for item in fenced {
+        if let Some(done) = item.done {
+            let _ = done.send(Err(
+                "the lease this result was produced under is no longer held".into(),
+            ));
+        }
+    }
+    Group {
+        id: group.id,
+        items: rest,
+    }
+}
+
+/// Reloads and reapplies one worker's items until saved (a conflict retries; a refused fence
+/// drops the poll results and saves the rest). `Err`: the database failed (keep the items).
+async fn one_by_one(
+    group: &Group,
+    store: &dyn Store,
+    bus: &EventBus,
+    on_saved: &OnSaved,
+) -> Result<Result<Worker, String>, StoreError> {
+    let mut fence = group.fence();
+    let mut last = String::new();
+    for _ in 0..ccm_store::UPDATE_ATTEMPTS {
+        let Some(mut worker) = store.get(group.id).await? else {
+            return Ok(Err(format!("worker {} not found", group.id)));
+        };
+        let kinds = if fence.is_some() {
+            group.apply(&mut worker)
+        } else {
+            let mut evs = Vec::new();
+            for item in group.items.iter().filter(|i| i.fence.is_none()) {
+                evs.extend((item.mutation)(&mut worker));
             }
+            evs
+        };
+        let write = WorkerWrite {
+            events: bus.stamp(Some(group.id), kinds),
+            worker,
+            fence: fence.clone(),
+        };
+        let events = write.events.clone();
+        let outcome = store.save_changes(std::slice::from_ref(&write)).await?;
+        match outcome.into_iter().next() {
+            Some(WriteOutcome::Saved { worker, seqs }) => {
+                on_saved(&worker);
+                bus.deliver(events, seqs);
+                return Ok(Ok(worker));
+            }
+            Some(WriteOutcome::Fenced) => {
+                let refused = group.items.iter().filter(|i| i.fence.is_some()).count();
+                metrics::counter!(crate::metrics::FENCING_REFUSALS).increment(refused as u64);
+                if group.items.iter().all(|i| i.fence.is_some()) {
+                    return Ok(Err(
+                        "the lease this result was produced under is no longer held".into(),
+                    ));
+                }
+                fence = None; // save the commands alone
+            }
+            Some(WriteOutcome::Failed(e @ StoreError::Conflict { .. })) => {
+                tracing::debug!(worker = %group.id, "update conflict, retrying");
+                last = e.to_string();
+            }
+            Some(WriteOutcome::Failed(e)) => {
+                tracing::error!(worker = %group.id, error = %e, "could not save worker changes");
+                metrics::counter!(crate::metrics::WORKER_WRITES_FAILED).increment(1);
+                return Ok(Err(e.to_string()));
+            }
+            None => return Ok(Err("the store answered nothing".into())),
+        }
+    }
+    metrics::counter!(crate::metrics::WORKER_WRITES_FAILED).increment(1);
+    Ok(Err(last))
+}
+
+/// Keeps groups for the next flush after a database failure; items past [`MAX_ATTEMPTS`] fail.
+fn keep(groups: Vec<Group>, err: &StoreError) -> Vec<Item> {
+    metrics::counter!(crate::metrics::WRITER_RETRIES).increment(1);
+    let mut kept = Vec::new();
+    for group in groups {
+        for mut item in group.items {
+            item.attempts += 1;
+            if item.attempts >= MAX_ATTEMPTS {
+                metrics::counter!(crate::metrics::WORKER_WRITES_FAILED).increment(1);
+                tracing::error!(worker = %item.id, error = %err, "worker change dropped after {MAX_ATTEMPTS} failed attempts");
+                if let Some(done) = item.done {
+                    let _ = done.send(Err(err.to_string()));
+                }
+            } else {
+                kept.push(item);
+            }
+        }
+    }
+    kept
+}
+
+/// Answers the group's waiting callers.
+fn finish(group: Group, result: &Result<Worker, String>) {
+    for item in group.items {
+        if let Some(done) = item.done {
+            let _ = done.send(result.clone());
         }
     }
 }
@@ -336,8 +493,7 @@ mod tests {
             store.clone(),
             bus,
             Arc::new(|_| {}),
-            10,
-            Duration::from_millis(5),
+            (10, Duration::from_millis(5), 100),
             &sup,
         );
         let worker = store
@@ -346,7 +502,13 @@ mod tests {
             .expect("insert");
         assert!(worker.monitoring.idle_detection);
 
-        writer.submit(worker.id, Arc::new(|_| panic!("a mutation with a bug")));
+        writer
+            .submit(
+                worker.id,
+                Arc::new(|_| panic!("a mutation with a bug")),
+                None,
+            )
+            .await;
         tokio::time::timeout(Duration::from_secs(10), async {
             while sup.critical_down() != ["writer".to_owned()] {
                 changes.changed().await.expect("supervisor alive");
@@ -361,6 +523,7 @@ mod tests {
             writer.apply(
                 worker.id,
                 Arc::new(move |w| w.set_idle_detection(false, &Actor::system("test"), now)),
+                None,
             ),
         )
         .await

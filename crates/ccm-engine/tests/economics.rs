@@ -57,6 +57,16 @@ async fn until<F: Fn(&[Worker]) -> bool>(fleet: &Embedded, job: JobKind, what: &
     panic!("condition never held: {what}");
 }
 
+/// The first Wednesday 12:00 UTC at least a day after `t`.
+fn next_wednesday_noon(t: chrono::DateTime<chrono::Utc>) -> chrono::DateTime<chrono::Utc> {
+    use chrono::Datelike;
+    let mut day = t.date_naive() + chrono::Duration::days(1);
+    while day.weekday() != chrono::Weekday::Wed {
+        day += chrono::Duration::days(1);
+    }
+    day.and_hms_opt(12, 0, 0).unwrap().and_utc()
+}
+
 async fn kinds(fleet: &Embedded, w: &Worker) -> Vec<EventKind> {
     fleet
         .engine
@@ -150,8 +160,11 @@ async fn a_warning_should_come_before_the_pause_and_a_snooze_should_hold_it_off(
 
 #[tokio::test]
 async fn a_schedule_should_stop_a_worker_in_off_hours_and_start_it_when_they_end() {
-    // Off-hours from 10 to 70 minutes from now, as a daily UTC window.
-    let now = chrono::Utc::now();
+    // Off-hours from 10 to 70 minutes after "now", as a daily UTC window. "Now" is the next
+    // Wednesday 12:00 UTC, not the wall clock: a window across midnight or Monday 00:00 UTC
+    // (where the savings report starts a new ISO week, splitting the stopped hour in two
+    // groups) would make the outcome depend on when the test runs.
+    let now = next_wednesday_noon(chrono::Utc::now());
     let hm = |t: chrono::DateTime<chrono::Utc>| format!("{:02}:{:02}", t.hour(), t.minute());
     let from = now + chrono::Duration::minutes(10);
     let to = now + chrono::Duration::minutes(70);

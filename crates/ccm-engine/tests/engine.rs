@@ -1012,3 +1012,18 @@ async fn a_failed_status_read_should_still_apply_states_and_keep_the_checks_stal
     assert_eq!(w.ec2_status.consecutive_failures, 1);
     fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn stale_workers_should_be_the_running_ones_whose_cml_data_is_too_old() {
+    let (fleet, clock) = start(2, [127, 132, 0, 1], |_| {}).await;
+    fleet.engine.trigger_job(JobKind::Ec2Sync).await.unwrap();
+    fleet.engine.trigger_job(JobKind::CmlSync).await.unwrap();
+    assert_eq!(fleet.engine.stale_workers(), 0);
+    let max_age = fleet.engine.stale_max_age();
+    clock.advance(max_age + Duration::from_secs(1));
+    assert_eq!(fleet.engine.stale_workers(), 2);
+    // A fresh sync makes them current again.
+    fleet.engine.trigger_job(JobKind::CmlSync).await.unwrap();
+    assert_eq!(fleet.engine.stale_workers(), 0);
+    fleet.shutdown().await;
+}

@@ -112,51 +112,61 @@ pub fn describe() {
     );
 }
 
+/// Checks a crate's metric catalogue, given the source of its `metrics.rs`: every `pub const`
+/// name is described in its `describe()` and named by the Prometheus conventions for the kind
+/// it is described as (`ccm_` prefix, counters `_total`, histograms `_seconds`/`_bytes`, gauges
+/// not `_total`). Panics naming the first violation; returns how many metrics it checked. Used
+/// by the catalogue test of every crate that exports metrics.
+#[doc(hidden)]
+pub fn check_catalogue(text: &str) -> usize {
+    let body = text.split("pub fn describe()").nth(1).unwrap_or_default();
+    // The describe macro before each identifier in `describe`'s body.
+    let mut kind = "";
+    let mut described = std::collections::HashMap::new();
+    for token in body.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
+        if token.starts_with("describe_") {
+            kind = token;
+        } else if !token.is_empty() {
+            described.insert(token, kind);
+        }
+    }
+    let mut names = 0;
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("pub const ") && l.contains(": &str = "))
+    {
+        let constant = line["pub const ".len()..]
+            .split(':')
+            .next()
+            .unwrap_or_default();
+        let name = line.split('"').nth(1).unwrap_or_default();
+        let kind = described
+            .get(constant)
+            .unwrap_or_else(|| panic!("{constant} is not described"));
+        assert!(name.starts_with("ccm_"), "{name}");
+        match *kind {
+            "describe_counter" => assert!(name.ends_with("_total"), "{name}"),
+            "describe_histogram" => {
+                assert!(
+                    name.ends_with("_seconds") || name.ends_with("_bytes"),
+                    "{name}"
+                );
+            }
+            "describe_gauge" => assert!(!name.ends_with("_total"), "{name}"),
+            other => panic!("{constant}: unknown kind {other:?}"),
+        }
+        names += 1;
+    }
+    names
+}
+
 #[cfg(test)]
 mod tests {
     /// Every constant of this file is described, and named by the Prometheus conventions for
     /// the kind it is described as.
     #[test]
     fn every_metric_should_be_described_and_named_by_the_conventions() {
-        let text = include_str!("metrics.rs");
-        let body = text.split("pub fn describe()").nth(1).unwrap_or_default();
-        // The describe macro before each identifier in `describe`'s body.
-        let mut kind = "";
-        let mut described = std::collections::HashMap::new();
-        for token in body.split(|c: char| !(c.is_alphanumeric() || c == '_')) {
-            if token.starts_with("describe_") {
-                kind = token;
-            } else if !token.is_empty() {
-                described.insert(token, kind);
-            }
-        }
-        let mut names = 0;
-        for line in text
-            .lines()
-            .filter(|l| l.starts_with("pub const ") && l.contains(": &str = "))
-        {
-            let constant = line["pub const ".len()..]
-                .split(':')
-                .next()
-                .unwrap_or_default();
-            let name = line.split('"').nth(1).unwrap_or_default();
-            let kind = described
-                .get(constant)
-                .unwrap_or_else(|| panic!("{constant} is not described"));
-            assert!(name.starts_with("ccm_"), "{name}");
-            match *kind {
-                "describe_counter" => assert!(name.ends_with("_total"), "{name}"),
-                "describe_histogram" => {
-                    assert!(
-                        name.ends_with("_seconds") || name.ends_with("_bytes"),
-                        "{name}"
-                    );
-                }
-                "describe_gauge" => assert!(!name.ends_with("_total"), "{name}"),
-                other => panic!("{constant}: unknown kind {other:?}"),
-            }
-            names += 1;
-        }
+        let names = super::check_catalogue(include_str!("metrics.rs"));
         assert!(names >= 14, "found only {names} metrics");
     }
 }

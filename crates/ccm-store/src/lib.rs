@@ -16,8 +16,10 @@
 //! This crate does not know HTTP, CML or AWS; it stores domain types.
 #![warn(missing_docs)]
 
+mod cluster;
 mod common;
 mod config;
+mod pg_cluster;
 mod postgres;
 pub mod schema;
 mod sqlite;
@@ -31,9 +33,10 @@ use ccm_domain::{
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+pub use cluster::{Acquired, ClusterRepo, LeaseRecord, Notifications, ReplicaRecord, ReplicaRow};
 pub use config::{Backend, DEFAULT_SQLITE_PATH, DatabaseUrl, StoreConfig, Synchronous};
-pub use postgres::{EVENT_APPEND_LOCK, EVENTS_CHANNEL, PgStore, WORKER_CAP_LOCK};
-pub use sqlite::SqliteStore;
+pub use postgres::{EVENT_APPEND_LOCK, EVENTS_CHANNEL, PgStore, SESSIONS_CHANNEL, WORKER_CAP_LOCK};
+pub use sqlite::{SingleNodeLock, SqliteStore};
 
 /// What can go wrong in the store.
 #[derive(Debug, thiserror::Error)]
@@ -359,13 +362,83 @@ pub trait SessionRepo: Send + Sync {
     async fn purge_sessions(&self, now: DateTime<Utc>) -> Result<u64>;
 }
 
+/// Positions of the event log's consumers (webhook deliveries), so that a restart resumes
+/// where each left off. A position only ever moves forward: advancing to a lower `seq` keeps
+/// the higher one, so a stale writer (a replica that lost its lease mid-batch) can cause
+/// events to be delivered again, never skipped.
+#[async_trait]
+pub trait CursorRepo: Send + Sync {
+    /// The stored position of `name` (`None`: never stored).
+    async fn cursor(&self, name: &str) -> Result<Option<u64>>;
+    /// Moves `name` forward to `seq` (created if missing); returns the stored position, which
+    /// is `seq` or a higher one stored before.
+    async fn advance_cursor(&self, name: &str, seq: u64, now: DateTime<Utc>) -> Result<u64>;
+}
+
+/// The lease a write must still be covered by (fencing): the lease's key and the token it
+/// was granted under. A write whose lease has since been taken over (a higher token), or has
+/// expired by the database's clock, is refused in the transaction that would have made it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fence {
+    /// The lease key (e.g. `part:0042`).
+    pub key: String,
+    /// The token the lease was granted under.
+    pub token: u64,
+}
+
+/// One worker's change with the events it caused, saved together ([`Store::save_changes`]).
+#[derive(Debug, Clone)]
+pub struct WorkerWrite {
+    /// The changed worker; its `version` is the one it was read at.
+    pub worker: Worker,
+    /// The events the change caused (transient ones are not stored).
+    pub events: Vec<Event>,
+    /// The lease covering the write (`None`: commands and the single node, never fenced).
+    pub fence: Option<Fence>,
+}
+
+/// What became of one [`WorkerWrite`].
+// Most outcomes are `Saved`, and the worker is moved on to the engine's index: boxing it would
+// add an allocation per saved worker for a value that lives only until the batch is handled.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum WriteOutcome {
+    /// Saved with its events; the worker at its new version and each event's position
+    /// (`None` for transient events).
+    Saved {
+        /// The worker as saved.
+        worker: Worker,
+        /// Each event's log position.
+        seqs: Vec<Option<u64>>,
+    },
+    /// Nothing written: its lease is no longer held under that token (another replica took it
+    /// over, or it expired). Not to be retried.
+    Fenced,
+    /// Nothing written: the worker changed meanwhile or was deleted (reload and reapply).
+    Failed(StoreError),
+}
+
 /// Everything the engine and the API need from storage.
 #[async_trait]
 pub trait Store:
-    WorkerRepo + LabRepo + SettingsRepo + EventLog + MetricsRepo + SessionRepo
+    WorkerRepo + LabRepo + SettingsRepo + EventLog + MetricsRepo + SessionRepo + CursorRepo
 {
     /// Whether the database answers (for `/readyz`).
     async fn ping(&self) -> Result<()>;
+
+    /// Saves workers and appends their events in **one transaction**: a change is never
+    /// stored without its events nor the other way round. Each write succeeds, conflicts
+    /// ([`WriteOutcome::Failed`] with [`StoreError::Conflict`]) or is fenced
+    /// ([`WriteOutcome::Fenced`], checked against the `leases` table in the same transaction,
+    /// its rows share-locked so a takeover waits for this commit) on its own. The same worker
+    /// may appear only once. `Err`: the transaction failed as a whole, nothing was written.
+    async fn save_changes(&self, writes: &[WorkerWrite]) -> Result<Vec<WriteOutcome>>;
+
+    /// The replica registry and the leases, when this backend supports several replicas
+    /// (PostgreSQL); `None` for a single-node store (SQLite).
+    fn cluster(&self) -> Option<&dyn ClusterRepo> {
+        None
+    }
 }
 
 /// Why [`update_worker`] gave up.

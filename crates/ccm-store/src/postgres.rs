@@ -20,15 +20,17 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Connection, Postgres, QueryBuilder, Row};
 
+use crate::cluster::ClusterRepo;
 use crate::common::{
     RUNTIME_SETTINGS_KEY, WorkerRow, corrupt, decode_lab, decode_session, decode_settings,
     encode_event, encode_lab, encode_session, encode_settings, encode_worker, event_limit, from_ms,
     is_foreign_key_violation, is_unique_violation, like_pattern, map_fk, ms, sample_pair,
 };
 use crate::{
-    DatabaseUrl, EventLog, EventQuery, LabRepo, MetricsPoint, MetricsRepo, MetricsSample, Page,
-    Result, SessionRepo, SettingsRepo, Store, StoreConfig, StoreError, StoredEvent, Versioned,
-    WorkerFilter, WorkerRepo, WorkerSort, persistent,
+    CursorRepo, DatabaseUrl, EventLog, EventQuery, LabRepo, MetricsPoint, MetricsRepo,
+    MetricsSample, Page, Result, SessionRepo, SettingsRepo, Store, StoreConfig, StoreError,
+    StoredEvent, Versioned, WorkerFilter, WorkerRepo, WorkerSort, WorkerWrite, WriteOutcome,
+    persistent,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -38,6 +40,11 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres
 /// reads everything after the position it has from the log: the payload is a hint that more
 /// exists, the log is the truth (notifications can be missed while a listener reconnects).
 pub const EVENTS_CHANNEL: &str = "ccm_events";
+
+/// The channel a session's deletion (sign-out) notifies, in the deleting transaction, with the
+/// session's key (the SHA-256 of its id, hex) as the payload: every replica drops it from its
+/// cache and ends its event streams.
+pub const SESSIONS_CHANNEL: &str = "ccm_sessions";
 
 /// The advisory lock key (`pg_advisory_xact_lock(bigint)`) every event append holds from
 /// before it draws its positions until it commits. Appends therefore commit one after the
@@ -497,41 +504,11 @@ impl PgStore {
         let mut cols = BatchColumns::default();
         for (row, worker) in rows.iter().zip(workers) {
             let Ok(row) = row else { continue };
-            cols.id.push(row.id.clone());
-            cols.instance_id.push(row.instance_id.clone());
-            cols.name.push(worker.name.clone());
-            cols.region.push(worker.region.as_str().to_owned());
-            cols.ec2_state.push(worker.ec2_state.as_str().to_owned());
-            cols.service.push(worker.service.status.as_str().to_owned());
-            cols.updated.push(ms(worker.updated_at));
-            cols.version.push(row.version);
-            cols.doc.push(row.doc.clone());
+            cols.push(row, worker);
         }
         let mut tx = self.pool.begin().await?;
         lock_workers(&mut tx, rows).await?;
-        let updated = sqlx::query_scalar::<_, String>(
-            "UPDATE workers AS w SET instance_id = u.instance_id, name = u.name, \
-             region = u.region, ec2_state = u.ec2_state, service_status = u.service_status, \
-             updated_at_ms = u.updated_at_ms, version = u.version, doc = u.doc \
-             FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                         $7::bigint[], $8::bigint[], $9::text[]) \
-                  AS u(id, instance_id, name, region, ec2_state, service_status, updated_at_ms, \
-                       version, doc) \
-             WHERE w.id = u.id AND w.version = u.version - 1 \
-             RETURNING w.id",
-        )
-        .bind(&cols.id)
-        .bind(&cols.instance_id)
-        .bind(&cols.name)
-        .bind(&cols.region)
-        .bind(&cols.ec2_state)
-        .bind(&cols.service)
-        .bind(&cols.updated)
-        .bind(&cols.version)
-        .bind(&cols.doc)
-        .fetch_all(&mut *tx)
-        .await;
-        match updated {
+        match batch_update_on(&mut tx, &cols).await {
             Ok(ids) => {
                 tx.commit().await?;
                 Ok(Some(ids.into_iter().collect()))
@@ -542,6 +519,50 @@ impl PgStore {
             }
             Err(e) => Err(e.into()),
         }
+    }
+}
+
+/// One statement updating every row of `cols` whose version is still the one read; returns
+/// the ids updated.
+async fn batch_update_on(
+    conn: &mut PgConnection,
+    cols: &BatchColumns,
+) -> sqlx::Result<Vec<String>> {
+    sqlx::query_scalar::<_, String>(
+        "UPDATE workers AS w SET instance_id = u.instance_id, name = u.name, \
+         region = u.region, ec2_state = u.ec2_state, service_status = u.service_status, \
+         updated_at_ms = u.updated_at_ms, version = u.version, doc = u.doc \
+         FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                     $7::bigint[], $8::bigint[], $9::text[]) \
+              AS u(id, instance_id, name, region, ec2_state, service_status, updated_at_ms, \
+                   version, doc) \
+         WHERE w.id = u.id AND w.version = u.version - 1 \
+         RETURNING w.id",
+    )
+    .bind(&cols.id)
+    .bind(&cols.instance_id)
+    .bind(&cols.name)
+    .bind(&cols.region)
+    .bind(&cols.ec2_state)
+    .bind(&cols.service)
+    .bind(&cols.updated)
+    .bind(&cols.version)
+    .bind(&cols.doc)
+    .fetch_all(conn)
+    .await
+}
+
+impl BatchColumns {
+    fn push(&mut self, row: &WorkerRow, worker: &Worker) {
+        self.id.push(row.id.clone());
+        self.instance_id.push(row.instance_id.clone());
+        self.name.push(worker.name.clone());
+        self.region.push(worker.region.as_str().to_owned());
+        self.ec2_state.push(worker.ec2_state.as_str().to_owned());
+        self.service.push(worker.service.status.as_str().to_owned());
+        self.updated.push(ms(worker.updated_at));
+        self.version.push(row.version);
+        self.doc.push(row.doc.clone());
     }
 }
 
@@ -765,74 +786,85 @@ fn decode_event(row: &PgRow) -> Result<StoredEvent> {
     crate::common::decode_event(seq, &body)
 }
 
+/// Appends the persistent `events` inside the caller's transaction (see
+/// [`EventLog::append`] on [`PgStore`]): takes [`EVENT_APPEND_LOCK`] until that transaction
+/// ends, draws the positions, inserts, and notifies [`EVENTS_CHANNEL`] (delivered only if the
+/// transaction commits). Returns each event's position (`None` for transient ones).
+async fn append_on(conn: &mut PgConnection, events: &[Event]) -> Result<Vec<Option<u64>>> {
+    let mut out = vec![None; events.len()];
+    let stored: Vec<_> = persistent(events).collect();
+    if stored.is_empty() {
+        return Ok(out);
+    }
+    let mut ids = Vec::with_capacity(stored.len());
+    let mut times = Vec::with_capacity(stored.len());
+    let mut types = Vec::with_capacity(stored.len());
+    let mut subjects = Vec::with_capacity(stored.len());
+    let mut bodies = Vec::with_capacity(stored.len());
+    for (_, event) in &stored {
+        bodies.push(encode_event(event)?);
+        ids.push(event.id.to_string());
+        times.push(ms(event.time));
+        types.push(event.type_name().to_owned());
+        subjects.push(event.subject.clone());
+    }
+    let count = i64::try_from(stored.len()).unwrap_or(i64::MAX);
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(EVENT_APPEND_LOCK)
+        .execute(&mut *conn)
+        .await?;
+    // Drawn under the lock, so no other append draws in between; sorted because a set of
+    // rows has no order of its own.
+    let mut seqs: Vec<i64> = sqlx::query_scalar(
+        "SELECT nextval(pg_get_serial_sequence('events', 'seq')) FROM generate_series(1, $1)",
+    )
+    .bind(count)
+    .fetch_all(&mut *conn)
+    .await?;
+    seqs.sort_unstable();
+    if seqs.len() != stored.len() {
+        return Err(corrupt(
+            "event",
+            "sequence",
+            format!("drew {} positions for {} events", seqs.len(), stored.len()),
+        ));
+    }
+    let last = seqs.last().copied().unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO events (seq, id, time_ms, type, subject, body) \
+         SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])",
+    )
+    .bind(&seqs)
+    .bind(&ids)
+    .bind(&times)
+    .bind(&types)
+    .bind(&subjects)
+    .bind(&bodies)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(EVENTS_CHANNEL)
+        .bind(last.to_string())
+        .execute(&mut *conn)
+        .await?;
+    for ((i, _), seq) in stored.iter().zip(&seqs) {
+        out[*i] = u64::try_from(*seq).ok();
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl EventLog for PgStore {
     /// Appends under [`EVENT_APPEND_LOCK`]: positions are drawn and committed while the lock
     /// is held, so they become visible in order; then notifies [`EVENTS_CHANNEL`] with the
     /// last position, in the same transaction (delivered only if it commits).
     async fn append(&self, events: &[Event]) -> Result<Vec<Option<u64>>> {
-        let mut out = vec![None; events.len()];
-        let stored: Vec<_> = persistent(events).collect();
-        if stored.is_empty() {
-            return Ok(out);
+        if persistent(events).next().is_none() {
+            return Ok(vec![None; events.len()]);
         }
-        let mut ids = Vec::with_capacity(stored.len());
-        let mut times = Vec::with_capacity(stored.len());
-        let mut types = Vec::with_capacity(stored.len());
-        let mut subjects = Vec::with_capacity(stored.len());
-        let mut bodies = Vec::with_capacity(stored.len());
-        for (_, event) in &stored {
-            bodies.push(encode_event(event)?);
-            ids.push(event.id.to_string());
-            times.push(ms(event.time));
-            types.push(event.type_name().to_owned());
-            subjects.push(event.subject.clone());
-        }
-        let count = i64::try_from(stored.len()).unwrap_or(i64::MAX);
-
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(EVENT_APPEND_LOCK)
-            .execute(&mut *tx)
-            .await?;
-        // Drawn under the lock, so no other append draws in between; sorted because a set of
-        // rows has no order of its own.
-        let mut seqs: Vec<i64> = sqlx::query_scalar(
-            "SELECT nextval(pg_get_serial_sequence('events', 'seq')) FROM generate_series(1, $1)",
-        )
-        .bind(count)
-        .fetch_all(&mut *tx)
-        .await?;
-        seqs.sort_unstable();
-        if seqs.len() != stored.len() {
-            return Err(corrupt(
-                "event",
-                "sequence",
-                format!("drew {} positions for {} events", seqs.len(), stored.len()),
-            ));
-        }
-        let last = seqs.last().copied().unwrap_or_default();
-        sqlx::query(
-            "INSERT INTO events (seq, id, time_ms, type, subject, body) \
-             SELECT * FROM unnest($1::bigint[], $2::text[], $3::bigint[], $4::text[], $5::text[], $6::text[])",
-        )
-        .bind(&seqs)
-        .bind(&ids)
-        .bind(&times)
-        .bind(&types)
-        .bind(&subjects)
-        .bind(&bodies)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(EVENTS_CHANNEL)
-            .bind(last.to_string())
-            .execute(&mut *tx)
-            .await?;
+        let out = append_on(&mut tx, events).await?;
         tx.commit().await?;
-        for ((i, _), seq) in stored.iter().zip(&seqs) {
-            out[*i] = u64::try_from(*seq).ok();
-        }
         Ok(out)
     }
 
@@ -1068,11 +1100,20 @@ impl SessionRepo for PgStore {
         doc.map(|d| decode_session(key, &d)).transpose()
     }
 
+    /// Deletes and notifies [`SESSIONS_CHANNEL`] with the key in one transaction, so every
+    /// replica ends the session (also when it was only in their memory).
     async fn delete_session(&self, key: &str) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
         let done = sqlx::query("DELETE FROM sessions WHERE key = $1")
             .bind(key)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(SESSIONS_CHANNEL)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
         Ok(done.rows_affected() > 0)
     }
 
@@ -1086,9 +1127,204 @@ impl SessionRepo for PgStore {
 }
 
 #[async_trait]
+impl CursorRepo for PgStore {
+    async fn cursor(&self, name: &str) -> Result<Option<u64>> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM cursors WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        seq.map(|s| u64::try_from(s).map_err(|e| corrupt("cursor", name, e)))
+            .transpose()
+    }
+
+    async fn advance_cursor(&self, name: &str, seq: u64, now: DateTime<Utc>) -> Result<u64> {
+        let seq = i64::try_from(seq).map_err(|e| corrupt("cursor", name, e))?;
+        // GREATEST keeps the position monotonic whatever order writers (replicas) arrive in;
+        // the upsert is one statement, so two writers never both insert.
+        let stored: i64 = sqlx::query_scalar(
+            "INSERT INTO cursors (name, seq, updated_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET seq = GREATEST(cursors.seq, excluded.seq), \
+             updated_at_ms = excluded.updated_at_ms \
+             RETURNING seq",
+        )
+        .bind(name)
+        .bind(seq)
+        .bind(ms(now))
+        .fetch_one(&self.pool)
+        .await?;
+        u64::try_from(stored).map_err(|e| corrupt("cursor", name, e))
+    }
+}
+
+#[async_trait]
 impl Store for PgStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    async fn save_changes(&self, writes: &[WorkerWrite]) -> Result<Vec<WriteOutcome>> {
+        self.save_changes_fenced(writes).await
+    }
+
+    fn cluster(&self) -> Option<&dyn ClusterRepo> {
+        Some(self)
+    }
+}
+
+/// What one write came to inside the transaction of [`PgStore::save_changes_fenced`].
+enum Pending {
+    Fenced,
+    Broken(StoreError),
+    Stale,
+    Saved,
+}
+
+impl PgStore {
+    /// [`Store::save_changes`]: fences checked under a share lock on their lease rows, rows
+    /// locked in id order, one batch statement (row by row in savepoints when the batch trips
+    /// a uniqueness rule), the saved rows' events appended — all in one transaction.
+    async fn save_changes_fenced(&self, writes: &[WorkerWrite]) -> Result<Vec<WriteOutcome>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pending: Vec<Option<Pending>> = (0..writes.len()).map(|_| None).collect();
+        let mut tx = self.pool.begin().await?;
+
+        // 1. Fences: the lease rows are share-locked until commit, so a replica taking one of
+        //    them over (an UPDATE of that row) waits for this transaction, and this
+        //    transaction sees the lease as it is now.
+        let mut keys: Vec<&str> = writes
+            .iter()
+            .filter_map(|w| w.fence.as_ref().map(|f| f.key.as_str()))
+            .collect();
+        keys.sort_unstable();
+        keys.dedup();
+        if !keys.is_empty() {
+            let rows: Vec<(String, i64)> = sqlx::query_as(
+                "SELECT key, fence FROM leases WHERE key = ANY($1) AND expires_at > now() \
+                 ORDER BY key FOR SHARE",
+            )
+            .bind(&keys)
+            .fetch_all(&mut *tx)
+            .await?;
+            let current: BTreeMap<String, i64> = rows.into_iter().collect();
+            for (slot, write) in pending.iter_mut().zip(writes) {
+                if let Some(fence) = &write.fence {
+                    let held = current
+                        .get(&fence.key)
+                        .is_some_and(|f| u64::try_from(*f).ok() == Some(fence.token));
+                    if !held {
+                        *slot = Some(Pending::Fenced);
+                    }
+                }
+            }
+        }
+
+        // 2. The rows, in one statement when possible.
+        let mut rows = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, write) in writes.iter().enumerate() {
+            if pending[i].is_some() {
+                continue;
+            }
+            if !seen.insert(write.worker.id) {
+                pending[i] = Some(Pending::Broken(corrupt(
+                    "worker",
+                    write.worker.id,
+                    "the same worker twice in one save",
+                )));
+                continue;
+            }
+            match encode_worker(&write.worker, write.worker.version + 1) {
+                Ok(row) => rows.push((i, row)),
+                Err(e) => pending[i] = Some(Pending::Broken(e)),
+            }
+        }
+        if !rows.is_empty() {
+            let mut ids: Vec<&str> = rows.iter().map(|(_, r)| r.id.as_str()).collect();
+            ids.sort_unstable();
+            sqlx::query("SELECT id FROM workers WHERE id = ANY($1) ORDER BY id FOR UPDATE")
+                .bind(&ids)
+                .fetch_all(&mut *tx)
+                .await?;
+            let mut cols = BatchColumns::default();
+            for (i, row) in &rows {
+                cols.push(row, &writes[*i].worker);
+            }
+            let mut batch = tx.begin().await?;
+            match batch_update_on(&mut batch, &cols).await {
+                Ok(updated) => {
+                    batch.commit().await?;
+                    let updated: HashSet<String> = updated.into_iter().collect();
+                    for (i, row) in &rows {
+                        pending[*i] = Some(if updated.contains(&row.id) {
+                            Pending::Saved
+                        } else {
+                            Pending::Stale
+                        });
+                    }
+                }
+                Err(e) if is_unique_violation(&e) => {
+                    batch.rollback().await?;
+                    for (i, row) in &rows {
+                        let mut one = tx.begin().await?;
+                        match update_row(&mut *one, row, &writes[*i].worker).await {
+                            Ok(n) => {
+                                one.commit().await?;
+                                pending[*i] = Some(if n == 1 {
+                                    Pending::Saved
+                                } else {
+                                    Pending::Stale
+                                });
+                            }
+                            Err(e) => {
+                                one.rollback().await?;
+                                pending[*i] = Some(Pending::Broken(e.into()));
+                            }
+                        }
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+
+        // 3. The saved rows' events, in this transaction.
+        let mut events = Vec::new();
+        let mut spans = Vec::new();
+        for (i, write) in writes.iter().enumerate() {
+            if matches!(pending[i], Some(Pending::Saved)) {
+                spans.push((i, events.len(), write.events.len()));
+                events.extend(write.events.iter().cloned());
+            }
+        }
+        let seqs = append_on(&mut tx, &events).await?;
+        tx.commit().await?;
+
+        // 4. Outcomes (explaining failures reads again, after the commit).
+        let mut out = Vec::with_capacity(writes.len());
+        let mut spans = spans.into_iter().peekable();
+        for (i, (write, state)) in writes.iter().zip(pending).enumerate() {
+            out.push(match state.unwrap_or(Pending::Stale) {
+                Pending::Fenced => WriteOutcome::Fenced,
+                Pending::Saved => {
+                    let seqs = match spans.next_if(|(j, _, _)| *j == i) {
+                        Some((_, start, len)) => seqs[start..start + len].to_vec(),
+                        None => Vec::new(),
+                    };
+                    WriteOutcome::Saved {
+                        worker: saved(&write.worker),
+                        seqs,
+                    }
+                }
+                Pending::Stale => {
+                    WriteOutcome::Failed(self.explain_update_failure(&write.worker, None).await)
+                }
+                Pending::Broken(e) => {
+                    WriteOutcome::Failed(self.explain_update_failure(&write.worker, Some(e)).await)
+                }
+            });
+        }
+        Ok(out)
     }
 }

@@ -18,9 +18,9 @@ use crate::common::{
     is_unique_violation, like_pattern, map_fk, ms, sample_pair,
 };
 use crate::{
-    EventLog, EventQuery, LabRepo, MetricsPoint, MetricsRepo, MetricsSample, Page, Result,
-    SessionRepo, SettingsRepo, Store, StoreConfig, StoreError, StoredEvent, Synchronous, Versioned,
-    WorkerFilter, WorkerRepo, WorkerSort, persistent,
+    CursorRepo, EventLog, EventQuery, LabRepo, MetricsPoint, MetricsRepo, MetricsSample, Page,
+    Result, SessionRepo, SettingsRepo, Store, StoreConfig, StoreError, StoredEvent, Synchronous,
+    Versioned, WorkerFilter, WorkerRepo, WorkerSort, WorkerWrite, WriteOutcome, persistent,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -611,29 +611,38 @@ fn decode_event(row: &SqliteRow) -> Result<StoredEvent> {
     crate::common::decode_event(seq, &body)
 }
 
+/// Appends the persistent `events` inside the caller's transaction; each one's position
+/// (`None` for transient ones).
+async fn append_on(
+    conn: &mut sqlx::SqliteConnection,
+    events: &[Event],
+) -> Result<Vec<Option<u64>>> {
+    let mut out = vec![None; events.len()];
+    for (i, event) in persistent(events) {
+        let body = encode_event(event)?;
+        let seq: i64 = sqlx::query_scalar(
+            "INSERT INTO events (id, time_ms, type, subject, body) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
+        )
+        .bind(event.id.to_string())
+        .bind(ms(event.time))
+        .bind(event.type_name())
+        .bind(&event.subject)
+        .bind(body)
+        .fetch_one(&mut *conn)
+        .await?;
+        out[i] = u64::try_from(seq).ok();
+    }
+    Ok(out)
+}
+
 #[async_trait]
 impl EventLog for SqliteStore {
     async fn append(&self, events: &[Event]) -> Result<Vec<Option<u64>>> {
-        let mut out = vec![None; events.len()];
-        let stored: Vec<_> = persistent(events).collect();
-        if stored.is_empty() {
-            return Ok(out);
+        if persistent(events).next().is_none() {
+            return Ok(vec![None; events.len()]);
         }
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for (i, event) in stored {
-            let body = encode_event(event)?;
-            let seq: i64 = sqlx::query_scalar(
-                "INSERT INTO events (id, time_ms, type, subject, body) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
-            )
-            .bind(event.id.to_string())
-            .bind(ms(event.time))
-            .bind(event.type_name())
-            .bind(&event.subject)
-            .bind(body)
-            .fetch_one(&mut *tx)
-            .await?;
-            out[i] = u64::try_from(seq).ok();
-        }
+        let out = append_on(&mut tx, events).await?;
         tx.commit().await?;
         Ok(out)
     }
@@ -841,9 +850,122 @@ impl SessionRepo for SqliteStore {
 }
 
 #[async_trait]
+impl CursorRepo for SqliteStore {
+    async fn cursor(&self, name: &str) -> Result<Option<u64>> {
+        let seq: Option<i64> = sqlx::query_scalar("SELECT seq FROM cursors WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?;
+        seq.map(|s| u64::try_from(s).map_err(|e| corrupt("cursor", name, e)))
+            .transpose()
+    }
+
+    async fn advance_cursor(&self, name: &str, seq: u64, now: DateTime<Utc>) -> Result<u64> {
+        let seq = i64::try_from(seq).map_err(|e| corrupt("cursor", name, e))?;
+        // MAX keeps the position monotonic whatever order writers arrive in.
+        let stored: i64 = sqlx::query_scalar(
+            "INSERT INTO cursors (name, seq, updated_at_ms) VALUES ($1, $2, $3) \
+             ON CONFLICT (name) DO UPDATE SET seq = MAX(cursors.seq, excluded.seq), \
+             updated_at_ms = excluded.updated_at_ms \
+             RETURNING seq",
+        )
+        .bind(name)
+        .bind(seq)
+        .bind(ms(now))
+        .fetch_one(&self.pool)
+        .await?;
+        u64::try_from(stored).map_err(|e| corrupt("cursor", name, e))
+    }
+}
+
+#[async_trait]
 impl Store for SqliteStore {
     async fn ping(&self) -> Result<()> {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
+    }
+
+    /// One `BEGIN IMMEDIATE` transaction for the rows and their events. Fences are not
+    /// checked: a SQLite database has one process ([`SingleNodeLock`]), which owns everything.
+    async fn save_changes(&self, writes: &[WorkerWrite]) -> Result<Vec<WriteOutcome>> {
+        if writes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut seen = HashSet::new();
+        let mut raw = Vec::with_capacity(writes.len());
+        for write in writes {
+            if !seen.insert(write.worker.id) {
+                raw.push(Err(sqlx::Error::Protocol(
+                    "the same worker twice in one save".into(),
+                )));
+                continue;
+            }
+            let outcome = self.update_on(&mut *tx, &write.worker).await;
+            if let Ok((_, 1)) = outcome {
+                let seqs = append_on(&mut tx, &write.events).await?;
+                raw.push(Ok((outcome, seqs)));
+            } else {
+                raw.push(Ok((outcome, Vec::new())));
+            }
+        }
+        tx.commit().await?;
+        let mut out = Vec::with_capacity(writes.len());
+        for (write, r) in writes.iter().zip(raw) {
+            out.push(match r {
+                Ok((Ok((saved, 1)), seqs)) => WriteOutcome::Saved {
+                    worker: saved,
+                    seqs,
+                },
+                Ok((Ok(_), _)) => {
+                    WriteOutcome::Failed(self.explain_update_failure(&write.worker, None).await)
+                }
+                Ok((Err(e), _)) | Err(e) => {
+                    WriteOutcome::Failed(self.explain_update_failure(&write.worker, Some(e)).await)
+                }
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// An exclusive lock on a SQLite database for one `ccm serve`: a second process pointed at the
+/// same file is refused at start instead of running every job a second time. Held (an OS file
+/// lock on `<database>.lock`) until dropped; the OS releases it when the process dies.
+#[derive(Debug)]
+pub struct SingleNodeLock {
+    _file: std::fs::File,
+    path: std::path::PathBuf,
+}
+
+impl SingleNodeLock {
+    /// Takes the lock of the database at `database`, or says who has it.
+    pub fn acquire(database: &std::path::Path) -> std::result::Result<Self, String> {
+        let mut name = database.as_os_str().to_owned();
+        name.push(".lock");
+        let path = std::path::PathBuf::from(name);
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|e| format!("cannot open the lock file {}: {e}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Self { _file: file, path }),
+            Err(std::fs::TryLockError::WouldBlock) => Err(format!(
+                "another ccm process uses this SQLite database (lock {} is held); SQLite is \
+                 single-node: run one `ccm serve` per file, or use PostgreSQL ([database] url) \
+                 for several replicas",
+                path.display()
+            )),
+            Err(std::fs::TryLockError::Error(e)) => {
+                Err(format!("cannot lock {}: {e}", path.display()))
+            }
+        }
+    }
+
+    /// The lock file.
+    pub fn path(&self) -> &std::path::Path {
+        &self.path
     }
 }

@@ -179,3 +179,267 @@ fn the_test_server_should_stop_and_vanish_when_its_test_panics() {
         "the server still listens on {port}"
     );
 }
+
+// === Replicas and leases (several `ccm serve` on one database) ===
+
+mod cluster {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use ccm_domain::worker::{EndpointPolicy, InstanceObservation};
+    use ccm_domain::{Actor, Ec2State, Event, EventKind, InstanceId, Region, Worker};
+    use ccm_store::{
+        ClusterRepo, EventLog, EventQuery, Fence, ReplicaRecord, Store, WorkerRepo, WorkerWrite,
+        WriteOutcome,
+    };
+    use chrono::Utc;
+
+    use super::server_and_store;
+
+    const LONG: Duration = Duration::from_secs(600);
+
+    fn keys(ks: &[&str]) -> Vec<String> {
+        ks.iter().map(|k| (*k).to_owned()).collect()
+    }
+
+    fn worker(n: u32) -> Worker {
+        let obs = InstanceObservation {
+            instance_id: InstanceId::parse(&format!("i-{n:017x}")).unwrap(),
+            state: Ec2State::Running,
+            instance_type: None,
+            ami_id: None,
+            public_ip: None,
+            private_ip: None,
+            tags: BTreeMap::new(),
+            launched_at: None,
+            detailed_monitoring: false,
+            state_reason: None,
+        };
+        Worker::import(
+            &obs,
+            Region::parse("eu-west-1").unwrap(),
+            &EndpointPolicy::default(),
+            Actor::user("t"),
+            Utc::now(),
+        )
+        .0
+    }
+
+    fn renamed(w: &Worker, name: &str, fence: Fence) -> WorkerWrite {
+        let mut w = w.clone();
+        w.name = name.to_owned();
+        WorkerWrite {
+            events: vec![Event::new(
+                "/test",
+                Some(w.id),
+                EventKind::WorkerDeleted {
+                    by: Actor::user("t"),
+                },
+                Utc::now(),
+            )],
+            worker: w,
+            fence: Some(fence),
+        }
+    }
+
+    /// The fencing test: A holds the lease, B takes it over (A's lease expired by the
+    /// database's clock — TTL zero, no waiting), then A's write under its old token is refused
+    /// in the write's own transaction — nothing saved, no event logged — while B's write under
+    /// the new token is saved. The refusal comes from the token, not from timing: A's write is
+    /// attempted after B's acquisition, and would otherwise succeed (the worker's version is
+    /// current).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_holders_write_should_be_refused_by_its_fencing_token() {
+        let (_pg, store) = server_and_store().await;
+        let w = store.insert(&worker(1)).await.unwrap();
+        let key = "part:0001".to_owned();
+        let a = store
+            .acquire("replica-a", std::slice::from_ref(&key), Duration::ZERO)
+            .await
+            .unwrap();
+        assert_eq!(a.len(), 1);
+        let a_fence = a[0].fence;
+        let b = store
+            .acquire("replica-b", std::slice::from_ref(&key), LONG)
+            .await
+            .unwrap();
+        assert_eq!(b.len(), 1, "an expired lease is free to take");
+        assert_eq!(
+            b[0].fence,
+            a_fence + 1,
+            "every acquisition raises the fence"
+        );
+        assert_eq!(
+            b[0].previous_holder, "replica-a",
+            "a takeover names the old holder"
+        );
+        let before = store.last_seq().await.unwrap();
+
+        let stale = store
+            .save_changes(&[renamed(
+                &w,
+                "from-a",
+                Fence {
+                    key: key.clone(),
+                    token: a_fence,
+                },
+            )])
+            .await
+            .unwrap();
+        assert!(matches!(stale[0], WriteOutcome::Fenced), "{:?}", stale[0]);
+        assert_eq!(store.get(w.id).await.unwrap().unwrap().name, w.name);
+        assert_eq!(
+            store.last_seq().await.unwrap(),
+            before,
+            "no event of a refused write"
+        );
+        assert!(
+            store
+                .renew("replica-a", &[(key.clone(), a_fence)], LONG)
+                .await
+                .unwrap()
+                .is_empty(),
+            "the old holder cannot renew what it lost"
+        );
+
+        let fresh = store
+            .save_changes(&[renamed(
+                &w,
+                "from-b",
+                Fence {
+                    key: key.clone(),
+                    token: b[0].fence,
+                },
+            )])
+            .await
+            .unwrap();
+        assert!(
+            matches!(fresh[0], WriteOutcome::Saved { .. }),
+            "{:?}",
+            fresh[0]
+        );
+        assert_eq!(store.get(w.id).await.unwrap().unwrap().name, "from-b");
+        let logged = store
+            .read(&EventQuery {
+                after: Some(before),
+                ..EventQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            logged.len(),
+            1,
+            "the saved write's event, in the same transaction"
+        );
+    }
+
+    /// A lease that expired without anyone taking it is not held either: a write under it is
+    /// refused (the database's clock decides, not the writer's).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_under_an_expired_lease_should_be_refused() {
+        let (_pg, store) = server_and_store().await;
+        let w = store.insert(&worker(2)).await.unwrap();
+        let got = store
+            .acquire("replica-a", &keys(&["part:0002"]), Duration::ZERO)
+            .await
+            .unwrap();
+        let out = store
+            .save_changes(&[renamed(
+                &w,
+                "late",
+                Fence {
+                    key: "part:0002".into(),
+                    token: got[0].fence,
+                },
+            )])
+            .await
+            .unwrap();
+        assert!(matches!(out[0], WriteOutcome::Fenced), "{:?}", out[0]);
+        // A fence naming a lease that never existed is refused too.
+        let out = store
+            .save_changes(&[renamed(
+                &w,
+                "nobody",
+                Fence {
+                    key: "part:9999".into(),
+                    token: 1,
+                },
+            )])
+            .await
+            .unwrap();
+        assert!(matches!(out[0], WriteOutcome::Fenced), "{:?}", out[0]);
+    }
+
+    /// Acquire takes only free or expired keys; renew extends only what the holder still has
+    /// under its token; release frees at once (no takeover: the holder is cleared) and the
+    /// fence keeps growing across holders.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn leases_should_be_acquired_when_free_renewed_by_their_holder_and_released() {
+        let (_pg, store) = server_and_store().await;
+        let ks = keys(&["job:ec2_sync:eu-west-1", "part:0000", "part:0001"]);
+        let a = store.acquire("a", &ks, LONG).await.unwrap();
+        assert_eq!(a.len(), 3);
+        assert!(
+            a.iter()
+                .all(|l| l.fence == 1 && l.previous_holder.is_empty())
+        );
+        assert!(
+            store.acquire("b", &ks, LONG).await.unwrap().is_empty(),
+            "held leases are not taken"
+        );
+        let held: Vec<(String, u64)> = a.iter().map(|l| (l.key.clone(), l.fence)).collect();
+        let mut renewed = store.renew("a", &held, LONG).await.unwrap();
+        renewed.sort();
+        assert_eq!(renewed, ks);
+        assert!(
+            store.renew("b", &held, LONG).await.unwrap().is_empty(),
+            "only the holder renews"
+        );
+        assert_eq!(store.release("a", &held[..1]).await.unwrap(), 1);
+        let b = store.acquire("b", &ks, LONG).await.unwrap();
+        assert_eq!(b.len(), 1);
+        assert_eq!(b[0].key, ks[0]);
+        assert_eq!(b[0].fence, 2);
+        assert!(
+            b[0].previous_holder.is_empty(),
+            "a handover, not a takeover"
+        );
+        let listed = store.leases().await.unwrap();
+        assert_eq!(listed.len(), 3);
+        assert_eq!(listed[0].holder, "b");
+        assert!(
+            listed
+                .iter()
+                .all(|l| l.remaining > Duration::from_secs(500))
+        );
+    }
+
+    /// Heartbeats are stamped by the database; a replica's row goes away when it leaves.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn replicas_should_register_beat_and_leave() {
+        let (_pg, store) = server_and_store().await;
+        let me = ReplicaRecord {
+            id: "r1".into(),
+            address: "127.0.0.1:8080".into(),
+            version: "0.1.0".into(),
+            started_at: Utc::now(),
+        };
+        store.heartbeat(&me).await.unwrap();
+        store
+            .heartbeat(&ReplicaRecord {
+                id: "r2".into(),
+                ..me.clone()
+            })
+            .await
+            .unwrap();
+        let rows = store.replicas().await.unwrap();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].record.id, "r1");
+        assert!(rows[0].heartbeat_age < Duration::from_secs(5));
+        store.forget("r1", LONG).await.unwrap();
+        let rows = store.replicas().await.unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].record.id, "r2");
+        assert!(store.cluster().is_some(), "PostgreSQL supports replicas");
+    }
+}

@@ -52,7 +52,7 @@ pub(crate) enum TokenCommand {
         /// Who uses it (shown as `token:<name>` in events and logs).
         #[arg(long, default_value = "api")]
         name: String,
-        /// What it may do.
+        /// What it may do: viewer, lab_operator, manager or admin.
         #[arg(long, default_value = "viewer")]
         role: crate::cmd::client::choice::RoleChoice,
     },

@@ -51,9 +51,12 @@ pub(crate) enum LogFormat {
 pub(crate) struct Config {
     pub(crate) server: ccm_api::ServerConfig,
     pub(crate) log: LogConfig,
+    pub(crate) telemetry: crate::telemetry::TelemetryConfig,
     pub(crate) api: ccm_api::ApiConfig,
     pub(crate) auth: ccm_api::AuthConfig,
     pub(crate) database: ccm_store::StoreConfig,
+    /// Several replicas on one PostgreSQL database (ignored with SQLite).
+    pub(crate) cluster: ccm_engine::ClusterConfig,
     pub(crate) resilience: ccm_resilience::ResilienceConfig,
     pub(crate) cml: ccm_cml::CmlConfig,
     pub(crate) aws: ccm_cloud_aws::AwsConfig,
@@ -67,6 +70,10 @@ pub(crate) struct Config {
     pub(crate) polling: ccm_domain::settings::PollingSettings,
     /// Initial off-hours schedules (runtime settings, as `idle`).
     pub(crate) schedules: Vec<ccm_domain::schedule::ScheduleRule>,
+    /// Outbound events: `[[webhooks]]` entries (none by default; the example documents them
+    /// commented out, and a test parses that block).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) webhooks: Vec<ccm_webhooks::WebhookConfig>,
 }
 
 impl Config {
@@ -137,9 +144,11 @@ impl Config {
             return Err("log.level: must not be empty".into());
         }
         self.server.validate().map_err(|e| e.to_string())?;
+        self.telemetry.validate()?;
         self.api.validate().map_err(|e| e.to_string())?;
         self.auth.validate().map_err(|e| e.to_string())?;
         self.database.validate()?;
+        self.cluster.validate()?;
         self.resilience.validate().map_err(
             |ccm_resilience::ConfigError::Invalid { key, reason }| format!("{key}: {reason}"),
         )?;
@@ -151,6 +160,7 @@ impl Config {
             .validate()
             .map_err(|e| format!("aws.{}: {}", e.key, e.message))?;
         self.engine_config().validate()?;
+        ccm_webhooks::validate_all(&self.webhooks).map_err(|e| e.to_string())?;
         let runtime = ccm_domain::RuntimeSettings {
             idle: self.idle.clone(),
             polling: self.polling.clone(),

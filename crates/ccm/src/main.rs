@@ -4,6 +4,7 @@
 mod cli;
 mod cmd;
 mod config;
+mod telemetry;
 
 use std::process::ExitCode;
 

@@ -71,6 +71,8 @@ endpoint_url = "{moto}"
 access_key_id = "testing"
 secret_access_key = "testing"
 operation_timeout = "20s"
+[provisioning]
+allowed_instance_types = ["m5zn.metal", "m5.large"]
 [auth]
 tokens = [{{ name = "e2e", role = "admin", sha256 = "{hash}" }}]
 [polling]

@@ -6,7 +6,7 @@
 //! - **Browser sessions**: `POST /api/v1/session` (or the OIDC sign-in) sets an opaque,
 //!   HttpOnly, SameSite=Strict cookie; state-changing requests made with the cookie must echo
 //!   the session's CSRF token in `X-CSRF-Token`. Bearer requests are exempt.
-//! - **Roles** ([`Role`]): `viewer` < `manager` < `admin`; each route's minimum is in
+//! - **Roles** ([`Role`]): `viewer` < `lab_operator` < `manager` < `admin`; each route's minimum is in
 //!   [`crate::routes::ROUTES`] and enforced by [`guard`] before any handler runs.
 //! - **Failed sign-ins** are rate limited per client address ([`limit`]): failed sign-ins,
 //!   failed OIDC callbacks and failed bearer tokens on any route count against one limit; an
@@ -40,14 +40,17 @@ use crate::state::ApiState;
 
 pub(crate) use session::{Credential, SESSION_COOKIE};
 
-/// What a caller may do. Ordered: `viewer` < `manager` < `admin`.
+/// What a caller may do. Ordered: `viewer` < `lab_operator` < `manager` < `admin`.
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
 )]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Read everything.
     Viewer,
+    /// Run lab actions (start, stop, wipe, import; download is a read) and refresh a worker —
+    /// what people using the labs need, without operating the instances.
+    LabOperator,
     /// Operate workers, labs and licences.
     Manager,
     /// Everything, including terminate, delete, settings and jobs.
@@ -56,12 +59,13 @@ pub enum Role {
 
 impl Role {
     /// Every role, least privileged first.
-    pub const ALL: [Role; 3] = [Self::Viewer, Self::Manager, Self::Admin];
+    pub const ALL: [Role; 4] = [Self::Viewer, Self::LabOperator, Self::Manager, Self::Admin];
 
     /// The lowercase name.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Viewer => "viewer",
+            Self::LabOperator => "lab_operator",
             Self::Manager => "manager",
             Self::Admin => "admin",
         }
@@ -590,7 +594,22 @@ mod tests {
 
     #[test]
     fn roles_should_be_ordered() {
-        assert!(Role::Viewer < Role::Manager && Role::Manager < Role::Admin);
+        assert!(Role::Viewer < Role::LabOperator);
+        assert!(Role::LabOperator < Role::Manager && Role::Manager < Role::Admin);
+    }
+
+    #[test]
+    fn roles_should_have_snake_case_names() {
+        for (role, name) in [
+            (Role::Viewer, "viewer"),
+            (Role::LabOperator, "lab_operator"),
+            (Role::Manager, "manager"),
+            (Role::Admin, "admin"),
+        ] {
+            assert_eq!(role.as_str(), name);
+            assert_eq!(serde_json::to_value(role).unwrap(), name);
+            assert_eq!(serde_json::from_value::<Role>(name.into()).unwrap(), role);
+        }
     }
 
     #[test]

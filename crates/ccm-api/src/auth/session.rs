@@ -336,6 +336,22 @@ impl SessionStore {
         Ok(here || there)
     }
 
+    /// Ends a session signed out elsewhere (another replica), by its key (SHA-256 of the id,
+    /// hex): dropped from memory, its event streams told. Unknown or malformed keys are
+    /// ignored.
+    pub(crate) fn end_key(&self, hex_key: &str) {
+        let Ok(bytes) = hex::decode(hex_key) else {
+            return;
+        };
+        let Ok(k) = <[u8; 32]>::try_from(bytes.as_slice()) else {
+            return;
+        };
+        self.sessions.remove(&k);
+        if let Some((_, (ended, _))) = self.watchers.remove(&k) {
+            ended.cancel();
+        }
+    }
+
     /// A handle that resolves when this session is signed out.
     pub(crate) fn watch(&self, info: &SessionInfo) -> SessionWatch {
         let ended = {

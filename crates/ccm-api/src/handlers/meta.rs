@@ -22,6 +22,9 @@ pub(crate) struct Probe {
     pub database: Option<bool>,
     /// The scheduler runs.
     pub scheduler: Option<bool>,
+    /// This replica holds a valid cluster membership (always true for a single node).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub membership: Option<bool>,
 }
 
 /// Alive: the process answers HTTP.
@@ -34,10 +37,12 @@ pub(crate) async fn healthz() -> Json<Probe> {
         status: "ok".into(),
         database: None,
         scheduler: None,
+        membership: None,
     })
 }
 
-/// Ready: the store is reachable and the scheduler runs (503 otherwise).
+/// Ready: the store is reachable, the scheduler runs and (on several replicas) this replica's
+/// cluster membership is valid (503 otherwise).
 #[utoipa::path(
     get, path = "/readyz", tag = "probes", security(()),
     responses((status = 200, body = Probe), (status = 503, body = Probe))
@@ -46,11 +51,13 @@ pub(crate) async fn readyz(State(state): State<ApiState>) -> Response {
     let engine = state.engine();
     let database = engine.store().ping().await.is_ok();
     let scheduler = engine.is_running();
-    let ok = database && scheduler;
+    let membership = engine.readiness().is_ok();
+    let ok = database && scheduler && membership;
     let probe = Probe {
         status: if ok { "ok" } else { "unavailable" }.into(),
         database: Some(database),
         scheduler: Some(scheduler),
+        membership: Some(membership),
     };
     let status = if ok {
         StatusCode::OK
@@ -82,6 +89,7 @@ pub(crate) async fn metrics(State(state): State<ApiState>) -> ApiResult<Response
         let n = counts.by_service.get(s.as_str()).copied().unwrap_or(0);
         metrics::gauge!(crate::metrics::WORKERS_BY_SERVICE, "status" => s.as_str()).set(n as f64);
     }
+    metrics::gauge!(crate::metrics::WORKERS_STALE).set(state.engine().stale_workers() as f64);
     metrics::gauge!(crate::metrics::SSE_CLIENTS).set(state.sse_clients() as f64);
     metrics::gauge!(crate::metrics::SESSIONS).set(state.sessions() as f64);
     // Breakers open: `ccm_breakers_open`, kept by ccm-resilience on every transition.

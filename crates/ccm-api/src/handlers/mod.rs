@@ -4,4 +4,5 @@ pub(crate) mod labs;
 pub(crate) mod meta;
 pub(crate) mod session;
 pub(crate) mod system;
+pub(crate) mod webhooks;
 pub(crate) mod workers;

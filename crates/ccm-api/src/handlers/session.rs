@@ -47,6 +47,7 @@ fn view(principal: &Principal, session: Option<&SessionInfo>) -> SessionView {
         cookie: session.is_some(),
         csrf_token: session.map(|s| s.csrf_token.clone()),
         expires_at: session.map(|s| s.expires_at),
+        permissions: crate::routes::permissions(principal.role),
     }
 }
 

@@ -13,7 +13,7 @@ use utoipa::IntoParams;
 use crate::auth::Caller;
 use crate::dto::{
     BreakerView, BudgetView, BulkheadView, ComponentView, CountsView, HealthView, JobList, JobView,
-    ResilienceView, SavingsView, SettingsView,
+    ProvisioningView, ReplicaList, ReplicaView, ResilienceView, SavingsView, SettingsView,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JobPath, JsonBody, Query};
@@ -35,6 +35,54 @@ pub(crate) async fn health(State(state): State<ApiState>) -> Json<HealthView> {
     })
 }
 
+/// The replicas sharing the fleet: heartbeat ages (database clock), leases and workers held.
+/// A single node (SQLite) answers `mode: single_node` and no items.
+#[utoipa::path(
+    get, path = "/api/v1/system/replicas", tag = "system",
+    responses(
+        (status = 200, body = ReplicaList),
+        (status = 503, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn replicas(State(state): State<ApiState>) -> ApiResult<Json<ReplicaList>> {
+    let Some(view) = state.engine().cluster_view().await else {
+        return Ok(Json(ReplicaList {
+            mode: "single_node".into(),
+            lease_ttl_seconds: None,
+            partitions: None,
+            items: Vec::new(),
+        }));
+    };
+    let view =
+        view.map_err(|e| ApiError::unavailable(format!("cannot read the replicas: {e}"), None))?;
+    let items = view
+        .replicas
+        .iter()
+        .map(|r| {
+            let held = view.leases.iter().filter(|l| l.holder == r.record.id);
+            let (parts, jobs): (Vec<_>, Vec<_>) = held.partition(|l| l.key.starts_with("part:"));
+            ReplicaView {
+                id: r.record.id.clone(),
+                address: r.record.address.clone(),
+                version: r.record.version.clone(),
+                started_at: r.record.started_at,
+                heartbeat_age_seconds: r.heartbeat_age.as_secs_f64(),
+                live: r.heartbeat_age < view.lease_ttl,
+                this: r.record.id == view.me,
+                partitions: u32::try_from(parts.len()).unwrap_or(u32::MAX),
+                jobs: jobs.into_iter().map(|l| l.key.clone()).collect(),
+                workers: view.workers.get(&r.record.id).copied().unwrap_or(0),
+            }
+        })
+        .collect();
+    Ok(Json(ReplicaList {
+        mode: "cluster".into(),
+        lease_ttl_seconds: Some(view.lease_ttl.as_secs_f64()),
+        partitions: Some(view.partitions),
+        items,
+    }))
+}
+
 /// Worker counts by EC2 state and service status (for statistics).
 #[utoipa::path(
     get, path = "/api/v1/system/counts", tag = "system",
@@ -48,6 +96,16 @@ pub(crate) async fn counts(State(state): State<ApiState>) -> Json<CountsView> {
         by_service: c.by_service,
         sse_clients: state.sse_clients(),
     })
+}
+
+/// What a create or import form may offer: regions, instance types, image defaults, default
+/// tags and the configured import filter.
+#[utoipa::path(
+    get, path = "/api/v1/system/provisioning", tag = "system",
+    responses((status = 200, body = ProvisioningView))
+)]
+pub(crate) async fn provisioning(State(state): State<ApiState>) -> Json<ProvisioningView> {
+    Json(state.engine().provisioning_options().into())
 }
 
 /// Circuit breakers, the retry budget and the bulkheads.

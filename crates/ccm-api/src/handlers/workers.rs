@@ -21,9 +21,9 @@ use utoipa::IntoParams;
 
 use crate::auth::{Caller, Role};
 use crate::dto::{
-    CreateWorkerRequest, EventPage, EventRecord, IdleDetectionRequest, ImportView,
-    ImportWorkersRequest, MetricsHistory, MetricsPointView, Order, RefreshView, SnoozeRequest,
-    SortKey, TagsRequest, WorkerListQuery, WorkerPage, WorkerView,
+    CreateWorkerRequest, EventPage, EventRecord, IdleDetectionRequest, ImagePreviewView, ImageView,
+    ImportPreviewView, ImportView, ImportWorkersRequest, MetricsHistory, MetricsPointView, Order,
+    RefreshView, SnoozeRequest, SortKey, TagsRequest, WorkerListQuery, WorkerPage, WorkerView,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, Query, WorkerPath, split_list};
@@ -178,7 +178,27 @@ pub(crate) async fn create(
                 .map_err(|e| ApiError::invalid("instance_type", format!("instance_type: {e}")))
         })
         .transpose()?;
-    let ami = match (req.ami_id.as_deref(), req.ami_name_pattern.as_deref()) {
+    let ami = ami_selector(req.ami_id.as_deref(), req.ami_name_pattern.as_deref())?;
+    check_tags(&req.tags)?;
+    let w = state
+        .engine()
+        .create_worker(
+            CreateWorker {
+                name: req.name,
+                region,
+                instance_type,
+                ami,
+                tags: req.tags,
+            },
+            &caller.actor(),
+        )
+        .await?;
+    Ok(accepted(WorkerView::new(&w, state.engine())))
+}
+
+/// The image selector of a request: an id, a name pattern, or neither (the configured one).
+fn ami_selector(id: Option<&str>, pattern: Option<&str>) -> ApiResult<AmiSelector> {
+    Ok(match (id, pattern) {
         (Some(_), Some(_)) => {
             return Err(ApiError::invalid(
                 "ami_id",
@@ -198,22 +218,13 @@ pub(crate) async fn create(
             AmiSelector::NamePattern(p.to_owned())
         }
         (None, None) => AmiSelector::Default,
-    };
-    check_tags(&req.tags)?;
-    let w = state
-        .engine()
-        .create_worker(
-            CreateWorker {
-                name: req.name,
-                region,
-                instance_type,
-                ami,
-                tags: req.tags,
-            },
-            &caller.actor(),
-        )
-        .await?;
-    Ok(accepted(WorkerView::new(&w, state.engine())))
+    })
+}
+
+fn region_of(region: Option<&str>) -> ApiResult<Option<Region>> {
+    region
+        .map(|r| Region::parse(r).map_err(|e| ApiError::invalid("region", format!("region: {e}"))))
+        .transpose()
 }
 
 fn check_tags(tags: &BTreeMap<String, String>) -> ApiResult<()> {
@@ -231,26 +242,9 @@ fn check_tags(tags: &BTreeMap<String, String>) -> ApiResult<()> {
     Ok(())
 }
 
-/// Import existing EC2 instances as workers (importing one twice returns the existing worker).
-///
-/// Below admin, every instance to import must match the `[import]` filter (tag and/or image
-/// name and owner), since an imported worker receives the fleet's CML password; an admin may
-/// import any instance.
-#[utoipa::path(
-    post, path = "/api/v1/workers/import", tag = "workers",
-    request_body = ImportWorkersRequest,
-    responses(
-        (status = 200, body = ImportView),
-        (status = 403, description = "Below admin: an instance to import does not match the `[import]` filter (`rule` is `import`); nothing was imported", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "Several instances match and `all` is not set", body = Problem, content_type = "application/problem+json"),
-        (status = 422, body = Problem, content_type = "application/problem+json"),
-    )
-)]
-pub(crate) async fn import(
-    State(state): State<ApiState>,
-    caller: Caller,
-    JsonBody(req): JsonBody<ImportWorkersRequest>,
-) -> ApiResult<Json<ImportView>> {
+/// An import request, validated (every error names its field). `restricted`: callers below
+/// admin may import only instances that match the `[import]` filter.
+fn import_request_of(req: ImportWorkersRequest, restricted: bool) -> ApiResult<ImportRequest> {
     let region = req
         .region
         .as_deref()
@@ -306,19 +300,122 @@ pub(crate) async fn import(
     } else {
         ImportSelector::Configured
     };
+    Ok(ImportRequest {
+        region,
+        selector,
+        all: req.all,
+        restricted_to_filter: restricted,
+    })
+}
+
+/// Import existing EC2 instances as workers (importing one twice returns the existing worker).
+///
+/// Below admin, every instance to import must match the `[import]` filter (tag and/or image
+/// name and owner), since an imported worker receives the fleet's CML password; an admin may
+/// import any instance.
+#[utoipa::path(
+    post, path = "/api/v1/workers/import", tag = "workers",
+    request_body = ImportWorkersRequest,
+    responses(
+        (status = 200, body = ImportView),
+        (status = 403, description = "Below admin: an instance to import does not match the `[import]` filter (`rule` is `import`); nothing was imported", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "Several instances match and `all` is not set", body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn import(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<ImportWorkersRequest>,
+) -> ApiResult<Json<ImportView>> {
+    let request = import_request_of(req, caller.principal.role != Role::Admin)?;
     let report = state
         .engine()
-        .import_workers(
-            ImportRequest {
-                region,
-                selector,
-                all: req.all,
-                restricted_to_filter: caller.principal.role != Role::Admin,
-            },
-            &caller.actor(),
-        )
+        .import_workers(request, &caller.actor())
         .await?;
     Ok(Json(report.into()))
+}
+
+/// What an import with this body would do, without changing anything: every matching
+/// instance, which of them already are workers, and whether `all` is needed.
+#[utoipa::path(
+    post, path = "/api/v1/workers/import/preview", tag = "workers",
+    request_body = ImportWorkersRequest,
+    responses(
+        (status = 200, body = ImportPreviewView),
+        (status = 422, description = "Invalid value (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The cloud is throttled or unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn import_preview(
+    State(state): State<ApiState>,
+    caller: Caller,
+    JsonBody(req): JsonBody<ImportWorkersRequest>,
+) -> ApiResult<Json<ImportPreviewView>> {
+    let request = import_request_of(req, caller.principal.role != Role::Admin)?;
+    let preview = state.engine().preview_import(request).await?;
+    Ok(Json(preview.into()))
+}
+
+/// Parameters of an image preview.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct ImageQueryParams {
+    /// Region (default: the configured one).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// An image id.
+    #[serde(default)]
+    pub ami_id: Option<String>,
+    /// Or: a name pattern (`*` wildcards). Neither: the configured image.
+    #[serde(default)]
+    pub ami_name_pattern: Option<String>,
+}
+
+/// The image a new worker would use with this region and selector, resolved as a create
+/// would resolve it (nothing is launched).
+#[utoipa::path(
+    get, path = "/api/v1/images", tag = "images",
+    params(ImageQueryParams),
+    responses(
+        (status = 200, body = ImagePreviewView),
+        (status = 400, description = "Bad parameter (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid value (named in `field`)", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "The cloud is throttled or unavailable", body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn images(
+    State(state): State<ApiState>,
+    Query(q): Query<ImageQueryParams>,
+) -> ApiResult<Json<ImagePreviewView>> {
+    let region = region_of(q.region.as_deref().filter(|r| !r.is_empty()))?;
+    let ami = ami_selector(
+        q.ami_id.as_deref().filter(|x| !x.is_empty()),
+        q.ami_name_pattern.as_deref().filter(|x| !x.is_empty()),
+    )?;
+    let engine = state.engine();
+    let region = match region {
+        Some(r) => r,
+        None => engine
+            .provisioning_options()
+            .default_region
+            .ok_or_else(|| ApiError::invalid("region", "region: none given and none configured"))?,
+    };
+    let i = engine.preview_image(Some(region.clone()), &ami).await?;
+    let image = ImageView {
+        id: i.id.to_string(),
+        name: i.name,
+        owner_id: i.owner_id,
+        creation_date: i.creation_date,
+        state: i.state,
+        description: i.description,
+    };
+    Ok(Json(ImagePreviewView {
+        region: region.to_string(),
+        selected: Some(image.clone()),
+        images: vec![image],
+    }))
 }
 
 macro_rules! lifecycle {

@@ -5,7 +5,7 @@ use ccm_domain::EventKind;
 use http::{Method, Request, header};
 use serde_json::json;
 
-use crate::support::{MANAGER, TestApi, VIEWER};
+use crate::support::{LAB_OPERATOR, MANAGER, TestApi, VIEWER};
 
 fn raw_import(id: &str, content_type: &str, body: Vec<u8>, query: &str) -> Request<Body> {
     Request::builder()
@@ -353,5 +353,94 @@ async fn viewers_should_cause_no_writes_and_unknown_labs_should_be_404_without_a
         head,
         "throttled: nothing written"
     );
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_lab_operator_should_run_lab_actions_and_refresh_and_nothing_else() {
+    let api = TestApi::start(36, 1).await;
+    api.until_ready().await;
+    let id = api.workers().await[0].id.to_string();
+    let labs = format!("/api/v1/workers/{id}/labs");
+
+    // Allowed: import, start, stop, wipe, download, refresh.
+    let created = api
+        .post(
+            &labs,
+            LAB_OPERATOR,
+            Some(json!({"topology": ccm_cml_sim::SAMPLE_LAB_YAML, "title": "Operated"})),
+        )
+        .await
+        .ok(201);
+    let lab = created["lab_id"].as_str().unwrap().to_owned();
+    for (action, state) in [
+        ("start", "STARTED"),
+        ("stop", "STOPPED"),
+        ("wipe", "DEFINED_ON_CORE"),
+    ] {
+        let done = api
+            .post(&format!("{labs}/{lab}/{action}"), LAB_OPERATOR, None)
+            .await
+            .ok(200);
+        assert_eq!(done["lab"]["state"], state, "{action}: {done}");
+    }
+    let topology = api
+        .get(&format!("{labs}/{lab}/topology"), LAB_OPERATOR)
+        .await;
+    assert_eq!(topology.status, 200, "{}", topology.text());
+    let refreshed = api
+        .post(&format!("/api/v1/workers/{id}/refresh"), LAB_OPERATOR, None)
+        .await
+        .ok(200);
+    assert_eq!(refreshed["outcome"], "refreshed", "{refreshed}");
+    // The actor on the lab's events is the operator's token.
+    let events = api
+        .get(&format!("/api/v1/workers/{id}/events"), VIEWER)
+        .await
+        .ok(200);
+    assert!(
+        events.to_string().contains("token:lab-operator"),
+        "{events}"
+    );
+
+    // Refused: deleting the lab, operating the worker, licences, settings.
+    let refused = [
+        (Method::DELETE, format!("{labs}/{lab}"), None),
+        (Method::POST, format!("/api/v1/workers/{id}/stop"), None),
+        (Method::POST, format!("/api/v1/workers/{id}/pause"), None),
+        (
+            Method::POST,
+            format!("/api/v1/workers/{id}/licence"),
+            Some(json!({"token": "abc"})),
+        ),
+        (
+            Method::DELETE,
+            format!("/api/v1/workers/{id}/licence"),
+            None,
+        ),
+        (
+            Method::POST,
+            "/api/v1/workers/import".to_owned(),
+            Some(json!({})),
+        ),
+        (
+            Method::PATCH,
+            "/api/v1/settings".to_owned(),
+            Some(json!({})),
+        ),
+    ];
+    for (method, path, body) in refused {
+        let p = api
+            .call(method.clone(), &path, Some(LAB_OPERATOR), body)
+            .await
+            .problem(403);
+        assert!(
+            p["detail"].as_str().unwrap().contains("has lab_operator"),
+            "{method} {path}: {p}"
+        );
+    }
+    // The lab is still there.
+    let list = api.get(&labs, VIEWER).await.ok(200);
+    assert!(list.to_string().contains(&lab), "{list}");
     api.fleet.shutdown().await;
 }

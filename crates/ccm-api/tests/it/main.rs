@@ -6,6 +6,8 @@
 /// Fixtures: the fleet, the API, tokens, request helpers.
 mod support;
 
+/// The deployment files' metric names against a running ccm's /metrics.
+mod deploy;
 /// The event schemas of the OpenAPI document against real events.
 mod event_schemas;
 /// Guardrails (image owners, instance types, the fleet cap, imports below admin) and EC2

@@ -7,7 +7,7 @@ use http::{Method, Request, StatusCode, header};
 use serde_json::{Value, json};
 use tower::ServiceExt as _;
 
-use crate::support::{ADMIN, MANAGER, TestApi, VIEWER};
+use crate::support::{ADMIN, LAB_OPERATOR, MANAGER, TestApi, VIEWER};
 
 /// The expected matrix, written out independently of the code's table: every route, the
 /// least role that may call it (`None`: public), and a request body that reaches the
@@ -15,6 +15,7 @@ use crate::support::{ADMIN, MANAGER, TestApi, VIEWER};
 fn expected() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
     use Method as M;
     let (v, m, a) = (Some(Role::Viewer), Some(Role::Manager), Some(Role::Admin));
+    let l = Some(Role::LabOperator);
     vec![
         (M::GET, "/healthz", None, None),
         (M::GET, "/readyz", None, None),
@@ -38,6 +39,13 @@ fn expected() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
         (M::GET, "/api/v1/workers", v, None),
         (M::POST, "/api/v1/workers", m, Some(json!({}))),
         (M::POST, "/api/v1/workers/import", m, Some(json!({}))),
+        (
+            M::POST,
+            "/api/v1/workers/import/preview",
+            m,
+            Some(json!({})),
+        ),
+        (M::GET, "/api/v1/images", m, None),
         (M::GET, "/api/v1/workers/{id}", v, None),
         (M::DELETE, "/api/v1/workers/{id}", a, None),
         (M::POST, "/api/v1/workers/{id}/start", m, None),
@@ -45,7 +53,7 @@ fn expected() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
         (M::POST, "/api/v1/workers/{id}/pause", m, None),
         (M::POST, "/api/v1/workers/{id}/resume", m, None),
         (M::POST, "/api/v1/workers/{id}/terminate", a, None),
-        (M::POST, "/api/v1/workers/{id}/refresh", m, None),
+        (M::POST, "/api/v1/workers/{id}/refresh", l, None),
         (
             M::PATCH,
             "/api/v1/workers/{id}/tags",
@@ -72,13 +80,13 @@ fn expected() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
         (
             M::POST,
             "/api/v1/workers/{id}/labs",
-            m,
+            l,
             Some(json!({"topology": "x"})),
         ),
         (M::DELETE, "/api/v1/workers/{id}/labs/{lab_id}", m, None),
-        (M::POST, "/api/v1/workers/{id}/labs/{lab_id}/start", m, None),
-        (M::POST, "/api/v1/workers/{id}/labs/{lab_id}/stop", m, None),
-        (M::POST, "/api/v1/workers/{id}/labs/{lab_id}/wipe", m, None),
+        (M::POST, "/api/v1/workers/{id}/labs/{lab_id}/start", l, None),
+        (M::POST, "/api/v1/workers/{id}/labs/{lab_id}/stop", l, None),
+        (M::POST, "/api/v1/workers/{id}/labs/{lab_id}/wipe", l, None),
         (
             M::GET,
             "/api/v1/workers/{id}/labs/{lab_id}/topology",
@@ -94,10 +102,13 @@ fn expected() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
         (M::DELETE, "/api/v1/workers/{id}/licence", m, None),
         (M::GET, "/api/v1/system/health", v, None),
         (M::GET, "/api/v1/system/counts", v, None),
+        (M::GET, "/api/v1/system/replicas", v, None),
         (M::GET, "/api/v1/system/resilience", v, None),
         (M::GET, "/api/v1/system/jobs", v, None),
         (M::POST, "/api/v1/system/jobs/{job}/run", a, None),
         (M::GET, "/api/v1/system/savings", v, None),
+        (M::GET, "/api/v1/system/webhooks", v, None),
+        (M::GET, "/api/v1/system/provisioning", v, None),
         (M::GET, "/api/v1/settings", v, None),
         (M::PATCH, "/api/v1/settings", a, Some(json!({"nope": 1}))),
         // The web UI: page shell and assets are public (they hold no data).
@@ -176,6 +187,7 @@ async fn every_route_should_enforce_its_role_for_every_caller() {
     let callers = [
         ("admin", Some(ADMIN), Some(Role::Admin)),
         ("manager", Some(MANAGER), Some(Role::Manager)),
+        ("lab operator", Some(LAB_OPERATOR), Some(Role::LabOperator)),
         ("viewer", Some(VIEWER), Some(Role::Viewer)),
         ("no token", None, None),
         ("a wrong token", Some("not-a-valid-token"), None),
@@ -305,4 +317,32 @@ async fn the_docs_page_should_be_served_from_the_binary() {
         .await
         .problem(404);
     api.fleet.shutdown().await;
+}
+
+#[test]
+fn the_api_docs_should_list_every_event_type_and_the_reserved_ones() {
+    let json: Value = serde_json::from_str(&ccm_api::openapi().to_json().unwrap()).unwrap();
+    let text = json["paths"]["/api/v1/events"]["get"]["description"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for t in ccm_domain::EventKind::SHAPES {
+        assert!(
+            text.contains(&format!("`{}`", t.type_name)),
+            "{} missing",
+            t.type_name
+        );
+    }
+    let reserved = text.split("Reserved").nth(1).expect("a reserved section");
+    for t in ccm_domain::EventKind::SHAPES {
+        assert_eq!(
+            reserved.contains(&format!("`{}`", t.type_name)),
+            t.reserved,
+            "{}",
+            t.type_name
+        );
+    }
+    if ccm_domain::EventKind::SHAPES.iter().all(|t| !t.reserved) {
+        assert!(reserved.contains("none"), "{reserved}");
+    }
 }

@@ -23,6 +23,7 @@ use tower::ServiceExt as _;
 pub(crate) const ADMIN: &str = "test-admin-token-0123456789";
 pub(crate) const MANAGER: &str = "test-manager-token-0123456789";
 pub(crate) const VIEWER: &str = "test-viewer-token-0123456789";
+pub(crate) const LAB_OPERATOR: &str = "test-lab-operator-token-0123456789";
 
 /// A distinct loopback base per test (`n` < 6000), inside 127.70–127.99.
 pub(crate) fn base(n: u16) -> Ipv4Addr {
@@ -126,7 +127,8 @@ impl TestApi {
         let mut auth = AuthConfig::default()
             .with_token("admin", Role::Admin, ADMIN)
             .with_token("manager", Role::Manager, MANAGER)
-            .with_token("viewer", Role::Viewer, VIEWER);
+            .with_token("viewer", Role::Viewer, VIEWER)
+            .with_token("lab-operator", Role::LabOperator, LAB_OPERATOR);
         // Most tests send many bad credentials on purpose (all from one address); the tests
         // of the limit itself set their own.
         auth.sign_in_limit = ccm_api::SignInLimit {

@@ -303,3 +303,77 @@ async fn metrics_without_a_recorder_should_say_so() {
     assert!(p["detail"].as_str().unwrap().contains("metrics"));
     api.fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn webhook_states_should_be_shown_to_viewers_without_secret_or_path() {
+    use ccm_webhooks::{WebhookConfig, Webhooks};
+    let api = TestApi::start(102, 1).await;
+    // Nothing configured: an empty list.
+    let empty = api.get("/api/v1/system/webhooks", VIEWER).await.ok(200);
+    assert_eq!(empty["items"], serde_json::json!([]));
+    // A receiver that is not there: the webhook's state is still shown.
+    let mut hook = WebhookConfig::new(
+        "chat",
+        "http://127.0.0.1:9/services/T000/B000/capability-token?x=1",
+        ccm_cml::Secret::from("a-very-secret-signing-key"),
+    );
+    hook.events = vec!["ccm.worker.*".into()];
+    let hooks = Webhooks::start(api.state.engine(), vec![hook]).unwrap();
+    api.state.attach_webhooks(hooks.clone());
+    let list = api.get("/api/v1/system/webhooks", VIEWER).await;
+    let text = list.text();
+    let body = list.ok(200);
+    let w = &body["items"][0];
+    assert_eq!(w["name"], "chat");
+    assert_eq!(w["url"], "http://127.0.0.1:9");
+    assert_eq!(w["events"], serde_json::json!(["ccm.worker.*"]));
+    assert!(w["state"].is_string() && w["breaker"].is_string(), "{w}");
+    for secret in [
+        "capability-token",
+        "services",
+        "a-very-secret-signing-key",
+        "x=1",
+    ] {
+        assert!(!text.contains(secret), "{secret} shown: {text}");
+    }
+    hooks.stop();
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn every_answer_should_carry_a_request_id() {
+    let api = TestApi::start(99, 1).await;
+    let with = |id: Option<&'static str>, path: &str, token: Option<&str>| {
+        let mut b = http::Request::builder().uri(path);
+        if let Some(id) = id {
+            b = b.header("x-request-id", id);
+        }
+        if let Some(t) = token {
+            b = b.header(header::AUTHORIZATION, format!("Bearer {t}"));
+        }
+        b.body(axum::body::Body::empty()).unwrap()
+    };
+    // Made here when absent: a UUID.
+    let r = api.send(with(None, "/api/v1/workers", Some(VIEWER))).await;
+    assert_eq!(r.status, 200);
+    let made = r.headers["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(made).is_ok(), "{made}");
+    // A sane one is kept, also on errors.
+    for (path, token, status) in [
+        ("/api/v1/workers", Some(VIEWER), 200),
+        ("/api/v1/nope", Some(VIEWER), 404),
+        ("/api/v1/workers", None, 401),
+        ("/healthz", None, 200),
+    ] {
+        let r = api.send(with(Some("req-42.a:b_c"), path, token)).await;
+        assert_eq!(r.status.as_u16(), status, "{path}");
+        assert_eq!(r.headers["x-request-id"], "req-42.a:b_c", "{path}");
+    }
+    // Junk is replaced.
+    let r = api
+        .send(with(Some("<script>alert(1)</script>"), "/healthz", None))
+        .await;
+    let replaced = r.headers["x-request-id"].to_str().unwrap();
+    assert!(uuid::Uuid::parse_str(replaced).is_ok(), "{replaced}");
+    api.fleet.shutdown().await;
+}

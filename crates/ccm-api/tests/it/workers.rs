@@ -702,3 +702,233 @@ async fn savings_should_come_as_json_groups_or_csv() {
     assert!(p["detail"].as_str().unwrap().contains("colour"), "{p}");
     api.fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_provisioning_options_should_offer_the_allowed_types_regions_and_filters() {
+    let api = TestApi::start_with(171, 1, |o, _, _| {
+        o.engine.provisioning.allowed_instance_types = vec!["c5.metal".into(), "m5zn.metal".into()];
+    })
+    .await;
+    let p = api.get("/api/v1/system/provisioning", VIEWER).await.ok(200);
+    assert_eq!(p["default_instance_type"], "m5zn.metal");
+    assert_eq!(p["instance_types"], json!(["c5.metal", "m5zn.metal"]));
+    assert!(!p["regions"].as_array().unwrap().is_empty(), "{p}");
+    assert_eq!(p["default_region"], p["regions"][0]);
+    assert_eq!(p["import"]["ami_name_pattern"], "cml-controller-*");
+    // A type outside the list is refused, naming the field; one on it is taken.
+    let refused = api
+        .post(
+            "/api/v1/workers",
+            MANAGER,
+            Some(json!({"name": "x", "instance_type": "t3.micro"})),
+        )
+        .await;
+    assert_eq!(
+        refused.json()["field"],
+        "instance_type",
+        "{}",
+        refused.json()
+    );
+    let w = api
+        .post(
+            "/api/v1/workers",
+            MANAGER,
+            Some(json!({"name": "y", "instance_type": "c5.metal"})),
+        )
+        .await
+        .ok(202);
+    assert_eq!(w["instance_type"], "c5.metal");
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_image_preview_should_resolve_the_selector_as_a_create_would() {
+    let api = TestApi::start(172, 1).await;
+    let default = api.get("/api/v1/images", MANAGER).await.ok(200);
+    assert!(
+        default["selected"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("cml-controller-2.9"),
+        "{default}"
+    );
+    assert_eq!(default["selected"]["owner_id"], "123456789012");
+    assert!(
+        default["selected"]["creation_date"].is_string(),
+        "{default}"
+    );
+    let older = api
+        .get(
+            "/api/v1/images?ami_name_pattern=cml-controller-2.8*",
+            MANAGER,
+        )
+        .await
+        .ok(200);
+    assert!(
+        older["selected"]["name"]
+            .as_str()
+            .unwrap()
+            .starts_with("cml-controller-2.8.1"),
+        "{older}"
+    );
+    // A create with the same selector uses the previewed image.
+    let w = api
+        .post(
+            "/api/v1/workers",
+            MANAGER,
+            Some(json!({"name": "z", "ami_name_pattern": "cml-controller-2.8*"})),
+        )
+        .await
+        .ok(202);
+    assert_eq!(w["ami"]["id"], older["selected"]["id"]);
+    // No image matches: refused as a create would be, naming the field.
+    let none = api
+        .get("/api/v1/images?ami_name_pattern=nothing-*", MANAGER)
+        .await
+        .problem(422);
+    assert_eq!(none["field"], "ami_name_pattern", "{none}");
+    for (query, field) in [
+        ("ami_id=ami-nope", "ami_id"),
+        ("region=Mars", "region"),
+        ("ami_id=ami-0123abcd&ami_name_pattern=x", "ami_id"),
+        ("colour=red", "colour"),
+    ] {
+        let p = api.get(&format!("/api/v1/images?{query}"), MANAGER).await;
+        let status = p.status.as_u16();
+        assert!(status == 400 || status == 422, "{query}: {status}");
+        let body = p.json();
+        assert_eq!(body["field"], field, "{query}: {body}");
+    }
+    api.get("/api/v1/images", VIEWER).await.problem(403);
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_import_preview_should_list_the_matches_and_change_nothing() {
+    let api = TestApi::start_with(173, 3, |o, _, _| o.import = false).await;
+    // One instance imported; the preview of the configured filter shows it as existing.
+    let all = api
+        .post(
+            "/api/v1/workers/import/preview",
+            MANAGER,
+            Some(json!({"configured": true})),
+        )
+        .await
+        .ok(200);
+    assert_eq!(all["candidates"].as_array().unwrap().len(), 3, "{all}");
+    assert_eq!(
+        (all["new"].clone(), all["existing"].clone()),
+        (json!(3), json!(0))
+    );
+    assert_eq!(all["needs_all"], true);
+    let first = all["candidates"][0]["instance_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.post(
+        "/api/v1/workers/import",
+        MANAGER,
+        Some(json!({"instance_ids": [first]})),
+    )
+    .await
+    .ok(200);
+    let again = api
+        .post(
+            "/api/v1/workers/import/preview",
+            MANAGER,
+            Some(json!({"configured": true})),
+        )
+        .await
+        .ok(200);
+    assert_eq!(
+        (again["new"].clone(), again["existing"].clone()),
+        (json!(2), json!(1))
+    );
+    let known = again["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["instance_id"] == json!(first))
+        .unwrap();
+    assert_eq!(
+        known["worker_id"],
+        json!(api.workers().await[0].id.to_string())
+    );
+    assert_eq!(api.workers().await.len(), 1, "a preview imports nothing");
+    let by_id = api
+        .post(
+            "/api/v1/workers/import/preview",
+            MANAGER,
+            Some(json!({"instance_ids": [first, "i-0000000a"]})),
+        )
+        .await
+        .ok(200);
+    assert_eq!(by_id["needs_all"], false);
+    assert_eq!(by_id["skipped"][0]["instance_id"], "i-0000000a");
+    let p = api
+        .post(
+            "/api/v1/workers/import/preview",
+            MANAGER,
+            Some(json!({"instance_ids": ["i-xyz"]})),
+        )
+        .await
+        .problem(422);
+    assert_eq!(p["field"], "instance_ids[0]");
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_session_should_list_what_its_role_may_call_and_a_worker_why_actions_are_refused() {
+    let api = TestApi::start(174, 1).await;
+    let viewer = api.get("/api/v1/session", VIEWER).await.ok(200);
+    let perms = |v: &serde_json::Value| -> Vec<String> {
+        v["permissions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let v = perms(&viewer);
+    assert!(v.contains(&"GET /api/v1/workers/{id}".to_owned()), "{v:?}");
+    assert!(
+        !v.contains(&"POST /api/v1/workers/{id}/stop".to_owned()),
+        "{v:?}"
+    );
+    let m = perms(&api.get("/api/v1/session", MANAGER).await.ok(200));
+    assert!(m.contains(&"POST /api/v1/workers/{id}/stop".to_owned()));
+    assert!(!m.contains(&"POST /api/v1/workers/{id}/terminate".to_owned()));
+    let a = perms(&api.get("/api/v1/session", ADMIN).await.ok(200));
+    assert!(a.contains(&"POST /api/v1/workers/{id}/terminate".to_owned()));
+    assert!(a.iter().all(|p| p.contains(" /api/v1/")), "{a:?}");
+
+    let id = api.workers().await[0].id.to_string();
+    let w = api
+        .get(&format!("/api/v1/workers/{id}"), VIEWER)
+        .await
+        .ok(200);
+    assert_eq!(w["ec2_state"], "running");
+    assert!(
+        w["action_reasons"]["start"]
+            .as_str()
+            .unwrap()
+            .contains("already running"),
+        "{}",
+        w["action_reasons"]
+    );
+    assert!(w["action_reasons"].get("stop").is_none());
+    api.post(&format!("/api/v1/workers/{id}/stop"), MANAGER, None)
+        .await
+        .ok(202);
+    let w = until_state(&api, &id, "stopped").await;
+    assert!(
+        w["action_reasons"]["refresh"]
+            .as_str()
+            .unwrap()
+            .contains("only a running worker"),
+        "{}",
+        w["action_reasons"]
+    );
+    assert!(w["cml_blocked"].as_str().unwrap().contains("running"));
+    api.fleet.shutdown().await;
+}

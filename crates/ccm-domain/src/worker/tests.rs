@@ -618,6 +618,24 @@ fn allowed_actions_should_follow_the_command_rules() {
     );
 }
 
+#[test]
+fn action_blockers_should_give_the_refusal_of_every_action_not_allowed() {
+    use WorkerAction::*;
+    let mut w = running_worker();
+    let blocked = w.action_blockers(t(1));
+    let names: Vec<_> = blocked.iter().map(|(a, _)| *a).collect();
+    assert_eq!(names, [Start, Resume]);
+    assert!(blocked[0].1.contains("already running"), "{blocked:?}");
+    assert_eq!(w.cml_blocker(), None);
+    w.ec2_state = Ec2State::Stopped;
+    let blocked = w.action_blockers(t(1));
+    let refresh = blocked.iter().find(|(a, _)| *a == Refresh).unwrap();
+    assert!(refresh.1.contains("only a running worker"), "{refresh:?}");
+    assert!(w.cml_blocker().unwrap().contains("running"));
+    // Allowed and blocked together are every action, once.
+    assert_eq!(w.allowed_actions(t(1)).len() + blocked.len(), 10);
+}
+
 fn ready_sync() -> CmlSync {
     CmlSync {
         info: Some(CallResult::Ok(CmlInfo {

@@ -98,6 +98,7 @@ impl JobBoard {
         let entries = self.entries.lock();
         JobKind::ALL
             .into_iter()
+            .filter(|job| job.runs_in_engine())
             .map(|job| {
                 let e = entries.get(&job).cloned().unwrap_or_default();
                 let (enabled, interval) = job.schedule(polling);

@@ -118,7 +118,7 @@ pub(crate) async fn sync_worker(
     };
     metrics::histogram!(crate::metrics::POLL_SECONDS, "job" => "cml_sync")
         .record(started.elapsed().as_secs_f64());
-    record(ctx, grant, id, &target, sync)
+    record(ctx, grant, id, &target, sync).await
 }
 
 /// `system_information` answered (or not): the other calls, unless the host is unreachable.
@@ -165,7 +165,7 @@ where
 }
 
 /// Queues the sync's result for the batched writer; `Err` when nothing answered.
-fn record(
+async fn record(
     ctx: &JobContext,
     grant: &Grant,
     id: WorkerId,
@@ -189,8 +189,8 @@ fn record(
         w.record_sync(sync.clone(), now)
     });
     match sample {
-        Some(s) => ctx.submit_with_sample(grant, id, mutation, now, s),
-        None => ctx.submit(grant, id, mutation),
+        Some(s) => ctx.submit_with_sample(grant, id, mutation, now, s).await,
+        None => ctx.submit(grant, id, mutation).await,
     }
     if answered {
         Ok(())

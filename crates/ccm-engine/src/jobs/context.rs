@@ -250,15 +250,20 @@ impl JobContext {
         held
     }
 
-    /// Queues a mutation to the batched writer.
-    pub(crate) fn submit(&self, grant: &Grant, id: WorkerId, mutation: Mutation) {
-        if self.held(grant) {
-            self.state.submit(id, mutation);
+    /// Queues a mutation to the batched writer, fenced by the grant's lease (waits while the
+    /// writer's queue is full).
+    pub(crate) async fn submit(&self, grant: &Grant, id: WorkerId, mutation: Mutation) {
+        if !self.held(grant) {
+            return;
+        }
+        match self.state.writer() {
+            Some(w) => w.submit(id, mutation, self.ownership.fence(grant)).await,
+            None => tracing::debug!(worker = %id, "writer stopped; dropping a poll result"),
         }
     }
 
     /// Queues a mutation and a metrics history sample, saved together.
-    pub(crate) fn submit_with_sample(
+    pub(crate) async fn submit_with_sample(
         &self,
         grant: &Grant,
         id: WorkerId,
@@ -270,7 +275,10 @@ impl JobContext {
             return;
         }
         match self.state.writer() {
-            Some(w) => w.submit_with_sample(id, mutation, at, sample),
+            Some(w) => {
+                w.submit_with_sample(id, mutation, self.ownership.fence(grant), at, sample)
+                    .await;
+            }
             None => tracing::debug!(worker = %id, "writer stopped; dropping a poll result"),
         }
     }
@@ -289,7 +297,10 @@ impl JobContext {
             .state
             .writer()
             .ok_or_else(|| JobError::Write("the writer has stopped".into()))?;
-        writer.apply(id, mutation).await.map_err(JobError::Write)
+        writer
+            .apply(id, mutation, self.ownership.fence(grant))
+            .await
+            .map_err(JobError::Write)
     }
 
     /// Replaces a worker's lab records; returns (added, removed).
@@ -349,6 +360,12 @@ impl JobContext {
         if self.held(grant) {
             self.state.emit(worker, kinds).await;
         }
+    }
+
+    /// Publishes this process's job events (`ccm.job.*`): they describe a run made here, so
+    /// they need no grant.
+    pub(crate) async fn announce(&self, kinds: Vec<EventKind>) {
+        self.state.emit(None, kinds).await;
     }
 
     /// Waits until every poll result queued so far is stored.

@@ -47,7 +47,7 @@ pub(crate) async fn sync_all(ctx: &JobContext) -> Result<(), JobError> {
                 Ok(statuses) => (Ok(checks_by_instance(statuses)), None),
                 Err(source) => (Err(status_failure(&source)), Some(source)),
             };
-            apply(ctx, &grant, workers, instances, checks);
+            apply(ctx, &grant, workers, instances, checks).await;
             match status_error {
                 Some(source) => Err(JobError::Cloud { region, source }),
                 None => Ok::<(), JobError>(()),
@@ -74,7 +74,7 @@ fn status_failure(err: &CloudError) -> Reason {
     Reason::new(CmlCall::Ec2Status, ReasonCode::Other).with_detail(err.to_string())
 }
 
-fn apply(
+async fn apply(
     ctx: &JobContext,
     grant: &Grant,
     workers: Vec<(WorkerId, InstanceId)>,
@@ -112,14 +112,15 @@ fn apply(
                         }
                         events
                     }),
-                );
+                ).await;
             }
             None => {
                 let Some(slot) = ctx.slot(id) else {
                     continue;
                 };
                 if now - slot.created_at >= GONE_AFTER {
-                    ctx.submit(grant, id, Arc::new(move |w| w.observe_gone(now)));
+                    ctx.submit(grant, id, Arc::new(move |w| w.observe_gone(now)))
+                        .await;
                 }
             }
         }

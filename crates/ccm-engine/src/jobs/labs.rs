@@ -34,7 +34,8 @@ pub(crate) async fn refresh_labs(
                     w.record_labs_count(Err(reason.clone()), now);
                     Vec::new()
                 }),
-            );
+            )
+            .await;
             return Err(JobError::Cml {
                 call: CmlCall::Labs,
                 source: err,
@@ -88,7 +89,8 @@ pub(crate) async fn refresh_labs(
                 Vec::new()
             }
         }),
-    );
+    )
+    .await;
     if unread == 0 {
         Ok(())
     } else {

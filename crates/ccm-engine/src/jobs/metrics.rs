@@ -45,7 +45,8 @@ pub(crate) async fn collect(ctx: &JobContext) -> Result<(), JobError> {
                             Arc::new(move |w| w.record_cloudwatch(Ok(cw.clone()), now)),
                             now,
                             sample,
-                        );
+                        )
+                        .await;
                     }
                     Ok(())
                 }
@@ -58,7 +59,8 @@ pub(crate) async fn collect(ctx: &JobContext) -> Result<(), JobError> {
                             &grant,
                             id,
                             Arc::new(move |w| w.record_cloudwatch(Err(reason.clone()), now)),
-                        );
+                        )
+                        .await;
                     }
                     Err(JobError::Cloud { region, source })
                 }

@@ -12,6 +12,12 @@
 //! (`job:<name>`, see [`crate::supervisor`]) inside an `info_span!("job", job)`; each worker
 //! poll inside an `info_span!("poll", job, worker, fence)`. Intervals and switches come from
 //! the runtime settings and take effect at once.
+//!
+//! **Job events** (`ccm.job.started`, `ccm.job.completed`, `ccm.job.failed`) are emitted per
+//! *run*: every fleet-job run (scheduled or on demand) and every triggered cycle of a
+//! per-worker job (`run_now`, `run_cml_cycle`), with its duration and counts — never per
+//! worker poll (10,000 workers would flood the log; a poll's outcome is the worker's own
+//! status and events). A run this process is not granted emits nothing.
 
 mod activity;
 mod board;
@@ -28,8 +34,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use ccm_domain::WorkerId;
 use ccm_domain::settings::PollingSettings;
+use ccm_domain::{EventKind, WorkerId};
 use tracing::Instrument;
 
 pub use board::JobStatus;
@@ -80,7 +86,7 @@ impl JobRunner {
 
     /// Starts every job's loop, each supervised as `job:<name>`.
     pub(crate) fn spawn_all(&self) {
-        for job in JobKind::ALL {
+        for job in JobKind::ALL.into_iter().filter(|j| j.runs_in_engine()) {
             let runner = self.clone();
             self.inner.tasks.supervise(
                 format!("job:{}", job.as_str()),
@@ -118,15 +124,15 @@ impl JobRunner {
         let span = tracing::info_span!(
             "job",
             job = job.as_str(),
-            trigger = "on_demand",
+            trigger = Trigger::OnDemand.as_str(),
             fence = tracing::field::Empty
         );
         let result = async {
             if job.per_worker() {
-                self.run_cycle(job, self.members(job)).await;
+                self.announced_cycle(job, Trigger::OnDemand).await;
                 Ok(())
             } else {
-                self.fleet_run(job).await
+                self.fleet_run(job, Trigger::OnDemand).await
             }
         }
         .instrument(span)
@@ -138,21 +144,51 @@ impl JobRunner {
     /// One full CML sync of every owned running worker, stored when it returns (workers
     /// known to be down are probed in the background, see [`Self::run_cycle`]).
     pub(crate) async fn run_cml_cycle(&self) -> CycleReport {
-        let members = self.members(JobKind::CmlSync);
-        let workers = members.len();
         let started = tokio::time::Instant::now();
-        self.run_cycle(JobKind::CmlSync, members)
+        let counts = self
+            .announced_cycle(JobKind::CmlSync, Trigger::Cycle)
             .instrument(tracing::info_span!(
                 "job",
                 job = "cml_sync",
-                trigger = "cycle"
+                trigger = Trigger::Cycle.as_str()
             ))
             .await;
         self.inner.ctx.flush().await;
         CycleReport {
-            workers,
+            workers: counts.members,
             seconds: started.elapsed().as_secs_f64(),
         }
+    }
+
+    /// A triggered cycle of a per-worker job between its `ccm.job.started` and
+    /// `ccm.job.completed` events (with the counts). Returns once the results are stored.
+    async fn announced_cycle(&self, job: JobKind, trigger: Trigger) -> CycleCounts {
+        let ctx = &self.inner.ctx;
+        let members = self.members(job);
+        let len = members.len();
+        ctx.announce(vec![EventKind::JobStarted {
+            job: job.as_str().to_owned(),
+            trigger: trigger.as_str().to_owned(),
+        }])
+        .await;
+        let started = tokio::time::Instant::now();
+        let counts = CycleCounts {
+            members: len,
+            ..self.run_cycle(job, members).await
+        };
+        ctx.flush().await;
+        ctx.announce(vec![EventKind::JobCompleted {
+            job: job.as_str().to_owned(),
+            duration_ms: millis(started.elapsed()),
+            summary: serde_json::json!({
+                "trigger": trigger.as_str(),
+                "workers": counts.workers,
+                "failed": counts.failed,
+                "probing": counts.probing,
+            }),
+        }])
+        .await;
+        counts
     }
 
     /// The workers a per-worker job polls: the running ones with an endpoint that this
@@ -178,8 +214,9 @@ impl JobRunner {
     ///   Its outcome is stored when it ends; cycles leave the worker out until then. Workers
     ///   whose breaker is open and not due cost nothing (the call is refused at once, no
     ///   request is sent).
-    async fn run_cycle(&self, job: JobKind, members: Vec<WorkerId>) {
+    async fn run_cycle(&self, job: JobKind, members: Vec<WorkerId>) -> CycleCounts {
         let ctx = &self.inner.ctx;
+        let mut counts = CycleCounts::default();
         let (down, up): (Vec<_>, Vec<_>) = members
             .into_iter()
             .filter_map(|id| self.inner.claims.take(job, id).map(|claim| (id, claim)))
@@ -191,17 +228,21 @@ impl JobRunner {
             let Some(permit) = enter(gate).instrument(span.clone()).await else {
                 continue;
             };
-            while set.try_join_next().is_some() {}
+            while let Some(done) = set.try_join_next() {
+                counts.add(done.ok().flatten());
+            }
             let runner = self.clone();
             set.spawn(
                 async move {
-                    runner.poll(job, id).await;
+                    let outcome = runner.poll(job, id).await;
                     drop((permit, claim));
+                    outcome
                 }
                 .instrument(span),
             );
         }
         for (id, claim) in down {
+            counts.probing += 1;
             self.inner.probing.fetch_add(1, Ordering::Relaxed);
             let runner = self.clone();
             let gate = self.inner.gates.gate(ctx, job, true);
@@ -217,19 +258,27 @@ impl JobRunner {
                 .instrument(poll_span(job, id)),
             );
         }
-        while set.join_next().await.is_some() {}
+        while let Some(done) = set.join_next().await {
+            counts.add(done.ok().flatten());
+        }
+        counts
     }
 
     /// One poll of one worker, if this process owns it now; counted on the board. Runs in
-    /// the poll's span (the grant's token is recorded on it).
-    async fn poll(&self, job: JobKind, id: WorkerId) {
+    /// the poll's span (the grant's token is recorded on it). `None` when not owned, else
+    /// whether the poll succeeded.
+    async fn poll(&self, job: JobKind, id: WorkerId) -> Option<bool> {
         let ctx = &self.inner.ctx;
         let Some(grant) = ctx.ownership().owns_worker(id) else {
             tracing::debug!("not owned any more; poll skipped");
-            return;
+            return None;
         };
         tracing::Span::current().record("fence", grant.token().get());
-        let _ = self.timed(job, poll_worker(ctx, &grant, job, id)).await;
+        Some(
+            self.timed(job, poll_worker(ctx, &grant, job, id))
+                .await
+                .is_ok(),
+        )
     }
 
     /// One poll of one worker, under the job's gate (scheduled polls).
@@ -243,18 +292,65 @@ impl JobRunner {
         drop(permit);
     }
 
-    /// Runs one fleet job once: regional jobs per granted region, the others when granted.
-    async fn fleet_run(&self, job: JobKind) -> Result<(), JobError> {
+    /// Runs one fleet job once: regional jobs per granted region, the others when granted;
+    /// a run that happens is announced (`ccm.job.started`, then `completed` or `failed`).
+    async fn fleet_run(&self, job: JobKind, trigger: Trigger) -> Result<(), JobError> {
         let ctx = &self.inner.ctx;
         if job.per_region() {
-            return self.timed(job, regional_job(ctx, job)).await;
+            let regions = ctx.regions(job, |_| true).len();
+            if regions == 0 {
+                tracing::debug!("no region of this job is granted here");
+                return Ok(());
+            }
+            let summary = serde_json::json!({ "trigger": trigger.as_str(), "regions": regions });
+            let run = self.timed(job, regional_job(ctx, job));
+            return self.announced(job, trigger, summary, run).await;
         }
         let Some(grant) = ctx.ownership().may_run(job, None) else {
             tracing::debug!("another replica runs this job");
             return Ok(());
         };
         tracing::Span::current().record("fence", grant.token().get());
-        self.timed(job, global_job(ctx, &grant, job)).await
+        let summary = serde_json::json!({ "trigger": trigger.as_str() });
+        let run = self.timed(job, global_job(ctx, &grant, job));
+        self.announced(job, trigger, summary, run).await
+    }
+
+    /// Runs one fleet-job run between its job events.
+    async fn announced<F>(
+        &self,
+        job: JobKind,
+        trigger: Trigger,
+        summary: serde_json::Value,
+        run: F,
+    ) -> Result<(), JobError>
+    where
+        F: Future<Output = Result<(), JobError>>,
+    {
+        let ctx = &self.inner.ctx;
+        ctx.announce(vec![EventKind::JobStarted {
+            job: job.as_str().to_owned(),
+            trigger: trigger.as_str().to_owned(),
+        }])
+        .await;
+        let started = tokio::time::Instant::now();
+        let result = run.await;
+        let duration_ms = millis(started.elapsed());
+        let done = match &result {
+            Ok(()) => EventKind::JobCompleted {
+                job: job.as_str().to_owned(),
+                duration_ms,
+                summary,
+            },
+            Err(e) => EventKind::JobFailed {
+                job: job.as_str().to_owned(),
+                error: chain(e),
+                trigger: Some(trigger.as_str().to_owned()),
+                duration_ms: Some(duration_ms),
+            },
+        };
+        ctx.announce(vec![done]).await;
+        result
     }
 
     /// Runs `fut` as one run of `job` on the board; logs a failure (with its causes).
@@ -336,7 +432,7 @@ impl JobRunner {
             let (enabled, interval) = job.schedule(&settings.borrow().value.polling);
             if enabled && tokio::time::Instant::now() >= next {
                 let _ = self
-                    .fleet_run(job)
+                    .fleet_run(job, Trigger::Scheduled)
                     .instrument(tracing::info_span!("run", fence = tracing::field::Empty))
                     .await;
                 next = tokio::time::Instant::now() + interval;
@@ -356,6 +452,56 @@ impl JobRunner {
             }
         }
     }
+}
+
+/// What started a job run (the `trigger` of its events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// Its interval came round.
+    Scheduled,
+    /// Someone asked (`POST /system/jobs/{job}/run`).
+    OnDemand,
+    /// A full CML cycle (`Engine::run_cml_cycle`: benchmarks, tests).
+    Cycle,
+}
+
+impl Trigger {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::OnDemand => "on_demand",
+            Self::Cycle => "cycle",
+        }
+    }
+}
+
+/// What a triggered cycle did, for its `ccm.job.completed` summary.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct CycleCounts {
+    /// Workers the cycle was for (owned, running, with an endpoint).
+    members: usize,
+    /// Workers polled and waited for.
+    workers: usize,
+    /// Of those, polls that failed.
+    failed: usize,
+    /// Workers known to be down, probed in the background (not waited for).
+    probing: usize,
+}
+
+impl CycleCounts {
+    /// Counts one poll's outcome (`None`: skipped, no longer owned).
+    fn add(&mut self, outcome: Option<bool>) {
+        if let Some(ok) = outcome {
+            self.workers += 1;
+            if !ok {
+                self.failed += 1;
+            }
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// The span of one worker's poll: `worker` is always the worker id; `fence` is recorded once

@@ -314,6 +314,7 @@ macro_rules! store_suite {
             a_stale_update_should_conflict_and_the_helper_should_retry,
             concurrent_read_modify_writes_should_lose_no_update,
             update_many_should_save_or_refuse_each_row_on_its_own,
+            saved_changes_should_carry_their_events_and_fail_row_by_row,
             overlapping_batches_should_neither_deadlock_nor_lose_updates,
             concurrent_imports_of_one_instance_should_make_one_worker,
             capped_inserts_racing_at_the_cap_should_store_only_up_to_it,
@@ -331,6 +332,8 @@ macro_rules! store_suite {
             golden_fixtures_should_load_through_the_store,
             documents_from_a_newer_ccm_should_be_refused_clearly,
             ping_should_answer,
+            cursors_should_survive_a_reopen_and_never_move_backwards,
+            concurrent_cursor_advances_should_keep_the_highest,
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {

@@ -27,6 +27,11 @@ pub const WORKER_FIXTURE: &str = include_str!("../../tests/fixtures/worker-v1.js
 /// optional fields: no upgrade step). Never edit it either.
 pub const WORKER_EC2_STATUS_FIXTURE: &str =
     include_str!("../../tests/fixtures/worker-v1-ec2-status.json");
+/// A version-1 worker as stored since the idle economics are recorded (activity source,
+/// interaction and running nodes, snooze, schedule pauses and resumes, stopped seconds by
+/// week and reason: all defaulted when absent, so no upgrade step). Never edit it either.
+pub const WORKER_ECONOMICS_FIXTURE: &str =
+    include_str!("../../tests/fixtures/worker-v1-economics.json");
 /// See [`WORKER_FIXTURE`].
 pub const SETTINGS_FIXTURE: &str = include_str!("../../tests/fixtures/settings-v1.json");
 /// See [`WORKER_FIXTURE`].
@@ -265,6 +270,108 @@ pub async fn concurrent_read_modify_writes_should_lose_no_update(backend: &dyn B
         failures == 0 || n >= crate::UPDATE_ATTEMPTS,
         "{failures} gave up, but only {n} updates were saved"
     );
+}
+
+/// `save_changes` stores each worker with its events in one transaction: saved rows get their
+/// events (with positions, transient ones unstored), a stale or duplicate row fails alone and
+/// leaves no event behind.
+pub async fn saved_changes_should_carry_their_events_and_fail_row_by_row(backend: &dyn Backend) {
+    let store = open(backend).await;
+    let a = store
+        .insert(&worker(1, "a", "eu-west-1", Ec2State::Running))
+        .await
+        .unwrap();
+    let b = store
+        .insert(&worker(2, "b", "eu-west-1", Ec2State::Running))
+        .await
+        .unwrap();
+    let c = store
+        .insert(&worker(3, "c", "eu-west-1", Ec2State::Running))
+        .await
+        .unwrap();
+    let before = store.last_seq().await.unwrap();
+    let event = |w: &Worker| {
+        Event::new(
+            "/test",
+            Some(w.id),
+            EventKind::WorkerDeleted {
+                by: Actor::user("t"),
+            },
+            t(10),
+        )
+    };
+    let mut a2 = a.clone();
+    a2.name = "a2".into();
+    let stale = {
+        let mut b1 = b.clone();
+        b1.version = 0; // never current
+        b1
+    };
+    let mut dup = c.clone();
+    dup.instance_id = Some(instance(1)); // a's instance: a uniqueness rule
+    let writes = [
+        crate::WorkerWrite {
+            worker: a2,
+            events: vec![event(&a), event(&a)],
+            fence: None,
+        },
+        crate::WorkerWrite {
+            worker: stale,
+            events: vec![event(&b)],
+            fence: None,
+        },
+        crate::WorkerWrite {
+            worker: dup,
+            events: vec![event(&c)],
+            fence: None,
+        },
+    ];
+    let out = store.save_changes(&writes).await.unwrap();
+    assert_eq!(out.len(), 3);
+    match &out[0] {
+        crate::WriteOutcome::Saved { worker, seqs } => {
+            assert_eq!(worker.version, 2);
+            assert_eq!(seqs.len(), 2);
+            assert!(seqs.iter().all(|s| s.is_some_and(|s| s > before)));
+        }
+        other => panic!("the clean row should be saved: {other:?}"),
+    }
+    assert!(
+        matches!(
+            &out[1],
+            crate::WriteOutcome::Failed(StoreError::Conflict { .. })
+        ),
+        "{:?}",
+        out[1]
+    );
+    assert!(
+        matches!(
+            &out[2],
+            crate::WriteOutcome::Failed(StoreError::Duplicate { .. })
+        ),
+        "{:?}",
+        out[2]
+    );
+    let logged = store
+        .read(&EventQuery {
+            after: Some(before),
+            ..EventQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        logged.len(),
+        2,
+        "only the saved row's events are in the log"
+    );
+    assert!(
+        logged
+            .iter()
+            .all(|e| e.event.subject.as_deref() == Some(a.id.to_string().as_str()))
+    );
+    assert_eq!(store.get(a.id).await.unwrap().unwrap().name, "a2");
+    assert_eq!(store.get(c.id).await.unwrap().unwrap().version, 1);
+    assert!(store.save_changes(&[]).await.unwrap().is_empty());
 }
 
 /// In one batch: a good row is saved, a stale one conflicts, one that takes another's
@@ -1207,12 +1314,39 @@ pub async fn golden_fixtures_should_load_through_the_store(backend: &dyn Backend
         (checks.system, checks.instance),
         (CheckStatus::Ok, CheckStatus::Impaired)
     );
-    let mut rewritten = serde_json::to_value(&checked).unwrap();
-    rewritten["schema_version"] = serde_json::json!(crate::schema::WORKER.current());
+    // Stored before the idle economics were recorded: none of them.
+    assert!(checked.monitoring.snooze.is_none());
+    assert!(checked.monitoring.stopped_by_week.is_empty());
+    assert_eq!(checked.monitoring.pauses.schedule, 0);
+
+    // With them, the document loads them, and this build writes the same document again.
+    let raw_econ: serde_json::Value = serde_json::from_str(WORKER_ECONOMICS_FIXTURE).unwrap();
+    store
+        .put_raw_worker(WORKER_ECONOMICS_FIXTURE)
+        .await
+        .unwrap();
+    let econ_id: WorkerId = raw_econ["id"].as_str().unwrap().parse().unwrap();
+    let econ = store
+        .get(econ_id)
+        .await
+        .unwrap()
+        .expect("the fixture worker");
+    let m = &econ.monitoring;
     assert_eq!(
-        rewritten, raw_checks,
-        "this build writes the fixture's shape"
+        m.snooze.as_ref().map(|s| s.by.to_string()).as_deref(),
+        Some("user:alice")
     );
+    assert_eq!(m.running_nodes, Some(4));
+    assert!(matches!(
+        m.last_activity_source,
+        Some(ccm_domain::worker::ActivitySource::Telemetry { ref category, .. })
+            if category == "start_lab"
+    ));
+    assert_eq!((m.pauses.schedule, m.resumes.schedule), (3, 3));
+    assert_eq!(m.stopped_by_week["2026-W49"]["schedule"], 54_000);
+    let mut rewritten = serde_json::to_value(&econ).unwrap();
+    rewritten["schema_version"] = serde_json::json!(crate::schema::WORKER.current());
+    assert_eq!(rewritten, raw_econ, "this build writes the fixture's shape");
 
     let raw_settings: serde_json::Value = serde_json::from_str(SETTINGS_FIXTURE).unwrap();
     store.put_raw_settings(SETTINGS_FIXTURE, 3).await.unwrap();
@@ -1285,4 +1419,71 @@ pub async fn ping_should_answer(backend: &dyn Backend) {
     let store = open(backend).await;
     store.ping().await.unwrap();
     assert!(!backend.name().is_empty());
+}
+
+/// Consumer positions survive a reopen, are kept per name, and never move backwards (a stale
+/// writer's lower position keeps the higher one).
+pub async fn cursors_should_survive_a_reopen_and_never_move_backwards(backend: &dyn Backend) {
+    let db = backend.fresh(StoreConfig::default()).await;
+    let store = db.open().await;
+    assert_eq!(store.cursor("webhook:ops").await.unwrap(), None);
+    assert_eq!(
+        store.advance_cursor("webhook:ops", 7, t(1)).await.unwrap(),
+        7
+    );
+    assert_eq!(
+        store.advance_cursor("webhook:ops", 12, t(2)).await.unwrap(),
+        12
+    );
+    assert_eq!(
+        store.advance_cursor("webhook:ops", 9, t(3)).await.unwrap(),
+        12,
+        "a lower position keeps the higher one"
+    );
+    assert_eq!(
+        store
+            .advance_cursor("webhook:other", 3, t(3))
+            .await
+            .unwrap(),
+        3
+    );
+    assert!(
+        store
+            .advance_cursor("webhook:ops", u64::MAX, t(4))
+            .await
+            .is_err(),
+        "a position beyond the database's integers is refused"
+    );
+    drop(store);
+
+    let store = db.open().await;
+    assert_eq!(store.cursor("webhook:ops").await.unwrap(), Some(12));
+    assert_eq!(store.cursor("webhook:other").await.unwrap(), Some(3));
+}
+
+/// Writers advancing one cursor at once (two replicas around a lease hand-over) leave the
+/// highest position any of them wrote, and each is told a position at least its own.
+pub async fn concurrent_cursor_advances_should_keep_the_highest(backend: &dyn Backend) {
+    let store = open(backend).await;
+    let mut tasks = Vec::new();
+    for writer in 0..8u64 {
+        let store = Arc::clone(&store);
+        tasks.push(tokio::spawn(async move {
+            for step in 0..20u64 {
+                let seq = step * 8 + writer;
+                let stored = store
+                    .advance_cursor("webhook:race", seq, t(1))
+                    .await
+                    .unwrap();
+                assert!(stored >= seq, "{stored} < {seq}");
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        store.cursor("webhook:race").await.unwrap(),
+        Some(19 * 8 + 7)
+    );
 }

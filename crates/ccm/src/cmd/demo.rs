@@ -124,6 +124,9 @@ pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
         Some(metrics),
     )
     .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    let webhooks = ccm_webhooks::Webhooks::start(&fleet.engine, config.webhooks.clone())
+        .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    state.attach_webhooks(webhooks.clone());
     let url = format!("http://{listen}/");
     println!(
         "ccm demo: {workers} simulated workers on {}…, database {}",
@@ -138,6 +141,7 @@ pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
         .await
         .context("HTTP server failed")?;
     log.abort();
+    webhooks.stop();
     fleet.shutdown().await;
     Ok(())
 }

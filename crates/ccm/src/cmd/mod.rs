@@ -27,7 +27,10 @@ fn default_log_level(command: &Command) -> &'static str {
 pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
     // `serve` and `demo` log as their configuration says (loaded below); the rest now.
     if !matches!(cli.command, Command::Serve | Command::Demo(_)) {
-        runtime::init_tracing(&runtime::env_log_config(default_log_level(&cli.command))?)?;
+        runtime::init_tracing(
+            &runtime::env_log_config(default_log_level(&cli.command))?,
+            &crate::telemetry::TelemetryConfig::default(),
+        )?;
     }
     match cli.command {
         Command::Config(ConfigCommand::Example) => {
@@ -61,13 +64,17 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Serve => {
             let config = load_config(&cli)?;
-            runtime::init_tracing(&config.log)?;
-            runtime::build()?.block_on(serve::run(config))
+            let telemetry = runtime::init_tracing(&config.log, &config.telemetry)?;
+            let outcome = runtime::build()?.block_on(serve::run(config));
+            drop(telemetry);
+            outcome
         }
         Command::Demo(ref args) => {
             let config = load_config(&cli)?;
-            runtime::init_tracing(&config.log)?;
-            runtime::build()?.block_on(demo::run(args.clone(), config))
+            let telemetry = runtime::init_tracing(&config.log, &config.telemetry)?;
+            let outcome = runtime::build()?.block_on(demo::run(args.clone(), config));
+            drop(telemetry);
+            outcome
         }
         Command::Sim(args) => {
             let runtime = tokio::runtime::Builder::new_multi_thread()

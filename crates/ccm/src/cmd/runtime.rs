@@ -5,6 +5,7 @@ use anyhow::Context;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::config::{Config, ConfigError, LogConfig, LogFormat};
+use crate::telemetry::{Telemetry, TelemetryConfig};
 
 /// A multi-threaded tokio runtime.
 pub(crate) fn build() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -14,29 +15,54 @@ pub(crate) fn build() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
-/// Installs the log subscriber of every subcommand: lines on standard error (standard output
-/// is for what a command prints), as text or JSON (`log.format`). The filter is, first found:
+/// Installs the log subscriber of every subcommand and, when `[telemetry] otlp_endpoint` is
+/// set, the OpenTelemetry layer next to it (each with its own filter). Log lines go to standard
+/// error (standard output is for what a command prints), as text or JSON (`log.format`). The
+/// log filter is, first found:
 ///
 /// 1. `RUST_LOG`, when set and not empty;
 /// 2. `log.level` — from the config file or `CCM_LOG__LEVEL` for the commands that read the
 ///    configuration (`serve`, `demo`), from `CCM_LOG__LEVEL` alone for the others;
 /// 3. the command's default (see [`env_log_config`]; `info` in the configuration).
-pub(crate) fn init_tracing(config: &LogConfig) -> anyhow::Result<()> {
+///
+/// Keep the returned guard until the runtime has ended: dropping it flushes the last spans.
+/// Call outside the async runtime.
+pub(crate) fn init_tracing(
+    config: &LogConfig,
+    telemetry: &TelemetryConfig,
+) -> anyhow::Result<Option<Telemetry>> {
+    use tracing_subscriber::Layer as _;
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+
     let rust_log = std::env::var("RUST_LOG").ok();
     let (source, directives) = filter_directives(rust_log.as_deref(), &config.level);
     let filter = tracing_subscriber::EnvFilter::try_new(directives)
         .map_err(|e| crate::config::ConfigError(format!("{source}: {e}")))?;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_target(true);
-    let result = match config.format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().try_init(),
+    let fmt = match config.format {
+        LogFormat::Text => fmt.with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().with_filter(filter).boxed(),
+    };
+    let (guard, otel) = match Telemetry::start(telemetry)? {
+        Some((guard, tracer)) => {
+            let filter = tracing_subscriber::EnvFilter::try_new(&telemetry.level)
+                .map_err(|e| crate::config::ConfigError(format!("telemetry.level: {e}")))?;
+            let layer = tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(filter);
+            (Some(guard), Some(layer))
+        }
+        None => (None, None),
     };
     // Already installed (tests): keep the first.
-    let _ = result;
-    Ok(())
+    let _ = tracing_subscriber::registry()
+        .with(fmt)
+        .with(otel)
+        .try_init();
+    Ok(guard)
 }
 
 /// The filter to use and where it came from (named in the error of a bad filter).

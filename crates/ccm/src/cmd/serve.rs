@@ -7,15 +7,17 @@ use anyhow::Context;
 use ccm_cloud::{CloudProvider, ResilientCloud, ResilientCloudConfig};
 use ccm_cloud_aws::AwsCloud;
 use ccm_cml::CmlClient;
-use ccm_engine::{Engine, EngineParts, TokioClock, resilience_with_bus};
-use ccm_store::{Backend, PgStore, SqliteStore, Store};
+use ccm_engine::cluster::Listen;
+use ccm_engine::{Engine, EngineParts, LeaseOwnership, TokioClock, resilience_with_bus};
+use ccm_store::{Backend, PgStore, SingleNodeLock, SqliteStore, Store};
 
 use crate::config::Config;
 
 /// Builds every part from the configuration and runs until Ctrl-C or SIGTERM.
 pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let metrics = super::runtime::metrics()?;
-    let store = open_store(&config.database).await?;
+    let opened = open_store(&config.database).await?;
+    let store = opened.store.clone();
     let (events, resilience) = resilience_with_bus(&config.resilience, None);
     let cml = CmlClient::new(&config.cml, resilience.clone())
         .map_err(|e| crate::config::ConfigError(e.to_string()))?;
@@ -33,7 +35,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         resilience.clone(),
         &cloud_policy,
     ));
-    let engine = Engine::start(EngineParts {
+    let parts = EngineParts {
         store,
         cloud,
         cml,
@@ -42,9 +44,42 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         config: config.engine_config(),
         initial_settings: config.runtime_settings(),
         clock: Arc::new(TokioClock::new()),
-    })
-    .await
-    .context("cannot start the engine")?;
+    };
+    // PostgreSQL: one replica among several (leases); SQLite: the only one (a file lock).
+    let (engine, lease) = match &opened.postgres {
+        Some(pg) => {
+            let repo: Arc<dyn ccm_store::ClusterRepo> = Arc::new(pg.clone());
+            let me = ccm_store::ReplicaRecord {
+                id: replica_id(&config.cluster),
+                address: config
+                    .cluster
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| config.server.listen.to_string()),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at: chrono::Utc::now(),
+            };
+            let lease = LeaseOwnership::join(repo.clone(), me, config.cluster.clone())
+                .await
+                .map_err(crate::config::ConfigError)?;
+            tracing::info!(
+                replica = lease.id(),
+                leases = lease.held().len(),
+                "joined the cluster"
+            );
+            let engine = Engine::start_with_ownership(parts, Arc::new(lease.clone()))
+                .await
+                .context("cannot start the engine")?;
+            engine.follow_cluster(Listen::new(repo), lease.clone());
+            (engine, Some(lease))
+        }
+        None => (
+            Engine::start(parts)
+                .await
+                .context("cannot start the engine")?,
+            None,
+        ),
+    };
     engine.forward_resilience_events(events);
     let state = ccm_api::ApiState::with_server(
         engine.clone(),
@@ -54,6 +89,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         Some(metrics),
     )
     .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    let webhooks = ccm_webhooks::Webhooks::start(&engine, config.webhooks.clone())
+        .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    state.attach_webhooks(webhooks.clone());
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
         .with_context(|| format!("server.listen {}", config.server.listen))?;
@@ -65,27 +103,75 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     ccm_api::serve(listener, state, super::runtime::shutdown_signal())
         .await
         .context("HTTP server failed")?;
+    webhooks.stop();
     engine.shutdown().await;
+    if let Some(lease) = lease {
+        // Hand the leases over at once instead of letting them expire.
+        lease.leave().await;
+    }
+    drop(opened);
     Ok(())
 }
 
-/// The store the configuration selects: PostgreSQL for `database.url`, else the SQLite file.
-/// Errors name the key; the URL shows without its password.
-async fn open_store(config: &ccm_store::StoreConfig) -> anyhow::Result<Arc<dyn Store>> {
+/// This replica's id: configured, or `<host>-<pid>-<start time>` (a new member per process).
+fn replica_id(config: &ccm_engine::ClusterConfig) -> String {
+    if let Some(id) = &config.replica_id {
+        return id.clone();
+    }
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_else(|| "ccm".into());
+    let host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        .take(32)
+        .collect();
+    let host = if host.is_empty() { "ccm".into() } else { host };
+    let started = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or_default();
+    format!("{host}-{}-{started:x}", std::process::id())
+}
+
+/// The opened store, and what keeps it: the PostgreSQL store for the cluster, or the SQLite
+/// file's single-node lock (held until dropped).
+struct Opened {
+    store: Arc<dyn Store>,
+    postgres: Option<PgStore>,
+    _lock: Option<SingleNodeLock>,
+}
+
+/// The store the configuration selects: PostgreSQL for `database.url`, else the SQLite file
+/// (locked against a second `ccm serve`). Errors name the key; the URL shows without its
+/// password.
+async fn open_store(config: &ccm_store::StoreConfig) -> anyhow::Result<Opened> {
     Ok(match config.backend() {
         Backend::Postgres(url) => {
             let store = PgStore::connect(url, config)
                 .await
                 .with_context(|| format!("database.url {url}"))?;
-            tracing::info!(database = %url, "store: PostgreSQL");
-            Arc::new(store)
+            tracing::info!(database = %url, "store: PostgreSQL (replica)");
+            Opened {
+                store: Arc::new(store.clone()),
+                postgres: Some(store),
+                _lock: None,
+            }
         }
         Backend::Sqlite(path) => {
+            let lock = SingleNodeLock::acquire(path)
+                .map_err(|e| crate::config::ConfigError(format!("database.path: {e}")))?;
             let store = SqliteStore::open(config)
                 .await
                 .with_context(|| format!("database.path {}", path.display()))?;
-            tracing::info!(database = %path.display(), "store: SQLite");
-            Arc::new(store)
+            tracing::info!(database = %path.display(), "store: SQLite (single node)");
+            Opened {
+                store: Arc::new(store),
+                postgres: None,
+                _lock: Some(lock),
+            }
         }
     })
 }

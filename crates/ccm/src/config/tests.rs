@@ -190,3 +190,48 @@ fn path_and_url_together_should_be_refused_naming_both() {
     );
     assert_eq!(err.0.lines().count(), 1);
 }
+
+#[test]
+fn the_commented_webhooks_example_should_parse_and_validate() {
+    let block: String = EXAMPLE
+        .lines()
+        .skip_while(|l| !l.starts_with("# [[webhooks]]"))
+        .take_while(|l| l.starts_with("# "))
+        .map(|l| {
+            l.trim_start_matches("# ")
+                .replace("\"...\"", "\"0123456789abcdef0123456789\"")
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(block.contains("allow_link_local"), "{block}");
+    let config = load_str(&block, &[]).unwrap();
+    assert_eq!(config.webhooks.len(), 1);
+    let hook = &config.webhooks[0];
+    assert_eq!(hook.name, "ops-chat");
+    assert_eq!(hook.events.len(), 3);
+    // Every key of an entry is in the example.
+    let all = toml::Value::try_from(hook).unwrap();
+    for key in all.as_table().unwrap().keys() {
+        assert!(
+            block.contains(&format!("{key} =")),
+            "example lacks webhooks.{key}"
+        );
+    }
+}
+
+#[test]
+fn a_bad_webhook_should_be_named_by_its_key() {
+    let err = load_str(
+        "[[webhooks]]\nname = \"x\"\nurl = \"http://169.254.169.254/\"\nsecret = \"0123456789abcdef0\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.0.starts_with("webhooks[0].url: "), "{}", err.0);
+    let err = load_str(
+        "[[webhooks]]\nname = \"x\"\nurl = \"https://h.example.com/\"\nsecret = \"short-secret\"\n",
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.0.starts_with("webhooks[0].secret: "), "{}", err.0);
+    assert!(!err.0.contains("short-secret"), "{}", err.0);
+}

@@ -21,8 +21,9 @@
 //! 5. the instance states are read back from the simulated cloud (the truth) and the tick is
 //!    accounted: billed hours, idle hours per the trace, idle hours stopped, pauses, waits.
 //!
-//! The simulated cloud's transitions take milliseconds of real time and are complete by the
-//! next tick; starting a worker costs `--boot` of simulated time until its CML is ready.
+//! The simulated cloud's transitions have no delay (they complete at its next call, so by the
+//! next tick whatever the replay's speed); starting a worker costs `--boot` of simulated time
+//! until its CML is ready.
 
 mod svg;
 pub mod trace;
@@ -554,9 +555,13 @@ async fn start_fleet(
         ip_pool: Ec2SimConfig::loopback_pool(opts.listen_base, n as u32),
         seed_instances: n,
         max_instances: n * 2,
-        pending_delay: Duration::from_millis(1),
-        stopping_delay: Duration::from_millis(1),
-        shutting_down_delay: Duration::from_millis(1),
+        // Transitions complete at the cloud's next call. A delay in real time would not be
+        // "done by the next tick": a baseline's replay of a whole day can take less than a
+        // millisecond, and its instances would stay `stopping` for ever (never `stopped`,
+        // so never started again).
+        pending_delay: Duration::ZERO,
+        stopping_delay: Duration::ZERO,
+        shutting_down_delay: Duration::ZERO,
         ..Ec2SimConfig::default()
     };
     let cloud = SimulatedCloud::with_power_hook(cloud_cfg, hook)
@@ -603,6 +608,7 @@ async fn start_fleet(
                 regions: Vec::new(),
                 ami_name_pattern: Some("cml-controller-*".into()),
                 tag: None,
+                ami_owners: vec!["self".into()],
             },
             Default::default(),
             Default::default(),
@@ -629,6 +635,7 @@ async fn start_fleet(
                     region: None,
                     selector: ImportSelector::Configured,
                     all: true,
+                    restricted_to_filter: false,
                 },
                 &Actor::system("bench"),
             )

@@ -42,8 +42,9 @@ choices! {
     ServiceChoice(ServiceStatus) = ServiceStatus::ALL;
     /// A sort key of the worker list (`--sort`).
     SortChoice(SortKey) = SortKey::ALL;
-    /// A background job (`--run`).
-    JobChoice(JobKind) = JobKind::ALL;
+    /// A background job the engine runs (`--run`; not `webhooks`, which only its own loop runs
+    /// and the API refuses to trigger).
+    JobChoice(JobKind) = JobKind::ALL.into_iter().filter(|j| j.runs_in_engine());
     /// An API role (`ccm token new --role`).
     RoleChoice(Role) = Role::ALL;
 }
@@ -81,9 +82,19 @@ mod tests {
                 .iter()
                 .map(ValueEnum::to_possible_value)
                 .collect()),
-            ["viewer", "manager", "admin"]
+            ["viewer", "lab_operator", "manager", "admin"]
         );
-        assert_eq!(JobChoice::value_variants().len(), JobKind::ALL.len());
+        assert_eq!(
+            JobChoice::value_variants()
+                .iter()
+                .map(|c| c.0)
+                .collect::<Vec<_>>(),
+            JobKind::ALL
+                .into_iter()
+                .filter(|j| j.runs_in_engine())
+                .collect::<Vec<_>>()
+        );
+        assert!(JobChoice::from_str("webhooks", false).is_err());
         assert_eq!(
             ServiceChoice::from_str("degraded", false).map(|c| c.0),
             Ok(ServiceStatus::Degraded)
