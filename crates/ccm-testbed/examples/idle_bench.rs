@@ -1,10 +1,12 @@
 //! `ccm bench idle` without the AWS SDK (a release build of this example takes a fraction of
 //! the binary's time, memory and disk): every preset and the random trace by default.
 //!
-//! `cargo run --release -p ccm-testbed --example idle_bench -- [TRACE…] [--svg FILE]`
+//! `cargo run --release -p ccm-testbed --example idle_bench -- [TRACE…] [--svg FILE]
+//! [--seed N] [--random-workers N]`
 //!
-//! TRACE is a preset name, `random` (seed 1, 200 workers, 7 days) or a path; run from the
-//! repository root (presets are read from `bench/traces/`). JSON on stdout, tables on stderr.
+//! TRACE is a preset name, `random` (seed 1, 200 workers, 7 days, as `ccm bench idle`'s
+//! defaults) or a path; run from the repository root (presets are read from `bench/traces/`).
+//! JSON on stdout, tables on stderr.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a measuring tool")]
 
@@ -16,10 +18,18 @@ use ccm_testbed::bench::idle::{self, PRESETS, Trace};
 async fn main() {
     let mut names = Vec::new();
     let mut svg: Option<PathBuf> = None;
+    let (mut seed, mut random_workers) = (1u64, 200usize);
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--svg" {
             svg = args.next().map(PathBuf::from);
+        } else if a == "--seed" {
+            seed = args.next().and_then(|v| v.parse().ok()).expect("--seed N");
+        } else if a == "--random-workers" {
+            random_workers = args
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("--random-workers N");
         } else {
             names.push(a);
         }
@@ -31,7 +41,7 @@ async fn main() {
     let mut reports = Vec::new();
     for name in names {
         let trace = if name == "random" {
-            Trace::random(1, 200, 7)
+            Trace::random(seed, random_workers, 7)
         } else {
             idle::load_trace(&name, Path::new("bench/traces")).unwrap_or_else(|e| {
                 eprintln!("{e}");

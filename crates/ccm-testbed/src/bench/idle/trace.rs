@@ -22,8 +22,9 @@
 //!
 //! Each `on` line is drawn per worker and per day: the session happens with probability `p`
 //! (default 1) unless the worker skips the day, and its ends move by a uniform draw within
-//! ±jitter. An end at or before the start is on the next day; `+Nd` puts it N days later
-//! (1 to 6). Workers are numbered from 1.
+//! ±jitter. An end written at or before the start is on the next day (decided before the
+//! jitter; a session whose drawn end falls at or before its drawn start does not happen);
+//! `+Nd` puts it N days later (1 to 6). Workers are numbered from 1.
 //!
 //! Kinds — what a session means, and what the simulator sees:
 //! - `interactive`: someone works with a running lab: they log in and start their lab at the
@@ -604,10 +605,16 @@ impl Trace {
                     if !r.days[weekday] || !happens || skipped[w] {
                         continue;
                     }
+                    // Whether the session ends the next day is decided on the times as
+                    // written: jitter must not turn `10:00~60m 11:00~30m` (an end drawn
+                    // before the start) into a session until the next morning.
                     let from = i64::from(r.from.0) + j1;
                     let mut to = i64::from(r.to.0) + j2;
-                    if to <= from {
+                    if r.to.0 <= r.from.0 {
                         to += 1440;
+                    }
+                    if to <= from {
+                        continue;
                     }
                     if let (Some(a), Some(b)) = (self.instant(date, from), self.instant(date, to)) {
                         sessions.push((a, b.min(end), r.kind));
@@ -743,6 +750,21 @@ at 2026-03-03 19:00 02:00 forgotten workers 3
         assert!(tl[0].actions.iter().all(|a| tl[0].state_at(*a).present()));
         // The same seed gives the same timelines.
         assert_eq!(Trace::parse("x", SAMPLE).unwrap().expand(), tl);
+    }
+
+    #[test]
+    fn jitter_should_never_carry_a_daytime_session_into_the_next_day() {
+        // Ends drawn before their starts (10:40 → 10:35, say): no session, not one until the
+        // next morning.
+        let text = "name j\nstart 2026-03-02\ndays 1\ntimezone UTC\nworkers 200\nseed 5\n\
+                    on Mon 10:00~60m 11:00~30m design\n";
+        let t = Trace::parse("j.trace", text).unwrap();
+        let tl = t.expand();
+        assert!(tl.iter().all(|w| !w.state_at(utc(2, 13, 0)).in_use()));
+        assert!(
+            tl.iter().any(|w| w.state_at(utc(2, 10, 50)).in_use()),
+            "most sessions still happen"
+        );
     }
 
     #[test]
