@@ -516,6 +516,24 @@ mod tests {
         })
     }
 
+    /// Checks the stored name, then stops the writer and its supervisor.
+    async fn stop_and_check(
+        writer: WriterHandle,
+        sup: Supervisor,
+        store: &Arc<dyn Store>,
+        id: WorkerId,
+        name: &str,
+    ) {
+        let stored = store.get(id).await.expect("read").expect("present");
+        assert_eq!(stored.name, name);
+        drop(writer);
+        sup.cancel();
+        assert!(
+            sup.wait(Duration::from_secs(10)).await,
+            "the writer should end"
+        );
+    }
+
     /// The database refuses writes (another process holds its write lock): the writer's flush
     /// fails, the batch is kept, the caller still waits, and once the database is back the same
     /// change is saved: nothing accepted is lost to a database failure.
@@ -563,14 +581,7 @@ mod tests {
             .expect("task")
             .expect("saved");
         assert_eq!(saved.name, "kept-across-failure");
-        let stored = store.get(worker.id).await.expect("read").expect("present");
-        assert_eq!(stored.name, "kept-across-failure");
-        drop(writer);
-        sup.cancel();
-        assert!(
-            sup.wait(Duration::from_secs(10)).await,
-            "the writer should end"
-        );
+        stop_and_check(writer, sup, &store, worker.id, "kept-across-failure").await;
     }
 
     /// While the database is slow (the writer is stuck in a flush), the bounded queue fills and
@@ -631,17 +642,8 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(10), writer.barrier())
             .await
             .expect("barrier");
-        let stored = store.get(worker.id).await.expect("read").expect("present");
-        assert_eq!(
-            stored.name, "last",
-            "every queued change is saved, in order"
-        );
-        drop(writer);
-        sup.cancel();
-        assert!(
-            sup.wait(Duration::from_secs(10)).await,
-            "the writer should end"
-        );
+        // Every queued change is saved, in order: the last one wins.
+        stop_and_check(writer, sup, &store, worker.id, "last").await;
     }
 
     /// A mutation with a bug panics inside the writer: the writer is reported down, restarted,
