@@ -562,3 +562,54 @@ async fn three_replicas_should_share_the_fleet_take_over_from_a_dead_one_and_nev
     replicas[0].proc.assert_alive();
     replicas[1].proc.assert_alive();
 }
+
+/// `ccm bench failover` at a small size, short leases and intervals: the report follows from
+/// the run (its measured numbers are the benchmark's business, BENCHMARKS.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_failover_should_report_the_takeover_of_a_killed_replica_and_no_double_polls() {
+    let pg = TestPostgres::start().unwrap_or_else(|e| panic!("{e}"));
+    let db = pg.create_database().await.unwrap();
+    let moto = ccm_cloud_aws::moto::Moto::start()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let run = tokio::process::Command::new(CCM)
+        .args(["bench", "failover", "--replicas", "3", "--workers", "60"])
+        .args(["--listen-base", "127.120.4.1", "--lease-ttl", "6s"])
+        .args(["--renew-interval", "1s", "--cml-interval", "3s"])
+        .args([
+            "--double-poll-window",
+            DOUBLE_POLL_WINDOW,
+            "--timeout",
+            "240s",
+        ])
+        .env("CCM_BENCH_DATABASE_URL", db.expose())
+        .env("CCM_BENCH_AWS_ENDPOINT_URL", &moto.url)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(300), run)
+        .await
+        .expect("ccm bench failover should end within its --timeout")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "ccm bench failover failed:\n{stderr}");
+    assert!(
+        !stderr.contains(pg.password()),
+        "the database password leaked"
+    );
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not one JSON object ({e}):\n{stderr}"));
+    println!("{report}");
+    assert_eq!(report["benchmark"], "failover");
+    assert_eq!(report["replicas"], 3);
+    assert_eq!(report["workers"], 60);
+    let killed = report["killed_replica_workers"].as_u64().unwrap();
+    // The replica that polled the most of 60 workers among 3 polled at least a third.
+    assert!((20..=60).contains(&killed), "{report}");
+    let seconds = report["failover_seconds"].as_f64().unwrap();
+    // A takeover cannot come before the killed replica's leases expire in the database:
+    // at least lease_ttl − renew_interval after its last renewal.
+    assert!(seconds >= 5.0, "{report}");
+    assert_eq!(report["double_polls"], 0, "{report}");
+    assert!(report["setup_seconds"].as_f64().unwrap() > 0.0);
+}
