@@ -234,7 +234,7 @@ async fn three_replicas_should_share_the_fleet_take_over_from_a_dead_one_and_nev
     let sim = SimControl {
         http: reqwest::Client::builder()
             .no_proxy()
-            .timeout(Duration::from_secs(30))
+            .timeout(LONG)
             .build()
             .unwrap(),
         base: format!("http://{control}"),
@@ -308,7 +308,8 @@ async fn three_replicas_should_share_the_fleet_take_over_from_a_dead_one_and_nev
         );
         let mut r = Replica {
             name,
-            api: Api::new(port, TOKEN),
+            // Long: the import of 300 workers may take a while when every core is busy.
+            api: Api::with_timeout(port, TOKEN, LONG),
             proc,
         };
         ready(&mut r, true).await;

@@ -24,11 +24,14 @@ pub(crate) struct Api {
 impl Api {
     /// A client of `http://127.0.0.1:{port}` (requests time out after 20 s).
     pub(crate) fn new(port: u16, token: &str) -> Self {
+        Self::with_timeout(port, token, Duration::from_secs(20))
+    }
+
+    /// As [`Api::new`], with another request timeout (a call that does much work on a
+    /// loaded machine, e.g. importing hundreds of workers).
+    pub(crate) fn with_timeout(port: u16, token: &str, timeout: Duration) -> Self {
         Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
+            http: reqwest::Client::builder().timeout(timeout).build().unwrap(),
             base: format!("http://127.0.0.1:{port}"),
             token: token.to_owned(),
         }
