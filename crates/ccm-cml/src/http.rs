@@ -256,3 +256,20 @@ impl WithoutUrlText for reqwest::Error {
         text
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::user_agent;
+
+    #[test]
+    fn the_user_agent_should_name_the_replica_only_on_a_replica() {
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(user_agent(None), format!("ccm/{version}"));
+        assert_eq!(
+            user_agent(Some("ccm-a")),
+            format!("ccm/{version} (replica ccm-a)")
+        );
+        // A valid header value (reqwest refuses others when the client is built).
+        assert!(reqwest::header::HeaderValue::from_str(&user_agent(Some("r-1.a_b"))).is_ok());
+    }
+}
