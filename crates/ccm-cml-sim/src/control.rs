@@ -12,8 +12,11 @@
 //!
 //! `SPEC` and `SEL` use the fault-spec grammar of [`crate::faults`]. Actions:
 //! `power_off`, `power_on` (`"boot": "30s"`), `expire_tokens`, `fail401` (`"n": 3`),
-//! `reset_counters`, `set_ready` (`"ready": false`), `user_login`, `user_start_lab` (imports
-//! a two-node lab as the non-admin user if it has none, and starts it), `user_stop_lab`,
+//! `reset_counters` (also the user-agent counts and double polls), `set_ready`
+//! (`"ready": false`), `user_login`, `double_poll_window` (`"window": "1500ms"`: a worker
+//! called by two user agents less than this apart counts a double poll, see
+//! [`CounterSnapshot::double_polls`]; fleet-wide whatever the selector), `user_start_lab`
+//! (imports a two-node lab as the non-admin user if it has none, and starts it), `user_stop_lab`,
 //! `set_clock` (`"now": RFC 3339`: the simulator's wall clock, fleet-wide, for harnesses that
 //! play a usage trace in simulated time; telemetry is stamped with it). Errors are
 //! `{code, description}` with status 400 or 404. Worker indices are fleet-wide, also when
@@ -91,6 +94,13 @@ pub enum Action {
     SetClock {
         /// The time it reads now.
         now: chrono::DateTime<chrono::Utc>,
+    },
+    /// Sets the double-poll window of the whole fleet (see
+    /// [`CounterSnapshot::double_polls`]); `"0s"` switches detection off.
+    DoublePollWindow {
+        /// The new window, e.g. `"1500ms"`.
+        #[serde(with = "humantime_serde")]
+        window: Duration,
     },
 }
 

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -259,6 +260,10 @@ impl SimFleet {
                         }
                     }
                     Action::SetClock { now } => h.set_wall_clock(now),
+                    Action::DoublePollWindow { window } => {
+                        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+                        w.shared.double_poll_window_ms.store(ms, Ordering::Relaxed);
+                    }
                 }
             })
             .count()

@@ -593,6 +593,7 @@ async fn start_fleet(
             scheme: "http".into(),
             port: Some(opts.port),
             address: AddressPreference::Public,
+            ..EndpointPolicy::default()
         };
         let cml = CmlClient::new(
             &CmlConfig {
