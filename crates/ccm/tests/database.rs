@@ -164,7 +164,13 @@ activity_enabled = false
     // `/system/replicas` (live, this one, holding every partition); an anonymous caller is
     // refused.
     let replicas = format!("{}/api/v1/system/replicas", api.base);
-    let r = api.http.get(&replicas).bearer_auth(VIEWER_TOKEN).send().await.unwrap();
+    let r = api
+        .http
+        .get(&replicas)
+        .bearer_auth(VIEWER_TOKEN)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let r: serde_json::Value = r.json().await.unwrap();
     assert_eq!(r["mode"], "cluster", "{r}");
@@ -173,7 +179,11 @@ activity_enabled = false
     let items = r["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{r}");
     let me = &items[0];
-    assert_eq!((me["this"].clone(), me["live"].clone()), (json!(true), json!(true)), "{r}");
+    assert_eq!(
+        (me["this"].clone(), me["live"].clone()),
+        (json!(true), json!(true)),
+        "{r}"
+    );
     assert!(me["heartbeat_age_seconds"].as_f64().unwrap() >= 0.0, "{r}");
     assert!(me["id"].as_str().is_some_and(|id| !id.is_empty()), "{r}");
     assert!(me["jobs"].is_array() && me["workers"].is_u64(), "{r}");

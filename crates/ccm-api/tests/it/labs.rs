@@ -166,7 +166,10 @@ async fn a_lab_action_event_should_come_after_the_lab_record_shows_its_outcome()
             if e.event.worker_id() == Some(worker)
                 && matches!(
                     &e.event.kind,
-                    EventKind::LabActionCompleted { action: ccm_domain::LabAction::Start, .. }
+                    EventKind::LabActionCompleted {
+                        action: ccm_domain::LabAction::Start,
+                        ..
+                    }
                 )
             {
                 let labs = engine.labs(worker).await.unwrap();
