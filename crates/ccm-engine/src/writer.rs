@@ -472,6 +472,180 @@ mod tests {
         Worker::provision(new, Actor::system("test"), now).0
     }
 
+    /// A store on a file, whose writers wait `busy_timeout` for the lock, and a second
+    /// connection to the same file that can take the write lock away from it.
+    async fn file_store(
+        dir: &tempfile::TempDir,
+        busy_timeout: Duration,
+    ) -> (Arc<dyn Store>, sqlx::SqliteConnection) {
+        use sqlx::Connection as _;
+        let path = dir.path().join("ccm.db");
+        let config = ccm_store::StoreConfig {
+            path: Some(path.clone()),
+            busy_timeout,
+            ..ccm_store::StoreConfig::default()
+        };
+        let store = SqliteStore::open(&config).await.expect("open the store");
+        let locker = sqlx::SqliteConnection::connect_with(
+            &sqlx::sqlite::SqliteConnectOptions::new().filename(&path),
+        )
+        .await
+        .expect("a second connection");
+        (Arc::new(store), locker)
+    }
+
+    fn writer_on(
+        store: &Arc<dyn Store>,
+        limits: (usize, Duration, usize),
+    ) -> (WriterHandle, Supervisor) {
+        let clock: Arc<dyn Clock> = Arc::new(TokioClock::new());
+        let bus = EventBus::new(store.clone(), clock, "/test");
+        let sup = Supervisor::new(RestartPolicy::new(
+            Duration::from_millis(10),
+            Duration::from_millis(20),
+            Duration::from_secs(60),
+        ));
+        let writer = spawn(store.clone(), bus, Arc::new(|_| {}), limits, &sup);
+        (writer, sup)
+    }
+
+    fn rename(name: &'static str) -> Mutation {
+        Arc::new(move |w: &mut Worker| {
+            w.name = name.into();
+            Vec::new()
+        })
+    }
+
+    /// Checks the stored name, then stops the writer and its supervisor.
+    async fn stop_and_check(
+        writer: WriterHandle,
+        sup: Supervisor,
+        store: &Arc<dyn Store>,
+        id: WorkerId,
+        name: &str,
+    ) {
+        let stored = store.get(id).await.expect("read").expect("present");
+        assert_eq!(stored.name, name);
+        drop(writer);
+        sup.cancel();
+        assert!(
+            sup.wait(Duration::from_secs(10)).await,
+            "the writer should end"
+        );
+    }
+
+    /// The database refuses writes (another process holds its write lock): the writer's flush
+    /// fails, the batch is kept, the caller still waits, and once the database is back the same
+    /// change is saved: nothing accepted is lost to a database failure.
+    #[tokio::test]
+    async fn a_batch_should_be_kept_when_the_database_fails_and_saved_when_it_is_back() {
+        use sqlx::Executor as _;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (store, mut locker) = file_store(&dir, Duration::from_millis(20)).await;
+        let worker = store.insert(&new_worker(Utc::now())).await.expect("insert");
+        // A long interval: kept items are retried only when a barrier asks for a flush, so the
+        // test decides how many attempts happen (fewer than MAX_ATTEMPTS).
+        let (writer, sup) = writer_on(&store, (10, Duration::from_secs(2), 100));
+
+        locker
+            .execute("BEGIN EXCLUSIVE")
+            .await
+            .expect("take the write lock");
+        let pending = tokio::spawn({
+            let writer = writer.clone();
+            async move {
+                writer
+                    .apply(worker.id, rename("kept-across-failure"), None)
+                    .await
+            }
+        });
+        // The barrier is answered after the flush that carried the change, which failed.
+        for _ in 0..2 {
+            tokio::time::timeout(Duration::from_secs(10), writer.barrier())
+                .await
+                .expect("the writer never answered a barrier while the database was locked");
+        }
+        assert!(
+            !pending.is_finished(),
+            "the change was answered while the database refused every write: {:?}",
+            pending.await
+        );
+        let unchanged = store.get(worker.id).await.expect("read").expect("present");
+        assert_eq!(unchanged.name, "w1", "nothing can have been saved yet");
+
+        locker.execute("ROLLBACK").await.expect("release the lock");
+        writer.barrier().await;
+        let saved = tokio::time::timeout(Duration::from_secs(10), pending)
+            .await
+            .expect("the kept change was never saved after the database came back")
+            .expect("task")
+            .expect("saved");
+        assert_eq!(saved.name, "kept-across-failure");
+        stop_and_check(writer, sup, &store, worker.id, "kept-across-failure").await;
+    }
+
+    /// While the database is slow (the writer is stuck in a flush), the bounded queue fills and
+    /// the next submitter waits instead of growing memory; when the database is back the
+    /// waiting submitter goes on and every queued change is saved.
+    #[tokio::test]
+    async fn a_full_queue_should_make_submitters_wait_until_the_writer_drains_it() {
+        use futures::FutureExt as _;
+        use sqlx::Executor as _;
+        const CAPACITY: usize = 4;
+        let dir = tempfile::tempdir().expect("temp dir");
+        // A long busy timeout: the writer's flush waits on the lock instead of failing.
+        let (store, mut locker) = file_store(&dir, Duration::from_secs(60)).await;
+        let worker = store.insert(&new_worker(Utc::now())).await.expect("insert");
+        let (writer, sup) = writer_on(&store, (1, Duration::from_millis(1), CAPACITY));
+
+        locker
+            .execute("BEGIN EXCLUSIVE")
+            .await
+            .expect("take the write lock");
+        writer.submit(worker.id, rename("first"), None).await;
+        // Wait (bounded) until the writer has taken the first change and is stuck saving it.
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while writer.tx.capacity() < CAPACITY {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the writer never took the first change");
+
+        for i in 0..CAPACITY {
+            assert!(
+                writer
+                    .submit(worker.id, rename("queued"), None)
+                    .now_or_never()
+                    .is_some(),
+                "submit {i} of {CAPACITY} waited although the queue had room"
+            );
+        }
+        let waiting = tokio::spawn({
+            let writer = writer.clone();
+            async move { writer.submit(worker.id, rename("last"), None).await }
+        });
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+        assert!(
+            !waiting.is_finished(),
+            "a submit into a full queue returned at once: the queue is not bounded"
+        );
+        assert_eq!(writer.tx.capacity(), 0);
+
+        locker.execute("ROLLBACK").await.expect("release the lock");
+        tokio::time::timeout(Duration::from_secs(10), waiting)
+            .await
+            .expect("the waiting submitter never went on after the writer drained the queue")
+            .expect("task");
+        tokio::time::timeout(Duration::from_secs(10), writer.barrier())
+            .await
+            .expect("barrier");
+        // Every queued change is saved, in order: the last one wins.
+        stop_and_check(writer, sup, &store, worker.id, "last").await;
+    }
+
     /// A mutation with a bug panics inside the writer: the writer is reported down, restarted,
     /// and what was queued meanwhile is still saved.
     #[tokio::test]

@@ -131,6 +131,37 @@ async fn bench_sync_over_tls_should_trust_the_simulators_ca_and_sync_every_worke
     assert_eq!(num(&report, "requests"), 20.0, "{report}");
 }
 
+/// `--store both`: the same fleet synced on SQLite and then on a throwaway PostgreSQL server,
+/// every worker stored on both, and the ratio of the medians reported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sync_on_both_stores_should_measure_sqlite_and_postgres_on_one_fleet() {
+    let report = bench_report(&[
+        "sync",
+        "--workers",
+        "8",
+        "--cycles",
+        "2",
+        "--store",
+        "both",
+        "--listen-base",
+        "127.110.2.1",
+        "--latency-ms",
+        "1",
+    ])
+    .await;
+    assert_eq!(report["store"], "sqlite", "{report}");
+    assert_eq!(num(&report, "statuses.ready"), 8.0, "{report}");
+    let pg = &report["postgres"];
+    assert_eq!(num(pg, "statuses.ready"), 8.0, "{report}");
+    assert_eq!(pg["per_cycle_seconds"].as_array().map(Vec::len), Some(2));
+    let ratio = num(pg, "median_vs_sqlite");
+    let expected = num(pg, "cycle_seconds.median") / num(&report, "cycle_seconds.median");
+    assert!(
+        ratio > 0.0 && (ratio - expected).abs() < 0.01,
+        "the ratio must follow from the medians: {report}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_sse_should_count_every_delivery_to_every_subscriber() {
     let report = bench_report(&[

@@ -26,4 +26,4 @@ pub use error::BenchError;
 pub use peer::{PeerReport, SEED_POLLER_DIR, SeedPoller, locate_seed_poller};
 pub use report::{Statuses, Summary};
 pub use sse::{SseOptions, SseReport, sse};
-pub use sync::{BlackholeReport, SyncOptions, SyncReport, sync};
+pub use sync::{BenchStore, BlackholeReport, PostgresRun, SyncOptions, SyncReport, sync};

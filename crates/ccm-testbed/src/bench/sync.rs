@@ -7,6 +7,10 @@
 //! measured cycles with [`Engine::run_cml_cycle`], which returns once every result is
 //! stored. Requests are counted by the simulator (its control API), so retries and logins
 //! are included and nothing ccm says about itself is trusted.
+//!
+//! `--store postgres` runs the same on a throwaway durable PostgreSQL server (Debian's
+//! package, started in a temporary directory); `--store both` measures SQLite and then
+//! PostgreSQL on the same simulated fleet in one run and reports the ratio of their medians.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
@@ -21,7 +25,7 @@ use ccm_domain::worker::{AddressPreference, EndpointPolicy, InstanceObservation}
 use ccm_domain::{Actor, Ec2State, InstanceId, Region, RuntimeSettings, Worker};
 use ccm_engine::{CML_SYNC_CALLS, Engine, EngineConfig, EngineParts, TokioClock};
 use ccm_resilience::{BulkheadConfig, ResilienceConfig};
-use ccm_store::{SqliteStore, StoreConfig, WorkerRepo};
+use ccm_store::{PgStore, SqliteStore, Store, StoreConfig};
 use serde::Serialize;
 
 use super::BenchError;
@@ -65,6 +69,40 @@ pub struct SyncOptions {
     pub shard_size: u32,
     /// Longest the whole run may take; children are stopped and the run fails after it.
     pub timeout: Duration,
+    /// Which store(s) the engine writes to.
+    pub store: BenchStore,
+}
+
+/// The store a `ccm bench sync` run writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BenchStore {
+    /// A SQLite file in a temporary directory (the product's settings).
+    #[default]
+    Sqlite,
+    /// A throwaway durable PostgreSQL server (fsync and synchronous commit on).
+    Postgres,
+    /// SQLite, then PostgreSQL, on the same simulated fleet.
+    Both,
+}
+
+/// The PostgreSQL half of a `--store both` run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PostgresRun {
+    /// Time to register the workers and start the engine.
+    pub setup_seconds: f64,
+    /// The warm-up cycle.
+    pub warmup_seconds: f64,
+    /// Measured cycle times.
+    pub cycle_seconds: Summary,
+    /// Each measured cycle's time, in order.
+    pub per_cycle_seconds: Vec<f64>,
+    /// ccm's CPU time during the measured cycles.
+    pub cpu_seconds: f64,
+    /// Workers by service status after the last cycle.
+    pub statuses: Statuses,
+    /// PostgreSQL's median cycle ÷ SQLite's (the target: ≤ 1.3).
+    pub median_vs_sqlite: f64,
 }
 
 /// What the blackholed workers saw.
@@ -105,6 +143,8 @@ pub struct SyncReport {
     pub blackhole_percent: u8,
     /// Whether the workers were served over HTTPS (`--tls`).
     pub tls: bool,
+    /// The store the figures below were measured on (`sqlite` or `postgres`).
+    pub store: &'static str,
     /// The warm-up cycle (first logins, new connections); not in `cycle_seconds`.
     pub warmup_seconds: f64,
     /// Measured cycle times.
@@ -140,6 +180,9 @@ pub struct SyncReport {
     /// Peer median ÷ ccm median.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub speedup: Option<f64>,
+    /// With `--store both`: the same cycles on PostgreSQL (the figures above are SQLite's).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub postgres: Option<PostgresRun>,
 }
 
 /// Runs the sync benchmark (bounded by [`SyncOptions::timeout`]; the simulator's processes
@@ -173,7 +216,7 @@ fn quiet_settings() -> RuntimeSettings {
 
 /// Registers one running worker per simulator endpoint, directly in the store.
 async fn register(
-    store: &SqliteStore,
+    store: &dyn Store,
     endpoints: &[String],
     policy: &EndpointPolicy,
 ) -> Result<(), BenchError> {
@@ -212,7 +255,7 @@ async fn register(
 
 /// Everything one engine needs, built on `store`.
 async fn start_engine(
-    store: SqliteStore,
+    store: Arc<dyn Store>,
     resilience_cfg: &ResilienceConfig,
     policy: EndpointPolicy,
     pool: (usize, Option<Duration>),
@@ -240,7 +283,7 @@ async fn start_engine(
         Default::default(),
     );
     let engine = Engine::start(EngineParts {
-        store: Arc::new(store),
+        store,
         cloud,
         cml,
         resilience,
@@ -294,15 +337,93 @@ async fn run(args: SyncOptions) -> Result<SyncReport, BenchError> {
             .unwrap_or_default()
     );
     let sim = SimProcess::start(&spec, dir.path()).await?;
-    let outcome = measure(&args, &sim, dir.path(), blackhole_sel.as_deref(), started).await;
+    let outcome = measure_stores(&args, &sim, dir.path(), blackhole_sel.as_deref(), started).await;
     sim.stop().await;
     outcome
+}
+
+/// A throwaway durable PostgreSQL server and a store on a fresh database in it.
+async fn postgres_store()
+-> Result<(ccm_store::testkit::postgres::TestPostgres, Arc<dyn Store>), BenchError> {
+    eprintln!("ccm bench: starting a throwaway PostgreSQL server");
+    let server =
+        tokio::task::spawn_blocking(ccm_store::testkit::postgres::TestPostgres::start_durable)
+            .await
+            .map_err(BenchError::setup("postgres"))?
+            .map_err(BenchError::setup("postgres"))?;
+    let url = server
+        .create_database()
+        .await
+        .map_err(BenchError::setup("postgres"))?;
+    let store = PgStore::connect(&url, &StoreConfig::default())
+        .await
+        .map_err(BenchError::setup("postgres store"))?;
+    Ok((server, Arc::new(store)))
+}
+
+/// Runs the measurement on the store(s) `args.store` names.
+async fn measure_stores(
+    args: &SyncOptions,
+    sim: &SimProcess,
+    dir: &Path,
+    blackhole_sel: Option<&str>,
+    started: tokio::time::Instant,
+) -> Result<SyncReport, BenchError> {
+    let sqlite = || async {
+        let store_cfg = StoreConfig {
+            path: Some(dir.join("bench.db")),
+            ..StoreConfig::default()
+        };
+        let store = SqliteStore::open(&store_cfg)
+            .await
+            .map_err(BenchError::setup("store"))?;
+        Ok::<Arc<dyn Store>, BenchError>(Arc::new(store))
+    };
+    match args.store {
+        BenchStore::Sqlite => {
+            measure(args, sim, sqlite().await?, "sqlite", blackhole_sel, started).await
+        }
+        BenchStore::Postgres => {
+            let (_server, store) = postgres_store().await?;
+            measure(args, sim, store, "postgres", blackhole_sel, started).await
+        }
+        BenchStore::Both => {
+            let mut report =
+                measure(args, sim, sqlite().await?, "sqlite", blackhole_sel, started).await?;
+            let (_server, store) = postgres_store().await?;
+            let on_pg = SyncOptions {
+                peer: None,
+                ..args.clone()
+            };
+            let pg = measure(&on_pg, sim, store, "postgres", blackhole_sel, started).await?;
+            let ratio = if report.cycle_seconds.median > 0.0 {
+                round3(pg.cycle_seconds.median / report.cycle_seconds.median)
+            } else {
+                0.0
+            };
+            eprintln!(
+                "ccm bench: median cycle {:.3} s on SQLite, {:.3} s on PostgreSQL ({ratio}x)",
+                report.cycle_seconds.median, pg.cycle_seconds.median
+            );
+            report.postgres = Some(PostgresRun {
+                setup_seconds: pg.setup_seconds,
+                warmup_seconds: pg.warmup_seconds,
+                cycle_seconds: pg.cycle_seconds,
+                per_cycle_seconds: pg.per_cycle_seconds,
+                cpu_seconds: pg.cpu_seconds,
+                statuses: pg.statuses,
+                median_vs_sqlite: ratio,
+            });
+            Ok(report)
+        }
+    }
 }
 
 async fn measure(
     args: &SyncOptions,
     sim: &SimProcess,
-    dir: &Path,
+    store: Arc<dyn Store>,
+    store_name: &'static str,
     blackhole_sel: Option<&str>,
     started: tokio::time::Instant,
 ) -> Result<SyncReport, BenchError> {
@@ -335,18 +456,13 @@ async fn measure(
         .map_err(BenchError::setup("resilience"))?;
 
     let setup = tokio::time::Instant::now();
-    let store_cfg = StoreConfig {
-        path: Some(dir.join("bench.db")),
-        ..StoreConfig::default()
-    };
-    let store = SqliteStore::open(&store_cfg)
-        .await
-        .map_err(BenchError::setup("store"))?;
-    register(&store, &sim.endpoints, &policy).await?;
+    register(store.as_ref(), &sim.endpoints, &policy).await?;
     let pool = (args.idle_connections_per_worker as usize, args.idle_timeout);
     let engine = start_engine(store, &resilience_cfg, policy, pool, sim.ca_file.clone()).await?;
     let setup_seconds = setup.elapsed().as_secs_f64();
-    eprintln!("ccm bench: {n} workers registered and engine started in {setup_seconds:.1} s");
+    eprintln!(
+        "ccm bench: {n} workers registered in {store_name} and engine started in {setup_seconds:.1} s"
+    );
 
     let blackholed_workers = (0..n)
         .filter(|&i| blackhole_sel.is_some() && WorkerSelector::bucket(i) < args.blackhole_percent)
@@ -451,6 +567,7 @@ async fn measure(
         idle_connections_per_worker: args.idle_connections_per_worker,
         blackhole_percent: args.blackhole_percent,
         tls: args.tls,
+        store: store_name,
         warmup_seconds: round3(warm.seconds),
         cycle_seconds: summary.rounded(),
         per_cycle_seconds: times.iter().copied().map(round3).collect(),
@@ -477,6 +594,7 @@ async fn measure(
         }),
         peer,
         speedup,
+        postgres: None,
     })
 }
 

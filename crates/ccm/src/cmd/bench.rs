@@ -39,6 +39,17 @@ pub(crate) enum Peer {
     SeedPoller,
 }
 
+/// The store `ccm bench sync` writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StoreArg {
+    /// A SQLite file in a temporary directory (the product's settings).
+    Sqlite,
+    /// A throwaway durable PostgreSQL server (Debian's `postgresql` package).
+    Postgres,
+    /// SQLite, then PostgreSQL, on the same simulated fleet; reports the ratio of medians.
+    Both,
+}
+
 /// `ccm bench sync` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct SyncArgs {
@@ -98,6 +109,9 @@ pub(crate) struct SyncArgs {
     /// Longest the whole run may take; children are stopped and the run fails after it.
     #[arg(long, default_value = "2h", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub(crate) timeout: Duration,
+    /// The store the engine writes to.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub(crate) store: StoreArg,
 }
 
 /// `ccm bench sse` flags.
@@ -161,6 +175,11 @@ fn sync(args: SyncArgs) -> anyhow::Result<()> {
         port: args.port,
         shard_size: args.shard_size,
         timeout: args.timeout,
+        store: match args.store {
+            StoreArg::Sqlite => bench::BenchStore::Sqlite,
+            StoreArg::Postgres => bench::BenchStore::Postgres,
+            StoreArg::Both => bench::BenchStore::Both,
+        },
     };
     let runtime = super::runtime::build()?;
     let outcome = runtime.block_on(async move {
