@@ -1194,7 +1194,8 @@ async fn an_impaired_status_check_should_show_the_worker_degraded_with_its_reaso
     let shots = screenshot_dir();
     let rig = Rig::start(
         3,
-        "127.122.0.1",
+        // 127.122.x is tests/cli.rs's.
+        "127.125.0.1",
         "",
         &["--faults", "none", "--impaired-status", "1"],
     )
