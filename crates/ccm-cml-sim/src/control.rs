@@ -12,7 +12,10 @@
 //!
 //! `SPEC` and `SEL` use the fault-spec grammar of [`crate::faults`]. Actions:
 //! `power_off`, `power_on` (`"boot": "30s"`), `expire_tokens`, `fail401` (`"n": 3`),
-//! `reset_counters`, `set_ready` (`"ready": false`), `user_login`. Errors are
+//! `reset_counters` (also the user-agent counts and double polls), `set_ready`
+//! (`"ready": false`), `user_login`, `double_poll_window` (`"window": "1500ms"`: a worker
+//! called by two user agents less than this apart counts a double poll, see
+//! [`CounterSnapshot::double_polls`]; fleet-wide whatever the selector). Errors are
 //! `{code, description}` with status 400 or 404. Worker indices are fleet-wide, also when
 //! `ccm sim` runs shard processes (the parent forwards to them).
 
@@ -80,6 +83,13 @@ pub enum Action {
     },
     /// The non-admin user logs in (user_activity telemetry).
     UserLogin,
+    /// Sets the double-poll window of the whole fleet (see
+    /// [`CounterSnapshot::double_polls`]); `"0s"` switches detection off.
+    DoublePollWindow {
+        /// The new window, e.g. `"1500ms"`.
+        #[serde(with = "humantime_serde")]
+        window: Duration,
+    },
 }
 
 /// Where control requests go: this process's fleet ([`crate::SimFleet`]) or the shard

@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
@@ -247,6 +248,10 @@ impl SimFleet {
                     Action::SetReady { ready } => h.set_ready(ready),
                     Action::UserLogin => {
                         h.simulate_user_login();
+                    }
+                    Action::DoublePollWindow { window } => {
+                        let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
+                        w.shared.double_poll_window_ms.store(ms, Ordering::Relaxed);
                     }
                 }
             })

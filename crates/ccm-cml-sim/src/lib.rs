@@ -69,7 +69,9 @@ pub use faults::{
 };
 pub use fleet::SimFleet;
 pub use launcher::SimLauncher;
-pub use worker::{CounterSnapshot, SimWorker};
+pub use worker::{
+    CounterSnapshot, DEFAULT_DOUBLE_POLL_WINDOW, DoublePoll, NO_AGENT, OTHER_AGENT, SimWorker,
+};
 
 /// The id of the built-in admin user on every simulated controller.
 pub const ADMIN_USER_ID: uuid::Uuid = state::ADMIN_ID;

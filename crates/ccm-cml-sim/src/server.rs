@@ -307,6 +307,11 @@ async fn handle(
 ) -> Response<Body> {
     let endpoint = Endpoint::classify(req.method(), req.uri().path());
     worker.count_request(endpoint);
+    worker.count_agent(
+        req.headers()
+            .get(http::header::USER_AGENT)
+            .map(|v| v.as_bytes()),
+    );
     let _answering = worker.enter(endpoint);
     let cfg = &worker.shared.config;
     let faults = worker.faults();

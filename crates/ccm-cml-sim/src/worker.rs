@@ -36,7 +36,25 @@ pub(crate) struct Shared {
     pub(crate) tls: Option<Arc<TlsMaterial>>,
     jwt_secret: [u8; 32],
     validation: Validation,
+    /// Requests to one worker from two user agents less than this apart (milliseconds) are
+    /// a double poll ([`CounterSnapshot::double_polls`]); set with the control API.
+    pub(crate) double_poll_window_ms: AtomicU64,
 }
+
+/// The default double-poll window: two replicas' syncs of one worker closer than this are
+/// counted as overlapping. Longer than one sync's burst of calls (milliseconds), shorter than
+/// a lease handover (at least `lease_ttl / 5` between the old holder's last poll and the new
+/// one's first).
+pub const DEFAULT_DOUBLE_POLL_WINDOW: Duration = Duration::from_secs(1);
+
+/// Distinct user agents counted per worker; more go under [`OTHER_AGENT`].
+const MAX_AGENTS: usize = 16;
+/// Double-poll examples kept per worker (and in a fleet-wide sum).
+const MAX_EXAMPLES: usize = 10;
+/// The user agent of requests beyond [`MAX_AGENTS`] distinct ones.
+pub const OTHER_AGENT: &str = "(other)";
+/// The user agent of requests without one.
+pub const NO_AGENT: &str = "(none)";
 
 impl Shared {
     pub(crate) fn new(
@@ -58,6 +76,9 @@ impl Shared {
             tls,
             jwt_secret: rand::random(),
             validation,
+            double_poll_window_ms: AtomicU64::new(
+                u64::try_from(DEFAULT_DOUBLE_POLL_WINDOW.as_millis()).unwrap_or(u64::MAX),
+            ),
         }
     }
 
@@ -92,6 +113,29 @@ pub(crate) struct Counters {
     max_in_flight: [AtomicU64; ENDPOINT_COUNT],
     logins: AtomicU64,
     connections: AtomicU64,
+    agents: Mutex<AgentLog>,
+}
+
+/// Who called one worker: requests per user agent, the last caller, double polls.
+#[derive(Default)]
+struct AgentLog {
+    by_agent: BTreeMap<String, u64>,
+    last: Option<(String, Instant)>,
+    double_polls: u64,
+    examples: Vec<DoublePoll>,
+}
+
+/// One double poll: a worker called by `later` less than the window after `earlier` called it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoublePoll {
+    /// The worker (fleet-wide index).
+    pub worker: usize,
+    /// The user agent that called first.
+    pub earlier: String,
+    /// The other user agent.
+    pub later: String,
+    /// Milliseconds between the two requests.
+    pub gap_ms: u64,
 }
 
 impl Counters {
@@ -102,6 +146,7 @@ impl Counters {
             max_in_flight: std::array::from_fn(|_| AtomicU64::new(0)),
             logins: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            agents: Mutex::new(AgentLog::default()),
         }
     }
 
@@ -122,12 +167,18 @@ impl Counters {
                 max_in_flight.insert(e.name().to_owned(), n);
             }
         }
+        let agents = self.agents.lock();
         CounterSnapshot {
             requests,
             logins: self.logins.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
             by_endpoint,
             max_in_flight,
+            workers_by_agent: agents.by_agent.keys().map(|a| (a.clone(), 1)).collect(),
+            by_agent: agents.by_agent.clone(),
+            last_agent: agents.last.as_ref().map(|(a, _)| a.clone()),
+            double_polls: agents.double_polls,
+            double_poll_examples: agents.examples.clone(),
         }
     }
 
@@ -137,6 +188,7 @@ impl Counters {
         }
         self.logins.store(0, Ordering::Relaxed);
         self.connections.store(0, Ordering::Relaxed);
+        *self.agents.lock() = AgentLog::default();
     }
 }
 
@@ -155,6 +207,25 @@ pub struct CounterSnapshot {
     /// workers: the sum of each worker's maximum). Shows overlapping polls of one worker.
     #[serde(default)]
     pub max_in_flight: BTreeMap<String, u64>,
+    /// Requests per `User-Agent` (a ccm replica names itself in it; at most 16 distinct per
+    /// worker, more under `(other)`; none as `(none)`).
+    #[serde(default)]
+    pub by_agent: BTreeMap<String, u64>,
+    /// Workers each user agent called (1 or 0 for one worker).
+    #[serde(default)]
+    pub workers_by_agent: BTreeMap<String, u64>,
+    /// The user agent of one worker's latest request (`None` in a sum over several).
+    #[serde(default)]
+    pub last_agent: Option<String>,
+    /// Double polls: a request from one user agent less than the double-poll window (control
+    /// action `double_poll_window`, default 1 s) after another user agent's request to the same
+    /// worker, counted once per change of caller. Two replicas polling one worker in
+    /// overlapping syncs show here; a clean handover does not.
+    #[serde(default)]
+    pub double_polls: u64,
+    /// Some of them (at most 10).
+    #[serde(default)]
+    pub double_poll_examples: Vec<DoublePoll>,
 }
 
 impl CounterSnapshot {
@@ -182,6 +253,17 @@ impl CounterSnapshot {
         for (k, v) in &other.max_in_flight {
             *self.max_in_flight.entry(k.clone()).or_default() += v;
         }
+        for (k, v) in &other.by_agent {
+            *self.by_agent.entry(k.clone()).or_default() += v;
+        }
+        for (k, v) in &other.workers_by_agent {
+            *self.workers_by_agent.entry(k.clone()).or_default() += v;
+        }
+        self.last_agent = None;
+        self.double_polls += other.double_polls;
+        let room = MAX_EXAMPLES.saturating_sub(self.double_poll_examples.len());
+        self.double_poll_examples
+            .extend(other.double_poll_examples.iter().take(room).cloned());
     }
 }
 
@@ -241,6 +323,41 @@ impl Worker {
 
     pub(crate) fn count_request(&self, e: Endpoint) {
         self.counters.per_endpoint[e as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request's user agent, and a double poll when another agent called less than
+    /// the window ago (once per change of caller).
+    pub(crate) fn count_agent(&self, agent: Option<&[u8]>) {
+        let now = Instant::now();
+        let window =
+            Duration::from_millis(self.shared.double_poll_window_ms.load(Ordering::Relaxed));
+        let mut agent: String = match agent {
+            Some(a) => String::from_utf8_lossy(a).chars().take(128).collect(),
+            None => NO_AGENT.to_owned(),
+        };
+        let mut log = self.counters.agents.lock();
+        if log.by_agent.len() >= MAX_AGENTS && !log.by_agent.contains_key(&agent) {
+            OTHER_AGENT.clone_into(&mut agent);
+        }
+        if let Some((earlier, at)) = &log.last
+            && *earlier != agent
+        {
+            let gap = now.saturating_duration_since(*at);
+            if gap < window {
+                let example = DoublePoll {
+                    worker: self.index,
+                    earlier: earlier.clone(),
+                    later: agent.clone(),
+                    gap_ms: u64::try_from(gap.as_millis()).unwrap_or(u64::MAX),
+                };
+                log.double_polls += 1;
+                if log.examples.len() < MAX_EXAMPLES {
+                    log.examples.push(example);
+                }
+            }
+        }
+        *log.by_agent.entry(agent.clone()).or_default() += 1;
+        log.last = Some((agent, now));
     }
 
     /// Counts a request of `e` as being answered until the guard drops (for

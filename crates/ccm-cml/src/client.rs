@@ -201,8 +201,18 @@ impl CmlClient {
     /// the config and builds the HTTP client for its TLS mode (reading the CA file once; a bad
     /// file is an error naming the path).
     pub fn new(config: &CmlConfig, resilience: Resilience) -> Result<Self, CmlConfigError> {
+        Self::with_user_agent(config, resilience, crate::http::user_agent(None))
+    }
+
+    /// [`CmlClient::new`] sending `user_agent` (see [`crate::user_agent`]) on every request:
+    /// a replica names itself in it.
+    pub fn with_user_agent(
+        config: &CmlConfig,
+        resilience: Resilience,
+        user_agent: String,
+    ) -> Result<Self, CmlConfigError> {
         config.validate()?;
-        let http = HttpClients::new(config)?;
+        let http = HttpClients::new(config, user_agent)?;
         for warning in config.warnings() {
             tracing::warn!("{warning}");
         }

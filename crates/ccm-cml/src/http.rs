@@ -14,8 +14,9 @@ use crate::error::{CmlError, scrub};
 use crate::target::TlsMode;
 
 /// Connection-pool settings shared by every client.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct PoolSettings {
+    user_agent: String,
     connect_timeout: Duration,
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
@@ -32,14 +33,15 @@ pub(crate) struct HttpClients {
 }
 
 impl HttpClients {
-    pub(crate) fn new(config: &CmlConfig) -> Result<Self, CmlConfigError> {
+    pub(crate) fn new(config: &CmlConfig, user_agent: String) -> Result<Self, CmlConfigError> {
         let settings = PoolSettings {
+            user_agent,
             connect_timeout: config.connect_timeout,
             pool_idle_timeout: config.pool_idle_timeout,
             pool_max_idle_per_host: config.pool_max_idle_per_host,
         };
         let default_mode = TlsMode::from(&config.tls);
-        let default = build(settings, &default_mode)?;
+        let default = build(&settings, &default_mode)?;
         Ok(Self {
             settings,
             default_mode,
@@ -57,7 +59,7 @@ impl HttpClients {
             return Ok(c.clone());
         }
         // Built outside the lock: reading a CA file is blocking I/O, done once per mode.
-        let client = build(self.settings, mode)?;
+        let client = build(&self.settings, mode)?;
         Ok(self
             .others
             .write()
@@ -72,9 +74,19 @@ impl HttpClients {
     }
 }
 
-fn build(settings: PoolSettings, mode: &TlsMode) -> Result<reqwest::Client, CmlConfigError> {
+/// The `User-Agent` of ccm's CML requests: `ccm/<version>`, and on one replica of several
+/// `ccm/<version> (replica <id>)`, so that a CML log (or the simulator's counters) tells which
+/// replica polled a worker.
+pub fn user_agent(replica: Option<&str>) -> String {
+    match replica {
+        Some(id) => format!("ccm/{} (replica {id})", env!("CARGO_PKG_VERSION")),
+        None => concat!("ccm/", env!("CARGO_PKG_VERSION")).to_owned(),
+    }
+}
+
+fn build(settings: &PoolSettings, mode: &TlsMode) -> Result<reqwest::Client, CmlConfigError> {
     let builder = reqwest::Client::builder()
-        .user_agent(concat!("ccm/", env!("CARGO_PKG_VERSION")))
+        .user_agent(settings.user_agent.as_str())
         .connect_timeout(settings.connect_timeout)
         .pool_idle_timeout(settings.pool_idle_timeout)
         .pool_max_idle_per_host(settings.pool_max_idle_per_host)
@@ -242,5 +254,22 @@ impl WithoutUrlText for reqwest::Error {
             text = text.replace(u, "");
         }
         text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::user_agent;
+
+    #[test]
+    fn the_user_agent_should_name_the_replica_only_on_a_replica() {
+        let version = env!("CARGO_PKG_VERSION");
+        assert_eq!(user_agent(None), format!("ccm/{version}"));
+        assert_eq!(
+            user_agent(Some("ccm-a")),
+            format!("ccm/{version} (replica ccm-a)")
+        );
+        // A valid header value (reqwest refuses others when the client is built).
+        assert!(reqwest::header::HeaderValue::from_str(&user_agent(Some("r-1.a_b"))).is_ok());
     }
 }

@@ -20,8 +20,8 @@ use crate::licence::Licence;
 use crate::lifecycle::{PauseReason, RefreshSkip, ResumeReason, WorkerAction};
 use crate::observed::Sourced;
 use crate::service::{
-    Assessment, CallOutcome, CmlCall, Reason, ServiceStatus, SyncOutcome, derive_status,
-    with_ec2_checks,
+    Assessment, CallOutcome, CmlCall, Reason, ReasonCode, ServiceStatus, SyncOutcome,
+    derive_status, with_ec2_checks,
 };
 
 /// How long a requested stop or start waits to be observed before it no longer explains a
@@ -31,7 +31,10 @@ pub const PENDING_ACTION_TTL: Duration = Duration::minutes(30);
 /// How many pause/resume entries a worker keeps.
 pub const HISTORY_LEN: usize = 50;
 
-/// How to build a worker's CML endpoint from its addresses.
+/// The default EC2 tag whose value, when an instance carries it, is the worker's CML base URL.
+pub const DEFAULT_ENDPOINT_TAG: &str = "ccm:cml-endpoint";
+
+/// How to build a worker's CML endpoint from its addresses (or take it from a tag).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EndpointPolicy {
@@ -41,6 +44,9 @@ pub struct EndpointPolicy {
     pub port: Option<u16>,
     /// Which address to use.
     pub address: AddressPreference,
+    /// The EC2 tag whose value replaces the address-derived URL (workers behind DNS names or
+    /// load balancers). Empty: no tag is looked at.
+    pub tag: String,
 }
 
 impl Default for EndpointPolicy {
@@ -49,8 +55,75 @@ impl Default for EndpointPolicy {
             scheme: "https".into(),
             port: None,
             address: AddressPreference::Public,
+            tag: DEFAULT_ENDPOINT_TAG.into(),
         }
     }
+}
+
+/// Why an endpoint tag's value cannot be used. The message never repeats the value (it may
+/// hold credentials).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the endpoint tag is not a usable CML base URL: {reason}")]
+pub struct InvalidEndpointTag {
+    /// What is wrong with it.
+    pub reason: &'static str,
+}
+
+/// Checks an endpoint tag's value: an `http` or `https` URL with a host, no user info, no
+/// query or fragment; returns it without a trailing `/`. Hand-written (no `url` crate in the
+/// domain): the grammar accepted is deliberately narrow, the CML client parses it again.
+pub fn parse_endpoint_tag(value: &str) -> Result<String, InvalidEndpointTag> {
+    let bad = |reason| Err(InvalidEndpointTag { reason });
+    let value = value.trim();
+    if value.len() > 2048 {
+        return bad("longer than 2048 characters");
+    }
+    if value.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return bad("contains spaces or control characters");
+    }
+    let Some((scheme, rest)) = value.split_once("://") else {
+        return bad("not a url (scheme://host)");
+    };
+    if !matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https") {
+        return bad("the scheme must be http or https");
+    }
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return bad("credentials in the url are not allowed");
+    }
+    if rest.contains('#') {
+        return bad("a fragment is not allowed");
+    }
+    if rest.contains('?') {
+        return bad("a query is not allowed");
+    }
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => match v6.split_once(']') {
+            Some((h, "")) => (h, None),
+            Some((h, p)) => match p.strip_prefix(':') {
+                Some(p) => (h, Some(p)),
+                None => return bad("a malformed ipv6 host"),
+            },
+            None => return bad("a malformed ipv6 host"),
+        },
+        None => match authority.split_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        },
+    };
+    if host.is_empty() {
+        return bad("no host");
+    }
+    if port.is_some_and(|p| p.parse::<u16>().map_or(true, |p| p == 0)) {
+        return bad("the port must be 1 to 65535");
+    }
+    if !host
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
+    {
+        return bad("the host has characters a host name cannot have");
+    }
+    Ok(value.trim_end_matches('/').to_owned())
 }
 
 /// Which of a worker's addresses ccm talks to.
@@ -65,6 +138,18 @@ pub enum AddressPreference {
 }
 
 impl EndpointPolicy {
+    /// The base URL an instance's tags name, if the policy has a tag and they carry it:
+    /// `Some(Err(_))` when the value is not a usable URL.
+    pub fn from_tags(
+        &self,
+        tags: &BTreeMap<String, String>,
+    ) -> Option<Result<String, InvalidEndpointTag>> {
+        if self.tag.is_empty() {
+            return None;
+        }
+        tags.get(&self.tag).map(|v| parse_endpoint_tag(v))
+    }
+
     /// The base URL for these addresses, if any.
     pub fn endpoint(&self, public: Option<IpAddr>, private: Option<IpAddr>) -> Option<String> {
         let ip = match self.address {
@@ -558,14 +643,60 @@ impl Worker {
         } else {
             self.clear_live(now, &mut events);
         }
-        self.endpoint = self
-            .endpoint_override
-            .clone()
-            .or_else(|| policy.endpoint(self.public_ip, self.private_ip));
+        let running = matches!(to, Ec2State::Pending | Ec2State::Running);
+        self.endpoint = match (&self.endpoint_override, running) {
+            (Some(fixed), _) => Some(fixed.clone()),
+            (None, false) => None,
+            (None, true) => match policy.from_tags(&self.tags) {
+                Some(Ok(url)) => Some(url),
+                Some(Err(bad)) => {
+                    // Never the address instead: behind a load balancer it is not the CML.
+                    self.degrade_for_endpoint_tag(&policy.tag, bad, now, &mut events);
+                    None
+                }
+                None => policy.endpoint(self.public_ip, self.private_ip),
+            },
+        };
         if !events.is_empty() {
             self.touch(&sync, now);
         }
         Ok(events)
+    }
+
+    /// The endpoint tag holds an unusable value: the worker is `degraded` with a reason naming
+    /// the tag and what is wrong (never the value, which may carry credentials), and is not
+    /// polled until the tag is fixed (its next CML sync then assesses it again).
+    fn degrade_for_endpoint_tag(
+        &mut self,
+        tag: &str,
+        bad: InvalidEndpointTag,
+        now: DateTime<Utc>,
+        events: &mut Vec<EventKind>,
+    ) {
+        let reason =
+            Reason::new(CmlCall::SystemInformation, ReasonCode::Other).with_detail(format!(
+                "ec2 tag {}: not a usable cml base url: {}",
+                tag.chars().take(64).collect::<String>(),
+                bad.reason
+            ));
+        if self.service.status == ServiceStatus::Degraded
+            && self.service.reasons == [reason.clone()]
+        {
+            return;
+        }
+        if self.service.status != ServiceStatus::Degraded {
+            events.push(EventKind::WorkerServiceChanged {
+                from: self.service.status,
+                to: ServiceStatus::Degraded,
+                reasons: vec![reason.clone()],
+            });
+        }
+        self.service = ServiceState {
+            status: ServiceStatus::Degraded,
+            reasons: vec![reason],
+            checked_at: Some(now),
+            cml_status: None,
+        };
     }
 
     /// The instance no longer exists in EC2 (describe does not return it): it is terminated.

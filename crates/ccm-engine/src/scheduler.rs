@@ -18,6 +18,22 @@ use tokio::time::Instant;
 pub(crate) struct Spread {
     interval: Duration,
     due: HashMap<WorkerId, Instant>,
+    /// Whether a first set of members was scheduled (later newcomers catch up quickly).
+    seeded: bool,
+}
+
+/// Newcomers to a running schedule are polled within this long at least…
+const MIN_CATCH_UP: Duration = Duration::from_secs(2);
+/// …and at most this many per second (a takeover of 3,000 workers spreads over 15 s), never
+/// later than their slot in the interval would be.
+const CATCH_UP_PER_SECOND: u32 = 200;
+
+/// How long `n` newcomers to a running schedule are spread over.
+fn catch_up(n: usize, interval: Duration) -> Duration {
+    let n = u32::try_from(n).unwrap_or(u32::MAX);
+    (Duration::from_secs(1) * n / CATCH_UP_PER_SECOND)
+        .max(MIN_CATCH_UP)
+        .min(interval)
 }
 
 /// A stable offset of `id` within `interval`: the same worker always lands in the same slot.
@@ -38,6 +54,7 @@ impl Spread {
         Self {
             interval: interval.max(Duration::from_millis(1)),
             due: HashMap::new(),
+            seeded: false,
         }
     }
 
@@ -47,17 +64,28 @@ impl Spread {
         self.interval
     }
 
-    /// Keeps exactly `members`: newcomers get their first slot within the next interval,
-    /// leavers are dropped.
+    /// Keeps exactly `members`, leavers are dropped. The first members get their slots
+    /// spread over the interval (no herd at start); later newcomers — workers taken over from
+    /// another replica, or imported — are spread over a few seconds ([`MIN_CATCH_UP`], at
+    /// most [`CATCH_UP_PER_SECOND`]), since nobody may have polled them for a while.
     pub(crate) fn reconcile(&mut self, members: &[WorkerId], now: Instant) {
         let keep: std::collections::HashSet<&WorkerId> = members.iter().collect();
         self.due.retain(|id, _| keep.contains(id));
+        let new = members
+            .iter()
+            .filter(|id| !self.due.contains_key(id))
+            .count();
+        let window = if self.seeded {
+            catch_up(new, self.interval)
+        } else {
+            self.interval
+        };
         for id in members {
-            let interval = self.interval;
             self.due
                 .entry(*id)
-                .or_insert_with(|| now + phase(*id, interval));
+                .or_insert_with(|| now + phase(*id, window));
         }
+        self.seeded |= !members.is_empty();
     }
 
     /// Changes the interval; every worker gets its slot within the new interval from `now`.
@@ -167,6 +195,44 @@ mod tests {
         s.set_interval(Duration::from_secs(10), start);
         assert_eq!(s.interval(), Duration::from_secs(10));
         assert_eq!(s.take_due(start + Duration::from_secs(10)).len(), 100);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn workers_joining_a_running_schedule_should_be_polled_within_seconds() {
+        let mut members = ids(100);
+        let mut s = Spread::new(Duration::from_secs(60));
+        let start = Instant::now();
+        s.reconcile(&members, start);
+        let first = s.take_due(start + Duration::from_secs(2)).len();
+        assert!(
+            first < 20,
+            "the first members spread over the interval: {first}"
+        );
+        // A takeover: 50 workers join; all are due within MIN_CATCH_UP, not a minute later.
+        let taken = ids(50);
+        members.extend(&taken);
+        let now = start + Duration::from_secs(3);
+        s.reconcile(&members, now);
+        let due = s.take_due(now + MIN_CATCH_UP);
+        assert!(
+            taken.iter().all(|id| due.contains(id)),
+            "{} of 50",
+            due.len()
+        );
+        // Many at once: at most CATCH_UP_PER_SECOND a second, still well within the interval.
+        let many = ids(2000);
+        members.extend(&many);
+        let now = now + Duration::from_secs(3);
+        s.reconcile(&members, now);
+        let in_one_second = s.take_due(now + Duration::from_secs(1));
+        let early = many.iter().filter(|id| in_one_second.contains(id)).count();
+        assert!(early <= 300, "{early} in the first second");
+        let due = s.take_due(now + Duration::from_secs(10));
+        assert!(
+            many.iter()
+                .all(|id| in_one_second.contains(id) || due.contains(id)),
+            "all 2000 within 10 s"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -1023,3 +1023,52 @@ async fn stale_workers_should_be_the_running_ones_whose_cml_data_is_too_old() {
     assert_eq!(fleet.engine.stale_workers(), 0);
     fleet.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_endpoint_tag_should_redirect_one_worker_and_a_bad_one_should_degrade_only_its_worker() {
+    use ccm_cloud::CloudProvider;
+    let (fleet, _clock) = start(3, [127, 72, 0, 1], |o| o.spare = 1).await;
+    let ws = until(&fleet, JobKind::CmlSync, "all ready", |ws| {
+        ws.iter().all(|w| w.service.status == ServiceStatus::Ready)
+    })
+    .await;
+    let (moved, bad) = (ws[0].clone(), ws[1].clone());
+    let spare = fleet.sim.worker(3).unwrap(); // a CML no instance's address points at
+    spare.power_on(Duration::ZERO);
+    let tag = |w: &Worker, value: String| {
+        let cloud = fleet.cloud.clone();
+        let (region, id) = (w.region.clone(), w.instance_id.clone().unwrap());
+        async move {
+            let tags = [(ccm_domain::worker::DEFAULT_ENDPOINT_TAG.to_owned(), value)].into();
+            cloud.create_tags(&region, &[id], &tags).await.unwrap();
+        }
+    };
+    tag(&moved, format!("{}/", spare.endpoint())).await;
+    tag(&bad, "https://admin:s3cret@cml.example".to_owned()).await;
+    fleet.engine.trigger_job(JobKind::Ec2Sync).await.unwrap();
+
+    let w = fleet.engine.worker(moved.id).await.unwrap();
+    assert_eq!(w.endpoint, Some(spare.endpoint()));
+    // The tagged CML is polled (the fleet index follows the stored change within a cycle).
+    let before = spare.counters().requests;
+    until(&fleet, JobKind::CmlSync, "the tagged CML polled", |_| {
+        spare.counters().requests > before
+    })
+    .await;
+    let w = fleet.engine.worker(moved.id).await.unwrap();
+    assert_eq!(w.service.status, ServiceStatus::Ready);
+
+    let w = fleet.engine.worker(bad.id).await.unwrap();
+    assert_eq!(w.endpoint, None);
+    assert_eq!(w.service.status, ServiceStatus::Degraded);
+    let reasons = format!("{:?}", w.service.reasons);
+    assert!(reasons.contains("ccm:cml-endpoint"), "{reasons}");
+    assert!(!reasons.contains("s3cret"), "{reasons}");
+    let third = fleet.engine.worker(ws[2].id).await.unwrap();
+    assert_eq!(
+        third.service.status,
+        ServiceStatus::Ready,
+        "the others are untouched"
+    );
+    fleet.shutdown().await;
+}

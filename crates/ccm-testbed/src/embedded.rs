@@ -205,6 +205,7 @@ impl Embedded {
             scheme: "http".into(),
             port: Some(port),
             address: AddressPreference::Public,
+            ..EndpointPolicy::default()
         };
         let cml_cfg = CmlConfig {
             endpoint: endpoint.clone(),

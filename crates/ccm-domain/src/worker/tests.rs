@@ -14,6 +14,7 @@ fn policy() -> EndpointPolicy {
         scheme: "http".into(),
         port: Some(9443),
         address: AddressPreference::Public,
+        tag: DEFAULT_ENDPOINT_TAG.into(),
     }
 }
 
@@ -562,6 +563,102 @@ fn endpoints_should_follow_the_policy() {
         policy().endpoint(v6, None).as_deref(),
         Some("http://[2001:db8::1]:9443")
     );
+}
+
+#[test]
+fn endpoint_tag_values_should_be_checked() {
+    for (given, want) in [
+        ("http://127.2.0.9:9443", "http://127.2.0.9:9443"),
+        ("https://cml-7.lab.example/", "https://cml-7.lab.example"),
+        ("https://[2001:db8::1]:8443", "https://[2001:db8::1]:8443"),
+        ("HTTPS://cml.example/api/v0", "HTTPS://cml.example/api/v0"),
+    ] {
+        assert_eq!(parse_endpoint_tag(given).as_deref(), Ok(want), "{given}");
+    }
+    for (given, why) in [
+        ("ftp://cml.example", "scheme"),
+        ("cml.example", "not a url"),
+        ("https://admin:s3cret@cml.example", "credentials"),
+        ("https://admin@cml.example", "credentials"),
+        ("https://cml.example/#top", "fragment"),
+        ("https://cml.example/?a=1", "query"),
+        ("https://", "no host"),
+        ("https://:443", "no host"),
+        ("https://cml.example:0", "port"),
+        ("https://cml.example:99999", "port"),
+        ("https://cml example", "spaces"),
+        ("https://[2001:db8::1", "ipv6"),
+        ("https://cml!.example", "host"),
+    ] {
+        let err = parse_endpoint_tag(given).unwrap_err();
+        assert!(err.reason.contains(why), "{given}: {err}");
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+    }
+}
+
+#[test]
+fn an_endpoint_tag_should_replace_the_derived_endpoint() {
+    let mut o = obs(Ec2State::Running, Some([127, 1, 0, 7]));
+    o.tags
+        .insert(DEFAULT_ENDPOINT_TAG.into(), "http://127.9.0.1:9000/".into());
+    let mut w = running_worker();
+    w.observe_ec2(&o, &policy(), t(10)).unwrap();
+    assert_eq!(w.endpoint.as_deref(), Some("http://127.9.0.1:9000"));
+
+    // Another key configured: this tag is not looked at.
+    let other = EndpointPolicy {
+        tag: "team:cml-url".into(),
+        ..policy()
+    };
+    w.observe_ec2(&o, &other, t(20)).unwrap();
+    assert_eq!(w.endpoint.as_deref(), Some("http://127.1.0.7:9443"));
+    // An empty key switches tags off.
+    let off = EndpointPolicy {
+        tag: String::new(),
+        ..policy()
+    };
+    w.observe_ec2(&o, &off, t(30)).unwrap();
+    assert_eq!(w.endpoint.as_deref(), Some("http://127.1.0.7:9443"));
+
+    // Stopped: no endpoint, whatever the tag says.
+    w.observe_ec2(&obs_with(&o, Ec2State::Stopping), &policy(), t(40))
+        .unwrap();
+    assert_eq!(w.endpoint, None);
+}
+
+fn obs_with(o: &InstanceObservation, state: Ec2State) -> InstanceObservation {
+    InstanceObservation {
+        state,
+        public_ip: None,
+        ..o.clone()
+    }
+}
+
+#[test]
+fn an_invalid_endpoint_tag_should_degrade_only_that_worker_without_echoing_it() {
+    let mut o = obs(Ec2State::Running, Some([127, 1, 0, 7]));
+    o.tags.insert(
+        DEFAULT_ENDPOINT_TAG.into(),
+        "https://admin:s3cret@cml.example".into(),
+    );
+    let mut w = running_worker();
+    let events = w.observe_ec2(&o, &policy(), t(10)).unwrap();
+    assert_eq!(w.endpoint, None, "not the address instead");
+    assert_eq!(w.service.status, ServiceStatus::Degraded);
+    let text = w.service.reasons[0].to_string();
+    assert!(text.contains(DEFAULT_ENDPOINT_TAG), "{text}");
+    assert!(text.contains("credentials"), "{text}");
+    assert!(!text.contains("s3cret"), "{text}");
+    assert_eq!(types(&events), ["ccm.worker.service_changed"]);
+    assert!(!format!("{events:?}").contains("s3cret"));
+    // Seen again: no new event.
+    assert!(w.observe_ec2(&o, &policy(), t(20)).unwrap().is_empty());
+
+    // Fixed: the endpoint is back (the next CML sync assesses the worker).
+    o.tags
+        .insert(DEFAULT_ENDPOINT_TAG.into(), "https://cml.example".into());
+    w.observe_ec2(&o, &policy(), t(30)).unwrap();
+    assert_eq!(w.endpoint.as_deref(), Some("https://cml.example"));
 }
 
 #[test]

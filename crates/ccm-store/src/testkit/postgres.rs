@@ -422,6 +422,23 @@ impl TestPostgres {
         let _ = conn.close().await;
         Ok(self.url(&name))
     }
+
+    /// Runs `sql` (one or more statements) as the superuser in the `postgres` database. Tests
+    /// use it to act as an operator or a network would: create a role per `ccm serve` replica,
+    /// then cut one off (`ALTER ROLE … NOLOGIN` and `pg_terminate_backend` of its connections)
+    /// and let it back in.
+    pub async fn execute(&self, sql: &str) -> Result<(), TestPgError> {
+        use sqlx::Connection as _;
+        let mut conn = sqlx::PgConnection::connect(self.url("postgres").expose())
+            .await
+            .map_err(|e| failed("connect", e))?;
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .map_err(|e| failed("execute", e))?;
+        let _ = conn.close().await;
+        Ok(())
+    }
 }
 
 impl Drop for TestPostgres {

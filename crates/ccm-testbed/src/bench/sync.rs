@@ -432,6 +432,7 @@ async fn measure(
         scheme: if args.tls { "https" } else { "http" }.into(),
         port: Some(args.port),
         address: AddressPreference::Public,
+        ..EndpointPolicy::default()
     };
     // `--concurrency C` is in workers, like the peer's semaphore: the engine syncs
     // `cml_poll / CML_SYNC_CALLS` workers at once, so the bulkhead gets C × CML_SYNC_CALLS

@@ -6,6 +6,8 @@
 //! - `ccm bench sync` — full CML sync cycles of a simulated fleet (`ccm sim` in child
 //!   processes) through a real engine; optionally the Python seed-poller on the same fleet.
 //! - `ccm bench sse` — live events fanned out to many SSE subscribers of the real API.
+//! - `ccm bench failover` — seconds from kill -9 of one `ccm serve` replica until its workers
+//!   are polled again, and double polls (`super::failover`).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -30,6 +32,9 @@ pub(crate) enum BenchCommand {
     Sync(SyncArgs),
     /// Live events fanned out to many SSE subscribers of the API.
     Sse(SseArgs),
+    /// Seconds from kill -9 of one `ccm serve` replica until every one of its workers was
+    /// polled again by the others, and double polls (needs PostgreSQL and moto).
+    Failover(super::failover::FailoverArgs),
 }
 
 /// A peer implementation to run on the same fleet.
@@ -139,6 +144,7 @@ pub(crate) fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd.command {
         BenchCommand::Sync(args) => sync(args),
         BenchCommand::Sse(args) => sse(args),
+        BenchCommand::Failover(args) => failover(args),
     }
 }
 
@@ -185,6 +191,22 @@ fn sync(args: SyncArgs) -> anyhow::Result<()> {
     let outcome = runtime.block_on(async move {
         tokio::select! {
             r = bench::sync(options) => r.context("sync benchmark failed"),
+            () = super::runtime::shutdown_signal() => anyhow::bail!("interrupted"),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let report = outcome?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
+    Ok(())
+}
+
+/// `ccm bench failover`: runs it (bounded by `--timeout`; every child is killed at the end or
+/// on Ctrl-C) and prints the report.
+fn failover(args: super::failover::FailoverArgs) -> anyhow::Result<()> {
+    let runtime = super::runtime::build()?;
+    let outcome = runtime.block_on(async move {
+        tokio::select! {
+            r = super::failover::run(args) => r.context("failover benchmark failed"),
             () = super::runtime::shutdown_signal() => anyhow::bail!("interrupted"),
         }
     });

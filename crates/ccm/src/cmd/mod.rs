@@ -3,6 +3,7 @@
 pub(crate) mod bench;
 pub(crate) mod client;
 pub(crate) mod demo;
+mod failover;
 pub(crate) mod output;
 mod runtime;
 mod serve;

@@ -19,8 +19,17 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     let opened = open_store(&config.database).await?;
     let store = opened.store.clone();
     let (events, resilience) = resilience_with_bus(&config.resilience, None);
-    let cml = CmlClient::new(&config.cml, resilience.clone())
-        .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    // One id per process; on PostgreSQL it names this replica, also in CML's User-Agent.
+    let replica = opened
+        .postgres
+        .is_some()
+        .then(|| replica_id(&config.cluster));
+    let cml = CmlClient::with_user_agent(
+        &config.cml,
+        resilience.clone(),
+        ccm_cml::user_agent(replica.as_deref()),
+    )
+    .map_err(|e| crate::config::ConfigError(e.to_string()))?;
     let aws = AwsCloud::connect(&config.aws)
         .await
         .map_err(|e| crate::config::ConfigError(e.to_string()))?;
@@ -46,11 +55,11 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         clock: Arc::new(TokioClock::new()),
     };
     // PostgreSQL: one replica among several (leases); SQLite: the only one (a file lock).
-    let (engine, lease) = match &opened.postgres {
-        Some(pg) => {
+    let (engine, lease) = match (&opened.postgres, replica) {
+        (Some(pg), Some(replica)) => {
             let repo: Arc<dyn ccm_store::ClusterRepo> = Arc::new(pg.clone());
             let me = ccm_store::ReplicaRecord {
-                id: replica_id(&config.cluster),
+                id: replica,
                 address: config
                     .cluster
                     .advertise
@@ -73,7 +82,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
             engine.follow_cluster(Listen::new(repo), lease.clone());
             (engine, Some(lease))
         }
-        None => (
+        _ => (
             Engine::start(parts)
                 .await
                 .context("cannot start the engine")?,

@@ -24,11 +24,14 @@ pub(crate) struct Api {
 impl Api {
     /// A client of `http://127.0.0.1:{port}` (requests time out after 20 s).
     pub(crate) fn new(port: u16, token: &str) -> Self {
+        Self::with_timeout(port, token, Duration::from_secs(20))
+    }
+
+    /// As [`Api::new`], with another request timeout (a call that does much work on a
+    /// loaded machine, e.g. importing hundreds of workers).
+    pub(crate) fn with_timeout(port: u16, token: &str, timeout: Duration) -> Self {
         Self {
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(20))
-                .build()
-                .unwrap(),
+            http: reqwest::Client::builder().timeout(timeout).build().unwrap(),
             base: format!("http://127.0.0.1:{port}"),
             token: token.to_owned(),
         }
@@ -95,6 +98,17 @@ impl Proc {
         };
         let all: Vec<String> = BufReader::new(f).lines().map_while(Result::ok).collect();
         all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Kills the process (and its group) with SIGKILL, as a crash would, and reaps it.
+    pub(crate) fn kill9(&mut self) {
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        let _ = self.child.wait();
     }
 
     pub(crate) fn assert_alive(&mut self) {
