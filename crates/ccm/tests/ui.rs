@@ -277,7 +277,7 @@ impl Rig {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_should_sign_in_watch_live_changes_and_stop_a_worker_in_the_browser() {
     let shots = screenshot_dir();
-    let rig = Rig::start(WORKERS, "127.120.0.1", "", &[]).await;
+    let rig = Rig::start(WORKERS, "127.126.0.1", "", &[]).await;
     walk(&rig.c, &rig.api, &rig.base, &shots).await;
     rig.stop().await;
 }
