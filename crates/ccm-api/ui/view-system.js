@@ -1,5 +1,6 @@
-// The system page: health of ccm and its dependencies, the background jobs (with a run
-// button for admins), circuit breakers, the retry budget, bulkheads and the savings report.
+// The system page: health of ccm and its dependencies, the replicas sharing the fleet (or the
+// single node), the background jobs (with a run button for admins), circuit breakers, the
+// retry budget, bulkheads and the savings report.
 // Re-read every 10 s and after job, breaker and budget events.
 
 import { get, post, seg } from './api.js';
@@ -28,7 +29,7 @@ function okBadge(ok) {
 /** Mounts the system page. */
 export function mountSystem(container, { session }) {
   document.title = 'System · ccm';
-  const st = { health: null, jobs: null, resilience: null, savings: null, counts: null, error: null, running: new Set(), allBreakers: false };
+  const st = { health: null, jobs: null, resilience: null, savings: null, counts: null, replicas: null, error: null, running: new Set(), allBreakers: false };
   const isAdmin = session.role === 'admin';
   let destroyed = false;
   let focused = false;
@@ -36,9 +37,9 @@ export function mountSystem(container, { session }) {
   async function load() {
     const results = await Promise.allSettled([
       get('/api/v1/system/health'), get('/api/v1/system/jobs'), get('/api/v1/system/resilience'),
-      get('/api/v1/system/savings'), get('/api/v1/system/counts'),
+      get('/api/v1/system/savings'), get('/api/v1/system/counts'), get('/api/v1/system/replicas'),
     ]);
-    const [health, jobs, resilience, savings, counts] = results.map((r) => (r.status === 'fulfilled' ? r.value : null));
+    const [health, jobs, resilience, savings, counts, replicas] = results.map((r) => (r.status === 'fulfilled' ? r.value : null));
     const failed = results.find((r) => r.status === 'rejected');
     st.error = failed ? failed.reason : null;
     if (health) st.health = health;
@@ -46,6 +47,7 @@ export function mountSystem(container, { session }) {
     if (resilience) st.resilience = resilience;
     if (savings) st.savings = savings;
     if (counts) st.counts = counts;
+    if (replicas) st.replicas = replicas;
     draw();
   }
 
@@ -61,6 +63,38 @@ export function mountSystem(container, { session }) {
         ['Workers', fmtNum(hl.workers)],
         ['Live event clients', st.counts ? fmtNum(st.counts.sse_clients) : '—'],
       ]));
+  }
+
+  /** The replicas (`GET /system/replicas`): each one's heartbeat, leases and workers; a single
+   * node says so and owns every worker. */
+  function replicasPanel() {
+    const r = st.replicas;
+    const head = (extra) => h('div', { class: 'panel-head' }, h('h2', { class: 'panel-title', id: 'replicas-title' }, 'Replicas'), extra);
+    if (!r) return h('section', { class: 'panel panel-wide', id: 'replicas', 'aria-labelledby': 'replicas-title' }, head(null), loading());
+    if (r.mode !== 'cluster') {
+      return h('section', { class: 'panel panel-wide', id: 'replicas', 'aria-labelledby': 'replicas-title', dataset: { mode: r.mode } },
+        head(badge('single node', 'neutral')),
+        h('p', { id: 'replicas-single' }, 'This process is the only replica: it owns every worker and every job, without leases.'),
+        facts([['Workers held', st.health ? fmtNum(st.health.workers) : '—'], ['Leases', 'none (SQLite: one node)']]));
+    }
+    const live = r.items.filter((x) => x.live).length;
+    return h('section', { class: 'panel panel-wide', id: 'replicas', 'aria-labelledby': 'replicas-title', dataset: { mode: r.mode } },
+      head(h('span', null, badge(`${live} of ${r.items.length} live`, live === r.items.length ? 'ok' : 'warn'))),
+      facts([['Lease TTL', fmtDuration(r.lease_ttl_seconds)], ['Worker partitions', fmtNum(r.partitions)]]),
+      !r.items.length ? h('p', { class: 'muted' }, 'No replica registered yet.') : h('div', { class: 'table-wrap' }, h('table', { class: 'table table-compact', id: 'replicas-table' },
+        h('thead', null, h('tr', null,
+          h('th', { scope: 'col' }, 'Replica'), h('th', { scope: 'col' }, 'Heartbeat'), h('th', { scope: 'col', class: 'num' }, 'Partitions'),
+          h('th', { scope: 'col', class: 'num' }, 'Workers'), h('th', { scope: 'col' }, 'Job leases'), h('th', { scope: 'col', class: 'hide-sm' }, 'Address'),
+          h('th', { scope: 'col', class: 'hide-md' }, 'Version'), h('th', { scope: 'col', class: 'hide-md' }, 'Started'))),
+        h('tbody', null, r.items.map((x) => h('tr', { 'data-key': x.id, dataset: { replica: x.id, live: String(x.live) } },
+          h('th', { scope: 'row', class: 'mono small' }, x.id, x.this ? h('span', { class: 'sub' }, 'this replica (answering)') : null),
+          h('td', null, badge(x.live ? 'live' : 'stale', x.live ? 'ok' : 'bad'), h('span', { class: 'muted small' }, ` ${x.heartbeat_age_seconds.toFixed(1)} s ago`)),
+          h('td', { class: 'num' }, fmtNum(x.partitions)),
+          h('td', { class: 'num' }, fmtNum(x.workers)),
+          h('td', { class: 'small' }, x.jobs.length ? x.jobs.join(', ') : h('span', { class: 'muted' }, '—')),
+          h('td', { class: 'mono small hide-sm' }, x.address),
+          h('td', { class: 'hide-md' }, x.version),
+          h('td', { class: 'hide-md' }, time(x.started_at, true))))))));
   }
 
   function jobsPanel() {
@@ -147,9 +181,9 @@ export function mountSystem(container, { session }) {
   function draw() {
     if (destroyed) return;
     render(container, h('div', { class: 'page' },
-      h('div', { class: 'page-head' }, h('div', null, h('h1', null, 'System'), h('p', { class: 'muted' }, 'Health, jobs and the resilience machinery'))),
+      h('div', { class: 'page-head' }, h('div', null, h('h1', null, 'System'), h('p', { class: 'muted' }, 'Health, replicas, jobs and the resilience machinery'))),
       st.error ? errorBox('Some data could not be loaded', st.error.detail || st.error.message) : null,
-      h('div', { class: 'grid' }, healthPanel(), resiliencePanel(), jobsPanel(), savingsPanel())));
+      h('div', { class: 'grid' }, healthPanel(), replicasPanel(), resiliencePanel(), jobsPanel(), savingsPanel())));
     if (!focused) {
       focused = true;
       focusHeading(container);

@@ -291,7 +291,7 @@ export function mountWorker(container, { args, session }) {
         ['Nodes', stats ? `${stats.running_nodes ?? '—'} running of ${stats.total_nodes ?? '—'}` : '—'],
       ]),
       (w.service?.reasons || []).length
-        ? h('div', { class: 'reasons' }, h('h3', { class: 'sub-title' }, 'Why not ready'),
+        ? h('div', { class: 'reasons', id: 'service-reasons' }, h('h3', { class: 'sub-title' }, 'Why not ready'),
           h('ul', null, w.service.reasons.map((r) => h('li', null, h('span', { class: 'mono' }, r.call), `: ${r.code}${r.status ? ` ${r.status}` : ''}${r.detail ? ` — ${r.detail}` : ''}`))))
         : null,
       h('h3', { class: 'sub-title' }, `Computes (${computes.length})`),

@@ -66,7 +66,12 @@ impl Moto {
     /// Starts moto (AMI validation on, with [`AMIS_JSON`]) and waits, at most 30 s, until it
     /// answers. The error says how to install moto when it is missing.
     pub async fn start() -> Result<Moto, String> {
-        let binary = moto_binary();
+        Self::start_with(moto_binary()).await
+    }
+
+    /// As [`start`](Self::start), with the `moto_server` binary given (for a caller that must
+    /// not look in this crate's source tree, such as `ccm bench`).
+    pub async fn start_with(binary: PathBuf) -> Result<Moto, String> {
         if !binary.exists() {
             return Err(format!(
                 "moto_server not found at {}; {INSTALL_HINT}",

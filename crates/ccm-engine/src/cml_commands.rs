@@ -262,6 +262,13 @@ impl CmlCommands {
     ) -> Result<(), EngineError> {
         match result {
             Ok(title) => {
+                // The worker's labs are read again first, so that a client reloading them on
+                // the event below already sees the action's outcome (a started lab shows as
+                // started at once, not at the next labs poll).
+                if let Err(e) = refresh_labs(&self.inner.jobs, &Grant::command(), id).await {
+                    tracing::debug!(worker = %id, error = %crate::error::chain(&e), "labs refresh after an action failed");
+                }
+                self.inner.state.flush().await;
                 self.emit(
                     id,
                     vec![EventKind::LabActionCompleted {
@@ -272,10 +279,6 @@ impl CmlCommands {
                     }],
                 )
                 .await;
-                if let Err(e) = refresh_labs(&self.inner.jobs, &Grant::command(), id).await {
-                    tracing::debug!(worker = %id, error = %crate::error::chain(&e), "labs refresh after an action failed");
-                }
-                self.inner.state.flush().await;
                 Ok(())
             }
             Err(err) => {

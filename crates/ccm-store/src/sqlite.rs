@@ -25,6 +25,9 @@ use crate::{
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
 
+/// How long a write waits for the one write connection before failing.
+const WRITE_QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Counts the workers a fleet cap counts: all but terminated and failed ones.
 const LIVE_WORKERS: &str =
     "SELECT COUNT(*) FROM workers WHERE ec2_state NOT IN ('terminated', 'failed')";
@@ -60,7 +63,13 @@ where
 /// The SQLite store. Cheap to clone (a connection pool inside).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
+    /// Reads (WAL: readers never wait for the writer).
     pub(crate) pool: SqlitePool,
+    /// Every write: one connection, so writers queue in order here (sqlx's pool hands the
+    /// connection over first come, first served) instead of polling for SQLite's lock with
+    /// the busy handler, which lets an unlucky writer starve past `busy_timeout` under load
+    /// (`database is locked`). In memory, the same single connection as `pool`.
+    pub(crate) writer: SqlitePool,
     bucket_ms: i64,
     retention_ms: i64,
 }
@@ -86,11 +95,17 @@ impl SqliteStore {
             })
             .busy_timeout(config.busy_timeout)
             .foreign_keys(true);
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .acquire_timeout(WRITE_QUEUE_TIMEOUT)
+            .connect_with(options.clone())
+            .await?;
+        MIGRATOR.run(&writer).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
             .connect_with(options)
             .await?;
-        Self::with_pool(pool, config).await
+        Self::with_pools(pool, writer, config)
     }
 
     /// An in-memory database (one connection), for tests and benchmarks.
@@ -103,17 +118,18 @@ impl SqliteStore {
             .max_lifetime(None)
             .connect_with(options)
             .await?;
-        Self::with_pool(pool, &StoreConfig::default()).await
+        MIGRATOR.run(&pool).await?;
+        Self::with_pools(pool.clone(), pool, &StoreConfig::default())
     }
 
-    async fn with_pool(pool: SqlitePool, config: &StoreConfig) -> Result<Self> {
-        MIGRATOR.run(&pool).await?;
+    fn with_pools(pool: SqlitePool, writer: SqlitePool, config: &StoreConfig) -> Result<Self> {
         let bucket_ms = i64::try_from(config.metrics_bucket.as_millis())
             .unwrap_or(i64::MAX)
             .max(1);
         let retention_ms = i64::try_from(config.metrics_retention.as_millis()).unwrap_or(i64::MAX);
         Ok(Self {
             pool,
+            writer,
             bucket_ms,
             retention_ms,
         })
@@ -130,6 +146,7 @@ impl SqliteStore {
     /// Closes every connection (checkpointing the WAL).
     pub async fn close(&self) {
         self.pool.close().await;
+        self.writer.close().await;
     }
 
     async fn version_of(&self, id: &str) -> Result<Option<u64>> {
@@ -236,7 +253,7 @@ impl SqliteStore {
 impl WorkerRepo for SqliteStore {
     async fn insert(&self, worker: &Worker) -> Result<Worker> {
         let row = encode_worker(worker, 1)?;
-        match insert_row(&self.pool, &row, worker).await {
+        match insert_row(&self.writer, &row, worker).await {
             Ok(_) => {
                 let mut saved = worker.clone();
                 saved.version = 1;
@@ -251,7 +268,7 @@ impl WorkerRepo for SqliteStore {
         // BEGIN IMMEDIATE takes the write lock before the count: no other writer can insert
         // between the count and the insert.
         let result: std::result::Result<Result<()>, sqlx::Error> = async {
-            let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+            let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
             let live: i64 = sqlx::query_scalar(LIVE_WORKERS).fetch_one(&mut *tx).await?;
             let live = u64::try_from(live).unwrap_or(0);
             if live >= u64::from(cap) {
@@ -290,7 +307,7 @@ impl WorkerRepo for SqliteStore {
         .bind(ms(worker.updated_at))
         .bind(row.version)
         .bind(&row.doc)
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         if done.rows_affected() == 1 {
             let mut saved = worker.clone();
@@ -408,7 +425,7 @@ impl WorkerRepo for SqliteStore {
     }
 
     async fn update(&self, worker: &Worker) -> Result<Worker> {
-        match self.update_on(&self.pool, worker).await {
+        match self.update_on(&self.writer, worker).await {
             Ok((saved, 1)) => Ok(saved),
             Ok(_) => Err(self.explain_update_failure(worker, None).await),
             Err(e) => Err(self.explain_update_failure(worker, Some(e)).await),
@@ -416,7 +433,7 @@ impl WorkerRepo for SqliteStore {
     }
 
     async fn update_many(&self, workers: &[Worker]) -> Result<Vec<Result<Worker>>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut outcomes = Vec::with_capacity(workers.len());
         for worker in workers {
             outcomes.push(self.update_on(&mut *tx, worker).await);
@@ -436,7 +453,7 @@ impl WorkerRepo for SqliteStore {
     async fn delete(&self, id: WorkerId) -> Result<bool> {
         let done = sqlx::query("DELETE FROM workers WHERE id = $1")
             .bind(id.to_string())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -446,7 +463,7 @@ impl WorkerRepo for SqliteStore {
 impl LabRepo for SqliteStore {
     async fn replace_labs(&self, worker: WorkerId, labs: &[LabRecord]) -> Result<(u32, u32)> {
         let wid = worker.to_string();
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let existing: Vec<String> =
             sqlx::query_scalar("SELECT lab_id FROM labs WHERE worker_id = $1")
                 .bind(&wid)
@@ -482,7 +499,7 @@ impl LabRepo for SqliteStore {
     }
 
     async fn upsert_lab(&self, lab: &LabRecord) -> Result<()> {
-        upsert_lab_on(&self.pool, lab)
+        upsert_lab_on(&self.writer, lab)
             .await
             .map_err(|e| map_fk(e, lab.worker_id))
     }
@@ -491,7 +508,7 @@ impl LabRepo for SqliteStore {
         let done = sqlx::query("DELETE FROM labs WHERE worker_id = $1 AND lab_id = $2")
             .bind(worker.to_string())
             .bind(lab.as_str())
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -575,7 +592,7 @@ impl SettingsRepo for SqliteStore {
             .bind(next)
             .bind(now)
             .bind(by)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
         } else {
             sqlx::query(
@@ -588,7 +605,7 @@ impl SettingsRepo for SqliteStore {
             .bind(by)
             .bind(RUNTIME_SETTINGS_KEY)
             .bind(next - 1)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?
         };
         if done.rows_affected() == 1 {
@@ -641,7 +658,7 @@ impl EventLog for SqliteStore {
         if persistent(events).next().is_none() {
             return Ok(vec![None; events.len()]);
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let out = append_on(&mut tx, events).await?;
         tx.commit().await?;
         Ok(out)
@@ -687,7 +704,7 @@ impl EventLog for SqliteStore {
     async fn prune_events(&self, before: DateTime<Utc>) -> Result<u64> {
         let done = sqlx::query("DELETE FROM events WHERE time_ms < $1")
             .bind(ms(before))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected())
     }
@@ -753,7 +770,7 @@ impl MetricsRepo for SqliteStore {
         let Some(newest) = samples.iter().map(|(_, at, _)| *at).max() else {
             return Ok(());
         };
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         for (worker, at, sample) in samples {
             let bucket = ms(*at).div_euclid(self.bucket_ms) * self.bucket_ms;
             record_metrics_on(&mut *tx, *worker, bucket, sample)
@@ -815,7 +832,7 @@ impl SessionRepo for SqliteStore {
         .bind(key)
         .bind(&doc)
         .bind(ms(expires_at))
-        .execute(&self.pool)
+        .execute(&self.writer)
         .await?;
         Ok(())
     }
@@ -835,7 +852,7 @@ impl SessionRepo for SqliteStore {
     async fn delete_session(&self, key: &str) -> Result<bool> {
         let done = sqlx::query("DELETE FROM sessions WHERE key = $1")
             .bind(key)
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected() > 0)
     }
@@ -843,7 +860,7 @@ impl SessionRepo for SqliteStore {
     async fn purge_sessions(&self, now: DateTime<Utc>) -> Result<u64> {
         let done = sqlx::query("DELETE FROM sessions WHERE expires_at_ms <= $1")
             .bind(ms(now))
-            .execute(&self.pool)
+            .execute(&self.writer)
             .await?;
         Ok(done.rows_affected())
     }
@@ -872,7 +889,7 @@ impl CursorRepo for SqliteStore {
         .bind(name)
         .bind(seq)
         .bind(ms(now))
-        .fetch_one(&self.pool)
+        .fetch_one(&self.writer)
         .await?;
         u64::try_from(stored).map_err(|e| corrupt("cursor", name, e))
     }
@@ -891,7 +908,7 @@ impl Store for SqliteStore {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let mut seen = HashSet::new();
         let mut raw = Vec::with_capacity(writes.len());
         for write in writes {

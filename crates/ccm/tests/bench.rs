@@ -131,6 +131,30 @@ async fn bench_sync_over_tls_should_trust_the_simulators_ca_and_sync_every_worke
     assert_eq!(num(&report, "requests"), 20.0, "{report}");
 }
 
+/// `ccm bench failover` given neither an AWS endpoint nor a moto server to start says which
+/// flag to give, before starting anything.
+#[test]
+fn bench_failover_without_an_aws_endpoint_or_moto_should_name_the_flags() {
+    let out = std::process::Command::new(CCM)
+        .args(["bench", "failover", "--workers", "1", "--timeout", "60s"])
+        .env_remove("CCM_MOTO_SERVER")
+        .env_remove("CCM_BENCH_AWS_ENDPOINT_URL")
+        .env_remove("CCM_BENCH_DATABASE_URL")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--aws-endpoint-url") && stderr.contains("--moto-server"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("PostgreSQL"),
+        "nothing should start before the arguments are complete: {stderr}"
+    );
+}
+
 /// `--store both`: the same fleet synced on SQLite and then on a throwaway PostgreSQL server,
 /// every worker stored on both, and the ratio of the medians reported.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

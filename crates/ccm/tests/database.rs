@@ -17,6 +17,7 @@ use common::{Api, free_port};
 const CCM: &str = env!("CARGO_BIN_EXE_ccm");
 const SECRET: &str = "s3cret-db-pw";
 const TOKEN: &str = "ccm_db_e2e_admin_token_0123456789";
+const VIEWER_TOKEN: &str = "ccm_db_e2e_viewer_token_0123456789";
 
 fn ccm(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(CCM)
@@ -104,7 +105,7 @@ access_key_id = "testing"
 secret_access_key = "testing"
 operation_timeout = "20s"
 [auth]
-tokens = [{{ name = "e2e", role = "admin", sha256 = "{hash}" }}]
+tokens = [{{ name = "e2e", role = "admin", sha256 = "{hash}" }}, {{ name = "e2e-viewer", role = "viewer", sha256 = "{viewer}" }}]
 [polling]
 ec2_enabled = false
 cml_enabled = false
@@ -115,6 +116,7 @@ activity_enabled = false
         url = db.expose(),
         moto = moto.url,
         hash = ccm_api::hash_token(TOKEN),
+        viewer = ccm_api::hash_token(VIEWER_TOKEN),
     );
     let path = dir.path().join("ccm.toml");
     std::fs::write(&path, config).unwrap();
@@ -157,6 +159,37 @@ activity_enabled = false
         .unwrap();
     let status = resp.status().as_u16();
     assert_eq!(status, 200, "{}", resp.text().await.unwrap());
+
+    // On PostgreSQL `ccm serve` is a replica of a cluster (of one here): a viewer sees it in
+    // `/system/replicas` (live, this one, holding every partition); an anonymous caller is
+    // refused.
+    let replicas = format!("{}/api/v1/system/replicas", api.base);
+    let r = api
+        .http
+        .get(&replicas)
+        .bearer_auth(VIEWER_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(r["mode"], "cluster", "{r}");
+    assert!(r["lease_ttl_seconds"].as_f64().unwrap() > 0.0, "{r}");
+    let partitions = r["partitions"].as_u64().unwrap();
+    let items = r["items"].as_array().unwrap();
+    assert_eq!(items.len(), 1, "{r}");
+    let me = &items[0];
+    assert_eq!(
+        (me["this"].clone(), me["live"].clone()),
+        (json!(true), json!(true)),
+        "{r}"
+    );
+    assert!(me["heartbeat_age_seconds"].as_f64().unwrap() >= 0.0, "{r}");
+    assert!(me["id"].as_str().is_some_and(|id| !id.is_empty()), "{r}");
+    assert!(me["jobs"].is_array() && me["workers"].is_u64(), "{r}");
+    assert!(me["partitions"].as_u64().unwrap() <= partitions, "{r}");
+    let anonymous = api.http.get(&replicas).send().await.unwrap();
+    assert_eq!(anonymous.status().as_u16(), 401);
     let _ = child.kill();
     let _ = child.wait();
     assert!(

@@ -136,6 +136,65 @@ async fn labs_should_be_imported_listed_operated_downloaded_and_deleted() {
     api.fleet.shutdown().await;
 }
 
+/// A client that reloads a worker's labs when a lab action's event arrives (the web UI does)
+/// sees the action's outcome then, not at the next labs poll: the engine reads the labs again
+/// before it announces the action.
+#[tokio::test]
+async fn a_lab_action_event_should_come_after_the_lab_record_shows_its_outcome() {
+    let api = TestApi::start(143, 1).await;
+    api.until_ready().await;
+    let worker = api.workers().await[0].id;
+    let id = worker.to_string();
+    let created = api
+        .post(
+            &format!("/api/v1/workers/{id}/labs"),
+            MANAGER,
+            Some(json!({"topology": ccm_cml_sim::SAMPLE_LAB_YAML, "title": "Watched"})),
+        )
+        .await
+        .ok(201);
+    let lab = created["lab_id"].as_str().unwrap().to_owned();
+    assert_eq!(created["lab"]["state"], "DEFINED_ON_CORE", "{created}");
+
+    // A subscriber that, on the start's event, reads the labs as a client would.
+    let mut rx = api.fleet.engine.subscribe();
+    let engine = api.fleet.engine.clone();
+    let lab_id = ccm_domain::LabId::parse(&lab).unwrap();
+    let seen = tokio::spawn(async move {
+        loop {
+            let e = rx.recv().await.expect("the bus ended");
+            if e.event.worker_id() == Some(worker)
+                && matches!(
+                    &e.event.kind,
+                    EventKind::LabActionCompleted {
+                        action: ccm_domain::LabAction::Start,
+                        ..
+                    }
+                )
+            {
+                let labs = engine.labs(worker).await.unwrap();
+                return labs
+                    .iter()
+                    .find(|l| l.lab_id == lab_id)
+                    .map(|l| l.state.as_str().to_owned());
+            }
+        }
+    });
+    api.post(
+        &format!("/api/v1/workers/{id}/labs/{lab}/start"),
+        MANAGER,
+        None,
+    )
+    .await
+    .ok(200);
+    let state = tokio::time::timeout(Duration::from_secs(20), seen)
+        .await
+        .expect("no start event")
+        .unwrap();
+    assert_eq!(state.as_deref(), Some("STARTED"));
+    api.fleet.shutdown().await;
+}
+
 #[tokio::test]
 async fn lab_errors_should_be_404_409_413_415_and_422() {
     let api = TestApi::start(32, 1).await;

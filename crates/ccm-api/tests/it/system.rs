@@ -377,3 +377,28 @@ async fn every_answer_should_carry_a_request_id() {
     assert!(uuid::Uuid::parse_str(replaced).is_ok(), "{replaced}");
     api.fleet.shutdown().await;
 }
+
+/// `GET /api/v1/system/replicas` on SQLite: one node that says so (no TTL, no partitions, no
+/// replica rows — the web UI's System page shows "the only replica"); a viewer may read it,
+/// an anonymous caller may not.
+#[tokio::test]
+async fn replicas_should_show_a_single_node_to_a_viewer_and_nothing_to_an_anonymous_caller() {
+    let api = TestApi::start(144, 1).await;
+    let r = api.get("/api/v1/system/replicas", VIEWER).await.ok(200);
+    assert_eq!(
+        r,
+        json!({"mode": "single_node", "lease_ttl_seconds": null, "partitions": null, "items": []})
+    );
+    let admin = api.get("/api/v1/system/replicas", ADMIN).await.ok(200);
+    assert_eq!(admin, r);
+    let anonymous = api
+        .call(Method::GET, "/api/v1/system/replicas", None, None)
+        .await;
+    assert_eq!(anonymous.status, 401, "{}", anonymous.text());
+    assert!(
+        !anonymous.text().contains("single_node"),
+        "{}",
+        anonymous.text()
+    );
+    api.fleet.shutdown().await;
+}

@@ -37,6 +37,10 @@ pub(crate) struct DemoArgs {
     /// Idle timeout of the demo (short, so that idle workers get paused while you watch).
     #[arg(long, default_value = "5m", value_parser = humantime::parse_duration)]
     pub(crate) idle_timeout: Duration,
+    /// Impair the EC2 instance status check of this many workers (the first by name) while
+    /// they run, so that they show as degraded (`ec2_status_impaired`) although CML answers.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) impaired_status: u32,
 }
 
 /// Starts the embedded fleet and runs until Ctrl-C.
@@ -110,6 +114,7 @@ pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
     let fleet = Embedded::start(opts)
         .await
         .context("cannot start the embedded fleet")?;
+    let impaired = impair_status_checks(&fleet, args.impaired_status).await?;
     // The listener's limits from `[server]`; the demo always speaks plain HTTP on loopback.
     let server = ccm_api::ServerConfig {
         tls_cert: None,
@@ -135,6 +140,9 @@ pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
     );
     println!("  web UI and API: {url}");
     println!("  admin token:    {token}");
+    if !impaired.is_empty() {
+        println!("  impaired EC2 status checks: {}", impaired.join(", "));
+    }
     println!("  Ctrl-C stops everything.");
     let log = tokio::spawn(log_events(fleet.engine.subscribe()));
     ccm_api::serve(listener, state, super::runtime::shutdown_signal())
@@ -144,6 +152,36 @@ pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
     webhooks.stop();
     fleet.shutdown().await;
     Ok(())
+}
+
+/// Impairs the EC2 instance status check of the first `n` workers by name (the simulated
+/// cloud reports `impaired` for them while they run); returns their names.
+async fn impair_status_checks(fleet: &Embedded, n: u32) -> anyhow::Result<Vec<String>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let filter = ccm_store::WorkerFilter {
+        sort: ccm_store::WorkerSort::Name,
+        limit: n,
+        ..Default::default()
+    };
+    let page = fleet
+        .engine
+        .workers(&filter)
+        .await
+        .context("--impaired-status: cannot list the workers")?;
+    let checks = ccm_domain::StatusChecks {
+        system: ccm_domain::CheckStatus::Ok,
+        instance: ccm_domain::CheckStatus::Impaired,
+    };
+    let mut names = Vec::new();
+    for worker in page.items {
+        if let Some(instance) = &worker.instance_id {
+            fleet.cloud.set_status_checks(instance, Some(checks));
+            names.push(worker.name);
+        }
+    }
+    Ok(names)
 }
 
 /// Logs the events worth watching in a demo (state and status changes, pauses, breakers).

@@ -4,8 +4,10 @@
 //! Real processes throughout: `ccm sim` (the CML fleet, counting requests per `User-Agent`),
 //! N `ccm serve` on one PostgreSQL database, and an AWS-compatible endpoint (moto) that holds
 //! one instance per simulated worker, tagged `ccm:cml-endpoint` with its URL and imported by
-//! the `ccm:fleet=failover-bench` tag. The database and the endpoint are given (an empty
-//! database: the bench imports into it); everything else is started and stopped here.
+//! the `ccm:fleet=failover-bench` tag. The database and the endpoint may be given (an empty
+//! database: the bench imports into it); when they are not, a throwaway durable PostgreSQL
+//! (Debian's package, as the tests use) and a moto server (`--moto-server`) are started.
+//! Everything started here is stopped here.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -35,12 +37,18 @@ pub(crate) struct FailoverArgs {
     /// Simulated workers (one EC2 instance each).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=4000))]
     pub(crate) workers: u32,
-    /// An empty PostgreSQL database for the replicas (`postgres://…`; never printed).
+    /// An empty PostgreSQL database for the replicas (`postgres://…`; never printed)
+    /// [default: a throwaway durable server started for the run].
     #[arg(long, env = "CCM_BENCH_DATABASE_URL", hide_env_values = true)]
-    pub(crate) database_url: String,
-    /// The AWS-compatible endpoint holding the instances (a moto server).
+    pub(crate) database_url: Option<String>,
+    /// The AWS-compatible endpoint holding the instances (a moto server)
+    /// [default: `--moto-server` started for the run].
     #[arg(long, env = "CCM_BENCH_AWS_ENDPOINT_URL")]
-    pub(crate) aws_endpoint_url: url::Url,
+    pub(crate) aws_endpoint_url: Option<url::Url>,
+    /// The `moto_server` binary to start when no `--aws-endpoint-url` is given
+    /// (`pip install 'moto[server]'`).
+    #[arg(long, env = "CCM_MOTO_SERVER", value_name = "PATH")]
+    pub(crate) moto_server: Option<PathBuf>,
     /// The image the instances are launched from.
     #[arg(long, default_value = DEFAULT_IMAGE)]
     pub(crate) image: String,
@@ -167,7 +175,13 @@ impl Sim {
     }
 }
 
-fn replica_config(port: u16, id: &str, a: &FailoverArgs, token_hash: &str) -> String {
+fn replica_config(
+    port: u16,
+    id: &str,
+    a: &FailoverArgs,
+    aws: &url::Url,
+    token_hash: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -201,7 +215,7 @@ activity_enabled = false
 "#,
         ttl = humantime::format_duration(a.lease_ttl),
         renew = humantime::format_duration(a.renew_interval),
-        aws = a.aws_endpoint_url,
+        aws = aws,
         tk = FLEET_TAG.0,
         tv = FLEET_TAG.1,
         cml = humantime::format_duration(a.cml_interval),
@@ -216,12 +230,61 @@ fn agent(id: &str) -> String {
 pub(crate) async fn run(a: FailoverArgs) -> anyhow::Result<Value> {
     let dir = std::env::temp_dir().join(format!("ccm-bench-failover-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    let result = tokio::time::timeout(a.timeout, measure(&a, &dir)).await;
+    let result = tokio::time::timeout(a.timeout, with_backends(&a, &dir)).await;
     let _ = std::fs::remove_dir_all(&dir);
     result.with_context(|| format!("the benchmark took longer than --timeout {:?}", a.timeout))?
 }
 
-async fn measure(a: &FailoverArgs, dir: &Path) -> anyhow::Result<Value> {
+/// Starts what was not given (PostgreSQL, moto), runs the measurement, stops them.
+async fn with_backends(a: &FailoverArgs, dir: &Path) -> anyhow::Result<Value> {
+    if a.aws_endpoint_url.is_none() && a.moto_server.is_none() {
+        bail!(
+            "give --aws-endpoint-url (a moto server) or --moto-server PATH (CCM_MOTO_SERVER) to start one"
+        );
+    }
+    let mut _pg = None;
+    let database_url = match &a.database_url {
+        Some(url) => url.clone(),
+        None => {
+            eprintln!("ccm bench: starting a throwaway PostgreSQL server");
+            let server = tokio::task::spawn_blocking(
+                ccm_store::testkit::postgres::TestPostgres::start_durable,
+            )
+            .await?
+            .map_err(|e| anyhow::anyhow!("{e} (or give --database-url)"))?;
+            let url = server
+                .create_database()
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            _pg = Some(server);
+            url.expose().to_owned()
+        }
+    };
+    let mut _moto = None;
+    let aws = match &a.aws_endpoint_url {
+        Some(url) => url.clone(),
+        None => {
+            let Some(binary) = a.moto_server.clone() else {
+                bail!("--moto-server is required without --aws-endpoint-url");
+            };
+            eprintln!("ccm bench: starting moto ({})", binary.display());
+            let moto = ccm_cloud_aws::moto::Moto::start_with(binary)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let url = url::Url::parse(&moto.url)?;
+            _moto = Some(moto);
+            url
+        }
+    };
+    measure(a, dir, &database_url, &aws).await
+}
+
+async fn measure(
+    a: &FailoverArgs,
+    dir: &Path,
+    database_url: &str,
+    aws_endpoint: &url::Url,
+) -> anyhow::Result<Value> {
     let started = Instant::now();
     let deadline = started + a.timeout;
     let exe = std::env::current_exe().context("cannot find the ccm binary")?;
@@ -274,7 +337,7 @@ async fn measure(a: &FailoverArgs, dir: &Path) -> anyhow::Result<Value> {
     let aws = Arc::new(
         AwsCloud::connect(&AwsConfig {
             regions: vec![region.clone()],
-            endpoint_url: Some(a.aws_endpoint_url.clone()),
+            endpoint_url: Some(aws_endpoint.clone()),
             access_key_id: Some("testing".to_owned()),
             secret_access_key: Some(Secret::new("testing")),
             ..AwsConfig::default()
@@ -313,13 +376,13 @@ async fn measure(a: &FailoverArgs, dir: &Path) -> anyhow::Result<Value> {
         let id = format!("bench-{i}");
         let port = free_port()?;
         let path = dir.join(format!("{id}.toml"));
-        std::fs::write(&path, replica_config(port, &id, a, &hash))?;
+        std::fs::write(&path, replica_config(port, &id, a, aws_endpoint, &hash))?;
         let mut kid = Kid::spawn(
             Command::new(&exe)
                 .args(["serve", "--config"])
                 .arg(&path)
                 .env_remove("CCM_CONFIG")
-                .env("CCM_DATABASE__URL", &a.database_url),
+                .env("CCM_DATABASE__URL", database_url),
             dir.join(format!("{id}.log")),
         )?;
         let base = format!("http://127.0.0.1:{port}");
