@@ -13,8 +13,9 @@ use ccm_domain::idle::{IdleAction, KeepReason};
 use ccm_domain::lab::LabRecord;
 use ccm_domain::licence::Licence;
 use ccm_domain::observed::Sourced;
+use ccm_domain::schedule::ScheduleState;
 use ccm_domain::service::Reason;
-use ccm_domain::worker::{CloudWatchMetrics, Counters, HistoryKind};
+use ccm_domain::worker::{ActivitySource, CloudWatchMetrics, Counters, HistoryKind};
 use ccm_domain::{Freshness, LabAction, Secret, StatusChecks, Worker};
 use ccm_engine::Engine;
 use chrono::{DateTime, Utc};
@@ -412,6 +413,8 @@ pub struct CountersView {
     pub idle_timeout: u64,
     /// By operators through ccm.
     pub manual: u64,
+    /// By an off-hours schedule.
+    pub schedule: u64,
     /// Outside ccm.
     pub external: u64,
 }
@@ -421,6 +424,7 @@ impl From<&Counters> for CountersView {
         Self {
             idle_timeout: c.idle_timeout,
             manual: c.manual,
+            schedule: c.schedule,
             external: c.external,
         }
     }
@@ -451,10 +455,61 @@ pub struct IdleView {
     /// `pause`, `would_pause` (dry run) or `keep`.
     pub action: String,
     /// Why it is kept (`not_running`, `not_idle`, `disabled_globally`, `disabled_for_worker`,
-    /// `snoozed`, `activity_unknown`).
+    /// `kept_awake`, `snoozed` (the grace after a resume), `activity_unknown`).
     pub keep_reason: Option<String>,
     /// For `not_idle` and `snoozed`: seconds left.
     pub remaining_seconds: Option<u64>,
+    /// When the policy would pause the worker if nothing happens meanwhile.
+    pub pause_at: Option<DateTime<Utc>>,
+    /// The warning before that pause is due (`idle.warning_before`).
+    pub warning: bool,
+    /// Whether running nodes count as use (`idle.running_nodes_count_as_use`).
+    pub running_nodes_count_as_use: bool,
+    /// The timeout that applies now, seconds (`idle.break_timeout` while the fleet is busy).
+    pub timeout_seconds: u64,
+    /// Whether the fleet counts as busy (`idle.busy_fleet_percent`).
+    pub fleet_busy: bool,
+}
+
+/// Where the latest activity came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ActivitySourceView {
+    /// `telemetry` or `running_nodes`.
+    pub kind: String,
+    /// For telemetry: the category (`start_lab`, `user_activity`, …).
+    pub category: Option<String>,
+    /// For telemetry: the CML user id, if the event names one.
+    pub user_id: Option<String>,
+    /// For running nodes: how many.
+    pub running_nodes: Option<u64>,
+}
+
+/// A "keep awake until" in force.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SnoozeView {
+    /// No idle pause or schedule stop before this.
+    pub until: DateTime<Utc>,
+    /// Who set it.
+    pub by: String,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// The off-hours schedule that applies to a worker, and where it stands now.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ScheduleView {
+    /// The rule's selector (`worker:<id>`, `tag:key=value`).
+    pub selector: String,
+    /// The windows, e.g. `Mon-Fri 19:00-07:00 Europe/Paris`.
+    pub off_hours: String,
+    /// `off_hours` or `working`.
+    pub state: String,
+    /// In off-hours: when they began.
+    pub since: Option<DateTime<Utc>>,
+    /// In off-hours: when they end (a worker the schedule stopped is started then).
+    pub until: Option<DateTime<Utc>>,
+    /// In working hours: the next start of off-hours.
+    pub next: Option<DateTime<Utc>>,
 }
 
 /// Activity, idle detection and pause/resume bookkeeping.
@@ -466,6 +521,18 @@ pub struct MonitoringView {
     pub detailed_monitoring: bool,
     /// Latest activity seen.
     pub last_activity: Option<DateTime<Utc>>,
+    /// What it was.
+    pub last_activity_source: Option<ActivitySourceView>,
+    /// Latest interaction (telemetry; running nodes excluded).
+    pub last_interaction: Option<DateTime<Utc>>,
+    /// Latest sync that found running nodes.
+    pub last_running_nodes_at: Option<DateTime<Utc>>,
+    /// Running nodes at the latest sync that read them.
+    pub running_nodes: Option<u64>,
+    /// The snooze in force, if any.
+    pub snooze: Option<SnoozeView>,
+    /// The off-hours schedule that applies, if any.
+    pub schedule: Option<ScheduleView>,
     /// When activity was last read.
     pub activity_checked_at: Option<DateTime<Utc>>,
     /// Last resume.
@@ -568,7 +635,8 @@ impl WorkerView {
         let settings = engine.settings().value;
         let max_age = settings.polling.stale_max_age;
         let m = &w.monitoring;
-        let decision = ccm_domain::idle::evaluate(w, &settings.idle, now);
+        let decision =
+            ccm_domain::idle::evaluate_in(w, &settings.idle, engine.fleet_busy_share(), now);
         let (action, keep_reason, remaining) = match &decision.action {
             IdleAction::Pause => ("pause", None, None),
             IdleAction::WouldPause => ("would_pause", None, None),
@@ -628,6 +696,44 @@ impl WorkerView {
                 idle_detection: m.idle_detection,
                 detailed_monitoring: m.detailed_monitoring,
                 last_activity: m.last_activity,
+                last_activity_source: m.last_activity_source.as_ref().map(|s| match s {
+                    ActivitySource::Telemetry { category, user_id } => ActivitySourceView {
+                        kind: "telemetry".into(),
+                        category: Some(category.clone()),
+                        user_id: user_id.clone(),
+                        running_nodes: None,
+                    },
+                    ActivitySource::RunningNodes { count } => ActivitySourceView {
+                        kind: "running_nodes".into(),
+                        category: None,
+                        user_id: None,
+                        running_nodes: Some(*count),
+                    },
+                }),
+                last_interaction: m.last_interaction,
+                last_running_nodes_at: m.last_running_nodes_at,
+                running_nodes: m.running_nodes,
+                snooze: w.snoozed_until(now).map(|s| SnoozeView {
+                    until: s.until,
+                    by: s.by.to_string(),
+                    at: s.at,
+                }),
+                schedule: ccm_domain::schedule::rule_for(&settings.schedules, w).map(|r| {
+                    let (state, since, until, next) = match r.off_hours.state_at(now) {
+                        ScheduleState::OffHours { since, until } => {
+                            ("off_hours", Some(since), Some(until), None)
+                        }
+                        ScheduleState::Working { next } => ("working", None, None, next),
+                    };
+                    ScheduleView {
+                        selector: r.selector.to_string(),
+                        off_hours: r.off_hours.to_string(),
+                        state: state.into(),
+                        since,
+                        until,
+                        next,
+                    }
+                }),
                 activity_checked_at: m.activity_checked_at,
                 last_resume: m.last_resume,
                 paused_at: m.paused_at,
@@ -655,6 +761,11 @@ impl WorkerView {
                     action: action.to_owned(),
                     keep_reason,
                     remaining_seconds: remaining,
+                    pause_at: decision.pause_at,
+                    warning: decision.warn,
+                    running_nodes_count_as_use: settings.idle.running_nodes_count_as_use,
+                    timeout_seconds: decision.timeout.as_secs(),
+                    fleet_busy: decision.fleet_busy,
                 },
             },
             created_at: w.created_at,
@@ -1392,6 +1503,27 @@ pub struct SavingsView {
     pub missing_prices: Vec<String>,
     /// Per worker, most saved first.
     pub workers: Vec<WorkerSavingsView>,
+    /// The tag key `groups` are split by (`?tag=`), if any.
+    pub group_tag: Option<String>,
+    /// Hours and money by ISO week, tag value and reason, oldest week first.
+    pub groups: Vec<SavingsGroupView>,
+}
+
+/// Savings of one (week, tag value, reason).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SavingsGroupView {
+    /// ISO week, e.g. `2026-W10` (weeks start Monday 00:00 UTC).
+    pub week: String,
+    /// The grouping tag's value (`""` when absent or with no grouping tag).
+    pub tag: String,
+    /// `idle_timeout`, `schedule` or `manual`.
+    pub reason: String,
+    /// Workers contributing.
+    pub workers: u64,
+    /// Instance-hours stopped.
+    pub hours: f64,
+    /// Money, over the workers whose price is known.
+    pub saved: f64,
 }
 
 impl From<ccm_domain::savings::SavingsReport> for SavingsView {
@@ -1414,6 +1546,19 @@ impl From<ccm_domain::savings::SavingsReport> for SavingsView {
                     saved: w.saved,
                     idle_pauses: w.idle_pauses,
                     manual_pauses: w.manual_pauses,
+                })
+                .collect(),
+            group_tag: r.group_tag,
+            groups: r
+                .groups
+                .into_iter()
+                .map(|g| SavingsGroupView {
+                    week: g.week,
+                    tag: g.tag,
+                    reason: g.reason,
+                    workers: g.workers,
+                    hours: g.hours,
+                    saved: g.saved,
                 })
                 .collect(),
         }
@@ -1523,6 +1668,18 @@ pub struct TagsRequest {
     /// Tag keys to remove.
     #[serde(default)]
     pub remove: Vec<String>,
+}
+
+/// Keep a worker awake: `until` (RFC 3339) or `for` (a duration such as `4h`), one of them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnoozeRequest {
+    /// Keep awake until this time.
+    #[serde(default)]
+    pub until: Option<DateTime<Utc>>,
+    /// Keep awake for this long from now (`90m`, `4h`, `1d`).
+    #[serde(default, rename = "for")]
+    pub for_: Option<String>,
 }
 
 /// Switch idle detection.

@@ -202,6 +202,11 @@ fn type_schema(ty: &str) -> Option<RefOr<Schema>> {
             .minimum(Some(0))
             .into(),
         "f64" => of_type(Type::Number),
+        "DateTime<Utc>" => ObjectBuilder::new()
+            .schema_type(Type::String)
+            .format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)))
+            .description(Some("RFC 3339, UTC."))
+            .into(),
         "Actor" => ObjectBuilder::new()
             .schema_type(Type::String)
             .description(Some(
@@ -301,10 +306,10 @@ fn lab_actions() -> Vec<LabAction> {
 
 fn pause_reasons() -> Vec<PauseReason> {
     use PauseReason as P;
-    let all = vec![P::IdleTimeout, P::Manual, P::External];
+    let all = vec![P::IdleTimeout, P::Manual, P::Schedule, P::External];
     for p in &all {
         match p {
-            P::IdleTimeout | P::Manual | P::External => {}
+            P::IdleTimeout | P::Manual | P::Schedule | P::External => {}
         }
     }
     all
@@ -312,10 +317,10 @@ fn pause_reasons() -> Vec<PauseReason> {
 
 fn resume_reasons() -> Vec<ResumeReason> {
     use ResumeReason as R;
-    let all = vec![R::Manual, R::External];
+    let all = vec![R::Manual, R::Schedule, R::External];
     for r in &all {
         match r {
-            R::Manual | R::External => {}
+            R::Manual | R::Schedule | R::External => {}
         }
     }
     all
@@ -357,7 +362,7 @@ mod tests {
         assert_eq!(json["required"], serde_json::json!(["reason"]), "{json}");
         assert_eq!(
             json["properties"]["reason"]["enum"],
-            serde_json::json!(["idle_timeout", "manual", "external"])
+            serde_json::json!(["idle_timeout", "manual", "schedule", "external"])
         );
         assert_eq!(
             json["properties"]["by"]["oneOf"][1]["type"], "null",

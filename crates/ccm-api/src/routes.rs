@@ -103,6 +103,8 @@ pub static ROUTES: &[RouteSpec] = &[
         MANAGER,
     ),
     r(Method::PUT, "/api/v1/workers/{id}/idle-detection", MANAGER),
+    r(Method::PUT, "/api/v1/workers/{id}/snooze", MANAGER),
+    r(Method::DELETE, "/api/v1/workers/{id}/snooze", MANAGER),
     r(Method::GET, "/api/v1/workers/{id}/metrics", VIEWER),
     r(Method::GET, "/api/v1/workers/{id}/events", VIEWER),
     r(Method::GET, "/api/v1/workers/{id}/labs", VIEWER),
@@ -282,6 +284,7 @@ fn parts() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(routes!(workers::tags))
         .routes(routes!(workers::detailed_monitoring))
         .routes(routes!(workers::idle_detection))
+        .routes(routes!(workers::snooze, workers::clear_snooze))
         .routes(routes!(workers::metrics_history))
         .routes(routes!(workers::events))
         .routes(routes!(labs::list, labs::import))

@@ -9,10 +9,20 @@
 // workers match or their order re-read the page (at most once a second).
 
 import { h, render, replaceChildren, fmtAgo, fmtPct, fmtNum, focusHeading, loading, errorBox } from './dom.js';
-import { get } from './api.js';
+import { get, put, seg } from './api.js';
 import { fleet, subscribe, applyView } from './live.js';
 import { EC2_STATES, SERVICE_STATES, ec2Badge, serviceBadge, breakerBadge, badge } from './badges.js';
 import { permitted } from './forms.js';
+import { notify, notifyError } from './dialog.js';
+
+// A worker about to be paused (idle or off-hours): a badge, and a one-click keep-awake.
+function pauseSoon(w) {
+  const idle = w.monitoring?.idle;
+  if (!idle?.warning || w.ec2_state !== 'running') return null;
+  return h('span', { class: 'pause-soon' },
+    badge('pause soon', 'warn', { title: `Will be paused at ${new Date(idle.pause_at).toLocaleTimeString()} unless used or kept awake` }),
+    h('button', { type: 'button', class: 'btn btn-small', dataset: { action: 'snooze', workerId: w.id } }, 'Keep awake 1 h'));
+}
 
 const PAGE = 100;
 const MAX_ROWS = 1000;
@@ -104,7 +114,8 @@ function table(rows, f) {
       h('tbody', null, rows.map((w) => h('tr', { 'data-key': w.id, dataset: { workerId: w.id, state: w.ec2_state } },
         h('th', { scope: 'row', class: 'cell-name' },
           h('a', { href: `#/workers/${w.id}`, class: 'worker-link' }, w.name),
-          h('span', { class: 'sub' }, w.instance_id || 'no instance')),
+          h('span', { class: 'sub' }, w.instance_id || 'no instance'),
+          pauseSoon(w)),
         h('td', { dataset: { col: 'state' } }, ec2Badge(w.ec2_state)),
         h('td', { dataset: { col: 'service' } }, serviceBadge(w.service?.status)),
         h('td', { class: 'hide-sm nowrap' }, w.region),
@@ -395,6 +406,14 @@ export function mountFleet(container, { params, session }) {
     if (e.target.closest('[data-action="more"]')) {
       f.limit = Math.min(MAX_ROWS, f.limit + PAGE);
       loadList();
+    }
+    const snooze = e.target.closest('[data-action="snooze"]');
+    if (snooze && !snooze.disabled) {
+      snooze.disabled = true;
+      const until = new Date(Date.now() + 3600 * 1000);
+      put(`/api/v1/workers/${seg(snooze.dataset.workerId)}/snooze`, { until: until.toISOString() })
+        .then((view) => { applyView(view); notify(`Kept awake until ${until.toLocaleTimeString()}`); redraw(); })
+        .catch((err) => { snooze.disabled = false; notifyError('Could not keep the worker awake', err); });
     }
   });
 

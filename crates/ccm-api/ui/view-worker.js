@@ -63,6 +63,19 @@ function reasonOf(w, action) {
   return w.action_reasons?.[action] || null;
 }
 
+// The end of a keep-awake preset, in the browser's time zone: `1h`, `4h`, or `tomorrow`
+// (09:00 the next day).
+export function snoozeUntil(preset, now) {
+  if (preset === 'tomorrow') {
+    const t = new Date(now);
+    t.setDate(t.getDate() + 1);
+    t.setHours(9, 0, 0, 0);
+    return t;
+  }
+  const hours = preset === '4h' ? 4 : 1;
+  return new Date(now.getTime() + hours * 3600 * 1000);
+}
+
 function eventSummary(ev) {
   const d = ev.data || {};
   const by = d.by ? ` by ${d.by}` : '';
@@ -75,6 +88,9 @@ function eventSummary(ev) {
     case 'ccm.worker.resumed': return `Resumed (${d.reason})${by}`;
     case 'ccm.worker.idle_detected': return `Idle for ${fmtDuration(d.idle_for_seconds)}: ${d.action}`;
     case 'ccm.worker.idle_detection_changed': return `Idle detection ${d.enabled ? 'on' : 'off'}${by}`;
+    case 'ccm.worker.idle_warning': return `Will be paused (${d.reason === 'schedule' ? 'off-hours' : 'idle'}) at ${new Date(d.at).toLocaleTimeString()} unless used or kept awake`;
+    case 'ccm.worker.snoozed': return `Kept awake until ${new Date(d.until).toLocaleString()}${by}`;
+    case 'ccm.worker.snooze_cleared': return `Keep-awake ended${by}`;
     case 'ccm.worker.tags_updated': return `Tags updated${by}`;
     case 'ccm.worker.refresh_skipped': return `Refresh skipped: ${d.reason}`;
     case 'ccm.worker.status_checks_changed': return `EC2 status checks: system ${d.system}, instance ${d.instance}`;
@@ -357,9 +373,33 @@ export function mountWorker(container, { args, session }) {
     const idleText = idle.action === 'pause' ? 'idle: will be paused'
       : idle.action === 'would_pause' ? 'idle: would be paused (dry run)'
         : idle.keep_reason === 'not_idle' ? `in use · idle in ${fmtDuration(idle.remaining_seconds)}`
-          : idle.keep_reason === 'snoozed' ? `snoozed after resume · ${fmtDuration(idle.remaining_seconds)} left`
-            : idle.keep_reason ? humanize(idle.keep_reason) : '—';
-    const counters = (c) => c ? `${c.idle_timeout} idle · ${c.manual} manual · ${c.external} external` : '—';
+          : idle.keep_reason === 'snoozed' ? `resumed recently · ${fmtDuration(idle.remaining_seconds)} of grace left`
+            : idle.keep_reason === 'kept_awake' ? 'kept awake'
+              : idle.keep_reason ? humanize(idle.keep_reason) : '—';
+    const counters = (c) => c ? `${c.idle_timeout} idle · ${c.schedule || 0} schedule · ${c.manual} manual · ${c.external} external` : '—';
+    const src = m.last_activity_source;
+    const source = !src ? '—'
+      : src.kind === 'running_nodes' ? `${src.running_nodes} running node${src.running_nodes === 1 ? '' : 's'}${idle.running_nodes_count_as_use ? '' : ' (not counted as use)'}`
+        : `telemetry: ${humanize(src.category || 'event')}${src.user_id ? ` · user ${src.user_id}` : ''}`;
+    const acts = idle.pause_at
+      ? h('span', { id: 'idle-pause-at' }, time(idle.pause_at), idle.warning ? [' ', badge('pause soon', 'warn')] : null)
+      : h('span', { id: 'idle-pause-at' }, 'never, as things stand');
+    const snooze = m.snooze;
+    const running = w.ec2_state === 'running';
+    const snoozeBusy = st.busy.has('snooze');
+    const snoozeRow = h('div', { class: 'snooze', id: 'snooze' },
+      snooze
+        ? h('span', null, 'Kept awake until ', time(snooze.until), h('span', { class: 'muted small' }, ` · set by ${snooze.by}`), ' ',
+          h('button', { type: 'button', class: 'btn btn-small', dataset: { action: 'snooze-clear' }, disabled: !canManage || snoozeBusy }, 'End'))
+        : h('span', { class: 'muted' }, 'Not kept awake. '),
+      h('span', { class: 'btn-group', role: 'group', 'aria-label': 'Keep awake' },
+        h('button', { type: 'button', class: 'btn btn-small', dataset: { action: 'snooze', preset: '1h' }, disabled: !canManage || !running || snoozeBusy }, 'Keep awake 1 h'),
+        h('button', { type: 'button', class: 'btn btn-small', dataset: { action: 'snooze', preset: '4h' }, disabled: !canManage || !running || snoozeBusy }, '4 h'),
+        h('button', { type: 'button', class: 'btn btn-small', dataset: { action: 'snooze', preset: 'tomorrow' }, disabled: !canManage || !running || snoozeBusy }, 'Until tomorrow 09:00')));
+    const sch = m.schedule;
+    const schedule = !sch ? 'none'
+      : h('span', { id: 'schedule' }, h('span', { class: 'mono small' }, sch.off_hours), ' · ',
+        sch.state === 'off_hours' ? ['off-hours until ', time(sch.until)] : ['next off-hours ', time(sch.next)]);
     return card('Monitoring', 'monitoring',
       h('div', { class: 'switch-row' },
         h('input', { type: 'checkbox', id: 'idle-detection', role: 'switch', class: 'switch', checked: !!m.idle_detection, disabled: !canManage || st.busy.has('idle'), 'aria-describedby': 'idle-detection-help' }),
@@ -369,6 +409,10 @@ export function mountWorker(container, { args, session }) {
         ['Idle policy', h('span', { id: 'idle-state' }, idleText)],
         ['Idle for', idle.idle_for_seconds != null ? fmtDuration(idle.idle_for_seconds) : '—'],
         ['Last activity', time(m.last_activity, true)],
+        ['Activity source', h('span', { id: 'activity-source' }, source)],
+        ['Policy acts', acts],
+        ['Keep awake', snoozeRow],
+        ['Schedule', schedule],
         ['Activity read', time(m.activity_checked_at, true)],
         ['Last resume', time(m.last_resume, true)],
         ['Paused', m.paused_at ? h('span', null, time(m.paused_at, true), ` (${m.pause_reason || '—'})`) : 'no'],
@@ -624,6 +668,13 @@ export function mountWorker(container, { args, session }) {
     const name = b.dataset.action;
     if (ACTIONS[name]) runWorkerAction(name);
     else if (LAB_ACTIONS[name]) runLabAction(name, b.dataset.lab);
+    else if (name === 'snooze') {
+      const until = snoozeUntil(b.dataset.preset, new Date());
+      simple('snooze', () => put(`/api/v1/workers/${seg(id)}/snooze`, { until: until.toISOString() }),
+        `Kept awake until ${until.toLocaleString()}`, 'Could not keep the worker awake');
+    } else if (name === 'snooze-clear') {
+      simple('snooze', () => del(`/api/v1/workers/${seg(id)}/snooze`), 'Keep-awake ended', 'Could not end the keep-awake');
+    }
     else if (name === 'lab-download') downloadLab(b.dataset.lab);
     else if (name === 'tag-remove') {
       const key = b.dataset.tag;

@@ -15,7 +15,10 @@
 //! `reset_counters` (also the user-agent counts and double polls), `set_ready`
 //! (`"ready": false`), `user_login`, `double_poll_window` (`"window": "1500ms"`: a worker
 //! called by two user agents less than this apart counts a double poll, see
-//! [`CounterSnapshot::double_polls`]; fleet-wide whatever the selector). Errors are
+//! [`CounterSnapshot::double_polls`]; fleet-wide whatever the selector), `user_start_lab`
+//! (imports a two-node lab as the non-admin user if it has none, and starts it), `user_stop_lab`,
+//! `set_clock` (`"now": RFC 3339`: the simulator's wall clock, fleet-wide, for harnesses that
+//! play a usage trace in simulated time; telemetry is stamped with it). Errors are
 //! `{code, description}` with status 400 or 404. Worker indices are fleet-wide, also when
 //! `ccm sim` runs shard processes (the parent forwards to them).
 
@@ -83,6 +86,15 @@ pub enum Action {
     },
     /// The non-admin user logs in (user_activity telemetry).
     UserLogin,
+    /// The non-admin user starts a lab (imported first if the user has none).
+    UserStartLab,
+    /// The non-admin user stops their lab.
+    UserStopLab,
+    /// Sets the simulator's wall clock (fleet-wide).
+    SetClock {
+        /// The time it reads now.
+        now: chrono::DateTime<chrono::Utc>,
+    },
     /// Sets the double-poll window of the whole fleet (see
     /// [`CounterSnapshot::double_polls`]); `"0s"` switches detection off.
     DoublePollWindow {

@@ -249,6 +249,17 @@ impl SimFleet {
                     Action::UserLogin => {
                         h.simulate_user_login();
                     }
+                    Action::UserStartLab => {
+                        if let Err(e) = h.start_user_lab() {
+                            tracing::debug!(worker = h.index(), error = %e, "user lab start refused");
+                        }
+                    }
+                    Action::UserStopLab => {
+                        if let Err(e) = h.stop_user_lab() {
+                            tracing::debug!(worker = h.index(), error = %e, "user lab stop refused");
+                        }
+                    }
+                    Action::SetClock { now } => h.set_wall_clock(now),
                     Action::DoublePollWindow { window } => {
                         let ms = u64::try_from(window.as_millis()).unwrap_or(u64::MAX);
                         w.shared.double_poll_window_ms.store(ms, Ordering::Relaxed);

@@ -741,6 +741,29 @@ impl SimWorker {
         Ok(w.with_state(|st, ctx| st.stop_lab(ctx, &lab.to_string(), user))?)
     }
 
+    /// The non-admin user starts their lab (importing the two-node demo lab first if they
+    /// have none): `import_lab`, `start_lab`, `queue_node` telemetry, then the nodes boot.
+    pub fn start_user_lab(&self) -> Result<(), SimError> {
+        let id = match self.user_lab() {
+            Some((id, _)) => id,
+            None => self.import_lab_as_user(crate::activity::DEMO_LAB)?,
+        };
+        self.start_lab_as_user(id)
+    }
+
+    /// The non-admin user stops their lab, if it runs.
+    pub fn stop_user_lab(&self) -> Result<(), SimError> {
+        match self.user_lab() {
+            Some((id, true)) => self.stop_lab_as_user(id),
+            _ => Ok(()),
+        }
+    }
+
+    /// Sets the fleet's wall clock to read `now` (see the control action `set_clock`).
+    pub fn set_wall_clock(&self, now: chrono::DateTime<chrono::Utc>) {
+        self.inner.shared.clock.set_wall(now);
+    }
+
     /// The user's first lab, and whether it is running (for the activity generator).
     pub(crate) fn user_lab(&self) -> Option<(Uuid, bool)> {
         self.inner.with_state(|st, _| st.user_lab(STUDENT_ID))

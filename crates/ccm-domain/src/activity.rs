@@ -51,12 +51,22 @@ pub fn latest_activity<'a>(
     own_user_id: Option<&str>,
     now: DateTime<Utc>,
 ) -> Option<DateTime<Utc>> {
+    latest_activity_event(events, own_user_id, now).map(|(at, _)| at)
+}
+
+/// The latest activity among `events` (rules of [`latest_activity`]) with the event itself,
+/// so that the worker page can say what it was and who caused it.
+pub fn latest_activity_event<'a>(
+    events: impl IntoIterator<Item = &'a TelemetryEvent>,
+    own_user_id: Option<&str>,
+    now: DateTime<Utc>,
+) -> Option<(DateTime<Utc>, &'a TelemetryEvent)> {
     let horizon = now + chrono::Duration::minutes(1);
     events
         .into_iter()
         .filter(|e| is_activity(e, own_user_id) && e.timestamp <= horizon)
-        .map(|e| e.timestamp.min(now))
-        .max()
+        .map(|e| (e.timestamp.min(now), e))
+        .max_by_key(|(at, _)| *at)
 }
 
 #[cfg(test)]
@@ -109,6 +119,9 @@ mod tests {
         ];
         let latest = latest_activity(&events, Some(OWN), now).unwrap();
         assert_eq!(latest, Utc.timestamp_opt(1_800_000_300, 0).unwrap());
+        let (_, event) = latest_activity_event(&events, Some(OWN), now).unwrap();
+        assert_eq!(event.category, "user_activity");
+        assert_eq!(event.user_id.as_deref(), Some(ALICE));
         assert_eq!(latest_activity(&[], Some(OWN), now), None);
     }
 

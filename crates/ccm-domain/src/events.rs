@@ -155,6 +155,16 @@ catalogue! {
     WorkerIdleDetected = "ccm.worker.idle_detected" {
         idle_for_seconds: u64, action: String, #[serde(default)] detail: Option<String>,
     }
+    /// The worker will be stopped soon unless someone uses it or keeps it awake: by the idle
+    /// policy (`reason` `idle_timeout`) or by its off-hours schedule (`schedule`), at `at`.
+    /// Sent once per coming pause; webhooks carry it like any logged event.
+    WorkerIdleWarning = "ccm.worker.idle_warning" {
+        reason: PauseReason, at: DateTime<Utc>, #[serde(default)] idle_for_seconds: u64,
+    }
+    /// Someone keeps the worker awake until `until` (no idle pause, no schedule stop).
+    WorkerSnoozed = "ccm.worker.snoozed" { until: DateTime<Utc>, by: Actor }
+    /// A snooze was ended before its time.
+    WorkerSnoozeCleared = "ccm.worker.snooze_cleared" { by: Actor }
     /// A CML sync finished (live view only).
     WorkerSynced = "ccm.worker.synced", transient {
         service: ServiceStatus,

@@ -23,6 +23,7 @@ pub mod licence;
 pub mod lifecycle;
 pub mod observed;
 pub mod savings;
+pub mod schedule;
 pub mod secret;
 pub mod service;
 pub mod settings;

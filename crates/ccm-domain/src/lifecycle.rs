@@ -10,6 +10,8 @@ pub enum PauseReason {
     IdleTimeout,
     /// An operator stopped or paused it through ccm.
     Manual,
+    /// Its off-hours schedule began (it is started again when the window ends).
+    Schedule,
     /// It was stopped outside ccm (console, CLI, scheduled action…).
     External,
 }
@@ -27,6 +29,8 @@ impl PauseReason {
 pub enum ResumeReason {
     /// An operator started or resumed it through ccm.
     Manual,
+    /// The off-hours window that stopped it ended.
+    Schedule,
     /// It was started outside ccm.
     External,
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::idle::IdleSettings;
+use crate::schedule::ScheduleRule;
 
 /// Settings operators change at run time.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -15,6 +16,9 @@ pub struct RuntimeSettings {
     pub idle: IdleSettings,
     /// What is polled, and how often.
     pub polling: PollingSettings,
+    /// Off-hours schedules, per worker (`worker:<id>`) or tag (`tag:key=value`): the first
+    /// rule naming a worker by id applies, else the first matching tag.
+    pub schedules: Vec<ScheduleRule>,
 }
 
 /// Poll intervals and switches. Each worker's polls are spread evenly over the interval.
@@ -150,6 +154,20 @@ impl RuntimeSettings {
             30 * day,
         )?;
         range("idle.activity_max_age", i.activity_max_age, s(10), day)?;
+        range("idle.warning_before", i.warning_before, s(0), day)?;
+        range("idle.break_timeout", i.break_timeout, s(60), 30 * day)?;
+        if i.busy_fleet_percent > 100 {
+            return Err(SettingsError {
+                key: "idle.busy_fleet_percent",
+                message: format!("{} is out of range (0 to 100)", i.busy_fleet_percent),
+            });
+        }
+        if self.schedules.len() > 1000 {
+            return Err(SettingsError {
+                key: "schedules",
+                message: format!("{} rules; at most 1000", self.schedules.len()),
+            });
+        }
         Ok(())
     }
 

@@ -255,6 +255,8 @@ pub struct Counters {
     pub idle_timeout: u64,
     /// Paused or resumed by an operator through ccm.
     pub manual: u64,
+    /// Stopped or started by an off-hours schedule.
+    pub schedule: u64,
     /// Stopped or started outside ccm.
     pub external: u64,
 }
@@ -266,7 +268,7 @@ pub struct HistoryEntry {
     pub at: DateTime<Utc>,
     /// `paused` or `resumed`.
     pub kind: HistoryKind,
-    /// The reason (`idle_timeout`, `manual`, `external`).
+    /// The reason (`idle_timeout`, `manual`, `schedule`, `external`).
     pub reason: String,
     /// Who, when ccm did it.
     pub by: Option<Actor>,
@@ -292,6 +294,16 @@ pub struct Monitoring {
     pub detailed_monitoring: bool,
     /// The latest activity seen (telemetry or running nodes).
     pub last_activity: Option<DateTime<Utc>>,
+    /// What the latest activity was (telemetry category and user, or running nodes).
+    pub last_activity_source: Option<ActivitySource>,
+    /// The latest interaction (telemetry in the activity categories; running nodes excluded).
+    pub last_interaction: Option<DateTime<Utc>>,
+    /// The latest CML sync that found running nodes.
+    pub last_running_nodes_at: Option<DateTime<Utc>>,
+    /// Running nodes at the latest sync that read them.
+    pub running_nodes: Option<u64>,
+    /// "Keep awake until": no idle pause and no schedule stop before `until`.
+    pub snooze: Option<Snooze>,
     /// When activity was last read successfully.
     pub activity_checked_at: Option<DateTime<Utc>>,
     /// When the worker was last resumed (seen starting).
@@ -312,9 +324,67 @@ pub struct Monitoring {
     pub resumes: Counters,
     /// The latest pauses and resumes, newest last.
     pub history: VecDeque<HistoryEntry>,
-    /// Seconds the worker spent stopped by ccm (idle or manual), closed intervals only.
+    /// Seconds the worker spent stopped by ccm (idle, schedule or manual), closed intervals
+    /// only.
     pub seconds_stopped_by_ccm: u64,
+    /// The same seconds by ISO week (`2026-W10`, weeks start Monday 00:00 UTC) and reason
+    /// (`idle_timeout`, `schedule`, `manual`), for the savings report; the latest
+    /// [`STOPPED_WEEKS`] weeks are kept.
+    pub stopped_by_week: BTreeMap<String, BTreeMap<String, u64>>,
 }
+
+/// How many weeks of [`Monitoring::stopped_by_week`] a worker keeps.
+pub const STOPPED_WEEKS: usize = 104;
+
+/// A "keep awake until" on a worker, with who set it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Snooze {
+    /// No idle pause or schedule stop before this.
+    pub until: DateTime<Utc>,
+    /// Who set it.
+    pub by: Actor,
+    /// When.
+    pub at: DateTime<Utc>,
+}
+
+/// Where the latest activity came from (the worker page explains the idle policy with it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum ActivitySource {
+    /// A telemetry event in an activity category.
+    Telemetry {
+        /// Its category, e.g. `start_lab`, `user_activity`.
+        category: String,
+        /// The CML user id it names, if any.
+        #[serde(default)]
+        user_id: Option<String>,
+    },
+    /// Nodes were running at a CML sync.
+    RunningNodes {
+        /// How many.
+        count: u64,
+    },
+}
+
+/// A snooze that cannot be set.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SnoozeError {
+    /// `until` is not in the future.
+    #[error("until must be in the future")]
+    InPast,
+    /// `until` is further away than allowed.
+    #[error("until must be at most {max_days} days ahead")]
+    TooFar {
+        /// The limit, in days.
+        max_days: i64,
+    },
+    /// The worker is terminated.
+    #[error("the worker is terminated")]
+    Terminated,
+}
+
+/// The longest snooze.
+pub const MAX_SNOOZE_DAYS: i64 = 14;
 
 impl Default for Monitoring {
     fn default() -> Self {
@@ -322,6 +392,11 @@ impl Default for Monitoring {
             idle_detection: true,
             detailed_monitoring: false,
             last_activity: None,
+            last_activity_source: None,
+            last_interaction: None,
+            last_running_nodes_at: None,
+            running_nodes: None,
+            snooze: None,
             activity_checked_at: None,
             last_resume: None,
             paused_at: None,
@@ -333,6 +408,7 @@ impl Default for Monitoring {
             resumes: Counters::default(),
             history: VecDeque::new(),
             seconds_stopped_by_ccm: 0,
+            stopped_by_week: BTreeMap::new(),
         }
     }
 }
@@ -738,6 +814,7 @@ impl Worker {
                 match reason {
                     PauseReason::IdleTimeout => m.pauses.idle_timeout += 1,
                     PauseReason::Manual => m.pauses.manual += 1,
+                    PauseReason::Schedule => m.pauses.schedule += 1,
                     PauseReason::External => m.pauses.external += 1,
                 }
                 m.paused_at = Some(now);
@@ -759,6 +836,7 @@ impl Worker {
                 };
                 match reason {
                     ResumeReason::Manual => m.resumes.manual += 1,
+                    ResumeReason::Schedule => m.resumes.schedule += 1,
                     ResumeReason::External => m.resumes.external += 1,
                 }
                 close_pause(m, now);
@@ -1014,10 +1092,12 @@ impl Worker {
                 .push((CmlCall::SystemHealth, apply(&mut self.cml.health, r, now)));
         }
         if let Some(r) = sync.stats {
-            if let CallResult::Ok(stats) = &r
-                && stats.running_nodes.unwrap_or(0) > 0
-            {
-                self.note_activity(now);
+            if let CallResult::Ok(stats) = &r {
+                self.monitoring.running_nodes = stats.running_nodes;
+                if let Some(count) = stats.running_nodes.filter(|n| *n > 0) {
+                    self.monitoring.last_running_nodes_at = Some(now);
+                    self.note_activity(now, ActivitySource::RunningNodes { count });
+                }
             }
             outcome
                 .calls
@@ -1133,17 +1213,86 @@ impl Worker {
 
     /// Records a successful read of activity: `latest` is the newest activity found, if any.
     pub fn record_activity_check(&mut self, latest: Option<DateTime<Utc>>, now: DateTime<Utc>) {
+        let unknown = |at| {
+            let source = ActivitySource::Telemetry {
+                category: "unknown".into(),
+                user_id: None,
+            };
+            (at, source)
+        };
+        self.record_interaction(latest.map(unknown), now);
+    }
+
+    /// Records a successful read of activity with what the newest interaction was (a
+    /// telemetry event: its category and user).
+    pub fn record_interaction(
+        &mut self,
+        latest: Option<(DateTime<Utc>, ActivitySource)>,
+        now: DateTime<Utc>,
+    ) {
         self.monitoring.activity_checked_at = Some(now);
-        if let Some(at) = latest {
-            self.note_activity(at);
+        if let Some((at, source)) = latest {
+            let m = &mut self.monitoring;
+            if m.last_interaction.is_none_or(|prev| at > prev) {
+                m.last_interaction = Some(at);
+            }
+            self.note_activity(at, source);
         }
     }
 
-    fn note_activity(&mut self, at: DateTime<Utc>) {
+    fn note_activity(&mut self, at: DateTime<Utc>, source: ActivitySource) {
         let m = &mut self.monitoring;
         if m.last_activity.is_none_or(|prev| at > prev) {
             m.last_activity = Some(at);
+            m.last_activity_source = Some(source);
         }
+    }
+
+    /// Keeps the worker awake until `until`: no idle pause and no schedule stop before then.
+    /// A snooze ends by itself; setting a new one replaces it.
+    pub fn snooze(
+        &mut self,
+        until: DateTime<Utc>,
+        by: &Actor,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EventKind>, SnoozeError> {
+        if self.ec2_state.is_final() {
+            return Err(SnoozeError::Terminated);
+        }
+        if until <= now {
+            return Err(SnoozeError::InPast);
+        }
+        if until - now > Duration::days(MAX_SNOOZE_DAYS) {
+            return Err(SnoozeError::TooFar {
+                max_days: MAX_SNOOZE_DAYS,
+            });
+        }
+        self.monitoring.snooze = Some(Snooze {
+            until,
+            by: by.clone(),
+            at: now,
+        });
+        self.touch(by, now);
+        Ok(vec![EventKind::WorkerSnoozed {
+            until,
+            by: by.clone(),
+        }])
+    }
+
+    /// Ends a snooze now (nothing happens when there is none in force).
+    pub fn clear_snooze(&mut self, by: &Actor, now: DateTime<Utc>) -> Vec<EventKind> {
+        match self.monitoring.snooze.take() {
+            Some(s) if s.until > now => {
+                self.touch(by, now);
+                vec![EventKind::WorkerSnoozeCleared { by: by.clone() }]
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// The snooze in force at `now`, if any.
+    pub fn snoozed_until(&self, now: DateTime<Utc>) -> Option<&Snooze> {
+        self.monitoring.snooze.as_ref().filter(|s| s.until > now)
     }
 
     /// Records the outcome of reading CloudWatch metrics.
@@ -1266,7 +1415,40 @@ fn close_pause(m: &mut Monitoring, now: DateTime<Utc>) {
         && reason.is_by_ccm()
     {
         m.seconds_stopped_by_ccm += (now - at).num_seconds().max(0) as u64;
+        let key = reason_text(&reason);
+        for (week, secs) in split_by_week(at, now) {
+            *m.stopped_by_week
+                .entry(week)
+                .or_default()
+                .entry(key.clone())
+                .or_default() += secs;
+        }
+        while m.stopped_by_week.len() > STOPPED_WEEKS {
+            m.stopped_by_week.pop_first();
+        }
     }
+}
+
+/// The ISO week of `t` (UTC), e.g. `2026-W10`.
+pub fn iso_week(t: DateTime<Utc>) -> String {
+    t.format("%G-W%V").to_string()
+}
+
+/// Splits `[from, to)` at ISO week boundaries (Monday 00:00 UTC): (week, seconds) in order.
+pub fn split_by_week(from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<(String, u64)> {
+    use chrono::{Datelike, TimeZone};
+    let mut out = Vec::new();
+    let mut start = from;
+    while start < to {
+        let date = start.date_naive();
+        let monday = date - Duration::days(i64::from(date.weekday().num_days_from_monday()));
+        let next = Utc.from_utc_datetime(&monday.and_hms_opt(0, 0, 0).unwrap_or_default())
+            + Duration::days(7);
+        let end = next.min(to);
+        out.push((iso_week(start), (end - start).num_seconds().max(0) as u64));
+        start = end;
+    }
+    out
 }
 
 fn push_history(

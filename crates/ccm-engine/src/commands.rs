@@ -11,9 +11,10 @@ use std::sync::Arc;
 use ccm_cloud::{CloudProvider, InstanceQuery};
 use ccm_domain::worker::EndpointPolicy;
 use ccm_domain::{
-    Actor, EventKind, InstanceId, PauseReason, Region, Worker, WorkerAction, WorkerId,
+    Actor, EventKind, InstanceId, PauseReason, Region, ResumeReason, Worker, WorkerAction, WorkerId,
 };
 use ccm_resilience::Resilience;
+use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 
 use crate::convert::observation;
@@ -248,6 +249,26 @@ impl WorkerCommands {
     }
 }
 
+impl WorkerCommands {
+    /// Keeps the worker awake until `until` (`None`: ends the snooze in force).
+    pub(crate) async fn snooze(
+        &self,
+        id: WorkerId,
+        until: Option<DateTime<Utc>>,
+        by: &Actor,
+    ) -> Result<Worker, EngineError> {
+        let now = self.state.now();
+        self.state
+            .change(id, |w| match until {
+                Some(until) => w
+                    .snooze(until, by, now)
+                    .map_err(|e| EngineError::invalid("until", e)),
+                None => Ok(w.clear_snooze(by, now)),
+            })
+            .await
+    }
+}
+
 impl IdlePause for WorkerCommands {
     fn pause_idle(&self, id: WorkerId) -> BoxFuture<'_, Result<(), EngineError>> {
         Box::pin(async move {
@@ -259,6 +280,67 @@ impl IdlePause for WorkerCommands {
             )
             .await
             .map(|_| ())
+        })
+    }
+
+    fn pause_scheduled(&self, id: WorkerId) -> BoxFuture<'_, Result<(), EngineError>> {
+        Box::pin(async move {
+            self.ec2_action(
+                id,
+                WorkerAction::Pause,
+                Some(PauseReason::Schedule),
+                &Actor::system("schedule"),
+            )
+            .await
+            .map(|_| ())
+        })
+    }
+
+    fn resume_scheduled(&self, id: WorkerId) -> BoxFuture<'_, Result<(), EngineError>> {
+        Box::pin(async move {
+            let now = self.state.now();
+            let by = Actor::system("schedule");
+            let worker = self
+                .state
+                .change(id, |w| {
+                    let events = w.request(WorkerAction::Resume, None, &by, now)?;
+                    // The pending start names the schedule as its reason.
+                    if let Some(p) = &mut w.monitoring.pending_resume {
+                        p.reason = ResumeReason::Schedule;
+                    }
+                    Ok::<_, EngineError>(events)
+                })
+                .await?;
+            let (Some(instance), region) = (worker.instance_id.clone(), worker.region.clone())
+            else {
+                return Err(EngineError::Conflict(
+                    "the worker has no EC2 instance yet".into(),
+                ));
+            };
+            match self
+                .cloud
+                .start_instances(&region, std::slice::from_ref(&instance))
+                .await
+            {
+                Ok(_) => {
+                    self.observe_instance(id, &region, &instance).await;
+                    Ok(())
+                }
+                Err(err) => {
+                    let message = err.to_string();
+                    let now = self.state.now();
+                    self.state
+                        .change(id, |w| {
+                            Ok::<_, EngineError>(w.action_failed(
+                                WorkerAction::Resume,
+                                &message,
+                                now,
+                            ))
+                        })
+                        .await?;
+                    Err(err.into())
+                }
+            }
         })
     }
 }

@@ -464,9 +464,22 @@ impl Engine {
         self.inner.ownership.clone()
     }
 
-    /// The savings report.
-    pub async fn savings(&self) -> Result<ccm_domain::savings::SavingsReport, EngineError> {
-        self.inner.state.savings(&self.inner.config.pricing).await
+    /// The share of the fleet in use as the idle policy last saw it (`None` before the first
+    /// activity cycle).
+    pub fn fleet_busy_share(&self) -> Option<f64> {
+        self.inner.state.busy_share().map(|(_, s)| s)
+    }
+
+    /// The savings report; its groups (week × reason) are also split by the value of tag
+    /// `group_tag` when given.
+    pub async fn savings(
+        &self,
+        group_tag: Option<&str>,
+    ) -> Result<ccm_domain::savings::SavingsReport, EngineError> {
+        self.inner
+            .state
+            .savings(&self.inner.config.pricing, group_tag)
+            .await
     }
 
     /// Health of the database, the scheduler (and the supervised tasks) and the providers.
@@ -687,6 +700,22 @@ impl Engine {
             .enable_detailed_monitoring(id, by)
             .instrument(command_span("detailed_monitoring", id))
             .await
+    }
+
+    /// Keeps a worker awake until `until`: no idle pause and no schedule stop before then
+    /// (at most 14 days ahead; ends by itself).
+    pub async fn snooze_worker(
+        &self,
+        id: WorkerId,
+        until: DateTime<Utc>,
+        by: &Actor,
+    ) -> Result<Worker, EngineError> {
+        self.inner.commands.snooze(id, Some(until), by).await
+    }
+
+    /// Ends a worker's snooze now.
+    pub async fn clear_snooze(&self, id: WorkerId, by: &Actor) -> Result<Worker, EngineError> {
+        self.inner.commands.snooze(id, None, by).await
     }
 
     /// Switches idle detection for one worker.

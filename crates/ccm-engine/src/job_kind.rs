@@ -26,6 +26,9 @@ pub enum JobKind {
     AutoImport,
     /// Deletes events past their retention.
     EventRetention,
+    /// Off-hours schedules: stops workers whose off-hours began, starts those they stopped
+    /// once they end, warns before a stop.
+    Schedules,
     /// Delivers the event log to webhooks. Run by `ccm-webhooks`' own loop, not by the
     /// engine's job runner, but granted through [`crate::Ownership`] like every fleet job
     /// (`Engine::ownership`), so that with several replicas exactly one delivers.
@@ -34,7 +37,7 @@ pub enum JobKind {
 
 impl JobKind {
     /// Every job.
-    pub const ALL: [JobKind; 8] = [
+    pub const ALL: [JobKind; 9] = [
         Self::Ec2Sync,
         Self::CmlSync,
         Self::Metrics,
@@ -42,6 +45,7 @@ impl JobKind {
         Self::Activity,
         Self::AutoImport,
         Self::EventRetention,
+        Self::Schedules,
         Self::Webhooks,
     ];
 
@@ -55,6 +59,7 @@ impl JobKind {
             Self::Activity => "activity",
             Self::AutoImport => "auto_import",
             Self::EventRetention => "event_retention",
+            Self::Schedules => "schedules",
             Self::Webhooks => "webhooks",
         }
     }
@@ -74,6 +79,7 @@ impl JobKind {
             Self::Activity => (p.activity_enabled, p.activity_interval),
             Self::AutoImport => (p.auto_import_enabled, p.auto_import_interval),
             Self::EventRetention => (true, Duration::from_secs(3600)),
+            Self::Schedules => (p.activity_enabled, Duration::from_secs(60)),
             // Event-driven (woken by new events); the interval is its fallback poll.
             Self::Webhooks => (true, Duration::from_secs(5)),
         }

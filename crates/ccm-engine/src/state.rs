@@ -32,6 +32,9 @@ pub(crate) struct State {
     fleet: Fleet,
     settings: watch::Sender<Versioned<RuntimeSettings>>,
     writer: Mutex<Option<WriterHandle>>,
+    /// The share of the fleet in use, and when it was computed (the idle policy's
+    /// `busy_fleet_percent`).
+    busy: Mutex<Option<(DateTime<Utc>, f64)>>,
 }
 
 impl State {
@@ -66,12 +69,23 @@ impl State {
             fleet,
             settings: watch::Sender::new(settings),
             writer: Mutex::new(None),
+            busy: Mutex::new(None),
         })
     }
 
     /// The current time, as the engine sees it.
     pub(crate) fn now(&self) -> DateTime<Utc> {
         self.clock.now()
+    }
+
+    /// The share of the fleet in use as last computed, with when.
+    pub(crate) fn busy_share(&self) -> Option<(DateTime<Utc>, f64)> {
+        *self.busy.lock()
+    }
+
+    /// Records the share of the fleet in use.
+    pub(crate) fn set_busy_share(&self, at: DateTime<Utc>, share: f64) {
+        *self.busy.lock() = Some((at, share));
     }
 
     /// The store.
@@ -381,16 +395,18 @@ impl State {
         Ok(self.store.list_labs(id).await?)
     }
 
-    /// The savings report at `pricing`.
+    /// The savings report at `pricing`, its groups split by the value of tag `group_tag`.
     pub(crate) async fn savings(
         &self,
         pricing: &PricingConfig,
+        group_tag: Option<&str>,
     ) -> Result<ccm_domain::savings::SavingsReport, EngineError> {
         let all = self.store.list(&WorkerFilter::default()).await?;
         Ok(ccm_domain::savings::savings_report(
             &all.items,
             &pricing.hourly,
             &pricing.currency,
+            group_tag,
             self.now(),
         ))
     }

@@ -191,6 +191,10 @@ fn idle_settings(timeout_min: u64, snooze_min: u64, dry_run: bool) -> RuntimeSet
         snooze_after_resume: Duration::from_secs(snooze_min * 60),
         dry_run,
         activity_max_age: Duration::from_secs(15 * 60),
+        // The plain timeout: no longer break timeout while half of these tiny fleets is busy
+        // (that rule has its own test in economics.rs).
+        busy_fleet_percent: 0,
+        ..IdleSettings::default()
     };
     s
 }

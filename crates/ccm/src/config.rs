@@ -68,6 +68,8 @@ pub(crate) struct Config {
     pub(crate) idle: ccm_domain::idle::IdleSettings,
     /// Initial poll intervals and switches (runtime settings, as `idle`).
     pub(crate) polling: ccm_domain::settings::PollingSettings,
+    /// Initial off-hours schedules (runtime settings, as `idle`).
+    pub(crate) schedules: Vec<ccm_domain::schedule::ScheduleRule>,
     /// Outbound events: `[[webhooks]]` entries (none by default; the example documents them
     /// commented out, and a test parses that block).
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -162,6 +164,7 @@ impl Config {
         let runtime = ccm_domain::RuntimeSettings {
             idle: self.idle.clone(),
             polling: self.polling.clone(),
+            schedules: self.schedules.clone(),
         };
         runtime.validate().map_err(|e| e.to_string())?;
         Ok(())
@@ -184,6 +187,7 @@ impl Config {
         ccm_domain::RuntimeSettings {
             idle: self.idle.clone(),
             polling: self.polling.clone(),
+            schedules: self.schedules.clone(),
         }
     }
 }

@@ -255,6 +255,79 @@ async fn bench_sync_should_refuse_a_missing_seed_poller_in_one_line_before_start
     }
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_idle_should_name_the_bad_line_of_a_trace_and_report_a_small_one_with_its_chart() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.trace");
+    std::fs::write(
+        &bad,
+        "start 2026-03-02\ndays 1\nworkers 2\non Mon 09:00 10:00 sleeping\n",
+    )
+    .unwrap();
+    let out = Command::new(CCM)
+        .args(["bench", "idle", "--trace", bad.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(64), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("bad.trace:4"), "{stderr}");
+    assert!(stderr.contains("sleeping"), "{stderr}");
+
+    // Two workers for a day: one in use 09:00-11:00, one never. The baselines that act on the
+    // cloud alone run in a second or two.
+    let small = dir.path().join("small.trace");
+    std::fs::write(
+        &small,
+        "name small\nstart 2026-03-02\ndays 1\nworkers 2\non Mon 09:00 11:00 interactive workers 1\n",
+    )
+    .unwrap();
+    let svg = dir.path().join("chart.svg");
+    let run = Command::new(CCM)
+        .args(["bench", "idle", "--trace", small.to_str().unwrap()])
+        .args([
+            "--policies",
+            "fixed-schedule,cpu-threshold",
+            "--tick",
+            "15m",
+        ])
+        .args(["--svg", svg.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("a one-day trace of two workers should finish")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let reports: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report = &reports[0];
+    assert_eq!(report["trace"], "small");
+    assert_eq!(report["workers"], 2);
+    let policies: Vec<&str> = report["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["policy"].as_str().unwrap())
+        .collect();
+    assert_eq!(policies, ["fixed-schedule", "cpu-threshold"]);
+    // Idle per the trace: 22 h + 24 h; the schedule keeps both off outside 08-18 (14 h each).
+    let schedule = &report["policies"][0];
+    assert!(
+        (num(schedule, "idle_hours") - 46.0).abs() < 0.01,
+        "{schedule}"
+    );
+    assert!(num(schedule, "instance_hours") <= 20.5, "{schedule}");
+    assert!(stderr.contains("fixed-schedule"), "the table: {stderr}");
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        chart.starts_with("<svg") && chart.contains("small"),
+        "{chart}"
+    );
+}
+
 /// `GET url`, a success status, and its JSON body.
 async fn get_json(http: &reqwest::Client, url: &str) -> Value {
     http.get(url)

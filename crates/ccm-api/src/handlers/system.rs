@@ -7,6 +7,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use ccm_domain::RuntimeSettings;
 use ccm_resilience::BreakerState;
+use serde::Deserialize;
+use utoipa::IntoParams;
 
 use crate::auth::Caller;
 use crate::dto::{
@@ -14,7 +16,7 @@ use crate::dto::{
     ProvisioningView, ReplicaList, ReplicaView, ResilienceView, SavingsView, SettingsView,
 };
 use crate::error::{ApiError, ApiResult, Problem};
-use crate::extract::{JobPath, JsonBody};
+use crate::extract::{JobPath, JsonBody, Query};
 use crate::state::ApiState;
 
 /// Health of the database, the scheduler and the cloud provider.
@@ -180,16 +182,70 @@ pub(crate) async fn run_job(
     Ok(Json(view))
 }
 
-/// The savings report: instance-hours (and money) ccm saved by stopping workers.
+/// Parameters of the savings report.
+#[derive(Debug, Clone, Default, Deserialize, IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub(crate) struct SavingsQuery {
+    /// `json` (the default) or `csv` (the groups: week, tag, reason, workers, hours, saved).
+    #[serde(default)]
+    pub format: Option<String>,
+    /// A tag key: the groups are also split by its value (e.g. `team`).
+    #[serde(default)]
+    pub tag: Option<String>,
+}
+
+/// The savings report: instance-hours (and money) ccm saved by stopping workers, in total,
+/// per worker, and by ISO week, tag value and reason (idle, schedule, manual); `?format=csv`
+/// gives the groups as CSV.
 #[utoipa::path(
     get, path = "/api/v1/system/savings", tag = "system",
+    params(SavingsQuery),
     responses(
-        (status = 200, body = SavingsView),
+        (status = 200, body = SavingsView, content_type = "application/json"),
+        (status = 200, description = "`?format=csv`", body = String, content_type = "text/csv"),
+        (status = 400, body = Problem, content_type = "application/problem+json"),
         (status = 503, body = Problem, content_type = "application/problem+json"),
     )
 )]
-pub(crate) async fn savings(State(state): State<ApiState>) -> ApiResult<Json<SavingsView>> {
-    Ok(Json(state.engine().savings().await?.into()))
+pub(crate) async fn savings(
+    State(state): State<ApiState>,
+    Query(q): Query<SavingsQuery>,
+) -> ApiResult<Response> {
+    let csv = match q.format.as_deref() {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                Some("format"),
+                "format must be json or csv",
+            ));
+        }
+    };
+    if let Some(tag) = &q.tag
+        && (tag.is_empty() || tag.len() > 128)
+    {
+        return Err(ApiError::bad_request(
+            Some("tag"),
+            "a tag key has 1 to 128 characters",
+        ));
+    }
+    let report = state.engine().savings(q.tag.as_deref()).await?;
+    if csv {
+        let body = ccm_domain::savings::groups_csv(&report);
+        return Ok((
+            [
+                (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"ccm-savings.csv\"",
+                ),
+            ],
+            body,
+        )
+            .into_response());
+    }
+    Ok(Json(SavingsView::from(report)).into_response())
 }
 
 fn settings_response(v: ccm_store::Versioned<RuntimeSettings>) -> Response {

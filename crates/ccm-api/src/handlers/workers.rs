@@ -23,7 +23,7 @@ use crate::auth::{Caller, Role};
 use crate::dto::{
     CreateWorkerRequest, EventPage, EventRecord, IdleDetectionRequest, ImagePreviewView, ImageView,
     ImportPreviewView, ImportView, ImportWorkersRequest, MetricsHistory, MetricsPointView, Order,
-    RefreshView, SortKey, TagsRequest, WorkerListQuery, WorkerPage, WorkerView,
+    RefreshView, SnoozeRequest, SortKey, TagsRequest, WorkerListQuery, WorkerPage, WorkerView,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, Query, WorkerPath, split_list};
@@ -575,6 +575,74 @@ pub(crate) async fn idle_detection(
         .engine()
         .set_idle_detection(id, req.enabled, &caller.actor())
         .await?;
+    Ok(Json(WorkerView::new(&w, state.engine())))
+}
+
+/// Keep a worker awake until a time (`until`) or for a while (`for`): no idle pause and no
+/// schedule stop before then (at most 14 days; it ends by itself).
+#[utoipa::path(
+    put, path = "/api/v1/workers/{id}/snooze", tag = "workers",
+    params(("id" = uuid::Uuid, Path, description = "Worker id")),
+    request_body = SnoozeRequest,
+    responses(
+        (status = 200, body = WorkerView),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+        (status = 422, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn snooze(
+    State(state): State<ApiState>,
+    caller: Caller,
+    WorkerPath(id): WorkerPath,
+    JsonBody(req): JsonBody<SnoozeRequest>,
+) -> ApiResult<Json<WorkerView>> {
+    let now = state.engine().now();
+    let until = match (req.until, req.for_.as_deref()) {
+        (Some(until), None) => until,
+        (None, Some(text)) => {
+            let d = humantime::parse_duration(text.trim()).map_err(|_| {
+                ApiError::invalid(
+                    "for",
+                    format!(
+                        "{:?} is not a duration (e.g. 90m, 4h)",
+                        text.chars().take(40).collect::<String>()
+                    ),
+                )
+            })?;
+            chrono::Duration::from_std(d)
+                .ok()
+                .and_then(|d| now.checked_add_signed(d))
+                .ok_or_else(|| ApiError::invalid("for", "the duration is too long"))?
+        }
+        _ => {
+            return Err(ApiError::invalid(
+                "until",
+                "give either until (a time) or for (a duration)",
+            ));
+        }
+    };
+    let w = state
+        .engine()
+        .snooze_worker(id, until, &caller.actor())
+        .await?;
+    Ok(Json(WorkerView::new(&w, state.engine())))
+}
+
+/// End a worker's snooze now.
+#[utoipa::path(
+    delete, path = "/api/v1/workers/{id}/snooze", tag = "workers",
+    params(("id" = uuid::Uuid, Path, description = "Worker id")),
+    responses(
+        (status = 200, body = WorkerView),
+        (status = 404, body = Problem, content_type = "application/problem+json"),
+    )
+)]
+pub(crate) async fn clear_snooze(
+    State(state): State<ApiState>,
+    caller: Caller,
+    WorkerPath(id): WorkerPath,
+) -> ApiResult<Json<WorkerView>> {
+    let w = state.engine().clear_snooze(id, &caller.actor()).await?;
     Ok(Json(WorkerView::new(&w, state.engine())))
 }
 

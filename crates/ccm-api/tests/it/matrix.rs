@@ -67,6 +67,13 @@ fn expected() -> Vec<(Method, &'static str, Option<Role>, Option<Value>)> {
             m,
             Some(json!({"enabled": true})),
         ),
+        (
+            M::PUT,
+            "/api/v1/workers/{id}/snooze",
+            m,
+            Some(json!({"for": "1h"})),
+        ),
+        (M::DELETE, "/api/v1/workers/{id}/snooze", m, None),
         (M::GET, "/api/v1/workers/{id}/metrics", v, None),
         (M::GET, "/api/v1/workers/{id}/events", v, None),
         (M::GET, "/api/v1/workers/{id}/labs", v, None),

@@ -601,6 +601,109 @@ async fn events_of_a_worker_should_page_backwards_and_metrics_history_should_ans
 }
 
 #[tokio::test]
+async fn a_snooze_should_be_set_shown_with_who_set_it_and_ended() {
+    let api = TestApi::start(129, 1).await;
+    let id = api.workers().await[0].id.to_string();
+    let path = format!("/api/v1/workers/{id}/snooze");
+    let w = api
+        .call(
+            Method::PUT,
+            &path,
+            Some(MANAGER),
+            Some(json!({"for": "4h"})),
+        )
+        .await
+        .ok(200);
+    let s = &w["monitoring"]["snooze"];
+    assert_eq!(s["by"], "token:manager", "{w}");
+    let until = chrono::DateTime::parse_from_rfc3339(s["until"].as_str().unwrap()).unwrap();
+    let at = chrono::DateTime::parse_from_rfc3339(s["at"].as_str().unwrap()).unwrap();
+    assert_eq!((until - at).num_minutes(), 240);
+    // The policy would act when the snooze ends, not before.
+    let pause_at = w["monitoring"]["idle"]["pause_at"].as_str().unwrap();
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(pause_at).unwrap(),
+        until,
+        "{w}"
+    );
+    // An explicit time works too; the latest snooze wins.
+    let later = (at + chrono::Duration::hours(6)).to_rfc3339();
+    let w = api
+        .call(
+            Method::PUT,
+            &path,
+            Some(MANAGER),
+            Some(json!({"until": later})),
+        )
+        .await
+        .ok(200);
+    assert_eq!(
+        chrono::DateTime::parse_from_rfc3339(w["monitoring"]["snooze"]["until"].as_str().unwrap())
+            .unwrap(),
+        at + chrono::Duration::hours(6)
+    );
+    // Bad input: named, never a 500.
+    for (body, field) in [
+        (json!({}), "until"),
+        (json!({"for": "soon"}), "for"),
+        (json!({"for": "1h", "until": later}), "until"),
+        (json!({"until": "2001-01-01T00:00:00Z"}), "until"),
+        (json!({"for": "30d"}), "until"),
+        (json!({"until": "tomorrow"}), "until"),
+    ] {
+        let p = api
+            .call(Method::PUT, &path, Some(MANAGER), Some(body.clone()))
+            .await
+            .problem(422);
+        assert_eq!(p["field"], field, "{body}: {p}");
+    }
+    // A viewer may not.
+    api.call(Method::PUT, &path, Some(VIEWER), Some(json!({"for": "1h"})))
+        .await
+        .problem(403);
+    let w = api
+        .call(Method::DELETE, &path, Some(MANAGER), None)
+        .await
+        .ok(200);
+    assert!(w["monitoring"]["snooze"].is_null(), "{w}");
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
+async fn savings_should_come_as_json_groups_or_csv() {
+    let api = TestApi::start(130, 1).await;
+    let s = api
+        .get("/api/v1/system/savings?tag=team", VIEWER)
+        .await
+        .ok(200);
+    assert_eq!(s["group_tag"], "team");
+    assert!(s["groups"].is_array(), "{s}");
+    let res = api.get("/api/v1/system/savings?format=csv", VIEWER).await;
+    assert_eq!(res.status, 200);
+    assert_eq!(
+        res.headers["content-type"].to_str().unwrap(),
+        "text/csv; charset=utf-8"
+    );
+    assert!(
+        res.text()
+            .starts_with("week,tag:tag,reason,workers,hours,saved,currency\r\n"),
+        "{}",
+        res.text()
+    );
+    let p = api
+        .get("/api/v1/system/savings?format=xml", VIEWER)
+        .await
+        .problem(400);
+    assert_eq!(p["field"], "format");
+    let p = api
+        .get("/api/v1/system/savings?colour=red", VIEWER)
+        .await
+        .problem(400);
+    assert!(p["detail"].as_str().unwrap().contains("colour"), "{p}");
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
 async fn the_provisioning_options_should_offer_the_allowed_types_regions_and_filters() {
     let api = TestApi::start_with(171, 1, |o, _, _| {
         o.engine.provisioning.allowed_instance_types = vec!["c5.metal".into(), "m5zn.metal".into()];

@@ -284,10 +284,11 @@ fn pauses_should_be_counted_by_their_true_reason() {
             "{asked:?} seen after {seen}s"
         );
         let c = &w.monitoring.pauses;
-        assert_eq!(c.idle_timeout + c.manual + c.external, 1);
+        assert_eq!(c.idle_timeout + c.manual + c.schedule + c.external, 1);
         let counted = match expected {
             PauseReason::IdleTimeout => c.idle_timeout,
             PauseReason::Manual => c.manual,
+            PauseReason::Schedule => c.schedule,
             PauseReason::External => c.external,
         };
         assert_eq!(counted, 1);

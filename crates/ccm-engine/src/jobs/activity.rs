@@ -1,12 +1,14 @@
-//! Activity and the idle policy: reads the worker's telemetry, keeps the latest activity
-//! (ccm's own logins excluded, by its CML user id), then evaluates the idle policy and pauses
-//! the worker when it says so.
+//! Activity and the idle policy: reads the worker's telemetry, keeps the latest activity and
+//! what it was (ccm's own logins excluded, by its CML user id), then evaluates the idle policy:
+//! warns `warning_before` the pause (`ccm.worker.idle_warning`, once per coming pause) and
+//! pauses the worker when it says so.
 
 use std::sync::Arc;
 
-use ccm_domain::activity::latest_activity;
-use ccm_domain::idle::{IdleAction, evaluate};
-use ccm_domain::{CmlCall, EventKind, WorkerId};
+use ccm_domain::activity::latest_activity_event;
+use ccm_domain::idle::{IdleAction, evaluate_in};
+use ccm_domain::worker::ActivitySource;
+use ccm_domain::{CmlCall, EventKind, PauseReason, WorkerId};
 
 use crate::error::JobError;
 use crate::jobs::cml::target_of;
@@ -33,7 +35,13 @@ pub(crate) async fn read_activity(
     let own = cml.own_user_id(&target);
     let events = ccm_cml::models::telemetry_to_domain(events);
     let now = ctx.now();
-    let latest = latest_activity(&events, own.as_deref(), now);
+    let latest = latest_activity_event(&events, own.as_deref(), now).map(|(at, e)| {
+        let source = ActivitySource::Telemetry {
+            category: e.category.clone(),
+            user_id: e.user_id.clone(),
+        };
+        (at, source)
+    });
     ctx.apply(
         grant,
         id,
@@ -41,7 +49,7 @@ pub(crate) async fn read_activity(
             if let Some(own) = &own {
                 w.cml.own_user_id = Some(own.clone());
             }
-            w.record_activity_check(latest, now);
+            w.record_interaction(latest.clone(), now);
             Vec::new()
         }),
     )
@@ -58,8 +66,28 @@ pub(crate) async fn evaluate_idle(
 ) -> Result<(), JobError> {
     let worker = ctx.worker(id).await?;
     let settings = ctx.settings().idle;
-    let decision = evaluate(&worker, &settings, ctx.now());
+    let share = if settings.busy_fleet_percent > 0 {
+        Some(ctx.fleet_busy_share().await?)
+    } else {
+        None
+    };
+    let decision = evaluate_in(&worker, &settings, share, ctx.now());
     let label = decision.action.label();
+    if let Some(at) = decision.pause_at.filter(|_| decision.warn)
+        && decision.action != IdleAction::Pause
+        && ctx.note_warning(id, at)
+    {
+        ctx.emit(
+            grant,
+            Some(id),
+            vec![EventKind::WorkerIdleWarning {
+                reason: PauseReason::IdleTimeout,
+                at,
+                idle_for_seconds: decision.idle_for.as_secs(),
+            }],
+        )
+        .await;
+    }
     if !decision.idle {
         ctx.clear_idle(id);
         return Ok(());

@@ -31,10 +31,15 @@ use crate::state::State;
 use crate::types::ImportReport;
 use crate::writer::Mutation;
 
-/// The idle policy's one command: pause this worker because it is idle.
+/// The idle policy's and the schedules' commands: pause this worker because it is idle or
+/// its off-hours began; start it again because its off-hours ended.
 pub(crate) trait IdlePause: Send + Sync {
     /// Pauses the worker (reason `idle_timeout`, by `system:idle`).
     fn pause_idle(&self, id: WorkerId) -> BoxFuture<'_, Result<(), EngineError>>;
+    /// Pauses the worker (reason `schedule`, by `system:schedule`).
+    fn pause_scheduled(&self, id: WorkerId) -> BoxFuture<'_, Result<(), EngineError>>;
+    /// Starts the worker again (reason `schedule`, by `system:schedule`).
+    fn resume_scheduled(&self, id: WorkerId) -> BoxFuture<'_, Result<(), EngineError>>;
 }
 
 /// The auto-import job's one command: import what the `[import]` filter matches.
@@ -77,6 +82,8 @@ pub(crate) struct JobContext {
     event_retention: Duration,
     /// The idle decision last announced per worker (one event per change, not per poll).
     idle_marks: DashMap<WorkerId, String>,
+    /// The pause time last warned about per worker (one warning per coming pause).
+    warn_marks: DashMap<WorkerId, DateTime<Utc>>,
 }
 
 impl JobContext {
@@ -92,6 +99,7 @@ impl JobContext {
             import: parts.import,
             event_retention: parts.event_retention,
             idle_marks: DashMap::new(),
+            warn_marks: DashMap::new(),
         }
     }
 
@@ -192,6 +200,42 @@ impl JobContext {
     /// Forgets a worker's idle decision (it is busy, or was paused).
     pub(crate) fn clear_idle(&self, id: WorkerId) {
         self.idle_marks.remove(&id);
+    }
+
+    /// Remembers that a pause at `at` was warned about; `true` when it had not been.
+    pub(crate) fn note_warning(&self, id: WorkerId, at: DateTime<Utc>) -> bool {
+        self.warn_marks.insert(id, at) != Some(at)
+    }
+
+    /// The share of this process's fleet in use (the idle policy's busy fleet), computed at
+    /// most once a minute of engine time.
+    pub(crate) async fn fleet_busy_share(&self) -> Result<f64, JobError> {
+        let now = self.now();
+        if let Some((at, share)) = self.state.busy_share()
+            && now >= at
+            && now - at < chrono::Duration::seconds(60)
+        {
+            return Ok(share);
+        }
+        let settings = self.settings().idle;
+        let workers = self.owned_workers().await?;
+        let share = ccm_domain::idle::busy_share(&workers, &settings, now);
+        self.state.set_busy_share(now, share);
+        Ok(share)
+    }
+
+    /// Every worker this process owns, from the store (fleet jobs that need whole records).
+    pub(crate) async fn owned_workers(&self) -> Result<Vec<Worker>, JobError> {
+        let all = self
+            .store()
+            .list(&ccm_store::WorkerFilter::default())
+            .await
+            .map_err(JobError::Store)?;
+        Ok(all
+            .items
+            .into_iter()
+            .filter(|w| self.ownership.owns_worker(w.id).is_some())
+            .collect())
     }
 
     // === writes (under a grant) ===
@@ -340,6 +384,36 @@ impl JobContext {
             .pause_idle(id)
             .await
             .map_err(|e| JobError::command("idle pause", e))
+    }
+
+    /// Pauses a worker whose off-hours began.
+    pub(crate) async fn pause_scheduled(
+        &self,
+        grant: &Grant,
+        id: WorkerId,
+    ) -> Result<(), JobError> {
+        if !self.held(grant) {
+            return Err(JobError::NotHeld);
+        }
+        self.pause
+            .pause_scheduled(id)
+            .await
+            .map_err(|e| JobError::command("schedule pause", e))
+    }
+
+    /// Starts a worker whose off-hours ended.
+    pub(crate) async fn resume_scheduled(
+        &self,
+        grant: &Grant,
+        id: WorkerId,
+    ) -> Result<(), JobError> {
+        if !self.held(grant) {
+            return Err(JobError::NotHeld);
+        }
+        self.pause
+            .resume_scheduled(id)
+            .await
+            .map_err(|e| JobError::command("schedule start", e))
     }
 
     /// Imports what the `[import]` filter matches.

@@ -27,6 +27,7 @@ mod ec2;
 mod gates;
 mod labs;
 mod metrics;
+mod schedule;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -545,6 +546,7 @@ async fn regional_job(ctx: &JobContext, job: JobKind) -> Result<(), JobError> {
 async fn global_job(ctx: &JobContext, grant: &Grant, job: JobKind) -> Result<(), JobError> {
     match job {
         JobKind::AutoImport => ctx.import_configured(grant).await,
+        JobKind::Schedules => schedule::apply_schedules(ctx).await,
         JobKind::EventRetention => {
             let keep = chrono::Duration::from_std(ctx.event_retention())
                 .unwrap_or(chrono::Duration::days(30));

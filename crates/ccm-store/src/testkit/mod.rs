@@ -322,6 +322,7 @@ macro_rules! store_suite {
             sessions_should_survive_a_reopen_until_they_expire,
             sessions_should_come_back_as_written_and_refuse_non_objects,
             settings_should_be_versioned,
+            idle_economics_should_round_trip,
             concurrent_settings_writers_should_have_exactly_one_winner,
             the_event_log_should_keep_order_skip_transient_events_and_filter,
             event_appends_should_commit_in_sequence_order,

@@ -27,6 +27,11 @@ pub const WORKER_FIXTURE: &str = include_str!("../../tests/fixtures/worker-v1.js
 /// optional fields: no upgrade step). Never edit it either.
 pub const WORKER_EC2_STATUS_FIXTURE: &str =
     include_str!("../../tests/fixtures/worker-v1-ec2-status.json");
+/// A version-1 worker as stored since the idle economics are recorded (activity source,
+/// interaction and running nodes, snooze, schedule pauses and resumes, stopped seconds by
+/// week and reason: all defaulted when absent, so no upgrade step). Never edit it either.
+pub const WORKER_ECONOMICS_FIXTURE: &str =
+    include_str!("../../tests/fixtures/worker-v1-economics.json");
 /// See [`WORKER_FIXTURE`].
 pub const SETTINGS_FIXTURE: &str = include_str!("../../tests/fixtures/settings-v1.json");
 /// See [`WORKER_FIXTURE`].
@@ -771,6 +776,59 @@ pub async fn sessions_should_come_back_as_written_and_refuse_non_objects(backend
     assert_eq!(store.session("bad", t(0)).await.unwrap(), None);
 }
 
+/// What the idle economics keep — a worker's snooze, the source of its latest activity, its
+/// stopped seconds per week and reason, pauses by schedule — and the off-hours schedules in
+/// the runtime settings come back exactly as written, also after a reopen.
+pub async fn idle_economics_should_round_trip(backend: &dyn Backend) {
+    use ccm_domain::PauseReason;
+    use ccm_domain::worker::ActivitySource;
+
+    let db = backend.fresh(StoreConfig::default()).await;
+    let store = db.open().await;
+    let mut w = worker(1, "econ", "eu-west-1", Ec2State::Running);
+    w.snooze(t(90_000), &Actor::user("alice"), t(1000)).unwrap();
+    w.record_interaction(
+        Some((
+            t(900),
+            ActivitySource::Telemetry {
+                category: "user_activity".into(),
+                user_id: Some("u-7".into()),
+            },
+        )),
+        t(1000),
+    );
+    w.request(
+        ccm_domain::WorkerAction::Pause,
+        Some(PauseReason::Schedule),
+        &Actor::system("schedule"),
+        t(2000),
+    )
+    .unwrap();
+    w.monitoring.stopped_by_week.insert(
+        "2026-W10".into(),
+        BTreeMap::from([("schedule".into(), 3600)]),
+    );
+    w.monitoring.resumes.schedule = 1;
+    let w = store.insert(&w).await.unwrap();
+    assert_eq!(store.get(w.id).await.unwrap().as_ref(), Some(&w));
+
+    let mut s = RuntimeSettings {
+        schedules: serde_json::from_value(serde_json::json!([
+            {"selector": "tag:team=training", "off_hours": "Mon-Fri 19:00-07:00 Europe/Paris"},
+            {"selector": format!("worker:{}", w.id), "off_hours": "Fri 19:00-Mon 07:00 UTC"},
+        ]))
+        .unwrap(),
+        ..RuntimeSettings::default()
+    };
+    s.idle.running_nodes_count_as_use = false;
+    s.idle.warning_before = Duration::from_secs(300);
+    store.put_runtime_settings(&s, 0, "alice").await.unwrap();
+    drop(store);
+    let store = db.open().await;
+    assert_eq!(store.runtime_settings().await.unwrap().value, s);
+    assert_eq!(store.get(w.id).await.unwrap(), Some(w));
+}
+
 /// Settings start at version 0 (defaults); each write needs the current version.
 pub async fn settings_should_be_versioned(backend: &dyn Backend) {
     let db = backend.fresh(StoreConfig::default()).await;
@@ -1256,12 +1314,39 @@ pub async fn golden_fixtures_should_load_through_the_store(backend: &dyn Backend
         (checks.system, checks.instance),
         (CheckStatus::Ok, CheckStatus::Impaired)
     );
-    let mut rewritten = serde_json::to_value(&checked).unwrap();
-    rewritten["schema_version"] = serde_json::json!(crate::schema::WORKER.current());
+    // Stored before the idle economics were recorded: none of them.
+    assert!(checked.monitoring.snooze.is_none());
+    assert!(checked.monitoring.stopped_by_week.is_empty());
+    assert_eq!(checked.monitoring.pauses.schedule, 0);
+
+    // With them, the document loads them, and this build writes the same document again.
+    let raw_econ: serde_json::Value = serde_json::from_str(WORKER_ECONOMICS_FIXTURE).unwrap();
+    store
+        .put_raw_worker(WORKER_ECONOMICS_FIXTURE)
+        .await
+        .unwrap();
+    let econ_id: WorkerId = raw_econ["id"].as_str().unwrap().parse().unwrap();
+    let econ = store
+        .get(econ_id)
+        .await
+        .unwrap()
+        .expect("the fixture worker");
+    let m = &econ.monitoring;
     assert_eq!(
-        rewritten, raw_checks,
-        "this build writes the fixture's shape"
+        m.snooze.as_ref().map(|s| s.by.to_string()).as_deref(),
+        Some("user:alice")
     );
+    assert_eq!(m.running_nodes, Some(4));
+    assert!(matches!(
+        m.last_activity_source,
+        Some(ccm_domain::worker::ActivitySource::Telemetry { ref category, .. })
+            if category == "start_lab"
+    ));
+    assert_eq!((m.pauses.schedule, m.resumes.schedule), (3, 3));
+    assert_eq!(m.stopped_by_week["2026-W49"]["schedule"], 54_000);
+    let mut rewritten = serde_json::to_value(&econ).unwrap();
+    rewritten["schema_version"] = serde_json::json!(crate::schema::WORKER.current());
+    assert_eq!(rewritten, raw_econ, "this build writes the fixture's shape");
 
     let raw_settings: serde_json::Value = serde_json::from_str(SETTINGS_FIXTURE).unwrap();
     store.put_raw_settings(SETTINGS_FIXTURE, 3).await.unwrap();

@@ -8,6 +8,9 @@
 //!   optionally the Python seed-poller ([`SeedPoller`]) runs on the same fleet.
 //! - [`sse()`] — live events fanned out to many SSE clients of the real API, every event
 //!   counted at every client, with its latency.
+//! - [`idle::idle()`] — the economics of idle policies: a usage trace of a fleet replayed
+//!   over simulated days through the real engine (and baselines), with the idle hours each
+//!   policy stopped, its wrongful pauses, users' waits and the money saved.
 //!
 //! Nothing here parses a command line or prints a report: the binary does (thin glue). The
 //! runs write their progress to standard error.
@@ -15,6 +18,7 @@
 //! [`SimLauncher`]: ccm_cml_sim::SimLauncher
 
 mod error;
+pub mod idle;
 mod peer;
 mod procstat;
 mod report;

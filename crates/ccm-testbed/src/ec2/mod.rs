@@ -268,6 +268,18 @@ impl SimulatedCloud {
             .put(kind, value, at);
     }
 
+    /// Pins a metric of an instance to `value`, observed at `at` (a harness that steps its
+    /// own wall clock, such as `ccm bench idle`, stamps its samples with that clock).
+    pub fn put_metric_at(&self, id: &InstanceId, kind: MetricKind, value: f64, at: DateTime<Utc>) {
+        self.shared
+            .state
+            .lock()
+            .metric_overrides
+            .entry(id.clone())
+            .or_default()
+            .put(kind, value, at);
+    }
+
     /// Forces the status checks of an instance while it runs (`None`: back to the simulated
     /// ones — `initializing` for two minutes after reaching `running`, then `ok`). A stopped
     /// instance's checks stay `not-applicable` either way, as in EC2. This is how tests and

@@ -6,6 +6,8 @@
 //! - `ccm bench sync` — full CML sync cycles of a simulated fleet (`ccm sim` in child
 //!   processes) through a real engine; optionally the Python seed-poller on the same fleet.
 //! - `ccm bench sse` — live events fanned out to many SSE subscribers of the real API.
+//! - `ccm bench idle` — idle policies (ccm's and three baselines) on usage traces replayed
+//!   over simulated days: idle hours stopped, wrongful pauses, waits, money.
 //! - `ccm bench failover` — seconds from kill -9 of one `ccm serve` replica until its workers
 //!   are polled again, and double polls (`super::failover`).
 
@@ -35,6 +37,51 @@ pub(crate) enum BenchCommand {
     /// Seconds from kill -9 of one `ccm serve` replica until every one of its workers was
     /// polled again by the others, and double polls (needs PostgreSQL and moto).
     Failover(super::failover::FailoverArgs),
+    /// Idle policies on usage traces over simulated days (ccm and three baselines).
+    Idle(IdleArgs),
+}
+
+/// `ccm bench idle` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct IdleArgs {
+    /// Trace: a preset (training, dev, weekend, long-runs), `random`, `all` (every preset and
+    /// random), or a path to a .trace file. Repeatable.
+    #[arg(long = "trace", default_value = "all")]
+    pub(crate) traces: Vec<String>,
+    /// Where the presets are.
+    #[arg(long, default_value = "bench/traces")]
+    pub(crate) traces_dir: PathBuf,
+    /// Policies to run: ccm, ccm-nodes-ignored, original, cpu-threshold, fixed-schedule
+    /// (comma-separated; default: all but ccm-nodes-ignored, which is added on long-runs).
+    #[arg(long, value_delimiter = ',')]
+    pub(crate) policies: Vec<String>,
+    /// Seed of the random trace.
+    #[arg(long, default_value_t = 1)]
+    pub(crate) seed: u64,
+    /// Workers of the random trace.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=5000))]
+    pub(crate) random_workers: u32,
+    /// Days of the random trace.
+    #[arg(long, default_value_t = 7, value_parser = clap::value_parser!(u32).range(1..=62))]
+    pub(crate) random_days: u32,
+    /// Simulated time per step.
+    #[arg(long, default_value = "5m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) tick: Duration,
+    /// Simulated time from a start until CML is ready.
+    #[arg(long, default_value = "6m", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) boot: Duration,
+    /// ccm's idle timeout, and the measurement's reference.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) timeout: Duration,
+    /// Price of an instance-hour.
+    #[arg(long, default_value_t = 3.96)]
+    pub(crate) price: f64,
+    /// Write the chart (SVG) here.
+    #[arg(long)]
+    pub(crate) svg: Option<PathBuf>,
+    /// First loopback address of the simulated CML fleet.
+    #[arg(long, default_value = "127.77.0.1")]
+    pub(crate) listen_base: Ipv4Addr,
 }
 
 /// A peer implementation to run on the same fleet.
@@ -144,8 +191,79 @@ pub(crate) fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd.command {
         BenchCommand::Sync(args) => sync(args),
         BenchCommand::Sse(args) => sse(args),
+        BenchCommand::Idle(args) => idle(args),
         BenchCommand::Failover(args) => failover(args),
     }
+}
+
+/// `ccm bench idle`: reads the traces (one-line errors naming the file and line), runs every
+/// policy on each, prints the reports as one JSON array and their tables on stderr.
+fn idle(args: IdleArgs) -> anyhow::Result<()> {
+    use bench::idle::{PRESETS, PolicyKind, Trace};
+    if !(args.price.is_finite() && args.price >= 0.0) {
+        return Err(ConfigError("--price: a price is a number, 0 or more".into()).into());
+    }
+    if args.tick < Duration::from_secs(60) || args.tick > Duration::from_secs(3600) {
+        return Err(ConfigError("--tick: 1m to 1h".into()).into());
+    }
+    let mut policies = Vec::new();
+    for p in &args.policies {
+        policies.push(PolicyKind::parse(p).ok_or_else(|| {
+            ConfigError(format!(
+                "--policies: {p:?} is not a policy (ccm, ccm-nodes-ignored, original, cpu-threshold, fixed-schedule)"
+            ))
+        })?);
+    }
+    let mut names: Vec<String> = Vec::new();
+    for t in &args.traces {
+        if t == "all" {
+            names.extend(PRESETS.iter().map(|p| (*p).to_owned()));
+            names.push("random".into());
+        } else {
+            names.push(t.clone());
+        }
+    }
+    let mut traces = Vec::new();
+    for name in names {
+        let trace = if name == "random" {
+            Trace::random(args.seed, args.random_workers as usize, args.random_days)
+        } else {
+            bench::idle::load_trace(&name, &args.traces_dir).map_err(|e| {
+                ConfigError(format!(
+                    "--trace {name}: {e} (run from the repository root or pass --traces-dir)"
+                ))
+            })?
+        };
+        traces.push(trace);
+    }
+    let runtime = super::runtime::build()?;
+    let mut reports = Vec::new();
+    for trace in traces {
+        let mut opts = bench::idle::default_options(trace);
+        if !policies.is_empty() {
+            opts.policies = policies.clone();
+        }
+        opts.tick = args.tick;
+        opts.boot = args.boot;
+        opts.timeout = args.timeout;
+        opts.price = args.price;
+        opts.listen_base = args.listen_base;
+        let report = runtime.block_on(async move {
+            tokio::select! {
+                r = bench::idle::idle(opts) => r.context("idle benchmark failed"),
+                () = super::runtime::shutdown_signal() => anyhow::bail!("interrupted"),
+            }
+        })?;
+        eprint!("{}", bench::idle::table(&report));
+        reports.push(report);
+    }
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    if let Some(path) = &args.svg {
+        std::fs::write(path, bench::idle::chart(&reports))
+            .with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    println!("{}", serde_json::to_string_pretty(&reports)?);
+    Ok(())
 }
 
 /// `ccm bench sync`: checks the flags, runs the harness until done, Ctrl-C or SIGTERM (the

@@ -361,6 +361,18 @@ mod tests {
                 "ccm", "workers", "tags", "w", "--set", "a=b", "--remove", "c",
             ],
             vec!["ccm", "workers", "idle", "w", "off"],
+            vec!["ccm", "workers", "snooze", "w", "--for", "4h"],
+            vec![
+                "ccm",
+                "workers",
+                "snooze",
+                "w",
+                "--until",
+                "2026-03-03T09:00:00+01:00",
+            ],
+            vec!["ccm", "workers", "snooze", "w", "--clear"],
+            vec!["ccm", "system", "savings", "--csv", "--tag", "team"],
+            vec!["ccm", "system", "jobs", "--run", "schedules"],
             vec![
                 "ccm",
                 "workers",
@@ -382,6 +394,8 @@ mod tests {
             vec!["ccm", "workers", "list", "--service", "fine"],
             vec!["ccm", "workers", "list", "--sort", "size"],
             vec!["ccm", "system", "jobs", "--run", "nope"],
+            vec!["ccm", "workers", "snooze", "w", "--until", "tomorrow"],
+            vec!["ccm", "workers", "snooze", "w", "--for", "1h", "--clear"],
             vec!["ccm", "token", "new", "--role", "root"],
         ] {
             assert!(

@@ -5,7 +5,7 @@ use ccm_api::dto::{HealthView, JobList, JobView, ResilienceView, SavingsView};
 use clap::{Args, Subcommand};
 
 use super::choice::JobChoice;
-use super::{Api, ApiArgs, EXIT_HELP, opt, print_table, runtime, time};
+use super::{Api, ApiArgs, EXIT_HELP, opt, print_raw, print_table, runtime, time};
 use crate::cmd::output::outln;
 
 /// `ccm system …`: health, jobs, breakers, savings.
@@ -30,8 +30,15 @@ enum SystemAction {
     },
     /// Circuit breakers, the retry budget and the bulkheads.
     Breakers,
-    /// Instance-hours and money saved.
-    Savings,
+    /// Instance-hours and money saved (by worker; --csv: by week, tag value and reason).
+    Savings {
+        /// Print the groups (week, tag value, reason) as CSV.
+        #[arg(long)]
+        csv: bool,
+        /// Split the groups by the value of this tag key (e.g. team).
+        #[arg(long)]
+        tag: Option<String>,
+    },
 }
 
 /// Runs `ccm system …`.
@@ -140,8 +147,26 @@ async fn system_async(cmd: SystemCmd) -> anyhow::Result<()> {
                 );
             }
         }
-        SystemAction::Savings => {
-            let answer = api.get("/api/v1/system/savings").await?;
+        SystemAction::Savings { csv, tag } => {
+            let mut query = url::form_urlencoded::Serializer::new(String::new());
+            if csv {
+                query.append_pair("format", "csv");
+            }
+            if let Some(tag) = &tag {
+                query.append_pair("tag", tag);
+            }
+            let query = query.finish();
+            let path = if query.is_empty() {
+                "/api/v1/system/savings".to_owned()
+            } else {
+                format!("/api/v1/system/savings?{query}")
+            };
+            if csv {
+                let res = api.send(api.request(reqwest::Method::GET, &path)).await?;
+                print_raw(&res.text().await?)?;
+                return Ok(());
+            }
+            let answer = api.get(&path).await?;
             if as_json {
                 return answer.print_json();
             }
@@ -178,6 +203,31 @@ async fn system_async(cmd: SystemCmd) -> anyhow::Result<()> {
                 s.total_saved,
                 s.currency
             );
+            if !s.groups.is_empty() {
+                outln!();
+                let rows: Vec<Vec<String>> = s
+                    .groups
+                    .iter()
+                    .map(|g| {
+                        vec![
+                            g.week.clone(),
+                            g.tag.clone(),
+                            g.reason.clone(),
+                            g.workers.to_string(),
+                            format!("{:.1}", g.hours),
+                            format!("{:.2}", g.saved),
+                        ]
+                    })
+                    .collect();
+                let tag_header = s
+                    .group_tag
+                    .as_deref()
+                    .map_or_else(|| "TAG".to_owned(), |t| format!("TAG {}", t.to_uppercase()));
+                print_table(
+                    &["WEEK", &tag_header, "REASON", "WORKERS", "HOURS", "SAVED"],
+                    &rows,
+                )?;
+            }
         }
     }
     Ok(())

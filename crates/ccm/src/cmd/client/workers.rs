@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::bail;
 use ccm_api::dto::{
     CreateWorkerRequest, IdleDetectionRequest, ImportView, ImportWorkersRequest, Order,
-    RefreshView, TagsRequest, WorkerListQuery, WorkerPage, WorkerView,
+    RefreshView, SnoozeRequest, TagsRequest, WorkerListQuery, WorkerPage, WorkerView,
 };
 use ccm_api::sse_client::SseItem;
 use ccm_domain::{Event, EventKind};
@@ -151,6 +151,27 @@ enum WorkersAction {
         /// on or off.
         switch: OnOff,
     },
+    /// Keep a worker awake: no idle pause and no schedule stop until then (ends by itself).
+    Snooze {
+        /// Worker id.
+        id: String,
+        /// For this long from now (e.g. 1h, 4h, 90m).
+        #[arg(long = "for", value_name = "DURATION", conflicts_with_all = ["until", "clear"])]
+        for_: Option<String>,
+        /// Until this time (RFC 3339, e.g. 2026-03-03T09:00:00+01:00).
+        #[arg(long, value_parser = rfc3339, conflicts_with = "clear")]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// End the snooze now.
+        #[arg(long)]
+        clear: bool,
+    },
+}
+
+/// An RFC 3339 time with any offset, as UTC.
+fn rfc3339(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| format!("{e} (expected e.g. 2026-03-03T09:00:00+01:00)"))
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -576,6 +597,32 @@ async fn workers_async(cmd: WorkersCmd) -> anyhow::Result<()> {
                 let w: WorkerView = answer.decode()?;
                 let on = w.monitoring.idle_detection;
                 outln!("idle detection {}", if on { "on" } else { "off" });
+            }
+        }
+        WorkersAction::Snooze {
+            id,
+            for_,
+            until,
+            clear,
+        } => {
+            let path = lifecycle(&id, "snooze");
+            let answer = if clear {
+                api.call::<()>(reqwest::Method::DELETE, &path, None).await?
+            } else {
+                if for_.is_none() && until.is_none() {
+                    bail!("give --for DURATION, --until TIME or --clear");
+                }
+                let body = SnoozeRequest { until, for_ };
+                api.call(reqwest::Method::PUT, &path, Some(&body)).await?
+            };
+            if as_json {
+                answer.print_json()?;
+            } else {
+                let w: WorkerView = answer.decode()?;
+                match &w.monitoring.snooze {
+                    None => outln!("not snoozed"),
+                    Some(s) => outln!("kept awake until {} (by {})", time(&s.until), s.by),
+                }
             }
         }
     }

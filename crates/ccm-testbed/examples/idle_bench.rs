@@ -1,0 +1,59 @@
+//! `ccm bench idle` without the AWS SDK (a release build of this example takes a fraction of
+//! the binary's time, memory and disk): every preset and the random trace by default.
+//!
+//! `cargo run --release -p ccm-testbed --example idle_bench -- [TRACE…] [--svg FILE]
+//! [--seed N] [--random-workers N]`
+//!
+//! TRACE is a preset name, `random` (seed 1, 200 workers, 7 days, as `ccm bench idle`'s
+//! defaults) or a path; run from the repository root (presets are read from `bench/traces/`).
+//! JSON on stdout, tables on stderr.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, reason = "a measuring tool")]
+
+use std::path::{Path, PathBuf};
+
+use ccm_testbed::bench::idle::{self, PRESETS, Trace};
+
+#[tokio::main]
+async fn main() {
+    let mut names = Vec::new();
+    let mut svg: Option<PathBuf> = None;
+    let (mut seed, mut random_workers) = (1u64, 200usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        if a == "--svg" {
+            svg = args.next().map(PathBuf::from);
+        } else if a == "--seed" {
+            seed = args.next().and_then(|v| v.parse().ok()).expect("--seed N");
+        } else if a == "--random-workers" {
+            random_workers = args
+                .next()
+                .and_then(|v| v.parse().ok())
+                .expect("--random-workers N");
+        } else {
+            names.push(a);
+        }
+    }
+    if names.is_empty() {
+        names = PRESETS.iter().map(|p| (*p).to_owned()).collect();
+        names.push("random".into());
+    }
+    let mut reports = Vec::new();
+    for name in names {
+        let trace = if name == "random" {
+            Trace::random(seed, random_workers, 7)
+        } else {
+            idle::load_trace(&name, Path::new("bench/traces")).unwrap_or_else(|e| {
+                eprintln!("{e}");
+                std::process::exit(64)
+            })
+        };
+        let report = idle::idle(idle::default_options(trace)).await.unwrap();
+        eprint!("{}", idle::table(&report));
+        reports.push(report);
+    }
+    if let Some(path) = svg {
+        std::fs::write(&path, idle::chart(&reports)).unwrap();
+    }
+    println!("{}", serde_json::to_string_pretty(&reports).unwrap());
+}
