@@ -29,5 +29,8 @@ mod sync;
 pub use error::BenchError;
 pub use peer::{PeerReport, SEED_POLLER_DIR, SeedPoller, locate_seed_poller};
 pub use report::{Statuses, Summary};
+pub use sim_process::{SimProcess, SimSpec};
 pub use sse::{SseOptions, SseReport, sse};
-pub use sync::{BenchStore, BlackholeReport, PostgresRun, SyncOptions, SyncReport, sync};
+pub use sync::{
+    BenchStore, BlackholeReport, PostgresRun, SyncOptions, SyncReport, sync, throwaway_postgres,
+};

@@ -21,29 +21,35 @@ use super::BenchError;
 const STOP_GRACE: Duration = Duration::from_secs(20);
 
 /// What to start.
-pub(super) struct SimSpec {
+pub struct SimSpec {
     /// How to run the simulator's command line.
-    pub(super) launcher: SimLauncher,
-    pub(super) workers: u32,
-    pub(super) listen_base: Ipv4Addr,
-    pub(super) port: u16,
-    pub(super) latency_ms: u64,
-    pub(super) faults: Option<String>,
-    pub(super) shard_size: u32,
+    pub launcher: SimLauncher,
+    /// Simulated workers.
+    pub workers: u32,
+    /// Address of the first worker (the others count up).
+    pub listen_base: Ipv4Addr,
+    /// Port of every worker (0: each its own free port).
+    pub port: u16,
+    /// Latency added to every request.
+    pub latency_ms: u64,
+    /// A fault spec (`ccm sim --faults`).
+    pub faults: Option<String>,
+    /// Most workers per simulator process.
+    pub shard_size: u32,
     /// Serve HTTPS and write the CA certificate to this file.
-    pub(super) tls_ca_out: Option<PathBuf>,
+    pub tls_ca_out: Option<PathBuf>,
 }
 
 /// A running simulator.
-pub(super) struct SimProcess {
+pub struct SimProcess {
     child: Child,
     control: SocketAddr,
     http: reqwest::Client,
     log: PathBuf,
     /// The file holding one base URL per line, as `ccm sim --endpoints-out` writes it.
-    pub(super) endpoints_file: PathBuf,
+    pub endpoints_file: PathBuf,
     /// Base URLs, in fleet order.
-    pub(super) endpoints: Vec<String>,
+    pub endpoints: Vec<String>,
     /// The CA certificate the workers' HTTPS certificates chain to (`SimSpec::tls_ca_out`).
     pub(super) ca_file: Option<PathBuf>,
 }
@@ -72,7 +78,7 @@ fn log_tail(path: &Path) -> String {
 impl SimProcess {
     /// Starts the simulator and waits (bounded) until it serves every worker and its control
     /// API answers.
-    pub(super) async fn start(spec: &SimSpec, dir: &Path) -> Result<Self, BenchError> {
+    pub async fn start(spec: &SimSpec, dir: &Path) -> Result<Self, BenchError> {
         let endpoints_file = dir.join("endpoints.txt");
         let log = dir.join("sim.log");
         let control = SocketAddr::from(([127, 0, 0, 1], free_port()?));
@@ -162,7 +168,7 @@ impl SimProcess {
     }
 
     /// `GET path` on the control API, decoded.
-    async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, BenchError> {
+    pub async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> Result<T, BenchError> {
         let url = format!("http://{}{path}", self.control);
         let fail = |e: reqwest::Error| BenchError::Simulator(format!("control api {path}: {e}"));
         let resp = self
@@ -173,6 +179,19 @@ impl SimProcess {
             .and_then(reqwest::Response::error_for_status)
             .map_err(fail)?;
         resp.json().await.map_err(fail)
+    }
+
+    /// `POST /actions` on the control API (e.g. `{"action": "reset_counters"}`).
+    pub async fn act(&self, action: &serde_json::Value) -> Result<(), BenchError> {
+        let url = format!("http://{}/actions", self.control);
+        self.http
+            .post(&url)
+            .json(action)
+            .send()
+            .await
+            .and_then(reqwest::Response::error_for_status)
+            .map(drop)
+            .map_err(|e| BenchError::Simulator(format!("control api /actions: {e}")))
     }
 
     /// Request counters summed over the whole fleet (every shard).

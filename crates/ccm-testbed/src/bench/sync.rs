@@ -25,7 +25,7 @@ use ccm_domain::worker::{AddressPreference, EndpointPolicy, InstanceObservation}
 use ccm_domain::{Actor, Ec2State, InstanceId, Region, RuntimeSettings, Worker};
 use ccm_engine::{CML_SYNC_CALLS, Engine, EngineConfig, EngineParts, TokioClock};
 use ccm_resilience::{BulkheadConfig, ResilienceConfig};
-use ccm_store::{PgStore, SqliteStore, Store, StoreConfig};
+use ccm_store::{DatabaseUrl, PgStore, SqliteStore, Store, StoreConfig};
 use serde::Serialize;
 
 use super::BenchError;
@@ -342,9 +342,10 @@ async fn run(args: SyncOptions) -> Result<SyncReport, BenchError> {
     outcome
 }
 
-/// A throwaway durable PostgreSQL server and a store on a fresh database in it.
-async fn postgres_store()
--> Result<(ccm_store::testkit::postgres::TestPostgres, Arc<dyn Store>), BenchError> {
+/// A throwaway durable PostgreSQL server (Debian's package, in a temporary directory; stopped
+/// when dropped) and the URL of a fresh database in it.
+pub async fn throwaway_postgres()
+-> Result<(ccm_store::testkit::postgres::TestPostgres, DatabaseUrl), BenchError> {
     eprintln!("ccm bench: starting a throwaway PostgreSQL server");
     let server =
         tokio::task::spawn_blocking(ccm_store::testkit::postgres::TestPostgres::start_durable)
@@ -355,6 +356,13 @@ async fn postgres_store()
         .create_database()
         .await
         .map_err(BenchError::setup("postgres"))?;
+    Ok((server, url))
+}
+
+/// A throwaway PostgreSQL server and a store on a fresh database in it.
+async fn postgres_store()
+-> Result<(ccm_store::testkit::postgres::TestPostgres, Arc<dyn Store>), BenchError> {
+    let (server, url) = throwaway_postgres().await?;
     let store = PgStore::connect(&url, &StoreConfig::default())
         .await
         .map_err(BenchError::setup("postgres store"))?;

@@ -20,6 +20,7 @@ use anyhow::{Context as _, bail};
 use ccm_cloud::{CloudProvider, RunSpec};
 use ccm_cloud_aws::{AwsCloud, AwsConfig, Secret};
 use ccm_domain::{AmiId, InstanceType, Region};
+use ccm_testbed::bench::{SimProcess, SimSpec};
 use serde_json::{Value, json};
 use tokio::process::{Child, Command};
 use tokio::time::Instant;
@@ -131,48 +132,22 @@ fn free_port() -> anyhow::Result<u16> {
         .port())
 }
 
-struct Sim {
-    http: reqwest::Client,
-    base: String,
-}
-
-impl Sim {
-    async fn get(&self, path: &str) -> anyhow::Result<Value> {
-        Ok(self
-            .http
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?)
-    }
-
-    async fn act(&self, body: Value) -> anyhow::Result<()> {
-        self.http
-            .post(format!("{}/actions", self.base))
-            .json(&body)
-            .send()
-            .await?
-            .error_for_status()?;
-        Ok(())
-    }
-
-    /// Each worker's latest caller and requests per caller.
-    async fn callers(&self) -> anyhow::Result<Vec<(Option<String>, BTreeMap<String, u64>)>> {
-        let list = self.get("/workers").await?;
-        let workers = list["workers"].as_array().context("no workers list")?;
-        workers
-            .iter()
-            .map(|w| {
-                let c = &w["counters"];
-                Ok((
-                    c["last_agent"].as_str().map(str::to_owned),
-                    serde_json::from_value(c["by_agent"].clone())?,
-                ))
-            })
-            .collect()
-    }
+/// Each simulated worker's latest caller and requests per caller (`User-Agent`).
+async fn poll_callers(
+    sim: &SimProcess,
+) -> anyhow::Result<Vec<(Option<String>, BTreeMap<String, u64>)>> {
+    let list: Value = sim.get("/workers").await?;
+    let workers = list["workers"].as_array().context("no workers list")?;
+    workers
+        .iter()
+        .map(|w| {
+            let c = &w["counters"];
+            Ok((
+                c["last_agent"].as_str().map(str::to_owned),
+                serde_json::from_value(c["by_agent"].clone())?,
+            ))
+        })
+        .collect()
 }
 
 fn replica_config(
@@ -246,16 +221,7 @@ async fn with_backends(a: &FailoverArgs, dir: &Path) -> anyhow::Result<Value> {
     let database_url = match &a.database_url {
         Some(url) => url.clone(),
         None => {
-            eprintln!("ccm bench: starting a throwaway PostgreSQL server");
-            let server = tokio::task::spawn_blocking(
-                ccm_store::testkit::postgres::TestPostgres::start_durable,
-            )
-            .await?
-            .map_err(|e| anyhow::anyhow!("{e} (or give --database-url)"))?;
-            let url = server
-                .create_database()
-                .await
-                .map_err(|e| anyhow::anyhow!("{e}"))?;
+            let (server, url) = ccm_testbed::bench::throwaway_postgres().await?;
             _pg = Some(server);
             url.expose().to_owned()
         }
@@ -291,42 +257,22 @@ async fn measure(
     let workers = a.workers as usize;
 
     // The CML fleet.
-    let control = format!("127.0.0.1:{}", free_port()?);
-    let endpoints_file = dir.join("endpoints.txt");
-    let mut sim_proc = Kid::spawn(
-        Command::new(&exe)
-            .args(["sim", "--workers", &a.workers.to_string(), "--port", "0"])
-            .args([
-                "--listen-base",
-                &a.listen_base.to_string(),
-                "--control",
-                &control,
-            ])
-            .arg("--endpoints-out")
-            .arg(&endpoints_file),
-        dir.join("sim.log"),
-    )?;
-    let endpoints: Vec<String> = until("the simulator", deadline, || {
-        let urls: Vec<String> = std::fs::read_to_string(&endpoints_file)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect();
-        let alive = sim_proc.alive();
-        async move {
-            alive?;
-            Ok((urls.len() == workers).then_some(urls))
-        }
-    })
+    let sim = SimProcess::start(
+        &SimSpec {
+            launcher: super::sim_launcher()?,
+            workers: a.workers,
+            listen_base: a.listen_base,
+            port: 0,
+            latency_ms: 0,
+            faults: None,
+            shard_size: a.workers,
+            tls_ca_out: None,
+        },
+        dir,
+    )
     .await?;
-    let sim = Sim {
-        http: reqwest::Client::builder()
-            .no_proxy()
-            .timeout(Duration::from_secs(60))
-            .build()?,
-        base: format!("http://{control}"),
-    };
-    sim.act(json!({
+    let endpoints = &sim.endpoints;
+    sim.act(&json!({
         "action": "double_poll_window",
         "window": humantime::format_duration(a.double_poll_window).to_string(),
     }))
@@ -419,7 +365,7 @@ async fn measure(
     let sim = &sim;
     let agents_r = &agents;
     until("every worker polled", deadline, move || async move {
-        let c = sim.callers().await?;
+        let c = poll_callers(sim).await?;
         let all = c
             .iter()
             .all(|(last, _)| last.as_ref().is_some_and(|l| agents_r.contains(l)));
@@ -431,10 +377,10 @@ async fn measure(
     .await?;
     let mut settled = false;
     for _ in 0..10 {
-        let before = sim.callers().await?;
+        let before = poll_callers(sim).await?;
         let before_r = &before;
         until("a full poll round", deadline, move || async move {
-            let now = sim.callers().await?;
+            let now = poll_callers(sim).await?;
             let all = now
                 .iter()
                 .zip(before_r)
@@ -442,7 +388,7 @@ async fn measure(
             Ok(all.then_some(()))
         })
         .await?;
-        let after = sim.callers().await?;
+        let after = poll_callers(sim).await?;
         if after.iter().map(|c| &c.0).eq(before.iter().map(|c| &c.0)) {
             settled = true;
             break;
@@ -452,8 +398,8 @@ async fn measure(
         bail!("ownership never settled");
     }
     // Kill -9 the replica that polls the most workers; double polls count from here.
-    let callers = sim.callers().await?;
-    sim.act(json!({"action": "reset_counters"})).await?;
+    let callers = poll_callers(sim).await?;
+    sim.act(&json!({"action": "reset_counters"})).await?;
     let setup_seconds = started.elapsed().as_secs_f64();
     let (victim_index, victim) = agents
         .iter()
@@ -479,7 +425,7 @@ async fn measure(
             })
             .collect()
     };
-    let before = others(&sim.callers().await?, &victim);
+    let before = others(&poll_callers(sim).await?, &victim);
     let killed = Instant::now();
     replicas[victim_index].2.child.start_kill()?;
     let _ = replicas[victim_index].2.child.wait().await;
@@ -488,7 +434,7 @@ async fn measure(
         "the killed replica's workers polled again",
         deadline,
         move || async move {
-            let now = others_r(&sim.callers().await?, victim_r);
+            let now = others_r(&poll_callers(sim).await?, victim_r);
             Ok(theirs_r
                 .iter()
                 .all(|i| now[*i] > before_r[*i])
@@ -502,7 +448,7 @@ async fn measure(
             r.2.alive()?;
         }
     }
-    let counters = sim.get("/counters").await?;
+    let counters: Value = sim.get("/counters").await?;
     Ok(json!({
         "benchmark": "failover",
         "replicas": a.replicas,
