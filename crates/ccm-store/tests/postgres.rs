@@ -187,9 +187,8 @@ mod cluster {
     use std::time::Duration;
 
     use ccm_domain::worker::{EndpointPolicy, InstanceObservation};
-    use ccm_domain::{
-        Actor, Ec2State, Event, EventKind, InstanceId, LabId, LabRecord, LabState, Region, Worker,
-    };
+    use ccm_domain::{Actor, Ec2State, Event, EventKind, InstanceId, Region, Worker};
+    use ccm_store::testkit::suite::lab;
     use ccm_store::{
         ClusterRepo, EventLog, EventQuery, Fence, LabRepo, ReplicaRecord, Store, StoreError,
         WorkerRepo, WorkerWrite, WriteOutcome,
@@ -372,23 +371,6 @@ mod cluster {
         assert!(matches!(out[0], WriteOutcome::Fenced), "{:?}", out[0]);
     }
 
-    fn lab(w: &Worker, id: &str, title: &str) -> LabRecord {
-        LabRecord {
-            worker_id: w.id,
-            lab_id: LabId::parse(id).unwrap(),
-            title: title.into(),
-            description: None,
-            state: LabState::Stopped,
-            owner: None,
-            owner_username: None,
-            node_count: 1,
-            link_count: 0,
-            created: None,
-            modified: None,
-            observed_at: Utc::now(),
-        }
-    }
-
     /// Lab writes are fenced like worker writes: after B took the partition over, A's lab
     /// refresh under its old token writes nothing (neither a replace nor an upsert), and B's
     /// under the new token is saved. Without a fence (a command), the write goes through.
@@ -414,14 +396,14 @@ mod cluster {
             token: b[0].fence,
         };
         let refused = store
-            .replace_labs(w.id, &[lab(&w, "l1", "from a")], Some(&stale))
+            .replace_labs(w.id, &[lab(w.id, "l1", "from a")], Some(&stale))
             .await;
         assert!(
             matches!(refused, Err(StoreError::Fenced { ref key, token }) if *key == stale.key && token == stale.token),
             "{refused:?}"
         );
         let refused = store
-            .upsert_labs(&[lab(&w, "l2", "from a")], Some(&stale))
+            .upsert_labs(&[lab(w.id, "l2", "from a")], Some(&stale))
             .await;
         assert!(
             matches!(refused, Err(StoreError::Fenced { .. })),
@@ -433,16 +415,16 @@ mod cluster {
         );
 
         let (added, removed) = store
-            .replace_labs(w.id, &[lab(&w, "l1", "from b")], Some(&current))
+            .replace_labs(w.id, &[lab(w.id, "l1", "from b")], Some(&current))
             .await
             .unwrap();
         assert_eq!((added, removed), (1, 0));
         store
-            .upsert_labs(&[lab(&w, "l2", "from b")], Some(&current))
+            .upsert_labs(&[lab(w.id, "l2", "from b")], Some(&current))
             .await
             .unwrap();
         store
-            .upsert_labs(&[lab(&w, "l3", "a command")], None)
+            .upsert_labs(&[lab(w.id, "l3", "a command")], None)
             .await
             .unwrap();
         let titles: Vec<String> = store

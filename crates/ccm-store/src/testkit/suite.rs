@@ -629,7 +629,8 @@ pub async fn capped_inserts_racing_at_the_cap_should_store_only_up_to_it(backend
     ));
 }
 
-fn lab(worker: WorkerId, id: &str, title: &str) -> LabRecord {
+/// A stopped lab record of `worker` (for store tests outside the suite too).
+pub fn lab(worker: WorkerId, id: &str, title: &str) -> LabRecord {
     LabRecord {
         worker_id: worker,
         lab_id: LabId::parse(id).unwrap(),
