@@ -20,6 +20,7 @@
 //! Clients and subscribers run in this process, on the same two cores as the server, the
 //! engine and (in their own processes) the simulator: the figures include that load.
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -139,6 +140,8 @@ pub struct RequestStats {
     /// Requests that failed: transport errors, a status other than 200, a body that is not
     /// the expected JSON.
     pub errors: u64,
+    /// The errors by kind (`http 503`, `transport`, `body`).
+    pub error_kinds: BTreeMap<String, u64>,
     /// Median time to the whole answer, milliseconds.
     pub p50_ms: f64,
     /// 99th percentile, milliseconds.
@@ -211,7 +214,7 @@ pub struct ApiReport {
     pub events: EventStats,
     /// Open-file limit (soft) during the run, after raising it to the hard limit.
     pub open_files_limit: u64,
-    /// Most file descriptors this process held at once (sampled every 50 ms).
+    /// Most file descriptors this process held at once (sampled every 500 ms).
     pub open_fds_peak: usize,
     /// Peak resident memory of this process (engine, API, clients and subscribers), MiB.
     pub rss_mb: f64,
@@ -264,11 +267,16 @@ fn quantile_ms(sorted: &[u64], p: f64) -> f64 {
     round3(sorted[i.min(sorted.len() - 1)] as f64 / 1e6)
 }
 
-fn request_stats(mut nanos: Vec<u64>, requests: u64, errors: u64) -> RequestStats {
+fn request_stats(
+    mut nanos: Vec<u64>,
+    requests: u64,
+    error_kinds: BTreeMap<String, u64>,
+) -> RequestStats {
     nanos.sort_unstable();
     RequestStats {
         requests,
-        errors,
+        errors: error_kinds.values().sum(),
+        error_kinds,
         p50_ms: quantile_ms(&nanos, 0.50),
         p99_ms: quantile_ms(&nanos, 0.99),
         max_ms: quantile_ms(&nanos, 1.0),
@@ -369,15 +377,18 @@ struct Recorder {
     nanos: parking_lot::Mutex<Vec<u64>>,
     requests: AtomicU64,
     errors: AtomicU64,
+    error_kinds: parking_lot::Mutex<BTreeMap<String, u64>>,
 }
 
 impl Recorder {
-    fn record(&self, took: Duration, ok: bool) {
+    fn record(&self, took: Duration, outcome: Result<(), String>) {
         self.requests.fetch_add(1, Ordering::Relaxed);
-        if ok {
-            self.nanos.lock().push(took.as_nanos() as u64);
-        } else {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+        match outcome {
+            Ok(()) => self.nanos.lock().push(took.as_nanos() as u64),
+            Err(kind) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                *self.error_kinds.lock().entry(kind).or_default() += 1;
+            }
         }
     }
 
@@ -385,29 +396,38 @@ impl Recorder {
         request_stats(
             std::mem::take(&mut *self.nanos.lock()),
             self.requests.load(Ordering::Relaxed),
-            self.errors.load(Ordering::Relaxed),
+            self.error_kinds.lock().clone(),
         )
     }
 }
 
-/// One request; whether it answered 200 with a body `check` accepts.
+/// One request: its time, and whether it answered 200 with a body `check` accepts (else the
+/// kind of error).
 async fn timed(
     client: &reqwest::Client,
     url: &str,
     token: &str,
     check: impl FnOnce(&[u8]) -> bool,
-) -> (Duration, bool) {
+) -> (Duration, Result<(), String>) {
     let started = Instant::now();
     let answer = async {
-        let res = client.get(url).bearer_auth(token).send().await.ok()?;
+        let res = client.get(url).bearer_auth(token).send().await?;
         let status = res.status();
-        let body = res.bytes().await.ok()?;
-        Some((status, body))
+        let body = res.bytes().await?;
+        Ok::<_, reqwest::Error>((status, body))
     }
     .await;
     let took = started.elapsed();
-    let ok = answer.is_some_and(|(status, body)| status == reqwest::StatusCode::OK && check(&body));
-    (took, ok)
+    let outcome = match answer {
+        Err(e) if e.is_timeout() => Err("timeout".to_owned()),
+        Err(_) => Err("transport".to_owned()),
+        Ok((status, _)) if status != reqwest::StatusCode::OK => {
+            Err(format!("http {}", status.as_u16()))
+        }
+        Ok((_, body)) if !check(&body) => Err("body".to_owned()),
+        Ok(_) => Ok(()),
+    };
+    (took, outcome)
 }
 
 /// One client: a list page and a detail in turn, one request per `interval`, until `stop`
@@ -571,9 +591,11 @@ async fn load(
 
     // The API, as `ccm serve` runs it, with one viewer token.
     let token: Arc<str> = generate_token().into();
+    // The product's defaults (10,000 event-stream clients), raised only for a bigger run.
+    let defaults = ApiConfig::default();
     let api = ApiConfig {
-        sse_max_clients: subscribers + 16,
-        ..ApiConfig::default()
+        sse_max_clients: defaults.sse_max_clients.max(subscribers + 16),
+        ..defaults
     };
     let auth = AuthConfig::default().with_token("bench-viewer", Role::Viewer, &token);
     let state = ApiState::new(engine.clone(), api, auth, None).map_err(BenchError::setup("api"))?;
@@ -697,7 +719,7 @@ async fn drive(
             let mut k = 0u64;
             loop {
                 peak.fetch_max(procstat::open_fds().unwrap_or(0), Ordering::Relaxed);
-                if k % 40 == 0 {
+                if k % 4 == 0 {
                     let (l, d) = (
                         list.requests.load(Ordering::Relaxed),
                         detail.requests.load(Ordering::Relaxed),
@@ -714,7 +736,8 @@ async fn drive(
                     );
                 }
                 k += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Not more often: listing /proc/self/fd costs ~1 ms per thousand descriptors.
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         })
     };
@@ -833,8 +856,10 @@ mod tests {
 
     #[test]
     fn request_stats_should_count_errors_apart_from_latencies() {
-        let s = request_stats(vec![3_000_000, 1_000_000, 2_000_000], 4, 1);
+        let kinds = BTreeMap::from([("http 503".to_owned(), 1)]);
+        let s = request_stats(vec![3_000_000, 1_000_000, 2_000_000], 4, kinds);
         assert_eq!((s.requests, s.errors), (4, 1));
+        assert_eq!(s.error_kinds["http 503"], 1);
         assert_eq!((s.p50_ms, s.max_ms), (2.0, 3.0));
     }
 }
