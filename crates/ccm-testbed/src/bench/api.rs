@@ -719,7 +719,7 @@ async fn drive(
             let mut k = 0u64;
             loop {
                 peak.fetch_max(procstat::open_fds().unwrap_or(0), Ordering::Relaxed);
-                if k % 4 == 0 {
+                if k.is_multiple_of(4) {
                     let (l, d) = (
                         list.requests.load(Ordering::Relaxed),
                         detail.requests.load(Ordering::Relaxed),
