@@ -4,6 +4,11 @@
 //!   complete SSE frame (`id:` = log position, `event:` = CloudEvents type, `data:` = the
 //!   CloudEvent JSON) and re-broadcasts the shared bytes on a bounded channel
 //!   (`api.sse_buffer` frames). Each client reads that channel at its own pace.
+//! - **Clients that follow workers** (`?worker=`) do not read that channel: the hub also
+//!   routes each frame about a worker to the clients following that worker, each through its
+//!   own bounded queue (`api.sse_buffer` frames). So a frame costs only the clients that want
+//!   it: 5,000 clients on one worker page each no longer wake 5,000 times per event
+//!   (BENCHMARKS.md, "API under load").
 //! - **Slow clients**: a client that falls more than `api.sse_buffer` frames behind gets a
 //!   final `event: reset` (with the last id it got) and is disconnected; it never blocks the
 //!   hub or other clients. A client that stops reading altogether is cut off by the
@@ -20,10 +25,10 @@
 //!   expires — a final `ccm.session.ended` (whatever the filters), then the stream closes.
 //! - **Filters**: `?worker=<id>` (repeatable) and `?type=<type or prefix.*>` (repeatable).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::convert::Infallible;
 use std::fmt::Write as _;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -35,7 +40,7 @@ use ccm_engine::{BusEvent, Criticality, Engine};
 use ccm_store::{EventQuery, WorkerFilter};
 use http::{HeaderMap, HeaderValue, header};
 use serde::Deserialize;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc};
 use tokio_util::sync::CancellationToken;
 use utoipa::IntoParams;
 
@@ -110,8 +115,85 @@ fn reset_frame(reason: &str, last: Option<u64>) -> Bytes {
 #[derive(Debug)]
 pub(crate) struct Hub {
     tx: broadcast::Sender<Frame>,
+    /// Clients following workers, by worker: their queues.
+    routes: parking_lot::RwLock<HashMap<WorkerId, Vec<RouteEntry>>>,
+    next_route: AtomicU64,
+    buffer: usize,
     clients: AtomicUsize,
     max_clients: usize,
+}
+
+/// One client's queue in [`Hub::routes`].
+#[derive(Debug, Clone)]
+struct RouteEntry {
+    id: u64,
+    tx: mpsc::Sender<Frame>,
+    /// Set when a frame did not fit in the queue: the client must reset.
+    lagged: Arc<AtomicBool>,
+}
+
+/// A client's subscription to the frames about the workers it follows; unregistered when
+/// dropped.
+struct Route {
+    hub: Arc<Hub>,
+    id: u64,
+    workers: Vec<WorkerId>,
+    rx: mpsc::Receiver<Frame>,
+    lagged: Arc<AtomicBool>,
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        let mut routes = self.hub.routes.write();
+        for w in &self.workers {
+            if let Some(entries) = routes.get_mut(w) {
+                entries.retain(|e| e.id != self.id);
+                if entries.is_empty() {
+                    routes.remove(w);
+                }
+            }
+        }
+    }
+}
+
+/// Where a client's live frames come from.
+enum Source {
+    /// Every frame (the hub's channel); the client filters.
+    All(broadcast::Receiver<Frame>),
+    /// Only the frames about the workers it follows (and resets).
+    Routed(Route),
+}
+
+impl Source {
+    async fn recv(&mut self) -> Result<Frame, broadcast::error::RecvError> {
+        match self {
+            Self::All(rx) => rx.recv().await,
+            Self::Routed(route) => {
+                let frame = route.rx.recv().await;
+                if route.lagged.load(Ordering::Acquire) {
+                    return Err(broadcast::error::RecvError::Lagged(1));
+                }
+                frame.ok_or(broadcast::error::RecvError::Closed)
+            }
+        }
+    }
+
+    fn try_recv(&mut self) -> Result<Frame, broadcast::error::TryRecvError> {
+        match self {
+            Self::All(rx) => rx.try_recv(),
+            Self::Routed(route) => {
+                if route.lagged.load(Ordering::Acquire) {
+                    return Err(broadcast::error::TryRecvError::Lagged(1));
+                }
+                route.rx.try_recv().map_err(|e| match e {
+                    mpsc::error::TryRecvError::Empty => broadcast::error::TryRecvError::Empty,
+                    mpsc::error::TryRecvError::Disconnected => {
+                        broadcast::error::TryRecvError::Closed
+                    }
+                })
+            }
+        }
+    }
 }
 
 impl Hub {
@@ -128,6 +210,9 @@ impl Hub {
         let (tx, _) = broadcast::channel(buffer);
         let hub = Arc::new(Self {
             tx,
+            routes: parking_lot::RwLock::new(HashMap::new()),
+            next_route: AtomicU64::new(0),
+            buffer,
             clients: AtomicUsize::new(0),
             max_clients,
         });
@@ -142,7 +227,7 @@ impl Hub {
                     // A restart: events published while the hub was down were missed,
                     // so clients reset and replay from the log.
                     if let Some(hub) = weak.upgrade() {
-                        let _ = hub.tx.send(Frame::Reset);
+                        hub.send(Frame::Reset);
                     }
                     bus.subscribe()
                 }
@@ -156,6 +241,65 @@ impl Hub {
     pub(crate) fn clients(&self) -> usize {
         self.clients.load(Ordering::Relaxed)
     }
+
+    /// Sends a frame to the clients that read every frame and to those following its
+    /// worker (a reset to every client). A routed client whose queue is full is marked
+    /// lagged: it resets, as a client of the channel does when it falls behind.
+    fn send(&self, frame: Frame) {
+        let routes = self.routes.read();
+        let offer = |entries: &[RouteEntry]| {
+            for e in entries {
+                if e.tx.try_send(frame.clone()).is_err() {
+                    e.lagged.store(true, Ordering::Release);
+                }
+            }
+        };
+        match &frame {
+            Frame::Event {
+                subject: Some(w), ..
+            } => {
+                if let Some(entries) = routes.get(w) {
+                    offer(entries);
+                }
+            }
+            Frame::Event { subject: None, .. } => {}
+            Frame::Reset => {
+                for entries in routes.values() {
+                    offer(entries);
+                }
+            }
+        }
+        drop(routes);
+        let _ = self.tx.send(frame);
+    }
+
+    /// Where a client with `filter` reads its live frames from, subscribed now.
+    fn subscribe(self: &Arc<Self>, filter: &Filter) -> Source {
+        let Some(workers) = &filter.workers else {
+            return Source::All(self.tx.subscribe());
+        };
+        let (tx, rx) = mpsc::channel(self.buffer);
+        let lagged = Arc::new(AtomicBool::new(false));
+        let id = self.next_route.fetch_add(1, Ordering::Relaxed);
+        let workers: Vec<WorkerId> = workers.iter().copied().collect();
+        {
+            let mut routes = self.routes.write();
+            for w in &workers {
+                routes.entry(*w).or_default().push(RouteEntry {
+                    id,
+                    tx: tx.clone(),
+                    lagged: lagged.clone(),
+                });
+            }
+        }
+        Source::Routed(Route {
+            hub: self.clone(),
+            id,
+            workers,
+            rx,
+            lagged,
+        })
+    }
 }
 
 async fn forward(mut rx: broadcast::Receiver<BusEvent>, hub: Weak<Hub>, stop: CancellationToken) {
@@ -166,15 +310,13 @@ async fn forward(mut rx: broadcast::Receiver<BusEvent>, hub: Weak<Hub>, stop: Ca
         };
         let Some(hub) = hub.upgrade() else { return };
         match next {
-            Ok(e) => {
-                let _ = hub.tx.send(Frame::of(e.seq, &e.event));
-            }
+            Ok(e) => hub.send(Frame::of(e.seq, &e.event)),
             Err(broadcast::error::RecvError::Lagged(n)) => {
                 tracing::warn!(
                     missed = n,
                     "the SSE hub fell behind the event bus; clients will replay"
                 );
-                let _ = hub.tx.send(Frame::Reset);
+                hub.send(Frame::Reset);
             }
             Err(broadcast::error::RecvError::Closed) => return,
         }
@@ -396,7 +538,7 @@ fn private_frame(engine: &Engine, kind: EventKind) -> Bytes {
 /// One client's stream.
 struct Conn {
     engine: Engine,
-    rx: broadcast::Receiver<Frame>,
+    rx: Source,
     filter: Filter,
     phase: Phase,
     ending: Ending,
@@ -700,7 +842,7 @@ pub(crate) async fn events(
         )
     })?;
     // Subscribe before reading the log: nothing published from now on can be missed.
-    let rx = hub.tx.subscribe();
+    let rx = hub.subscribe(&filter);
     let period = state.config().sse_heartbeat;
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -797,6 +939,54 @@ mod tests {
         assert!(text.ends_with("\n\n"));
         let text = String::from_utf8(format_event(None, &e).to_vec()).unwrap();
         assert!(text.starts_with("event: "));
+    }
+
+    #[tokio::test]
+    async fn a_client_following_a_worker_should_get_only_its_frames_and_reset_when_behind() {
+        let (tx, _) = broadcast::channel(16);
+        let hub = Arc::new(Hub {
+            tx,
+            routes: parking_lot::RwLock::new(HashMap::new()),
+            next_route: AtomicU64::new(0),
+            buffer: 16,
+            clients: AtomicUsize::new(0),
+            max_clients: 10,
+        });
+        let (a, b) = (WorkerId::new(), WorkerId::new());
+        let frame = |w: WorkerId| Frame::Event {
+            seq: None,
+            type_name: "ccm.worker.synced",
+            subject: Some(w),
+            bytes: Bytes::from_static(b"x"),
+        };
+        let mut src = hub.subscribe(&Filter::parse(&[a.to_string()], &[]).unwrap());
+        let mut all = hub.subscribe(&Filter::default());
+        hub.send(frame(b));
+        hub.send(frame(a));
+        assert!(matches!(src.try_recv(), Ok(Frame::Event { subject, .. }) if subject == Some(a)));
+        assert!(matches!(
+            src.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ));
+        // A client of the whole stream still gets both.
+        assert!(matches!(all.try_recv(), Ok(Frame::Event { subject, .. }) if subject == Some(b)));
+        assert!(matches!(all.try_recv(), Ok(Frame::Event { subject, .. }) if subject == Some(a)));
+        // A reset reaches routed clients too.
+        hub.send(Frame::Reset);
+        assert!(matches!(src.try_recv(), Ok(Frame::Reset)));
+        // One frame more than its queue holds: the client lags and must reset.
+        for _ in 0..17 {
+            hub.send(frame(a));
+        }
+        assert!(matches!(
+            src.recv().await,
+            Err(broadcast::error::RecvError::Lagged(_))
+        ));
+        drop(src);
+        assert!(
+            hub.routes.read().is_empty(),
+            "a closed stream leaves no route"
+        );
     }
 
     #[test]

@@ -358,13 +358,19 @@ impl WorkerRepo for SqliteStore {
     }
 
     async fn list(&self, filter: &WorkerFilter) -> Result<Page<Worker>> {
-        fn push_filters(q: &mut QueryBuilder<Sqlite>, f: &WorkerFilter) {
+        /// `in_sort_order`: the filter columns are prefixed with a unary `+`, which tells
+        /// SQLite not to use their own indexes, so that it reads the page in the order of the
+        /// sort key's index and checks the filters from that index (every sort key's index
+        /// holds the filter columns: migration 0004). Left to itself, SQLite prefers an
+        /// equality filter's index and then sorts every match.
+        fn push_filters(q: &mut QueryBuilder<Sqlite>, f: &WorkerFilter, in_sort_order: bool) {
             q.push(" WHERE 1 = 1");
+            let plus = if in_sort_order { "+" } else { "" };
             let in_list = |q: &mut QueryBuilder<Sqlite>, column: &str, values: &[String]| {
                 if values.is_empty() {
                     return;
                 }
-                q.push(format!(" AND {column} IN ("));
+                q.push(format!(" AND {plus}{column} IN ("));
                 let mut sep = q.separated(", ");
                 for v in values {
                     sep.push_bind(v.clone());
@@ -379,7 +385,13 @@ impl WorkerRepo for SqliteStore {
                 if ids.is_empty() {
                     q.push(" AND 1 = 0");
                 } else {
-                    in_list(q, "id", &ids);
+                    // By the primary key: a few ids are found directly, then sorted.
+                    q.push(" AND id IN (");
+                    let mut sep = q.separated(", ");
+                    for v in ids {
+                        sep.push_bind(v);
+                    }
+                    q.push(")");
                 }
             }
             if let Some(text) = f.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
@@ -395,11 +407,12 @@ impl WorkerRepo for SqliteStore {
         }
 
         let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM workers");
-        push_filters(&mut count, filter);
+        push_filters(&mut count, filter, false);
         let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
 
-        let mut q = QueryBuilder::<Sqlite>::new("SELECT id, version, doc FROM workers");
-        push_filters(&mut q, filter);
+        // The page's ids first (sort key and id only: read in the order of the sort key's
+        // index, `(column, id)`), then their documents: the documents of the rows that are
+        // not on the page are never read or sorted.
         let column = match filter.sort {
             WorkerSort::Name => "name",
             WorkerSort::Created => "created_at_ms",
@@ -409,6 +422,10 @@ impl WorkerRepo for SqliteStore {
             WorkerSort::Region => "region",
         };
         let dir = if filter.descending { "DESC" } else { "ASC" };
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT w.id, w.version, w.doc FROM (SELECT id, {column} AS k FROM workers"
+        ));
+        push_filters(&mut q, filter, true);
         q.push(format!(" ORDER BY {column} {dir}, id {dir}"));
         if filter.limit > 0 {
             q.push(" LIMIT ").push_bind(i64::from(filter.limit));
@@ -417,6 +434,9 @@ impl WorkerRepo for SqliteStore {
             q.push(" LIMIT -1 OFFSET ")
                 .push_bind(i64::from(filter.offset));
         }
+        q.push(format!(
+            ") AS p JOIN workers w ON w.id = p.id ORDER BY p.k {dir}, p.id {dir}"
+        ));
         let rows = q.build().fetch_all(&self.pool).await?;
         let items = rows.iter().map(decode_worker).collect::<Result<Vec<_>>>()?;
         Ok(Page {

@@ -1,8 +1,8 @@
-//! `ccm bench sync` and `ccm bench sse` at a tiny size (the JSON report has every field, with
+//! `ccm bench sync`, `ccm bench sse` and `ccm bench api` at a tiny size (the JSON report has every field, with
 //! values that follow from the run), and `ccm sim` sharding as the benchmark uses it (several processes, one
 //! fleet: endpoints, requests, counters summed across shards, SIGTERM stops them all).
 //!
-//! Addresses 127.110.x, 127.111.x and 127.113.x are this file's. Every wait polls with a deadline;
+//! Addresses 127.110.x, 127.111.x, 127.113.x and 127.114.x are this file's. Every wait polls with a deadline;
 //! children are killed when a test fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic
@@ -463,4 +463,108 @@ async fn ccm_sim_should_shard_into_processes_and_sum_their_counters() {
             "{url} still answers"
         );
     }
+}
+
+/// `ccm bench api` at a tiny size: a viewer's list and detail requests all answered, every
+/// subscriber following one worker got that worker's synced event of every cycle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_api_should_answer_every_request_and_deliver_every_event_to_every_subscriber() {
+    let report = bench_report(&[
+        "api",
+        "--workers",
+        "50",
+        "--clients",
+        "5",
+        "--client-interval",
+        "10ms",
+        "--subscribers",
+        "20",
+        "--cycles",
+        "2",
+        "--listen-base",
+        "127.114.0.1",
+        "--latency-ms",
+        "1",
+    ])
+    .await;
+    assert_eq!(report["benchmark"], "api");
+    assert_eq!(report["store"], "sqlite");
+    assert_eq!(num(&report, "workers"), 50.0);
+    assert_eq!(report["cycle_seconds"].as_array().map(Vec::len), Some(2));
+    assert_eq!(num(&report, "statuses.ready"), 50.0, "{report}");
+    for kind in ["list", "detail"] {
+        let stats = &report[kind];
+        assert_eq!(num(stats, "errors"), 0.0, "{kind}: {report}");
+        // Every client makes at least one request of each kind.
+        assert!(num(stats, "requests") >= 5.0, "{kind}: {report}");
+        let (p50, p99, max) = (
+            num(stats, "p50_ms"),
+            num(stats, "p99_ms"),
+            num(stats, "max_ms"),
+        );
+        assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{kind}: {report}");
+    }
+    assert!(report["list_query"].as_str().unwrap().contains("sort="));
+    let events = &report["events"];
+    assert_eq!(events["stream"], "worker");
+    assert_eq!(num(events, "subscribers"), 20.0);
+    assert_eq!(num(events, "connect_errors"), 0.0, "{report}");
+    // One synced event per cycle for the one worker each subscriber follows.
+    assert_eq!(num(events, "expected"), 40.0, "{report}");
+    assert_eq!(num(events, "delivered"), 40.0, "{report}");
+    assert_eq!(num(events, "dropped_clients"), 0.0, "{report}");
+    assert!(num(events, "received") >= 40.0, "{report}");
+    assert!(num(events, "p50_ms") <= num(events, "max_ms"), "{report}");
+    assert!(num(&report, "open_files_limit") >= num(&report, "open_fds_peak"));
+}
+
+/// `--stream fleet --store postgres`: every subscriber of the unfiltered stream gets every
+/// worker's synced event, with the engine and the API on a throwaway PostgreSQL server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_api_on_postgres_should_deliver_every_fleet_event_to_every_subscriber() {
+    let report = bench_report(&[
+        "api",
+        "--workers",
+        "10",
+        "--clients",
+        "2",
+        "--client-interval",
+        "10ms",
+        "--subscribers",
+        "5",
+        "--stream",
+        "fleet",
+        "--store",
+        "postgres",
+        "--listen-base",
+        "127.114.1.1",
+        "--latency-ms",
+        "1",
+    ])
+    .await;
+    assert_eq!(report["store"], "postgres");
+    assert_eq!(
+        num(&report, "list.errors") + num(&report, "detail.errors"),
+        0.0,
+        "{report}"
+    );
+    let events = &report["events"];
+    assert_eq!(events["stream"], "fleet");
+    assert_eq!(num(events, "expected"), 50.0, "{report}");
+    assert_eq!(num(events, "delivered"), 50.0, "{report}");
+    assert_eq!(num(events, "dropped_clients"), 0.0, "{report}");
+}
+
+#[tokio::test]
+async fn bench_api_should_refuse_an_api_address_off_loopback_before_starting() {
+    let out = Command::new(CCM)
+        .args(["bench", "api", "--api-listen", "10.1.2.3"])
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "a configuration error");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--api-listen"), "{stderr}");
+    assert!(!stderr.contains("starting the simulator"), "{stderr}");
 }

@@ -6,6 +6,9 @@
 //!   workers are registered in a temporary SQLite store, and the report gives cycle times,
 //!   the requests the simulator received, ccm's peak memory and CPU time, and the statuses;
 //!   optionally the Python seed-poller ([`SeedPoller`]) runs on the same fleet.
+//! - [`api()`] — the API under load: HTTP clients (worker list and detail) and event-stream
+//!   subscribers of the real API, with a viewer token, while a full CML cycle of the same
+//!   fleet runs; latencies and errors of each.
 //! - [`sse()`] — live events fanned out to many SSE clients of the real API, every event
 //!   counted at every client, with its latency.
 //! - [`idle::idle()`] — the economics of idle policies: a usage trace of a fleet replayed
@@ -17,6 +20,7 @@
 //!
 //! [`SimLauncher`]: ccm_cml_sim::SimLauncher
 
+mod api;
 mod error;
 pub mod idle;
 mod peer;
@@ -26,6 +30,9 @@ mod sim_process;
 mod sse;
 mod sync;
 
+pub use api::{
+    ApiOptions, ApiReport, DEFAULT_LIST_QUERY, EventStats, RequestStats, StreamKind, api,
+};
 pub use error::BenchError;
 pub use peer::{PeerReport, SEED_POLLER_DIR, SeedPoller, locate_seed_poller};
 pub use report::{Statuses, Summary};

@@ -215,7 +215,7 @@ fn quiet_settings() -> RuntimeSettings {
 }
 
 /// Registers one running worker per simulator endpoint, directly in the store.
-async fn register(
+pub(super) async fn register(
     store: &dyn Store,
     endpoints: &[String],
     policy: &EndpointPolicy,
@@ -254,7 +254,7 @@ async fn register(
 }
 
 /// Everything one engine needs, built on `store`.
-async fn start_engine(
+pub(super) async fn start_engine(
     store: Arc<dyn Store>,
     resilience_cfg: &ResilienceConfig,
     policy: EndpointPolicy,
@@ -298,7 +298,26 @@ async fn start_engine(
     Ok(engine)
 }
 
-fn statuses(engine: &Engine) -> Statuses {
+/// The resilience configuration of a benchmark's engine for `n` workers, and the workers
+/// synced at once. `concurrency` (`--concurrency C`) is in workers, like the peer's
+/// semaphore: the engine syncs `cml_poll / CML_SYNC_CALLS` workers at once, so the bulkhead
+/// gets C × CML_SYNC_CALLS call slots (`None`: the product default). Its queue holds the
+/// whole fleet.
+pub(super) fn fleet_resilience(n: usize, concurrency: Option<u32>) -> (ResilienceConfig, usize) {
+    let mut resilience_cfg = ResilienceConfig::default();
+    let default_poll = resilience_cfg.bulkheads.cml_poll.clone();
+    let concurrency = concurrency
+        .map_or((default_poll.max_concurrent / CML_SYNC_CALLS).max(1), |c| {
+            c as usize
+        });
+    resilience_cfg.bulkheads.cml_poll = BulkheadConfig::new(
+        concurrency * CML_SYNC_CALLS,
+        default_poll.max_queue.max(n * CML_SYNC_CALLS),
+    );
+    (resilience_cfg, concurrency)
+}
+
+pub(super) fn statuses(engine: &Engine) -> Statuses {
     let counts = engine.counts();
     let get = |k: &str| counts.by_service.get(k).copied().unwrap_or(0);
     Statuses {
@@ -360,7 +379,7 @@ pub async fn throwaway_postgres()
 }
 
 /// A throwaway PostgreSQL server and a store on a fresh database in it.
-async fn postgres_store()
+pub(super) async fn postgres_store()
 -> Result<(ccm_store::testkit::postgres::TestPostgres, Arc<dyn Store>), BenchError> {
     let (server, url) = throwaway_postgres().await?;
     let store = PgStore::connect(&url, &StoreConfig::default())
@@ -442,21 +461,8 @@ async fn measure(
         address: AddressPreference::Public,
         ..EndpointPolicy::default()
     };
-    // `--concurrency C` is in workers, like the peer's semaphore: the engine syncs
-    // `cml_poll / CML_SYNC_CALLS` workers at once, so the bulkhead gets C × CML_SYNC_CALLS
-    // call slots. Its queue holds the whole fleet.
-    let mut resilience_cfg = ResilienceConfig::default();
-    let default_poll = resilience_cfg.bulkheads.cml_poll.clone();
-    let concurrency = args
-        .concurrency
-        .map_or((default_poll.max_concurrent / CML_SYNC_CALLS).max(1), |c| {
-            c as usize
-        });
+    let (mut resilience_cfg, concurrency) = fleet_resilience(n, args.concurrency);
     let cml_poll_slots = concurrency * CML_SYNC_CALLS;
-    resilience_cfg.bulkheads.cml_poll = BulkheadConfig::new(
-        cml_poll_slots,
-        default_poll.max_queue.max(n * CML_SYNC_CALLS),
-    );
     if let Some(open_for) = args.breaker_open_for {
         resilience_cfg.breaker.open_for = open_for;
     }

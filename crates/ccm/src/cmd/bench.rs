@@ -6,6 +6,8 @@
 //! - `ccm bench sync` — full CML sync cycles of a simulated fleet (`ccm sim` in child
 //!   processes) through a real engine; optionally the Python seed-poller on the same fleet.
 //! - `ccm bench sse` — live events fanned out to many SSE subscribers of the real API.
+//! - `ccm bench api` — the API under load (worker list, worker detail, event streams) while a
+//!   full CML cycle of the same fleet runs.
 //! - `ccm bench idle` — idle policies (ccm's and three baselines) on usage traces replayed
 //!   over simulated days: idle hours stopped, wrongful pauses, waits, money.
 //! - `ccm bench failover` — seconds from kill -9 of one `ccm serve` replica until its workers
@@ -16,7 +18,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use ccm_testbed::bench::{self, SeedPoller, SseOptions, SyncOptions};
+use ccm_testbed::bench::{self, ApiOptions, SeedPoller, SseOptions, StreamKind, SyncOptions};
 
 use crate::config::ConfigError;
 
@@ -34,6 +36,9 @@ pub(crate) enum BenchCommand {
     Sync(SyncArgs),
     /// Live events fanned out to many SSE subscribers of the API.
     Sse(SseArgs),
+    /// The API under load (worker list, worker detail, event streams, a viewer token) while
+    /// a full CML cycle of the same fleet runs.
+    Api(ApiArgs),
     /// Seconds from kill -9 of one `ccm serve` replica until every one of its workers was
     /// polled again by the others, and double polls (needs PostgreSQL and moto).
     Failover(super::failover::FailoverArgs),
@@ -186,11 +191,80 @@ pub(crate) struct SseArgs {
     pub(crate) timeout: Duration,
 }
 
+/// What each event-stream subscriber of `ccm bench api` follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum StreamArg {
+    /// One worker each (`?worker=<id>`, as the worker page), dealt round-robin.
+    Worker,
+    /// The whole fleet (no filter, as the fleet page's live store).
+    Fleet,
+}
+
+/// The store `ccm bench api` uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum ApiStoreArg {
+    /// A SQLite file in a temporary directory (the product's settings).
+    Sqlite,
+    /// A throwaway durable PostgreSQL server (Debian's `postgresql` package).
+    Postgres,
+}
+
+/// `ccm bench api` flags.
+#[derive(Debug, Clone, clap::Args)]
+pub(crate) struct ApiArgs {
+    /// Simulated workers.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..=60_000))]
+    pub(crate) workers: u32,
+    /// HTTP clients asking, in turn, for a page of the worker list and a worker's detail.
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=2_000))]
+    pub(crate) clients: u32,
+    /// Each client's pause between two requests (its think time).
+    #[arg(long, default_value = "500ms", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) client_interval: Duration,
+    /// Event-stream subscribers (two descriptors each: both ends are in this process).
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u32).range(0..=9_000))]
+    pub(crate) subscribers: u32,
+    /// What each subscriber follows.
+    #[arg(long, value_enum, default_value = "worker")]
+    pub(crate) stream: StreamArg,
+    /// The worker list's query string: filters, sort and page, as the API takes them.
+    #[arg(long, default_value = bench::DEFAULT_LIST_QUERY, value_name = "QUERY")]
+    pub(crate) list_query: String,
+    /// Measured CML cycles under the load (one warm-up cycle runs first, without it).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub(crate) cycles: u32,
+    /// Latency the simulator adds to every request, in milliseconds.
+    #[arg(long, default_value_t = 20, value_name = "MS")]
+    pub(crate) latency_ms: u64,
+    /// Workers synced at once (default: the product default).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub(crate) concurrency: Option<u32>,
+    /// Address of the first simulated worker (the others count up).
+    #[arg(long, default_value = "127.120.0.1")]
+    pub(crate) listen_base: Ipv4Addr,
+    /// Port of every simulated worker.
+    #[arg(long, default_value_t = 9443)]
+    pub(crate) port: u16,
+    /// Most simulated workers per simulator process (bigger fleets run in several).
+    #[arg(long, default_value_t = 4000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub(crate) shard_size: u32,
+    /// Address the API listens on (a loopback address; the port is chosen by the system).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub(crate) api_listen: Ipv4Addr,
+    /// The store the engine and the API use.
+    #[arg(long, value_enum, default_value = "sqlite")]
+    pub(crate) store: ApiStoreArg,
+    /// Longest the whole run may take; children are stopped and the run fails after it.
+    #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
+    pub(crate) timeout: Duration,
+}
+
 /// Runs a benchmark and prints its JSON report on stdout.
 pub(crate) fn run(cmd: BenchCmd) -> anyhow::Result<()> {
     match cmd.command {
         BenchCommand::Sync(args) => sync(args),
         BenchCommand::Sse(args) => sse(args),
+        BenchCommand::Api(args) => api(args),
         BenchCommand::Idle(args) => idle(args),
         BenchCommand::Failover(args) => failover(args),
     }
@@ -359,5 +433,60 @@ fn sse(args: SseArgs) -> anyhow::Result<()> {
     })?;
     eprintln!("{report}");
     println!("{}", serde_json::to_string(&report)?);
+    Ok(())
+}
+
+/// `ccm bench api`: checks the flags, runs the harness until done, Ctrl-C or SIGTERM (the
+/// simulator's processes are stopped either way) and prints the report.
+fn api(args: ApiArgs) -> anyhow::Result<()> {
+    if !args.api_listen.is_loopback() {
+        return Err(ConfigError("--api-listen: a loopback address (127.0.0.0/8)".into()).into());
+    }
+    if !args.listen_base.is_loopback() {
+        return Err(ConfigError("--listen-base: a loopback address (127.0.0.0/8)".into()).into());
+    }
+    if args.list_query.len() > 1024 || args.list_query.starts_with('?') {
+        return Err(ConfigError(
+            "--list-query: a query string without the leading '?', at most 1024 bytes".into(),
+        )
+        .into());
+    }
+    if args.client_interval < Duration::from_millis(1)
+        || args.client_interval > Duration::from_secs(60)
+    {
+        return Err(ConfigError("--client-interval: 1ms to 60s".into()).into());
+    }
+    let mut options = ApiOptions::new(super::sim_launcher()?);
+    options.workers = args.workers;
+    options.clients = args.clients;
+    options.client_interval = args.client_interval;
+    options.subscribers = args.subscribers;
+    options.stream = match args.stream {
+        StreamArg::Worker => StreamKind::Worker,
+        StreamArg::Fleet => StreamKind::Fleet,
+    };
+    options.list_query = args.list_query;
+    options.cycles = args.cycles;
+    options.latency_ms = args.latency_ms;
+    options.concurrency = args.concurrency;
+    options.listen_base = args.listen_base;
+    options.port = args.port;
+    options.shard_size = args.shard_size;
+    options.api_ip = args.api_listen.into();
+    options.store = match args.store {
+        ApiStoreArg::Sqlite => bench::BenchStore::Sqlite,
+        ApiStoreArg::Postgres => bench::BenchStore::Postgres,
+    };
+    options.timeout = args.timeout;
+    let runtime = super::runtime::build()?;
+    let outcome = runtime.block_on(async move {
+        tokio::select! {
+            r = bench::api(options) => r.context("api benchmark failed"),
+            () = super::runtime::shutdown_signal() => anyhow::bail!("interrupted"),
+        }
+    });
+    runtime.shutdown_timeout(Duration::from_secs(5));
+    let report = outcome?;
+    println!("{}", serde_json::to_string_pretty(&report)?);
     Ok(())
 }
