@@ -2,7 +2,7 @@
 //! the binary's time, memory and disk): every preset and the random trace by default.
 //!
 //! `cargo run --release -p ccm-testbed --example idle_bench -- [TRACE…] [--svg FILE]
-//! [--seed N] [--random-workers N]`
+//! [--seed N] [--random-workers N] [--every-tick] [--listen-base IP]`
 //!
 //! TRACE is a preset name, `random` (seed 1, 200 workers, 7 days, as `ccm bench idle`'s
 //! defaults) or a path; run from the repository root (presets are read from `bench/traces/`).
@@ -19,9 +19,19 @@ async fn main() {
     let mut names = Vec::new();
     let mut svg: Option<PathBuf> = None;
     let (mut seed, mut random_workers) = (1u64, 200usize);
+    let mut every_tick = false;
+    let mut listen_base: Option<std::net::Ipv4Addr> = None;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
-        if a == "--svg" {
+        if a == "--listen-base" {
+            listen_base = Some(
+                args.next()
+                    .and_then(|v| v.parse().ok())
+                    .expect("--listen-base IPv4"),
+            );
+        } else if a == "--every-tick" {
+            every_tick = true;
+        } else if a == "--svg" {
             svg = args.next().map(PathBuf::from);
         } else if a == "--seed" {
             seed = args.next().and_then(|v| v.parse().ok()).expect("--seed N");
@@ -48,7 +58,12 @@ async fn main() {
                 std::process::exit(64)
             })
         };
-        let report = idle::idle(idle::default_options(trace)).await.unwrap();
+        let mut opts = idle::default_options(trace);
+        opts.skip_quiet = !every_tick;
+        if let Some(ip) = listen_base {
+            opts.listen_base = ip;
+        }
+        let report = idle::idle(opts).await.unwrap();
         eprint!("{}", idle::table(&report));
         reports.push(report);
     }

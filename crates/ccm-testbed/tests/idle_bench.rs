@@ -64,3 +64,43 @@ async fn each_policy_should_stop_what_it_can_and_wrongful_pauses_should_be_count
         "{schedule:?} {ccm:?}"
     );
 }
+
+/// Skipping the quiet ticks is a shortcut, not a different measurement: on a small random
+/// fleet (sessions, lunch gaps, design work, overnight runs) every figure of ccm and of the
+/// original rule is the same as with ccm's jobs run at every tick. Run twice each, it also
+/// shows the engine policies are reproducible.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn skipping_quiet_ticks_should_change_no_figure_and_runs_should_repeat() {
+    let run = |skip: bool, base: u8| async move {
+        let mut opts = IdleOptions::new(Trace::random(3, 6, 2));
+        opts.policies = vec![PolicyKind::Ccm, PolicyKind::Original];
+        opts.tick = Duration::from_secs(10 * 60);
+        opts.skip_quiet = skip;
+        opts.listen_base = Ipv4Addr::new(127, 79, base, 1);
+        let mut r = idle(opts).await.unwrap();
+        let ticks: Vec<u64> = r.policies.iter().map(|p| p.engine_ticks).collect();
+        for p in &mut r.policies {
+            p.run_seconds = 0.0;
+            p.engine_ticks = 0;
+        }
+        (r, ticks)
+    };
+    let (every, every_ticks) = run(false, 0).await;
+    let (skipped, skipped_ticks) = run(true, 1).await;
+    // Two days of 10-minute ticks: 288 each; the quiet nights are skipped.
+    assert_eq!(every_ticks, vec![288, 288]);
+    assert!(
+        skipped_ticks.iter().all(|t| *t < 200),
+        "quiet ticks should be skipped: {skipped_ticks:?}"
+    );
+    assert!(
+        every.policies.iter().all(|p| p.pauses > 0),
+        "the trace pauses workers: {every:?}"
+    );
+    assert_eq!(every, skipped);
+    assert_eq!(
+        skipped,
+        run(true, 2).await.0,
+        "a second run repeats the first"
+    );
+}

@@ -217,6 +217,16 @@ impl JobContext {
         {
             return Ok(share);
         }
+        self.refresh_fleet_busy_share().await
+    }
+
+    /// Computes the share of the fleet in use now and keeps it for the next minute of
+    /// engine time. A triggered activity cycle calls it before its first poll, so every
+    /// worker of the cycle is judged against the same share — the fleet as the previous
+    /// reads left it — whatever order the concurrent polls finish in (otherwise the share
+    /// would depend on which reads happened to be stored first).
+    pub(crate) async fn refresh_fleet_busy_share(&self) -> Result<f64, JobError> {
+        let now = self.now();
         let settings = self.settings().idle;
         let workers = self.owned_workers().await?;
         let share = ccm_domain::idle::busy_share(&workers, &settings, now);

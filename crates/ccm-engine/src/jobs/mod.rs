@@ -172,6 +172,12 @@ impl JobRunner {
         }])
         .await;
         let started = tokio::time::Instant::now();
+        if job == JobKind::Activity
+            && ctx.settings().idle.busy_fleet_percent > 0
+            && let Err(e) = ctx.refresh_fleet_busy_share().await
+        {
+            tracing::warn!(error = %e, "the fleet's busy share could not be computed");
+        }
         let counts = CycleCounts {
             members: len,
             ..self.run_cycle(job, members).await

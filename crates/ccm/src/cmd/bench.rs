@@ -87,6 +87,10 @@ pub(crate) struct IdleArgs {
     /// First loopback address of the simulated CML fleet.
     #[arg(long, default_value = "127.77.0.1")]
     pub(crate) listen_base: Ipv4Addr,
+    /// Run ccm's jobs at every tick, not only where they can change something (same report,
+    /// slower; to check the shortcut).
+    #[arg(long)]
+    pub(crate) every_tick: bool,
 }
 
 /// A peer implementation to run on the same fleet.
@@ -322,6 +326,7 @@ fn idle(args: IdleArgs) -> anyhow::Result<()> {
         opts.timeout = args.timeout;
         opts.price = args.price;
         opts.listen_base = args.listen_base;
+        opts.skip_quiet = !args.every_tick;
         let report = runtime.block_on(async move {
             tokio::select! {
                 r = bench::idle::idle(opts) => r.context("idle benchmark failed"),
