@@ -18,6 +18,7 @@
 //! [`SimLauncher`]: ccm_cml_sim::SimLauncher
 
 mod error;
+mod floor;
 pub mod idle;
 mod peer;
 mod procstat;
