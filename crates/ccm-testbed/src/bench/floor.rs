@@ -9,7 +9,7 @@
 //! this median is what ccm's own logic costs.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use ccm_cml::{CmlConfig, http_client};
 use tokio::sync::Semaphore;
