@@ -145,6 +145,39 @@ pub fn job_key(job: JobKind, region: Option<&Region>) -> String {
     }
 }
 
+/// The cluster-wide claim key of an on-demand refresh of a worker (`refresh:<id>`). Not a
+/// partition or job lease: taken per refresh, kept while it runs and for the throttle's
+/// interval after it started, never renewed by the rounds.
+pub fn refresh_key(id: WorkerId) -> String {
+    format!("refresh:{id}")
+}
+
+/// Whether `key` is one of the leases that partition the work (`part:`, `job:`), as opposed
+/// to a short claim such as [`refresh_key`].
+pub fn is_work_key(key: &str) -> bool {
+    key.starts_with("part:") || key.starts_with("job:")
+}
+
+/// A short cluster-wide claim on a key outside the rounds (e.g. [`refresh_key`]): taken with
+/// [`LeaseOwnership::claim`], kept with [`LeaseOwnership::hold_while`], ended with
+/// [`LeaseOwnership::settle`].
+#[derive(Debug)]
+pub(crate) struct Claim {
+    key: String,
+    fence: u64,
+}
+
+/// A claim that could no longer be renewed before this process stopped trusting it (the
+/// database is out of reach): the work under it was stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the cluster claim {key} could not be renewed; the work under it was stopped")]
+pub(crate) struct ClaimLost {
+    /// The key.
+    pub(crate) key: String,
+    /// The token it was held under.
+    pub(crate) fence: u64,
+}
+
 /// The rendezvous weight of `replica` for `key`: the replica with the highest weight wants it.
 fn weight(key: &str, replica: &str) -> u64 {
     let mut h = Sha256::new();
@@ -190,7 +223,7 @@ pub struct ClusterView {
     pub me: String,
     /// Every registered replica, with heartbeat ages (database clock).
     pub replicas: Vec<ReplicaRow>,
-    /// Every unexpired lease.
+    /// Every unexpired partition and job lease (short claims such as a refresh's are left out).
     pub leases: Vec<LeaseRecord>,
     /// The lease TTL (live = heartbeat younger than this).
     pub lease_ttl: Duration,
@@ -266,6 +299,83 @@ impl LeaseOwnership {
 
     fn repo(&self) -> &dyn ClusterRepo {
         self.inner.repo.as_ref()
+    }
+
+    /// Takes `key` for `ttl` if no replica holds it (free or expired). `None`: another
+    /// replica (or this one) holds it now.
+    pub(crate) async fn claim(
+        &self,
+        key: String,
+        ttl: Duration,
+    ) -> Result<Option<Claim>, StoreError> {
+        let got = self
+            .repo()
+            .acquire(&self.inner.me.id, std::slice::from_ref(&key), ttl)
+            .await?;
+        Ok(got.into_iter().find(|a| a.key == key).map(|a| Claim {
+            key,
+            fence: a.fence,
+        }))
+    }
+
+    /// Runs `work` while keeping `claim`: renewed to the lease TTL every renew interval. When
+    /// renewals fail until this process stops trusting the claim (TTL minus the margin since
+    /// the last renewal was sent), `work` is dropped and [`ClaimLost`] returned, before any
+    /// other replica may take the key.
+    pub(crate) async fn hold_while<F: std::future::Future>(
+        &self,
+        claim: &Claim,
+        work: F,
+    ) -> Result<F::Output, ClaimLost> {
+        let cfg = &self.inner.config;
+        let held = [(claim.key.clone(), claim.fence)];
+        let lost = || ClaimLost {
+            key: claim.key.clone(),
+            fence: claim.fence,
+        };
+        let mut valid_until = Instant::now() + cfg.lease_ttl - cfg.margin();
+        let mut tick = tokio::time::interval(cfg.renew_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        tokio::pin!(work);
+        loop {
+            tokio::select! {
+                out = &mut work => return Ok(out),
+                _ = tokio::time::sleep_until(valid_until) => return Err(lost()),
+                _ = tick.tick() => {
+                    let sent = Instant::now();
+                    match self.repo().renew(&self.inner.me.id, &held, cfg.lease_ttl).await {
+                        Ok(kept) if kept.contains(&claim.key) => {
+                            valid_until = sent + cfg.lease_ttl - cfg.margin();
+                        }
+                        Ok(_) => return Err(lost()),
+                        Err(e) => {
+                            tracing::warn!(key = %claim.key, error = %e, "could not renew a claim");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends `claim`: kept `keep` longer (the rest of a throttle interval), or released now
+    /// when `keep` is zero. A failure is logged: the claim then expires by itself.
+    pub(crate) async fn settle(&self, claim: Claim, keep: Duration) {
+        let held = [(claim.key.clone(), claim.fence)];
+        let result = if keep.is_zero() {
+            self.repo()
+                .release(&self.inner.me.id, &held)
+                .await
+                .map(|_| ())
+        } else {
+            self.repo()
+                .renew(&self.inner.me.id, &held, keep)
+                .await
+                .map(|_| ())
+        };
+        if let Err(e) = result {
+            tracing::warn!(key = %claim.key, error = %e, "could not settle a claim; it expires by itself");
+        }
     }
 
     async fn run(self) {
@@ -440,7 +550,12 @@ impl LeaseOwnership {
         Ok(ClusterView {
             me: self.inner.me.id.clone(),
             replicas: repo.replicas().await?,
-            leases: repo.leases().await?,
+            leases: repo
+                .leases()
+                .await?
+                .into_iter()
+                .filter(|l| is_work_key(&l.key))
+                .collect(),
             lease_ttl: self.inner.config.lease_ttl,
             partitions: self.inner.config.partitions,
             workers: std::collections::BTreeMap::new(),
@@ -944,5 +1059,108 @@ mod tests {
             c.validate()
                 .is_err_and(|e| e.starts_with("cluster.partitions"))
         );
+    }
+    /// A refresh claim is exclusive across replicas, kept past its TTL while the work runs,
+    /// kept for the rest of the throttle interval when settled, and free again after it.
+    #[tokio::test(start_paused = true)]
+    async fn a_refresh_claim_should_be_exclusive_kept_while_running_and_free_after_the_interval() {
+        let db = Arc::new(MemoryDb::default());
+        let a = LeaseOwnership::join(db.clone(), record("a"), short())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let b = LeaseOwnership::join(db.clone(), record("b"), short())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let key = refresh_key(WorkerId::new());
+        let ttl = a.config().lease_ttl;
+        let claim = a
+            .claim(key.clone(), ttl)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("a free key is claimed"));
+        assert!(
+            b.claim(key.clone(), ttl)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_none(),
+            "a claim held by A is refused to B"
+        );
+        // Work running for three TTLs: the claim is renewed and B is refused throughout.
+        let b2 = b.clone();
+        let key2 = key.clone();
+        let out = a
+            .hold_while(&claim, async move {
+                let mut refused = 0;
+                for _ in 0..9 {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    if b2.claim(key2.clone(), ttl).await.ok().flatten().is_none() {
+                        refused += 1;
+                    }
+                }
+                refused
+            })
+            .await;
+        assert_eq!(out, Ok(9), "B never got the claim while A's work ran");
+        // Settled with 4 s of throttle interval left: still A's for 4 s, then free.
+        a.settle(claim, Duration::from_secs(4)).await;
+        tokio::time::advance(Duration::from_millis(3900)).await;
+        assert!(
+            b.claim(key.clone(), ttl)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_none()
+        );
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let taken = b
+            .claim(key.clone(), ttl)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("free after the interval"));
+        assert!(taken.fence > 1, "each claim raises the fence");
+        // Settled with nothing left: released at once.
+        b.settle(taken, Duration::ZERO).await;
+        assert!(
+            a.claim(key, ttl)
+                .await
+                .unwrap_or_else(|e| panic!("{e}"))
+                .is_some()
+        );
+    }
+
+    /// Cut off from the database while holding a claim, the work is stopped before the
+    /// database would let another replica take the key.
+    #[tokio::test(start_paused = true)]
+    async fn a_claim_that_cannot_be_renewed_should_stop_its_work_before_it_expires() {
+        let db = Arc::new(MemoryDb::default());
+        let a = LeaseOwnership::join(db.clone(), record("a"), short())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        let key = refresh_key(WorkerId::new());
+        let claim = a
+            .claim(key.clone(), a.config().lease_ttl)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .unwrap_or_else(|| panic!("claimed"));
+        db.down.store(true, Ordering::SeqCst);
+        let db_expiry = db.expires_at(&key).unwrap_or_else(|| panic!("stored"));
+        let lost = a.hold_while(&claim, std::future::pending::<()>()).await;
+        assert_eq!(
+            lost,
+            Err(ClaimLost {
+                key,
+                fence: claim.fence
+            })
+        );
+        assert!(
+            Instant::now() < db_expiry,
+            "stopped before the database expiry"
+        );
+    }
+
+    #[test]
+    fn only_partition_and_job_keys_should_count_as_work_leases() {
+        assert!(is_work_key("part:0042"));
+        assert!(is_work_key("job:ec2_sync:eu-west-1"));
+        assert!(!is_work_key(&refresh_key(WorkerId::new())));
     }
 }

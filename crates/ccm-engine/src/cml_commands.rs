@@ -10,7 +10,9 @@ use ccm_domain::{
     Actor, CmlCall, EventKind, LabAction, LabId, LabRecord, RefreshSkip, Worker, WorkerId,
 };
 use ccm_resilience::{RefreshThrottle, SingleFlight, ThrottleConfig, ThrottleError};
+use ccm_store::StoreError;
 
+use crate::cluster::{LeaseOwnership, refresh_key};
 use crate::commands::WorkerCommands;
 use crate::config::LicenceConfig;
 use crate::error::{EngineError, JobError, UpstreamError};
@@ -31,6 +33,8 @@ struct Inner {
     jobs: Arc<JobContext>,
     commands: Arc<WorkerCommands>,
     throttle: RefreshThrottle<WorkerId>,
+    /// The throttle's interval in force (zero when it is off), for the cluster-wide claim.
+    throttle_interval: std::time::Duration,
     flight: SingleFlight<WorkerId, Result<(), Arc<JobError>>>,
     licence: LicenceConfig,
     tasks: Supervisor,
@@ -51,6 +55,11 @@ impl CmlCommands {
                 jobs,
                 commands,
                 throttle: RefreshThrottle::new(throttle),
+                throttle_interval: if throttle.enabled {
+                    throttle.min_interval
+                } else {
+                    std::time::Duration::ZERO
+                },
                 flight: SingleFlight::new(),
                 licence,
                 tasks,
@@ -87,10 +96,16 @@ impl CmlCommands {
     /// and de-duplicated: a request while one runs joins it; a request too soon after the
     /// last is skipped. Only a refresh that runs is recorded (`ccm.worker.refresh_requested`);
     /// a skipped one writes nothing and the caller is told why.
+    ///
+    /// With several replicas (`cluster`), the throttle and the single flight hold across them:
+    /// the refresh also takes the cluster-wide claim `refresh:<id>` in the database, kept while
+    /// it runs and until the throttle's interval has passed since it started. A refresh asked
+    /// on another replica meanwhile is skipped as throttled, never run twice.
     pub(crate) async fn refresh(
         &self,
         id: WorkerId,
         by: &Actor,
+        cluster: Option<&LeaseOwnership>,
     ) -> Result<RefreshOutcome, EngineError> {
         let worker = self.inner.state.worker(id).await?;
         if let Some(reason) = worker.refresh_blocker() {
@@ -101,31 +116,66 @@ impl CmlCommands {
         }
         match self.inner.throttle.try_acquire(id) {
             Ok(guard) => {
+                let started = tokio::time::Instant::now();
+                let claim = match cluster {
+                    None => None,
+                    Some(lease) => {
+                        let hold = lease.config().lease_ttl.max(self.inner.throttle_interval);
+                        match lease.claim(refresh_key(id), hold).await {
+                            Ok(Some(claim)) => Some((lease, claim)),
+                            Ok(None) => {
+                                let secs = self.inner.throttle_interval.as_secs().max(1);
+                                return Ok(RefreshOutcome::Skipped {
+                                    reason: RefreshSkip::Throttled,
+                                    retry_in_seconds: Some(secs),
+                                });
+                            }
+                            Err(e) => return Err(EngineError::Store(e)),
+                        }
+                    }
+                };
                 self.emit(
                     id,
                     vec![EventKind::WorkerRefreshRequested { by: by.clone() }],
                 )
                 .await;
                 let this = self.clone();
-                let result = self
-                    .inner
-                    .flight
-                    .run(id, async move {
-                        if let (Some(instance), region) =
-                            (worker.instance_id.clone(), worker.region.clone())
-                        {
-                            this.inner
-                                .commands
-                                .observe_instance(id, &region, &instance)
-                                .await;
+                // Boxed: the refresh is a deep future, and it is either awaited here or
+                // inside `hold_while`; one heap copy instead of two on the stack.
+                let result = Box::pin(self.inner.flight.run(id, async move {
+                    if let (Some(instance), region) =
+                        (worker.instance_id.clone(), worker.region.clone())
+                    {
+                        this.inner
+                            .commands
+                            .observe_instance(id, &region, &instance)
+                            .await;
+                    }
+                    // A command: any process may refresh any worker.
+                    let grant = Grant::command();
+                    let sync = sync_worker(&this.inner.jobs, &grant, id).await;
+                    let labs = refresh_labs(&this.inner.jobs, &grant, id).await;
+                    sync.and(labs).map_err(Arc::new)
+                }));
+                let result = match &claim {
+                    None => result.await,
+                    Some((lease, claim)) => match lease.hold_while(claim, result).await {
+                        Ok(result) => result,
+                        Err(lost) => {
+                            return Err(EngineError::Store(StoreError::Fenced {
+                                key: lost.key,
+                                token: lost.fence,
+                            }));
                         }
-                        // A command: any process may refresh any worker.
-                        let grant = Grant::command();
-                        let sync = sync_worker(&this.inner.jobs, &grant, id).await;
-                        let labs = refresh_labs(&this.inner.jobs, &grant, id).await;
-                        sync.and(labs).map_err(Arc::new)
-                    })
-                    .await;
+                    },
+                };
+                if let Some((lease, claim)) = claim {
+                    let keep = self
+                        .inner
+                        .throttle_interval
+                        .saturating_sub(started.elapsed());
+                    lease.settle(claim, keep).await;
+                }
                 drop(guard);
                 self.inner.state.flush().await;
                 result.map_err(UpstreamError::from_job)?;

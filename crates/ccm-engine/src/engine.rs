@@ -736,15 +736,17 @@ impl Engine {
 
     /// Refreshes one worker now (its EC2 state, a CML sync, its labs). Throttled per worker
     /// and de-duplicated: a request while one runs joins it; a request too soon after the
-    /// last is skipped. Every skip is an event saying why.
+    /// last is skipped. With several replicas both hold across them (a refresh running or
+    /// recent on another replica skips this one as throttled).
     pub async fn refresh_worker(
         &self,
         id: WorkerId,
         by: &Actor,
     ) -> Result<RefreshOutcome, EngineError> {
+        let cluster = self.inner.cluster.get().map(|(_, lease)| lease);
         self.inner
             .cml
-            .refresh(id, by)
+            .refresh(id, by, cluster)
             .instrument(command_span("refresh", id))
             .await
     }

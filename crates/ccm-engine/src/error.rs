@@ -423,6 +423,18 @@ pub enum JobError {
 }
 
 impl JobError {
+    /// A store failure; a write refused by its fencing token (the lease moved to another
+    /// replica) is [`Self::NotHeld`] and counted in `ccm_fencing_refusals_total`.
+    pub(crate) fn from_store(err: StoreError) -> Self {
+        match err {
+            StoreError::Fenced { .. } => {
+                metrics::counter!(crate::metrics::FENCING_REFUSALS).increment(1);
+                Self::NotHeld
+            }
+            other => Self::Store(other),
+        }
+    }
+
     /// A command failure.
     pub(crate) fn command(action: &'static str, err: EngineError) -> Self {
         Self::Command {

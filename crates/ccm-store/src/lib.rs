@@ -108,6 +108,15 @@ pub enum StoreError {
         /// The newest version this build reads.
         supported: u64,
     },
+    /// Nothing written: the write's lease is no longer held under its token (another replica
+    /// took it over, or it expired). Not to be retried by this holder.
+    #[error("the lease {key} is no longer held under token {token}; the write was refused")]
+    Fenced {
+        /// The lease key.
+        key: String,
+        /// The stale token.
+        token: u64,
+    },
     /// The database server could not be reached or refused us (at start).
     #[error("cannot connect to PostgreSQL at {target}: {message}")]
     Connect {
@@ -211,10 +220,18 @@ pub trait WorkerRepo: Send + Sync {
 #[async_trait]
 pub trait LabRepo: Send + Sync {
     /// Replaces the worker's labs with `labs` in one transaction: upserts each, removes the
-    /// rest (orphans). Returns (added, removed).
-    async fn replace_labs(&self, worker: WorkerId, labs: &[LabRecord]) -> Result<(u32, u32)>;
-    /// Inserts or updates one lab.
-    async fn upsert_lab(&self, lab: &LabRecord) -> Result<()>;
+    /// rest (orphans). Returns (added, removed). With a `fence` (several replicas), the
+    /// transaction first checks that lease is still held under its token and writes nothing
+    /// otherwise ([`StoreError::Fenced`]); a single node has no leases and passes `None`.
+    async fn replace_labs(
+        &self,
+        worker: WorkerId,
+        labs: &[LabRecord],
+        fence: Option<&Fence>,
+    ) -> Result<(u32, u32)>;
+    /// Inserts or updates labs without removing any, in one transaction, fenced as
+    /// [`Self::replace_labs`].
+    async fn upsert_labs(&self, labs: &[LabRecord], fence: Option<&Fence>) -> Result<()>;
     /// Removes one lab record.
     async fn delete_lab(&self, worker: WorkerId, lab: &LabId) -> Result<bool>;
     /// The worker's labs, by title.

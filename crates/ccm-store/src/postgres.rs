@@ -27,7 +27,7 @@ use crate::common::{
     is_foreign_key_violation, is_unique_violation, like_pattern, map_fk, ms, sample_pair,
 };
 use crate::{
-    CursorRepo, DatabaseUrl, EventLog, EventQuery, LabRepo, MetricsPoint, MetricsRepo,
+    CursorRepo, DatabaseUrl, EventLog, EventQuery, Fence, LabRepo, MetricsPoint, MetricsRepo,
     MetricsSample, Page, Result, SessionRepo, SettingsRepo, Store, StoreConfig, StoreError,
     StoredEvent, Versioned, WorkerFilter, WorkerRepo, WorkerSort, WorkerWrite, WriteOutcome,
     persistent,
@@ -612,6 +612,30 @@ where
     Ok(done.rows_affected())
 }
 
+/// Refuses the transaction's write unless `fence`'s lease is held under its token and has
+/// not expired by the database's clock. The lease row stays share-locked until the
+/// transaction ends, so a replica taking it over waits for this write (as in
+/// [`PgStore::save_changes_fenced`]).
+async fn check_fence(conn: &mut sqlx::PgConnection, fence: Option<&Fence>) -> Result<()> {
+    let Some(fence) = fence else {
+        return Ok(());
+    };
+    let held: Option<i64> = sqlx::query_scalar(
+        "SELECT fence FROM leases WHERE key = $1 AND expires_at > now() FOR SHARE",
+    )
+    .bind(&fence.key)
+    .fetch_optional(&mut *conn)
+    .await?;
+    if held.and_then(|f| u64::try_from(f).ok()) == Some(fence.token) {
+        Ok(())
+    } else {
+        Err(StoreError::Fenced {
+            key: fence.key.clone(),
+            token: fence.token,
+        })
+    }
+}
+
 async fn upsert_lab_on<'c, E>(exec: E, lab: &LabRecord) -> Result<()>
 where
     E: sqlx::Executor<'c, Database = Postgres>,
@@ -635,9 +659,15 @@ where
 
 #[async_trait]
 impl LabRepo for PgStore {
-    async fn replace_labs(&self, worker: WorkerId, labs: &[LabRecord]) -> Result<(u32, u32)> {
+    async fn replace_labs(
+        &self,
+        worker: WorkerId,
+        labs: &[LabRecord],
+        fence: Option<&Fence>,
+    ) -> Result<(u32, u32)> {
         let wid = worker.to_string();
         let mut tx = self.pool.begin().await?;
+        check_fence(&mut tx, fence).await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1, hashtext($2))")
             .bind(LABS_LOCK_CLASS)
             .bind(&wid)
@@ -677,10 +707,16 @@ impl LabRepo for PgStore {
         Ok((added, removed))
     }
 
-    async fn upsert_lab(&self, lab: &LabRecord) -> Result<()> {
-        upsert_lab_on(&self.pool, lab)
-            .await
-            .map_err(|e| map_fk(e, lab.worker_id))
+    async fn upsert_labs(&self, labs: &[LabRecord], fence: Option<&Fence>) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        check_fence(&mut tx, fence).await?;
+        for lab in labs {
+            upsert_lab_on(&mut *tx, lab)
+                .await
+                .map_err(|e| map_fk(e, lab.worker_id))?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn delete_lab(&self, worker: WorkerId, lab: &LabId) -> Result<bool> {

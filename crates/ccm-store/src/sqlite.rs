@@ -18,9 +18,10 @@ use crate::common::{
     is_unique_violation, like_pattern, map_fk, ms, sample_pair,
 };
 use crate::{
-    CursorRepo, EventLog, EventQuery, LabRepo, MetricsPoint, MetricsRepo, MetricsSample, Page,
-    Result, SessionRepo, SettingsRepo, Store, StoreConfig, StoreError, StoredEvent, Synchronous,
-    Versioned, WorkerFilter, WorkerRepo, WorkerSort, WorkerWrite, WriteOutcome, persistent,
+    CursorRepo, EventLog, EventQuery, Fence, LabRepo, MetricsPoint, MetricsRepo, MetricsSample,
+    Page, Result, SessionRepo, SettingsRepo, Store, StoreConfig, StoreError, StoredEvent,
+    Synchronous, Versioned, WorkerFilter, WorkerRepo, WorkerSort, WorkerWrite, WriteOutcome,
+    persistent,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -461,7 +462,13 @@ impl WorkerRepo for SqliteStore {
 
 #[async_trait]
 impl LabRepo for SqliteStore {
-    async fn replace_labs(&self, worker: WorkerId, labs: &[LabRecord]) -> Result<(u32, u32)> {
+    /// A single node holds no leases: `_fence` is `None` from the engine and not checked.
+    async fn replace_labs(
+        &self,
+        worker: WorkerId,
+        labs: &[LabRecord],
+        _fence: Option<&Fence>,
+    ) -> Result<(u32, u32)> {
         let wid = worker.to_string();
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         let existing: Vec<String> =
@@ -498,10 +505,15 @@ impl LabRepo for SqliteStore {
         Ok((added, removed))
     }
 
-    async fn upsert_lab(&self, lab: &LabRecord) -> Result<()> {
-        upsert_lab_on(&self.writer, lab)
-            .await
-            .map_err(|e| map_fk(e, lab.worker_id))
+    async fn upsert_labs(&self, labs: &[LabRecord], _fence: Option<&Fence>) -> Result<()> {
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        for lab in labs {
+            upsert_lab_on(&mut *tx, lab)
+                .await
+                .map_err(|e| map_fk(e, lab.worker_id))?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn delete_lab(&self, worker: WorkerId, lab: &LabId) -> Result<bool> {

@@ -188,9 +188,10 @@ mod cluster {
 
     use ccm_domain::worker::{EndpointPolicy, InstanceObservation};
     use ccm_domain::{Actor, Ec2State, Event, EventKind, InstanceId, Region, Worker};
+    use ccm_store::testkit::suite::lab;
     use ccm_store::{
-        ClusterRepo, EventLog, EventQuery, Fence, ReplicaRecord, Store, WorkerRepo, WorkerWrite,
-        WriteOutcome,
+        ClusterRepo, EventLog, EventQuery, Fence, LabRepo, ReplicaRecord, Store, StoreError,
+        WorkerRepo, WorkerWrite, WriteOutcome,
     };
     use chrono::Utc;
 
@@ -368,6 +369,72 @@ mod cluster {
             .await
             .unwrap();
         assert!(matches!(out[0], WriteOutcome::Fenced), "{:?}", out[0]);
+    }
+
+    /// Lab writes are fenced like worker writes: after B took the partition over, A's lab
+    /// refresh under its old token writes nothing (neither a replace nor an upsert), and B's
+    /// under the new token is saved. Without a fence (a command), the write goes through.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stale_holders_lab_write_should_be_refused_by_its_fencing_token() {
+        let (_pg, store) = server_and_store().await;
+        let w = store.insert(&worker(3)).await.unwrap();
+        let key = "part:0003".to_owned();
+        let a = store
+            .acquire("replica-a", std::slice::from_ref(&key), Duration::ZERO)
+            .await
+            .unwrap();
+        let b = store
+            .acquire("replica-b", std::slice::from_ref(&key), LONG)
+            .await
+            .unwrap();
+        let stale = Fence {
+            key: key.clone(),
+            token: a[0].fence,
+        };
+        let current = Fence {
+            key: key.clone(),
+            token: b[0].fence,
+        };
+        let refused = store
+            .replace_labs(w.id, &[lab(w.id, "l1", "from a")], Some(&stale))
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Fenced { ref key, token }) if *key == stale.key && token == stale.token),
+            "{refused:?}"
+        );
+        let refused = store
+            .upsert_labs(&[lab(w.id, "l2", "from a")], Some(&stale))
+            .await;
+        assert!(
+            matches!(refused, Err(StoreError::Fenced { .. })),
+            "{refused:?}"
+        );
+        assert!(
+            store.list_labs(w.id).await.unwrap().is_empty(),
+            "A wrote nothing"
+        );
+
+        let (added, removed) = store
+            .replace_labs(w.id, &[lab(w.id, "l1", "from b")], Some(&current))
+            .await
+            .unwrap();
+        assert_eq!((added, removed), (1, 0));
+        store
+            .upsert_labs(&[lab(w.id, "l2", "from b")], Some(&current))
+            .await
+            .unwrap();
+        store
+            .upsert_labs(&[lab(w.id, "l3", "a command")], None)
+            .await
+            .unwrap();
+        let titles: Vec<String> = store
+            .list_labs(w.id)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.title)
+            .collect();
+        assert_eq!(titles, ["a command", "from b", "from b"]);
     }
 
     /// Acquire takes only free or expired keys; renew extends only what the holder still has

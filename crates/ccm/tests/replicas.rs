@@ -308,8 +308,9 @@ async fn three_replicas_should_share_the_fleet_take_over_from_a_dead_one_and_nev
         );
         let mut r = Replica {
             name,
-            // Long: the import of 300 workers may take a while when every core is busy.
-            api: Api::with_timeout(port, TOKEN, LONG),
+            // Longer still: the import of 300 workers, one transaction each, took over two
+            // minutes when every core was busy (load 15).
+            api: Api::with_timeout(port, TOKEN, LONG * 3),
             proc,
         };
         ready(&mut r, true).await;
@@ -317,6 +318,7 @@ async fn three_replicas_should_share_the_fleet_take_over_from_a_dead_one_and_nev
     }
 
     // Import by tag, on one replica.
+    let import_started = Instant::now();
     let (status, report) = replicas[0]
         .api
         .call(
@@ -330,6 +332,10 @@ async fn three_replicas_should_share_the_fleet_take_over_from_a_dead_one_and_nev
         report["imported"].as_array().unwrap().len(),
         WORKERS,
         "{report}"
+    );
+    println!(
+        "import of {WORKERS} workers by tag: {:.1} s",
+        import_started.elapsed().as_secs_f64()
     );
 
     // Every worker polled, by the three replicas, each of a part.
@@ -560,6 +566,56 @@ async fn three_replicas_should_share_the_fleet_take_over_from_a_dead_one_and_nev
     })
     .await;
     sim.assert_no_double_polls("after b rejoined").await;
+
+    // The on-demand refresh throttle and single flight hold across replicas: the same worker
+    // asked on A and B at once runs once; the other is skipped as throttled (the claim is in
+    // the database), and so is a repeat on B right after. (Last in the test: a refresh is a
+    // command any replica runs, so the simulator may see it overlap the owner's poll.)
+    let (refresh_id, _) = index_of.iter().find(|(id, _)| **id != stopped_id).unwrap();
+    let path = format!("/api/v1/workers/{refresh_id}/refresh");
+    let (on_a, on_b) = tokio::join!(
+        replicas[0].api.call(reqwest::Method::POST, &path, None),
+        replicas[1].api.call(reqwest::Method::POST, &path, None),
+    );
+    assert_eq!((on_a.0, on_b.0), (200, 200), "{} {}", on_a.1, on_b.1);
+    let mut outcomes: Vec<(String, Option<String>)> = [&on_a.1, &on_b.1]
+        .iter()
+        .map(|r| {
+            (
+                r["outcome"].as_str().unwrap_or_default().to_owned(),
+                r["reason"].as_str().map(str::to_owned),
+            )
+        })
+        .collect();
+    outcomes.sort();
+    assert_eq!(
+        outcomes,
+        [
+            ("refreshed".to_owned(), None),
+            ("skipped".to_owned(), Some("throttled".to_owned()))
+        ],
+        "one refresh across replicas: {} {}",
+        on_a.1,
+        on_b.1
+    );
+    let (_, again) = replicas[1]
+        .api
+        .call(reqwest::Method::POST, &path, None)
+        .await;
+    assert_eq!(again["outcome"], "skipped", "{again}");
+    assert_eq!(again["reason"], "throttled", "{again}");
+    assert!(
+        again["retry_in_seconds"].as_u64().is_some_and(|s| s >= 1),
+        "{again}"
+    );
+    let (_, replicas_view) = replicas[0]
+        .api
+        .call(reqwest::Method::GET, "/api/v1/system/replicas", None)
+        .await;
+    assert!(
+        !replicas_view.to_string().contains("refresh:"),
+        "refresh claims are not shown as work leases: {replicas_view}"
+    );
     replicas[0].proc.assert_alive();
     replicas[1].proc.assert_alive();
 }

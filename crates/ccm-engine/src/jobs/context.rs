@@ -314,9 +314,9 @@ impl JobContext {
             return Err(JobError::NotHeld);
         }
         self.store()
-            .replace_labs(id, records)
+            .replace_labs(id, records, self.ownership.fence(grant).as_ref())
             .await
-            .map_err(JobError::Store)
+            .map_err(JobError::from_store)
     }
 
     /// Adds or updates lab records without removing any.
@@ -328,10 +328,10 @@ impl JobContext {
         if !self.held(grant) {
             return Err(JobError::NotHeld);
         }
-        for r in records {
-            self.store().upsert_lab(r).await.map_err(JobError::Store)?;
-        }
-        Ok(())
+        self.store()
+            .upsert_labs(records, self.ownership.fence(grant).as_ref())
+            .await
+            .map_err(JobError::from_store)
     }
 
     /// Deletes events older than `before`.

@@ -629,7 +629,8 @@ pub async fn capped_inserts_racing_at_the_cap_should_store_only_up_to_it(backend
     ));
 }
 
-fn lab(worker: WorkerId, id: &str, title: &str) -> LabRecord {
+/// A stopped lab record of `worker` (for store tests outside the suite too).
+pub fn lab(worker: WorkerId, id: &str, title: &str) -> LabRecord {
     LabRecord {
         worker_id: worker,
         lab_id: LabId::parse(id).unwrap(),
@@ -655,12 +656,20 @@ pub async fn lab_refreshes_should_remove_orphans_and_never_duplicate(backend: &d
         .await
         .unwrap();
     let (added, removed) = store
-        .replace_labs(w.id, &[lab(w.id, "l1", "one"), lab(w.id, "l2", "two")])
+        .replace_labs(
+            w.id,
+            &[lab(w.id, "l1", "one"), lab(w.id, "l2", "two")],
+            None,
+        )
         .await
         .unwrap();
     assert_eq!((added, removed), (2, 0));
     let (added, removed) = store
-        .replace_labs(w.id, &[lab(w.id, "l2", "two v2"), lab(w.id, "l3", "three")])
+        .replace_labs(
+            w.id,
+            &[lab(w.id, "l2", "two v2"), lab(w.id, "l3", "three")],
+            None,
+        )
         .await
         .unwrap();
     assert_eq!((added, removed), (1, 1));
@@ -679,7 +688,7 @@ pub async fn lab_refreshes_should_remove_orphans_and_never_duplicate(backend: &d
             let labs: Vec<_> = (0..20)
                 .map(|j| lab(w.id, &format!("lab-{j}"), &format!("t{i}")))
                 .collect();
-            tokio::spawn(async move { store.replace_labs(w.id, &labs).await })
+            tokio::spawn(async move { store.replace_labs(w.id, &labs, None).await })
         })
         .collect();
     let mut added_total = 0;
@@ -707,16 +716,18 @@ pub async fn lab_refreshes_should_remove_orphans_and_never_duplicate(backend: &d
             .unwrap()
     );
     assert!(matches!(
-        store.replace_labs(WorkerId::new(), &[]).await,
+        store.replace_labs(WorkerId::new(), &[], None).await,
         Ok((0, 0))
     ));
     let ghost = WorkerId::new();
     assert!(matches!(
-        store.upsert_lab(&lab(ghost, "x", "x")).await,
+        store.upsert_labs(&[lab(ghost, "x", "x")], None).await,
         Err(StoreError::NotFound { .. })
     ));
     assert!(matches!(
-        store.replace_labs(ghost, &[lab(ghost, "x", "x")]).await,
+        store
+            .replace_labs(ghost, &[lab(ghost, "x", "x")], None)
+            .await,
         Err(StoreError::NotFound { .. })
     ));
     store.delete(w.id).await.unwrap();
