@@ -218,7 +218,12 @@ async fn serve_connection(
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
             let tls_stream = tokio::select! {
                 r = handshake => match r {
-                    Ok(Ok(s)) => s,
+                    Ok(Ok(s)) => {
+                        let resumed = s.get_ref().1.handshake_kind()
+                            == Some(rustls::HandshakeKind::Resumed);
+                        worker.count_tls_handshake(resumed);
+                        s
+                    }
                     Ok(Err(e)) => {
                         tracing::debug!(sim_worker = worker.index, error = %e, "tls handshake failed");
                         return;

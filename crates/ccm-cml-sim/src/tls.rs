@@ -1,8 +1,10 @@
 //! TLS for `--tls`: a generated CA (rcgen) and server certificates that cover the worker IPs,
 //! served with tokio-rustls (aws-lc-rs).
 //!
-//! One certificate covers a block of 256 consecutive worker addresses (256 IP SANs), so a fleet
-//! of 10,000 workers needs 40 certificates, each made on the first handshake of its block.
+//! One certificate covers a block of 16 consecutive worker addresses (16 IP SANs), so a fleet
+//! of 10,000 workers needs 625 certificates, each made on the first handshake of its block. The
+//! certificate stays about the size of a CML controller's own (~1 KB; 256 SANs made it ~4 KB,
+//! which a client keeping TLS sessions for the whole fleet holds once per session).
 //! Shard processes rebuild the same issuer from the CA key and the fixed CA parameters, so
 //! every shard signs with the one CA that the client trusts.
 
@@ -25,7 +27,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::SimError;
 
 /// Workers per certificate.
-const BLOCK: usize = 256;
+const BLOCK: usize = 16;
 
 /// The CA certificate and key, as passed from the parent to shard processes.
 #[derive(Clone, Serialize, Deserialize)]
@@ -132,12 +134,18 @@ impl TlsMaterial {
             .map_err(tls_err)?;
         let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(self.server_key.serialize_der()));
         let chain = vec![CertificateDer::from(cert.der().to_vec())];
-        let config = ServerConfig::builder_with_provider(self.provider.clone())
+        let mut config = ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
             .map_err(tls_err)?
             .with_no_client_auth()
             .with_single_cert(chain, key)
             .map_err(tls_err)?;
+        // Stateless session tickets (RFC 5077 construction), as CML's nginx issues them by
+        // default (`ssl_session_tickets on`): a client that keeps them resumes without the
+        // certificate, and the server keeps no per-session state (rustls' default stateful
+        // cache holds 256 sessions, far fewer than a shard's workers). TLS 1.3 sends two
+        // tickets per full handshake, like OpenSSL.
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(tls_err)?;
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }

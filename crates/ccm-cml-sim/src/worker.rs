@@ -113,6 +113,8 @@ pub(crate) struct Counters {
     max_in_flight: [AtomicU64; ENDPOINT_COUNT],
     logins: AtomicU64,
     connections: AtomicU64,
+    tls_handshakes: AtomicU64,
+    tls_resumed: AtomicU64,
     agents: Mutex<AgentLog>,
 }
 
@@ -146,6 +148,8 @@ impl Counters {
             max_in_flight: std::array::from_fn(|_| AtomicU64::new(0)),
             logins: AtomicU64::new(0),
             connections: AtomicU64::new(0),
+            tls_handshakes: AtomicU64::new(0),
+            tls_resumed: AtomicU64::new(0),
             agents: Mutex::new(AgentLog::default()),
         }
     }
@@ -172,6 +176,8 @@ impl Counters {
             requests,
             logins: self.logins.load(Ordering::Relaxed),
             connections: self.connections.load(Ordering::Relaxed),
+            tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
+            tls_resumed: self.tls_resumed.load(Ordering::Relaxed),
             by_endpoint,
             max_in_flight,
             workers_by_agent: agents.by_agent.keys().map(|a| (a.clone(), 1)).collect(),
@@ -188,6 +194,8 @@ impl Counters {
         }
         self.logins.store(0, Ordering::Relaxed);
         self.connections.store(0, Ordering::Relaxed);
+        self.tls_handshakes.store(0, Ordering::Relaxed);
+        self.tls_resumed.store(0, Ordering::Relaxed);
         *self.agents.lock() = AgentLog::default();
     }
 }
@@ -201,6 +209,13 @@ pub struct CounterSnapshot {
     pub logins: u64,
     /// TCP connections accepted.
     pub connections: u64,
+    /// TLS handshakes completed (`--tls`), full and resumed.
+    #[serde(default)]
+    pub tls_handshakes: u64,
+    /// Of those, handshakes that resumed an earlier session (a session ticket the client
+    /// kept): no certificate sent, signed or verified.
+    #[serde(default)]
+    pub tls_resumed: u64,
     /// Requests per endpoint name (endpoints with no request are left out).
     pub by_endpoint: BTreeMap<String, u64>,
     /// The most requests of one endpoint answered at once, per endpoint name (summed over
@@ -247,6 +262,8 @@ impl CounterSnapshot {
         self.requests += other.requests;
         self.logins += other.logins;
         self.connections += other.connections;
+        self.tls_handshakes += other.tls_handshakes;
+        self.tls_resumed += other.tls_resumed;
         for (k, v) in &other.by_endpoint {
             *self.by_endpoint.entry(k.clone()).or_default() += v;
         }
@@ -372,6 +389,14 @@ impl Worker {
 
     pub(crate) fn count_connection(&self) {
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a completed TLS handshake, and whether it resumed a session.
+    pub(crate) fn count_tls_handshake(&self, resumed: bool) {
+        self.counters.tls_handshakes.fetch_add(1, Ordering::Relaxed);
+        if resumed {
+            self.counters.tls_resumed.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(crate) fn counters(&self) -> CounterSnapshot {

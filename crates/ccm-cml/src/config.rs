@@ -69,6 +69,13 @@ pub struct CmlConfig {
     /// Idle connections kept per worker (1–2 is plenty: calls to one worker are few and
     /// spread over the sync interval; 10,000 workers × many idle sockets would exhaust FDs).
     pub pool_max_idle_per_host: usize,
+    /// Workers whose TLS sessions are kept for resumption (0: none). A resumed handshake skips
+    /// the certificate (sent, signed, verified), the bulk of a TLS connection's CPU on both
+    /// sides; rustls' default cache holds 256 sessions, so size this to the fleet. A worker's
+    /// entry holds up to 4 single-use session tickets (one per overlapped sync call), each
+    /// with a copy of the worker's certificate chain: ~1–1.5 KB per ticket with a CML-sized
+    /// certificate.
+    pub tls_session_cache: usize,
     /// Largest response body read, in bytes (telemetry can hold ~3,000 events).
     pub max_body_bytes: usize,
     /// How a worker's base URL is built from its addresses.
@@ -85,6 +92,7 @@ impl Default for CmlConfig {
             probe_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(2),
             pool_max_idle_per_host: 1,
+            tls_session_cache: 16_384,
             max_body_bytes: 8 << 20,
             endpoint: EndpointPolicy::default(),
         }
@@ -189,6 +197,11 @@ impl CmlConfig {
             self.pool_max_idle_per_host <= 64,
             "cml.pool_max_idle_per_host",
             "must be at most 64",
+        )?;
+        check(
+            self.tls_session_cache <= 1_000_000,
+            "cml.tls_session_cache",
+            "must be at most 1000000",
         )?;
         check(
             (64 << 10..=256 << 20).contains(&self.max_body_bytes),

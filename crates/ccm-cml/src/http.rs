@@ -3,6 +3,7 @@
 //! failures to [`CmlError`].
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -20,6 +21,7 @@ struct PoolSettings {
     connect_timeout: Duration,
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
+    tls_session_cache: usize,
 }
 
 /// The `reqwest` clients, one per TLS mode. The config's mode is built eagerly (so a bad CA
@@ -39,6 +41,7 @@ impl HttpClients {
             connect_timeout: config.connect_timeout,
             pool_idle_timeout: config.pool_idle_timeout,
             pool_max_idle_per_host: config.pool_max_idle_per_host,
+            tls_session_cache: config.tls_session_cache,
         };
         let default_mode = TlsMode::from(&config.tls);
         let default = build(&settings, &default_mode)?;
@@ -74,6 +77,13 @@ impl HttpClients {
     }
 }
 
+/// The `reqwest` client that [`CmlClient`](crate::CmlClient) uses for `config`'s TLS mode:
+/// the same pool, TLS and session-cache settings, with ccm's `User-Agent`. For measuring the
+/// transport alone (`ccm bench sync --floor`), never for calling CML beside the client.
+pub fn http_client(config: &CmlConfig) -> Result<reqwest::Client, CmlConfigError> {
+    HttpClients::new(config, user_agent(None)).map(|c| c.default)
+}
+
 /// The `User-Agent` of ccm's CML requests: `ccm/<version>`, and on one replica of several
 /// `ccm/<version> (replica <id>)`, so that a CML log (or the simulator's counters) tells which
 /// replica polled a worker.
@@ -99,31 +109,81 @@ fn build(settings: &PoolSettings, mode: &TlsMode) -> Result<reqwest::Client, Cml
         // whatever host and scheme it names. A 3xx is `CmlError::Redirect`.
         .redirect(reqwest::redirect::Policy::none());
     let builder = match mode {
-        TlsMode::Verify => builder,
+        // Trusts anything: no verifier to configure, reqwest's own config (and its default
+        // session cache) is as good as any.
         TlsMode::Insecure => builder.tls_danger_accept_invalid_certs(true),
+        _ => builder.tls_backend_preconfigured(tls_config(settings, mode)?),
+    };
+    builder
+        .build()
+        .map_err(|e| CmlConfigError::Client(e.to_string()))
+}
+
+/// The rustls config of a verifying TLS mode: reqwest's own choices (aws-lc-rs, TLS 1.2 and
+/// 1.3, HTTP/1.1 by ALPN) with the mode's verifier, plus a session cache sized to the fleet
+/// ([`fleet_session_cache`]) so that a worker's next connection resumes its session (no
+/// certificate sent, signed or verified) instead of a full handshake.
+fn tls_config(
+    settings: &PoolSettings,
+    mode: &TlsMode,
+) -> Result<rustls::ClientConfig, CmlConfigError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject as _;
+
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let client_err = |what: &str, e: rustls::Error| CmlConfigError::Client(format!("{what}: {e}"));
+    let mut config = match mode {
+        TlsMode::Pinned(pin) => crate::pin::client_config(*pin)
+            .map_err(|e| client_err("tls for the pinned certificate", e))?,
         TlsMode::CaFile(path) => {
             let bad = |reason: String| CmlConfigError::CaFile {
                 path: path.to_path_buf(),
                 reason,
             };
             let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read: {e}")))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem)
-                .map_err(|e| bad(format!("not a PEM certificate bundle: {e}")))?;
-            if certs.is_empty() {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.map_err(|e| bad(format!("not a PEM certificate bundle: {e}")))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+            }
+            if roots.is_empty() {
                 return Err(bad("holds no certificate".to_owned()));
             }
-            builder.tls_certs_only(certs)
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| client_err("tls", e))?
+                .with_root_certificates(roots)
+                .with_no_client_auth()
         }
-        TlsMode::Pinned(pin) => {
-            let tls = crate::pin::client_config(*pin).map_err(|e| {
-                CmlConfigError::Client(format!("tls for the pinned certificate: {e}"))
-            })?;
-            builder.tls_backend_preconfigured(tls)
+        // (`Insecure` is reqwest's own config, see `build`.)
+        TlsMode::Verify | TlsMode::Insecure => {
+            let verifier = rustls_platform_verifier::Verifier::new(provider.clone())
+                .map_err(|e| client_err("tls with the system's roots", e))?;
+            rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| client_err("tls", e))?
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(verifier))
+                .with_no_client_auth()
         }
     };
-    builder
-        .build()
-        .map_err(|e| CmlConfigError::Client(e.to_string()))
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.resumption = fleet_session_cache(settings.tls_session_cache);
+    Ok(config)
+}
+
+/// Session resumption for `workers` controllers ([`FleetSessionCache`]). rustls' default cache
+/// holds 256 sessions, so in a fleet of thousands every connection paid a full handshake
+/// (certificate chain sent, signed and verified). 0 turns resumption off.
+///
+/// [`FleetSessionCache`]: crate::sessions::FleetSessionCache
+fn fleet_session_cache(workers: usize) -> rustls::client::Resumption {
+    if workers == 0 {
+        return rustls::client::Resumption::disabled();
+    }
+    rustls::client::Resumption::store(Arc::new(crate::sessions::FleetSessionCache::new(workers)))
 }
 
 /// Reads a response body, refusing more than `limit` bytes. A body that arrives in one chunk

@@ -51,6 +51,7 @@ mod http;
 pub mod models;
 mod pin;
 mod secret;
+mod sessions;
 mod target;
 pub mod timestamp;
 
@@ -58,7 +59,7 @@ pub use client::{CmlClient, Deregistration};
 pub use config::{CmlConfig, CmlConfigError, TlsConfig};
 pub use endpoint::Endpoint;
 pub use error::{CmlError, call_outcome};
-pub use http::user_agent;
+pub use http::{http_client, user_agent};
 pub use pin::{CertFingerprint, InvalidFingerprint};
 pub use secret::Secret;
 pub use target::{Credentials, InvalidBaseUrl, Target, TlsMode};

@@ -10,6 +10,13 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc instead of glibc's malloc: glibc keeps a heap per thread (arenas, up to 8 per core)
+/// and returns little of it, so a 10,000-worker fleet's churn of small buffers left the RSS
+/// far above the live heap (BENCHMARKS.md, "Memory"). No `unsafe` here: the attribute and a
+/// static are all it takes.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
     match cmd::run(cli) {

@@ -109,6 +109,42 @@ async fn bench_sync_should_report_every_field_with_values_that_follow_from_the_r
     assert!(report.get("peer").is_none() && report.get("speedup").is_none());
     assert!(report.get("blackholed").is_none());
     assert_eq!(report["tls"], false);
+    assert!(report.get("tls_handshakes").is_none() && report.get("floor_seconds").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sync_with_floor_should_measure_the_bare_stack_on_the_same_fleet() {
+    let report = bench_report(&[
+        "sync",
+        "--workers",
+        "10",
+        "--cycles",
+        "2",
+        "--floor",
+        "--listen-base",
+        "127.110.3.1",
+        "--latency-ms",
+        "5",
+    ])
+    .await;
+    let floor = num(&report, "floor_seconds");
+    // Every cycle of the floor waits for at least one 5 ms round trip.
+    assert!(floor >= 0.005, "{report}");
+    assert_eq!(num(&report, "floor_cycle_seconds.median"), floor);
+    assert_eq!(num(&report, "floor_failed_requests"), 0.0, "{report}");
+    let ratio = num(&report, "ratio_to_floor");
+    // Both medians are rounded to the millisecond in the report, the ratio is not.
+    let median = num(&report, "cycle_seconds.median");
+    let (lo, hi) = (
+        (median - 0.0005) / (floor + 0.0005) - 0.001,
+        (median + 0.0005) / (floor - 0.0005) + 0.001,
+    );
+    assert!(
+        ratio >= lo && ratio <= hi,
+        "{ratio} not in [{lo}, {hi}]: {report}"
+    );
+    // The floor's requests are not ccm's: `requests` counts the measured cycles only.
+    assert_eq!(num(&report, "requests"), 80.0, "{report}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -129,6 +165,10 @@ async fn bench_sync_over_tls_should_trust_the_simulators_ca_and_sync_every_worke
     assert_eq!(report["tls"], true);
     assert_eq!(num(&report, "statuses.ready"), 5.0, "{report}");
     assert_eq!(num(&report, "requests"), 20.0, "{report}");
+    // One connection per call (no idle connections by default in the benchmark), each one
+    // resuming the session that the warm-up cycle's handshakes left.
+    assert_eq!(num(&report, "tls_handshakes"), 20.0, "{report}");
+    assert_eq!(num(&report, "tls_resumed"), 20.0, "{report}");
 }
 
 /// `ccm bench failover` given neither an AWS endpoint nor a moto server to start says which

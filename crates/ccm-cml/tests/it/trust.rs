@@ -254,3 +254,110 @@ async fn insecure_tls_should_be_warned_about_once_at_start_not_per_worker() {
     f.shutdown().await;
     plain.shutdown().await;
 }
+
+/// A client over TLS to worker 0 of a fresh TLS fleet on `127.20.<net>.1` (CA file trust), no
+/// idle connections kept (every call opens a connection), `sessions` workers' TLS sessions kept.
+async fn tls_fleet_and_client(
+    net: u8,
+    tls: impl FnOnce(std::path::PathBuf) -> TlsConfig,
+    sessions: usize,
+) -> (
+    ccm_cml_sim::SimFleet,
+    CmlClient,
+    ccm_cml::Target,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let ca_out = ca.clone();
+    let f = fleet(net, 1, move |cfg| {
+        cfg.tls = true;
+        cfg.ca_out = Some(ca_out);
+    })
+    .await;
+    let cfg = CmlConfig {
+        tls: tls(ca),
+        pool_max_idle_per_host: 0,
+        tls_session_cache: sessions,
+        ..CmlConfig::default()
+    };
+    let c = CmlClient::new(&cfg, Resilience::builder(&resilience_config()).build()).unwrap();
+    let t = c.target(&f.endpoints()[0]).unwrap();
+    (f, c, t, dir)
+}
+
+#[tokio::test]
+async fn a_second_connection_to_a_tls_worker_should_resume_the_first_ones_session() {
+    let (f, c, t, _dir) = tls_fleet_and_client(43, TlsConfig::CaFile, 16).await;
+    let w = f.worker(0).unwrap();
+    assert!(c.system_information(&t).await.unwrap().ready);
+    let first = w.counters();
+    assert_eq!((first.tls_handshakes, first.tls_resumed), (1, 0));
+    // No idle connection is kept: the next call connects again, and resumes.
+    assert!(c.system_information(&t).await.unwrap().ready);
+    let second = w.counters();
+    assert_eq!((second.connections, second.tls_handshakes), (2, 2));
+    assert_eq!(second.tls_resumed, 1, "the second handshake resumed");
+    // Logged-in calls, overlapped (each on its own connection), resume too.
+    let (a, b) = tokio::join!(c.system_health(&t), c.system_stats(&t));
+    a.unwrap();
+    b.unwrap();
+    let after = w.counters();
+    assert_eq!(
+        after.tls_resumed,
+        after.tls_handshakes - 1,
+        "only the first handshake was full: {after:?}"
+    );
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_a_session_cache_every_tls_connection_should_be_a_full_handshake() {
+    let (f, c, t, _dir) = tls_fleet_and_client(44, TlsConfig::CaFile, 0).await;
+    for _ in 0..3 {
+        c.system_information(&t).await.unwrap();
+    }
+    let seen = f.worker(0).unwrap().counters();
+    assert_eq!((seen.tls_handshakes, seen.tls_resumed), (3, 0), "{seen:?}");
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_pinned_worker_should_resume_its_session_and_keep_refusing_another_pin() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let ca_out = ca.clone();
+    let f = fleet(45, 1, move |cfg| {
+        cfg.tls = true;
+        cfg.ca_out = Some(ca_out);
+    })
+    .await;
+    let url = f.endpoints()[0].clone();
+    let right = served_fingerprint(&url, &ca).await;
+    let w = f.worker(0).unwrap();
+    let before = w.counters();
+    let with = |pin: CertFingerprint| {
+        let cfg = CmlConfig {
+            tls: TlsConfig::Fingerprint(pin),
+            pool_max_idle_per_host: 0,
+            ..CmlConfig::default()
+        };
+        CmlClient::new(&cfg, Resilience::builder(&resilience_config()).build()).unwrap()
+    };
+    let pinned = with(right);
+    let t = pinned.target(&url).unwrap();
+    pinned.system_information(&t).await.unwrap();
+    pinned.system_information(&t).await.unwrap();
+    let seen = w.counters();
+    assert_eq!(seen.tls_handshakes - before.tls_handshakes, 2);
+    assert_eq!(seen.tls_resumed - before.tls_resumed, 1, "{seen:?}");
+    // Another client with another pin has no session of this worker: a full handshake, refused.
+    let other = with(CertFingerprint::of(b"another controller"));
+    let t = other.target(&url).unwrap();
+    let err = other.system_information(&t).await.unwrap_err();
+    assert!(
+        matches!(err, CmlError::CertificateMismatch { .. }),
+        "{err:?}"
+    );
+    f.shutdown().await;
+}

@@ -22,6 +22,7 @@
 
 mod api;
 mod error;
+mod floor;
 pub mod idle;
 mod peer;
 mod procstat;

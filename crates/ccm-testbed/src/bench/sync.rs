@@ -71,6 +71,9 @@ pub struct SyncOptions {
     pub timeout: Duration,
     /// Which store(s) the engine writes to.
     pub store: BenchStore,
+    /// Also run the floor ([`super::floor`]): a minimal client on ccm's HTTP stack making the
+    /// same requests at the same concurrency on the same fleet, after ccm's cycles.
+    pub floor: bool,
 }
 
 /// The store a `ccm bench sync` run writes to.
@@ -183,6 +186,25 @@ pub struct SyncReport {
     /// With `--store both`: the same cycles on PostgreSQL (the figures above are SQLite's).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub postgres: Option<PostgresRun>,
+    /// With `--tls`: TLS handshakes the simulator completed during the measured cycles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_handshakes: Option<u64>,
+    /// With `--tls`: of those, handshakes that resumed a session.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_resumed: Option<u64>,
+    /// With `--floor`: the floor's median cycle (same stack, requests and concurrency, no ccm
+    /// logic), measured on the same fleet after ccm's cycles.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_seconds: Option<f64>,
+    /// With `--floor`: the floor's cycles {min, median, max}.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_cycle_seconds: Option<Summary>,
+    /// With `--floor`: requests of the floor that failed (expected 0).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor_failed_requests: Option<u64>,
+    /// With `--floor`: ccm's median cycle ÷ the floor's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ratio_to_floor: Option<f64>,
 }
 
 /// Runs the sync benchmark (bounded by [`SyncOptions::timeout`]; the simulator's processes
@@ -253,15 +275,12 @@ pub(super) async fn register(
     Ok(())
 }
 
-/// Everything one engine needs, built on `store`.
-pub(super) async fn start_engine(
-    store: Arc<dyn Store>,
-    resilience_cfg: &ResilienceConfig,
-    policy: EndpointPolicy,
+/// The `[cml]` section of a run: product defaults, the run's pool and the simulator's CA.
+fn cml_config(
+    policy: &EndpointPolicy,
     pool: (usize, Option<Duration>),
     ca_file: Option<std::path::PathBuf>,
-) -> Result<Engine, BenchError> {
-    let (events, resilience) = ccm_engine::resilience_with_bus(resilience_cfg, None);
+) -> CmlConfig {
     let mut cml_cfg = CmlConfig {
         endpoint: policy.clone(),
         ..CmlConfig::default()
@@ -273,6 +292,19 @@ pub(super) async fn start_engine(
     if let Some(idle) = pool.1 {
         cml_cfg.pool_idle_timeout = idle;
     }
+    cml_cfg
+}
+
+/// Everything one engine needs, built on `store`.
+pub(super) async fn start_engine(
+    store: Arc<dyn Store>,
+    resilience_cfg: &ResilienceConfig,
+    policy: EndpointPolicy,
+    pool: (usize, Option<Duration>),
+    ca_file: Option<std::path::PathBuf>,
+) -> Result<Engine, BenchError> {
+    let (events, resilience) = ccm_engine::resilience_with_bus(resilience_cfg, None);
+    let cml_cfg = cml_config(&policy, pool, ca_file);
     let cml = CmlClient::new(&cml_cfg, resilience.clone()).map_err(BenchError::setup("cml"))?;
     let cloud: Arc<dyn CloudProvider> =
         Arc::new(SimulatedCloud::new(Ec2SimConfig::default()).map_err(BenchError::setup("cloud"))?);
@@ -473,7 +505,14 @@ async fn measure(
     let setup = tokio::time::Instant::now();
     register(store.as_ref(), &sim.endpoints, &policy).await?;
     let pool = (args.idle_connections_per_worker as usize, args.idle_timeout);
-    let engine = start_engine(store, &resilience_cfg, policy, pool, sim.ca_file.clone()).await?;
+    let engine = start_engine(
+        store,
+        &resilience_cfg,
+        policy.clone(),
+        pool,
+        sim.ca_file.clone(),
+    )
+    .await?;
     let setup_seconds = setup.elapsed().as_secs_f64();
     eprintln!(
         "ccm bench: {n} workers registered in {store_name} and engine started in {setup_seconds:.1} s"
@@ -495,8 +534,10 @@ async fn measure(
     let warmup_requests = bh_after - bh_before;
     bh_before = bh_after;
     eprintln!(
-        "ccm bench: warm-up cycle: {:.3} s ({} workers)",
-        warm.seconds, warm.workers
+        "ccm bench: warm-up cycle: {:.3} s ({} workers), RSS {:.1} MiB",
+        warm.seconds,
+        warm.workers,
+        procstat::rss_mib().unwrap_or(0.0)
     );
     if warm.workers != n {
         return Err(BenchError::Invalid(format!(
@@ -521,31 +562,37 @@ async fn measure(
     let mut times = Vec::with_capacity(args.cycles as usize);
     let mut requests = 0u64;
     let mut bh_per_cycle = Vec::new();
+    let tls_before = sim.counters().await?;
     for k in 1..=args.cycles {
         let before = sim.counters().await?.requests;
-        let cycle = engine.run_cml_cycle().await;
+        let cycle = with_progress(sim, k, args.cycles, before, engine.run_cml_cycle()).await;
         let after = sim.counters().await?.requests;
         requests += after.saturating_sub(before);
         times.push(cycle.seconds);
+        let per_second = after.saturating_sub(before) as f64 / cycle.seconds.max(1e-9);
+        let rss = procstat::rss_mib().unwrap_or(0.0);
         let bh_now = bh_requests().await?;
         let bh = bh_now.saturating_sub(bh_before);
         bh_before = bh_now;
         if blackhole_sel.is_some() {
             bh_per_cycle.push(bh);
             eprintln!(
-                "ccm bench: cycle {k}: {:.3} s, {} requests, {bh} to blackholed workers, {} breakers open",
+                "ccm bench: cycle {k}/{}: {:.3} s, {} requests ({per_second:.0}/s), RSS {rss:.1} MiB, {bh} to blackholed workers, {} breakers open",
+                args.cycles,
                 cycle.seconds,
                 after.saturating_sub(before),
                 engine.resilience().breakers().open_count()
             );
         } else {
             eprintln!(
-                "ccm bench: cycle {k}: {:.3} s, {} requests",
+                "ccm bench: cycle {k}/{}: {:.3} s, {} requests ({per_second:.0}/s), RSS {rss:.1} MiB",
+                args.cycles,
                 cycle.seconds,
                 after.saturating_sub(before)
             );
         }
     }
+    let tls_after = sim.counters().await?;
     let cpu_seconds = procstat::cpu_seconds().unwrap_or(0.0) - cpu_before;
     let sim_cpu_seconds = sim.cpu_seconds() - sim_cpu_before;
     sampler.abort();
@@ -554,6 +601,22 @@ async fn measure(
     let rss_end_mb = procstat::rss_mib().unwrap_or(0.0);
     engine.shutdown().await;
     let rss_mb = procstat::peak_rss_mib().unwrap_or(0.0);
+
+    let floor = if args.floor {
+        eprintln!(
+            "ccm bench: running the floor (ccm's HTTP stack alone, {concurrency} workers at once) on the same fleet"
+        );
+        let cml_cfg = cml_config(&policy, pool, sim.ca_file.clone());
+        let run =
+            super::floor::run_floor(&cml_cfg, &sim.endpoints, concurrency, args.cycles).await?;
+        eprintln!(
+            "ccm bench: floor: logins {:.3} s, cycles {:?} s, {} failed requests",
+            run.warmup_seconds, run.per_cycle_seconds, run.failed_requests
+        );
+        Some(run)
+    } else {
+        None
+    };
 
     let total: f64 = times.iter().sum();
     let summary = Summary::of(&times);
@@ -610,7 +673,55 @@ async fn measure(
         peer,
         speedup,
         postgres: None,
+        tls_handshakes: args.tls.then(|| {
+            tls_after
+                .tls_handshakes
+                .saturating_sub(tls_before.tls_handshakes)
+        }),
+        tls_resumed: args
+            .tls
+            .then(|| tls_after.tls_resumed.saturating_sub(tls_before.tls_resumed)),
+        floor_seconds: floor.as_ref().map(|f| round3(f.summary().median)),
+        floor_cycle_seconds: floor.as_ref().map(|f| f.summary().rounded()),
+        floor_failed_requests: floor.as_ref().map(|f| f.failed_requests),
+        ratio_to_floor: floor
+            .as_ref()
+            .map(|f| f.summary().median)
+            .filter(|m| *m > 0.0)
+            .map(|m| round3(summary.median / m)),
     })
+}
+
+/// Runs one measured cycle, printing a progress line (seconds so far, requests per second,
+/// RSS) every few seconds while it lasts.
+async fn with_progress<F: std::future::Future>(
+    sim: &SimProcess,
+    k: u32,
+    cycles: u32,
+    requests_before: u64,
+    cycle: F,
+) -> F::Output {
+    const EVERY: Duration = Duration::from_secs(3);
+    let started = tokio::time::Instant::now();
+    let mut cycle = std::pin::pin!(cycle);
+    let mut tick = tokio::time::interval_at(started + EVERY, EVERY);
+    loop {
+        tokio::select! {
+            out = cycle.as_mut() => return out,
+            _ = tick.tick() => {
+                let secs = started.elapsed().as_secs_f64();
+                let so_far = match sim.counters().await {
+                    Ok(c) => c.requests.saturating_sub(requests_before),
+                    Err(_) => 0,
+                };
+                eprintln!(
+                    "ccm bench: cycle {k}/{cycles}: {secs:.0} s, {so_far} requests ({:.0}/s), RSS {:.1} MiB",
+                    so_far as f64 / secs.max(1e-9),
+                    procstat::rss_mib().unwrap_or(0.0)
+                );
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -173,6 +173,11 @@ pub(crate) struct SyncArgs {
     /// The store the engine writes to.
     #[arg(long, value_enum, default_value = "sqlite")]
     pub(crate) store: StoreArg,
+    /// Also run the floor: a minimal client on ccm's HTTP stack (same TLS, pool, requests and
+    /// concurrency, no ccm logic) on the same fleet; reports `floor_seconds` and
+    /// `ratio_to_floor`.
+    #[arg(long)]
+    pub(crate) floor: bool,
 }
 
 /// `ccm bench sse` flags.
@@ -383,6 +388,7 @@ fn sync(args: SyncArgs) -> anyhow::Result<()> {
             StoreArg::Postgres => bench::BenchStore::Postgres,
             StoreArg::Both => bench::BenchStore::Both,
         },
+        floor: args.floor,
     };
     let runtime = super::runtime::build()?;
     let outcome = runtime.block_on(async move {

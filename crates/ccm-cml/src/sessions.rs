@@ -1,0 +1,153 @@
+//! [`FleetSessionCache`]: the TLS session store of the fleet's client, sized in workers.
+//!
+//! *Hand-written, and why:* rustls' `ClientSessionMemoryCache` keeps up to eight single-use
+//! TLS 1.3 tickets per server, each with its own copy of the server's certificate chain, and
+//! counts its capacity in tickets. At 10,000 workers sized to hold every worker it grew to
+//! ~220 MB (BENCHMARKS.md, "TLS"). A sync needs at most one ticket per overlapped call, so this
+//! store keeps at most [`TICKETS_PER_WORKER`] per worker (the newest), for at most `workers`
+//! workers (the oldest worker entry is dropped first).
+
+use std::collections::{HashMap, VecDeque};
+
+use parking_lot::Mutex;
+use rustls::NamedGroup;
+use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
+use rustls::pki_types::ServerName;
+
+/// Tickets kept per worker: one per call a sync overlaps (`ccm_engine::CML_SYNC_CALLS`), so
+/// that every connection of a sync can resume.
+pub(crate) const TICKETS_PER_WORKER: usize = 4;
+
+/// One worker's sessions.
+#[derive(Default)]
+struct Entry {
+    kx_hint: Option<NamedGroup>,
+    tls12: Option<Tls12ClientSessionValue>,
+    tls13: VecDeque<Tls13ClientSessionValue>,
+}
+
+#[derive(Default)]
+struct Inner {
+    entries: HashMap<ServerName<'static>, Entry>,
+    /// Workers in the order they were first stored, for eviction.
+    order: VecDeque<ServerName<'static>>,
+}
+
+/// TLS sessions for up to `workers` workers (see the module docs).
+pub(crate) struct FleetSessionCache {
+    workers: usize,
+    inner: Mutex<Inner>,
+}
+
+impl std::fmt::Debug for FleetSessionCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FleetSessionCache")
+            .field("workers", &self.workers)
+            .field("held", &self.inner.lock().entries.len())
+            .finish()
+    }
+}
+
+impl FleetSessionCache {
+    /// A store for `workers` workers (at least one).
+    pub(crate) fn new(workers: usize) -> Self {
+        Self {
+            workers: workers.max(1),
+            inner: Mutex::new(Inner::default()),
+        }
+    }
+
+    /// Runs `f` on the entry of `server`, creating it (and evicting the oldest) if needed.
+    fn with_entry(&self, server: ServerName<'static>, f: impl FnOnce(&mut Entry)) {
+        let mut inner = self.inner.lock();
+        if !inner.entries.contains_key(&server) {
+            while inner.entries.len() >= self.workers {
+                let Some(oldest) = inner.order.pop_front() else {
+                    break;
+                };
+                inner.entries.remove(&oldest);
+            }
+            inner.order.push_back(server.clone());
+        }
+        f(inner.entries.entry(server).or_default());
+    }
+}
+
+impl ClientSessionStore for FleetSessionCache {
+    fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
+        self.with_entry(server_name, |e| e.kx_hint = Some(group));
+    }
+
+    fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
+        let inner = self.inner.lock();
+        inner
+            .entries
+            .get(&server_name.to_owned())
+            .and_then(|e| e.kx_hint)
+    }
+
+    fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
+        self.with_entry(server_name, |e| e.tls12 = Some(value));
+    }
+
+    fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
+        let inner = self.inner.lock();
+        inner
+            .entries
+            .get(&server_name.to_owned())
+            .and_then(|e| e.tls12.clone())
+    }
+
+    fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
+        if let Some(e) = self.inner.lock().entries.get_mut(server_name) {
+            e.tls12 = None;
+        }
+    }
+
+    fn insert_tls13_ticket(
+        &self,
+        server_name: ServerName<'static>,
+        value: Tls13ClientSessionValue,
+    ) {
+        self.with_entry(server_name, |e| {
+            if e.tls13.len() >= TICKETS_PER_WORKER {
+                e.tls13.pop_front();
+            }
+            e.tls13.push_back(value);
+        });
+    }
+
+    fn take_tls13_ticket(
+        &self,
+        server_name: &ServerName<'static>,
+    ) -> Option<Tls13ClientSessionValue> {
+        // The newest first: the oldest are the likeliest to have expired.
+        self.inner
+            .lock()
+            .entries
+            .get_mut(server_name)
+            .and_then(|e| e.tls13.pop_back())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn name(i: u8) -> ServerName<'static> {
+        ServerName::IpAddress(std::net::IpAddr::from([127, 0, 0, i]).into())
+    }
+
+    #[test]
+    fn the_oldest_worker_should_be_dropped_when_the_store_is_full() {
+        let store = FleetSessionCache::new(2);
+        store.set_kx_hint(name(1), NamedGroup::X25519);
+        store.set_kx_hint(name(2), NamedGroup::X25519);
+        store.set_kx_hint(name(1), NamedGroup::secp256r1);
+        store.set_kx_hint(name(3), NamedGroup::X25519);
+        assert_eq!(store.kx_hint(&name(1)), None);
+        assert_eq!(store.kx_hint(&name(2)), Some(NamedGroup::X25519));
+        assert_eq!(store.kx_hint(&name(3)), Some(NamedGroup::X25519));
+        assert_eq!(store.inner.lock().entries.len(), 2);
+    }
+}
