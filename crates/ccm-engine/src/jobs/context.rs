@@ -251,6 +251,15 @@ impl JobContext {
     // === writes (under a grant) ===
 
     /// Whether writes under `grant` are still allowed.
+    /// [`Self::held`] as a result: `Err(NotHeld)` when the grant has lapsed.
+    fn require(&self, grant: &Grant) -> Result<(), JobError> {
+        if self.held(grant) {
+            Ok(())
+        } else {
+            Err(JobError::NotHeld)
+        }
+    }
+
     fn held(&self, grant: &Grant) -> bool {
         let held = *grant.scope() == GrantScope::Command || self.ownership.holds(grant);
         if !held {
@@ -300,9 +309,7 @@ impl JobContext {
         id: WorkerId,
         mutation: Mutation,
     ) -> Result<Worker, JobError> {
-        if !self.held(grant) {
-            return Err(JobError::NotHeld);
-        }
+        self.require(grant)?;
         let writer = self
             .state
             .writer()
@@ -320,9 +327,7 @@ impl JobContext {
         id: WorkerId,
         records: &[LabRecord],
     ) -> Result<(u32, u32), JobError> {
-        if !self.held(grant) {
-            return Err(JobError::NotHeld);
-        }
+        self.require(grant)?;
         self.store()
             .replace_labs(id, records, self.ownership.fence(grant).as_ref())
             .await
@@ -335,9 +340,7 @@ impl JobContext {
         grant: &Grant,
         records: &[LabRecord],
     ) -> Result<(), JobError> {
-        if !self.held(grant) {
-            return Err(JobError::NotHeld);
-        }
+        self.require(grant)?;
         self.store()
             .upsert_labs(records, self.ownership.fence(grant).as_ref())
             .await
@@ -350,9 +353,7 @@ impl JobContext {
         grant: &Grant,
         before: DateTime<Utc>,
     ) -> Result<(), JobError> {
-        if !self.held(grant) {
-            return Err(JobError::NotHeld);
-        }
+        self.require(grant)?;
         self.store()
             .prune_events(before)
             .await
@@ -387,9 +388,7 @@ impl JobContext {
 
     /// Pauses an idle worker.
     pub(crate) async fn pause_idle(&self, grant: &Grant, id: WorkerId) -> Result<(), JobError> {
-        if !self.held(grant) {
-            return Err(JobError::NotHeld);
-        }
+        self.require(grant)?;
         self.pause
             .pause_idle(id)
             .await
@@ -402,9 +401,7 @@ impl JobContext {
         grant: &Grant,
         id: WorkerId,
     ) -> Result<(), JobError> {
-        if !self.held(grant) {
-            return Err(JobError::NotHeld);
-        }
+        self.require(grant)?;
         self.pause
             .pause_scheduled(id)
             .await
@@ -417,9 +414,7 @@ impl JobContext {
         grant: &Grant,
         id: WorkerId,
     ) -> Result<(), JobError> {
-        if !self.held(grant) {
-            return Err(JobError::NotHeld);
-        }
+        self.require(grant)?;
         self.pause
             .resume_scheduled(id)
             .await
@@ -428,9 +423,7 @@ impl JobContext {
 
     /// Imports what the `[import]` filter matches.
     pub(crate) async fn import_configured(&self, grant: &Grant) -> Result<(), JobError> {
-        if !self.held(grant) {
-            return Err(JobError::NotHeld);
-        }
+        self.require(grant)?;
         self.import
             .import_configured()
             .await
