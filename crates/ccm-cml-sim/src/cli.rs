@@ -77,6 +77,9 @@ pub struct SimArgs {
     /// Serve HTTPS with certificates from a generated CA (see --ca-out).
     #[arg(long)]
     pub tls: bool,
+    /// With --tls: offer HTTP/2 by ALPN (h2, then http/1.1), as CML's nginx does.
+    #[arg(long, requires = "tls")]
+    pub http2: bool,
     /// Where to write the CA certificate (PEM) with --tls [default: a file in the temp dir].
     #[arg(long, value_name = "FILE")]
     pub ca_out: Option<PathBuf>,
@@ -145,6 +148,7 @@ impl SimArgs {
             listen_base: self.listen_base,
             port: self.port,
             tls: self.tls,
+            http2: self.http2,
             ca_out: self.ca_out.clone(),
             latency: Duration::from_millis(self.latency_ms),
             jitter: Duration::from_millis(self.jitter_ms),

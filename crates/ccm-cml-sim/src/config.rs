@@ -128,6 +128,11 @@ pub struct CmlSimConfig {
     pub port: u16,
     /// Serve HTTPS with certificates from a generated CA.
     pub tls: bool,
+    /// With `tls`: offer HTTP/2 by ALPN (`h2`, then `http/1.1`), as CML's nginx does; a client
+    /// that picks it gets an HTTP/2 connection (counted in `h2_connections`). Off: the
+    /// simulator speaks HTTP/1.1 only, like a server without HTTP/2.
+    #[serde(default)]
+    pub http2: bool,
     /// Where to write the CA certificate (PEM) when `tls`; default: a file in the temp dir.
     pub ca_out: Option<PathBuf>,
     /// Latency added to every request of every worker.
@@ -171,6 +176,7 @@ impl Default for CmlSimConfig {
             listen_base: Ipv4Addr::new(127, 1, 0, 1),
             port: 9443,
             tls: false,
+            http2: false,
             ca_out: None,
             latency: Duration::ZERO,
             jitter: Duration::ZERO,

@@ -94,7 +94,11 @@ impl SimFleet {
                 })?;
                 ca_path = Some(path);
             }
-            Some(Arc::new(TlsMaterial::new(ca, config.listen_base)?))
+            Some(Arc::new(TlsMaterial::new(
+                ca,
+                config.listen_base,
+                config.http2,
+            )?))
         } else {
             None
         };

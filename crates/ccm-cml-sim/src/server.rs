@@ -1,5 +1,6 @@
 //! Sockets: one listener per worker, its accept loop, and the HTTP/1.1 connections (hyper)
-//! with fault injection wrapped around the shared router.
+//! with fault injection wrapped around the shared router; with `http2` (and `tls`), HTTP/2
+//! connections too when the client picks `h2` by ALPN, as CML's nginx offers it.
 //!
 //! Faults that belong to the transport live here: refused connections (the listener is
 //! closed while a worker is down), connection resets (the socket is closed with SO_LINGER 0,
@@ -20,8 +21,8 @@ use axum::body::Body;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper::server::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
@@ -206,7 +207,7 @@ async fn serve_connection(
         return;
     }
     match worker.shared.tls.clone() {
-        None => serve_io(worker, stream, epoch, shutdown).await,
+        None => serve_io(worker, stream, epoch, shutdown, false).await,
         Some(tls) => {
             let acceptor = match tls.acceptor(worker.index) {
                 Ok(a) => a,
@@ -216,13 +217,14 @@ async fn serve_connection(
                 }
             };
             let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream));
-            let tls_stream = tokio::select! {
+            let (tls_stream, h2) = tokio::select! {
                 r = handshake => match r {
                     Ok(Ok(s)) => {
                         let resumed = s.get_ref().1.handshake_kind()
                             == Some(rustls::HandshakeKind::Resumed);
                         worker.count_tls_handshake(resumed);
-                        s
+                        let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2".as_slice());
+                        (s, h2)
                     }
                     Ok(Err(e)) => {
                         tracing::debug!(sim_worker = worker.index, error = %e, "tls handshake failed");
@@ -232,29 +234,88 @@ async fn serve_connection(
                 },
                 () = shutdown.cancelled() => return,
             };
-            serve_io(worker, tls_stream, epoch, shutdown).await;
+            if h2 {
+                worker.count_h2_connection();
+            }
+            serve_io(worker, tls_stream, epoch, shutdown, h2).await;
         }
     }
 }
 
-async fn serve_io<S>(worker: Arc<Worker>, io: S, epoch: u64, shutdown: CancellationToken)
-where
+async fn serve_io<S>(
+    worker: Arc<Worker>,
+    io: S,
+    epoch: u64,
+    shutdown: CancellationToken,
+    h2: bool,
+) where
     S: TcpBacked + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ctl = Arc::new(ConnCtl::default());
-    let io = KillableIo {
+    let io = TokioIo::new(KillableIo {
         inner: io,
         ctl: ctl.clone(),
-    };
+    });
     let service = ConnService {
         worker: worker.clone(),
         ctl: ctl.clone(),
     };
-    let conn = http1::Builder::new()
-        .timer(TokioTimer::new())
-        .header_read_timeout(None)
-        .keep_alive(true)
-        .serve_connection(TokioIo::new(io), service);
+    if h2 {
+        let conn = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .serve_connection(io, service);
+        drive(conn, &worker, &ctl, epoch, &shutdown).await;
+    } else {
+        let conn = http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .serve_connection(io, service);
+        drive(conn, &worker, &ctl, epoch, &shutdown).await;
+    }
+}
+
+/// A hyper server connection that can be asked to finish its requests and close.
+trait Graceful: Future {
+    fn graceful(self: Pin<&mut Self>);
+}
+
+impl<I, S> Graceful for http1::Connection<I, S>
+where
+    Self: Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+impl<I, S, E> Graceful for http2::Connection<I, S, E>
+where
+    Self: Future,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    S: hyper::service::HttpService<Incoming>,
+    S::ResBody: hyper::body::Body + 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, S::ResBody>,
+{
+    fn graceful(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
+    }
+}
+
+/// Runs one connection until it ends, a handler kills it, the worker powers off or restarts,
+/// or the fleet shuts down (then in-flight requests get [`GRACE`] to finish).
+async fn drive<C: Graceful>(
+    conn: C,
+    worker: &Worker,
+    ctl: &ConnCtl,
+    epoch: u64,
+    shutdown: &CancellationToken,
+) {
     let mut conn = std::pin::pin!(conn);
     let mut power = worker.power();
     tokio::select! {
@@ -262,7 +323,7 @@ where
         () = ctl.kill.notified() => {}
         () = async { let _ = power.wait_for(|p| !p.up || p.epoch != epoch).await; } => ctl.kill(),
         () = shutdown.cancelled() => {
-            conn.as_mut().graceful_shutdown();
+            conn.as_mut().graceful();
             let _ = tokio::time::timeout(GRACE, conn.as_mut()).await;
         }
     }

@@ -79,12 +79,18 @@ pub(crate) struct TlsMaterial {
     issuer: Issuer<'static, KeyPair>,
     server_key: KeyPair,
     listen_base: Ipv4Addr,
+    http2: bool,
     provider: Arc<CryptoProvider>,
     blocks: Mutex<HashMap<usize, TlsAcceptor>>,
 }
 
 impl TlsMaterial {
-    pub(crate) fn new(ca: CaMaterial, listen_base: Ipv4Addr) -> Result<TlsMaterial, SimError> {
+    /// `http2`: offer `h2` by ALPN before `http/1.1`.
+    pub(crate) fn new(
+        ca: CaMaterial,
+        listen_base: Ipv4Addr,
+        http2: bool,
+    ) -> Result<TlsMaterial, SimError> {
         let ca_key = KeyPair::from_pem(&ca.key_pem).map_err(tls_err)?;
         let issuer = Issuer::new(ca_params(), ca_key);
         let server_key = KeyPair::generate().map_err(tls_err)?;
@@ -93,6 +99,7 @@ impl TlsMaterial {
             issuer,
             server_key,
             listen_base,
+            http2,
             provider: Arc::new(rustls::crypto::aws_lc_rs::default_provider()),
             blocks: Mutex::new(HashMap::new()),
         })
@@ -146,6 +153,11 @@ impl TlsMaterial {
         // cache holds 256 sessions, far fewer than a shard's workers). TLS 1.3 sends two
         // tickets per full handshake, like OpenSSL.
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(tls_err)?;
+        // Without `http2` no ALPN is configured, so a client that offers h2 falls back to
+        // HTTP/1.1 (a server that knows no ALPN at all, the strictest fallback case).
+        if self.http2 {
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        }
         Ok(TlsAcceptor::from(Arc::new(config)))
     }
 }

@@ -115,6 +115,7 @@ pub(crate) struct Counters {
     connections: AtomicU64,
     tls_handshakes: AtomicU64,
     tls_resumed: AtomicU64,
+    h2_connections: AtomicU64,
     agents: Mutex<AgentLog>,
 }
 
@@ -150,6 +151,7 @@ impl Counters {
             connections: AtomicU64::new(0),
             tls_handshakes: AtomicU64::new(0),
             tls_resumed: AtomicU64::new(0),
+            h2_connections: AtomicU64::new(0),
             agents: Mutex::new(AgentLog::default()),
         }
     }
@@ -178,6 +180,7 @@ impl Counters {
             connections: self.connections.load(Ordering::Relaxed),
             tls_handshakes: self.tls_handshakes.load(Ordering::Relaxed),
             tls_resumed: self.tls_resumed.load(Ordering::Relaxed),
+            h2_connections: self.h2_connections.load(Ordering::Relaxed),
             by_endpoint,
             max_in_flight,
             workers_by_agent: agents.by_agent.keys().map(|a| (a.clone(), 1)).collect(),
@@ -196,6 +199,7 @@ impl Counters {
         self.connections.store(0, Ordering::Relaxed);
         self.tls_handshakes.store(0, Ordering::Relaxed);
         self.tls_resumed.store(0, Ordering::Relaxed);
+        self.h2_connections.store(0, Ordering::Relaxed);
         *self.agents.lock() = AgentLog::default();
     }
 }
@@ -216,6 +220,10 @@ pub struct CounterSnapshot {
     /// kept): no certificate sent, signed or verified.
     #[serde(default)]
     pub tls_resumed: u64,
+    /// Of the TLS connections, those that spoke HTTP/2 (`h2` chosen by ALPN, `--http2`); the
+    /// others spoke HTTP/1.1.
+    #[serde(default)]
+    pub h2_connections: u64,
     /// Requests per endpoint name (endpoints with no request are left out).
     pub by_endpoint: BTreeMap<String, u64>,
     /// The most requests of one endpoint answered at once, per endpoint name (summed over
@@ -264,6 +272,7 @@ impl CounterSnapshot {
         self.connections += other.connections;
         self.tls_handshakes += other.tls_handshakes;
         self.tls_resumed += other.tls_resumed;
+        self.h2_connections += other.h2_connections;
         for (k, v) in &other.by_endpoint {
             *self.by_endpoint.entry(k.clone()).or_default() += v;
         }
@@ -389,6 +398,11 @@ impl Worker {
 
     pub(crate) fn count_connection(&self) {
         self.counters.connections.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a TLS connection that chose HTTP/2.
+    pub(crate) fn count_h2_connection(&self) {
+        self.counters.h2_connections.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a completed TLS handshake, and whether it resumed a session.

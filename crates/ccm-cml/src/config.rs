@@ -57,13 +57,16 @@ pub struct CmlConfig {
     #[serde(with = "humantime_serde")]
     pub probe_timeout: Duration,
     /// How long an idle keep-alive connection stays in the pool (it may live up to twice as
-    /// long: the pool is swept at this interval).
+    /// long: the pool is swept at this interval). An HTTP/2 connection counts as idle from
+    /// the start of its last request.
     ///
-    /// Default 2 s, not reqwest's 90 s: keep-alive pays off within one worker's burst of sync
-    /// calls (milliseconds apart) and a lab operation's follow-ups, while every idle
-    /// connection costs ~20 KB of buffers. Measured on a 10,000-worker simulated fleet with
-    /// polls spread over 5 minutes, 90 s kept ~3,000 connections and the client alone reached
-    /// 146 MB RSS; see the crate's `fleet_sync` example.
+    /// Default 250 ms, not reqwest's 90 s: keep-alive pays off within one worker's sync (its
+    /// three calls start one `system_information` round trip after the first), while every
+    /// idle connection costs ~20 KB (HTTP/1.1) to ~45 KB (HTTP/2 over TLS) of buffers, and a
+    /// worker's next sync comes a whole cycle later. Measured on a 10,000-worker TLS fleet
+    /// synced as fast as it goes (BENCHMARKS.md, issue 13 round 3): 2 s kept ~3,500
+    /// connections open (305 MB peak RSS), 250 ms ~800 (186 MB); a sync whose first call
+    /// takes longer than this opens a second connection (0.8 % of them there, under load).
     #[serde(with = "humantime_serde")]
     pub pool_idle_timeout: Duration,
     /// Idle connections kept per worker (1–2 is plenty: calls to one worker are few and
@@ -72,10 +75,16 @@ pub struct CmlConfig {
     /// Workers whose TLS sessions are kept for resumption (0: none). A resumed handshake skips
     /// the certificate (sent, signed, verified), the bulk of a TLS connection's CPU on both
     /// sides; rustls' default cache holds 256 sessions, so size this to the fleet. A worker's
-    /// entry holds up to 4 single-use session tickets (one per overlapped sync call), each
-    /// with a copy of the worker's certificate chain: ~1–1.5 KB per ticket with a CML-sized
-    /// certificate.
+    /// entry holds up to 2 single-use session tickets (enough for every connection of a
+    /// sync), each with a copy of the worker's certificate chain: ~1–1.5 KB per ticket with a
+    /// CML-sized certificate.
     pub tls_session_cache: usize,
+    /// Offer HTTP/2 to workers by ALPN (`h2`, then `http/1.1`), as CML's nginx accepts it.
+    /// A worker that speaks it gets one connection for a whole sync: the first call
+    /// (`system_information`) opens it, the other three share it as streams; a worker that
+    /// does not answers on HTTP/1.1 as before. Needs `pool_max_idle_per_host` ≥ 1 (hyper
+    /// shares an HTTP/2 connection through its pool). `false`: HTTP/1.1 only.
+    pub http2: bool,
     /// Largest response body read, in bytes (telemetry can hold ~3,000 events).
     pub max_body_bytes: usize,
     /// How a worker's base URL is built from its addresses.
@@ -90,9 +99,10 @@ impl Default for CmlConfig {
             tls: TlsConfig::Verify,
             connect_timeout: Duration::from_secs(5),
             probe_timeout: Duration::from_secs(5),
-            pool_idle_timeout: Duration::from_secs(2),
+            pool_idle_timeout: Duration::from_millis(250),
             pool_max_idle_per_host: 1,
             tls_session_cache: 16_384,
+            http2: true,
             max_body_bytes: 8 << 20,
             endpoint: EndpointPolicy::default(),
         }

@@ -22,6 +22,7 @@ struct PoolSettings {
     pool_idle_timeout: Duration,
     pool_max_idle_per_host: usize,
     tls_session_cache: usize,
+    http2: bool,
 }
 
 /// The `reqwest` clients, one per TLS mode. The config's mode is built eagerly (so a bad CA
@@ -42,6 +43,7 @@ impl HttpClients {
             pool_idle_timeout: config.pool_idle_timeout,
             pool_max_idle_per_host: config.pool_max_idle_per_host,
             tls_session_cache: config.tls_session_cache,
+            http2: config.http2,
         };
         let default_mode = TlsMode::from(&config.tls);
         let default = build(&settings, &default_mode)?;
@@ -102,12 +104,18 @@ fn build(settings: &PoolSettings, mode: &TlsMode) -> Result<reqwest::Client, Cml
         .pool_max_idle_per_host(settings.pool_max_idle_per_host)
         .tcp_nodelay(true)
         .tcp_keepalive(Duration::from_secs(60))
-        .http1_only()
         // CML workers are reached directly; a proxy from the environment would only surprise.
         .no_proxy()
         // Never follow a redirect: a 307/308 on a login would re-send the password to
         // whatever host and scheme it names. A 3xx is `CmlError::Redirect`.
         .redirect(reqwest::redirect::Policy::none());
+    // HTTP/2 only by ALPN, never by prior knowledge: a worker that does not offer it (or a
+    // plain-HTTP simulator) is spoken to in HTTP/1.1.
+    let builder = if settings.http2 {
+        builder
+    } else {
+        builder.http1_only()
+    };
     let builder = match mode {
         // Trusts anything: no verifier to configure, reqwest's own config (and its default
         // session cache) is as good as any.
@@ -120,7 +128,7 @@ fn build(settings: &PoolSettings, mode: &TlsMode) -> Result<reqwest::Client, Cml
 }
 
 /// The rustls config of a verifying TLS mode: reqwest's own choices (aws-lc-rs, TLS 1.2 and
-/// 1.3, HTTP/1.1 by ALPN) with the mode's verifier, plus a session cache sized to the fleet
+/// 1.3, ALPN `h2` and `http/1.1`, or `http/1.1` alone without `http2`) with the mode's verifier, plus a session cache sized to the fleet
 /// ([`fleet_session_cache`]) so that a worker's next connection resumes its session (no
 /// certificate sent, signed or verified) instead of a full handshake.
 fn tls_config(
@@ -169,7 +177,11 @@ fn tls_config(
                 .with_no_client_auth()
         }
     };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = if settings.http2 {
+        vec![b"h2".to_vec(), b"http/1.1".to_vec()]
+    } else {
+        vec![b"http/1.1".to_vec()]
+    };
     config.resumption = fleet_session_cache(settings.tls_session_cache);
     Ok(config)
 }

@@ -14,9 +14,12 @@ use rustls::NamedGroup;
 use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::ServerName;
 
-/// Tickets kept per worker: one per call a sync overlaps (`ccm_engine::CML_SYNC_CALLS`), so
-/// that every connection of a sync can resume.
-pub(crate) const TICKETS_PER_WORKER: usize = 4;
+/// Tickets kept per worker. A sync opens one connection to a worker that speaks HTTP/2 (one
+/// ticket), and at most three over HTTP/1.1: the first, whose handshake brings two fresh
+/// tickets (a CML nginx, like the simulator, sends two per handshake) before the other two
+/// connect, so two kept tickets let every connection of a sync resume. Each ticket holds its
+/// own copy of the worker's certificate chain (~1–1.5 KB), so this bounds the store's size.
+pub(crate) const TICKETS_PER_WORKER: usize = 2;
 
 /// One worker's sessions.
 #[derive(Default)]

@@ -103,6 +103,9 @@ async fn bench_sync_should_report_every_field_with_values_that_follow_from_the_r
         4.0 * num(&report, "concurrency")
     );
     assert!(num(&report, "open_fds_peak") >= 3.0);
+    // Plain HTTP/1.1: system_information first, then the three others at once, so at most
+    // three connections per worker sync (fewer when kept-alive ones are reused).
+    assert!(num(&report, "connections") <= 20.0 * 3.0 * 2.0, "{report}");
     assert_eq!(num(&report, "statuses.ready"), 20.0, "{report}");
     assert_eq!(num(&report, "statuses.degraded"), 0.0);
     assert_eq!(num(&report, "statuses.unavailable"), 0.0);
@@ -165,10 +168,39 @@ async fn bench_sync_over_tls_should_trust_the_simulators_ca_and_sync_every_worke
     assert_eq!(report["tls"], true);
     assert_eq!(num(&report, "statuses.ready"), 5.0, "{report}");
     assert_eq!(num(&report, "requests"), 20.0, "{report}");
-    // One connection per call (no idle connections by default in the benchmark), each one
-    // resuming the session that the warm-up cycle's handshakes left.
-    assert_eq!(num(&report, "tls_handshakes"), 20.0, "{report}");
-    assert_eq!(num(&report, "tls_resumed"), 20.0, "{report}");
+    // The simulator offers HTTP/2 (as CML's nginx does): each worker's sync shares one
+    // connection (at most one per worker per cycle; none when the warm-up cycle's
+    // connection is still kept alive), every one HTTP/2, every handshake a resumed session.
+    let connections = num(&report, "connections");
+    assert!(connections <= 5.0, "{report}");
+    assert_eq!(num(&report, "h2_connections"), connections, "{report}");
+    assert_eq!(num(&report, "tls_handshakes"), connections, "{report}");
+    assert_eq!(num(&report, "tls_resumed"), connections, "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sync_over_tls_without_http2_should_fall_back_to_http1_and_sync_every_worker() {
+    let report = bench_report(&[
+        "sync",
+        "--workers",
+        "5",
+        "--cycles",
+        "1",
+        "--tls",
+        "--sim-http1",
+        "--floor",
+        "--listen-base",
+        "127.110.4.1",
+        "--latency-ms",
+        "1",
+    ])
+    .await;
+    assert_eq!(num(&report, "statuses.ready"), 5.0, "{report}");
+    assert_eq!(num(&report, "requests"), 20.0, "{report}");
+    assert_eq!(num(&report, "h2_connections"), 0.0, "{report}");
+    assert_eq!(num(&report, "floor_failed_requests"), 0.0, "{report}");
+    let handshakes = num(&report, "tls_handshakes");
+    assert_eq!(num(&report, "tls_resumed"), handshakes, "{report}");
 }
 
 /// `ccm bench failover` given neither an AWS endpoint nor a moto server to start says which

@@ -11,7 +11,7 @@ fn an_empty_section_should_give_the_documented_defaults() {
     assert_eq!(cfg.password.expose(), "admin");
     assert_eq!(cfg.tls, TlsConfig::Verify);
     assert_eq!(cfg.connect_timeout, Duration::from_secs(5));
-    assert_eq!(cfg.pool_idle_timeout, Duration::from_secs(2));
+    assert_eq!(cfg.pool_idle_timeout, Duration::from_millis(250));
     assert_eq!(cfg.pool_max_idle_per_host, 1);
     assert_eq!(cfg.max_body_bytes, 8 << 20);
     assert_eq!(cfg.endpoint.scheme, "https");

@@ -361,3 +361,87 @@ async fn a_pinned_worker_should_resume_its_session_and_keep_refusing_another_pin
     );
     f.shutdown().await;
 }
+
+/// A TLS worker (offering HTTP/2 or not) and a client that keeps one idle connection per
+/// worker (the product default) for as long as the test runs.
+async fn pooled_tls_fleet_and_client(
+    net: u8,
+    sim_http2: bool,
+    client_http2: bool,
+) -> (ccm_cml_sim::SimFleet, CmlClient, ccm_cml::Target, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let ca_out = ca.clone();
+    let f = fleet(net, 1, move |cfg| {
+        cfg.tls = true;
+        cfg.http2 = sim_http2;
+        cfg.ca_out = Some(ca_out);
+    })
+    .await;
+    let cfg = CmlConfig {
+        tls: TlsConfig::CaFile(ca),
+        pool_idle_timeout: Duration::from_secs(3600),
+        http2: client_http2,
+        ..CmlConfig::default()
+    };
+    let c = CmlClient::new(&cfg, Resilience::builder(&resilience_config()).build()).unwrap();
+    let t = c.target(&f.endpoints()[0]).unwrap();
+    (f, c, t, dir)
+}
+
+/// The calls of one sync as the engine makes them: system_information alone, then the other
+/// three at once.
+async fn sync_calls(c: &CmlClient, t: &ccm_cml::Target) {
+    assert!(c.system_information(t).await.unwrap().ready);
+    let (a, b, l) = tokio::join!(c.system_health(t), c.system_stats(t), c.licensing(t));
+    a.unwrap();
+    b.unwrap();
+    l.unwrap();
+}
+
+#[tokio::test]
+async fn a_sync_of_a_worker_offering_http2_should_share_one_connection_and_one_handshake() {
+    let (f, c, t, _dir) = pooled_tls_fleet_and_client(46, true, true).await;
+    let w = f.worker(0).unwrap();
+    sync_calls(&c, &t).await;
+    let seen = w.counters();
+    // The four calls (and the login): one TCP connection, one TLS handshake, in HTTP/2.
+    assert_eq!(seen.requests - seen.logins, 4, "{seen:?}");
+    assert_eq!(
+        (seen.connections, seen.tls_handshakes, seen.h2_connections),
+        (1, 1, 1),
+        "{seen:?}"
+    );
+    sync_calls(&c, &t).await;
+    let again = w.counters();
+    assert_eq!(again.requests - again.logins, 8, "{again:?}");
+    assert_eq!(again.connections, 1, "the next sync reuses it: {again:?}");
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_worker_without_http2_should_be_synced_over_http1_with_a_kept_alive_connection() {
+    let (f, c, t, _dir) = pooled_tls_fleet_and_client(47, false, true).await;
+    let w = f.worker(0).unwrap();
+    sync_calls(&c, &t).await;
+    let seen = w.counters();
+    assert_eq!(seen.requests - seen.logins, 4, "{seen:?}");
+    // HTTP/1.1 (no ALPN on the server): every connection was TLS, none spoke HTTP/2, and
+    // the overlapped calls needed more than the one kept-alive connection.
+    assert_eq!(seen.h2_connections, 0, "{seen:?}");
+    assert_eq!(seen.tls_handshakes, seen.connections, "{seen:?}");
+    assert!(seen.connections >= 2, "{seen:?}");
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_client_without_http2_should_speak_http1_to_a_worker_that_offers_it() {
+    let (f, c, t, _dir) = pooled_tls_fleet_and_client(48, true, false).await;
+    let w = f.worker(0).unwrap();
+    sync_calls(&c, &t).await;
+    let seen = w.counters();
+    assert_eq!(seen.requests - seen.logins, 4, "{seen:?}");
+    assert_eq!(seen.h2_connections, 0, "{seen:?}");
+    assert!(seen.connections >= 2, "{seen:?}");
+    f.shutdown().await;
+}

@@ -304,6 +304,7 @@ async fn run(args: ApiOptions) -> Result<ApiReport, BenchError> {
         faults: None,
         shard_size: args.shard_size,
         tls_ca_out: None,
+        http2: false,
     };
     eprintln!(
         "ccm bench api: starting the simulator ({} workers, {} ms latency)",

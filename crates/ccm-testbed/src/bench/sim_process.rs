@@ -38,6 +38,8 @@ pub struct SimSpec {
     pub shard_size: u32,
     /// Serve HTTPS and write the CA certificate to this file.
     pub tls_ca_out: Option<PathBuf>,
+    /// With `tls_ca_out`: offer HTTP/2 by ALPN (`ccm sim --http2`), as CML's nginx does.
+    pub http2: bool,
 }
 
 /// A running simulator.
@@ -102,6 +104,9 @@ impl SimProcess {
         }
         if let Some(ca) = &spec.tls_ca_out {
             cmd.arg("--tls").arg("--ca-out").arg(ca);
+            if spec.http2 {
+                cmd.arg("--http2");
+            }
         }
         let log_err = BenchError::io(format!("cannot create {}", log.display()));
         let log_file = std::fs::File::create(&log).map_err(log_err)?;

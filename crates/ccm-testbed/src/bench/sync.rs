@@ -59,6 +59,11 @@ pub struct SyncOptions {
     pub idle_timeout: Option<Duration>,
     /// Serve the simulated workers over HTTPS with a generated CA that ccm trusts.
     pub tls: bool,
+    /// With `tls`: the simulator offers HTTP/2 by ALPN, as CML's nginx does (`false`: it
+    /// speaks HTTP/1.1 only, like a server without HTTP/2).
+    pub sim_http2: bool,
+    /// `[cml] http2`: ccm (and the floor) offer HTTP/2 (the product default).
+    pub client_http2: bool,
     /// Also run the Python seed-poller on the same fleet and report the speedup.
     pub peer: Option<SeedPoller>,
     /// Address of the first simulated worker (the others count up).
@@ -192,6 +197,12 @@ pub struct SyncReport {
     /// With `--tls`: of those, handshakes that resumed a session.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_resumed: Option<u64>,
+    /// TCP connections the simulator accepted during the measured cycles (one per worker per
+    /// cycle when each sync shares one connection).
+    pub connections: u64,
+    /// With `--tls`: of those, connections that spoke HTTP/2 (chosen by ALPN).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub h2_connections: Option<u64>,
     /// With `--floor`: the floor's median cycle (same stack, requests and concurrency, no ccm
     /// logic), measured on the same fleet after ccm's cycles.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -280,9 +291,11 @@ fn cml_config(
     policy: &EndpointPolicy,
     pool: (usize, Option<Duration>),
     ca_file: Option<std::path::PathBuf>,
+    http2: bool,
 ) -> CmlConfig {
     let mut cml_cfg = CmlConfig {
         endpoint: policy.clone(),
+        http2,
         ..CmlConfig::default()
     };
     cml_cfg.pool_max_idle_per_host = pool.0;
@@ -295,7 +308,7 @@ fn cml_config(
     cml_cfg
 }
 
-/// Everything one engine needs, built on `store`.
+/// Everything one engine needs, built on `store`, with the product's `[cml] http2`.
 pub(super) async fn start_engine(
     store: Arc<dyn Store>,
     resilience_cfg: &ResilienceConfig,
@@ -303,8 +316,21 @@ pub(super) async fn start_engine(
     pool: (usize, Option<Duration>),
     ca_file: Option<std::path::PathBuf>,
 ) -> Result<Engine, BenchError> {
+    let http2 = CmlConfig::default().http2;
+    start_engine_with(store, resilience_cfg, policy, pool, ca_file, http2).await
+}
+
+/// [`start_engine`] with `[cml] http2` set.
+async fn start_engine_with(
+    store: Arc<dyn Store>,
+    resilience_cfg: &ResilienceConfig,
+    policy: EndpointPolicy,
+    pool: (usize, Option<Duration>),
+    ca_file: Option<std::path::PathBuf>,
+    http2: bool,
+) -> Result<Engine, BenchError> {
     let (events, resilience) = ccm_engine::resilience_with_bus(resilience_cfg, None);
-    let cml_cfg = cml_config(&policy, pool, ca_file);
+    let cml_cfg = cml_config(&policy, pool, ca_file, http2);
     let cml = CmlClient::new(&cml_cfg, resilience.clone()).map_err(BenchError::setup("cml"))?;
     let cloud: Arc<dyn CloudProvider> =
         Arc::new(SimulatedCloud::new(Ec2SimConfig::default()).map_err(BenchError::setup("cloud"))?);
@@ -377,6 +403,7 @@ async fn run(args: SyncOptions) -> Result<SyncReport, BenchError> {
         faults: blackhole_sel.as_ref().map(|s| format!("{s}:blackhole")),
         shard_size: args.shard_size,
         tls_ca_out: args.tls.then(|| dir.path().join("sim-ca.pem")),
+        http2: args.tls && args.sim_http2,
     };
     eprintln!(
         "ccm bench: starting the simulator ({} workers, {} ms latency{})",
@@ -505,12 +532,13 @@ async fn measure(
     let setup = tokio::time::Instant::now();
     register(store.as_ref(), &sim.endpoints, &policy).await?;
     let pool = (args.idle_connections_per_worker as usize, args.idle_timeout);
-    let engine = start_engine(
+    let engine = start_engine_with(
         store,
         &resilience_cfg,
         policy.clone(),
         pool,
         sim.ca_file.clone(),
+        args.client_http2,
     )
     .await?;
     let setup_seconds = setup.elapsed().as_secs_f64();
@@ -606,7 +634,7 @@ async fn measure(
         eprintln!(
             "ccm bench: running the floor (ccm's HTTP stack alone, {concurrency} workers at once) on the same fleet"
         );
-        let cml_cfg = cml_config(&policy, pool, sim.ca_file.clone());
+        let cml_cfg = cml_config(&policy, pool, sim.ca_file.clone(), args.client_http2);
         let run =
             super::floor::run_floor(&cml_cfg, &sim.endpoints, concurrency, args.cycles).await?;
         eprintln!(
@@ -681,6 +709,12 @@ async fn measure(
         tls_resumed: args
             .tls
             .then(|| tls_after.tls_resumed.saturating_sub(tls_before.tls_resumed)),
+        connections: tls_after.connections.saturating_sub(tls_before.connections),
+        h2_connections: args.tls.then(|| {
+            tls_after
+                .h2_connections
+                .saturating_sub(tls_before.h2_connections)
+        }),
         floor_seconds: floor.as_ref().map(|f| round3(f.summary().median)),
         floor_cycle_seconds: floor.as_ref().map(|f| f.summary().rounded()),
         floor_failed_requests: floor.as_ref().map(|f| f.failed_requests),

@@ -133,10 +133,10 @@ pub(crate) struct SyncArgs {
     /// How long an open circuit breaker rejects calls before a probe (product default 60s).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub(crate) breaker_open_for: Option<Duration>,
-    /// Idle keep-alive connections ccm keeps per worker (`[cml] pool_max_idle_per_host`).
-    /// 0: none between calls, so memory and file descriptors stay flat however big the fleet
-    /// (one idle connection costs ~16 KiB and a descriptor; see BENCHMARKS.md).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
+    /// Idle keep-alive connections ccm keeps per worker (`[cml] pool_max_idle_per_host`;
+    /// default: the product's, 1, which lets a sync's calls share one connection). 0: none
+    /// between calls (every call opens its own connection, HTTP/2 included).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub(crate) idle_connections_per_worker: u32,
     /// How long an idle connection is kept (`[cml] pool_idle_timeout`; default: the product's).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
@@ -145,6 +145,13 @@ pub(crate) struct SyncArgs {
     /// `[cml] tls = { ca_file }`): every new connection costs a TLS handshake.
     #[arg(long, conflicts_with = "peer")]
     pub(crate) tls: bool,
+    /// With --tls: the simulator speaks HTTP/1.1 only (no ALPN), like a server without
+    /// HTTP/2; by default it offers h2 as CML's nginx does.
+    #[arg(long, requires = "tls")]
+    pub(crate) sim_http1: bool,
+    /// ccm and the floor speak HTTP/1.1 only (`[cml] http2 = false`), for comparison.
+    #[arg(long)]
+    pub(crate) http1: bool,
     /// Also run this implementation on the same fleet, and report the speedup.
     #[arg(long, value_enum)]
     pub(crate) peer: Option<Peer>,
@@ -378,6 +385,8 @@ fn sync(args: SyncArgs) -> anyhow::Result<()> {
         idle_connections_per_worker: args.idle_connections_per_worker,
         idle_timeout: args.idle_timeout,
         tls: args.tls,
+        sim_http2: !args.sim_http1,
+        client_http2: !args.http1,
         peer,
         listen_base: args.listen_base,
         port: args.port,

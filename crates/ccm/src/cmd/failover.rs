@@ -267,6 +267,7 @@ async fn measure(
             faults: None,
             shard_size: a.workers,
             tls_ca_out: None,
+            http2: false,
         },
         dir,
     )
