@@ -74,11 +74,13 @@ async fn a_cycle_should_finish_when_polls_outnumber_the_bulkhead_slots() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_workers_should_get_four_calls_and_dead_ones_one_call_then_none() {
+    // Three failures open a worker's breaker: the first call of the sync it died in, then
+    // two probes.
     let fleet = fleet(
         10,
         [127, 112, 1, 1],
         BulkheadConfig::new(512, 10_000),
-        |_| {},
+        |r| r.breaker.failure_threshold = 3,
     )
     .await;
     fleet.engine.run_cml_cycle().await;
@@ -96,8 +98,8 @@ async fn ready_workers_should_get_four_calls_and_dead_ones_one_call_then_none() 
     assert_eq!(after.requests - before.requests, 9 * 4 + 1);
     assert_eq!(count(&fleet, ServiceStatus::Unavailable), 1);
 
-    // Unavailable now: probed in the background, with system_information alone (failures 5
-    // and 6 of 6).
+    // Unavailable now: probed in the background, with system_information alone (failures 2
+    // and 3 of 3).
     for _ in 0..2 {
         let dead_before = dead.counters().requests;
         fleet.engine.run_cml_cycle().await;
