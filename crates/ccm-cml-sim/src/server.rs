@@ -242,13 +242,8 @@ async fn serve_connection(
     }
 }
 
-async fn serve_io<S>(
-    worker: Arc<Worker>,
-    io: S,
-    epoch: u64,
-    shutdown: CancellationToken,
-    h2: bool,
-) where
+async fn serve_io<S>(worker: Arc<Worker>, io: S, epoch: u64, shutdown: CancellationToken, h2: bool)
+where
     S: TcpBacked + AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let ctl = Arc::new(ConnCtl::default());

@@ -368,7 +368,12 @@ async fn pooled_tls_fleet_and_client(
     net: u8,
     sim_http2: bool,
     client_http2: bool,
-) -> (ccm_cml_sim::SimFleet, CmlClient, ccm_cml::Target, tempfile::TempDir) {
+) -> (
+    ccm_cml_sim::SimFleet,
+    CmlClient,
+    ccm_cml::Target,
+    tempfile::TempDir,
+) {
     let dir = tempfile::tempdir().unwrap();
     let ca = dir.path().join("ca.pem");
     let ca_out = ca.clone();
