@@ -71,6 +71,8 @@ struct Inner {
     endpoint_policy: EndpointPolicy,
     max_body: usize,
     probe_timeout: Duration,
+    /// `http2` and a pool (see [`crate::shares_connection`]); the scheme is the target's.
+    may_share_connections: bool,
 }
 
 impl std::fmt::Debug for CmlClient {
@@ -230,6 +232,7 @@ impl CmlClient {
                 endpoint_policy: config.endpoint.clone(),
                 max_body: config.max_body_bytes,
                 probe_timeout: config.probe_timeout,
+                may_share_connections: config.http2 && config.pool_max_idle_per_host > 0,
             }),
         })
     }
@@ -237,6 +240,13 @@ impl CmlClient {
     /// The policy stack every call runs through (breaker states, budget, bulkheads).
     pub fn resilience(&self) -> &Resilience {
         &self.inner.resilience
+    }
+
+    /// Whether one sync's calls to `target` can share the first call's connection (HTTPS with
+    /// HTTP/2 offered by ALPN; see [`crate::shares_connection`]): the engine then sends the
+    /// first call alone and overlaps the others on its connection.
+    pub fn shares_connection(&self, target: &Target) -> bool {
+        self.inner.may_share_connections && crate::http::is_https(target.base_url())
     }
 
     /// A target at `base_url` with the config's credentials and TLS mode.

@@ -86,6 +86,23 @@ pub fn http_client(config: &CmlConfig) -> Result<reqwest::Client, CmlConfigError
     HttpClients::new(config, user_agent(None)).map(|c| c.default)
 }
 
+/// Whether the calls of one sync to `base_url` can share one connection once the first call
+/// has opened it: HTTPS with `[cml] http2` on (HTTP/2 by ALPN) and a pool that keeps the
+/// connection (`pool_max_idle_per_host` ≥ 1). Then a sync sends its first call alone and the
+/// others as streams on that connection; otherwise (plain HTTP/1.1, or no pool) each
+/// overlapped call needs a connection of its own anyway, so all four go at once — one round
+/// trip instead of two.
+pub fn shares_connection(config: &CmlConfig, base_url: &str) -> bool {
+    config.http2 && config.pool_max_idle_per_host > 0 && is_https(base_url.trim_start())
+}
+
+/// Whether `base_url` starts with `https://` (any case).
+pub(crate) fn is_https(base_url: &str) -> bool {
+    base_url
+        .get(..8)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"))
+}
+
 /// The `User-Agent` of ccm's CML requests: `ccm/<version>`, and on one replica of several
 /// `ccm/<version> (replica <id>)`, so that a CML log (or the simulator's counters) tells which
 /// replica polled a worker.

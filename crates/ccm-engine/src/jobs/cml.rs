@@ -2,24 +2,26 @@
 //! each tried on its own; partial results are kept, failed sources fall back to their last
 //! good value (stale, with its age), and the service status follows from what answered.
 //!
-//! `system_information` goes first, alone; the other three then overlap. So a sync costs two
-//! round trips, and one connection: the first call opens it (and learns by ALPN whether the
-//! worker speaks HTTP/2), and the three others share it as HTTP/2 streams. Overlapping all
-//! four at once made four connections (four TLS handshakes) per worker per sync, since the
-//! client cannot know before the first handshake that the worker speaks HTTP/2; on a TLS
-//! fleet that cost more than the round trip it saved. Over HTTP/1.1 the three overlapped
-//! calls take the first call's kept-alive connection and two new ones.
-//! - a worker that was `ready` at its last sync gets `system_information` under the full
-//!   retry policy;
-//! - any other worker (unknown, degraded, unavailable) is probed, with one short
-//!   `system_information` attempt (`cml.probe_timeout`, no retry: a dead worker holds a poll
-//!   slot for seconds, not for the full retry policy).
+//! The order depends on whether the calls can share a connection
+//! (`CmlClient::shares_connection`: HTTPS with `[cml] http2`, offered by ALPN as CML's nginx
+//! does):
+//! - **HTTPS with HTTP/2**: `system_information` goes first, alone; the other three then
+//!   overlap as HTTP/2 streams on its connection. Two round trips, one connection and one TLS
+//!   handshake per sync: overlapping all four at once made four connections (four handshakes),
+//!   since the client cannot know before the first handshake that the worker speaks HTTP/2 —
+//!   on a TLS fleet that cost more than the round trip it saved. A worker that does not offer
+//!   `h2` is spoken to in HTTP/1.1 in the same order.
+//! - **Plain HTTP/1.1** (or no pool): every overlapped call needs its own connection anyway,
+//!   so a worker that was `ready` at its last sync gets all four calls at once (one round
+//!   trip).
 //!
-//! Either way, when `system_information` cannot even reach the host (connect error, timeout,
-//! open breaker), the three authenticated calls are not attempted — they would only wait on
-//! the same dead host, and add to its load. They are recorded as failed with the same
-//! reason, so the status is `unavailable` either way. When it answers, the other three run
-//! at once.
+//! Any worker that was not `ready` (unknown, degraded, unavailable) is probed first, with one
+//! short `system_information` attempt (`cml.probe_timeout`, no retry: a dead worker holds a
+//! poll slot for seconds, not for the full retry policy). Whenever `system_information` went
+//! first and cannot even reach the host (connect error, timeout, open breaker), the three
+//! authenticated calls are not attempted — they would only wait on the same dead host, and
+//! add to its load. They are recorded as failed with the same reason, so the status is
+//! `unavailable` either way. When it answers, the other three run at once.
 
 use std::sync::Arc;
 
@@ -99,13 +101,31 @@ pub(crate) async fn sync_worker(
             async { result(cml.licensing(&target).await, CmlCall::Licensing, Into::into,) },
         )
     };
-    let info = if last == ServiceStatus::Ready {
-        cml.system_information(&target).await
+    let sync = if last == ServiceStatus::Ready && !cml.shares_connection(&target) {
+        // Plain HTTP/1.1 (or no pool): every overlapped call has its own connection anyway.
+        let info = async {
+            result(
+                cml.system_information(&target).await,
+                CmlCall::SystemInformation,
+                Into::into,
+            )
+        };
+        let (info, (health, stats, licence)) = tokio::join!(info, others());
+        CmlSync {
+            info: Some(info),
+            health: Some(health),
+            stats: Some(stats),
+            licence: Some(licence),
+        }
     } else {
-        cml.probe(&target).await
+        let info = if last == ServiceStatus::Ready {
+            cml.system_information(&target).await
+        } else {
+            cml.probe(&target).await
+        };
+        let info = result(info, CmlCall::SystemInformation, Into::into);
+        first_then_others(info, others).await
     };
-    let info = result(info, CmlCall::SystemInformation, Into::into);
-    let sync = first_then_others(info, others).await;
     metrics::histogram!(crate::metrics::POLL_SECONDS, "job" => "cml_sync")
         .record(started.elapsed().as_secs_f64());
     record(ctx, grant, id, &target, sync).await

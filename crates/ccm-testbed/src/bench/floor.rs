@@ -12,15 +12,16 @@
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use ccm_cml::{CmlConfig, http_client};
+use ccm_cml::{CmlConfig, http_client, shares_connection};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::BenchError;
 use super::report::Summary;
 
-/// The calls of one sync, as ccm makes them (authenticated; the first alone, then the others
-/// overlapped).
+/// The calls of one sync, as ccm makes them to a worker that was `ready` (authenticated; over
+/// HTTPS with HTTP/2 the first alone, then the others overlapped on its connection; otherwise
+/// all four at once — `ccm_cml::shares_connection`).
 const PATHS: [&str; 4] = [
     "/api/v0/system_information",
     "/api/v0/system_health",
@@ -111,6 +112,7 @@ pub(crate) async fn run_floor(
         for (base, token) in bases.iter().zip(&tokens) {
             let Some(token) = token.clone() else { continue };
             let (client, gate, base) = (client.clone(), gate.clone(), base.clone());
+            let shared = shares_connection(config, &base);
             set.spawn(async move {
                 let Ok(_permit) = gate.acquire_owned().await else {
                     return PATHS.len() as u64;
@@ -128,9 +130,19 @@ pub(crate) async fn run_floor(
                         }
                     }
                 };
-                let a = call(PATHS[0]).await;
-                let (b, c, d) = tokio::join!(call(PATHS[1]), call(PATHS[2]), call(PATHS[3]));
-                a + b + c + d
+                if shared {
+                    let a = call(PATHS[0]).await;
+                    let (b, c, d) = tokio::join!(call(PATHS[1]), call(PATHS[2]), call(PATHS[3]));
+                    a + b + c + d
+                } else {
+                    let (a, b, c, d) = tokio::join!(
+                        call(PATHS[0]),
+                        call(PATHS[1]),
+                        call(PATHS[2]),
+                        call(PATHS[3])
+                    );
+                    a + b + c + d
+                }
             });
         }
         while let Some(joined) = set.join_next().await {
