@@ -324,6 +324,10 @@ pub struct Monitoring {
     pub resumes: Counters,
     /// The latest pauses and resumes, newest last.
     pub history: VecDeque<HistoryEntry>,
+    /// The latest quiet stretches of at least [`BREAK_MIN_MINUTES`] that ended with a
+    /// return (activity again, or a resume), newest last, at most [`BREAKS_KEPT`]: what the
+    /// idle policy learns return times from (`idle.return_timeout`).
+    pub breaks: VecDeque<Break>,
     /// Seconds the worker spent stopped by ccm (idle, schedule or manual), closed intervals
     /// only.
     pub seconds_stopped_by_ccm: u64,
@@ -386,6 +390,21 @@ pub enum SnoozeError {
 /// The longest snooze.
 pub const MAX_SNOOZE_DAYS: i64 = 14;
 
+/// The shortest quiet stretch a worker remembers as a break.
+pub const BREAK_MIN_MINUTES: i64 = 15;
+
+/// How many breaks a worker remembers (a few weeks of a busy worker).
+pub const BREAKS_KEPT: usize = 256;
+
+/// A quiet stretch of a worker (no activity) that ended with a return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Break {
+    /// The last activity before it.
+    pub from: DateTime<Utc>,
+    /// The return: the first activity after it, or the resume before that activity.
+    pub to: DateTime<Utc>,
+}
+
 impl Default for Monitoring {
     fn default() -> Self {
         Self {
@@ -407,6 +426,7 @@ impl Default for Monitoring {
             pauses: Counters::default(),
             resumes: Counters::default(),
             history: VecDeque::new(),
+            breaks: VecDeque::new(),
             seconds_stopped_by_ccm: 0,
             stopped_by_week: BTreeMap::new(),
         }
@@ -1242,6 +1262,18 @@ impl Worker {
 
     fn note_activity(&mut self, at: DateTime<Utc>, source: ActivitySource) {
         let m = &mut self.monitoring;
+        if let Some(prev) = m.last_activity
+            && at > prev
+        {
+            // A user who came back to a paused worker returned when they resumed it.
+            let to = m.last_resume.filter(|r| *r > prev && *r < at).unwrap_or(at);
+            if to - prev >= Duration::minutes(BREAK_MIN_MINUTES) {
+                m.breaks.push_back(Break { from: prev, to });
+                while m.breaks.len() > BREAKS_KEPT {
+                    m.breaks.pop_front();
+                }
+            }
+        }
         if m.last_activity.is_none_or(|prev| at > prev) {
             m.last_activity = Some(at);
             m.last_activity_source = Some(source);

@@ -2,8 +2,10 @@
 //! the binary's time, memory and disk): every preset and the random trace by default.
 //!
 //! `cargo run --release -p ccm-testbed --example idle_bench -- [TRACE…] [--svg FILE]
-//! [--seed N] [--random-workers N] [--every-tick] [--listen-base IP]`
+//! [--seed N] [--random-workers N] [--every-tick] [--listen-base IP] [--policy NAME]…`
 //!
+//! `--policy` (repeatable) runs only the named policies (`ccm`, `ccm-nodes-ignored`,
+//! `original`, `cpu-threshold`, `fixed-schedule`) instead of the preset's defaults.
 //! TRACE is a preset name, `random` (seed 1, 200 workers, 7 days, as `ccm bench idle`'s
 //! defaults) or a path; run from the repository root (presets are read from `bench/traces/`).
 //! JSON on stdout, tables on stderr.
@@ -21,6 +23,7 @@ async fn main() {
     let (mut seed, mut random_workers) = (1u64, 200usize);
     let mut every_tick = false;
     let mut listen_base: Option<std::net::Ipv4Addr> = None;
+    let mut only: Vec<idle::PolicyKind> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--listen-base" {
@@ -28,6 +31,12 @@ async fn main() {
                 args.next()
                     .and_then(|v| v.parse().ok())
                     .expect("--listen-base IPv4"),
+            );
+        } else if a == "--policy" {
+            only.push(
+                args.next()
+                    .and_then(|v| idle::PolicyKind::parse(&v))
+                    .expect("--policy NAME"),
             );
         } else if a == "--every-tick" {
             every_tick = true;
@@ -59,6 +68,9 @@ async fn main() {
             })
         };
         let mut opts = idle::default_options(trace);
+        if !only.is_empty() {
+            opts.policies.clone_from(&only);
+        }
         opts.skip_quiet = !every_tick;
         if let Some(ip) = listen_base {
             opts.listen_base = ip;
