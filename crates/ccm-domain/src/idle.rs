@@ -228,7 +228,7 @@ impl ReturnProfile {
             (window.as_secs() / 60 / u64::from(SLOT_MINUTES)).min(SLOTS as u64 / 2) as usize;
         let centre = slot_of(at);
         let (mut breaks, mut returned) = (0u32, 0u32);
-        let mut seen = vec![false; SLOTS];
+        let mut seen = [false; SLOTS];
         for d in 0..=reach {
             for slot in [(centre + d) % SLOTS, (centre + SLOTS - d) % SLOTS] {
                 if !std::mem::replace(&mut seen[slot], true) {

@@ -4,6 +4,8 @@
 //! `cargo run --release -p ccm-testbed --example idle_bench -- [TRACE…] [--svg FILE]
 //! [--seed N] [--random-workers N] [--every-tick] [--listen-base IP] [--policy NAME]…`
 //!
+//! `--from-json FILE` (repeatable) runs nothing: it reads the JSON of earlier runs (one
+//! array of reports per file, e.g. one run per preset), prints them merged and draws `--svg`.
 //! `--policy` (repeatable) runs only the named policies (`ccm`, `ccm-nodes-ignored`,
 //! `original`, `cpu-threshold`, `fixed-schedule`) instead of the preset's defaults.
 //! TRACE is a preset name, `random` (seed 1, 200 workers, 7 days, as `ccm bench idle`'s
@@ -24,6 +26,7 @@ async fn main() {
     let mut every_tick = false;
     let mut listen_base: Option<std::net::Ipv4Addr> = None;
     let mut only: Vec<idle::PolicyKind> = Vec::new();
+    let mut from_json: Vec<PathBuf> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--listen-base" {
@@ -32,6 +35,8 @@ async fn main() {
                     .and_then(|v| v.parse().ok())
                     .expect("--listen-base IPv4"),
             );
+        } else if a == "--from-json" {
+            from_json.push(args.next().map(PathBuf::from).expect("--from-json FILE"));
         } else if a == "--policy" {
             only.push(
                 args.next()
@@ -52,6 +57,21 @@ async fn main() {
         } else {
             names.push(a);
         }
+    }
+    if !from_json.is_empty() {
+        let mut reports: Vec<idle::IdleReport> = Vec::new();
+        for path in &from_json {
+            let text = std::fs::read_to_string(path).unwrap();
+            reports.extend(serde_json::from_str::<Vec<idle::IdleReport>>(&text).unwrap());
+        }
+        for r in &reports {
+            eprint!("{}", idle::table(r));
+        }
+        if let Some(path) = svg {
+            std::fs::write(&path, idle::chart(&reports)).unwrap();
+        }
+        println!("{}", serde_json::to_string_pretty(&reports).unwrap());
+        return;
     }
     if names.is_empty() {
         names = PRESETS.iter().map(|p| (*p).to_owned()).collect();
