@@ -639,15 +639,40 @@ pub struct WorkerView {
     pub cml_blocked: Option<String>,
 }
 
+/// What rendering a worker takes from the engine besides the worker — the time, the runtime
+/// settings, the fleet's busy share — read once per answer: a page renders up to 1,000
+/// workers, and a copy of the settings per worker was a large part of a list page's cost.
+pub struct ViewContext<'a> {
+    engine: &'a Engine,
+    now: DateTime<Utc>,
+    settings: ccm_domain::RuntimeSettings,
+    fleet: std::sync::Arc<ccm_domain::idle::FleetPicture>,
+}
+
+impl<'a> ViewContext<'a> {
+    /// The engine's view now.
+    pub fn new(engine: &'a Engine) -> Self {
+        Self {
+            engine,
+            now: engine.now(),
+            settings: engine.settings().value,
+            fleet: engine.fleet_picture(),
+        }
+    }
+}
+
 impl WorkerView {
     /// The view of `w` as the engine sees it now (freshness, breaker, idle policy).
     pub fn new(w: &Worker, engine: &Engine) -> Self {
-        let now = engine.now();
-        let settings = engine.settings().value;
+        Self::in_context(w, &ViewContext::new(engine))
+    }
+
+    /// The view of `w` in `ctx` (one context for every worker of an answer).
+    pub fn in_context(w: &Worker, ctx: &ViewContext<'_>) -> Self {
+        let (engine, now, settings) = (ctx.engine, ctx.now, &ctx.settings);
         let max_age = settings.polling.stale_max_age;
         let m = &w.monitoring;
-        let decision =
-            ccm_domain::idle::evaluate_with(w, &settings.idle, &engine.fleet_picture(), now);
+        let decision = ccm_domain::idle::evaluate_with(w, &settings.idle, &ctx.fleet, now);
         let (action, keep_reason, remaining) = match &decision.action {
             IdleAction::Pause => ("pause", None, None),
             IdleAction::WouldPause => ("would_pause", None, None),
@@ -797,7 +822,7 @@ impl WorkerView {
             terminated_by: w.terminated_by.as_ref().map(ToString::to_string),
             version: w.version,
             actions: w
-                .allowed_actions(now)
+                .allowed_actions()
                 .into_iter()
                 .filter_map(|a| {
                     serde_json::to_value(a)
@@ -806,7 +831,7 @@ impl WorkerView {
                 })
                 .collect(),
             action_reasons: w
-                .action_blockers(now)
+                .action_blockers()
                 .into_iter()
                 .filter_map(|(a, why)| {
                     serde_json::to_value(a)

@@ -46,7 +46,7 @@ use utoipa::IntoParams;
 
 use crate::auth::Caller;
 use crate::auth::session::SessionWatch;
-use crate::dto::WorkerView;
+use crate::dto::{ViewContext, WorkerView};
 use crate::error::{ApiError, ApiResult};
 use crate::extract::{Query, split_list};
 use crate::state::ApiState;
@@ -676,8 +676,9 @@ impl Conn {
         match self.engine.workers(&f).await {
             Ok(page) => {
                 let now = self.engine.now();
+                let ctx = ViewContext::new(&self.engine);
                 for w in &page.items {
-                    let view = WorkerView::new(w, &self.engine);
+                    let view = WorkerView::in_context(w, &ctx);
                     let data = serde_json::to_value(&view).unwrap_or_default();
                     let event = Event::new(
                         API_SOURCE,

@@ -913,6 +913,47 @@ impl Worker {
         by: &Actor,
         now: DateTime<Utc>,
     ) -> Result<Vec<EventKind>, CommandError> {
+        self.check_request(action, pause_reason)?;
+        match action {
+            WorkerAction::Start | WorkerAction::Resume => {
+                self.monitoring.pending_resume = Some(PendingAction {
+                    reason: ResumeReason::Manual,
+                    by: by.clone(),
+                    at: now,
+                });
+            }
+            WorkerAction::Stop | WorkerAction::Pause => {
+                self.monitoring.pending_pause = Some(PendingAction {
+                    reason: pause_reason.unwrap_or(PauseReason::Manual),
+                    by: by.clone(),
+                    at: now,
+                });
+            }
+            WorkerAction::Terminate => {
+                self.monitoring.pending_terminate = Some(PendingAction {
+                    reason: (),
+                    by: by.clone(),
+                    at: now,
+                });
+            }
+            _ => {}
+        }
+        self.touch(by, now);
+        let reason = pause_reason.map(|r| reason_text(&r));
+        Ok(vec![EventKind::WorkerActionRequested {
+            action,
+            reason,
+            by: by.clone(),
+        }])
+    }
+
+    /// Whether [`Worker::request`] would accept `action` now, and if not why — without
+    /// changing anything (the refusal is the one `request` gives).
+    pub fn check_request(
+        &self,
+        action: WorkerAction,
+        pause_reason: Option<PauseReason>,
+    ) -> Result<(), CommandError> {
         use Ec2State::*;
         let state = self.ec2_state;
         let conflict = |hint| CommandError::Conflict {
@@ -929,11 +970,6 @@ impl Worker {
                     Stopping => return Err(conflict("wait until it has stopped")),
                     _ => return Err(conflict("only a stopped worker can be started")),
                 }
-                self.monitoring.pending_resume = Some(PendingAction {
-                    reason: ResumeReason::Manual,
-                    by: by.clone(),
-                    at: now,
-                });
             }
             WorkerAction::Stop | WorkerAction::Pause => {
                 self.need_instance()?;
@@ -942,25 +978,14 @@ impl Worker {
                     Stopping | Stopped => return Err(conflict("it is already stopped")),
                     _ => return Err(conflict("only a running worker can be stopped")),
                 }
-                let reason = pause_reason.unwrap_or(PauseReason::Manual);
-                if reason == PauseReason::External {
+                if pause_reason.unwrap_or(PauseReason::Manual) == PauseReason::External {
                     return Err(conflict("ccm cannot pause for an external reason"));
                 }
-                self.monitoring.pending_pause = Some(PendingAction {
-                    reason,
-                    by: by.clone(),
-                    at: now,
-                });
             }
             WorkerAction::Terminate => {
                 if matches!(state, ShuttingDown | Terminated) {
                     return Err(conflict("it is already terminated"));
                 }
-                self.monitoring.pending_terminate = Some(PendingAction {
-                    reason: (),
-                    by: by.clone(),
-                    at: now,
-                });
             }
             WorkerAction::EnableDetailedMonitoring | WorkerAction::UpdateTags => {
                 self.need_instance()?;
@@ -980,19 +1005,14 @@ impl Worker {
             }
             WorkerAction::Create | WorkerAction::Import | WorkerAction::Delete => {}
         }
-        self.touch(by, now);
-        let reason = pause_reason.map(|r| reason_text(&r));
-        Ok(vec![EventKind::WorkerActionRequested {
-            action,
-            reason,
-            by: by.clone(),
-        }])
+        Ok(())
     }
 
     /// The actions the current state allows (for UIs: which buttons to enable). Asks
-    /// [`Worker::request`] itself, so it can never disagree with what a command would do.
-    pub fn allowed_actions(&self, now: DateTime<Utc>) -> Vec<WorkerAction> {
-        self.action_checks(now)
+    /// [`Worker::check_request`], the check [`Worker::request`] makes, so it can never disagree
+    /// with what a command would do.
+    pub fn allowed_actions(&self) -> Vec<WorkerAction> {
+        self.action_checks()
             .into_iter()
             .filter_map(|(a, r)| r.is_ok().then_some(a))
             .collect()
@@ -1000,8 +1020,8 @@ impl Worker {
 
     /// Why each action the current state forbids is forbidden (the text of the refusal
     /// [`Worker::request`] would give), for UIs to show on a disabled button.
-    pub fn action_blockers(&self, now: DateTime<Utc>) -> Vec<(WorkerAction, String)> {
-        self.action_checks(now)
+    pub fn action_blockers(&self) -> Vec<(WorkerAction, String)> {
+        self.action_checks()
             .into_iter()
             .filter_map(|(a, r)| r.err().map(|e| (a, e.to_string())))
             .collect()
@@ -1014,7 +1034,7 @@ impl Worker {
             .then_some("the worker must be running with a CML endpoint")
     }
 
-    fn action_checks(&self, now: DateTime<Utc>) -> Vec<(WorkerAction, Result<(), CommandError>)> {
+    fn action_checks(&self) -> Vec<(WorkerAction, Result<(), CommandError>)> {
         const ACTIONS: [WorkerAction; 10] = [
             WorkerAction::Start,
             WorkerAction::Stop,
@@ -1027,12 +1047,11 @@ impl Worker {
             WorkerAction::Refresh,
             WorkerAction::Licence,
         ];
-        let probe = Actor::system("probe");
         ACTIONS
             .into_iter()
             .map(|a| {
                 let reason = matches!(a, WorkerAction::Pause).then_some(PauseReason::Manual);
-                (a, self.clone().request(a, reason, &probe, now).map(|_| ()))
+                (a, self.check_request(a, reason))
             })
             .collect()
     }

@@ -23,7 +23,8 @@ use crate::auth::{Caller, Role};
 use crate::dto::{
     CreateWorkerRequest, EventPage, EventRecord, IdleDetectionRequest, ImagePreviewView, ImageView,
     ImportPreviewView, ImportView, ImportWorkersRequest, MetricsHistory, MetricsPointView, Order,
-    RefreshView, SnoozeRequest, SortKey, TagsRequest, WorkerListQuery, WorkerPage, WorkerView,
+    RefreshView, SnoozeRequest, SortKey, TagsRequest, ViewContext, WorkerListQuery, WorkerPage,
+    WorkerView,
 };
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, Query, WorkerPath, split_list};
@@ -113,11 +114,12 @@ pub(crate) async fn list(
     let filter = filter_of(q)?;
     let engine = state.engine();
     let page = engine.workers(&filter).await?;
+    let ctx = ViewContext::new(engine);
     Ok(Json(WorkerPage {
         items: page
             .items
             .iter()
-            .map(|w| WorkerView::new(w, engine))
+            .map(|w| WorkerView::in_context(w, &ctx))
             .collect(),
         total: page.total,
         limit: filter.limit,

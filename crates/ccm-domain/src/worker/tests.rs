@@ -681,7 +681,7 @@ fn workers_should_round_trip_through_json() {
 fn allowed_actions_should_follow_the_command_rules() {
     use WorkerAction::*;
     let mut w = running_worker();
-    let running = w.allowed_actions(t(1));
+    let running = w.allowed_actions();
     assert_eq!(
         running,
         [
@@ -697,7 +697,7 @@ fn allowed_actions_should_follow_the_command_rules() {
     );
     w.ec2_state = Ec2State::Stopped;
     assert_eq!(
-        w.allowed_actions(t(1)),
+        w.allowed_actions(),
         [
             Start,
             Resume,
@@ -708,7 +708,7 @@ fn allowed_actions_should_follow_the_command_rules() {
         ]
     );
     w.ec2_state = Ec2State::Terminated;
-    assert_eq!(w.allowed_actions(t(1)), [Delete]);
+    assert_eq!(w.allowed_actions(), [Delete]);
     assert!(
         w.monitoring.pending_pause.is_none(),
         "asking changes nothing"
@@ -719,18 +719,18 @@ fn allowed_actions_should_follow_the_command_rules() {
 fn action_blockers_should_give_the_refusal_of_every_action_not_allowed() {
     use WorkerAction::*;
     let mut w = running_worker();
-    let blocked = w.action_blockers(t(1));
+    let blocked = w.action_blockers();
     let names: Vec<_> = blocked.iter().map(|(a, _)| *a).collect();
     assert_eq!(names, [Start, Resume]);
     assert!(blocked[0].1.contains("already running"), "{blocked:?}");
     assert_eq!(w.cml_blocker(), None);
     w.ec2_state = Ec2State::Stopped;
-    let blocked = w.action_blockers(t(1));
+    let blocked = w.action_blockers();
     let refresh = blocked.iter().find(|(a, _)| *a == Refresh).unwrap();
     assert!(refresh.1.contains("only a running worker"), "{refresh:?}");
     assert!(w.cml_blocker().unwrap().contains("running"));
     // Allowed and blocked together are every action, once.
-    assert_eq!(w.allowed_actions(t(1)).len() + blocked.len(), 10);
+    assert_eq!(w.allowed_actions().len() + blocked.len(), 10);
 }
 
 fn ready_sync() -> CmlSync {
@@ -833,6 +833,53 @@ fn a_worker_stored_before_status_checks_and_owners_should_still_load() {
     let w: Worker = serde_json::from_value(json).unwrap();
     assert_eq!(w.ec2_status, Sourced::default());
     assert_eq!(w.ami.unwrap().owner, None);
+}
+
+#[test]
+fn check_request_should_agree_with_request_in_every_state() {
+    use WorkerAction::*;
+    let actions = [
+        Create,
+        Import,
+        Start,
+        Stop,
+        Pause,
+        Resume,
+        Terminate,
+        Delete,
+        UpdateTags,
+        EnableDetailedMonitoring,
+        Refresh,
+        Licence,
+    ];
+    let by = Actor::system("test");
+    for state in Ec2State::ALL {
+        for with_instance in [true, false] {
+            for with_endpoint in [true, false] {
+                let mut w = running_worker();
+                w.ec2_state = state;
+                if !with_instance {
+                    w.instance_id = None;
+                }
+                if !with_endpoint {
+                    w.endpoint = None;
+                }
+                for action in actions {
+                    for reason in [None, Some(PauseReason::Manual), Some(PauseReason::External)] {
+                        let checked = w.check_request(action, reason);
+                        let before = w.clone();
+                        let asked = w.clone().request(action, reason, &by, t(1)).map(|_| ());
+                        assert_eq!(
+                            checked.map_err(|e| e.to_string()),
+                            asked.map_err(|e| e.to_string()),
+                            "{state:?} {action:?} {reason:?}"
+                        );
+                        assert_eq!(w, before, "checking changes nothing");
+                    }
+                }
+            }
+        }
+    }
 }
 
 fn telemetry(category: &str) -> ActivitySource {
