@@ -202,8 +202,11 @@ impl ReturnProfile {
         for b in &worker.monitoring.breaks {
             count(b.from, b.to - b.from);
         }
+        // A worker whose nodes run is not quiet, however long ago they were last counted.
+        let nodes = worker.monitoring.running_nodes.is_some_and(|n| n > 0);
         if let Some(last) = worker.monitoring.last_activity
             && now - last > back
+            && !nodes
         {
             count(last, now - last);
         }

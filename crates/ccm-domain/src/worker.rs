@@ -326,7 +326,9 @@ pub struct Monitoring {
     pub history: VecDeque<HistoryEntry>,
     /// The latest quiet stretches of at least [`BREAK_MIN_MINUTES`] that ended with a
     /// return (activity again, or a resume), newest last, at most [`BREAKS_KEPT`]: what the
-    /// idle policy learns return times from (`idle.return_timeout`).
+    /// idle policy learns return times from (`idle.return_timeout`). Left out of the stored
+    /// document while empty (documents written before it keep their shape).
+    #[serde(skip_serializing_if = "VecDeque::is_empty")]
     pub breaks: VecDeque<Break>,
     /// Seconds the worker spent stopped by ccm (idle, schedule or manual), closed intervals
     /// only.
@@ -1281,8 +1283,16 @@ impl Worker {
 
     fn note_activity(&mut self, at: DateTime<Utc>, source: ActivitySource) {
         let m = &mut self.monitoring;
+        // Nodes seen running at both ends: they ran through the gap (the syncs were just
+        // further apart), so it was no break.
+        let nodes_through = matches!(source, ActivitySource::RunningNodes { .. })
+            && matches!(
+                m.last_activity_source,
+                Some(ActivitySource::RunningNodes { .. })
+            );
         if let Some(prev) = m.last_activity
             && at > prev
+            && !nodes_through
         {
             // A user who came back to a paused worker returned when they resumed it.
             let to = m.last_resume.filter(|r| *r > prev && *r < at).unwrap_or(at);
