@@ -465,10 +465,21 @@ pub struct IdleView {
     pub warning: bool,
     /// Whether running nodes count as use (`idle.running_nodes_count_as_use`).
     pub running_nodes_count_as_use: bool,
-    /// The timeout that applies now, seconds (`idle.break_timeout` while the fleet is busy).
+    /// The timeout that applies now, seconds (`idle.break_timeout` while the fleet is busy,
+    /// `idle.session_end_timeout` after the user stopped their lab).
     pub timeout_seconds: u64,
     /// Whether the fleet counts as busy (`idle.busy_fleet_percent`).
     pub fleet_busy: bool,
+    /// Which rule chose the timeout: `plain`, `fleet_busy`, `session_ended` or
+    /// `learned_return`.
+    pub timeout_rule: String,
+    /// The learned return rule's evidence: remembered breaks begun near this time of day
+    /// (`idle.return_window`) that lasted at least the shortest timeout (`null`: rule off).
+    pub return_breaks: Option<u32>,
+    /// Of them, those that ended within `idle.return_timeout`.
+    pub return_returned: Option<u32>,
+    /// Whose breaks: `worker` or `fleet`.
+    pub return_scope: Option<String>,
 }
 
 /// Where the latest activity came from.
@@ -635,7 +646,7 @@ pub struct ViewContext<'a> {
     engine: &'a Engine,
     now: DateTime<Utc>,
     settings: ccm_domain::RuntimeSettings,
-    busy_share: Option<f64>,
+    fleet: std::sync::Arc<ccm_domain::idle::FleetPicture>,
 }
 
 impl<'a> ViewContext<'a> {
@@ -645,7 +656,7 @@ impl<'a> ViewContext<'a> {
             engine,
             now: engine.now(),
             settings: engine.settings().value,
-            busy_share: engine.fleet_busy_share(),
+            fleet: engine.fleet_picture(),
         }
     }
 }
@@ -661,7 +672,7 @@ impl WorkerView {
         let (engine, now, settings) = (ctx.engine, ctx.now, &ctx.settings);
         let max_age = settings.polling.stale_max_age;
         let m = &w.monitoring;
-        let decision = ccm_domain::idle::evaluate_in(w, &settings.idle, ctx.busy_share, now);
+        let decision = ccm_domain::idle::evaluate_with(w, &settings.idle, &ctx.fleet, now);
         let (action, keep_reason, remaining) = match &decision.action {
             IdleAction::Pause => ("pause", None, None),
             IdleAction::WouldPause => ("would_pause", None, None),
@@ -791,6 +802,16 @@ impl WorkerView {
                     running_nodes_count_as_use: settings.idle.running_nodes_count_as_use,
                     timeout_seconds: decision.timeout.as_secs(),
                     fleet_busy: decision.fleet_busy,
+                    timeout_rule: decision.timeout_rule.name().to_owned(),
+                    return_breaks: decision.returns.map(|r| r.breaks),
+                    return_returned: decision.returns.map(|r| r.returned),
+                    return_scope: decision.returns.map(|r| {
+                        match r.scope {
+                            ccm_domain::idle::ReturnScope::Worker => "worker",
+                            ccm_domain::idle::ReturnScope::Fleet => "fleet",
+                        }
+                        .to_owned()
+                    }),
                 },
             },
             created_at: w.created_at,

@@ -411,6 +411,14 @@ export function mountWorker(container, { args, session }) {
         ['Last activity', time(m.last_activity, true)],
         ['Activity source', h('span', { id: 'activity-source' }, source)],
         ['Policy acts', acts],
+        ['Idle timeout', h('span', { id: 'idle-timeout' }, fmtDuration(idle.timeout_seconds),
+          idle.timeout_rule === 'fleet_busy' ? ' · break: most of the fleet is in use'
+            : idle.timeout_rule === 'session_ended' ? ' · session ended: lab stopped, no running nodes'
+              : idle.timeout_rule === 'learned_return' ? ' · people often come back after breaks at this hour'
+                : '',
+          idle.return_breaks != null
+            ? h('span', { class: 'muted small' }, ` (${idle.return_returned} of ${idle.return_breaks} ${idle.return_scope === 'fleet' ? 'fleet' : 'own'} breaks near this hour ended in a return)`)
+            : null)],
         ['Keep awake', snoozeRow],
         ['Schedule', schedule],
         ['Activity read', time(m.activity_checked_at, true)],

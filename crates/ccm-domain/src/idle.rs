@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ec2::Ec2State;
 use crate::ids::Actor;
-use crate::worker::Worker;
+use crate::worker::{ActivitySource, Worker};
 
 /// Idle detection settings (runtime settings; changeable without a restart).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -47,8 +47,48 @@ pub struct IdleSettings {
     #[serde(with = "humantime_serde")]
     pub break_timeout: Duration,
     /// The fleet is busy when at least this percentage of its workers were in use within the
-    /// timeout (0: never; the plain timeout always applies).
+    /// timeout (0: never; the plain timeout always applies). In use here means an
+    /// interaction (telemetry) or a resume within the timeout: labs running with nobody
+    /// interacting (overnight runs) do not make the fleet busy.
     pub busy_fleet_percent: u8,
+    /// The timeout after a strong end-of-session signal: the latest activity stopped a lab or
+    /// node (`stop_lab`, `stop_node` telemetry) and the latest CML sync found no running nodes.
+    /// The user put their work away, so waiting the full `timeout` mostly pays for an empty
+    /// worker. Applies only while the fleet is not busy (a break at a busy fleet keeps
+    /// `break_timeout`); never longer than `timeout` (equal to it: the rule is off).
+    #[serde(with = "humantime_serde")]
+    pub session_end_timeout: Duration,
+    /// The learned return rule: where users often came back after a long break at this time
+    /// of day (lunch, a daily meeting), a quiet worker gets this timeout instead, so that the
+    /// break is not paused just before they return. Longer than `timeout` to be on.
+    #[serde(with = "humantime_serde")]
+    pub return_timeout: Duration,
+    /// Breaks count for the current one when they began within this much of its time of day
+    /// (UTC).
+    #[serde(with = "humantime_serde")]
+    pub return_window: Duration,
+    /// Breaks older than this are forgotten.
+    #[serde(with = "humantime_serde")]
+    pub return_memory: Duration,
+    /// The rule applies when at least this percentage of the remembered breaks near this
+    /// time of day (those that lasted as long as the shortest timeout) ended within
+    /// `return_timeout`…
+    pub return_min_percent: u8,
+    /// …and there are at least this many of them.
+    pub return_min_breaks: u32,
+    /// Whose breaks: the worker's own, or the whole fleet's (a team's rhythm; one worker
+    /// alone has few breaks a week).
+    pub return_scope: ReturnScope,
+}
+
+/// Whose breaks the learned return rule counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ReturnScope {
+    /// The worker's own breaks.
+    Worker,
+    /// Every worker's breaks (this process's fleet).
+    Fleet,
 }
 
 impl Default for IdleSettings {
@@ -63,6 +103,13 @@ impl Default for IdleSettings {
             warning_before: Duration::from_secs(10 * 60),
             break_timeout: Duration::from_secs(2 * 60 * 60),
             busy_fleet_percent: 50,
+            session_end_timeout: Duration::from_secs(30 * 60),
+            return_timeout: Duration::from_secs(2 * 60 * 60),
+            return_window: Duration::from_secs(60 * 60),
+            return_memory: Duration::from_secs(14 * 24 * 60 * 60),
+            return_min_percent: 20,
+            return_min_breaks: 5,
+            return_scope: ReturnScope::Fleet,
         }
     }
 }
@@ -83,11 +130,201 @@ pub struct IdleDecision {
     pub pause_at: Option<DateTime<Utc>>,
     /// The warning before that pause is due: `pause_at − warning_before ≤ now`.
     pub warn: bool,
-    /// The timeout that applied: `break_timeout` while the fleet is busy, else `timeout`.
+    /// The timeout that applied (see `timeout_rule`).
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
     /// Whether the fleet counted as busy.
     pub fleet_busy: bool,
+    /// Which rule chose `timeout`.
+    pub timeout_rule: TimeoutRule,
+    /// The breaks the learned return rule looked at (none when the rule is off).
+    pub returns: Option<ReturnStats>,
+}
+
+/// What the learned return rule saw: of `breaks` remembered breaks that began near this
+/// time of day and lasted at least the shortest timeout, `returned` ended within
+/// `return_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReturnStats {
+    /// Breaks counted.
+    pub breaks: u32,
+    /// Of them, those that ended within `return_timeout`.
+    pub returned: u32,
+    /// Whose breaks.
+    pub scope: ReturnScope,
+}
+
+const SLOT_MINUTES: u32 = 10;
+const SLOTS: usize = (24 * 60 / SLOT_MINUTES) as usize;
+
+/// Breaks by the time of day they began (10-minute slots, UTC): how many lasted at least the
+/// shortest timeout, and how many of those ended within `return_timeout`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReturnProfile {
+    long: Vec<u32>,
+    returned: Vec<u32>,
+}
+
+fn slot_of(at: DateTime<Utc>) -> usize {
+    use chrono::Timelike;
+    (at.num_seconds_from_midnight() / 60 / SLOT_MINUTES) as usize % SLOTS
+}
+
+impl ReturnProfile {
+    fn empty() -> Self {
+        Self {
+            long: vec![0; SLOTS],
+            returned: vec![0; SLOTS],
+        }
+    }
+
+    /// Adds `worker`'s remembered breaks within `return_memory`, and its current quiet
+    /// stretch when it already outlasted `return_timeout` (a known non-return).
+    pub fn add(&mut self, worker: &Worker, settings: &IdleSettings, now: DateTime<Utc>) {
+        if worker.ec2_state.is_final() {
+            return;
+        }
+        let chrono_of =
+            |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        let oldest = now.checked_sub_signed(chrono_of(settings.return_memory));
+        let shortest = chrono_of(settings.timeout.min(settings.session_end_timeout));
+        let back = chrono_of(settings.return_timeout);
+        let mut count = |from: DateTime<Utc>, length: chrono::Duration| {
+            if oldest.is_some_and(|o| from < o) || length < shortest {
+                return;
+            }
+            let slot = slot_of(from);
+            self.long[slot] += 1;
+            if length <= back {
+                self.returned[slot] += 1;
+            }
+        };
+        for b in &worker.monitoring.breaks {
+            count(b.from, b.to - b.from);
+        }
+        // A worker whose nodes run is not quiet, however long ago they were last counted.
+        let nodes = worker.monitoring.running_nodes.is_some_and(|n| n > 0);
+        if let Some(last) = worker.monitoring.last_activity
+            && now - last > back
+            && !nodes
+        {
+            count(last, now - last);
+        }
+    }
+
+    /// The profile of `workers`' breaks.
+    pub fn of<'a>(
+        workers: impl IntoIterator<Item = &'a Worker>,
+        settings: &IdleSettings,
+        now: DateTime<Utc>,
+    ) -> Self {
+        let mut p = Self::empty();
+        for w in workers {
+            p.add(w, settings, now);
+        }
+        p
+    }
+
+    /// The breaks that began within `window` of the time of day of `at`.
+    pub fn around(&self, at: DateTime<Utc>, window: Duration, scope: ReturnScope) -> ReturnStats {
+        let reach =
+            (window.as_secs() / 60 / u64::from(SLOT_MINUTES)).min(SLOTS as u64 / 2) as usize;
+        let centre = slot_of(at);
+        let (mut breaks, mut returned) = (0u32, 0u32);
+        let mut seen = [false; SLOTS];
+        for d in 0..=reach {
+            for slot in [(centre + d) % SLOTS, (centre + SLOTS - d) % SLOTS] {
+                if !std::mem::replace(&mut seen[slot], true) {
+                    breaks = breaks.saturating_add(self.long[slot]);
+                    returned = returned.saturating_add(self.returned[slot]);
+                }
+            }
+        }
+        ReturnStats {
+            breaks,
+            returned,
+            scope,
+        }
+    }
+}
+
+/// What the idle policy knows about the whole fleet: its busy share and the fleet's return
+/// profile (each `None` when not computed).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FleetPicture {
+    /// The share of the fleet in use (see [`busy_share`]).
+    pub busy_share: Option<f64>,
+    /// The fleet's breaks by time of day (see [`ReturnProfile`]).
+    pub returns: Option<ReturnProfile>,
+}
+
+impl FleetPicture {
+    /// The picture of `workers` at `now`: what the settings' rules need of it.
+    pub fn of(workers: &[Worker], settings: &IdleSettings, now: DateTime<Utc>) -> Self {
+        Self {
+            busy_share: (settings.busy_fleet_percent > 0)
+                .then(|| busy_share(workers, settings, now)),
+            returns: (return_rule_on(settings) && settings.return_scope == ReturnScope::Fleet)
+                .then(|| ReturnProfile::of(workers, settings, now)),
+        }
+    }
+}
+
+/// Whether the idle policy needs a [`FleetPicture`] (the break rule or the fleet-wide
+/// learned return rule is on).
+pub fn fleet_picture_needed(settings: &IdleSettings) -> bool {
+    settings.busy_fleet_percent > 0
+        || (return_rule_on(settings) && settings.return_scope == ReturnScope::Fleet)
+}
+
+/// Whether the learned return rule is on (`return_timeout` longer than `timeout`).
+pub fn return_rule_on(settings: &IdleSettings) -> bool {
+    settings.return_timeout > settings.timeout
+}
+
+/// Which rule chose the timeout of an idle decision (the worker page says why).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutRule {
+    /// `timeout`.
+    Plain,
+    /// `break_timeout`: the fleet is busy, a quiet worker is probably on a break.
+    FleetBusy,
+    /// `session_end_timeout`: the user stopped their lab and no nodes run.
+    SessionEnded,
+    /// `return_timeout`: users often came back after breaks begun at this time of day.
+    LearnedReturn,
+}
+
+impl TimeoutRule {
+    /// Its name in the API (`plain`, `fleet_busy`, `session_ended`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Plain => "plain",
+            Self::FleetBusy => "fleet_busy",
+            Self::SessionEnded => "session_ended",
+            Self::LearnedReturn => "learned_return",
+        }
+    }
+}
+
+/// Telemetry categories that end a session's lab work (see `session_end_timeout`).
+pub const SESSION_END_CATEGORIES: &[&str] = &["stop_lab", "stop_node"];
+
+/// Whether `worker` shows a strong end-of-session signal: its latest activity stopped a lab or
+/// node, and the latest CML sync (after it) found no running nodes.
+pub fn session_ended(worker: &Worker) -> bool {
+    let m = &worker.monitoring;
+    let stopped = matches!(
+        &m.last_activity_source,
+        Some(ActivitySource::Telemetry { category, .. })
+            if SESSION_END_CATEGORIES.contains(&category.as_str())
+    );
+    let synced_after = match (&worker.cml.stats.last_good, m.last_activity) {
+        (Some(read), Some(activity)) => read.observed_at >= activity,
+        _ => false,
+    };
+    stopped && synced_after && m.running_nodes == Some(0)
 }
 
 /// The action the idle policy asks for.
@@ -165,21 +402,27 @@ pub fn evaluate(worker: &Worker, settings: &IdleSettings, now: DateTime<Utc>) ->
     evaluate_in(worker, settings, None, now)
 }
 
-/// Whether `worker` counts as in use at `now` for the fleet's busy share: running, with
-/// activity (as the settings define it) or a resume within the timeout.
+/// Whether `worker` counts as in use at `now` for the fleet's busy share: running, with an
+/// interaction (telemetry) or a resume within the timeout, or with activity (running nodes,
+/// as the settings count them) within the timeout and an interaction within the break
+/// timeout — a lab left running over lunch. A lab running with nobody there for longer (an
+/// overnight run) does not make the fleet busy.
 pub fn in_use(worker: &Worker, settings: &IdleSettings, now: DateTime<Utc>) -> bool {
     let m = &worker.monitoring;
+    let within = |at: Option<DateTime<Utc>>, d: Duration| at.is_some_and(|at| since(now, at) < d);
     let activity = if settings.running_nodes_count_as_use {
         m.last_activity
     } else {
         m.last_interaction
     };
+    let interaction = [m.last_interaction, m.last_resume]
+        .into_iter()
+        .flatten()
+        .max();
     worker.ec2_state == Ec2State::Running
-        && [activity, m.last_resume]
-            .into_iter()
-            .flatten()
-            .max()
-            .is_some_and(|at| since(now, at) < settings.timeout)
+        && (within(interaction, settings.timeout)
+            || (within(activity, settings.timeout)
+                && within(interaction, settings.timeout.max(settings.break_timeout))))
 }
 
 /// The share of `workers` in use at `now` (0 to 1; terminated workers are left out).
@@ -213,17 +456,22 @@ pub fn evaluate_in(
     fleet_busy_share: Option<f64>,
     now: DateTime<Utc>,
 ) -> IdleDecision {
-    let fleet_busy = settings.busy_fleet_percent > 0
-        && fleet_busy_share.is_some_and(|s| s * 100.0 >= f64::from(settings.busy_fleet_percent));
-    let timeout = if fleet_busy {
-        settings.timeout.max(settings.break_timeout)
-    } else {
-        settings.timeout
+    let fleet = FleetPicture {
+        busy_share: fleet_busy_share,
+        returns: None,
     };
-    let settings = &IdleSettings {
-        timeout,
-        ..settings.clone()
-    };
+    evaluate_with(worker, settings, &fleet, now)
+}
+
+/// Evaluates the idle policy for `worker` at `now`, given what is known of its fleet (the
+/// busy share; the return profile when `return_scope` is `fleet` — without it, the worker's
+/// own breaks are used).
+pub fn evaluate_with(
+    worker: &Worker,
+    settings: &IdleSettings,
+    fleet: &FleetPicture,
+    now: DateTime<Utc>,
+) -> IdleDecision {
     let m = &worker.monitoring;
     let activity = if settings.running_nodes_count_as_use {
         m.last_activity
@@ -235,6 +483,51 @@ pub fn evaluate_in(
         .flatten()
         .max()
         .unwrap_or(worker.created_at);
+    let fleet_busy = settings.busy_fleet_percent > 0
+        && fleet
+            .busy_share
+            .is_some_and(|s| s * 100.0 >= f64::from(settings.busy_fleet_percent));
+    let returns = return_rule_on(settings).then(|| {
+        let own;
+        let profile = match (&fleet.returns, settings.return_scope) {
+            (Some(p), ReturnScope::Fleet) => p,
+            _ => {
+                own = ReturnProfile::of([worker], settings, now);
+                &own
+            }
+        };
+        let scope = if fleet.returns.is_some() {
+            settings.return_scope
+        } else {
+            ReturnScope::Worker
+        };
+        profile.around(reference, settings.return_window, scope)
+    });
+    // With enough remembered breaks at this time of day, they decide; before that, the
+    // busy-fleet guess does.
+    let learned = returns
+        .filter(|r| r.breaks > 0 && r.breaks >= settings.return_min_breaks)
+        .map(|r| {
+            u64::from(r.returned) * 100
+                >= u64::from(settings.return_min_percent) * u64::from(r.breaks)
+        });
+    let session_end = settings.session_end_timeout < settings.timeout && session_ended(worker);
+    let (timeout, timeout_rule) = match learned {
+        Some(true) => (
+            settings.timeout.max(settings.return_timeout),
+            TimeoutRule::LearnedReturn,
+        ),
+        None if fleet_busy => (
+            settings.timeout.max(settings.break_timeout),
+            TimeoutRule::FleetBusy,
+        ),
+        _ if session_end => (settings.session_end_timeout, TimeoutRule::SessionEnded),
+        _ => (settings.timeout, TimeoutRule::Plain),
+    };
+    let settings = &IdleSettings {
+        timeout,
+        ..settings.clone()
+    };
     let idle_for = since(now, reference);
     let idle = idle_for >= settings.timeout;
     let keep = |reason| IdleAction::Keep { reason };
@@ -305,6 +598,8 @@ pub fn evaluate_in(
         warn,
         timeout,
         fleet_busy,
+        timeout_rule,
+        returns,
     }
 }
 
@@ -313,8 +608,9 @@ mod tests {
     use chrono::TimeZone;
 
     use super::*;
+    use crate::cml::CmlStats;
     use crate::ids::{Actor, InstanceId, Region};
-    use crate::worker::{EndpointPolicy, InstanceObservation};
+    use crate::worker::{CallResult, CmlSync, EndpointPolicy, InstanceObservation};
 
     const MIN: i64 = 60;
 
@@ -555,8 +851,6 @@ mod tests {
 
     #[test]
     fn running_nodes_should_count_as_use_only_when_the_setting_says_so() {
-        use crate::cml::CmlStats;
-        use crate::worker::{CallResult, CmlSync};
         let mut w = worker();
         let stats = CmlStats {
             running_nodes: Some(3),
@@ -644,15 +938,256 @@ mod tests {
             evaluate_in(&w, &off, Some(1.0), t(90 * MIN)).action,
             IdleAction::Pause
         );
-        // The share: running workers with activity within the timeout, of all not terminated.
+        // The share: running workers with an interaction within the timeout, of all not
+        // terminated.
         let mut busy = worker();
-        busy.monitoring.last_activity = Some(t(80 * MIN));
+        busy.monitoring.last_interaction = Some(t(80 * MIN));
         let mut stopped = worker();
         stopped.ec2_state = Ec2State::Stopped;
         let mut gone = worker();
         gone.ec2_state = Ec2State::Terminated;
         let share = busy_share([&w, &busy, &stopped, &gone], &s, t(90 * MIN));
         assert!((share - 1.0 / 3.0).abs() < 1e-9, "{share}");
+    }
+
+    #[test]
+    fn labs_running_long_after_the_last_interaction_should_not_make_the_fleet_busy() {
+        let s = IdleSettings::default();
+        // An overnight run: nodes seen running a minute ago, the last interaction hours ago.
+        let mut overnight = worker();
+        overnight.record_sync(
+            CmlSync {
+                stats: Some(CallResult::Ok(CmlStats {
+                    running_nodes: Some(4),
+                    ..CmlStats::default()
+                })),
+                ..CmlSync::default()
+            },
+            t(599 * MIN),
+        );
+        overnight.monitoring.last_interaction = Some(t(300 * MIN));
+        assert_eq!(overnight.monitoring.last_activity, Some(t(599 * MIN)));
+        assert!(!in_use(&overnight, &s, t(600 * MIN)));
+        // The same lab an hour and a half after its user's last action: a lunch break.
+        let mut lunch = overnight.clone();
+        lunch.monitoring.last_interaction = Some(t(510 * MIN));
+        assert!(in_use(&lunch, &s, t(600 * MIN)));
+        let mut working = worker();
+        working.monitoring.last_interaction = Some(t(590 * MIN));
+        assert!(in_use(&working, &s, t(600 * MIN)));
+        let mut resumed = worker();
+        resumed.monitoring.last_resume = Some(t(570 * MIN));
+        assert!(in_use(&resumed, &s, t(600 * MIN)));
+        let share = busy_share([&overnight, &working], &s, t(600 * MIN));
+        assert!((share - 0.5).abs() < 1e-9, "{share}");
+    }
+
+    /// A worker whose user stopped their lab at `stop` (telemetry), with a CML sync at `sync`
+    /// that found `nodes` running, and activity read at `checked`.
+    fn after_lab_stop(stop: i64, sync: i64, nodes: u64, checked: i64) -> Worker {
+        let mut w = worker();
+        w.record_sync(
+            CmlSync {
+                stats: Some(CallResult::Ok(CmlStats {
+                    running_nodes: Some(nodes),
+                    ..CmlStats::default()
+                })),
+                ..CmlSync::default()
+            },
+            t(sync),
+        );
+        w.record_interaction(
+            Some((
+                t(stop),
+                ActivitySource::Telemetry {
+                    category: "stop_lab".into(),
+                    user_id: Some("alice".into()),
+                },
+            )),
+            t(checked),
+        );
+        w
+    }
+
+    #[test]
+    fn a_stopped_lab_with_no_running_nodes_should_get_the_session_end_timeout() {
+        let s = IdleSettings::default();
+        let w = after_lab_stop(0, MIN, 0, 29 * MIN);
+        assert!(session_ended(&w));
+        let d = evaluate_in(&w, &s, Some(0.0), t(29 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::SessionEnded);
+        assert_eq!(d.timeout, Duration::from_secs(30 * 60));
+        assert_eq!(d.action.label(), "keep:not_idle");
+        assert_eq!(d.pause_at, Some(t(30 * MIN)));
+        assert!(
+            d.warn,
+            "the warning comes 10 minutes before the earlier pause"
+        );
+        let w = after_lab_stop(0, MIN, 0, 30 * MIN);
+        assert_eq!(
+            evaluate_in(&w, &s, Some(0.0), t(30 * MIN)).action,
+            IdleAction::Pause
+        );
+        // A busy fleet keeps the break timeout: a lab stopped for lunch is not the day's end.
+        let d = evaluate_in(&w, &s, Some(0.8), t(30 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::FleetBusy);
+        assert_eq!(d.pause_at, Some(t(120 * MIN)));
+        // Off when it is not shorter than the timeout.
+        let off = IdleSettings {
+            session_end_timeout: s.timeout,
+            ..IdleSettings::default()
+        };
+        let d = evaluate_in(&w, &off, Some(0.0), t(30 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::Plain);
+        assert_eq!(d.pause_at, Some(t(60 * MIN)));
+    }
+
+    const DAY: i64 = 24 * 60;
+
+    /// `t(0)` is 08:00 UTC; a worker with one break a day for `days` days before the day of
+    /// `t(0)`, each from `from` (minutes after `t(0)`'s time of day) lasting `minutes`.
+    fn with_daily_breaks(days: i64, from: i64, minutes: i64) -> Worker {
+        let mut w = worker();
+        for d in (1..=days).rev() {
+            w.monitoring.breaks.push_back(crate::worker::Break {
+                from: t((from - d * DAY) * MIN),
+                to: t((from - d * DAY + minutes) * MIN),
+            });
+        }
+        w
+    }
+
+    #[test]
+    fn breaks_that_often_ended_in_a_return_at_this_hour_should_give_the_return_timeout() {
+        let s = IdleSettings::default();
+        // Five days of a 90-minute lunch from 12:00 (t(0) is 08:00 UTC).
+        let mut w = with_daily_breaks(5, 4 * 60, 90);
+        w.monitoring.last_activity = Some(t(4 * 60 * MIN + 10 * MIN));
+        w.monitoring.activity_checked_at = Some(t(5 * 60 * MIN + 20 * MIN));
+        let d = evaluate_in(&w, &s, Some(0.0), t(5 * 60 * MIN + 20 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::LearnedReturn);
+        assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
+        assert_eq!(d.action.label(), "keep:not_idle");
+        assert_eq!(d.pause_at, Some(t(6 * 60 * MIN + 10 * MIN)));
+        assert_eq!(
+            d.returns,
+            Some(ReturnStats {
+                breaks: 5,
+                returned: 5,
+                scope: ReturnScope::Worker
+            })
+        );
+        // The same worker going quiet at 16:00: no break near that hour; the plain timeout.
+        w.monitoring.last_activity = Some(t(8 * 60 * MIN));
+        w.monitoring.activity_checked_at = Some(t(9 * 60 * MIN));
+        let d = evaluate_in(&w, &s, Some(0.0), t(9 * 60 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::Plain);
+        assert_eq!(d.action, IdleAction::Pause);
+        // Too few breaks (four, five needed) or the rule off: the plain timeout.
+        let mut few = with_daily_breaks(4, 4 * 60, 90);
+        few.monitoring.last_activity = Some(t(4 * 60 * MIN));
+        let d = evaluate_in(&few, &s, Some(0.0), t(5 * 60 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::Plain);
+        let off = IdleSettings {
+            return_timeout: s.timeout,
+            ..IdleSettings::default()
+        };
+        let w2 = {
+            let mut w = with_daily_breaks(5, 4 * 60, 90);
+            w.monitoring.last_activity = Some(t(4 * 60 * MIN));
+            w
+        };
+        let d = evaluate_in(&w2, &off, Some(0.0), t(5 * 60 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::Plain);
+        assert_eq!(d.returns, None);
+        // Breaks older than the memory are forgotten.
+        let short = IdleSettings {
+            return_memory: Duration::from_secs(3 * 24 * 3600),
+            ..IdleSettings::default()
+        };
+        let d = evaluate_in(&w2, &short, Some(0.0), t(5 * 60 * MIN));
+        assert_eq!(d.returns.map(|r| r.breaks), Some(2));
+    }
+
+    #[test]
+    fn breaks_that_never_ended_in_a_return_at_this_hour_should_overrule_the_busy_fleet() {
+        let s = IdleSettings::default();
+        // Five days of leaving at 17:00 and coming back the next morning.
+        let mut w = with_daily_breaks(5, 9 * 60, 16 * 60);
+        w.monitoring.last_activity = Some(t(9 * 60 * MIN));
+        w.monitoring.activity_checked_at = Some(t(10 * 60 * MIN));
+        let d = evaluate_in(&w, &s, Some(0.9), t(10 * 60 * MIN));
+        assert!(d.fleet_busy);
+        assert_eq!(d.timeout_rule, TimeoutRule::Plain, "the evidence wins");
+        assert_eq!(d.action, IdleAction::Pause);
+        // One return in five is 20 %: enough.
+        w.monitoring.breaks[2].to = w.monitoring.breaks[2].from + chrono::Duration::minutes(100);
+        let d = evaluate_in(&w, &s, Some(0.9), t(10 * 60 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::LearnedReturn);
+        assert_eq!(d.returns.map(|r| (r.breaks, r.returned)), Some((5, 1)));
+    }
+
+    #[test]
+    fn the_fleet_profile_should_count_every_workers_breaks_and_long_open_stretches() {
+        let s = IdleSettings::default();
+        let a = with_daily_breaks(3, 4 * 60, 90);
+        let b = with_daily_breaks(2, 4 * 60 + 30, 20 * 60);
+        // Quiet since 12:00 yesterday, never back: a known non-return.
+        let mut c = worker();
+        c.monitoring.last_activity = Some(t((4 * 60 - DAY) * MIN));
+        // Breaks shorter than the shortest timeout (30 min) are not counted.
+        let d = with_daily_breaks(3, 4 * 60, 20);
+        let mut gone = with_daily_breaks(3, 4 * 60, 90);
+        gone.ec2_state = Ec2State::Terminated;
+        let fleet = FleetPicture::of(&[a, b, c, d, gone], &s, t(5 * 60 * MIN));
+        let p = fleet.returns.as_ref().unwrap();
+        let r = p.around(t(4 * 60 * MIN), s.return_window, ReturnScope::Fleet);
+        assert_eq!((r.breaks, r.returned), (6, 3));
+        // The window: 13:10 is 70 minutes from 12:00 and 40 from 12:30.
+        let r = p.around(
+            t(5 * 60 * MIN + 10 * MIN),
+            s.return_window,
+            ReturnScope::Fleet,
+        );
+        assert_eq!((r.breaks, r.returned), (2, 0));
+        // A worker evaluated with the fleet's picture uses it.
+        let mut w = worker();
+        w.monitoring.last_activity = Some(t(4 * 60 * MIN));
+        w.monitoring.activity_checked_at = Some(t(5 * 60 * MIN));
+        let dcs = evaluate_with(&w, &s, &fleet, t(5 * 60 * MIN));
+        assert_eq!(dcs.timeout_rule, TimeoutRule::LearnedReturn);
+        assert_eq!(dcs.returns.map(|r| r.scope), Some(ReturnScope::Fleet));
+    }
+
+    #[test]
+    fn the_session_end_signal_should_need_a_lab_stop_and_no_nodes_seen_after_it() {
+        let s = IdleSettings::default();
+        // Nodes still run (another lab): the plain timeout.
+        let w = after_lab_stop(0, MIN, 2, 40 * MIN);
+        assert!(!session_ended(&w));
+        assert_eq!(
+            evaluate_in(&w, &s, Some(0.0), t(40 * MIN)).timeout_rule,
+            TimeoutRule::Plain
+        );
+        // No sync since the stop: the node count is older than the stop.
+        let w = after_lab_stop(10 * MIN, 5 * MIN, 0, 40 * MIN);
+        assert!(!session_ended(&w));
+        // The latest activity was not a stop (someone designing without nodes).
+        let mut w = after_lab_stop(0, MIN, 0, 40 * MIN);
+        w.record_interaction(
+            Some((
+                t(2 * MIN),
+                ActivitySource::Telemetry {
+                    category: "user_activity".into(),
+                    user_id: Some("alice".into()),
+                },
+            )),
+            t(40 * MIN),
+        );
+        assert!(!session_ended(&w));
+        let d = evaluate_in(&w, &s, Some(0.0), t(40 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::Plain);
+        assert_eq!(d.action.label(), "keep:not_idle");
     }
 
     #[test]

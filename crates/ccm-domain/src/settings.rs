@@ -156,6 +156,21 @@ impl RuntimeSettings {
         range("idle.activity_max_age", i.activity_max_age, s(10), day)?;
         range("idle.warning_before", i.warning_before, s(0), day)?;
         range("idle.break_timeout", i.break_timeout, s(60), 30 * day)?;
+        range(
+            "idle.session_end_timeout",
+            i.session_end_timeout,
+            s(60),
+            30 * day,
+        )?;
+        range("idle.return_timeout", i.return_timeout, s(60), 30 * day)?;
+        range("idle.return_window", i.return_window, s(0), s(12 * 3600))?;
+        range("idle.return_memory", i.return_memory, day, 365 * day)?;
+        if i.return_min_percent > 100 {
+            return Err(SettingsError {
+                key: "idle.return_min_percent",
+                message: format!("{} is out of range (0 to 100)", i.return_min_percent),
+            });
+        }
         if i.busy_fleet_percent > 100 {
             return Err(SettingsError {
                 key: "idle.busy_fleet_percent",

@@ -324,6 +324,12 @@ pub struct Monitoring {
     pub resumes: Counters,
     /// The latest pauses and resumes, newest last.
     pub history: VecDeque<HistoryEntry>,
+    /// The latest quiet stretches of at least [`BREAK_MIN_MINUTES`] that ended with a
+    /// return (activity again, or a resume), newest last, at most [`BREAKS_KEPT`]: what the
+    /// idle policy learns return times from (`idle.return_timeout`). Left out of the stored
+    /// document while empty (documents written before it keep their shape).
+    #[serde(skip_serializing_if = "VecDeque::is_empty")]
+    pub breaks: VecDeque<Break>,
     /// Seconds the worker spent stopped by ccm (idle, schedule or manual), closed intervals
     /// only.
     pub seconds_stopped_by_ccm: u64,
@@ -386,6 +392,21 @@ pub enum SnoozeError {
 /// The longest snooze.
 pub const MAX_SNOOZE_DAYS: i64 = 14;
 
+/// The shortest quiet stretch a worker remembers as a break.
+pub const BREAK_MIN_MINUTES: i64 = 15;
+
+/// How many breaks a worker remembers (a few weeks of a busy worker).
+pub const BREAKS_KEPT: usize = 256;
+
+/// A quiet stretch of a worker (no activity) that ended with a return.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Break {
+    /// The last activity before it.
+    pub from: DateTime<Utc>,
+    /// The return: the first activity after it, or the resume before that activity.
+    pub to: DateTime<Utc>,
+}
+
 impl Default for Monitoring {
     fn default() -> Self {
         Self {
@@ -407,6 +428,7 @@ impl Default for Monitoring {
             pauses: Counters::default(),
             resumes: Counters::default(),
             history: VecDeque::new(),
+            breaks: VecDeque::new(),
             seconds_stopped_by_ccm: 0,
             stopped_by_week: BTreeMap::new(),
         }
@@ -1261,6 +1283,26 @@ impl Worker {
 
     fn note_activity(&mut self, at: DateTime<Utc>, source: ActivitySource) {
         let m = &mut self.monitoring;
+        // Nodes seen running at both ends: they ran through the gap (the syncs were just
+        // further apart), so it was no break.
+        let nodes_through = matches!(source, ActivitySource::RunningNodes { .. })
+            && matches!(
+                m.last_activity_source,
+                Some(ActivitySource::RunningNodes { .. })
+            );
+        if let Some(prev) = m.last_activity
+            && at > prev
+            && !nodes_through
+        {
+            // A user who came back to a paused worker returned when they resumed it.
+            let to = m.last_resume.filter(|r| *r > prev && *r < at).unwrap_or(at);
+            if to - prev >= Duration::minutes(BREAK_MIN_MINUTES) {
+                m.breaks.push_back(Break { from: prev, to });
+                while m.breaks.len() > BREAKS_KEPT {
+                    m.breaks.pop_front();
+                }
+            }
+        }
         if m.last_activity.is_none_or(|prev| at > prev) {
             m.last_activity = Some(at);
             m.last_activity_source = Some(source);

@@ -467,7 +467,17 @@ impl Engine {
     /// The share of the fleet in use as the idle policy last saw it (`None` before the first
     /// activity cycle).
     pub fn fleet_busy_share(&self) -> Option<f64> {
-        self.inner.state.busy_share().map(|(_, s)| s)
+        self.fleet_picture().busy_share
+    }
+
+    /// What the idle policy last knew of the fleet (busy share, return profile; empty before
+    /// the first activity cycle).
+    pub fn fleet_picture(&self) -> Arc<ccm_domain::idle::FleetPicture> {
+        self.inner
+            .state
+            .fleet_picture()
+            .map(|(_, p)| p)
+            .unwrap_or_default()
     }
 
     /// The savings report; its groups (week × reason) are also split by the value of tag

@@ -8,6 +8,7 @@
 
 use std::sync::Arc;
 
+use ccm_domain::idle::FleetPicture;
 use ccm_domain::{Actor, EventKind, RuntimeSettings, Worker, WorkerId};
 use ccm_store::{
     EventQuery, MetricsPoint, Page, Store, StoreError, StoredEvent, Versioned, WorkerFilter,
@@ -32,9 +33,9 @@ pub(crate) struct State {
     fleet: Fleet,
     settings: watch::Sender<Versioned<RuntimeSettings>>,
     writer: Mutex<Option<WriterHandle>>,
-    /// The share of the fleet in use, and when it was computed (the idle policy's
-    /// `busy_fleet_percent`).
-    busy: Mutex<Option<(DateTime<Utc>, f64)>>,
+    /// What the idle policy knows of the fleet (busy share, return profile), and when it was
+    /// computed.
+    busy: Mutex<Option<(DateTime<Utc>, Arc<FleetPicture>)>>,
 }
 
 impl State {
@@ -78,14 +79,14 @@ impl State {
         self.clock.now()
     }
 
-    /// The share of the fleet in use as last computed, with when.
-    pub(crate) fn busy_share(&self) -> Option<(DateTime<Utc>, f64)> {
-        *self.busy.lock()
+    /// The fleet as the idle policy last saw it (busy share, return profile), with when.
+    pub(crate) fn fleet_picture(&self) -> Option<(DateTime<Utc>, Arc<FleetPicture>)> {
+        self.busy.lock().clone()
     }
 
-    /// Records the share of the fleet in use.
-    pub(crate) fn set_busy_share(&self, at: DateTime<Utc>, share: f64) {
-        *self.busy.lock() = Some((at, share));
+    /// Records the fleet as the idle policy sees it.
+    pub(crate) fn set_fleet_picture(&self, at: DateTime<Utc>, picture: Arc<FleetPicture>) {
+        *self.busy.lock() = Some((at, picture));
     }
 
     /// The store.

@@ -2,8 +2,12 @@
 //! the binary's time, memory and disk): every preset and the random trace by default.
 //!
 //! `cargo run --release -p ccm-testbed --example idle_bench -- [TRACE…] [--svg FILE]
-//! [--seed N] [--random-workers N] [--every-tick] [--listen-base IP]`
+//! [--seed N] [--random-workers N] [--every-tick] [--listen-base IP] [--policy NAME]…`
 //!
+//! `--from-json FILE` (repeatable) runs nothing: it reads the JSON of earlier runs (one
+//! array of reports per file, e.g. one run per preset), prints them merged and draws `--svg`.
+//! `--policy` (repeatable) runs only the named policies (`ccm`, `ccm-nodes-ignored`,
+//! `original`, `cpu-threshold`, `fixed-schedule`) instead of the preset's defaults.
 //! TRACE is a preset name, `random` (seed 1, 200 workers, 7 days, as `ccm bench idle`'s
 //! defaults) or a path; run from the repository root (presets are read from `bench/traces/`).
 //! JSON on stdout, tables on stderr.
@@ -21,6 +25,8 @@ async fn main() {
     let (mut seed, mut random_workers) = (1u64, 200usize);
     let mut every_tick = false;
     let mut listen_base: Option<std::net::Ipv4Addr> = None;
+    let mut only: Vec<idle::PolicyKind> = Vec::new();
+    let mut from_json: Vec<PathBuf> = Vec::new();
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         if a == "--listen-base" {
@@ -28,6 +34,14 @@ async fn main() {
                 args.next()
                     .and_then(|v| v.parse().ok())
                     .expect("--listen-base IPv4"),
+            );
+        } else if a == "--from-json" {
+            from_json.push(args.next().map(PathBuf::from).expect("--from-json FILE"));
+        } else if a == "--policy" {
+            only.push(
+                args.next()
+                    .and_then(|v| idle::PolicyKind::parse(&v))
+                    .expect("--policy NAME"),
             );
         } else if a == "--every-tick" {
             every_tick = true;
@@ -44,6 +58,21 @@ async fn main() {
             names.push(a);
         }
     }
+    if !from_json.is_empty() {
+        let mut reports: Vec<idle::IdleReport> = Vec::new();
+        for path in &from_json {
+            let text = std::fs::read_to_string(path).unwrap();
+            reports.extend(serde_json::from_str::<Vec<idle::IdleReport>>(&text).unwrap());
+        }
+        for r in &reports {
+            eprint!("{}", idle::table(r));
+        }
+        if let Some(path) = svg {
+            std::fs::write(&path, idle::chart(&reports)).unwrap();
+        }
+        println!("{}", serde_json::to_string_pretty(&reports).unwrap());
+        return;
+    }
     if names.is_empty() {
         names = PRESETS.iter().map(|p| (*p).to_owned()).collect();
         names.push("random".into());
@@ -59,6 +88,9 @@ async fn main() {
             })
         };
         let mut opts = idle::default_options(trace);
+        if !only.is_empty() {
+            opts.policies.clone_from(&only);
+        }
         opts.skip_quiet = !every_tick;
         if let Some(ip) = listen_base {
             opts.listen_base = ip;

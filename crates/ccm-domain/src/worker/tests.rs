@@ -881,3 +881,48 @@ fn check_request_should_agree_with_request_in_every_state() {
         }
     }
 }
+
+fn telemetry(category: &str) -> ActivitySource {
+    ActivitySource::Telemetry {
+        category: category.into(),
+        user_id: Some("alice".into()),
+    }
+}
+
+#[test]
+fn quiet_stretches_should_be_remembered_as_breaks_ending_at_the_return() {
+    let mut w = running_worker();
+    w.record_interaction(Some((t(0), telemetry("user_activity"))), t(0));
+    // 10 minutes: too short to be a break.
+    w.record_interaction(Some((t(600), telemetry("user_activity"))), t(600));
+    assert!(w.monitoring.breaks.is_empty());
+    // 90 minutes of quiet, then activity again.
+    w.record_interaction(Some((t(600 + 5400), telemetry("user_activity"))), t(6000));
+    assert_eq!(
+        w.monitoring.breaks.back(),
+        Some(&Break {
+            from: t(600),
+            to: t(6000)
+        })
+    );
+    // Paused in between and resumed: the return is the resume, not the first action after
+    // the boot.
+    w.monitoring.last_resume = Some(t(6000 + 7200));
+    w.record_interaction(
+        Some((t(6000 + 7800), telemetry("user_activity"))),
+        t(14_000),
+    );
+    assert_eq!(
+        w.monitoring.breaks.back(),
+        Some(&Break {
+            from: t(6000),
+            to: t(13_200)
+        })
+    );
+    // Bounded.
+    for i in 0..(BREAKS_KEPT as i64 + 10) {
+        let at = t(20_000 + i * 3600);
+        w.record_interaction(Some((at, telemetry("user_activity"))), at);
+    }
+    assert_eq!(w.monitoring.breaks.len(), BREAKS_KEPT);
+}

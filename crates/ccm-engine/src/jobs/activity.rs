@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use ccm_domain::activity::latest_activity_event;
-use ccm_domain::idle::{IdleAction, evaluate_in};
+use ccm_domain::idle::{FleetPicture, IdleAction, evaluate_with, fleet_picture_needed};
 use ccm_domain::worker::ActivitySource;
 use ccm_domain::{CmlCall, EventKind, PauseReason, WorkerId};
 
@@ -66,12 +66,12 @@ pub(crate) async fn evaluate_idle(
 ) -> Result<(), JobError> {
     let worker = ctx.worker(id).await?;
     let settings = ctx.settings().idle;
-    let share = if settings.busy_fleet_percent > 0 {
-        Some(ctx.fleet_busy_share().await?)
+    let fleet = if fleet_picture_needed(&settings) {
+        ctx.fleet_picture().await?
     } else {
-        None
+        Arc::new(FleetPicture::default())
     };
-    let decision = evaluate_in(&worker, &settings, share, ctx.now());
+    let decision = evaluate_with(&worker, &settings, &fleet, ctx.now());
     let label = decision.action.label();
     if let Some(at) = decision.pause_at.filter(|_| decision.warn)
         && decision.action != IdleAction::Pause

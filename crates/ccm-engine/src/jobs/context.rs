@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use ccm_cloud::CloudProvider;
 use ccm_cml::CmlClient;
+use ccm_domain::idle::FleetPicture;
 use ccm_domain::worker::EndpointPolicy;
 use ccm_domain::{EventKind, InstanceId, LabRecord, Region, RuntimeSettings, Worker, WorkerId};
 use ccm_resilience::Resilience;
@@ -207,17 +208,17 @@ impl JobContext {
         self.warn_marks.insert(id, at) != Some(at)
     }
 
-    /// The share of this process's fleet in use (the idle policy's busy fleet), computed at
-    /// most once a minute of engine time.
-    pub(crate) async fn fleet_busy_share(&self) -> Result<f64, JobError> {
+    /// What the idle policy knows of this process's fleet (its busy share, its return
+    /// profile), computed at most once a minute of engine time.
+    pub(crate) async fn fleet_picture(&self) -> Result<Arc<FleetPicture>, JobError> {
         let now = self.now();
-        if let Some((at, share)) = self.state.busy_share()
+        if let Some((at, picture)) = self.state.fleet_picture()
             && now >= at
             && now - at < chrono::Duration::seconds(60)
         {
-            return Ok(share);
+            return Ok(picture);
         }
-        self.refresh_fleet_busy_share().await
+        self.refresh_fleet_picture().await
     }
 
     /// Computes the share of the fleet in use now and keeps it for the next minute of
@@ -225,13 +226,13 @@ impl JobContext {
     /// worker of the cycle is judged against the same share — the fleet as the previous
     /// reads left it — whatever order the concurrent polls finish in (otherwise the share
     /// would depend on which reads happened to be stored first).
-    pub(crate) async fn refresh_fleet_busy_share(&self) -> Result<f64, JobError> {
+    pub(crate) async fn refresh_fleet_picture(&self) -> Result<Arc<FleetPicture>, JobError> {
         let now = self.now();
         let settings = self.settings().idle;
         let workers = self.owned_workers().await?;
-        let share = ccm_domain::idle::busy_share(&workers, &settings, now);
-        self.state.set_busy_share(now, share);
-        Ok(share)
+        let picture = Arc::new(FleetPicture::of(&workers, &settings, now));
+        self.state.set_fleet_picture(now, picture.clone());
+        Ok(picture)
     }
 
     /// Every worker this process owns, from the store (fleet jobs that need whole records).

@@ -173,10 +173,10 @@ impl JobRunner {
         .await;
         let started = tokio::time::Instant::now();
         if job == JobKind::Activity
-            && ctx.settings().idle.busy_fleet_percent > 0
-            && let Err(e) = ctx.refresh_fleet_busy_share().await
+            && ccm_domain::idle::fleet_picture_needed(&ctx.settings().idle)
+            && let Err(e) = ctx.refresh_fleet_picture().await
         {
-            tracing::warn!(error = %e, "the fleet's busy share could not be computed");
+            tracing::warn!(error = %e, "the fleet's busy share and return profile could not be computed");
         }
         let counts = CycleCounts {
             members: len,

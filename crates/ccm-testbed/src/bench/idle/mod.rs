@@ -594,8 +594,11 @@ async fn start_fleet(
                 settings.idle.timeout = Duration::from_secs(3600);
                 settings.idle.snooze_after_resume = Duration::ZERO;
                 settings.idle.warning_before = Duration::ZERO;
-                // Nor the break timeout of a busy fleet (ccm's own rule).
+                // Nor ccm's own rules: the break timeout of a busy fleet, the shorter timeout
+                // after a session's end, the learned return timeout.
                 settings.idle.busy_fleet_percent = 0;
+                settings.idle.session_end_timeout = settings.idle.timeout;
+                settings.idle.return_timeout = settings.idle.timeout;
             }
             _ => {}
         }
@@ -686,6 +689,12 @@ async fn earliest_pause(
     tick: chrono::Duration,
 ) -> Result<Option<DateTime<Utc>>, BenchError> {
     let settings = engine.settings().value.idle;
+    // The learned return rule only lengthens a timeout or takes the busy-fleet one away, so
+    // the earliest pause is among the rule's absence at every busy share.
+    let unlearned = ccm_domain::idle::IdleSettings {
+        return_timeout: settings.timeout,
+        ..settings.clone()
+    };
     let page = engine
         .store()
         .list(&WorkerFilter::default())
@@ -701,7 +710,7 @@ async fn earliest_pause(
             continue;
         }
         for share in [None, Some(0.0), Some(1.0)] {
-            let d = ccm_domain::idle::evaluate_in(w, &settings, share, t);
+            let d = ccm_domain::idle::evaluate_in(w, &unlearned, share, t);
             let at = match d.pause_at {
                 Some(at) => at,
                 None if matches!(
