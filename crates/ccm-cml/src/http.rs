@@ -348,7 +348,31 @@ impl WithoutUrlText for reqwest::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::user_agent;
+    use super::{shares_connection, user_agent};
+    use crate::CmlConfig;
+
+    #[test]
+    fn only_https_with_http2_and_a_pool_should_share_a_syncs_connection() {
+        let on = CmlConfig::default();
+        assert!(
+            on.http2 && on.pool_max_idle_per_host > 0,
+            "the defaults share"
+        );
+        assert!(shares_connection(&on, "https://10.0.0.5"));
+        assert!(shares_connection(&on, "HTTPS://10.0.0.5:8443"));
+        assert!(!shares_connection(&on, "http://10.0.0.5"));
+        assert!(!shares_connection(&on, "https:/"));
+        let no_h2 = CmlConfig {
+            http2: false,
+            ..CmlConfig::default()
+        };
+        assert!(!shares_connection(&no_h2, "https://10.0.0.5"));
+        let no_pool = CmlConfig {
+            pool_max_idle_per_host: 0,
+            ..CmlConfig::default()
+        };
+        assert!(!shares_connection(&no_pool, "https://10.0.0.5"));
+    }
 
     #[test]
     fn the_user_agent_should_name_the_replica_only_on_a_replica() {
