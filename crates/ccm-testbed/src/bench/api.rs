@@ -681,8 +681,12 @@ async fn drive(
     }
 
     // Clients.
+    // Idle connections are dropped well before the server's keep-alive timeout (`[server]
+    // keep_alive_timeout`, 5 s by default): reusing one the server is closing at that moment
+    // fails the request (the reuse-while-closing race), which reqwest's 90 s default invites.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(args.clients as usize)
+        .pool_idle_timeout(Duration::from_secs(2))
         .build()
         .map_err(fail)?;
     let (list, detail) = (Arc::new(Recorder::default()), Arc::new(Recorder::default()));
