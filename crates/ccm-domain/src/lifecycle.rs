@@ -65,6 +65,24 @@ pub enum WorkerAction {
     Licence,
 }
 
+impl WorkerAction {
+    /// Every action, in declaration order (for tables and exhaustive checks).
+    pub const ALL: [WorkerAction; 12] = [
+        WorkerAction::Create,
+        WorkerAction::Import,
+        WorkerAction::Start,
+        WorkerAction::Stop,
+        WorkerAction::Pause,
+        WorkerAction::Resume,
+        WorkerAction::Terminate,
+        WorkerAction::Delete,
+        WorkerAction::UpdateTags,
+        WorkerAction::EnableDetailedMonitoring,
+        WorkerAction::Refresh,
+        WorkerAction::Licence,
+    ];
+}
+
 /// An action on a lab.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -837,21 +837,7 @@ fn a_worker_stored_before_status_checks_and_owners_should_still_load() {
 
 #[test]
 fn check_request_should_agree_with_request_in_every_state() {
-    use WorkerAction::*;
-    let actions = [
-        Create,
-        Import,
-        Start,
-        Stop,
-        Pause,
-        Resume,
-        Terminate,
-        Delete,
-        UpdateTags,
-        EnableDetailedMonitoring,
-        Refresh,
-        Licence,
-    ];
+    let actions = WorkerAction::ALL;
     let by = Actor::system("test");
     for state in Ec2State::ALL {
         for with_instance in [true, false] {
