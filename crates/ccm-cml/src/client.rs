@@ -604,13 +604,16 @@ impl CmlClient {
     /// The HTTP client for the target's TLS mode. (Insecure TLS and plain http are warned
     /// about once, in [`CmlClient::new`], not per worker or request.)
     fn http(&self, target: &Target, endpoint: Endpoint) -> Result<reqwest::Client, CmlError> {
-        self.inner.http.get(target.tls()).map_err(|e| match e {
-            CmlConfigError::CaFile { .. } | CmlConfigError::Client(_) => CmlError::Tls {
-                endpoint,
-                detail: e.to_string(),
-            },
-            other => CmlError::Config(other),
-        })
+        self.inner
+            .http
+            .for_url(target.base_url(), target.tls())
+            .map_err(|e| match e {
+                CmlConfigError::CaFile { .. } | CmlConfigError::Client(_) => CmlError::Tls {
+                    endpoint,
+                    detail: e.to_string(),
+                },
+                other => CmlError::Config(other),
+            })
     }
 
     async fn get_json<T: DeserializeOwned>(

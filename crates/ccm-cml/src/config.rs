@@ -72,11 +72,19 @@ pub struct CmlConfig {
     /// Idle connections kept per worker (1–2 is plenty: calls to one worker are few and
     /// spread over the sync interval; 10,000 workers × many idle sockets would exhaust FDs).
     pub pool_max_idle_per_host: usize,
+    /// Idle connections kept per worker over plain HTTP (`http://` workers: the simulator,
+    /// a lab network). Default 0: over plain HTTP/1.1 a sync's four calls go at once, each
+    /// on a connection of its own (the first one's is not free yet when the others start),
+    /// and the worker's next sync comes a poll interval later, so a kept connection is
+    /// almost never reused; it only holds its buffers (~20 KB) and a descriptor. At 10,000
+    /// workers synced back to back that was ~15–35 MB of the peak RSS (BENCHMARKS.md, issue
+    /// 13 round 4). `pool_max_idle_per_host` applies to HTTPS, where HTTP/2 shares it.
+    pub plain_pool_max_idle_per_host: usize,
     /// Workers whose TLS sessions are kept for resumption (0: none). A resumed handshake skips
     /// the certificate (sent, signed, verified), the bulk of a TLS connection's CPU on both
     /// sides; rustls' default cache holds 256 sessions, so size this to the fleet. A worker's
-    /// entry holds up to 2 single-use session tickets (enough for every connection of a
-    /// sync), each with a copy of the worker's certificate chain: ~1–1.5 KB per ticket with a
+    /// entry holds 1 single-use session ticket (an HTTP/2 sync's one connection), 2 once its
+    /// connections used them up (enough for every connection of an HTTP/1.1 sync), each with a copy of the worker's certificate chain: ~1–1.5 KB per ticket with a
     /// CML-sized certificate.
     pub tls_session_cache: usize,
     /// Offer HTTP/2 to workers by ALPN (`h2`, then `http/1.1`), as CML's nginx accepts it.
@@ -101,6 +109,7 @@ impl Default for CmlConfig {
             probe_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_millis(250),
             pool_max_idle_per_host: 1,
+            plain_pool_max_idle_per_host: 0,
             tls_session_cache: 16_384,
             http2: true,
             max_body_bytes: 8 << 20,
@@ -206,6 +215,11 @@ impl CmlConfig {
         check(
             self.pool_max_idle_per_host <= 64,
             "cml.pool_max_idle_per_host",
+            "must be at most 64",
+        )?;
+        check(
+            self.plain_pool_max_idle_per_host <= 64,
+            "cml.plain_pool_max_idle_per_host",
             "must be at most 64",
         )?;
         check(

@@ -32,6 +32,10 @@ pub(crate) struct HttpClients {
     settings: PoolSettings,
     default_mode: TlsMode,
     default: reqwest::Client,
+    /// For `http://` workers: `[cml] plain_pool_max_idle_per_host` idle connections per
+    /// worker (the default client's clone when that equals `pool_max_idle_per_host`). Never
+    /// given an `https://` URL; its TLS settings are the default mode's all the same.
+    plain: reqwest::Client,
     others: RwLock<HashMap<TlsMode, reqwest::Client>>,
 }
 
@@ -47,12 +51,35 @@ impl HttpClients {
         };
         let default_mode = TlsMode::from(&config.tls);
         let default = build(&settings, &default_mode)?;
+        let plain = if config.plain_pool_max_idle_per_host == settings.pool_max_idle_per_host {
+            default.clone()
+        } else {
+            let plain_settings = PoolSettings {
+                pool_max_idle_per_host: config.plain_pool_max_idle_per_host,
+                ..settings.clone()
+            };
+            build(&plain_settings, &default_mode)?
+        };
         Ok(Self {
             settings,
             default_mode,
             default,
+            plain,
             others: RwLock::new(HashMap::new()),
         })
+    }
+
+    /// The client for a worker at `base_url` whose TLS mode is `mode`: the plain-HTTP client
+    /// for an `http://` URL, the mode's client otherwise.
+    pub(crate) fn for_url(
+        &self,
+        base_url: &str,
+        mode: &TlsMode,
+    ) -> Result<reqwest::Client, CmlConfigError> {
+        if is_plain_http(base_url) {
+            return Ok(self.plain.clone());
+        }
+        self.get(mode)
     }
 
     /// The client for `mode` (a clone is an `Arc` clone).
@@ -79,11 +106,17 @@ impl HttpClients {
     }
 }
 
-/// The `reqwest` client that [`CmlClient`](crate::CmlClient) uses for `config`'s TLS mode:
-/// the same pool, TLS and session-cache settings, with ccm's `User-Agent`. For measuring the
-/// transport alone (`ccm bench sync --floor`), never for calling CML beside the client.
-pub fn http_client(config: &CmlConfig) -> Result<reqwest::Client, CmlConfigError> {
-    HttpClients::new(config, user_agent(None)).map(|c| c.default)
+/// The `reqwest` client that [`CmlClient`](crate::CmlClient) uses for workers at `base_url`
+/// under `config`: the same pool (over plain HTTP `plain_pool_max_idle_per_host`), TLS and
+/// session-cache settings, with ccm's `User-Agent`. For measuring the transport alone (`ccm
+/// bench sync --floor`), never for calling CML beside the client.
+pub fn http_client(config: &CmlConfig, base_url: &str) -> Result<reqwest::Client, CmlConfigError> {
+    let clients = HttpClients::new(config, user_agent(None))?;
+    Ok(if is_plain_http(base_url) {
+        clients.plain
+    } else {
+        clients.default
+    })
 }
 
 /// Whether the calls of one sync to `base_url` can share one connection once the first call
@@ -94,6 +127,14 @@ pub fn http_client(config: &CmlConfig) -> Result<reqwest::Client, CmlConfigError
 /// trip instead of two.
 pub fn shares_connection(config: &CmlConfig, base_url: &str) -> bool {
     config.http2 && config.pool_max_idle_per_host > 0 && is_https(base_url.trim_start())
+}
+
+/// Whether `base_url` starts with `http://` (any case).
+fn is_plain_http(base_url: &str) -> bool {
+    base_url
+        .trim_start()
+        .get(..7)
+        .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
 }
 
 /// Whether `base_url` starts with `https://` (any case).

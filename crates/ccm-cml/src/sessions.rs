@@ -5,7 +5,8 @@
 //! counts its capacity in tickets. At 10,000 workers sized to hold every worker it grew to
 //! ~220 MB (BENCHMARKS.md, "TLS"). A sync needs at most one ticket per overlapped call, so this
 //! store keeps at most [`TICKETS_PER_WORKER`] per worker (the newest), for at most `workers`
-//! workers (the oldest worker entry is dropped first).
+//! workers (the oldest worker entry is dropped first) — and only one per worker until that
+//! worker has shown it needs more (see [`TICKETS_PER_WORKER`]).
 
 use std::collections::{HashMap, VecDeque};
 
@@ -14,24 +15,45 @@ use rustls::NamedGroup;
 use rustls::client::{ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue};
 use rustls::pki_types::ServerName;
 
-/// Tickets kept per worker. A sync opens one connection to a worker that speaks HTTP/2 (one
-/// ticket), and at most three over HTTP/1.1: the first, whose handshake brings two fresh
+/// Most tickets kept per worker. A sync opens one connection to a worker that speaks HTTP/2
+/// (one ticket), and at most three over HTTP/1.1: the first, whose handshake brings two fresh
 /// tickets (a CML nginx, like the simulator, sends two per handshake) before the other two
 /// connect, so two kept tickets let every connection of a sync resume. Each ticket holds its
 /// own copy of the worker's certificate chain (~1–1.5 KB), so this bounds the store's size.
+///
+/// A worker starts with one kept ticket, all an HTTP/2 sync needs (at 10,000 workers the
+/// second one cost ~13 MB); the first time a connection finds the worker's tickets used up
+/// (a second connection at once: HTTP/1.1, or a sync whose first call outlived the pool's
+/// idle timeout), that connection pays a full handshake and the worker keeps two from then on.
 pub(crate) const TICKETS_PER_WORKER: usize = 2;
 
-/// One worker's sessions.
+/// One worker's sessions (boxed in the map: ~10,000 of them, most with one ticket).
 #[derive(Default)]
 struct Entry {
     kx_hint: Option<NamedGroup>,
     tls12: Option<Tls12ClientSessionValue>,
-    tls13: VecDeque<Tls13ClientSessionValue>,
+    /// Oldest first; at most [`Entry::keep`] (its capacity is exact: no spare slots).
+    tls13: Vec<Tls13ClientSessionValue>,
+    /// A ticket was stored once (so an empty `tls13` means used up, not never received).
+    had_ticket: bool,
+    /// A connection found the tickets used up: keep [`TICKETS_PER_WORKER`] from now on.
+    wants_more: bool,
+}
+
+impl Entry {
+    /// Tickets kept for this worker now.
+    fn keep(&self) -> usize {
+        if self.wants_more {
+            TICKETS_PER_WORKER
+        } else {
+            1
+        }
+    }
 }
 
 #[derive(Default)]
 struct Inner {
-    entries: HashMap<ServerName<'static>, Entry>,
+    entries: HashMap<ServerName<'static>, Box<Entry>>,
     /// Workers in the order they were first stored, for eviction.
     order: VecDeque<ServerName<'static>>,
 }
@@ -113,10 +135,14 @@ impl ClientSessionStore for FleetSessionCache {
         value: Tls13ClientSessionValue,
     ) {
         self.with_entry(server_name, |e| {
-            if e.tls13.len() >= TICKETS_PER_WORKER {
-                e.tls13.pop_front();
+            if e.tls13.len() >= e.keep() {
+                e.tls13.remove(0);
             }
-            e.tls13.push_back(value);
+            if e.tls13.capacity() == e.tls13.len() {
+                e.tls13.reserve_exact(1);
+            }
+            e.tls13.push(value);
+            e.had_ticket = true;
         });
     }
 
@@ -125,11 +151,13 @@ impl ClientSessionStore for FleetSessionCache {
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
         // The newest first: the oldest are the likeliest to have expired.
-        self.inner
-            .lock()
-            .entries
-            .get_mut(server_name)
-            .and_then(|e| e.tls13.pop_back())
+        let mut inner = self.inner.lock();
+        let entry = inner.entries.get_mut(server_name)?;
+        let ticket = entry.tls13.pop();
+        if ticket.is_none() && entry.had_ticket {
+            entry.wants_more = true;
+        }
+        ticket
     }
 }
 

@@ -631,3 +631,43 @@ async fn sessions_should_be_kept_per_worker_and_forgotten_on_request() {
     assert_eq!(c.own_user_id(&targets[1]), None);
     f.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_plain_http_worker_should_keep_no_idle_connection_unless_configured() {
+    let f = fleet(46, 1, |_| {}).await;
+    let w = f.worker(0).unwrap();
+    // The default (`plain_pool_max_idle_per_host = 0`): every call connects anew, even though
+    // `pool_max_idle_per_host` (for HTTPS) is 1.
+    let c = client();
+    assert_eq!(ccm_cml::CmlConfig::default().pool_max_idle_per_host, 1);
+    let t = target(&c, &f, 0);
+    let before = w.counters().connections;
+    for _ in 0..4 {
+        c.system_information(&t).await.unwrap();
+    }
+    assert_eq!(
+        w.counters().connections - before,
+        4,
+        "no connection was kept"
+    );
+    // With one kept per worker, calls one after another reuse it (the first connection may
+    // not be back in the pool the instant its body is read: some reuse, not all, is certain).
+    let cfg = ccm_cml::CmlConfig {
+        plain_pool_max_idle_per_host: 1,
+        pool_idle_timeout: Duration::from_secs(3600),
+        ..crate::support::cml_config()
+    };
+    let kept =
+        ccm_cml::CmlClient::new(&cfg, Resilience::builder(&resilience_config()).build()).unwrap();
+    let t = target(&kept, &f, 0);
+    let before = w.counters().connections;
+    for _ in 0..4 {
+        kept.system_information(&t).await.unwrap();
+    }
+    let opened = w.counters().connections - before;
+    assert!(
+        opened < 4,
+        "the pool kept a connection: {opened} opened for 4 calls"
+    );
+    f.shutdown().await;
+}

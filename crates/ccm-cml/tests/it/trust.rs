@@ -298,15 +298,32 @@ async fn a_second_connection_to_a_tls_worker_should_resume_the_first_ones_sessio
     let second = w.counters();
     assert_eq!((second.connections, second.tls_handshakes), (2, 2));
     assert_eq!(second.tls_resumed, 1, "the second handshake resumed");
-    // Logged-in calls, overlapped (each on its own connection), resume too.
+    // The login (one connection) resumes too.
+    c.authenticate(&t).await.unwrap();
+    let logged_in = w.counters();
+    assert_eq!(logged_in.tls_resumed, logged_in.tls_handshakes - 1);
+    // Two calls at once (each on its own connection): the store kept one ticket per worker,
+    // so one of them resumes and the other pays a full handshake …
     let (a, b) = tokio::join!(c.system_health(&t), c.system_stats(&t));
     a.unwrap();
     b.unwrap();
-    let after = w.counters();
+    let first_pair = w.counters();
+    assert_eq!(first_pair.tls_handshakes, logged_in.tls_handshakes + 2);
     assert_eq!(
-        after.tls_resumed,
-        after.tls_handshakes - 1,
-        "only the first handshake was full: {after:?}"
+        first_pair.tls_resumed,
+        logged_in.tls_resumed + 1,
+        "one ticket was kept: {first_pair:?}"
+    );
+    // … after which the worker keeps two, and every connection of the next pair resumes.
+    let (a, b) = tokio::join!(c.system_health(&t), c.system_stats(&t));
+    a.unwrap();
+    b.unwrap();
+    let second_pair = w.counters();
+    assert_eq!(second_pair.tls_handshakes, first_pair.tls_handshakes + 2);
+    assert_eq!(
+        second_pair.tls_resumed,
+        first_pair.tls_resumed + 2,
+        "both resumed: {second_pair:?}"
     );
     f.shutdown().await;
 }

@@ -55,7 +55,9 @@ pub(crate) async fn run_floor(
     concurrency: usize,
     cycles: u32,
 ) -> Result<FloorRun, BenchError> {
-    let client = http_client(config).map_err(BenchError::setup("floor client"))?;
+    // One client for the fleet, as ccm's (the endpoints share a scheme).
+    let first = endpoints.first().map_or("", String::as_str);
+    let client = http_client(config, first).map_err(BenchError::setup("floor client"))?;
     let gate = Arc::new(Semaphore::new(concurrency.max(1)));
     let credentials = serde_json::json!({
         "username": config.username,

@@ -55,6 +55,8 @@ pub struct SyncOptions {
     pub breaker_open_for: Option<Duration>,
     /// Idle keep-alive connections ccm keeps per worker (`[cml] pool_max_idle_per_host`).
     pub idle_connections_per_worker: u32,
+    /// The same for plain-HTTP workers (`[cml] plain_pool_max_idle_per_host`).
+    pub plain_idle_connections_per_worker: u32,
     /// How long an idle connection is kept (`None`: the product default).
     pub idle_timeout: Option<Duration>,
     /// Serve the simulated workers over HTTPS with a generated CA that ccm trusts.
@@ -147,6 +149,8 @@ pub struct SyncReport {
     pub cml_poll_slots: usize,
     /// `[cml] pool_max_idle_per_host`: keep-alive connections kept per worker between calls.
     pub idle_connections_per_worker: u32,
+    /// `[cml] plain_pool_max_idle_per_host`: the same over plain HTTP (runs without `--tls`).
+    pub plain_idle_connections_per_worker: u32,
     /// Share of workers that never answered.
     pub blackhole_percent: u8,
     /// Whether the workers were served over HTTPS (`--tls`).
@@ -286,10 +290,12 @@ pub(super) async fn register(
     Ok(())
 }
 
-/// The `[cml]` section of a run: product defaults, the run's pool and the simulator's CA.
+/// The `[cml]` section of a run: product defaults, the run's pool (idle connections per
+/// worker over HTTPS, idle timeout; `plain_pool` over plain HTTP) and the simulator's CA.
 fn cml_config(
     policy: &EndpointPolicy,
     pool: (usize, Option<Duration>),
+    plain_pool: usize,
     ca_file: Option<std::path::PathBuf>,
     http2: bool,
 ) -> CmlConfig {
@@ -299,6 +305,7 @@ fn cml_config(
         ..CmlConfig::default()
     };
     cml_cfg.pool_max_idle_per_host = pool.0;
+    cml_cfg.plain_pool_max_idle_per_host = plain_pool;
     if let Some(ca) = ca_file {
         cml_cfg.tls = ccm_cml::TlsConfig::CaFile(ca);
     }
@@ -308,7 +315,8 @@ fn cml_config(
     cml_cfg
 }
 
-/// Everything one engine needs, built on `store`, with the product's `[cml] http2`.
+/// Everything one engine needs, built on `store`, with the product's `[cml] http2` (and
+/// `pool` over plain HTTP too).
 pub(super) async fn start_engine(
     store: Arc<dyn Store>,
     resilience_cfg: &ResilienceConfig,
@@ -317,20 +325,21 @@ pub(super) async fn start_engine(
     ca_file: Option<std::path::PathBuf>,
 ) -> Result<Engine, BenchError> {
     let http2 = CmlConfig::default().http2;
-    start_engine_with(store, resilience_cfg, policy, pool, ca_file, http2).await
+    start_engine_with(store, resilience_cfg, policy, pool, pool.0, ca_file, http2).await
 }
 
-/// [`start_engine`] with `[cml] http2` set.
+/// [`start_engine`] with the plain-HTTP pool and `[cml] http2` set.
 async fn start_engine_with(
     store: Arc<dyn Store>,
     resilience_cfg: &ResilienceConfig,
     policy: EndpointPolicy,
     pool: (usize, Option<Duration>),
+    plain_pool: usize,
     ca_file: Option<std::path::PathBuf>,
     http2: bool,
 ) -> Result<Engine, BenchError> {
     let (events, resilience) = ccm_engine::resilience_with_bus(resilience_cfg, None);
-    let cml_cfg = cml_config(&policy, pool, ca_file, http2);
+    let cml_cfg = cml_config(&policy, pool, plain_pool, ca_file, http2);
     let cml = CmlClient::new(&cml_cfg, resilience.clone()).map_err(BenchError::setup("cml"))?;
     let cloud: Arc<dyn CloudProvider> =
         Arc::new(SimulatedCloud::new(Ec2SimConfig::default()).map_err(BenchError::setup("cloud"))?);
@@ -532,11 +541,13 @@ async fn measure(
     let setup = tokio::time::Instant::now();
     register(store.as_ref(), &sim.endpoints, &policy).await?;
     let pool = (args.idle_connections_per_worker as usize, args.idle_timeout);
+    let plain_pool = args.plain_idle_connections_per_worker as usize;
     let engine = start_engine_with(
         store,
         &resilience_cfg,
         policy.clone(),
         pool,
+        plain_pool,
         sim.ca_file.clone(),
         args.client_http2,
     )
@@ -634,7 +645,13 @@ async fn measure(
         eprintln!(
             "ccm bench: running the floor (ccm's HTTP stack alone, {concurrency} workers at once) on the same fleet"
         );
-        let cml_cfg = cml_config(&policy, pool, sim.ca_file.clone(), args.client_http2);
+        let cml_cfg = cml_config(
+            &policy,
+            pool,
+            plain_pool,
+            sim.ca_file.clone(),
+            args.client_http2,
+        );
         let run =
             super::floor::run_floor(&cml_cfg, &sim.endpoints, concurrency, args.cycles).await?;
         eprintln!(
@@ -671,6 +688,7 @@ async fn measure(
         concurrency,
         cml_poll_slots,
         idle_connections_per_worker: args.idle_connections_per_worker,
+        plain_idle_connections_per_worker: args.plain_idle_connections_per_worker,
         blackhole_percent: args.blackhole_percent,
         tls: args.tls,
         store: store_name,

@@ -138,6 +138,11 @@ pub(crate) struct SyncArgs {
     /// between calls (every call opens its own connection, HTTP/2 included).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub(crate) idle_connections_per_worker: u32,
+    /// The same for plain-HTTP workers (runs without `--tls`; `[cml]
+    /// plain_pool_max_idle_per_host`; default: the product's, 0, since over HTTP/1.1 each of a
+    /// sync's overlapped calls needs a connection of its own).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
+    pub(crate) plain_idle_connections_per_worker: u32,
     /// How long an idle connection is kept (`[cml] pool_idle_timeout`; default: the product's).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub(crate) idle_timeout: Option<Duration>,
@@ -383,6 +388,7 @@ fn sync(args: SyncArgs) -> anyhow::Result<()> {
         blackhole_percent: args.blackhole_percent,
         breaker_open_for: args.breaker_open_for,
         idle_connections_per_worker: args.idle_connections_per_worker,
+        plain_idle_connections_per_worker: args.plain_idle_connections_per_worker,
         idle_timeout: args.idle_timeout,
         tls: args.tls,
         sim_http2: !args.sim_http1,
