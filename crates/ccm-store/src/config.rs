@@ -42,6 +42,12 @@ pub struct StoreConfig {
     pub busy_timeout: Duration,
     /// SQLite: durability of commits.
     pub synchronous: Synchronous,
+    /// SQLite: page cache of each read connection, in KiB (SQLite's own default is 2,048).
+    /// Reads of pages not cached come from the operating system's file cache, so a small
+    /// one costs a copy, not a disk read; 8 read connections with 2 MiB each held ~7–11 MB of
+    /// a 10,000-worker fleet's peak (BENCHMARKS.md, issue 13 round 4). The write connection
+    /// keeps SQLite's default.
+    pub sqlite_read_cache_kib: u32,
     /// PostgreSQL: how long a query waits for a connection, opening a new one included (also
     /// the limit for the first connection at start).
     #[serde(with = "humantime_serde")]
@@ -68,6 +74,7 @@ impl Default for StoreConfig {
             max_connections: 8,
             busy_timeout: Duration::from_secs(5),
             synchronous: Synchronous::Full,
+            sqlite_read_cache_kib: 512,
             acquire_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(30),
             metrics_bucket: Duration::from_secs(5 * 60),
@@ -111,6 +118,12 @@ impl StoreConfig {
         }
         if self.path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             return Err("database.path: must not be empty".into());
+        }
+        if !(64..=1 << 20).contains(&self.sqlite_read_cache_kib) {
+            return Err(format!(
+                "database.sqlite_read_cache_kib: {} is out of range (64 to 1048576)",
+                self.sqlite_read_cache_kib
+            ));
         }
         if !(1..=64).contains(&self.max_connections) {
             return Err(format!(

@@ -102,9 +102,11 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await?;
         MIGRATOR.run(&writer).await?;
+        // A negative cache_size is in KiB (a positive one would be pages).
+        let read_cache = format!("-{}", config.sqlite_read_cache_kib);
         let pool = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
-            .connect_with(options)
+            .connect_with(options.pragma("cache_size", read_cache))
             .await?;
         Self::with_pools(pool, writer, config)
     }
@@ -1016,5 +1018,31 @@ impl SingleNodeLock {
     /// The lock file.
     pub fn path(&self) -> &std::path::Path {
         &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn read_connections_should_use_the_configured_page_cache_and_the_writer_sqlites() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = StoreConfig {
+            path: Some(dir.path().join("cache.db")),
+            sqlite_read_cache_kib: 256,
+            ..StoreConfig::default()
+        };
+        let store = SqliteStore::open(&config).await.unwrap();
+        let read: i64 = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap();
+        assert_eq!(read, -256, "KiB, as a negative cache_size");
+        let write: i64 = sqlx::query_scalar("PRAGMA cache_size")
+            .fetch_one(&store.writer)
+            .await
+            .unwrap();
+        assert_eq!(write, -2000, "SQLite's default");
     }
 }
