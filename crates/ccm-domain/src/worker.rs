@@ -298,6 +298,11 @@ pub struct Monitoring {
     pub last_activity_source: Option<ActivitySource>,
     /// The latest interaction (telemetry in the activity categories; running nodes excluded).
     pub last_interaction: Option<DateTime<Utc>>,
+    /// The interaction before `last_interaction`: how long the worker went untouched before
+    /// its latest action (a lab stop after hours untouched ends an unattended run, not a
+    /// session; `idle.run_end_after`). Left out of the stored document while unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interaction_before: Option<DateTime<Utc>>,
     /// The latest CML sync that found running nodes.
     pub last_running_nodes_at: Option<DateTime<Utc>>,
     /// Running nodes at the latest sync that read them.
@@ -415,6 +420,7 @@ impl Default for Monitoring {
             last_activity: None,
             last_activity_source: None,
             last_interaction: None,
+            interaction_before: None,
             last_running_nodes_at: None,
             running_nodes: None,
             snooze: None,
@@ -1275,6 +1281,7 @@ impl Worker {
         if let Some((at, source)) = latest {
             let m = &mut self.monitoring;
             if m.last_interaction.is_none_or(|prev| at > prev) {
+                m.interaction_before = m.last_interaction;
                 m.last_interaction = Some(at);
             }
             self.note_activity(at, source);
