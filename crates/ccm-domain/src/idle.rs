@@ -399,20 +399,21 @@ pub enum LabStop {
 
 /// How the latest lab work on `worker` ended, when its latest activity stopped a lab or node
 /// and the latest CML sync (after it) found no running nodes ([`session_ended`]): by someone
-/// who was there (an interaction or a resume within `run_end_after` before the stop), or as
-/// the end of an unattended run. A stop with no earlier interaction known counts as a
-/// session's end (the rule before this distinction).
+/// who was there (work — an interaction other than a stop — or a resume within
+/// `run_end_after` before the stop), or as the end of an unattended run. A stop with no
+/// earlier work or resume known is an unattended run's end too (nobody was seen there to
+/// leave; the longer timeout is the safe side).
 pub fn lab_stopped(worker: &Worker, settings: &IdleSettings) -> Option<LabStop> {
     if !session_ended(worker) {
         return None;
     }
     let m = &worker.monitoring;
     let stop = m.last_activity?;
-    let before = [m.interaction_before, m.last_resume.filter(|r| *r <= stop)]
+    let before = [m.last_work, m.last_resume.filter(|r| *r <= stop)]
         .into_iter()
         .flatten()
         .max();
-    let unattended = before.is_some_and(|b| since(stop, b) >= settings.run_end_after);
+    let unattended = before.is_none_or(|b| since(stop, b) >= settings.run_end_after);
     Some(if unattended {
         LabStop::UnattendedRun
     } else {
@@ -1105,10 +1106,20 @@ mod tests {
         assert!((share - 0.5).abs() < 1e-9, "{share}");
     }
 
-    /// A worker whose user stopped their lab at `stop` (telemetry), with a CML sync at `sync`
-    /// that found `nodes` running, and activity read at `checked`.
+    /// A worker whose user acted ten minutes before stopping their lab at `stop` (telemetry),
+    /// with a CML sync at `sync` that found `nodes` running, and activity read at `checked`.
     fn after_lab_stop(stop: i64, sync: i64, nodes: u64, checked: i64) -> Worker {
         let mut w = worker();
+        w.record_interaction(
+            Some((
+                t(stop - 10 * MIN),
+                ActivitySource::Telemetry {
+                    category: "user_activity".into(),
+                    user_id: Some("alice".into()),
+                },
+            )),
+            t(stop - 10 * MIN),
+        );
         w.record_sync(
             CmlSync {
                 stats: Some(CallResult::Ok(CmlStats {
@@ -1454,9 +1465,25 @@ mod tests {
         let s = IdleSettings::default();
         // Started at 16:30 (t(0) is 08:00), left running overnight, stopped at 08:30.
         let (start, stop) = (8 * 60 * MIN + 30 * MIN, DAY * MIN + 30 * MIN);
-        let w = lab_ran(start, None, stop, stop + 40 * MIN);
-        assert_eq!(w.monitoring.interaction_before, Some(t(start)));
+        let mut w = lab_ran(start, None, stop, stop + 40 * MIN);
+        assert_eq!(w.monitoring.last_work, Some(t(start)));
         assert_eq!(lab_stopped(&w, &s), Some(LabStop::UnattendedRun));
+        // The stop's own node events a minute later are no work.
+        let mut nodes = w.clone();
+        nodes.record_interaction(
+            Some((
+                t(stop + MIN),
+                ActivitySource::Telemetry {
+                    category: "stop_node".into(),
+                    user_id: Some("alice".into()),
+                },
+            )),
+            t(stop + 2 * MIN),
+        );
+        assert_eq!(nodes.monitoring.last_interaction, Some(t(stop + MIN)));
+        assert_eq!(nodes.monitoring.last_work, Some(t(start)));
+        assert_eq!(lab_stopped(&nodes, &s), Some(LabStop::UnattendedRun));
+        w.monitoring.activity_checked_at = Some(t(stop + 40 * MIN));
         let d = evaluate_in(&w, &s, Some(0.0), t(stop + 40 * MIN));
         assert_eq!(d.timeout_rule, TimeoutRule::RunEnded);
         assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
@@ -1483,10 +1510,10 @@ mod tests {
         assert_eq!(lab_stopped(&w, &s), Some(LabStop::Session));
         let w = lab_ran(stop - 3 * 60 * MIN, None, stop, stop + 30 * MIN);
         assert_eq!(lab_stopped(&w, &s), Some(LabStop::UnattendedRun));
-        // No interaction known before the stop: the session rule, as before.
+        // No interaction known before the stop: nobody was seen there to leave.
         let mut w = lab_ran(start, None, stop, stop + 30 * MIN);
-        w.monitoring.interaction_before = None;
-        assert_eq!(lab_stopped(&w, &s), Some(LabStop::Session));
+        w.monitoring.last_work = None;
+        assert_eq!(lab_stopped(&w, &s), Some(LabStop::UnattendedRun));
         // Nodes still running: no stop at all.
         let mut w = lab_ran(start, None, stop, stop + 30 * MIN);
         w.monitoring.running_nodes = Some(2);

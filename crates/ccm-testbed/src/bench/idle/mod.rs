@@ -744,26 +744,34 @@ async fn earliest_pause(
 /// How many wrongful pauses a report describes.
 const EXAMPLES: usize = 20;
 
-/// For a wrongful pause's description: the rule that chose ccm's timeout and its length, as
-/// the policy sees the worker now (it was paused at this tick), e.g. ` [session_ended 30m]`;
-/// empty for the baselines.
+/// For a wrongful pause's description: what ccm knew of the worker's activity (latest
+/// activity and its source, latest interaction and the one before it, latest resume, in
+/// minutes before `t`), e.g. ` [activity 35m stop_lab, interaction 35m, before 940m]`; empty
+/// for the baselines. (The rule that chose the timeout cannot be told after the pause: the
+/// stop changes what the policy sees.)
 async fn rule_of(fleet: &Fleet, id: Option<WorkerId>, t: DateTime<Utc>) -> String {
     let (Some(engine), Some(id)) = (&fleet.engine, id) else {
         return String::new();
     };
-    let Ok(page) = engine.store().list(&WorkerFilter::default()).await else {
+    let Ok(Some(w)) = engine.store().get(id).await else {
         return String::new();
     };
-    let settings = engine.settings().value.idle;
-    let picture = ccm_domain::idle::FleetPicture::of(&page.items, &settings, t);
-    page.items
-        .iter()
-        .find(|w| w.id == id)
-        .map(|w| {
-            let d = ccm_domain::idle::evaluate_with(w, &settings, &picture, t);
-            format!(" [{} {}m]", d.timeout_rule.name(), d.timeout.as_secs() / 60)
-        })
-        .unwrap_or_default()
+    let m = &w.monitoring;
+    let ago = |at: Option<DateTime<Utc>>| {
+        at.map_or_else(|| "-".to_owned(), |a| format!("{}m", (t - a).num_minutes()))
+    };
+    let source = match &m.last_activity_source {
+        Some(ccm_domain::worker::ActivitySource::Telemetry { category, .. }) => category.clone(),
+        Some(ccm_domain::worker::ActivitySource::RunningNodes { .. }) => "nodes".into(),
+        None => "-".into(),
+    };
+    format!(
+        " [activity {} {source}, interaction {}, before {}, resume {}]",
+        ago(m.last_activity),
+        ago(m.last_interaction),
+        ago(m.last_work),
+        ago(m.last_resume)
+    )
 }
 
 async fn states(fleet: &Fleet) -> Result<HashMap<InstanceId, Ec2State>, BenchError> {
