@@ -8,6 +8,13 @@
 //! enough to be trusted (a worker whose CML cannot be asked is never stopped on a guess). In
 //! dry-run mode the decision says what would happen and nothing is paused. Every decision says
 //! when the policy would act (`pause_at`) and whether the warning is due (`warn`).
+//!
+//! Which timeout applies ([`TimeoutRule`], in this order): `return_timeout` where the learned
+//! breaks near this time of day (as known when the worker went quiet) often ended in a
+//! return; before there is such evidence, `run_end_timeout` after the end of an unattended
+//! run (a lab stop after `run_end_after` without work, [`lab_stopped`]) and `break_timeout`
+//! while the fleet is busy; `no_return_timeout` after a session's end at an hour when people
+//! (almost) never came back; `session_end_timeout` after a session's end; else `timeout`.
 
 use std::time::Duration;
 
