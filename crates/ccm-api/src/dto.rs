@@ -470,8 +470,8 @@ pub struct IdleView {
     pub timeout_seconds: u64,
     /// Whether the fleet counts as busy (`idle.busy_fleet_percent`).
     pub fleet_busy: bool,
-    /// Which rule chose the timeout: `plain`, `fleet_busy`, `session_ended` or
-    /// `learned_return`.
+    /// Which rule chose the timeout: `plain`, `fleet_busy`, `session_ended`, `no_return`,
+    /// `run_ended` or `learned_return`.
     pub timeout_rule: String,
     /// The learned return rule's evidence: remembered breaks begun near this time of day
     /// (`idle.return_window`) that lasted at least the shortest timeout (`null`: rule off).

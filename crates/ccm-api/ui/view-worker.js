@@ -412,10 +412,13 @@ export function mountWorker(container, { args, session }) {
         ['Activity source', h('span', { id: 'activity-source' }, source)],
         ['Policy acts', acts],
         ['Idle timeout', h('span', { id: 'idle-timeout' }, fmtDuration(idle.timeout_seconds),
-          idle.timeout_rule === 'fleet_busy' ? ' · break: most of the fleet is in use'
-            : idle.timeout_rule === 'session_ended' ? ' · session ended: lab stopped, no running nodes'
-              : idle.timeout_rule === 'learned_return' ? ' · people often come back after breaks at this hour'
-                : '',
+          ({
+            fleet_busy: ' · break: most of the fleet is in use',
+            session_ended: ' · session ended: lab stopped, no running nodes',
+            no_return: ' · session ended at an hour when people (almost) never come back',
+            run_ended: ' · unattended run ended: lab stopped after hours untouched; its user may come for the results',
+            learned_return: ' · people often come back after breaks at this hour',
+          })[idle.timeout_rule] || '',
           idle.return_breaks != null
             ? h('span', { class: 'muted small' }, ` (${idle.return_returned} of ${idle.return_breaks} ${idle.return_scope === 'fleet' ? 'fleet' : 'own'} breaks near this hour ended in a return)`)
             : null)],

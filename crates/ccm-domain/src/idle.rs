@@ -8,6 +8,13 @@
 //! enough to be trusted (a worker whose CML cannot be asked is never stopped on a guess). In
 //! dry-run mode the decision says what would happen and nothing is paused. Every decision says
 //! when the policy would act (`pause_at`) and whether the warning is due (`warn`).
+//!
+//! Which timeout applies ([`TimeoutRule`], in this order): `return_timeout` where the learned
+//! breaks near this time of day (as known when the worker went quiet) often ended in a
+//! return; before there is such evidence, `run_end_timeout` after the end of an unattended
+//! run (a lab stop after `run_end_after` without work, [`lab_stopped`]) and `break_timeout`
+//! while the fleet is busy; `no_return_timeout` after a session's end at an hour when people
+//! (almost) never came back; `session_end_timeout` after a session's end; else `timeout`.
 
 use std::time::Duration;
 
@@ -58,6 +65,26 @@ pub struct IdleSettings {
     /// `break_timeout`); never longer than `timeout` (equal to it: the rule is off).
     #[serde(with = "humantime_serde")]
     pub session_end_timeout: Duration,
+    /// A lab stop after at least this long without an interaction (nobody touched the worker
+    /// while its nodes ran, e.g. overnight) ends an unattended run, not a session: its user
+    /// was not there and did not leave; they often come to read the results. Such a stop gets
+    /// `run_end_timeout` instead of `session_end_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub run_end_after: Duration,
+    /// The timeout after the end of an unattended run (see `run_end_after`), before there is
+    /// evidence about returns at this time of day (the learned return rule decides once
+    /// there is).
+    #[serde(with = "humantime_serde")]
+    pub run_end_timeout: Duration,
+    /// After a session's end (a lab stop by someone who was there, no nodes left) at a time of
+    /// day when people (almost) never came back — the learned return rule has its breaks, and
+    /// at most `no_return_percent` of every remembered break begun near it (from 15 min, the
+    /// short ones included) ended within `return_timeout` — the worker is idle after this
+    /// instead of `session_end_timeout` (the end of the working day). Not shorter is off.
+    #[serde(with = "humantime_serde")]
+    pub no_return_timeout: Duration,
+    /// See `no_return_timeout`.
+    pub no_return_percent: u8,
     /// The learned return rule: where users often came back after a long break at this time
     /// of day (lunch, a daily meeting), a quiet worker gets this timeout instead, so that the
     /// break is not paused just before they return. Longer than `timeout` to be on.
@@ -104,6 +131,10 @@ impl Default for IdleSettings {
             break_timeout: Duration::from_secs(2 * 60 * 60),
             busy_fleet_percent: 50,
             session_end_timeout: Duration::from_secs(30 * 60),
+            run_end_after: Duration::from_secs(3 * 60 * 60),
+            run_end_timeout: Duration::from_secs(2 * 60 * 60),
+            no_return_timeout: Duration::from_secs(15 * 60),
+            no_return_percent: 5,
             return_timeout: Duration::from_secs(2 * 60 * 60),
             return_window: Duration::from_secs(60 * 60),
             return_memory: Duration::from_secs(14 * 24 * 60 * 60),
@@ -150,6 +181,14 @@ pub struct ReturnStats {
     pub breaks: u32,
     /// Of them, those that ended within `return_timeout`.
     pub returned: u32,
+    /// Remembered breaks shorter than the shortest timeout begun near this time of day (not
+    /// in `breaks`; the no-return rule counts them too).
+    #[serde(default)]
+    pub short_breaks: u32,
+    /// Of them, those that ended within `return_timeout` (all, unless the timeout is shorter
+    /// than a break can be).
+    #[serde(default)]
+    pub short_returned: u32,
     /// Whose breaks.
     pub scope: ReturnScope,
 }
@@ -157,12 +196,25 @@ pub struct ReturnStats {
 const SLOT_MINUTES: u32 = 10;
 const SLOTS: usize = (24 * 60 / SLOT_MINUTES) as usize;
 
-/// Breaks by the time of day they began (10-minute slots, UTC): how many lasted at least the
-/// shortest timeout, and how many of those ended within `return_timeout`.
+/// Breaks by the time of day they began (10-minute slots, UTC): those that lasted at least
+/// the shortest timeout, each with whether it ended within `return_timeout` and when that was
+/// known (its return, or `return_timeout` after it began when it lasted longer). A quiet
+/// worker is judged on the evidence known when it went quiet, so that its timeout does not
+/// change under it as other workers' breaks end during its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReturnProfile {
-    long: Vec<u32>,
-    returned: Vec<u32>,
+    slots: Vec<Vec<Remembered>>,
+}
+
+/// One break in a [`ReturnProfile`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Remembered {
+    /// When its outcome was known.
+    known: DateTime<Utc>,
+    /// It ended within `return_timeout`.
+    returned: bool,
+    /// It lasted at least the shortest timeout.
+    long: bool,
 }
 
 fn slot_of(at: DateTime<Utc>) -> usize {
@@ -173,8 +225,7 @@ fn slot_of(at: DateTime<Utc>) -> usize {
 impl ReturnProfile {
     fn empty() -> Self {
         Self {
-            long: vec![0; SLOTS],
-            returned: vec![0; SLOTS],
+            slots: vec![Vec::new(); SLOTS],
         }
     }
 
@@ -190,14 +241,20 @@ impl ReturnProfile {
         let shortest = chrono_of(settings.timeout.min(settings.session_end_timeout));
         let back = chrono_of(settings.return_timeout);
         let mut count = |from: DateTime<Utc>, length: chrono::Duration| {
-            if oldest.is_some_and(|o| from < o) || length < shortest {
+            if oldest.is_some_and(|o| from < o) {
                 return;
             }
-            let slot = slot_of(from);
-            self.long[slot] += 1;
-            if length <= back {
-                self.returned[slot] += 1;
-            }
+            let returned = length <= back;
+            let known = if returned {
+                from.checked_add_signed(length)
+            } else {
+                from.checked_add_signed(back)
+            };
+            self.slots[slot_of(from)].push(Remembered {
+                known: known.unwrap_or(DateTime::<Utc>::MAX_UTC),
+                returned,
+                long: length >= shortest,
+            });
         };
         for b in &worker.monitoring.breaks {
             count(b.from, b.to - b.from);
@@ -225,24 +282,34 @@ impl ReturnProfile {
         p
     }
 
-    /// The breaks that began within `window` of the time of day of `at`.
+    /// The breaks that began within `window` of the time of day of `at`, as known at `at`.
     pub fn around(&self, at: DateTime<Utc>, window: Duration, scope: ReturnScope) -> ReturnStats {
         let reach =
             (window.as_secs() / 60 / u64::from(SLOT_MINUTES)).min(SLOTS as u64 / 2) as usize;
         let centre = slot_of(at);
-        let (mut breaks, mut returned) = (0u32, 0u32);
+        let (mut breaks, mut returned, mut short_breaks, mut short_returned) =
+            (0u32, 0u32, 0u32, 0u32);
         let mut seen = [false; SLOTS];
         for d in 0..=reach {
             for slot in [(centre + d) % SLOTS, (centre + SLOTS - d) % SLOTS] {
                 if !std::mem::replace(&mut seen[slot], true) {
-                    breaks = breaks.saturating_add(self.long[slot]);
-                    returned = returned.saturating_add(self.returned[slot]);
+                    for b in self.slots[slot].iter().filter(|b| b.known <= at) {
+                        let (n, r) = if b.long {
+                            (&mut breaks, &mut returned)
+                        } else {
+                            (&mut short_breaks, &mut short_returned)
+                        };
+                        *n = n.saturating_add(1);
+                        *r = r.saturating_add(u32::from(b.returned));
+                    }
                 }
             }
         }
         ReturnStats {
             breaks,
             returned,
+            short_breaks,
+            short_returned,
             scope,
         }
     }
@@ -292,17 +359,26 @@ pub enum TimeoutRule {
     FleetBusy,
     /// `session_end_timeout`: the user stopped their lab and no nodes run.
     SessionEnded,
+    /// `run_end_timeout`: an unattended run ended (its lab stopped after hours without an
+    /// interaction); its user was not there to leave.
+    RunEnded,
+    /// `no_return_timeout`: the session ended at a time of day when people (almost) never
+    /// came back.
+    NoReturn,
     /// `return_timeout`: users often came back after breaks begun at this time of day.
     LearnedReturn,
 }
 
 impl TimeoutRule {
-    /// Its name in the API (`plain`, `fleet_busy`, `session_ended`).
+    /// Its name in the API (`plain`, `fleet_busy`, `session_ended`, `run_ended`,
+    /// `no_return`, `learned_return`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Plain => "plain",
             Self::FleetBusy => "fleet_busy",
             Self::SessionEnded => "session_ended",
+            Self::RunEnded => "run_ended",
+            Self::NoReturn => "no_return",
             Self::LearnedReturn => "learned_return",
         }
     }
@@ -310,6 +386,47 @@ impl TimeoutRule {
 
 /// Telemetry categories that end a session's lab work (see `session_end_timeout`).
 pub const SESSION_END_CATEGORIES: &[&str] = &["stop_lab", "stop_node"];
+
+/// Whether at most `no_return_percent` of every break in `r` (the short ones included) ended
+/// in a return.
+fn never_back(r: &ReturnStats, settings: &IdleSettings) -> bool {
+    let all = u64::from(r.breaks) + u64::from(r.short_breaks);
+    let back = u64::from(r.returned) + u64::from(r.short_returned);
+    back * 100 <= u64::from(settings.no_return_percent) * all
+}
+
+/// How a worker's lab work ended (see [`lab_stopped`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabStop {
+    /// Someone put their work away: the stop came soon after an interaction.
+    Session,
+    /// An unattended run ended: nobody interacted for `run_end_after` before the stop.
+    UnattendedRun,
+}
+
+/// How the latest lab work on `worker` ended, when its latest activity stopped a lab or node
+/// and the latest CML sync (after it) found no running nodes ([`session_ended`]): by someone
+/// who was there (work — an interaction other than a stop — or a resume within
+/// `run_end_after` before the stop), or as the end of an unattended run. A stop with no
+/// earlier work or resume known is an unattended run's end too (nobody was seen there to
+/// leave; the longer timeout is the safe side).
+pub fn lab_stopped(worker: &Worker, settings: &IdleSettings) -> Option<LabStop> {
+    if !session_ended(worker) {
+        return None;
+    }
+    let m = &worker.monitoring;
+    let stop = m.last_activity?;
+    let before = [m.last_work, m.last_resume.filter(|r| *r <= stop)]
+        .into_iter()
+        .flatten()
+        .max();
+    let unattended = before.is_none_or(|b| since(stop, b) >= settings.run_end_after);
+    Some(if unattended {
+        LabStop::UnattendedRun
+    } else {
+        LabStop::Session
+    })
+}
 
 /// Whether `worker` shows a strong end-of-session signal: its latest activity stopped a lab or
 /// node, and the latest CML sync (after it) found no running nodes.
@@ -511,16 +628,30 @@ pub fn evaluate_with(
             u64::from(r.returned) * 100
                 >= u64::from(settings.return_min_percent) * u64::from(r.breaks)
         });
-    let session_end = settings.session_end_timeout < settings.timeout && session_ended(worker);
+    let stop = lab_stopped(worker, settings);
+    let session_end =
+        settings.session_end_timeout < settings.timeout && stop == Some(LabStop::Session);
     let (timeout, timeout_rule) = match learned {
         Some(true) => (
             settings.timeout.max(settings.return_timeout),
             TimeoutRule::LearnedReturn,
         ),
+        // The end of an unattended run is no user leaving; before there is evidence about
+        // this hour, its user is given the time to come and read the results.
+        None if stop == Some(LabStop::UnattendedRun) => {
+            (settings.run_end_timeout, TimeoutRule::RunEnded)
+        }
         None if fleet_busy => (
             settings.timeout.max(settings.break_timeout),
             TimeoutRule::FleetBusy,
         ),
+        Some(false)
+            if session_end
+                && settings.no_return_timeout < settings.session_end_timeout
+                && returns.is_some_and(|r| never_back(&r, settings)) =>
+        {
+            (settings.no_return_timeout, TimeoutRule::NoReturn)
+        }
         _ if session_end => (settings.session_end_timeout, TimeoutRule::SessionEnded),
         _ => (settings.timeout, TimeoutRule::Plain),
     };
@@ -982,10 +1113,20 @@ mod tests {
         assert!((share - 0.5).abs() < 1e-9, "{share}");
     }
 
-    /// A worker whose user stopped their lab at `stop` (telemetry), with a CML sync at `sync`
-    /// that found `nodes` running, and activity read at `checked`.
+    /// A worker whose user acted ten minutes before stopping their lab at `stop` (telemetry),
+    /// with a CML sync at `sync` that found `nodes` running, and activity read at `checked`.
     fn after_lab_stop(stop: i64, sync: i64, nodes: u64, checked: i64) -> Worker {
         let mut w = worker();
+        w.record_interaction(
+            Some((
+                t(stop - 10 * MIN),
+                ActivitySource::Telemetry {
+                    category: "user_activity".into(),
+                    user_id: Some("alice".into()),
+                },
+            )),
+            t(stop - 10 * MIN),
+        );
         w.record_sync(
             CmlSync {
                 stats: Some(CallResult::Ok(CmlStats {
@@ -1074,6 +1215,8 @@ mod tests {
             Some(ReturnStats {
                 breaks: 5,
                 returned: 5,
+                short_breaks: 0,
+                short_returned: 0,
                 scope: ReturnScope::Worker
             })
         );
@@ -1160,6 +1303,102 @@ mod tests {
     }
 
     #[test]
+    fn a_session_end_at_an_hour_people_never_came_back_should_get_the_no_return_timeout() {
+        let s = IdleSettings::default();
+        // The lab stopped at 08:00 (t(0)); five earlier days of leaving at 08:00 for the day.
+        let with_days = |w: &mut Worker| {
+            for d in (1..=5).rev() {
+                w.monitoring.breaks.push_back(crate::worker::Break {
+                    from: t(-d * DAY * MIN),
+                    to: t((16 * 60 - d * DAY) * MIN),
+                });
+            }
+        };
+        let mut w = after_lab_stop(0, MIN, 0, 15 * MIN);
+        with_days(&mut w);
+        let d = evaluate_in(&w, &s, Some(0.0), t(15 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::NoReturn);
+        assert_eq!(d.timeout, Duration::from_secs(15 * 60));
+        assert_eq!(d.action, IdleAction::Pause);
+        let d = evaluate_in(&w, &s, Some(0.0), t(14 * MIN));
+        assert_eq!(d.pause_at, Some(t(15 * MIN)));
+        // One short return (20 min, under the shortest timeout) near this hour: 1 of 6 came
+        // back, more than 5 %: the session-end timeout.
+        let mut back = w.clone();
+        back.monitoring.breaks.push_back(crate::worker::Break {
+            from: t(-DAY * MIN + 20 * MIN),
+            to: t(-DAY * MIN + 40 * MIN),
+        });
+        let d = evaluate_in(&back, &s, Some(0.0), t(15 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::SessionEnded);
+        assert_eq!(
+            d.returns
+                .map(|r| (r.breaks, r.returned, r.short_breaks, r.short_returned)),
+            Some((5, 0, 1, 1))
+        );
+        assert_eq!(d.action.label(), "keep:not_idle");
+        // No evidence yet, or the rule off: the session-end timeout.
+        let fresh = after_lab_stop(0, MIN, 0, 15 * MIN);
+        assert_eq!(
+            evaluate_in(&fresh, &s, Some(0.0), t(15 * MIN)).timeout_rule,
+            TimeoutRule::SessionEnded
+        );
+        let off = IdleSettings {
+            no_return_timeout: s.session_end_timeout,
+            ..IdleSettings::default()
+        };
+        assert_eq!(
+            evaluate_in(&w, &off, Some(0.0), t(15 * MIN)).timeout_rule,
+            TimeoutRule::SessionEnded
+        );
+        // Not a session's end (no lab stop): the plain timeout, however clear the evidence.
+        let mut quiet = worker();
+        quiet.monitoring.last_activity = Some(t(0));
+        quiet.monitoring.activity_checked_at = Some(t(15 * MIN));
+        with_days(&mut quiet);
+        assert_eq!(
+            evaluate_in(&quiet, &s, Some(0.0), t(15 * MIN)).timeout_rule,
+            TimeoutRule::Plain
+        );
+    }
+
+    #[test]
+    fn evidence_that_came_in_during_a_break_should_not_change_its_timeout() {
+        let s = IdleSettings::default();
+        // Five lunches from 12:00 on earlier days, all back within 90 minutes.
+        let a = with_daily_breaks(5, 4 * 60, 90);
+        // 21 workers that went quiet today at 11:30 and are not back by 13:40: known
+        // non-returns from 13:30 on, after the worker below went quiet (counted, they would
+        // make 5 returns of 26 breaks: under 20 %).
+        let mut gone = Vec::new();
+        for _ in 0..21 {
+            let mut g = worker();
+            g.monitoring.last_activity = Some(t(3 * 60 * MIN + 30 * MIN));
+            gone.push(g);
+        }
+        let mut w = worker();
+        w.monitoring.last_activity = Some(t(4 * 60 * MIN));
+        w.monitoring.activity_checked_at = Some(t(5 * 60 * MIN + 40 * MIN));
+        let mut fleet = vec![a];
+        fleet.extend(gone);
+        let now = t(5 * 60 * MIN + 40 * MIN);
+        let picture = FleetPicture::of(&fleet, &s, now);
+        let p = picture.returns.as_ref().unwrap();
+        let at_noon = p.around(t(4 * 60 * MIN), s.return_window, ReturnScope::Fleet);
+        assert_eq!((at_noon.breaks, at_noon.returned), (5, 5));
+        let d = evaluate_with(&w, &s, &picture, now);
+        assert_eq!(d.timeout_rule, TimeoutRule::LearnedReturn);
+        assert_eq!(d.returns.map(|r| (r.breaks, r.returned)), Some((5, 5)));
+        assert_eq!(d.pause_at, Some(t(6 * 60 * MIN)));
+        // The next day, 11:30's non-returns are known before the worker goes quiet at noon.
+        let mut w2 = worker();
+        w2.monitoring.last_activity = Some(t((DAY + 4 * 60) * MIN));
+        let d = evaluate_with(&w2, &s, &picture, t((DAY + 4 * 60 + 30) * MIN));
+        assert_eq!(d.returns.map(|r| (r.breaks, r.returned)), Some((26, 5)));
+        assert_eq!(d.timeout_rule, TimeoutRule::Plain);
+    }
+
+    #[test]
     fn the_session_end_signal_should_need_a_lab_stop_and_no_nodes_seen_after_it() {
         let s = IdleSettings::default();
         // Nodes still run (another lab): the plain timeout.
@@ -1188,6 +1427,137 @@ mod tests {
         let d = evaluate_in(&w, &s, Some(0.0), t(40 * MIN));
         assert_eq!(d.timeout_rule, TimeoutRule::Plain);
         assert_eq!(d.action.label(), "keep:not_idle");
+    }
+
+    /// A worker whose lab ran from `started` (a `start_lab`, its user's last interaction
+    /// before the stop unless `touched` names a later one) until `stop` (a `stop_lab`), with a
+    /// CML sync a minute after the stop finding no nodes, and activity read at `checked`.
+    fn lab_ran(started: i64, touched: Option<i64>, stop: i64, checked: i64) -> Worker {
+        let mut w = worker();
+        let telemetry = |category: &str| ActivitySource::Telemetry {
+            category: category.into(),
+            user_id: Some("alice".into()),
+        };
+        w.record_interaction(Some((t(started), telemetry("start_lab"))), t(started));
+        w.record_sync(
+            CmlSync {
+                stats: Some(CallResult::Ok(CmlStats {
+                    running_nodes: Some(4),
+                    ..CmlStats::default()
+                })),
+                ..CmlSync::default()
+            },
+            t(started + MIN),
+        );
+        if let Some(at) = touched {
+            w.record_interaction(Some((t(at), telemetry("user_activity"))), t(at));
+        }
+        w.record_interaction(Some((t(stop), telemetry("stop_lab"))), t(stop));
+        w.record_sync(
+            CmlSync {
+                stats: Some(CallResult::Ok(CmlStats {
+                    running_nodes: Some(0),
+                    ..CmlStats::default()
+                })),
+                ..CmlSync::default()
+            },
+            t(stop + MIN),
+        );
+        w.monitoring.activity_checked_at = Some(t(checked));
+        w
+    }
+
+    #[test]
+    fn a_lab_stop_after_hours_untouched_should_end_an_unattended_run_not_a_session() {
+        let s = IdleSettings::default();
+        // Started at 16:30 (t(0) is 08:00), left running overnight, stopped at 08:30.
+        let (start, stop) = (8 * 60 * MIN + 30 * MIN, DAY * MIN + 30 * MIN);
+        let mut w = lab_ran(start, None, stop, stop + 40 * MIN);
+        assert_eq!(w.monitoring.last_work, Some(t(start)));
+        assert_eq!(lab_stopped(&w, &s), Some(LabStop::UnattendedRun));
+        // The stop's own node events a minute later are no work.
+        let mut nodes = w.clone();
+        nodes.record_interaction(
+            Some((
+                t(stop + MIN),
+                ActivitySource::Telemetry {
+                    category: "stop_node".into(),
+                    user_id: Some("alice".into()),
+                },
+            )),
+            t(stop + 2 * MIN),
+        );
+        assert_eq!(nodes.monitoring.last_interaction, Some(t(stop + MIN)));
+        assert_eq!(nodes.monitoring.last_work, Some(t(start)));
+        assert_eq!(lab_stopped(&nodes, &s), Some(LabStop::UnattendedRun));
+        w.monitoring.activity_checked_at = Some(t(stop + 40 * MIN));
+        let d = evaluate_in(&w, &s, Some(0.0), t(stop + 40 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::RunEnded);
+        assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
+        assert_eq!(d.action.label(), "keep:not_idle");
+        assert_eq!(d.pause_at, Some(t(stop + 120 * MIN)));
+        let w = lab_ran(start, None, stop, stop + 120 * MIN);
+        assert_eq!(
+            evaluate_in(&w, &s, Some(0.0), t(stop + 120 * MIN)).action,
+            IdleAction::Pause
+        );
+        // Its user touched it twenty minutes before the stop: they put their work away.
+        let w = lab_ran(start, Some(stop - 20 * MIN), stop, stop + 30 * MIN);
+        assert_eq!(lab_stopped(&w, &s), Some(LabStop::Session));
+        let d = evaluate_in(&w, &s, Some(0.0), t(stop + 30 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::SessionEnded);
+        assert_eq!(d.action, IdleAction::Pause);
+        // A resume counts as someone being there.
+        let mut w = lab_ran(start, None, stop, stop + 30 * MIN);
+        w.monitoring.last_resume = Some(t(stop - 2 * 60 * MIN));
+        w.monitoring.history.clear();
+        assert_eq!(lab_stopped(&w, &s), Some(LabStop::Session));
+        // Just under `run_end_after` untouched: still a session (a lab left up over lunch).
+        let w = lab_ran(stop - 3 * 60 * MIN + MIN, None, stop, stop + 30 * MIN);
+        assert_eq!(lab_stopped(&w, &s), Some(LabStop::Session));
+        let w = lab_ran(stop - 3 * 60 * MIN, None, stop, stop + 30 * MIN);
+        assert_eq!(lab_stopped(&w, &s), Some(LabStop::UnattendedRun));
+        // No interaction known before the stop: nobody was seen there to leave.
+        let mut w = lab_ran(start, None, stop, stop + 30 * MIN);
+        w.monitoring.last_work = None;
+        assert_eq!(lab_stopped(&w, &s), Some(LabStop::UnattendedRun));
+        // Nodes still running: no stop at all.
+        let mut w = lab_ran(start, None, stop, stop + 30 * MIN);
+        w.monitoring.running_nodes = Some(2);
+        assert_eq!(lab_stopped(&w, &s), None);
+    }
+
+    #[test]
+    fn evidence_about_this_hour_should_overrule_the_run_end_guess() {
+        let s = IdleSettings::default();
+        let (start, stop) = (8 * 60 * MIN + 30 * MIN, DAY * MIN + 30 * MIN);
+        // Five earlier mornings of overnight runs ending at 08:30 and users back at 09:00.
+        let mut w = lab_ran(start, None, stop, stop + 70 * MIN);
+        for d in (1..=5).rev() {
+            w.monitoring.breaks.push_front(crate::worker::Break {
+                from: t((30 + DAY - d * DAY) * MIN),
+                to: t((60 + DAY - d * DAY) * MIN),
+            });
+        }
+        let d = evaluate_in(&w, &s, Some(0.0), t(stop + 70 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::LearnedReturn);
+        assert_eq!(d.pause_at, Some(t(stop + 120 * MIN)));
+        // Five mornings where nobody came after the run: the plain timeout, not the guess.
+        for b in &mut w.monitoring.breaks {
+            b.to = b.from + chrono::Duration::hours(20);
+        }
+        let d = evaluate_in(&w, &s, Some(0.0), t(stop + 70 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::Plain);
+        assert_eq!(d.action, IdleAction::Pause);
+        // The rule off (run_end_timeout = timeout): the plain timeout's length.
+        let off = IdleSettings {
+            run_end_timeout: s.timeout,
+            ..IdleSettings::default()
+        };
+        let w = lab_ran(start, None, stop, stop + 60 * MIN);
+        let d = evaluate_in(&w, &off, Some(0.0), t(stop + 60 * MIN));
+        assert_eq!(d.timeout, s.timeout);
+        assert_eq!(d.action, IdleAction::Pause);
     }
 
     #[test]

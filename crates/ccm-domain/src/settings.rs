@@ -162,6 +162,20 @@ impl RuntimeSettings {
             s(60),
             30 * day,
         )?;
+        range("idle.run_end_after", i.run_end_after, s(60), 30 * day)?;
+        range("idle.run_end_timeout", i.run_end_timeout, s(60), 30 * day)?;
+        range(
+            "idle.no_return_timeout",
+            i.no_return_timeout,
+            s(60),
+            30 * day,
+        )?;
+        if i.no_return_percent > 100 {
+            return Err(SettingsError {
+                key: "idle.no_return_percent",
+                message: format!("{} is out of range (0 to 100)", i.no_return_percent),
+            });
+        }
         range("idle.return_timeout", i.return_timeout, s(60), 30 * day)?;
         range("idle.return_window", i.return_window, s(0), s(12 * 3600))?;
         range("idle.return_memory", i.return_memory, day, 365 * day)?;

@@ -298,6 +298,12 @@ pub struct Monitoring {
     pub last_activity_source: Option<ActivitySource>,
     /// The latest interaction (telemetry in the activity categories; running nodes excluded).
     pub last_interaction: Option<DateTime<Utc>>,
+    /// The latest interaction other than stopping a lab or node: when someone last worked on
+    /// the worker. A lab stop after hours without any is the end of an unattended run, not of
+    /// a session (`idle.run_end_after`); a stop's own node events do not count as work. Left
+    /// out of the stored document while unknown.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_work: Option<DateTime<Utc>>,
     /// The latest CML sync that found running nodes.
     pub last_running_nodes_at: Option<DateTime<Utc>>,
     /// Running nodes at the latest sync that read them.
@@ -415,6 +421,7 @@ impl Default for Monitoring {
             last_activity: None,
             last_activity_source: None,
             last_interaction: None,
+            last_work: None,
             last_running_nodes_at: None,
             running_nodes: None,
             snooze: None,
@@ -1266,6 +1273,14 @@ impl Worker {
             let m = &mut self.monitoring;
             if m.last_interaction.is_none_or(|prev| at > prev) {
                 m.last_interaction = Some(at);
+            }
+            let stop = matches!(
+                &source,
+                ActivitySource::Telemetry { category, .. }
+                    if crate::idle::SESSION_END_CATEGORIES.contains(&category.as_str())
+            );
+            if !stop && m.last_work.is_none_or(|prev| at > prev) {
+                m.last_work = Some(at);
             }
             self.note_activity(at, source);
         }

@@ -595,9 +595,10 @@ async fn start_fleet(
                 settings.idle.snooze_after_resume = Duration::ZERO;
                 settings.idle.warning_before = Duration::ZERO;
                 // Nor ccm's own rules: the break timeout of a busy fleet, the shorter timeout
-                // after a session's end, the learned return timeout.
+                // after a session's end, the run-end timeout, the learned return timeout.
                 settings.idle.busy_fleet_percent = 0;
                 settings.idle.session_end_timeout = settings.idle.timeout;
+                settings.idle.run_end_timeout = settings.idle.timeout;
                 settings.idle.return_timeout = settings.idle.timeout;
             }
             _ => {}
@@ -689,10 +690,20 @@ async fn earliest_pause(
     tick: chrono::Duration,
 ) -> Result<Option<DateTime<Utc>>, BenchError> {
     let settings = engine.settings().value.idle;
-    // The learned return rule only lengthens a timeout or takes the busy-fleet one away, so
-    // the earliest pause is among the rule's absence at every busy share.
+    // The learned return rule lengthens a timeout, takes the busy-fleet or run-end one away
+    // (the plain timeout then applies) or shortens a session's end to the no-return timeout,
+    // so the earliest pause is among the rule's absence at every busy share, with the
+    // run-end timeout no longer than the plain one and the session-end one no longer than the
+    // no-return one.
+    let session_end_on = settings.session_end_timeout < settings.timeout;
     let unlearned = ccm_domain::idle::IdleSettings {
         return_timeout: settings.timeout,
+        run_end_timeout: settings.run_end_timeout.min(settings.timeout),
+        session_end_timeout: if session_end_on {
+            settings.session_end_timeout.min(settings.no_return_timeout)
+        } else {
+            settings.session_end_timeout
+        },
         ..settings.clone()
     };
     let page = engine
@@ -728,6 +739,39 @@ async fn earliest_pause(
         }
     }
     Ok(due)
+}
+
+/// How many wrongful pauses a report describes.
+const EXAMPLES: usize = 20;
+
+/// For a wrongful pause's description: what ccm knew of the worker's activity (latest
+/// activity and its source, latest interaction and the one before it, latest resume, in
+/// minutes before `t`), e.g. ` [activity 35m stop_lab, interaction 35m, before 940m]`; empty
+/// for the baselines. (The rule that chose the timeout cannot be told after the pause: the
+/// stop changes what the policy sees.)
+async fn rule_of(fleet: &Fleet, id: Option<WorkerId>, t: DateTime<Utc>) -> String {
+    let (Some(engine), Some(id)) = (&fleet.engine, id) else {
+        return String::new();
+    };
+    let Ok(Some(w)) = engine.store().get(id).await else {
+        return String::new();
+    };
+    let m = &w.monitoring;
+    let ago = |at: Option<DateTime<Utc>>| {
+        at.map_or_else(|| "-".to_owned(), |a| format!("{}m", (t - a).num_minutes()))
+    };
+    let source = match &m.last_activity_source {
+        Some(ccm_domain::worker::ActivitySource::Telemetry { category, .. }) => category.clone(),
+        Some(ccm_domain::worker::ActivitySource::RunningNodes { .. }) => "nodes".into(),
+        None => "-".into(),
+    };
+    format!(
+        " [activity {} {source}, interaction {}, before {}, resume {}]",
+        ago(m.last_activity),
+        ago(m.last_interaction),
+        ago(m.last_work),
+        ago(m.last_resume)
+    )
 }
 
 async fn states(fleet: &Fleet) -> Result<HashMap<InstanceId, Ec2State>, BenchError> {
@@ -1130,20 +1174,24 @@ async fn replay(
                 );
                 if tl.state_at(t).in_use() {
                     tally.wrongful_in_use += 1;
-                    if tally.examples.len() < 20 {
+                    if tally.examples.len() < EXAMPLES {
                         let kind = tl
                             .state_at(t)
                             .kind
                             .map(|k| k.to_string())
                             .unwrap_or_default();
-                        tally.examples.push(format!("{when}: in use ({kind})"));
+                        let rule = rule_of(fleet, s.engine_id, t).await;
+                        tally
+                            .examples
+                            .push(format!("{when}: in use ({kind}){rule}"));
                     }
                 } else if let Some(u) = tl.next_use(t).filter(|u| *u - t < timeout) {
                     tally.wrongful_return += 1;
-                    if tally.examples.len() < 20 {
+                    if tally.examples.len() < EXAMPLES {
                         let idle_since = tl.segment_start(t).map_or(0, |s| (t - s).num_minutes());
+                        let rule = rule_of(fleet, s.engine_id, t).await;
                         tally.examples.push(format!(
-                            "{when}: idle {idle_since} min, used again {} min later",
+                            "{when}: idle {idle_since} min, used again {} min later{rule}",
                             (u - t).num_minutes()
                         ));
                     }
