@@ -92,7 +92,7 @@ pub struct SourceView<T> {
     pub value: Option<T>,
     /// When the shown value was observed.
     pub observed_at: Option<DateTime<Utc>>,
-    /// Its age in seconds.
+    /// Its age in whole seconds, at the answer's whole second.
     pub age_seconds: Option<u64>,
     /// `fresh`, `stale` or `unknown`.
     pub freshness: FreshnessView,
@@ -576,7 +576,9 @@ pub struct AmiView {
     pub owner: Option<String>,
 }
 
-/// A worker: one CML instance on one EC2 instance, as the API shows it.
+/// A worker: one CML instance on one EC2 instance, as the API shows it. What depends on the
+/// time (ages, freshness, idle and snooze remaining, schedule state) is computed at the
+/// answer's whole second; everything else is the worker's last committed document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WorkerView {
     /// ccm's id.
