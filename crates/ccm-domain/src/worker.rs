@@ -1037,20 +1037,10 @@ impl Worker {
     }
 
     fn action_checks(&self) -> Vec<(WorkerAction, Result<(), CommandError>)> {
-        const ACTIONS: [WorkerAction; 10] = [
-            WorkerAction::Start,
-            WorkerAction::Stop,
-            WorkerAction::Pause,
-            WorkerAction::Resume,
-            WorkerAction::Terminate,
-            WorkerAction::Delete,
-            WorkerAction::UpdateTags,
-            WorkerAction::EnableDetailedMonitoring,
-            WorkerAction::Refresh,
-            WorkerAction::Licence,
-        ];
-        ACTIONS
+        WorkerAction::ALL
             .into_iter()
+            // Create and import make a worker; they are not actions on this one.
+            .filter(|a| !matches!(a, WorkerAction::Create | WorkerAction::Import))
             .map(|a| {
                 let reason = matches!(a, WorkerAction::Pause).then_some(PauseReason::Manual);
                 (a, self.check_request(a, reason))
