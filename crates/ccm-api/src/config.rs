@@ -186,6 +186,10 @@ pub struct ApiConfig {
     /// The URL browsers use to reach ccm (e.g. `https://ccm.example.com`): the OIDC redirect
     /// URL is built from it, and an `https` URL makes session cookies `Secure`.
     pub public_url: Option<String>,
+    /// Most workers whose rendered view (list row, detail) is kept for reuse, ~3–4 KB each;
+    /// a kept view is used only while the worker's stored version, the second, the runtime
+    /// settings and its breaker are unchanged. 0: none kept.
+    pub view_cache_entries: usize,
 }
 
 impl Default for ApiConfig {
@@ -199,6 +203,7 @@ impl Default for ApiConfig {
             trust_forwarded_headers: false,
             trusted_proxies: vec!["127.0.0.0/8".into(), "::1/128".into()],
             public_url: None,
+            view_cache_entries: 4096,
         }
     }
 }
@@ -220,6 +225,9 @@ impl ApiConfig {
         }
         if self.write_stall_timeout < Duration::from_millis(100) {
             return Err(bad("api.write_stall_timeout", "must be at least 100ms"));
+        }
+        if self.view_cache_entries > 1_000_000 {
+            return Err(bad("api.view_cache_entries", "must be at most 1000000"));
         }
         for (i, origin) in self.cors_origins.iter().enumerate() {
             let ok = url::Url::parse(origin)

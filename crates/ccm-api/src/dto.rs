@@ -18,7 +18,7 @@ use ccm_domain::service::Reason;
 use ccm_domain::worker::{ActivitySource, CloudWatchMetrics, Counters, HistoryKind};
 use ccm_domain::{Freshness, LabAction, Secret, StatusChecks, Worker};
 use ccm_engine::Engine;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
@@ -92,7 +92,7 @@ pub struct SourceView<T> {
     pub value: Option<T>,
     /// When the shown value was observed.
     pub observed_at: Option<DateTime<Utc>>,
-    /// Its age in seconds.
+    /// Its age in whole seconds, at the answer's whole second.
     pub age_seconds: Option<u64>,
     /// `fresh`, `stale` or `unknown`.
     pub freshness: FreshnessView,
@@ -576,7 +576,9 @@ pub struct AmiView {
     pub owner: Option<String>,
 }
 
-/// A worker: one CML instance on one EC2 instance, as the API shows it.
+/// A worker: one CML instance on one EC2 instance, as the API shows it. What depends on the
+/// time (ages, freshness, idle and snooze remaining, schedule state) is computed at the
+/// answer's whole second; everything else is the worker's last committed document.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct WorkerView {
     /// ccm's id.
@@ -642,22 +644,63 @@ pub struct WorkerView {
 /// What rendering a worker takes from the engine besides the worker — the time, the runtime
 /// settings, the fleet's busy share — read once per answer: a page renders up to 1,000
 /// workers, and a copy of the settings per worker was a large part of a list page's cost.
+///
+/// The time is the engine's clock **to the whole second** (ages, remaining times and
+/// schedule states are whole seconds in the view anyway): a view rendered in one second is
+/// the same bytes all that second, so rendered views can be reused ([`ViewContext::frame`]).
 pub struct ViewContext<'a> {
     engine: &'a Engine,
     now: DateTime<Utc>,
     settings: ccm_domain::RuntimeSettings,
+    frame: RenderFrame,
+}
+
+/// Everything a worker's view depends on besides the worker's document and its CML
+/// endpoint's breaker: the second it is rendered in, the version of the runtime settings and
+/// the fleet picture (the engine keeps one `Arc` until it changes). Two renders of the same
+/// document in equal frames, with equal breakers, are the same bytes.
+#[derive(Debug, Clone)]
+pub struct RenderFrame {
+    second: i64,
+    settings_version: u64,
     fleet: std::sync::Arc<ccm_domain::idle::FleetPicture>,
 }
 
+impl PartialEq for RenderFrame {
+    fn eq(&self, other: &Self) -> bool {
+        self.second == other.second
+            && self.settings_version == other.settings_version
+            && std::sync::Arc::ptr_eq(&self.fleet, &other.fleet)
+    }
+}
+
 impl<'a> ViewContext<'a> {
-    /// The engine's view now.
+    /// The engine's view now (to the whole second).
     pub fn new(engine: &'a Engine) -> Self {
+        let now = engine.now();
+        let now = now.with_nanosecond(0).unwrap_or(now);
+        let settings = engine.settings();
+        let fleet = engine.fleet_picture();
         Self {
             engine,
-            now: engine.now(),
-            settings: engine.settings().value,
-            fleet: engine.fleet_picture(),
+            now,
+            settings: settings.value,
+            frame: RenderFrame {
+                second: now.timestamp(),
+                settings_version: settings.version,
+                fleet,
+            },
         }
+    }
+
+    /// The engine this context reads breakers from.
+    pub fn engine(&self) -> &'a Engine {
+        self.engine
+    }
+
+    /// What the views of this context depend on besides each worker.
+    pub fn frame(&self) -> &RenderFrame {
+        &self.frame
     }
 }
 
@@ -669,10 +712,17 @@ impl WorkerView {
 
     /// The view of `w` in `ctx` (one context for every worker of an answer).
     pub fn in_context(w: &Worker, ctx: &ViewContext<'_>) -> Self {
-        let (engine, now, settings) = (ctx.engine, ctx.now, &ctx.settings);
+        let breaker = ctx.engine.breaker_of(w).as_ref().map(BreakerView::from);
+        Self::with_breaker(w, ctx, breaker)
+    }
+
+    /// The view of `w` in `ctx` with its endpoint's breaker as read by the caller (who keeps
+    /// what it read beside the rendered view).
+    pub fn with_breaker(w: &Worker, ctx: &ViewContext<'_>, breaker: Option<BreakerView>) -> Self {
+        let (now, settings) = (ctx.now, &ctx.settings);
         let max_age = settings.polling.stale_max_age;
         let m = &w.monitoring;
-        let decision = ccm_domain::idle::evaluate_with(w, &settings.idle, &ctx.fleet, now);
+        let decision = ccm_domain::idle::evaluate_with(w, &settings.idle, &ctx.frame.fleet, now);
         let (action, keep_reason, remaining) = match &decision.action {
             IdleAction::Pause => ("pause", None, None),
             IdleAction::WouldPause => ("would_pause", None, None),
@@ -727,7 +777,7 @@ impl WorkerView {
                     StatusChecksView::from(x)
                 }),
             },
-            breaker: engine.breaker_of(w).as_ref().map(BreakerView::from),
+            breaker,
             monitoring: MonitoringView {
                 idle_detection: m.idle_detection,
                 detailed_monitoring: m.detailed_monitoring,

@@ -49,6 +49,7 @@ pub mod sse_client;
 mod state;
 mod tls;
 mod ui;
+mod view_cache;
 
 pub use auth::{AuthMethod, Principal, Role};
 pub use config::{

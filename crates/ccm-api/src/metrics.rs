@@ -47,9 +47,17 @@ pub const HTTP_CONNECTIONS_REFUSED: &str = "ccm_http_connections_refused_total";
 /// Counter `{kind}`: connections or requests cut by a server timeout (`header`, `body`,
 /// `keep_alive`, `tls_handshake`).
 pub const HTTP_TIMEOUTS: &str = "ccm_http_timeouts_total";
+/// Counter `{outcome}`: worker views answered from the view cache (`hit`) or rendered and
+/// kept (`miss`).
+pub const VIEW_CACHE: &str = "ccm_api_view_cache_total";
 
 /// Gives every metric of this crate its help text and unit, in the recorder installed now.
 pub fn describe() {
+    describe_counter!(
+        VIEW_CACHE,
+        Unit::Count,
+        "Worker views (list rows, details) answered from the view cache (`hit`) or rendered and kept (`miss`)."
+    );
     describe_counter!(
         OIDC_JWKS_FETCH_FAILURES,
         Unit::Count,

@@ -1,5 +1,5 @@
 //! [`ApiState`]: what every handler shares — the engine, the configuration, the
-//! authenticator, the SSE hub, the metrics handle, the listener's TLS configuration and the
+//! authenticator, the SSE hub, the rendered worker views, the metrics handle, the listener's TLS configuration and the
 //! cookie policy that follows from it.
 
 use std::sync::Arc;
@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Authenticator;
 use crate::config::{ApiConfig, AuthConfig, ConfigError, CookieSecure, ServerConfig};
 use crate::sse::Hub;
+use crate::view_cache::ViewCache;
 
 /// How cookies are set: whether `Secure`, and whether their names carry the `__Host-`
 /// prefix (only when every cookie is `Secure`: the browser then refuses one set without
@@ -70,6 +71,7 @@ struct Inner {
     auth: Authenticator,
     metrics: Option<PrometheusHandle>,
     hub: Arc<Hub>,
+    views: ViewCache,
     stop: CancellationToken,
 }
 
@@ -132,6 +134,7 @@ impl ApiState {
             config.sse_max_clients,
             stop.clone(),
         );
+        let views = ViewCache::new(config.view_cache_entries);
         let this = Self {
             inner: Arc::new(Inner {
                 engine,
@@ -144,6 +147,7 @@ impl ApiState {
                 auth,
                 metrics,
                 hub,
+                views,
                 stop,
             }),
         };
@@ -192,6 +196,11 @@ impl ApiState {
     /// The engine.
     pub fn engine(&self) -> &Engine {
         &self.inner.engine
+    }
+
+    /// The rendered worker views (list pages and details).
+    pub(crate) fn views(&self) -> &ViewCache {
+        &self.inner.views
     }
 
     /// Shows these webhook deliveries at `GET /api/v1/system/webhooks` (once; a second call

@@ -48,6 +48,11 @@ use crate::types::{
     ImportPreview, ImportReport, ImportRequest, ProvisioningOptions, RefreshOutcome,
 };
 
+/// The fleet picture before the idle policy drew one: one shared value, so that a reader can
+/// tell "still the same picture" by pointer ([`Engine::fleet_picture`]).
+static NO_FLEET_PICTURE: std::sync::LazyLock<Arc<ccm_domain::idle::FleetPicture>> =
+    std::sync::LazyLock::new(Arc::default);
+
 /// What the engine is built from.
 pub struct EngineParts {
     /// Storage.
@@ -408,6 +413,21 @@ impl Engine {
         self.inner.state.workers(filter).await
     }
 
+    /// The same page as [`Self::workers`] as ids and committed versions only (no document
+    /// read): what a reader holding rendered copies checks them against.
+    pub async fn worker_stamps(
+        &self,
+        filter: &WorkerFilter,
+    ) -> Result<Page<ccm_store::WorkerStamp>, EngineError> {
+        Ok(self.inner.state.store().list_stamps(filter).await?)
+    }
+
+    /// Several workers by id, as committed now, in no particular order (missing ids are left
+    /// out: deleted since they were listed).
+    pub async fn workers_by_id(&self, ids: &[WorkerId]) -> Result<Vec<Worker>, EngineError> {
+        Ok(self.inner.state.store().get_many(ids).await?)
+    }
+
     /// The metrics history of a worker since `since`.
     pub async fn metrics_history(
         &self,
@@ -429,10 +449,12 @@ impl Engine {
 
     /// The breaker state of a worker's CML endpoint.
     pub fn breaker_of(&self, worker: &Worker) -> Option<ccm_resilience::BreakerSnapshot> {
-        worker
-            .endpoint
-            .as_deref()
-            .and_then(|e| self.inner.resilience.breakers().snapshot_of(e))
+        worker.endpoint.as_deref().and_then(|e| self.breaker_at(e))
+    }
+
+    /// The breaker state of a CML endpoint (a worker's `endpoint`), if it has one.
+    pub fn breaker_at(&self, endpoint: &str) -> Option<ccm_resilience::BreakerSnapshot> {
+        self.inner.resilience.breakers().snapshot_of(endpoint)
     }
 
     /// Status of the background jobs.
@@ -471,13 +493,13 @@ impl Engine {
     }
 
     /// What the idle policy last knew of the fleet (busy share, return profile; empty before
-    /// the first activity cycle).
+    /// the first activity cycle). The same `Arc` until the picture changes.
     pub fn fleet_picture(&self) -> Arc<ccm_domain::idle::FleetPicture> {
         self.inner
             .state
             .fleet_picture()
             .map(|(_, p)| p)
-            .unwrap_or_default()
+            .unwrap_or_else(|| NO_FLEET_PICTURE.clone())
     }
 
     /// The savings report; its groups (week × reason) are also split by the value of tag

@@ -46,6 +46,16 @@ pub(crate) fn map_fk(e: StoreError, worker: WorkerId) -> StoreError {
 }
 
 /// A worker as read from its row: the document (any schema version) and the version column.
+/// A listed row's id and version (`list_stamps`).
+pub(crate) fn decode_stamp(id: &str, version: i64) -> Result<crate::WorkerStamp> {
+    Ok(crate::WorkerStamp {
+        id: id
+            .parse::<ccm_domain::WorkerId>()
+            .map_err(|e| corrupt("worker", id, e))?,
+        version: u64::try_from(version).map_err(|e| corrupt("worker", id, e))?,
+    })
+}
+
 pub(crate) fn decode_worker(id: &str, version: i64, doc: &str) -> Result<Worker> {
     let mut worker: Worker = WORKER.decode(id, doc)?;
     worker.version = u64::try_from(version).map_err(|e| corrupt("worker", id, e))?;

@@ -187,6 +187,16 @@ pub struct Page<T> {
     pub total: u64,
 }
 
+/// A worker's id and the version of its stored document: what a reader compares with a copy
+/// it already holds (a cache of rendered views) before reading the document again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct WorkerStamp {
+    /// The worker.
+    pub id: WorkerId,
+    /// The version of its committed document.
+    pub version: u64,
+}
+
 /// Workers.
 #[async_trait]
 pub trait WorkerRepo: Send + Sync {
@@ -208,6 +218,9 @@ pub trait WorkerRepo: Send + Sync {
     async fn get_by_instance(&self, instance_id: &InstanceId) -> Result<Option<Worker>>;
     /// A filtered, sorted page of workers.
     async fn list(&self, filter: &WorkerFilter) -> Result<Page<Worker>>;
+    /// The same page as [`Self::list`] (same filters, order, paging and total), as ids and
+    /// versions only: no document is read or decoded.
+    async fn list_stamps(&self, filter: &WorkerFilter) -> Result<Page<WorkerStamp>>;
     /// Saves `worker` if its `version` is still current; returns it with the new version.
     async fn update(&self, worker: &Worker) -> Result<Worker>;
     /// Saves many workers in one transaction; each row succeeds or conflicts on its own.

@@ -29,8 +29,8 @@ use crate::common::{
 use crate::{
     CursorRepo, DatabaseUrl, EventLog, EventQuery, Fence, LabRepo, MetricsPoint, MetricsRepo,
     MetricsSample, Page, Result, SessionRepo, SettingsRepo, Store, StoreConfig, StoreError,
-    StoredEvent, Versioned, WorkerFilter, WorkerRepo, WorkerSort, WorkerWrite, WriteOutcome,
-    persistent,
+    StoredEvent, Versioned, WorkerFilter, WorkerRepo, WorkerSort, WorkerStamp, WorkerWrite,
+    WriteOutcome, persistent,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
@@ -220,6 +220,68 @@ impl PgStore {
         tx.commit().await?;
         Ok(outcomes)
     }
+
+    /// The rows of a listing's page (`columns` of `workers`, in the page's order) and the
+    /// total that matched: what [`WorkerRepo::list`] and [`WorkerRepo::list_stamps`] share.
+    async fn list_rows(&self, filter: &WorkerFilter, columns: &str) -> Result<(Vec<PgRow>, u64)> {
+        fn push_filters(q: &mut QueryBuilder<Postgres>, f: &WorkerFilter) {
+            q.push(" WHERE TRUE");
+            let in_list = |q: &mut QueryBuilder<Postgres>, column: &str, values: &[String]| {
+                if values.is_empty() {
+                    return;
+                }
+                q.push(format!(" AND {column} = ANY("))
+                    .push_bind(values.to_vec())
+                    .push(")");
+            };
+            in_list(q, "region", &f.regions);
+            in_list(q, "ec2_state", &f.ec2_states);
+            in_list(q, "service_status", &f.service_statuses);
+            if let Some(ids) = &f.ids {
+                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                if ids.is_empty() {
+                    q.push(" AND FALSE");
+                } else {
+                    in_list(q, "id", &ids);
+                }
+            }
+            if let Some(text) = f.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+                let pattern = like_pattern(text);
+                q.push(" AND (LOWER(name) LIKE ")
+                    .push_bind(pattern.clone())
+                    .push(" ESCAPE '\\' OR id LIKE ")
+                    .push_bind(pattern.clone())
+                    .push(" ESCAPE '\\' OR LOWER(COALESCE(instance_id, '')) LIKE ")
+                    .push_bind(pattern)
+                    .push(" ESCAPE '\\')");
+            }
+        }
+
+        let mut count = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM workers");
+        push_filters(&mut count, filter);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+
+        let mut q = QueryBuilder::<Postgres>::new(format!("SELECT {columns} FROM workers"));
+        push_filters(&mut q, filter);
+        let column = match filter.sort {
+            WorkerSort::Name => "name",
+            WorkerSort::Created => "created_at_ms",
+            WorkerSort::Updated => "updated_at_ms",
+            WorkerSort::State => "ec2_state",
+            WorkerSort::Service => "service_status",
+            WorkerSort::Region => "region",
+        };
+        let dir = if filter.descending { "DESC" } else { "ASC" };
+        q.push(format!(" ORDER BY {column} {dir}, id {dir}"));
+        if filter.limit > 0 {
+            q.push(" LIMIT ").push_bind(i64::from(filter.limit));
+        }
+        if filter.offset > 0 {
+            q.push(" OFFSET ").push_bind(i64::from(filter.offset));
+        }
+        let rows = q.build().fetch_all(&self.pool).await?;
+        Ok((rows, u64::try_from(total).unwrap_or(0)))
+    }
 }
 
 /// Locks the rows of a batch in id order (`FOR UPDATE`), so that two batches sharing workers
@@ -379,67 +441,22 @@ impl WorkerRepo for PgStore {
     }
 
     async fn list(&self, filter: &WorkerFilter) -> Result<Page<Worker>> {
-        fn push_filters(q: &mut QueryBuilder<Postgres>, f: &WorkerFilter) {
-            q.push(" WHERE TRUE");
-            let in_list = |q: &mut QueryBuilder<Postgres>, column: &str, values: &[String]| {
-                if values.is_empty() {
-                    return;
-                }
-                q.push(format!(" AND {column} = ANY("))
-                    .push_bind(values.to_vec())
-                    .push(")");
-            };
-            in_list(q, "region", &f.regions);
-            in_list(q, "ec2_state", &f.ec2_states);
-            in_list(q, "service_status", &f.service_statuses);
-            if let Some(ids) = &f.ids {
-                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-                if ids.is_empty() {
-                    q.push(" AND FALSE");
-                } else {
-                    in_list(q, "id", &ids);
-                }
-            }
-            if let Some(text) = f.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-                let pattern = like_pattern(text);
-                q.push(" AND (LOWER(name) LIKE ")
-                    .push_bind(pattern.clone())
-                    .push(" ESCAPE '\\' OR id LIKE ")
-                    .push_bind(pattern.clone())
-                    .push(" ESCAPE '\\' OR LOWER(COALESCE(instance_id, '')) LIKE ")
-                    .push_bind(pattern)
-                    .push(" ESCAPE '\\')");
-            }
-        }
-
-        let mut count = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM workers");
-        push_filters(&mut count, filter);
-        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
-
-        let mut q = QueryBuilder::<Postgres>::new("SELECT id, version, doc FROM workers");
-        push_filters(&mut q, filter);
-        let column = match filter.sort {
-            WorkerSort::Name => "name",
-            WorkerSort::Created => "created_at_ms",
-            WorkerSort::Updated => "updated_at_ms",
-            WorkerSort::State => "ec2_state",
-            WorkerSort::Service => "service_status",
-            WorkerSort::Region => "region",
-        };
-        let dir = if filter.descending { "DESC" } else { "ASC" };
-        q.push(format!(" ORDER BY {column} {dir}, id {dir}"));
-        if filter.limit > 0 {
-            q.push(" LIMIT ").push_bind(i64::from(filter.limit));
-        }
-        if filter.offset > 0 {
-            q.push(" OFFSET ").push_bind(i64::from(filter.offset));
-        }
-        let rows = q.build().fetch_all(&self.pool).await?;
+        let (rows, total) = self.list_rows(filter, "id, version, doc").await?;
         let items = rows.iter().map(decode_worker).collect::<Result<Vec<_>>>()?;
-        Ok(Page {
-            items,
-            total: u64::try_from(total).unwrap_or(0),
-        })
+        Ok(Page { items, total })
+    }
+
+    async fn list_stamps(&self, filter: &WorkerFilter) -> Result<Page<WorkerStamp>> {
+        let (rows, total) = self.list_rows(filter, "id, version").await?;
+        let items = rows
+            .iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                let version: i64 = row.try_get("version")?;
+                crate::common::decode_stamp(&id, version)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page { items, total })
     }
 
     async fn update(&self, worker: &Worker) -> Result<Worker> {

@@ -20,8 +20,8 @@ use crate::common::{
 use crate::{
     CursorRepo, EventLog, EventQuery, Fence, LabRepo, MetricsPoint, MetricsRepo, MetricsSample,
     Page, Result, SessionRepo, SettingsRepo, Store, StoreConfig, StoreError, StoredEvent,
-    Synchronous, Versioned, WorkerFilter, WorkerRepo, WorkerSort, WorkerWrite, WriteOutcome,
-    persistent,
+    Synchronous, Versioned, WorkerFilter, WorkerRepo, WorkerSort, WorkerStamp, WorkerWrite,
+    WriteOutcome, persistent,
 };
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -250,6 +250,96 @@ impl SqliteStore {
             },
         }
     }
+
+    /// The rows of a listing's page (`columns` of `workers w`, in the page's order) and the
+    /// total that matched: what [`WorkerRepo::list`] and [`WorkerRepo::list_stamps`] share.
+    async fn list_rows(
+        &self,
+        filter: &WorkerFilter,
+        columns: &str,
+    ) -> Result<(Vec<SqliteRow>, u64)> {
+        /// `in_sort_order`: the filter columns are prefixed with a unary `+`, which tells
+        /// SQLite not to use their own indexes, so that it reads the page in the order of the
+        /// sort key's index and checks the filters from that index (every sort key's index
+        /// holds the filter columns: migration 0004). Left to itself, SQLite prefers an
+        /// equality filter's index and then sorts every match.
+        fn push_filters(q: &mut QueryBuilder<Sqlite>, f: &WorkerFilter, in_sort_order: bool) {
+            q.push(" WHERE 1 = 1");
+            let plus = if in_sort_order { "+" } else { "" };
+            let in_list = |q: &mut QueryBuilder<Sqlite>, column: &str, values: &[String]| {
+                if values.is_empty() {
+                    return;
+                }
+                q.push(format!(" AND {plus}{column} IN ("));
+                let mut sep = q.separated(", ");
+                for v in values {
+                    sep.push_bind(v.clone());
+                }
+                q.push(")");
+            };
+            in_list(q, "region", &f.regions);
+            in_list(q, "ec2_state", &f.ec2_states);
+            in_list(q, "service_status", &f.service_statuses);
+            if let Some(ids) = &f.ids {
+                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+                if ids.is_empty() {
+                    q.push(" AND 1 = 0");
+                } else {
+                    // By the primary key: a few ids are found directly, then sorted.
+                    q.push(" AND id IN (");
+                    let mut sep = q.separated(", ");
+                    for v in ids {
+                        sep.push_bind(v);
+                    }
+                    q.push(")");
+                }
+            }
+            if let Some(text) = f.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+                let pattern = like_pattern(text);
+                q.push(" AND (LOWER(name) LIKE ")
+                    .push_bind(pattern.clone())
+                    .push(" ESCAPE '\\' OR id LIKE ")
+                    .push_bind(pattern.clone())
+                    .push(" ESCAPE '\\' OR LOWER(COALESCE(instance_id, '')) LIKE ")
+                    .push_bind(pattern)
+                    .push(" ESCAPE '\\')");
+            }
+        }
+
+        let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM workers");
+        push_filters(&mut count, filter, false);
+        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+
+        // The page's ids first (sort key and id only: read in the order of the sort key's
+        // index, `(column, id)`), then their documents: the documents of the rows that are
+        // not on the page are never read or sorted.
+        let column = match filter.sort {
+            WorkerSort::Name => "name",
+            WorkerSort::Created => "created_at_ms",
+            WorkerSort::Updated => "updated_at_ms",
+            WorkerSort::State => "ec2_state",
+            WorkerSort::Service => "service_status",
+            WorkerSort::Region => "region",
+        };
+        let dir = if filter.descending { "DESC" } else { "ASC" };
+        let mut q = QueryBuilder::<Sqlite>::new(format!(
+            "SELECT {columns} FROM (SELECT id, {column} AS k FROM workers"
+        ));
+        push_filters(&mut q, filter, true);
+        q.push(format!(" ORDER BY {column} {dir}, id {dir}"));
+        if filter.limit > 0 {
+            q.push(" LIMIT ").push_bind(i64::from(filter.limit));
+            q.push(" OFFSET ").push_bind(i64::from(filter.offset));
+        } else if filter.offset > 0 {
+            q.push(" LIMIT -1 OFFSET ")
+                .push_bind(i64::from(filter.offset));
+        }
+        q.push(format!(
+            ") AS p JOIN workers w ON w.id = p.id ORDER BY p.k {dir}, p.id {dir}"
+        ));
+        let rows = q.build().fetch_all(&self.pool).await?;
+        Ok((rows, u64::try_from(total).unwrap_or(0)))
+    }
 }
 
 #[async_trait]
@@ -360,91 +450,22 @@ impl WorkerRepo for SqliteStore {
     }
 
     async fn list(&self, filter: &WorkerFilter) -> Result<Page<Worker>> {
-        /// `in_sort_order`: the filter columns are prefixed with a unary `+`, which tells
-        /// SQLite not to use their own indexes, so that it reads the page in the order of the
-        /// sort key's index and checks the filters from that index (every sort key's index
-        /// holds the filter columns: migration 0004). Left to itself, SQLite prefers an
-        /// equality filter's index and then sorts every match.
-        fn push_filters(q: &mut QueryBuilder<Sqlite>, f: &WorkerFilter, in_sort_order: bool) {
-            q.push(" WHERE 1 = 1");
-            let plus = if in_sort_order { "+" } else { "" };
-            let in_list = |q: &mut QueryBuilder<Sqlite>, column: &str, values: &[String]| {
-                if values.is_empty() {
-                    return;
-                }
-                q.push(format!(" AND {plus}{column} IN ("));
-                let mut sep = q.separated(", ");
-                for v in values {
-                    sep.push_bind(v.clone());
-                }
-                q.push(")");
-            };
-            in_list(q, "region", &f.regions);
-            in_list(q, "ec2_state", &f.ec2_states);
-            in_list(q, "service_status", &f.service_statuses);
-            if let Some(ids) = &f.ids {
-                let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
-                if ids.is_empty() {
-                    q.push(" AND 1 = 0");
-                } else {
-                    // By the primary key: a few ids are found directly, then sorted.
-                    q.push(" AND id IN (");
-                    let mut sep = q.separated(", ");
-                    for v in ids {
-                        sep.push_bind(v);
-                    }
-                    q.push(")");
-                }
-            }
-            if let Some(text) = f.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-                let pattern = like_pattern(text);
-                q.push(" AND (LOWER(name) LIKE ")
-                    .push_bind(pattern.clone())
-                    .push(" ESCAPE '\\' OR id LIKE ")
-                    .push_bind(pattern.clone())
-                    .push(" ESCAPE '\\' OR LOWER(COALESCE(instance_id, '')) LIKE ")
-                    .push_bind(pattern)
-                    .push(" ESCAPE '\\')");
-            }
-        }
-
-        let mut count = QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM workers");
-        push_filters(&mut count, filter, false);
-        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
-
-        // The page's ids first (sort key and id only: read in the order of the sort key's
-        // index, `(column, id)`), then their documents: the documents of the rows that are
-        // not on the page are never read or sorted.
-        let column = match filter.sort {
-            WorkerSort::Name => "name",
-            WorkerSort::Created => "created_at_ms",
-            WorkerSort::Updated => "updated_at_ms",
-            WorkerSort::State => "ec2_state",
-            WorkerSort::Service => "service_status",
-            WorkerSort::Region => "region",
-        };
-        let dir = if filter.descending { "DESC" } else { "ASC" };
-        let mut q = QueryBuilder::<Sqlite>::new(format!(
-            "SELECT w.id, w.version, w.doc FROM (SELECT id, {column} AS k FROM workers"
-        ));
-        push_filters(&mut q, filter, true);
-        q.push(format!(" ORDER BY {column} {dir}, id {dir}"));
-        if filter.limit > 0 {
-            q.push(" LIMIT ").push_bind(i64::from(filter.limit));
-            q.push(" OFFSET ").push_bind(i64::from(filter.offset));
-        } else if filter.offset > 0 {
-            q.push(" LIMIT -1 OFFSET ")
-                .push_bind(i64::from(filter.offset));
-        }
-        q.push(format!(
-            ") AS p JOIN workers w ON w.id = p.id ORDER BY p.k {dir}, p.id {dir}"
-        ));
-        let rows = q.build().fetch_all(&self.pool).await?;
+        let (rows, total) = self.list_rows(filter, "w.id, w.version, w.doc").await?;
         let items = rows.iter().map(decode_worker).collect::<Result<Vec<_>>>()?;
-        Ok(Page {
-            items,
-            total: u64::try_from(total).unwrap_or(0),
-        })
+        Ok(Page { items, total })
+    }
+
+    async fn list_stamps(&self, filter: &WorkerFilter) -> Result<Page<WorkerStamp>> {
+        let (rows, total) = self.list_rows(filter, "w.id, w.version").await?;
+        let items = rows
+            .iter()
+            .map(|row| {
+                let id: String = row.try_get("id")?;
+                let version: i64 = row.try_get("version")?;
+                crate::common::decode_stamp(&id, version)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Page { items, total })
     }
 
     async fn update(&self, worker: &Worker) -> Result<Worker> {

@@ -98,7 +98,7 @@ impl EmbeddedOptions {
 
 impl EmbeddedOptions {
     /// Options for tests: every background job off (tests trigger jobs), a manual wall clock
-    /// (returned, to step idle timeouts), fast simulated boots and node starts, short
+    /// at a whole second (returned, to step idle timeouts), fast simulated boots and node starts, short
     /// timeouts, a breaker that opens after 3 failures.
     pub fn for_tests(
         workers: usize,
@@ -106,7 +106,11 @@ impl EmbeddedOptions {
         store: Arc<dyn Store>,
     ) -> (Self, Arc<ManualClock>) {
         let mut opts = Self::new(workers, listen_base, store);
-        let clock = Arc::new(ManualClock::new(chrono::Utc::now()));
+        // At a whole second, as the API renders views (to the second): a test that steps
+        // whole seconds sees exact ages and remaining times.
+        let now = chrono::Utc::now();
+        let now = chrono::DateTime::from_timestamp(now.timestamp(), 0).unwrap_or(now);
+        let clock = Arc::new(ManualClock::new(now));
         opts.clock = clock.clone();
         opts.settings.polling = ccm_domain::settings::PollingSettings::all_off();
         opts.spare = 2;

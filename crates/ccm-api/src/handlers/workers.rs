@@ -5,14 +5,17 @@
 //! with the worker as it is now: follow `GET /api/v1/events?worker=ID` (or poll the worker)
 //! until it reaches the state you want.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use ccm_domain::{AmiId, Ec2State, InstanceId, InstanceType, PauseReason, Region, ServiceStatus};
+use bytes::Bytes;
+use ccm_domain::{
+    AmiId, Ec2State, InstanceId, InstanceType, PauseReason, Region, ServiceStatus, Worker, WorkerId,
+};
 use ccm_engine::{AmiSelector, CreateWorker, ImportRequest, ImportSelector, RefreshOutcome};
 use ccm_store::{WorkerFilter, WorkerSort};
 use chrono::{DateTime, Utc};
@@ -29,6 +32,7 @@ use crate::dto::{
 use crate::error::{ApiError, ApiResult, Problem};
 use crate::extract::{JsonBody, Query, WorkerPath, split_list};
 use crate::state::ApiState;
+use crate::view_cache::page_json;
 
 fn filter_of(q: WorkerListQuery) -> ApiResult<WorkerFilter> {
     let regions = split_list(&q.region);
@@ -110,21 +114,67 @@ fn accepted(view: WorkerView) -> Response {
 pub(crate) async fn list(
     State(state): State<ApiState>,
     Query(q): Query<WorkerListQuery>,
-) -> ApiResult<Json<WorkerPage>> {
+) -> ApiResult<Response> {
     let filter = filter_of(q)?;
     let engine = state.engine();
-    let page = engine.workers(&filter).await?;
     let ctx = ViewContext::new(engine);
-    Ok(Json(WorkerPage {
-        items: page
-            .items
-            .iter()
-            .map(|w| WorkerView::in_context(w, &ctx))
-            .collect(),
-        total: page.total,
-        limit: filter.limit,
-        offset: filter.offset,
-    }))
+    let views = state.views();
+    // The page's ids and committed versions (no documents), then the rendered views kept
+    // for exactly those versions; only the other workers' documents are read.
+    let stamps = engine.worker_stamps(&filter).await?;
+    let mut items: Vec<Option<Bytes>> = stamps.items.iter().map(|s| views.get(s, &ctx)).collect();
+    let missing: Vec<WorkerId> = stamps
+        .items
+        .iter()
+        .zip(&items)
+        .filter(|(_, b)| b.is_none())
+        .map(|(s, _)| s.id)
+        .collect();
+    let mut total = stamps.total;
+    if !missing.is_empty() {
+        let read = engine.workers_by_id(&missing).await?;
+        let mut by_id: HashMap<WorkerId, &Worker> = read.iter().map(|w| (w.id, w)).collect();
+        let mut changed = false;
+        for (stamp, item) in stamps.items.iter().zip(items.iter_mut()) {
+            if item.is_some() {
+                continue;
+            }
+            match by_id.remove(&stamp.id) {
+                Some(w) if w.version == stamp.version => *item = Some(views.view(w, &ctx)?),
+                _ => changed = true,
+            }
+        }
+        if changed {
+            // A worker changed or went between the two reads: its new document may no longer
+            // match the filter or the order. Answer this page from one read of the documents.
+            let page = engine.workers(&filter).await?;
+            total = page.total;
+            items = page
+                .items
+                .iter()
+                .map(|w| views.view(w, &ctx).map(Some))
+                .collect::<ApiResult<_>>()?;
+        }
+    }
+    let items: Vec<Bytes> = items.into_iter().flatten().collect();
+    Ok(json_bytes(page_json(
+        &items,
+        total,
+        filter.limit,
+        filter.offset,
+    )))
+}
+
+/// A `200 OK` with a JSON body already serialized.
+fn json_bytes(body: impl Into<Bytes>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.into(),
+    )
+        .into_response()
 }
 
 /// One worker.
@@ -140,9 +190,11 @@ pub(crate) async fn list(
 pub(crate) async fn get(
     State(state): State<ApiState>,
     WorkerPath(id): WorkerPath,
-) -> ApiResult<Json<WorkerView>> {
-    let w = state.engine().worker(id).await?;
-    Ok(Json(WorkerView::new(&w, state.engine())))
+) -> ApiResult<Response> {
+    let engine = state.engine();
+    let w = engine.worker(id).await?;
+    let ctx = ViewContext::new(engine);
+    Ok(json_bytes(state.views().view(&w, &ctx)?))
 }
 
 /// Provision a new worker (202: the record exists, RunInstances runs in the background).

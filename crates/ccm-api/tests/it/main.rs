@@ -29,5 +29,7 @@ mod session;
 mod sse;
 /// System, settings, probes, metrics.
 mod system;
+/// Rendered worker views kept for reuse: never older than the store.
+mod views;
 /// Workers: every route, happy paths and errors.
 mod workers;

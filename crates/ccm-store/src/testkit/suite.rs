@@ -18,7 +18,9 @@ use ccm_domain::{
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::{Backend, RawTable, TestStore};
-use crate::{EventQuery, MetricsSample, Page, StoreConfig, StoreError, WorkerFilter, WorkerSort};
+use crate::{
+    EventQuery, MetricsSample, Page, StoreConfig, StoreError, WorkerFilter, WorkerSort, WorkerStamp,
+};
 
 /// The golden fixtures: documents of the shapes stored before schema versions existed (so
 /// version 1). They must load in every future version; never edit them.
@@ -76,7 +78,24 @@ fn names(p: Page<Worker>) -> Vec<String> {
     p.items.into_iter().map(|w| w.name).collect()
 }
 
-/// Get, get_many, get_by_instance, list with every filter, sort and paging, delete.
+/// `list`, checked against `list_stamps`: the same total, ids, order and versions.
+async fn listed(store: &dyn TestStore, f: &WorkerFilter) -> Page<Worker> {
+    let page = store.list(f).await.unwrap();
+    let stamps = store.list_stamps(f).await.unwrap();
+    assert_eq!(stamps.total, page.total, "{f:?}");
+    let expected: Vec<WorkerStamp> = page
+        .items
+        .iter()
+        .map(|w| WorkerStamp {
+            id: w.id,
+            version: w.version,
+        })
+        .collect();
+    assert_eq!(stamps.items, expected, "{f:?}");
+    page
+}
+
+/// Get, get_many, get_by_instance, list (and `list_stamps`) with every filter, sort and paging, delete.
 pub async fn workers_should_round_trip_and_list_with_filters_sort_and_pages(backend: &dyn Backend) {
     let store = open(backend).await;
     let specs = [
@@ -98,7 +117,7 @@ pub async fn workers_should_round_trip_and_list_with_filters_sort_and_pages(back
     assert_eq!(some, vec![w.clone()]);
     assert!(store.get_many(&[]).await.unwrap().is_empty());
 
-    let all = store.list(&WorkerFilter::default()).await.unwrap();
+    let all = listed(&*store, &WorkerFilter::default()).await;
     assert_eq!(all.total, 5);
     assert_eq!(
         names(all),
@@ -111,7 +130,7 @@ pub async fn workers_should_round_trip_and_list_with_filters_sort_and_pages(back
         ..Default::default()
     };
     assert_eq!(
-        names(store.list(&f).await.unwrap()),
+        names(listed(&*store, &f).await),
         ["Echo", "charlie", "delta_50%"]
     );
     let f = WorkerFilter {
@@ -119,18 +138,18 @@ pub async fn workers_should_round_trip_and_list_with_filters_sort_and_pages(back
         descending: true,
         ..Default::default()
     };
-    assert_eq!(names(store.list(&f).await.unwrap()), ["charlie", "alpha"]);
+    assert_eq!(names(listed(&*store, &f).await), ["charlie", "alpha"]);
     let f = WorkerFilter {
         text: Some("RAV".into()),
         ..Default::default()
     };
-    assert_eq!(names(store.list(&f).await.unwrap()), ["bravo"]);
+    assert_eq!(names(listed(&*store, &f).await), ["bravo"]);
     let f = WorkerFilter {
         text: Some("echo".into()),
         ..Default::default()
     };
     assert_eq!(
-        names(store.list(&f).await.unwrap()),
+        names(listed(&*store, &f).await),
         ["Echo"],
         "text matches ignore case"
     );
@@ -139,7 +158,7 @@ pub async fn workers_should_round_trip_and_list_with_filters_sort_and_pages(back
         ..Default::default()
     };
     assert_eq!(
-        names(store.list(&f).await.unwrap()),
+        names(listed(&*store, &f).await),
         ["delta_50%"],
         "LIKE wildcards in the text are literal"
     );
@@ -147,13 +166,13 @@ pub async fn workers_should_round_trip_and_list_with_filters_sort_and_pages(back
         text: Some("a_5".into()),
         ..Default::default()
     };
-    assert_eq!(names(store.list(&f).await.unwrap()), ["delta_50%"]);
+    assert_eq!(names(listed(&*store, &f).await), ["delta_50%"]);
     let f = WorkerFilter {
         text: Some(format!("{:x}", 3)),
         ..Default::default()
     };
     assert!(
-        names(store.list(&f).await.unwrap()).contains(&"charlie".to_owned()),
+        names(listed(&*store, &f).await).contains(&"charlie".to_owned()),
         "instance ids match"
     );
     let f = WorkerFilter {
@@ -163,7 +182,7 @@ pub async fn workers_should_round_trip_and_list_with_filters_sort_and_pages(back
         sort: WorkerSort::Created,
         ..Default::default()
     };
-    let page = store.list(&f).await.unwrap();
+    let page = listed(&*store, &f).await;
     assert_eq!(page.total, 5);
     assert_eq!(names(page), ["bravo", "charlie"]);
     let f = WorkerFilter {
@@ -172,7 +191,7 @@ pub async fn workers_should_round_trip_and_list_with_filters_sort_and_pages(back
         ..Default::default()
     };
     assert_eq!(
-        names(store.list(&f).await.unwrap()),
+        names(listed(&*store, &f).await),
         ["delta_50%", "Echo"],
         "an offset without a limit skips rows"
     );
@@ -180,12 +199,23 @@ pub async fn workers_should_round_trip_and_list_with_filters_sort_and_pages(back
         ids: Some(vec![]),
         ..Default::default()
     };
-    assert_eq!(store.list(&f).await.unwrap().total, 0);
+    assert_eq!(listed(&*store, &f).await.total, 0);
     let f = WorkerFilter {
         ids: Some(vec![w.id]),
         ..Default::default()
     };
-    assert_eq!(names(store.list(&f).await.unwrap()), ["charlie"]);
+    assert_eq!(names(listed(&*store, &f).await), ["charlie"]);
+    let updated = store.update(&w).await.unwrap();
+    let stamps = store.list_stamps(&f).await.unwrap();
+    assert_eq!(
+        stamps.items,
+        [WorkerStamp {
+            id: w.id,
+            version: updated.version
+        }],
+        "a stamp carries the committed version"
+    );
+    assert_eq!(updated.version, 2);
 
     assert!(store.delete(w.id).await.unwrap());
     assert!(!store.delete(w.id).await.unwrap());

@@ -31,7 +31,13 @@ impl Api {
     /// loaded machine, e.g. importing hundreds of workers).
     pub(crate) fn with_timeout(port: u16, token: &str, timeout: Duration) -> Self {
         Self {
-            http: reqwest::Client::builder().timeout(timeout).build().unwrap(),
+            // Idle connections are dropped after 2 s, below the server's 5 s keep-alive: a
+            // request on a connection the server is closing fails (`IncompleteMessage`).
+            http: reqwest::Client::builder()
+                .timeout(timeout)
+                .pool_idle_timeout(Duration::from_secs(2))
+                .build()
+                .unwrap(),
             base: format!("http://127.0.0.1:{port}"),
             token: token.to_owned(),
         }
