@@ -1013,6 +1013,11 @@ async fn replay(
                 }
                 if let Some(w) = &w {
                     w.set_wall_clock(t);
+                    // The lab's node transitions (due at once: zero node timings) get the
+                    // tick's time now, as the engine's read at this tick would give them,
+                    // not the time of whatever touches the worker next (a later action's,
+                    // when this tick's read missed it under load).
+                    w.settle();
                 }
             } else {
                 // Actions while the worker is not ready are lost (the user waits).
