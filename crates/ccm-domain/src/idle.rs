@@ -9,8 +9,8 @@
 //! dry-run mode the decision says what would happen and nothing is paused. Every decision says
 //! when the policy would act (`pause_at`) and whether the warning is due (`warn`).
 //!
-//! Which timeout applies ([`TimeoutRule`], in this order): `return_timeout` (lengthened to the
-//! longest remembered return, up to `return_timeout_max`) where the learned breaks near this
+//! Which timeout applies ([`TimeoutRule`], in this order): `return_timeout` (at midday
+//! lengthened to the longest remembered return, up to `return_timeout_max`) where the learned breaks near this
 //! time of day (as known when the worker went quiet; later evidence may only lengthen) often
 //! ended in a return; before there is such evidence, `run_end_timeout` after the end of an
 //! unattended run (a lab stop after `run_end_after` without work, [`lab_stopped`]),
@@ -93,9 +93,10 @@ pub struct IdleSettings {
     /// break is not paused just before they return. Longer than `timeout` to be on.
     #[serde(with = "humantime_serde")]
     pub return_timeout: Duration,
-    /// The learned return rule's timeout grows to the longest break near this time of day
-    /// that ended in a return within this long (plus `RETURN_MARGIN`), so that lunches longer
-    /// than `return_timeout` are not paused just before their end. Not longer than
+    /// In the midday hours (`midday_hours`, when `local_time_zone` is set), the learned
+    /// return rule's timeout grows to the longest break near this time of day that ended in a
+    /// return within this long (plus `RETURN_MARGIN`), so that lunches longer than
+    /// `return_timeout` are not paused just before their end. Not longer than
     /// `return_timeout`: the timeout stays `return_timeout`.
     #[serde(with = "humantime_serde")]
     pub return_timeout_max: Duration,
@@ -584,10 +585,19 @@ fn learned_of(r: &ReturnStats, settings: &IdleSettings) -> Option<bool> {
 /// fall between a return and its reading.
 pub const RETURN_MARGIN: Duration = Duration::from_secs(10 * 60);
 
-/// The learned return rule's timeout: `return_timeout`, lengthened to the longest remembered
-/// return near this time of day plus [`RETURN_MARGIN`], up to `return_timeout_max`.
-fn learned_timeout(r: Option<&ReturnStats>, settings: &IdleSettings) -> Duration {
+/// The learned return rule's timeout: `return_timeout`; for a worker gone quiet in the midday
+/// hours (lunch: see `in_midday`), lengthened to the longest remembered return near this time
+/// of day plus [`RETURN_MARGIN`], up to `return_timeout_max`. Elsewhere the day has no such
+/// rhythm to learn, and a long timeout would mostly pay for workers nobody comes back to.
+fn learned_timeout(
+    r: Option<&ReturnStats>,
+    quiet_since: DateTime<Utc>,
+    settings: &IdleSettings,
+) -> Duration {
     let base = settings.timeout.max(settings.return_timeout);
+    if !in_midday(quiet_since, settings) {
+        return base;
+    }
     let longest = r
         .and_then(|r| r.longest_return)
         .map_or(Duration::ZERO, |l| l.saturating_add(RETURN_MARGIN));
@@ -757,7 +767,7 @@ pub fn evaluate_with(
         settings.session_end_timeout < settings.timeout && stop == Some(LabStop::Session);
     let (timeout, timeout_rule) = match learned {
         Some(true) => (
-            learned_timeout(returns.as_ref(), settings),
+            learned_timeout(returns.as_ref(), reference, settings),
             TimeoutRule::LearnedReturn,
         ),
         // The end of an unattended run is no user leaving; before there is evidence about
@@ -1567,8 +1577,11 @@ mod tests {
     }
 
     #[test]
-    fn the_learned_timeout_should_grow_to_the_longest_return_near_this_hour_up_to_the_maximum() {
-        let s = IdleSettings::default();
+    fn the_learned_timeout_should_grow_to_the_longest_return_at_midday_up_to_the_maximum() {
+        let s = IdleSettings {
+            local_time_zone: "UTC".into(),
+            ..IdleSettings::default()
+        };
         // Lunches from 12:00 on five earlier days: 90, 100, 110, 150 and 170 minutes (three of
         // five back within return_timeout: the rule applies).
         let mut w = worker();
@@ -1589,6 +1602,21 @@ mod tests {
         assert_eq!(d.timeout, Duration::from_secs(180 * 60), "170 min + margin");
         assert_eq!(d.action.label(), "keep:not_idle");
         assert_eq!(d.pause_at, Some(t(7 * 60 * MIN)));
+        // Without a local time zone there are no midday hours: return_timeout.
+        let d = evaluate_in(
+            &w,
+            &IdleSettings::default(),
+            Some(0.0),
+            t(6 * 60 * MIN + 30 * MIN),
+        );
+        assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
+        // Nor outside them (12:00 UTC is 07:00 in New York).
+        let ny = IdleSettings {
+            local_time_zone: "America/New_York".into(),
+            ..IdleSettings::default()
+        };
+        let d = evaluate_in(&w, &ny, Some(0.0), t(6 * 60 * MIN + 30 * MIN));
+        assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
         // A 300-minute lunch is no return within return_timeout_max: not counted.
         let mut long = w.clone();
         long.monitoring.breaks.push_back(crate::worker::Break {
@@ -1608,7 +1636,7 @@ mod tests {
         // return_timeout_max at return_timeout: the lengthening is off.
         let off = IdleSettings {
             return_timeout_max: s.return_timeout,
-            ..IdleSettings::default()
+            ..s.clone()
         };
         let d = evaluate_in(&w, &off, Some(0.0), t(6 * 60 * MIN + 30 * MIN));
         assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
