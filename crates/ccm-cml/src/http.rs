@@ -130,7 +130,7 @@ pub enum SyncOrder {
     /// Plain HTTP/1.1 with a pool (`plain_pool_max_idle_per_host` ≥ 1): the calls one after
     /// another on one kept-alive connection, the last one closing it (`Connection: close`),
     /// so that nothing idles after the sync (four round trips, one connection; the engine
-    /// syncs four times as many such workers at once, so a cycle takes no longer).
+    /// syncs twice as many such workers at once, [`SyncOrder::gate_slots`]).
     OneByOne,
     /// No pool to share a connection through (or HTTPS without HTTP/2): every overlapped call
     /// needs a connection of its own anyway, so all four go at once (one round trip).
@@ -138,11 +138,14 @@ pub enum SyncOrder {
 }
 
 impl SyncOrder {
-    /// Most of a sync's calls in flight at once: 1 one by one, else all four (the engine's
-    /// gates reserve this many `cml_poll` call slots per worker synced).
-    pub fn calls_at_once(self) -> usize {
+    /// The `cml_poll` call slots the engine's gate reserves for one worker's sync: room for
+    /// all four calls at once, and half that one by one (one call in flight), so that twice as
+    /// many plain-HTTP workers sync at once and hide the round trips in a row. Not four times
+    /// as many: at 10,000 workers that was slower and ~3 MB larger (more tasks and
+    /// connections in flight than two cores serve; BENCHMARKS.md, issue 13 round 5).
+    pub fn gate_slots(self) -> usize {
         match self {
-            Self::OneByOne => 1,
+            Self::OneByOne => 2,
             Self::FirstThenStreams | Self::AllAtOnce => 4,
         }
     }
@@ -494,8 +497,8 @@ mod tests {
             sync_order(&no_plain_pool, "https://10.0.0.5"),
             SyncOrder::FirstThenStreams
         );
-        assert_eq!(SyncOrder::OneByOne.calls_at_once(), 1);
-        assert_eq!(SyncOrder::FirstThenStreams.calls_at_once(), 4);
+        assert_eq!(SyncOrder::OneByOne.gate_slots(), 2);
+        assert_eq!(SyncOrder::FirstThenStreams.gate_slots(), 4);
     }
 
     #[test]

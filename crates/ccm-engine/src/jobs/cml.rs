@@ -15,7 +15,7 @@
 //!   calls one after another on one kept-alive connection, the last (`licensing`) closing it,
 //!   so that nothing idles after the sync. Four round trips, but one connection instead of
 //!   four (connection setup and teardown were ~30 % of ccm's CPU at 10,000 workers); the
-//!   gates let four times as many such workers sync at once (one call in flight each).
+//!   gates let twice as many such workers sync at once (`SyncOrder::gate_slots`).
 //! - **No pool** (or HTTPS without HTTP/2): every overlapped call needs its own connection
 //!   anyway, so a worker that was `ready` at its last sync gets all four calls at once (one
 //!   round trip).

@@ -22,10 +22,10 @@ pub const CML_SYNC_CALLS: usize = 4;
 /// Neither is the `cml_poll` bulkhead itself: the CML client runs each call of a poll in that
 /// bulkhead, so a poll that held a `cml_poll` slot while its calls waited for another would
 /// deadlock as soon as polls held every slot (10,000 workers queued behind 512 slots did
-/// exactly that). The worker gate has as many slots as the bulkhead, and a poll takes as many
-/// as it may have calls in flight ([`Gate::slots`]: [`CML_SYNC_CALLS`], or 1 for a sync whose
-/// calls go one by one, `ccm_cml::SyncOrder::OneByOne`), so that the calls of the workers in
-/// flight fit in the bulkhead and never queue behind other workers'. Probes of dead workers
+/// exactly that). The worker gate has as many slots as the bulkhead, and a poll takes at least
+/// as many as it may have calls in flight ([`Gate::slots`]: [`CML_SYNC_CALLS`], or 2 for a
+/// sync whose calls go one by one, `ccm_cml::SyncOrder::gate_slots`), so that the calls of the
+/// workers in flight fit in the bulkhead and never queue behind other workers'. Probes of dead workers
 /// take their whole timeout; in the same gate they would hold the slots the live workers need
 /// (a cycle after 300 of 1,000 workers died took 10 s instead of 0.6 s), so they have their
 /// own gate of the same width. Both queue like the bulkhead.
@@ -75,7 +75,7 @@ impl CmlGates {
     ) -> Option<Gate> {
         let cml = |bulkhead: &Bulkhead| Gate {
             bulkhead: bulkhead.clone(),
-            slots: calls_at_once(ctx, job, id),
+            slots: gate_slots(ctx, job, id),
         };
         match job {
             JobKind::CmlSync | JobKind::Activity if down => Some(cml(&self.probes)),
@@ -89,16 +89,16 @@ impl CmlGates {
     }
 }
 
-/// Most calls a poll of `job` for worker `id` has in flight at once: a CML sync's
-/// (`ccm_cml::SyncOrder::calls_at_once`), [`CML_SYNC_CALLS`] for anything else.
-fn calls_at_once(ctx: &JobContext, job: JobKind, id: WorkerId) -> usize {
+/// The gate slots a poll of `job` for worker `id` takes: a CML sync's
+/// (`ccm_cml::SyncOrder::gate_slots`), [`CML_SYNC_CALLS`] for anything else.
+fn gate_slots(ctx: &JobContext, job: JobKind, id: WorkerId) -> usize {
     if job != JobKind::CmlSync {
         return CML_SYNC_CALLS;
     }
     ctx.slot(id)
         .and_then(|slot| slot.reachable().cloned())
         .map_or(CML_SYNC_CALLS, |endpoint| {
-            ctx.cml().sync_order(&endpoint).calls_at_once()
+            ctx.cml().sync_order(&endpoint).gate_slots()
         })
 }
 

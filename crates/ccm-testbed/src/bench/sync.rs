@@ -44,9 +44,9 @@ pub struct SyncOptions {
     pub workers: u32,
     /// Latency the simulator adds to every request, in milliseconds.
     pub latency_ms: u64,
-    /// Workers synced at once (the `cml_poll` bulkhead gets a call slot per call a sync has
-    /// in flight at once, [`fleet_resilience_for`]; its queue holds the whole fleet). `None`:
-    /// the product default.
+    /// Workers synced at once (the `cml_poll` bulkhead gets the gate slots of a sync per
+    /// worker, [`fleet_resilience_for`]; its queue holds the whole fleet). `None`: the product
+    /// default.
     pub concurrency: Option<u32>,
     /// Measured cycles (one warm-up cycle runs first and is reported apart).
     pub cycles: u32,
@@ -373,27 +373,25 @@ pub(super) fn fleet_resilience(n: usize, concurrency: Option<u32>) -> (Resilienc
     fleet_resilience_for(n, concurrency, CML_SYNC_CALLS)
 }
 
-/// The resilience configuration of a benchmark's engine for `n` workers whose syncs have up to
-/// `calls_at_once` calls in flight ([`ccm_cml::SyncOrder::calls_at_once`]: 1 over plain HTTP,
-/// 4 over HTTPS), and the workers synced at once. `concurrency` (`--concurrency C`) is in
-/// workers, like the peer's semaphore: the engine's gate gives a sync `calls_at_once` of the
-/// `cml_poll` bulkhead's call slots, so the bulkhead gets C × `calls_at_once` (`None`: the
-/// product default, `cml_poll.max_concurrent / calls_at_once` workers). Its queue holds the
+/// The resilience configuration of a benchmark's engine for `n` workers whose syncs take
+/// `gate_slots` of the gate's `cml_poll` call slots ([`ccm_cml::SyncOrder::gate_slots`]: 2 over
+/// plain HTTP, 4 over HTTPS), and the workers synced at once. `concurrency` (`--concurrency
+/// C`) is in workers, like the peer's semaphore: the bulkhead gets C × `gate_slots` (`None`:
+/// the product default, `cml_poll.max_concurrent / gate_slots` workers). Its queue holds the
 /// whole fleet.
 pub(super) fn fleet_resilience_for(
     n: usize,
     concurrency: Option<u32>,
-    calls_at_once: usize,
+    gate_slots: usize,
 ) -> (ResilienceConfig, usize) {
-    let calls_at_once = calls_at_once.max(1);
+    let gate_slots = gate_slots.max(1);
     let mut resilience_cfg = ResilienceConfig::default();
     let default_poll = resilience_cfg.bulkheads.cml_poll.clone();
-    let concurrency = concurrency
-        .map_or((default_poll.max_concurrent / calls_at_once).max(1), |c| {
-            c as usize
-        });
+    let concurrency = concurrency.map_or((default_poll.max_concurrent / gate_slots).max(1), |c| {
+        c as usize
+    });
     resilience_cfg.bulkheads.cml_poll = BulkheadConfig::new(
-        concurrency * calls_at_once,
+        concurrency * gate_slots,
         default_poll.max_queue.max(n * CML_SYNC_CALLS),
     );
     (resilience_cfg, concurrency)
@@ -554,12 +552,11 @@ async fn measure(
         args.client_http2,
     );
     // The endpoints share a scheme: one order for the fleet.
-    let calls_at_once = sim.endpoints.first().map_or(CML_SYNC_CALLS, |e| {
-        ccm_cml::sync_order(&cml_cfg, e).calls_at_once()
+    let gate_slots = sim.endpoints.first().map_or(CML_SYNC_CALLS, |e| {
+        ccm_cml::sync_order(&cml_cfg, e).gate_slots()
     });
-    let (mut resilience_cfg, concurrency) =
-        fleet_resilience_for(n, args.concurrency, calls_at_once);
-    let cml_poll_slots = concurrency * calls_at_once;
+    let (mut resilience_cfg, concurrency) = fleet_resilience_for(n, args.concurrency, gate_slots);
+    let cml_poll_slots = concurrency * gate_slots;
     if let Some(open_for) = args.breaker_open_for {
         resilience_cfg.breaker.open_for = open_for;
     }

@@ -120,9 +120,9 @@ pub(crate) struct SyncArgs {
     /// Latency the simulator adds to every request, in milliseconds.
     #[arg(long, default_value_t = 20, value_name = "MS")]
     pub(crate) latency_ms: u64,
-    /// Workers synced at once, like the peer's semaphore (the `cml_poll` bulkhead gets a call
-    /// slot per call a sync has in flight at once: 1 over plain HTTP, whose calls go one by
-    /// one, 4 over HTTPS; its queue holds the whole fleet). Default: the product default.
+    /// Workers synced at once, like the peer's semaphore (the `cml_poll` bulkhead gets 4 call
+    /// slots per worker over HTTPS, 2 over plain HTTP, whose calls go one by one; its queue
+    /// holds the whole fleet). Default: the product default.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(crate) concurrency: Option<u32>,
     /// Measured cycles (one warm-up cycle runs first and is reported apart).
