@@ -9,12 +9,15 @@
 //! dry-run mode the decision says what would happen and nothing is paused. Every decision says
 //! when the policy would act (`pause_at`) and whether the warning is due (`warn`).
 //!
-//! Which timeout applies ([`TimeoutRule`], in this order): `return_timeout` where the learned
-//! breaks near this time of day (as known when the worker went quiet) often ended in a
-//! return; before there is such evidence, `run_end_timeout` after the end of an unattended
-//! run (a lab stop after `run_end_after` without work, [`lab_stopped`]) and `break_timeout`
-//! while the fleet is busy; `no_return_timeout` after a session's end at an hour when people
-//! (almost) never came back; `session_end_timeout` after a session's end; else `timeout`.
+//! Which timeout applies ([`TimeoutRule`], in this order): `return_timeout` (at midday
+//! lengthened to the longest remembered return, up to `return_timeout_max`) where the learned breaks near this
+//! time of day (as known when the worker went quiet; later evidence may only lengthen) often
+//! ended in a return; before there is such evidence, `run_end_timeout` after the end of an
+//! unattended run (a lab stop after `run_end_after` without work, [`lab_stopped`]),
+//! `break_timeout` while the fleet is busy, and `break_timeout` in the middle of the working
+//! day (`midday_hours`: lunch); `no_return_timeout` after a session's end at an hour when
+//! people (almost) never came back; `session_end_timeout` after a session's end; else
+//! `timeout`.
 
 use std::time::Duration;
 
@@ -90,6 +93,21 @@ pub struct IdleSettings {
     /// break is not paused just before they return. Longer than `timeout` to be on.
     #[serde(with = "humantime_serde")]
     pub return_timeout: Duration,
+    /// In the midday hours (`midday_hours`, when `local_time_zone` is set), the learned
+    /// return rule's timeout grows to the longest break near this time of day that ended in a
+    /// return within this long (plus `RETURN_MARGIN`), so that lunches longer than
+    /// `return_timeout` are not paused just before their end. Not longer than
+    /// `return_timeout`: the timeout stays `return_timeout`.
+    #[serde(with = "humantime_serde")]
+    pub return_timeout_max: Duration,
+    /// The middle of the working day, local time (`HH:MM-HH:MM` in `local_time_zone`; empty:
+    /// off): before there is evidence about returns at this time of day (the first days), a
+    /// worker gone quiet in these hours is presumed at lunch and gets `break_timeout`, even
+    /// after a lab stop and while the fleet is not busy.
+    pub midday_hours: String,
+    /// The IANA time zone of the fleet's working hours (`midday_hours`). Empty (the default):
+    /// not known, and the midday prior is off — ccm cannot tell the middle of a day without it.
+    pub local_time_zone: String,
     /// Breaks count for the current one when they began within this much of its time of day
     /// (UTC).
     #[serde(with = "humantime_serde")]
@@ -136,6 +154,9 @@ impl Default for IdleSettings {
             no_return_timeout: Duration::from_secs(15 * 60),
             no_return_percent: 5,
             return_timeout: Duration::from_secs(2 * 60 * 60),
+            return_timeout_max: Duration::from_secs(3 * 60 * 60 + 30 * 60),
+            midday_hours: "11:00-14:00".into(),
+            local_time_zone: String::new(),
             return_window: Duration::from_secs(60 * 60),
             return_memory: Duration::from_secs(14 * 24 * 60 * 60),
             return_min_percent: 20,
@@ -189,6 +210,14 @@ pub struct ReturnStats {
     /// than a break can be).
     #[serde(default)]
     pub short_returned: u32,
+    /// The longest of these breaks (long or short) that ended in a return within
+    /// `return_timeout_max`, as known then (see `return_timeout_max`).
+    #[serde(
+        default,
+        with = "humantime_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub longest_return: Option<Duration>,
     /// Whose breaks.
     pub scope: ReturnScope,
 }
@@ -215,6 +244,8 @@ struct Remembered {
     returned: bool,
     /// It lasted at least the shortest timeout.
     long: bool,
+    /// When it ended and its length, when it ended in a return within `return_timeout_max`.
+    back_after: Option<(DateTime<Utc>, chrono::Duration)>,
 }
 
 fn slot_of(at: DateTime<Utc>) -> usize {
@@ -240,7 +271,8 @@ impl ReturnProfile {
         let oldest = now.checked_sub_signed(chrono_of(settings.return_memory));
         let shortest = chrono_of(settings.timeout.min(settings.session_end_timeout));
         let back = chrono_of(settings.return_timeout);
-        let mut count = |from: DateTime<Utc>, length: chrono::Duration| {
+        let max = chrono_of(settings.return_timeout_max.max(settings.return_timeout));
+        let mut count = |from: DateTime<Utc>, length: chrono::Duration, open: bool| {
             if oldest.is_some_and(|o| from < o) {
                 return;
             }
@@ -254,10 +286,13 @@ impl ReturnProfile {
                 known: known.unwrap_or(DateTime::<Utc>::MAX_UTC),
                 returned,
                 long: length >= shortest,
+                back_after: (!open && length <= max)
+                    .then(|| from.checked_add_signed(length).map(|end| (end, length)))
+                    .flatten(),
             });
         };
         for b in &worker.monitoring.breaks {
-            count(b.from, b.to - b.from);
+            count(b.from, b.to - b.from, false);
         }
         // A worker whose nodes run is not quiet, however long ago they were last counted.
         let nodes = worker.monitoring.running_nodes.is_some_and(|n| n > 0);
@@ -265,7 +300,7 @@ impl ReturnProfile {
             && now - last > back
             && !nodes
         {
-            count(last, now - last);
+            count(last, now - last, true);
         }
     }
 
@@ -284,16 +319,38 @@ impl ReturnProfile {
 
     /// The breaks that began within `window` of the time of day of `at`, as known at `at`.
     pub fn around(&self, at: DateTime<Utc>, window: Duration, scope: ReturnScope) -> ReturnStats {
+        self.around_known(at, at, window, scope)
+    }
+
+    /// The breaks that began within `window` of the time of day of `at`, as known at `known`.
+    pub fn around_known(
+        &self,
+        at: DateTime<Utc>,
+        known: DateTime<Utc>,
+        window: Duration,
+        scope: ReturnScope,
+    ) -> ReturnStats {
         let reach =
             (window.as_secs() / 60 / u64::from(SLOT_MINUTES)).min(SLOTS as u64 / 2) as usize;
         let centre = slot_of(at);
         let (mut breaks, mut returned, mut short_breaks, mut short_returned) =
             (0u32, 0u32, 0u32, 0u32);
+        let mut longest: Option<chrono::Duration> = None;
         let mut seen = [false; SLOTS];
         for d in 0..=reach {
             for slot in [(centre + d) % SLOTS, (centre + SLOTS - d) % SLOTS] {
                 if !std::mem::replace(&mut seen[slot], true) {
-                    for b in self.slots[slot].iter().filter(|b| b.known <= at) {
+                    for b in &self.slots[slot] {
+                        // A return is known at its end (a return after `return_timeout` is
+                        // known as such only then, after its non-return within it).
+                        if let Some((end, len)) = b.back_after
+                            && end <= known
+                        {
+                            longest = Some(longest.map_or(len, |l| l.max(len)));
+                        }
+                        if b.known > known {
+                            continue;
+                        }
                         let (n, r) = if b.long {
                             (&mut breaks, &mut returned)
                         } else {
@@ -310,6 +367,7 @@ impl ReturnProfile {
             returned,
             short_breaks,
             short_returned,
+            longest_return: longest.and_then(|l| l.to_std().ok()),
             scope,
         }
     }
@@ -365,13 +423,17 @@ pub enum TimeoutRule {
     /// `no_return_timeout`: the session ended at a time of day when people (almost) never
     /// came back.
     NoReturn,
-    /// `return_timeout`: users often came back after breaks begun at this time of day.
+    /// `return_timeout` (up to `return_timeout_max`): users often came back after breaks
+    /// begun at this time of day.
     LearnedReturn,
+    /// `break_timeout`: no evidence yet about this time of day, which is in the middle of the
+    /// working day (`midday_hours`): probably lunch.
+    Midday,
 }
 
 impl TimeoutRule {
     /// Its name in the API (`plain`, `fleet_busy`, `session_ended`, `run_ended`,
-    /// `no_return`, `learned_return`).
+    /// `no_return`, `learned_return`, `midday`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Plain => "plain",
@@ -380,6 +442,7 @@ impl TimeoutRule {
             Self::RunEnded => "run_ended",
             Self::NoReturn => "no_return",
             Self::LearnedReturn => "learned_return",
+            Self::Midday => "midday",
         }
     }
 }
@@ -509,6 +572,72 @@ impl IdleAction {
     }
 }
 
+/// What the learned return rule says of `r`: `None` without enough breaks, else whether
+/// enough of them ended in a return.
+fn learned_of(r: &ReturnStats, settings: &IdleSettings) -> Option<bool> {
+    (r.breaks > 0 && r.breaks >= settings.return_min_breaks).then(|| {
+        u64::from(r.returned) * 100 >= u64::from(settings.return_min_percent) * u64::from(r.breaks)
+    })
+}
+
+/// Added to the longest remembered return when the learned return rule lengthens its
+/// timeout (see `return_timeout_max`): the activity poll's period, so that the pause does not
+/// fall between a return and its reading.
+pub const RETURN_MARGIN: Duration = Duration::from_secs(10 * 60);
+
+/// The learned return rule's timeout: `return_timeout`; for a worker gone quiet in the midday
+/// hours (lunch: see `in_midday`), lengthened to the longest remembered return near this time
+/// of day plus [`RETURN_MARGIN`], up to `return_timeout_max`. Elsewhere the day has no such
+/// rhythm to learn, and a long timeout would mostly pay for workers nobody comes back to.
+fn learned_timeout(
+    r: Option<&ReturnStats>,
+    quiet_since: DateTime<Utc>,
+    settings: &IdleSettings,
+) -> Duration {
+    let base = settings.timeout.max(settings.return_timeout);
+    if !in_midday(quiet_since, settings) {
+        return base;
+    }
+    let longest = r
+        .and_then(|r| r.longest_return)
+        .map_or(Duration::ZERO, |l| l.saturating_add(RETURN_MARGIN));
+    base.max(longest.min(settings.return_timeout_max))
+}
+
+/// Parses `HH:MM-HH:MM` into minutes of the day (`from < to`).
+pub fn parse_midday_hours(s: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{s:?} is not a window of the day (HH:MM-HH:MM, start before end)");
+    let minutes = |t: &str| -> Option<u16> {
+        let (h, m) = t.trim().split_once(':')?;
+        let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+        (h <= 24 && m <= 59 && h * 60 + m <= 1440).then_some(h * 60 + m)
+    };
+    let (a, b) = s.split_once('-').ok_or_else(bad)?;
+    let (a, b) = (minutes(a).ok_or_else(bad)?, minutes(b).ok_or_else(bad)?);
+    if a >= b {
+        return Err(bad());
+    }
+    Ok((a, b))
+}
+
+/// Whether `at` falls in `midday_hours` (local time in `local_time_zone`); an empty window or
+/// zone, or one that cannot be read (the settings' validation refuses it), is never.
+pub fn in_midday(at: DateTime<Utc>, settings: &IdleSettings) -> bool {
+    if settings.midday_hours.trim().is_empty() || settings.local_time_zone.is_empty() {
+        return false;
+    }
+    let (Ok((from, to)), Ok(tz), Ok(ts)) = (
+        parse_midday_hours(&settings.midday_hours),
+        jiff::tz::TimeZone::get(&settings.local_time_zone),
+        jiff::Timestamp::from_second(at.timestamp()),
+    ) else {
+        return false;
+    };
+    let z = ts.to_zoned(tz);
+    let minute = z.hour() as u16 * 60 + z.minute() as u16;
+    (from..to).contains(&minute)
+}
+
 fn since(a: DateTime<Utc>, b: DateTime<Utc>) -> Duration {
     (a - b).to_std().unwrap_or_default()
 }
@@ -618,22 +747,27 @@ pub fn evaluate_with(
         } else {
             ReturnScope::Worker
         };
-        profile.around(reference, settings.return_window, scope)
+        // Judged on the evidence known when the worker went quiet, so that other workers'
+        // breaks ending during this one cannot shorten its timeout; evidence that came in
+        // since may only lengthen it (people came back at this hour after all).
+        let quiet = profile.around(reference, settings.return_window, scope);
+        if learned_of(&quiet, settings) != Some(true) && now > reference {
+            let known = profile.around_known(reference, now, settings.return_window, scope);
+            if learned_of(&known, settings) == Some(true) {
+                return known;
+            }
+        }
+        quiet
     });
     // With enough remembered breaks at this time of day, they decide; before that, the
-    // busy-fleet guess does.
-    let learned = returns
-        .filter(|r| r.breaks > 0 && r.breaks >= settings.return_min_breaks)
-        .map(|r| {
-            u64::from(r.returned) * 100
-                >= u64::from(settings.return_min_percent) * u64::from(r.breaks)
-        });
+    // busy-fleet guess and the midday hours do.
+    let learned = returns.and_then(|r| learned_of(&r, settings));
     let stop = lab_stopped(worker, settings);
     let session_end =
         settings.session_end_timeout < settings.timeout && stop == Some(LabStop::Session);
     let (timeout, timeout_rule) = match learned {
         Some(true) => (
-            settings.timeout.max(settings.return_timeout),
+            learned_timeout(returns.as_ref(), reference, settings),
             TimeoutRule::LearnedReturn,
         ),
         // The end of an unattended run is no user leaving; before there is evidence about
@@ -644,6 +778,12 @@ pub fn evaluate_with(
         None if fleet_busy => (
             settings.timeout.max(settings.break_timeout),
             TimeoutRule::FleetBusy,
+        ),
+        // No evidence yet about this hour: in the middle of the working day a quiet worker
+        // (a lab stopped included) is presumed at lunch.
+        None if in_midday(reference, settings) => (
+            settings.timeout.max(settings.break_timeout),
+            TimeoutRule::Midday,
         ),
         Some(false)
             if session_end
@@ -1217,6 +1357,7 @@ mod tests {
                 returned: 5,
                 short_breaks: 0,
                 short_returned: 0,
+                longest_return: Some(Duration::from_secs(90 * 60)),
                 scope: ReturnScope::Worker
             })
         );
@@ -1226,7 +1367,8 @@ mod tests {
         let d = evaluate_in(&w, &s, Some(0.0), t(9 * 60 * MIN));
         assert_eq!(d.timeout_rule, TimeoutRule::Plain);
         assert_eq!(d.action, IdleAction::Pause);
-        // Too few breaks (four, five needed) or the rule off: the plain timeout.
+        // Too few breaks (four, five needed) or the rule off: the plain timeout (the midday
+        // prior is off without a local time zone).
         let mut few = with_daily_breaks(4, 4 * 60, 90);
         few.monitoring.last_activity = Some(t(4 * 60 * MIN));
         let d = evaluate_in(&few, &s, Some(0.0), t(5 * 60 * MIN));
@@ -1396,6 +1538,177 @@ mod tests {
         let d = evaluate_with(&w2, &s, &picture, t((DAY + 4 * 60 + 30) * MIN));
         assert_eq!(d.returns.map(|r| (r.breaks, r.returned)), Some((26, 5)));
         assert_eq!(d.timeout_rule, TimeoutRule::Plain);
+    }
+
+    #[test]
+    fn returns_that_came_in_during_a_break_should_lengthen_its_timeout_but_never_shorten_it() {
+        // The midday prior off, to see the learned rule alone.
+        let s = IdleSettings {
+            midday_hours: String::new(),
+            ..IdleSettings::default()
+        };
+        // Five workers on a break from 11:40 (t(0) is 08:00 UTC), all back at 12:40.
+        let mut fleet = Vec::new();
+        for _ in 0..5 {
+            let mut b = worker();
+            b.monitoring.breaks.push_back(crate::worker::Break {
+                from: t(3 * 60 * MIN + 40 * MIN),
+                to: t(4 * 60 * MIN + 40 * MIN),
+            });
+            fleet.push(b);
+        }
+        // This worker went quiet at 12:00, before any of those returns was known.
+        let mut w = worker();
+        w.monitoring.last_activity = Some(t(4 * 60 * MIN));
+        w.monitoring.activity_checked_at = Some(t(4 * 60 * MIN + 30 * MIN));
+        let before = FleetPicture::of(&fleet, &s, t(4 * 60 * MIN + 30 * MIN));
+        let d = evaluate_with(&w, &s, &before, t(4 * 60 * MIN + 30 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::Plain, "no evidence yet");
+        assert_eq!(d.pause_at, Some(t(5 * 60 * MIN)));
+        // At 12:50 the five returns are known: people come back at this hour after all.
+        let now = t(4 * 60 * MIN + 50 * MIN);
+        w.monitoring.activity_checked_at = Some(now);
+        let after = FleetPicture::of(&fleet, &s, now);
+        let d = evaluate_with(&w, &s, &after, now);
+        assert_eq!(d.timeout_rule, TimeoutRule::LearnedReturn);
+        assert_eq!(d.returns.map(|r| (r.breaks, r.returned)), Some((5, 5)));
+        assert_eq!(d.pause_at, Some(t(6 * 60 * MIN)));
+        assert_eq!(d.action.label(), "keep:not_idle");
+    }
+
+    #[test]
+    fn the_learned_timeout_should_grow_to_the_longest_return_at_midday_up_to_the_maximum() {
+        let s = IdleSettings {
+            local_time_zone: "UTC".into(),
+            ..IdleSettings::default()
+        };
+        // Lunches from 12:00 on five earlier days: 90, 100, 110, 150 and 170 minutes (three of
+        // five back within return_timeout: the rule applies).
+        let mut w = worker();
+        for (d, len) in [(5, 90), (4, 100), (3, 110), (2, 150), (1, 170)] {
+            w.monitoring.breaks.push_back(crate::worker::Break {
+                from: t((4 * 60 - d * DAY) * MIN),
+                to: t((4 * 60 - d * DAY + len) * MIN),
+            });
+        }
+        w.monitoring.last_activity = Some(t(4 * 60 * MIN));
+        w.monitoring.activity_checked_at = Some(t(6 * 60 * MIN + 30 * MIN));
+        let d = evaluate_in(&w, &s, Some(0.0), t(6 * 60 * MIN + 30 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::LearnedReturn);
+        assert_eq!(
+            d.returns.and_then(|r| r.longest_return),
+            Some(Duration::from_secs(170 * 60))
+        );
+        assert_eq!(d.timeout, Duration::from_secs(180 * 60), "170 min + margin");
+        assert_eq!(d.action.label(), "keep:not_idle");
+        assert_eq!(d.pause_at, Some(t(7 * 60 * MIN)));
+        // Without a local time zone there are no midday hours: return_timeout.
+        let d = evaluate_in(
+            &w,
+            &IdleSettings::default(),
+            Some(0.0),
+            t(6 * 60 * MIN + 30 * MIN),
+        );
+        assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
+        // Nor outside them (12:00 UTC is 07:00 in New York).
+        let ny = IdleSettings {
+            local_time_zone: "America/New_York".into(),
+            ..IdleSettings::default()
+        };
+        let d = evaluate_in(&w, &ny, Some(0.0), t(6 * 60 * MIN + 30 * MIN));
+        assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
+        // A 300-minute lunch is no return within return_timeout_max: not counted.
+        let mut long = w.clone();
+        long.monitoring.breaks.push_back(crate::worker::Break {
+            from: t((4 * 60 - 6 * DAY) * MIN),
+            to: t((4 * 60 - 6 * DAY + 300) * MIN),
+        });
+        let d = evaluate_in(&long, &s, Some(0.0), t(6 * 60 * MIN + 30 * MIN));
+        assert_eq!(d.timeout, Duration::from_secs(180 * 60));
+        // A 205-minute one is: the timeout stops at return_timeout_max (3 h 30).
+        let mut longer = w.clone();
+        longer.monitoring.breaks.push_back(crate::worker::Break {
+            from: t((4 * 60 - 6 * DAY) * MIN),
+            to: t((4 * 60 - 6 * DAY + 205) * MIN),
+        });
+        let d = evaluate_in(&longer, &s, Some(0.0), t(6 * 60 * MIN + 30 * MIN));
+        assert_eq!(d.timeout, Duration::from_secs(210 * 60));
+        // return_timeout_max at return_timeout: the lengthening is off.
+        let off = IdleSettings {
+            return_timeout_max: s.return_timeout,
+            ..s.clone()
+        };
+        let d = evaluate_in(&w, &off, Some(0.0), t(6 * 60 * MIN + 30 * MIN));
+        assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
+    }
+
+    #[test]
+    fn a_lab_stopped_at_midday_without_evidence_should_get_the_break_timeout_in_local_time() {
+        // The lab stopped at 12:00 UTC, the fleet not busy, no breaks remembered.
+        let w = after_lab_stop(4 * 60 * MIN, 4 * 60 * MIN + MIN, 0, 4 * 60 * MIN + 35 * MIN);
+        let now = t(4 * 60 * MIN + 35 * MIN);
+        // No local time zone (the default): no midday either.
+        let d = evaluate_in(&w, &IdleSettings::default(), Some(0.0), now);
+        assert_eq!(d.timeout_rule, TimeoutRule::SessionEnded);
+        let s = IdleSettings {
+            local_time_zone: "UTC".into(),
+            ..IdleSettings::default()
+        };
+        let d = evaluate_in(&w, &s, Some(0.0), now);
+        assert_eq!(d.timeout_rule, TimeoutRule::Midday);
+        assert_eq!(d.timeout, s.break_timeout);
+        assert_eq!(d.action.label(), "keep:not_idle");
+        assert_eq!(TimeoutRule::Midday.name(), "midday");
+        // 12:00 UTC is 07:00 in New York: not midday there; the session end applies.
+        let ny = IdleSettings {
+            local_time_zone: "America/New_York".into(),
+            ..IdleSettings::default()
+        };
+        let d = evaluate_in(&w, &ny, Some(0.0), now);
+        assert_eq!(d.timeout_rule, TimeoutRule::SessionEnded);
+        assert_eq!(d.action, IdleAction::Pause);
+        // The same stop at 17:00 UTC is 12:00 there.
+        let w = after_lab_stop(9 * 60 * MIN, 9 * 60 * MIN + MIN, 0, 9 * 60 * MIN + 35 * MIN);
+        let d = evaluate_in(&w, &ny, Some(0.0), t(9 * 60 * MIN + 35 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::Midday);
+        // Off, or evidence about the hour: the prior does not apply.
+        let off = IdleSettings {
+            midday_hours: String::new(),
+            ..s.clone()
+        };
+        let w = after_lab_stop(4 * 60 * MIN, 4 * 60 * MIN + MIN, 0, 4 * 60 * MIN + 35 * MIN);
+        assert_eq!(
+            evaluate_in(&w, &off, Some(0.0), now).timeout_rule,
+            TimeoutRule::SessionEnded
+        );
+        let mut known = w.clone();
+        for d in (1..=5).rev() {
+            known.monitoring.breaks.push_back(crate::worker::Break {
+                from: t((4 * 60 - d * DAY) * MIN),
+                to: t((4 * 60 - d * DAY + 20 * 60) * MIN),
+            });
+        }
+        assert_ne!(
+            evaluate_in(&known, &s, Some(0.0), now).timeout_rule,
+            TimeoutRule::Midday,
+            "five non-returns at this hour are evidence"
+        );
+    }
+
+    #[test]
+    fn midday_hours_should_be_a_window_of_the_day() {
+        assert_eq!(parse_midday_hours("11:00-14:00"), Ok((660, 840)));
+        assert_eq!(parse_midday_hours(" 11:30 - 13:00 "), Ok((690, 780)));
+        for bad in [
+            "14:00-11:00",
+            "11:00",
+            "11-14",
+            "25:00-26:00",
+            "11:00-11:00",
+            "x",
+        ] {
+            assert!(parse_midday_hours(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -177,6 +177,24 @@ impl RuntimeSettings {
             });
         }
         range("idle.return_timeout", i.return_timeout, s(60), 30 * day)?;
+        range(
+            "idle.return_timeout_max",
+            i.return_timeout_max,
+            s(60),
+            30 * day,
+        )?;
+        if !i.midday_hours.trim().is_empty() {
+            crate::idle::parse_midday_hours(&i.midday_hours).map_err(|message| SettingsError {
+                key: "idle.midday_hours",
+                message,
+            })?;
+        }
+        if !i.local_time_zone.is_empty() && jiff::tz::TimeZone::get(&i.local_time_zone).is_err() {
+            return Err(SettingsError {
+                key: "idle.local_time_zone",
+                message: format!("{:?} is not an IANA time zone", i.local_time_zone),
+            });
+        }
         range("idle.return_window", i.return_window, s(0), s(12 * 3600))?;
         range("idle.return_memory", i.return_memory, day, 365 * day)?;
         if i.return_min_percent > 100 {
@@ -255,6 +273,16 @@ mod tests {
         let mut s = RuntimeSettings::default();
         s.idle.timeout = Duration::from_secs(5);
         assert_eq!(s.validate().unwrap_err().key, "idle.timeout");
+
+        let mut s = RuntimeSettings::default();
+        s.idle.midday_hours = "14:00-11:00".into();
+        assert_eq!(s.validate().unwrap_err().key, "idle.midday_hours");
+        s.idle.midday_hours = String::new();
+        s.validate().unwrap();
+        s.idle.local_time_zone = "Mars/Olympus".into();
+        assert_eq!(s.validate().unwrap_err().key, "idle.local_time_zone");
+        s.idle.local_time_zone = "Europe/Paris".into();
+        s.validate().unwrap();
     }
 
     #[test]

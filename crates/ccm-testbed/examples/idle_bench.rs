@@ -2,14 +2,18 @@
 //! the binary's time, memory and disk): every preset and the random trace by default.
 //!
 //! `cargo run --release -p ccm-testbed --example idle_bench -- [TRACE…] [--svg FILE]
-//! [--seed N] [--random-workers N] [--every-tick] [--listen-base IP] [--policy NAME]…`
+//! [--seed N] [--random-workers N] [--every-tick] [--listen-base IP] [--policy NAME]…
+//! [--sweep] [--sweep-original]`
 //!
 //! `--from-json FILE` (repeatable) runs nothing: it reads the JSON of earlier runs (one
 //! array of reports per file, e.g. one run per preset), prints them merged and draws `--svg`.
+//! `--sweep` adds the fair comparison: `cpu-threshold` and `fixed-schedule` with their knob
+//! swept (cheap: no engine); `--sweep-original` sweeps `original`'s timeout too (an engine run
+//! per value).
 //! `--policy` (repeatable) runs only the named policies (`ccm`, `ccm-nodes-ignored`,
 //! `original`, `cpu-threshold`, `fixed-schedule`) instead of the preset's defaults.
-//! TRACE is a preset name, `random` (seed 1, 200 workers, 7 days, as `ccm bench idle`'s
-//! defaults) or a path; run from the repository root (presets are read from `bench/traces/`).
+//! TRACE is a preset name, `random` or `random-workday` (the two random models; seed 1, 200
+//! workers, 7 days, as `ccm bench idle`'s defaults) or a path; run from the repository root (presets are read from `bench/traces/`).
 //! JSON on stdout, tables on stderr.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, reason = "a measuring tool")]
@@ -24,6 +28,7 @@ async fn main() {
     let mut svg: Option<PathBuf> = None;
     let (mut seed, mut random_workers) = (1u64, 200usize);
     let mut every_tick = false;
+    let (mut sweep, mut sweep_original) = (false, false);
     let mut listen_base: Option<std::net::Ipv4Addr> = None;
     let mut only: Vec<idle::PolicyKind> = Vec::new();
     let mut from_json: Vec<PathBuf> = Vec::new();
@@ -43,6 +48,11 @@ async fn main() {
                     .and_then(|v| idle::PolicyKind::parse(&v))
                     .expect("--policy NAME"),
             );
+        } else if a == "--sweep" {
+            sweep = true;
+        } else if a == "--sweep-original" {
+            sweep = true;
+            sweep_original = true;
         } else if a == "--every-tick" {
             every_tick = true;
         } else if a == "--svg" {
@@ -81,6 +91,8 @@ async fn main() {
     for name in names {
         let trace = if name == "random" {
             Trace::random(seed, random_workers, 7)
+        } else if name == "random-workday" {
+            Trace::random_workday(seed, random_workers, 7)
         } else {
             idle::load_trace(&name, Path::new("bench/traces")).unwrap_or_else(|e| {
                 eprintln!("{e}");
@@ -92,6 +104,8 @@ async fn main() {
             opts.policies.clone_from(&only);
         }
         opts.skip_quiet = !every_tick;
+        opts.sweep = sweep;
+        opts.sweep_original = sweep_original;
         if let Some(ip) = listen_base {
             opts.listen_base = ip;
         }

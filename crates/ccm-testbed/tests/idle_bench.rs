@@ -104,3 +104,92 @@ async fn skipping_quiet_ticks_should_change_no_figure_and_runs_should_repeat() {
         "a second run repeats the first"
     );
 }
+
+/// The sweep runs each cheap baseline at its handful of settings (the default once), and the
+/// fair comparison picks, per baseline, the most money among the settings with no more
+/// wrongful pauses than ccm's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_should_run_each_setting_once_and_compare_at_equal_wrongful_pauses() {
+    let trace = Trace::parse("tiny", TRACE).unwrap();
+    let mut opts = IdleOptions::new(trace);
+    opts.policies = vec![PolicyKind::Ccm, PolicyKind::Cpu, PolicyKind::Schedule];
+    opts.tick = Duration::from_secs(15 * 60);
+    opts.boot = Duration::from_secs(15 * 60);
+    opts.listen_base = Ipv4Addr::new(127, 78, 1, 1);
+    opts.sweep = true;
+    let r = idle(opts).await.unwrap();
+    let names: Vec<&str> = r.sweep.iter().map(|p| p.policy.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "cpu-threshold (window 15m)",
+            "cpu-threshold (window 30m)",
+            "cpu-threshold (window 120m)",
+            "cpu-threshold (window 240m)",
+            "fixed-schedule (07-19)",
+            "fixed-schedule (07-21)",
+            "fixed-schedule (06-22)",
+            "fixed-schedule (00-24)",
+        ],
+        "the defaults (1 h, 08-18) ran once, as the plain baselines"
+    );
+    // Weekdays all day: the schedule stops nothing on a Monday but at the first tick.
+    let all_day = r
+        .sweep
+        .iter()
+        .find(|p| p.policy.ends_with("(00-24)"))
+        .unwrap();
+    assert!(all_day.pauses <= 3, "{all_day:?}");
+    let ccm = r.policies.iter().find(|p| p.policy == "ccm").unwrap();
+    assert_eq!(r.fair.len(), 2, "{:?}", r.fair);
+    for f in &r.fair {
+        assert_eq!(f.ccm_wrongful, ccm.wrongful_pauses);
+        let settings: Vec<_> = r
+            .policies
+            .iter()
+            .chain(&r.sweep)
+            .filter(|p| p.policy.starts_with(&f.baseline))
+            .collect();
+        assert_eq!(f.settings_measured, settings.len());
+        let best = settings
+            .iter()
+            .filter(|p| p.wrongful_pauses <= ccm.wrongful_pauses)
+            .map(|p| p.money_saved)
+            .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+        assert_eq!(f.best_money, best, "{f:?}");
+        if let Some(b) = best {
+            assert!((f.ccm_ahead.unwrap() - (ccm.money_saved - b)).abs() < 1e-9);
+        }
+    }
+    assert!(ccm_testbed::bench::idle::table(&r).contains("fair: ccm"));
+}
+
+/// A user who arrives at a stopped worker waits for it, then logs in as soon as CML is ready
+/// (their actions while it booted are lost): ccm sees them from then on. Worker 1's designer
+/// acts rarely (one action a day on average): without that log-in, the last thing ccm saw is
+/// the resume, and the pause an hour after it would fall into the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_waited_for_a_resume_should_log_in_when_the_worker_is_ready() {
+    let trace = Trace::parse(
+        "waits",
+        "\
+start 2026-03-02
+days 1
+workers 3
+seed 4
+interaction 24h
+on Mon 09:00 10:10 design workers 1
+",
+    )
+    .unwrap();
+    let mut opts = IdleOptions::new(trace);
+    opts.policies = vec![PolicyKind::Ccm];
+    opts.boot = Duration::from_secs(10 * 60);
+    opts.listen_base = Ipv4Addr::new(127, 78, 2, 1);
+    let r = idle(opts).await.unwrap();
+    let ccm = &r.policies[0];
+    assert_eq!(ccm.user_resumes, 1, "{ccm:?}");
+    assert_eq!(ccm.wrongful_pauses, 0, "{ccm:?}");
+    // Paused at night (idle since the start), and again after the session.
+    assert_eq!(ccm.pauses, 4, "{ccm:?}");
+}

@@ -49,8 +49,9 @@ pub(crate) enum BenchCommand {
 /// `ccm bench idle` flags.
 #[derive(Debug, Clone, clap::Args)]
 pub(crate) struct IdleArgs {
-    /// Trace: a preset (training, dev, weekend, long-runs), `random`, `all` (every preset and
-    /// random), or a path to a .trace file. Repeatable.
+    /// Trace: a preset (training, dev, weekend, long-runs), `random` (uniform gaps),
+    /// `random-workday` (gaps of a working day: short breaks, lunch, done for the day), `all`
+    /// (every preset and both random models), or a path to a .trace file. Repeatable.
     #[arg(long = "trace", default_value = "all")]
     pub(crate) traces: Vec<String>,
     /// Where the presets are.
@@ -91,6 +92,14 @@ pub(crate) struct IdleArgs {
     /// slower; to check the shortcut).
     #[arg(long)]
     pub(crate) every_tick: bool,
+    /// Add the fair comparison: cpu-threshold's window and fixed-schedule's hours swept over
+    /// a handful of values, and per baseline its best money at no more wrongful pauses than
+    /// ccm's.
+    #[arg(long)]
+    pub(crate) sweep: bool,
+    /// With --sweep: sweep original's timeout too (an engine run per value: slow).
+    #[arg(long, requires = "sweep")]
+    pub(crate) sweep_original: bool,
 }
 
 /// A peer implementation to run on the same fleet.
@@ -315,6 +324,7 @@ fn idle(args: IdleArgs) -> anyhow::Result<()> {
         if t == "all" {
             names.extend(PRESETS.iter().map(|p| (*p).to_owned()));
             names.push("random".into());
+            names.push("random-workday".into());
         } else {
             names.push(t.clone());
         }
@@ -323,6 +333,8 @@ fn idle(args: IdleArgs) -> anyhow::Result<()> {
     for name in names {
         let trace = if name == "random" {
             Trace::random(args.seed, args.random_workers as usize, args.random_days)
+        } else if name == "random-workday" {
+            Trace::random_workday(args.seed, args.random_workers as usize, args.random_days)
         } else {
             bench::idle::load_trace(&name, &args.traces_dir).map_err(|e| {
                 ConfigError(format!(
@@ -345,6 +357,8 @@ fn idle(args: IdleArgs) -> anyhow::Result<()> {
         opts.price = args.price;
         opts.listen_base = args.listen_base;
         opts.skip_quiet = !args.every_tick;
+        opts.sweep = args.sweep;
+        opts.sweep_original = args.sweep_original;
         let report = runtime.block_on(async move {
             tokio::select! {
                 r = bench::idle::idle(opts) => r.context("idle benchmark failed"),

@@ -131,6 +131,15 @@ pub struct IdleOptions {
     /// The fixed schedule's running hours on weekdays, local time of the trace: (start, end)
     /// hours.
     pub schedule_hours: (u16, u16),
+    /// The original system's timeout (60 min; its knob in the sweep).
+    pub original_timeout: Duration,
+    /// Also run each baseline measured here (`cpu-threshold`, `fixed-schedule`) with its knob
+    /// swept over a handful of values ([`SWEEP_CPU_WINDOWS`], [`SWEEP_SCHEDULE_HOURS`]), for
+    /// the fair comparison ([`IdleReport::fair`]).
+    pub sweep: bool,
+    /// The sweep also runs `original` at [`SWEEP_ORIGINAL_TIMEOUTS`] (each a full engine run:
+    /// as slow as `original` itself, per value).
+    pub sweep_original: bool,
     /// Run ccm's jobs only at the ticks where they can change something (see
     /// [`earliest_pause`]); off: at every tick. Both give the same report (a test checks it);
     /// on is many times faster on fleets that are quiet at night.
@@ -161,6 +170,9 @@ impl IdleOptions {
             cpu_threshold: 10.0,
             cpu_window: Duration::from_secs(3600),
             schedule_hours: (8, 18),
+            original_timeout: Duration::from_secs(3600),
+            sweep: false,
+            sweep_original: false,
             skip_quiet: true,
             listen_base: Ipv4Addr::new(127, 77, 0, 1),
             port: 9443,
@@ -233,6 +245,105 @@ pub struct IdleReport {
     pub currency: String,
     /// Every policy, in the order asked.
     pub policies: Vec<PolicyReport>,
+    /// The baselines with their knob swept (`IdleOptions::sweep`; empty when not asked).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sweep: Vec<PolicyReport>,
+    /// The fair comparison (issue 15: money saved at an equal or lower count of wrongful
+    /// pauses): per baseline, its best setting among the default and the sweep whose
+    /// wrongful pauses are no more than ccm's.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fair: Vec<FairComparison>,
+}
+
+/// One line of the fair comparison: a baseline's best money at no more wrongful pauses than
+/// ccm's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FairComparison {
+    /// The baseline (`cpu-threshold`, `fixed-schedule`, `original`).
+    pub baseline: String,
+    /// Settings measured (the default and the swept ones).
+    pub settings_measured: usize,
+    /// ccm's wrongful pauses.
+    pub ccm_wrongful: u64,
+    /// ccm's money saved.
+    pub ccm_money: f64,
+    /// The baseline's best setting with at most `ccm_wrongful` wrongful pauses (its name in
+    /// the report), if any.
+    pub best: Option<String>,
+    /// Its wrongful pauses.
+    pub best_wrongful: Option<u64>,
+    /// Its money saved.
+    pub best_money: Option<f64>,
+    /// `ccm_money − best_money` (positive: ccm saves more); none when no setting qualifies.
+    pub ccm_ahead: Option<f64>,
+}
+
+/// The CPU rule's windows in the sweep (the default, 1 h, among them).
+pub const SWEEP_CPU_WINDOWS: [u64; 5] = [15, 30, 60, 120, 240];
+/// The fixed schedule's weekday hours in the sweep (the default, 08–18, among them; 00–24:
+/// off on weekends only).
+pub const SWEEP_SCHEDULE_HOURS: [(u16, u16); 5] = [(8, 18), (7, 19), (7, 21), (6, 22), (0, 24)];
+/// The original rule's timeouts in the sweep, minutes (the default, 60, among them).
+pub const SWEEP_ORIGINAL_TIMEOUTS: [u64; 4] = [60, 90, 120, 180];
+
+/// The variants of the sweep: (policy, options, name in the report).
+fn sweep_variants(opts: &IdleOptions) -> Vec<(PolicyKind, IdleOptions, String)> {
+    let mut out = Vec::new();
+    for m in SWEEP_CPU_WINDOWS {
+        let mut o = opts.clone();
+        o.cpu_window = Duration::from_secs(m * 60);
+        out.push((PolicyKind::Cpu, o, format!("cpu-threshold (window {m}m)")));
+    }
+    for (a, b) in SWEEP_SCHEDULE_HOURS {
+        let mut o = opts.clone();
+        o.schedule_hours = (a, b);
+        out.push((
+            PolicyKind::Schedule,
+            o,
+            format!("fixed-schedule ({a:02}-{b:02})"),
+        ));
+    }
+    if opts.sweep_original {
+        for m in SWEEP_ORIGINAL_TIMEOUTS {
+            let mut o = opts.clone();
+            o.original_timeout = Duration::from_secs(m * 60);
+            out.push((PolicyKind::Original, o, format!("original (timeout {m}m)")));
+        }
+    }
+    out
+}
+
+/// The fair comparison of `ccm` with each baseline in `plain` and `sweep` (see
+/// [`IdleReport::fair`]); empty without a `ccm` report.
+pub fn fair_comparison(plain: &[PolicyReport], sweep: &[PolicyReport]) -> Vec<FairComparison> {
+    let Some(ccm) = plain.iter().find(|p| p.policy == PolicyKind::Ccm.name()) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for base in [PolicyKind::Cpu, PolicyKind::Schedule, PolicyKind::Original] {
+        let name = base.name();
+        let of_base =
+            |p: &&PolicyReport| p.policy == name || p.policy.starts_with(&format!("{name} ("));
+        let all: Vec<&PolicyReport> = plain.iter().chain(sweep).filter(of_base).collect();
+        if all.is_empty() {
+            continue;
+        }
+        let best = all
+            .iter()
+            .filter(|p| p.wrongful_pauses <= ccm.wrongful_pauses)
+            .max_by(|a, b| a.money_saved.total_cmp(&b.money_saved));
+        out.push(FairComparison {
+            baseline: name.to_owned(),
+            settings_measured: all.len(),
+            ccm_wrongful: ccm.wrongful_pauses,
+            ccm_money: ccm.money_saved,
+            best: best.map(|p| p.policy.clone()),
+            best_wrongful: best.map(|p| p.wrongful_pauses),
+            best_money: best.map(|p| p.money_saved),
+            ccm_ahead: best.map(|p| ccm.money_saved - p.money_saved),
+        });
+    }
+    out
 }
 
 /// Reads a trace by name: a preset (`training`, …) from `dir`, or a path to a file. The error
@@ -286,6 +397,25 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
         );
         policies.push(report);
     }
+    let mut sweep = Vec::new();
+    if opts.sweep {
+        for (policy, o, name) in sweep_variants(&opts) {
+            // The default setting was run above when asked for: not twice.
+            let default = match policy {
+                PolicyKind::Cpu => o.cpu_window == opts.cpu_window,
+                PolicyKind::Schedule => o.schedule_hours == opts.schedule_hours,
+                _ => o.original_timeout == opts.original_timeout,
+            };
+            if default && opts.policies.contains(&policy) {
+                continue;
+            }
+            eprintln!("ccm bench idle: {} — sweep: {name}", opts.trace.name);
+            let mut report = run_policy(&o, policy, &timelines).await?;
+            report.policy = name;
+            sweep.push(report);
+        }
+    }
+    let fair = fair_comparison(&policies, &sweep);
     Ok(IdleReport {
         trace: opts.trace.name.clone(),
         workers: opts.trace.workers,
@@ -296,6 +426,8 @@ pub async fn idle(opts: IdleOptions) -> Result<IdleReport, BenchError> {
         price: opts.price,
         currency: opts.currency.clone(),
         policies,
+        sweep,
+        fair,
     })
 }
 
@@ -338,6 +470,31 @@ pub fn table(r: &IdleReport) -> String {
             p.wrongful_pauses,
             p.wait_hours,
             p.money_saved
+        ));
+    }
+    if !r.sweep.is_empty() {
+        out.push_str("sweep:\n");
+        for p in &r.sweep {
+            out.push_str(&format!(
+                "  {:<32} {:>6.1}% {:>7} {:>9} {:>10.2}\n",
+                p.policy, p.percent_stopped, p.pauses, p.wrongful_pauses, p.money_saved
+            ));
+        }
+    }
+    for f in &r.fair {
+        out.push_str(&format!(
+            "fair: ccm {:.2} with {} wrongful vs {}: {}\n",
+            f.ccm_money,
+            f.ccm_wrongful,
+            f.baseline,
+            match (&f.best, f.best_money, f.best_wrongful, f.ccm_ahead) {
+                (Some(b), Some(m), Some(w), Some(a)) =>
+                    format!("best at <= ccm's wrongful: {b} {m:.2} with {w} (ccm {a:+.2})"),
+                _ => format!(
+                    "none of its {} settings has <= {} wrongful",
+                    f.settings_measured, f.ccm_wrongful
+                ),
+            }
         ));
     }
     out
@@ -587,11 +744,13 @@ async fn start_fleet(
             ..RuntimeSettings::default()
         };
         settings.idle.timeout = opts.timeout;
+        // The fleet's working hours are in the trace's zone (an operator sets their own).
+        settings.idle.local_time_zone = opts.trace.time_zone_name().to_owned();
         match policy {
             PolicyKind::CcmNodesIgnored => settings.idle.running_nodes_count_as_use = false,
             PolicyKind::Original => {
                 settings.idle.running_nodes_count_as_use = false;
-                settings.idle.timeout = Duration::from_secs(3600);
+                settings.idle.timeout = opts.original_timeout;
                 settings.idle.snooze_after_resume = Duration::ZERO;
                 settings.idle.warning_before = Duration::ZERO;
                 // Nor ccm's own rules: the break timeout of a busy fleet, the shorter timeout
@@ -600,6 +759,7 @@ async fn start_fleet(
                 settings.idle.session_end_timeout = settings.idle.timeout;
                 settings.idle.run_end_timeout = settings.idle.timeout;
                 settings.idle.return_timeout = settings.idle.timeout;
+                settings.idle.midday_hours = String::new();
             }
             _ => {}
         }
@@ -690,7 +850,7 @@ async fn earliest_pause(
     tick: chrono::Duration,
 ) -> Result<Option<DateTime<Utc>>, BenchError> {
     let settings = engine.settings().value.idle;
-    // The learned return rule lengthens a timeout, takes the busy-fleet or run-end one away
+    // The learned return rule lengthens a timeout, takes the busy-fleet, midday or run-end one away
     // (the plain timeout then applies) or shortens a session's end to the no-return timeout,
     // so the earliest pause is among the rule's absence at every busy share, with the
     // run-end timeout no longer than the plain one and the session-end one no longer than the
@@ -698,6 +858,8 @@ async fn earliest_pause(
     let session_end_on = settings.session_end_timeout < settings.timeout;
     let unlearned = ccm_domain::idle::IdleSettings {
         return_timeout: settings.timeout,
+        // The midday prior only lengthens a timeout the evidence would otherwise decide.
+        midday_hours: String::new(),
         run_end_timeout: settings.run_end_timeout.min(settings.timeout),
         session_end_timeout: if session_end_on {
             settings.session_end_timeout.min(settings.no_return_timeout)
@@ -976,7 +1138,8 @@ async fn replay(
             }
             if s.ready {
                 s.last_ready = Some(t);
-                if let Some(since) = s.waiting.take() {
+                let waited = s.waiting.take();
+                if let Some(since) = waited {
                     let w = secs(t - since).max(0.0);
                     tally.wait_s += w;
                     tally.wait_max_s = tally.wait_max_s.max(w);
@@ -986,6 +1149,16 @@ async fn replay(
                 // wall clock is set to each action's time while it is played.
                 let ready_since = s.ready_since.unwrap_or(t);
                 let at = |x: DateTime<Utc>| x.max(ready_since).max(prev).min(t);
+                // A user who waited for the worker logs in as soon as it is ready (their
+                // actions while it booted were lost).
+                if waited.is_some()
+                    && state.present()
+                    && let Some(w) = &w
+                {
+                    dirty = true;
+                    w.set_wall_clock(at(ready_since));
+                    w.simulate_user_login();
+                }
                 while s.next_action < tl.actions.len() && tl.actions[s.next_action] <= t {
                     let a = tl.actions[s.next_action];
                     s.next_action += 1;

@@ -38,6 +38,12 @@
 //!
 //! Sessions may overlap; the strongest kind wins (interactive > design > running >
 //! forgotten). A lab is stopped (`stop_lab` telemetry) when the nodes are no longer wanted.
+//!
+//! Two random generators stand beside the files, each from a seed: [`Trace::random`]
+//! (`random`: one to three sessions a day with gaps drawn uniformly from 15 min to 5 h — a
+//! stress test with no daily rhythm) and [`Trace::random_workday`] (`random-workday`: the same
+//! days, with breaks drawn from what people do at work — short breaks between blocks of work,
+//! a lunch around midday, done for the day in the evening; its parameters are in its docs).
 
 use std::fmt;
 
@@ -544,6 +550,118 @@ impl Trace {
         }
     }
 
+    /// The seeded random trace of working days (`random-workday`): the same days as
+    /// [`Trace::random`] (a weekday untouched with probability 0.35, a weekend day 0.9, a lab
+    /// left running overnight after 8 % of the days used), but the gaps between sessions
+    /// drawn from a mixture of what people do at work, not from one uniform range:
+    ///
+    /// - the day starts around 09:00 (± 1 h) and ends — "done for the day" — around 17:30
+    ///   (± 1.5 h);
+    /// - work comes in blocks of 45 min to 2.5 h, separated by short breaks of 10 to 40 min
+    ///   (coffee, a meeting; the lab is left running over half of them);
+    /// - one lunch on 85 % of the days, beginning around 12:15 (± 45 min) and lasting 30 to
+    ///   75 min, 105 min now and then (one lunch in ten runs 30 min over; the lab is left
+    ///   running over 40 % of them);
+    /// - a short evening look-in (30 to 90 min from 20:00–21:00) after 5 % of the days.
+    ///
+    /// Sessions are `interactive` (four in five) or `design`, as in the uniform model. The
+    /// parameters are those of an office day, chosen before running any policy on it.
+    pub fn random_workday(seed: u64, workers: usize, days: u32) -> Self {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut one_off = Vec::new();
+        let start: Date = jiff::civil::date(2026, 3, 2);
+        // A symmetric draw in [-spread, spread], most likely near 0 (two uniform halves).
+        let around = |rng: &mut StdRng, spread: u16| -> i32 {
+            let h = i32::from(spread / 2);
+            rng.random_range(-h..=h) + rng.random_range(-h..=h)
+        };
+        // A session; an end before its start is on the next day (as in a trace's `at` line).
+        let mut session = |date: Date, from: u16, to: u16, kind: Kind, w: usize| {
+            if to != from {
+                one_off.push(OneOff {
+                    date,
+                    from,
+                    to,
+                    kind,
+                    workers: (w, w),
+                });
+            }
+        };
+        for w in 0..workers {
+            for d in 0..days {
+                let Ok(date) = start.checked_add(jiff::Span::new().days(i64::from(d))) else {
+                    continue;
+                };
+                let weekend = date.weekday().to_monday_zero_offset() >= 5;
+                if rng.random_bool(if weekend { 0.9 } else { 0.35 }) {
+                    continue;
+                }
+                let minute = |m: i32| m.clamp(0, 23 * 60 + 59) as u16;
+                let arrive = minute(9 * 60 + around(&mut rng, 60));
+                let leave = minute(17 * 60 + 30 + around(&mut rng, 90)).max(arrive + 60);
+                let lunch = rng
+                    .random_bool(0.85)
+                    .then(|| minute(12 * 60 + 15 + around(&mut rng, 45)));
+                let lunch_len =
+                    rng.random_range(30..=75u16) + if rng.random_bool(0.1) { 30 } else { 0 };
+                let lunch_lab = rng.random_bool(0.4);
+                let mut lunch = lunch.filter(|l| *l > arrive && *l < leave);
+                let mut at = arrive;
+                while at < leave {
+                    let kind = if rng.random_range(0..5) == 0 {
+                        Kind::Design
+                    } else {
+                        Kind::Interactive
+                    };
+                    let mut end = (at + rng.random_range(45..=150u16)).min(leave);
+                    let (gap, lab) = match lunch {
+                        Some(l) if end >= l => {
+                            end = l.max(at + 15).min(leave);
+                            lunch = None;
+                            (lunch_len, lunch_lab)
+                        }
+                        _ => (rng.random_range(10..=40u16), rng.random_bool(0.5)),
+                    };
+                    session(date, at, end, kind, w);
+                    if end >= leave {
+                        break;
+                    }
+                    let back = (end + gap).min(leave);
+                    if lab && kind == Kind::Interactive {
+                        session(date, end, back, Kind::Running, w);
+                    }
+                    at = back;
+                }
+                if rng.random_bool(0.05) {
+                    let from = 20 * 60 + rng.random_range(0..=60u16);
+                    session(
+                        date,
+                        from,
+                        from + rng.random_range(30..=90u16),
+                        Kind::Interactive,
+                        w,
+                    );
+                }
+                if rng.random_bool(0.08) {
+                    // A long run left overnight on purpose, until the next morning.
+                    session(date, leave.saturating_sub(1), 8 * 60, Kind::Running, w);
+                }
+            }
+        }
+        Self {
+            name: format!("random-workday (seed {seed})"),
+            start,
+            days,
+            tz: TimeZone::UTC,
+            workers,
+            seed,
+            interaction: std::time::Duration::from_secs(20 * 60),
+            skip_day: 0.0,
+            recurring: Vec::new(),
+            one_off,
+        }
+    }
+
     /// The instant of local `date` + `minutes` (may roll into the next days).
     fn instant(&self, date: Date, minutes: i64) -> Option<DateTime<Utc>> {
         let days = minutes.div_euclid(1440);
@@ -552,6 +670,11 @@ impl Trace {
         let dt = date.at((rest / 60) as i8, (rest % 60) as i8, 0, 0);
         let ts = dt.to_zoned(self.tz.clone()).ok()?.timestamp();
         DateTime::from_timestamp(ts.as_second(), 0)
+    }
+
+    /// The IANA name of the trace's time zone (`UTC` when it has none).
+    pub fn time_zone_name(&self) -> &str {
+        self.tz.iana_name().unwrap_or("UTC")
     }
 
     /// The first instant of the trace.
@@ -839,6 +962,56 @@ at 2026-03-03 19:00 02:00 forgotten workers 3
             .filter(|t| t.segments.iter().any(|(_, s)| s.in_use()))
             .count();
         assert!(used > 10, "most workers are used at some point: {used}");
+    }
+
+    #[test]
+    fn the_workday_model_should_have_lunches_around_midday_and_evenings_off() {
+        let a = Trace::random_workday(5, 60, 7);
+        assert_eq!(a.expand(), Trace::random_workday(5, 60, 7).expand());
+        assert_ne!(a.expand(), Trace::random_workday(6, 60, 7).expand());
+        assert_eq!(a.name, "random-workday (seed 5)");
+        let minute = |t: DateTime<Utc>| {
+            use chrono::Timelike;
+            t.hour() * 60 + t.minute()
+        };
+        let (mut lunches, mut short, mut other) = (0, 0, 0);
+        for tl in a.expand() {
+            // The stretches with someone there.
+            let mut present: Vec<(DateTime<Utc>, DateTime<Utc>)> = Vec::new();
+            for (i, (from, state)) in tl.segments.iter().enumerate() {
+                let to = tl.segments.get(i + 1).map_or(a.end(), |(t, _)| *t);
+                if !state.present() {
+                    continue;
+                }
+                match present.last_mut() {
+                    Some((_, e)) if *e == *from => *e = to,
+                    _ => present.push((*from, to)),
+                }
+            }
+            for (from, _) in &present {
+                // Nobody starts before 07:30 (09:00 - 1 h at most).
+                assert!(minute(*from) >= 7 * 60 + 30, "{from}");
+            }
+            for pair in present.windows(2) {
+                let ((_, end), (back, _)) = (pair[0], pair[1]);
+                if end.date_naive() != back.date_naive() || minute(end) >= 19 * 60 {
+                    continue;
+                }
+                let gap = (back - end).num_minutes();
+                if gap <= 40 {
+                    short += 1;
+                } else if (11 * 60 + 30..=13 * 60).contains(&minute(end)) && gap <= 105 {
+                    lunches += 1;
+                } else {
+                    other += 1;
+                }
+            }
+        }
+        assert!(lunches > 50, "lunches: {lunches}");
+        assert!(short > 100, "short breaks: {short}");
+        // Lunches of up to 75 min that begin before 11:30 or after 13:00 (the ± 45 min), and
+        // the evening look-ins' gaps are all there is besides.
+        assert!(other < lunches, "other gaps: {other}, lunches {lunches}");
     }
 
     #[test]
