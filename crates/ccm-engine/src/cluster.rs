@@ -263,7 +263,8 @@ impl LeaseOwnership {
     /// Joins the cluster as `me`: runs one round at once (so the first polls find their
     /// leases), then one every `renew_interval` until [`Self::leave`]. A failing database at
     /// start is logged, not fatal: the rounds go on, and nothing is granted meanwhile.
-    /// `Err`: the configuration or the id is invalid (the message names the key).
+    /// `Err`: the configuration or the id is invalid (the message names the key). The rounds
+    /// run on the caller's runtime: join from the engine's (`ccm serve` does).
     pub async fn join(
         repo: Arc<dyn ClusterRepo>,
         me: ReplicaRecord,

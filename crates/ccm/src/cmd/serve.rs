@@ -13,8 +13,10 @@ use ccm_store::{Backend, PgStore, SingleNodeLock, SqliteStore, Store};
 
 use crate::config::Config;
 
-/// Builds every part from the configuration and runs until Ctrl-C or SIGTERM.
-pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+/// Builds every part from the configuration and runs until Ctrl-C or SIGTERM: the API on the
+/// current runtime, the engine (and the cluster's lease rounds, the webhooks' deliveries) on
+/// `engine_rt` ([`super::runtime::Runtimes`]).
+pub(crate) async fn run(config: Config, engine_rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     let metrics = super::runtime::metrics()?;
     let opened = open_store(&config.database).await?;
     let store = opened.store.clone();
@@ -55,20 +57,77 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         clock: Arc::new(TokioClock::new()),
     };
     // PostgreSQL: one replica among several (leases); SQLite: the only one (a file lock).
-    let (engine, lease) = match (&opened.postgres, replica) {
+    // Started on the engine's runtime, where its background work will run.
+    let postgres = opened.postgres.clone();
+    let cluster = config.cluster.clone();
+    let address = config
+        .cluster
+        .advertise
+        .clone()
+        .unwrap_or_else(|| config.server.listen.to_string());
+    let (engine, lease) = engine_rt
+        .spawn(start_engine(
+            parts, postgres, replica, cluster, address, events,
+        ))
+        .await
+        .context("the engine's runtime failed")??;
+    let state = ccm_api::ApiState::with_server(
+        engine.clone(),
+        config.server.clone(),
+        config.api.clone(),
+        config.auth.clone(),
+        Some(metrics),
+    )
+    .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    let webhooks = {
+        // Deliveries are background work: on the engine's runtime.
+        let _engine_rt = engine_rt.enter();
+        ccm_webhooks::Webhooks::start(&engine, config.webhooks.clone())
+            .map_err(|e| crate::config::ConfigError(e.to_string()))?
+    };
+    state.attach_webhooks(webhooks.clone());
+    let listener = tokio::net::TcpListener::bind(config.server.listen)
+        .await
+        .with_context(|| format!("server.listen {}", config.server.listen))?;
+    tracing::info!(
+        listen = %config.server.listen,
+        https = config.server.tls(),
+        "ccm serving"
+    );
+    ccm_api::serve(listener, state, super::runtime::shutdown_signal())
+        .await
+        .context("HTTP server failed")?;
+    webhooks.stop();
+    engine.shutdown().await;
+    if let Some(lease) = lease {
+        // Hand the leases over at once instead of letting them expire.
+        lease.leave().await;
+    }
+    drop(opened);
+    Ok(())
+}
+
+/// Starts the engine (on the calling runtime: its background work runs there), as one replica
+/// of several on PostgreSQL (`postgres` and `replica` set: joins the cluster) or as the only
+/// node.
+async fn start_engine(
+    parts: EngineParts,
+    postgres: Option<PgStore>,
+    replica: Option<String>,
+    cluster: ccm_engine::ClusterConfig,
+    address: String,
+    events: ccm_engine::ResilienceEvents,
+) -> anyhow::Result<(Engine, Option<LeaseOwnership>)> {
+    let (engine, lease) = match (&postgres, replica) {
         (Some(pg), Some(replica)) => {
             let repo: Arc<dyn ccm_store::ClusterRepo> = Arc::new(pg.clone());
             let me = ccm_store::ReplicaRecord {
                 id: replica,
-                address: config
-                    .cluster
-                    .advertise
-                    .clone()
-                    .unwrap_or_else(|| config.server.listen.to_string()),
+                address,
                 version: env!("CARGO_PKG_VERSION").to_owned(),
                 started_at: chrono::Utc::now(),
             };
-            let lease = LeaseOwnership::join(repo.clone(), me, config.cluster.clone())
+            let lease = LeaseOwnership::join(repo.clone(), me, cluster)
                 .await
                 .map_err(crate::config::ConfigError)?;
             tracing::info!(
@@ -90,36 +149,7 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         ),
     };
     engine.forward_resilience_events(events);
-    let state = ccm_api::ApiState::with_server(
-        engine.clone(),
-        config.server.clone(),
-        config.api.clone(),
-        config.auth.clone(),
-        Some(metrics),
-    )
-    .map_err(|e| crate::config::ConfigError(e.to_string()))?;
-    let webhooks = ccm_webhooks::Webhooks::start(&engine, config.webhooks.clone())
-        .map_err(|e| crate::config::ConfigError(e.to_string()))?;
-    state.attach_webhooks(webhooks.clone());
-    let listener = tokio::net::TcpListener::bind(config.server.listen)
-        .await
-        .with_context(|| format!("server.listen {}", config.server.listen))?;
-    tracing::info!(
-        listen = %config.server.listen,
-        https = config.server.tls(),
-        "ccm serving"
-    );
-    ccm_api::serve(listener, state, super::runtime::shutdown_signal())
-        .await
-        .context("HTTP server failed")?;
-    webhooks.stop();
-    engine.shutdown().await;
-    if let Some(lease) = lease {
-        // Hand the leases over at once instead of letting them expire.
-        lease.leave().await;
-    }
-    drop(opened);
-    Ok(())
+    Ok((engine, lease))
 }
 
 /// This replica's id: configured, or `<host>-<pid>-<start time>` (a new member per process).
