@@ -264,7 +264,8 @@ impl LeaseOwnership {
     /// leases), then one every `renew_interval` until [`Self::leave`]. A failing database at
     /// start is logged, not fatal: the rounds go on, and nothing is granted meanwhile.
     /// `Err`: the configuration or the id is invalid (the message names the key). The rounds
-    /// run on the caller's runtime: join from the engine's (`ccm serve` does).
+    /// run on the caller's runtime: not the engine's lowered one (`ccm serve` joins from the
+    /// API's), as a late renewal loses leases.
     pub async fn join(
         repo: Arc<dyn ClusterRepo>,
         me: ReplicaRecord,

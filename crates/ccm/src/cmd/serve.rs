@@ -13,8 +13,8 @@ use ccm_store::{Backend, PgStore, SingleNodeLock, SqliteStore, Store};
 
 use crate::config::Config;
 
-/// Builds every part from the configuration and runs until Ctrl-C or SIGTERM: the API on the
-/// current runtime, the engine (and the cluster's lease rounds, the webhooks' deliveries) on
+/// Builds every part from the configuration and runs until Ctrl-C or SIGTERM: the API and the
+/// cluster's lease rounds on the current runtime, the engine and the webhooks' deliveries on
 /// `engine_rt` ([`super::runtime::Runtimes`]).
 pub(crate) async fn run(config: Config, engine_rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     let metrics = super::runtime::metrics()?;
@@ -57,18 +57,37 @@ pub(crate) async fn run(config: Config, engine_rt: tokio::runtime::Handle) -> an
         clock: Arc::new(TokioClock::new()),
     };
     // PostgreSQL: one replica among several (leases); SQLite: the only one (a file lock).
+    // The lease rounds run where the cluster is joined: on this runtime, at the process's
+    // priority (a late renewal loses leases), not on the engine's lowered one.
+    let cluster = match (&opened.postgres, replica) {
+        (Some(pg), Some(replica)) => {
+            let repo: Arc<dyn ccm_store::ClusterRepo> = Arc::new(pg.clone());
+            let me = ccm_store::ReplicaRecord {
+                id: replica,
+                address: config
+                    .cluster
+                    .advertise
+                    .clone()
+                    .unwrap_or_else(|| config.server.listen.to_string()),
+                version: env!("CARGO_PKG_VERSION").to_owned(),
+                started_at: chrono::Utc::now(),
+            };
+            let lease = LeaseOwnership::join(repo.clone(), me, config.cluster.clone())
+                .await
+                .map_err(crate::config::ConfigError)?;
+            tracing::info!(
+                replica = lease.id(),
+                leases = lease.held().len(),
+                "joined the cluster"
+            );
+            Some((repo, lease))
+        }
+        _ => None,
+    };
+    let lease = cluster.as_ref().map(|(_, lease)| lease.clone());
     // Started on the engine's runtime, where its background work will run.
-    let postgres = opened.postgres.clone();
-    let cluster = config.cluster.clone();
-    let address = config
-        .cluster
-        .advertise
-        .clone()
-        .unwrap_or_else(|| config.server.listen.to_string());
-    let (engine, lease) = engine_rt
-        .spawn(start_engine(
-            parts, postgres, replica, cluster, address, events,
-        ))
+    let engine = engine_rt
+        .spawn(start_engine(parts, cluster, events))
         .await
         .context("the engine's runtime failed")??;
     let state = ccm_api::ApiState::with_server(
@@ -108,48 +127,26 @@ pub(crate) async fn run(config: Config, engine_rt: tokio::runtime::Handle) -> an
 }
 
 /// Starts the engine (on the calling runtime: its background work runs there), as one replica
-/// of several on PostgreSQL (`postgres` and `replica` set: joins the cluster) or as the only
-/// node.
+/// of several on PostgreSQL (`cluster`: the joined cluster) or as the only node.
 async fn start_engine(
     parts: EngineParts,
-    postgres: Option<PgStore>,
-    replica: Option<String>,
-    cluster: ccm_engine::ClusterConfig,
-    address: String,
+    cluster: Option<(Arc<dyn ccm_store::ClusterRepo>, LeaseOwnership)>,
     events: ccm_engine::ResilienceEvents,
-) -> anyhow::Result<(Engine, Option<LeaseOwnership>)> {
-    let (engine, lease) = match (&postgres, replica) {
-        (Some(pg), Some(replica)) => {
-            let repo: Arc<dyn ccm_store::ClusterRepo> = Arc::new(pg.clone());
-            let me = ccm_store::ReplicaRecord {
-                id: replica,
-                address,
-                version: env!("CARGO_PKG_VERSION").to_owned(),
-                started_at: chrono::Utc::now(),
-            };
-            let lease = LeaseOwnership::join(repo.clone(), me, cluster)
-                .await
-                .map_err(crate::config::ConfigError)?;
-            tracing::info!(
-                replica = lease.id(),
-                leases = lease.held().len(),
-                "joined the cluster"
-            );
+) -> anyhow::Result<Engine> {
+    let engine = match cluster {
+        Some((repo, lease)) => {
             let engine = Engine::start_with_ownership(parts, Arc::new(lease.clone()))
                 .await
                 .context("cannot start the engine")?;
-            engine.follow_cluster(Listen::new(repo), lease.clone());
-            (engine, Some(lease))
+            engine.follow_cluster(Listen::new(repo), lease);
+            engine
         }
-        _ => (
-            Engine::start(parts)
-                .await
-                .context("cannot start the engine")?,
-            None,
-        ),
+        None => Engine::start(parts)
+            .await
+            .context("cannot start the engine")?,
     };
     engine.forward_resilience_events(events);
-    Ok((engine, lease))
+    Ok(engine)
 }
 
 /// This replica's id: configured, or `<host>-<pid>-<start time>` (a new member per process).
