@@ -34,7 +34,7 @@ Fault specs (--faults, and POST /faults on the control API):
   ENDPOINTS: endpoint names (system_stats, licensing, lab_start, ...) or groups
              (auth, system, licensing, labs, telemetry, users), joined with '+'
   FAULT: latency=DUR[~JITTER] | error=STATUS[@RATE] | reset[@RATE] | blackhole[@RATE]
-       | malformed[@RATE] | slow=DUR | redirect=STATUS:URL | older | down | flap=PERIOD | not-ready
+       | malformed[@RATE] | close[@RATE] | slow=DUR | redirect=STATUS:URL | older | down | flap=PERIOD | not-ready
        | disconnected | ssms-unreachable | expire-tokens | fail-401=N
   RATE: 0.25 or 25% (default 1). DUR: 150ms, 2s, 1m.
   Examples: '*:latency=20ms~10ms'  '3:down'  '10-20/system_stats:error=503@0.5'  'demo'

@@ -19,6 +19,7 @@
 //!            | reset[@RATE]              reset the TCP connection instead of answering
 //!            | blackhole[@RATE]          never answer (the connection stays open)
 //!            | malformed[@RATE]          cut the JSON body in half
+//!            | close[@RATE]              answer, then close the connection (`Connection: close`)
 //!            | slow=DUR                  send the body in pieces spread over DUR
 //!            | redirect=STATUS:URL       answer STATUS (300-399) with `Location: URL` (the URL
 //!                                        may hold ':' and '@' but not ',' or ';'; no rate)
@@ -39,7 +40,7 @@
 //! bucket is in `[A, B)`. That is exactly P% of every 100 consecutive workers, spread across the
 //! fleet rather than bunched at the start, and disjoint bucket ranges give disjoint groups.
 //!
-//! Endpoint faults (latency, error, reset, blackhole, malformed, slow, redirect, older) go to the selected
+//! Endpoint faults (latency, error, reset, blackhole, malformed, close, slow, redirect, older) go to the selected
 //! endpoints; worker faults (down, flap, not-ready, disconnected, ssms-unreachable) and actions
 //! ignore the endpoint selector. Rules apply in order; a later rule overrides the same field.
 //!
@@ -106,6 +107,8 @@ pub struct EndpointFaults {
     pub blackhole: Option<f64>,
     /// Probability of cutting the JSON body in half.
     pub malformed: Option<f64>,
+    /// Probability of closing the connection after the answer (`Connection: close`).
+    pub close: Option<f64>,
     /// Send the body in pieces spread over this long.
     pub slow_body: Option<Duration>,
     /// Answer this redirect.
@@ -128,6 +131,7 @@ impl EndpointFaults {
             reset: over.reset.or(self.reset),
             blackhole: over.blackhole.or(self.blackhole),
             malformed: over.malformed.or(self.malformed),
+            close: over.close.or(self.close),
             slow_body: over.slow_body.or(self.slow_body),
             redirect: over.redirect.clone().or_else(|| self.redirect.clone()),
             older: over.older || self.older,
@@ -256,6 +260,9 @@ fn endpoint_fault_words(f: &EndpointFaults) -> Vec<String> {
     }
     if let Some(r) = f.malformed {
         out.push(format!("malformed{}", rate(r)));
+    }
+    if let Some(r) = f.close {
+        out.push(format!("close{}", rate(r)));
     }
     if let Some(d) = f.slow_body {
         out.push(format!("slow={}", humantime::format_duration(d)));
@@ -413,6 +420,8 @@ pub enum Fault {
     Blackhole(f64),
     /// Cut JSON bodies in half, at a rate.
     Malformed(f64),
+    /// Close the connection after the answer, at a rate.
+    Close(f64),
     /// Slow body over this long.
     SlowBody(Duration),
     /// Answer a redirect.
@@ -537,6 +546,7 @@ fn apply_fault(
         Fault::Reset(r) => on_endpoints(&|e| e.reset = Some(*r)),
         Fault::Blackhole(r) => on_endpoints(&|e| e.blackhole = Some(*r)),
         Fault::Malformed(r) => on_endpoints(&|e| e.malformed = Some(*r)),
+        Fault::Close(r) => on_endpoints(&|e| e.close = Some(*r)),
         Fault::SlowBody(d) => on_endpoints(&|e| e.slow_body = Some(*d)),
         Fault::Redirect(r) => on_endpoints(&|e| e.redirect = Some(r.clone())),
         Fault::Older => on_endpoints(&|e| e.older = true),
@@ -650,6 +660,7 @@ fn parse_fault(word: &str) -> Result<Fault, FaultSpecError> {
         "reset" => Ok(Fault::Reset(parse_rate(rate)?)),
         "blackhole" => Ok(Fault::Blackhole(parse_rate(rate)?)),
         "malformed" => Ok(Fault::Malformed(parse_rate(rate)?)),
+        "close" => Ok(Fault::Close(parse_rate(rate)?)),
         "slow" => no_rate(Fault::SlowBody(parse_duration(need(name, value)?)?)),
         "older" => no_rate(Fault::Older),
         "down" => no_rate(Fault::Down),

@@ -425,13 +425,21 @@ async fn handle(
         Ok(r) => r,
         Err(never) => match never {},
     };
-    match ef {
+    let close = ef.as_ref().is_some_and(|ef| roll(ef.close));
+    let mut resp = match ef {
         Some(ef) if ef.malformed.is_some() || ef.slow_body.is_some() => {
             let malformed = roll(ef.malformed);
             reshape(resp, malformed, ef.slow_body).await
         }
         _ => resp,
+    };
+    if close {
+        // hyper closes an HTTP/1.1 connection after an answer that says so (HTTP/2 has no
+        // such header: the fault does nothing there).
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
+    resp
 }
 
 async fn die(ctl: &ConnCtl) -> Response<Body> {

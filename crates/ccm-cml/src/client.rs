@@ -71,8 +71,8 @@ struct Inner {
     endpoint_policy: EndpointPolicy,
     max_body: usize,
     probe_timeout: Duration,
-    /// `http2` and a pool (see [`crate::shares_connection`]); the scheme is the target's.
-    may_share_connections: bool,
+    /// What decides a sync's order ([`crate::sync_order`]); the scheme is the target's.
+    order: crate::http::OrderSettings,
 }
 
 impl std::fmt::Debug for CmlClient {
@@ -159,6 +159,8 @@ struct Req {
     path: String,
     body: Option<Bytes>,
     on_401: On401,
+    /// Send `Connection: close` (HTTP/1.1 only): the connection is not kept after the answer.
+    close: bool,
 }
 
 impl Req {
@@ -168,6 +170,7 @@ impl Req {
             path: path.into(),
             body: None,
             on_401: On401::Relogin,
+            close: false,
         }
     }
 
@@ -232,7 +235,7 @@ impl CmlClient {
                 endpoint_policy: config.endpoint.clone(),
                 max_body: config.max_body_bytes,
                 probe_timeout: config.probe_timeout,
-                may_share_connections: config.http2 && config.pool_max_idle_per_host > 0,
+                order: crate::http::OrderSettings::of(config),
             }),
         })
     }
@@ -242,11 +245,13 @@ impl CmlClient {
         &self.inner.resilience
     }
 
-    /// Whether one sync's calls to `target` can share the first call's connection (HTTPS with
-    /// HTTP/2 offered by ALPN; see [`crate::shares_connection`]): the engine then sends the
-    /// first call alone and overlaps the others on its connection.
-    pub fn shares_connection(&self, target: &Target) -> bool {
-        self.inner.may_share_connections && crate::http::is_https(target.base_url())
+    /// How one sync's calls to the worker at `base_url` go out so that they share a
+    /// connection where the transport allows it ([`crate::sync_order`]): over HTTPS with
+    /// HTTP/2 the first call alone and the others as streams on its connection; over plain
+    /// HTTP/1.1 one after another on one connection, closed by the last
+    /// ([`CmlClient::licensing_closing`]).
+    pub fn sync_order(&self, base_url: &str) -> crate::SyncOrder {
+        self.inner.order.order(base_url)
     }
 
     /// A target at `base_url` with the config's credentials and TLS mode.
@@ -413,6 +418,20 @@ impl CmlClient {
     pub async fn licensing(&self, target: &Target) -> Result<LicensingStatus, CmlError> {
         self.get_json(target, Endpoint::Licensing, "/licensing")
             .await
+    }
+
+    /// [`licensing`](Self::licensing) as the last call of a sync whose calls went one after
+    /// another on one connection ([`SyncOrder::OneByOne`](crate::SyncOrder::OneByOne)): over
+    /// plain HTTP/1.1 it asks for the connection to be closed after the answer
+    /// (`Connection: close`), so that it does not idle in the pool until the worker's next
+    /// sync, a poll interval away. Over HTTPS it is [`licensing`](Self::licensing).
+    pub async fn licensing_closing(&self, target: &Target) -> Result<LicensingStatus, CmlError> {
+        let mut req = Req::get("/licensing");
+        req.close = !target.is_https();
+        self.call(target, Endpoint::Licensing, &req, |e, _, body| {
+            decode_json(e, &body)
+        })
+        .await
     }
 
     /// `POST /licensing/registration`: asks CML to register with a Smart Licensing token.
@@ -737,6 +756,9 @@ impl CmlClient {
         if let Some(token) = token {
             builder = builder.bearer_auth(&*token.0);
         }
+        if req.close {
+            builder = builder.header(reqwest::header::CONNECTION, "close");
+        }
         if let Some(body) = &req.body {
             builder = builder
                 .header(reqwest::header::CONTENT_TYPE, "application/json")
@@ -801,20 +823,20 @@ impl CmlClient {
             return Ok(t);
         }
         let key = target.base_url_arc().clone();
-        self.inner
-            .logins
-            .run(key, async {
-                // Another flight may have finished between the check above and this one.
-                if let Some(t) = session.token().filter(usable) {
-                    return Ok(LoggedIn {
-                        token: t,
-                        info: Arc::new(AuthInfo::default()),
-                    });
-                }
-                self.login_now(target, session, http).await
-            })
-            .await
-            .map(|login| login.token)
+        // Boxed: the login (rare) would otherwise make every call's future as large as
+        // itself, for every call in flight.
+        Box::pin(self.inner.logins.run(key, async {
+            // Another flight may have finished between the check above and this one.
+            if let Some(t) = session.token().filter(usable) {
+                return Ok(LoggedIn {
+                    token: t,
+                    info: Arc::new(AuthInfo::default()),
+                });
+            }
+            self.login_now(target, session, http).await
+        }))
+        .await
+        .map(|login| login.token)
     }
 
     /// Logs in now with `/auth_extended` (or `/authenticate` on a CML without it) and caches

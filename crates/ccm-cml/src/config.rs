@@ -73,12 +73,12 @@ pub struct CmlConfig {
     /// spread over the sync interval; 10,000 workers × many idle sockets would exhaust FDs).
     pub pool_max_idle_per_host: usize,
     /// Idle connections kept per worker over plain HTTP (`http://` workers: the simulator,
-    /// a lab network). Default 0: over plain HTTP/1.1 a sync's four calls go at once, each
-    /// on a connection of its own (the first one's is not free yet when the others start),
-    /// and the worker's next sync comes a poll interval later, so a kept connection is
-    /// almost never reused; it only holds its buffers (~20 KB) and a descriptor. At 10,000
-    /// workers synced back to back that was ~15–35 MB of the peak RSS (BENCHMARKS.md, issue
-    /// 13 round 4). `pool_max_idle_per_host` applies to HTTPS, where HTTP/2 shares it.
+    /// a lab network). Default 1: a sync's four calls then go one after another on one
+    /// kept-alive connection, and the last call closes it (`Connection: close`), so one
+    /// connection serves a whole sync and none idles after it ([`crate::SyncOrder::OneByOne`];
+    /// four connections per sync cost ~30 % of ccm's CPU at 10,000 workers, BENCHMARKS.md
+    /// issue 13 round 5). 0: the four calls go at once, each on a connection of its own,
+    /// none kept. `pool_max_idle_per_host` applies to HTTPS, where HTTP/2 shares it.
     pub plain_pool_max_idle_per_host: usize,
     /// Workers whose TLS sessions are kept for resumption (0: none). A resumed handshake skips
     /// the certificate (sent, signed, verified), the bulk of a TLS connection's CPU on both
@@ -109,7 +109,7 @@ impl Default for CmlConfig {
             probe_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_millis(250),
             pool_max_idle_per_host: 1,
-            plain_pool_max_idle_per_host: 0,
+            plain_pool_max_idle_per_host: 1,
             tls_session_cache: 16_384,
             http2: true,
             max_body_bytes: 8 << 20,

@@ -119,14 +119,74 @@ pub fn http_client(config: &CmlConfig, base_url: &str) -> Result<reqwest::Client
     })
 }
 
-/// Whether the calls of one sync to `base_url` can share one connection once the first call
-/// has opened it: HTTPS with `[cml] http2` on (HTTP/2 by ALPN) and a pool that keeps the
-/// connection (`pool_max_idle_per_host` ≥ 1). Then a sync sends its first call alone and the
-/// others as streams on that connection; otherwise (plain HTTP/1.1, or no pool) each
-/// overlapped call needs a connection of its own anyway, so all four go at once — one round
-/// trip instead of two.
-pub fn shares_connection(config: &CmlConfig, base_url: &str) -> bool {
-    config.http2 && config.pool_max_idle_per_host > 0 && is_https(base_url.trim_start())
+/// How the four calls of one sync go out to a worker, so that a sync uses one connection
+/// wherever the transport allows it ([`sync_order`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SyncOrder {
+    /// HTTPS with `[cml] http2` on (HTTP/2 by ALPN) and a pool that keeps the connection
+    /// (`pool_max_idle_per_host` ≥ 1): the first call alone, then the other three at once as
+    /// streams on its connection (two round trips, one connection and one handshake).
+    FirstThenStreams,
+    /// Plain HTTP/1.1 with a pool (`plain_pool_max_idle_per_host` ≥ 1): the calls one after
+    /// another on one kept-alive connection, the last one closing it (`Connection: close`),
+    /// so that nothing idles after the sync (four round trips, one connection; the engine
+    /// syncs twice as many such workers at once, [`SyncOrder::gate_slots`]).
+    OneByOne,
+    /// No pool to share a connection through (or HTTPS without HTTP/2): every overlapped call
+    /// needs a connection of its own anyway, so all four go at once (one round trip).
+    AllAtOnce,
+}
+
+impl SyncOrder {
+    /// The `cml_poll` call slots the engine's gate reserves for one worker's sync: room for
+    /// all four calls at once, and half that one by one (one call in flight), so that twice as
+    /// many plain-HTTP workers sync at once and hide the round trips in a row. Not four times
+    /// as many: at 10,000 workers that was slower and ~3 MB larger (more tasks and
+    /// connections in flight than two cores serve; BENCHMARKS.md, issue 13 round 5).
+    pub fn gate_slots(self) -> usize {
+        match self {
+            Self::OneByOne => 2,
+            Self::FirstThenStreams | Self::AllAtOnce => 4,
+        }
+    }
+}
+
+/// The [`SyncOrder`] of a sync of the worker at `base_url` under `config`.
+pub fn sync_order(config: &CmlConfig, base_url: &str) -> SyncOrder {
+    OrderSettings::of(config).order(base_url)
+}
+
+/// What [`sync_order`] needs of the config (kept by the client).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct OrderSettings {
+    /// `http2` on and `pool_max_idle_per_host` ≥ 1.
+    http2_pool: bool,
+    /// `plain_pool_max_idle_per_host` ≥ 1.
+    plain_pool: bool,
+}
+
+impl OrderSettings {
+    pub(crate) fn of(config: &CmlConfig) -> Self {
+        Self {
+            http2_pool: config.http2 && config.pool_max_idle_per_host > 0,
+            plain_pool: config.plain_pool_max_idle_per_host > 0,
+        }
+    }
+
+    pub(crate) fn order(self, base_url: &str) -> SyncOrder {
+        let base_url = base_url.trim_start();
+        if is_plain_http(base_url) {
+            if self.plain_pool {
+                SyncOrder::OneByOne
+            } else {
+                SyncOrder::AllAtOnce
+            }
+        } else if self.http2_pool && is_https(base_url) {
+            SyncOrder::FirstThenStreams
+        } else {
+            SyncOrder::AllAtOnce
+        }
+    }
 }
 
 /// Whether `base_url` starts with `http://` (any case).
@@ -389,30 +449,56 @@ impl WithoutUrlText for reqwest::Error {
 
 #[cfg(test)]
 mod tests {
-    use super::{shares_connection, user_agent};
+    use super::{SyncOrder, sync_order, user_agent};
     use crate::CmlConfig;
 
     #[test]
-    fn only_https_with_http2_and_a_pool_should_share_a_syncs_connection() {
+    fn a_syncs_order_should_follow_the_scheme_http2_and_the_pools() {
         let on = CmlConfig::default();
         assert!(
-            on.http2 && on.pool_max_idle_per_host > 0,
-            "the defaults share"
+            on.http2 && on.pool_max_idle_per_host > 0 && on.plain_pool_max_idle_per_host > 0,
+            "the defaults share a connection on either scheme"
         );
-        assert!(shares_connection(&on, "https://10.0.0.5"));
-        assert!(shares_connection(&on, "HTTPS://10.0.0.5:8443"));
-        assert!(!shares_connection(&on, "http://10.0.0.5"));
-        assert!(!shares_connection(&on, "https:/"));
+        assert_eq!(
+            sync_order(&on, "https://10.0.0.5"),
+            SyncOrder::FirstThenStreams
+        );
+        assert_eq!(
+            sync_order(&on, "HTTPS://10.0.0.5:8443"),
+            SyncOrder::FirstThenStreams
+        );
+        assert_eq!(sync_order(&on, "http://10.0.0.5"), SyncOrder::OneByOne);
+        assert_eq!(sync_order(&on, " HTTP://10.0.0.5"), SyncOrder::OneByOne);
+        assert_eq!(sync_order(&on, "https:/"), SyncOrder::AllAtOnce);
         let no_h2 = CmlConfig {
             http2: false,
             ..CmlConfig::default()
         };
-        assert!(!shares_connection(&no_h2, "https://10.0.0.5"));
+        assert_eq!(sync_order(&no_h2, "https://10.0.0.5"), SyncOrder::AllAtOnce);
+        assert_eq!(sync_order(&no_h2, "http://10.0.0.5"), SyncOrder::OneByOne);
         let no_pool = CmlConfig {
             pool_max_idle_per_host: 0,
             ..CmlConfig::default()
         };
-        assert!(!shares_connection(&no_pool, "https://10.0.0.5"));
+        assert_eq!(
+            sync_order(&no_pool, "https://10.0.0.5"),
+            SyncOrder::AllAtOnce
+        );
+        assert_eq!(sync_order(&no_pool, "http://10.0.0.5"), SyncOrder::OneByOne);
+        let no_plain_pool = CmlConfig {
+            plain_pool_max_idle_per_host: 0,
+            ..CmlConfig::default()
+        };
+        assert_eq!(
+            sync_order(&no_plain_pool, "http://10.0.0.5"),
+            SyncOrder::AllAtOnce
+        );
+        assert_eq!(
+            sync_order(&no_plain_pool, "https://10.0.0.5"),
+            SyncOrder::FirstThenStreams
+        );
+        assert_eq!(SyncOrder::OneByOne.gate_slots(), 2);
+        assert_eq!(SyncOrder::FirstThenStreams.gate_slots(), 4);
     }
 
     #[test]

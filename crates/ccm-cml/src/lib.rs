@@ -59,7 +59,7 @@ pub use client::{CmlClient, Deregistration};
 pub use config::{CmlConfig, CmlConfigError, TlsConfig};
 pub use endpoint::Endpoint;
 pub use error::{CmlError, call_outcome};
-pub use http::{http_client, shares_connection, user_agent};
+pub use http::{SyncOrder, http_client, sync_order, user_agent};
 pub use pin::{CertFingerprint, InvalidFingerprint};
 pub use secret::Secret;
 pub use target::{Credentials, InvalidBaseUrl, Target, TlsMode};

@@ -598,8 +598,9 @@ impl Engine {
     }
 
     /// Runs one full CML sync of every running worker, as fast as the CML gate allows
-    /// (`cml_poll.max_concurrent / CML_SYNC_CALLS` workers at once, their calls in the
-    /// `cml_poll` bulkhead), and waits until the results are stored. A worker known to be down
+    /// (`cml_poll.max_concurrent / CML_SYNC_CALLS` workers at once, twice as many whose calls
+    /// go one by one — plain HTTP —, their calls in the `cml_poll` bulkhead), and waits until
+    /// the results are stored. A worker known to be down
     /// (`unavailable` at its last sync, or its breaker due for its probe) is probed in the
     /// background and not waited for ([`Self::probes_in_flight`]).
     pub async fn run_cml_cycle(&self) -> CycleReport {

@@ -78,7 +78,8 @@ async fn ready_workers_should_get_four_calls_and_dead_ones_one_probe_then_none()
         10,
         [127, 112, 1, 1],
         BulkheadConfig::new(512, 10_000),
-        |_| {},
+        // One failure in the cycle it dies in, two probes: then the breaker opens.
+        |r| r.breaker.failure_threshold = 3,
     )
     .await;
     fleet.engine.run_cml_cycle().await;
@@ -89,12 +90,13 @@ async fn ready_workers_should_get_four_calls_and_dead_ones_one_probe_then_none()
     let before = fleet.sim.counters();
     fleet.engine.run_cml_cycle().await;
     let after = fleet.sim.counters();
-    // Ready at the last sync: all four calls at once, also to the worker that just died.
-    assert_eq!(after.requests - before.requests, 40);
+    // Ready at the last sync: the four calls one after another (plain HTTP); the worker that
+    // just died gets system_information only (it timed out, the others are not attempted).
+    assert_eq!(after.requests - before.requests, 9 * 4 + 1);
     assert_eq!(count(&fleet, ServiceStatus::Unavailable), 1);
 
-    // Unavailable now: probed in the background, with system_information alone (failures 5
-    // and 6 of 6).
+    // Unavailable now: probed in the background, with system_information alone (failures 2
+    // and 3 of 3).
     for _ in 0..2 {
         let dead_before = dead.counters().requests;
         fleet.engine.run_cml_cycle().await;
@@ -189,6 +191,60 @@ async fn two_cycles_at_once_should_sync_each_worker_once() {
         16,
         "four calls per worker: one sync each, never two at once"
     );
+    assert_eq!(count(&fleet, ServiceStatus::Ready), 4);
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_sync_should_make_one_connection_per_worker() {
+    let fleet = fleet(
+        20,
+        [127, 112, 4, 1],
+        BulkheadConfig::new(512, 10_000),
+        |_| {},
+    )
+    .await;
+    fleet.engine.run_cml_cycle().await;
+    assert_eq!(count(&fleet, ServiceStatus::Ready), 20);
+    for cycle in 0..3 {
+        let before = fleet.sim.counters();
+        let report = fleet.engine.run_cml_cycle().await;
+        let after = fleet.sim.counters();
+        assert_eq!(report.workers, 20);
+        // The four calls one after another on one kept-alive connection, closed by the last.
+        assert_eq!(after.requests - before.requests, 80, "cycle {cycle}");
+        assert_eq!(after.connections - before.connections, 20, "cycle {cycle}");
+        assert_eq!(count(&fleet, ServiceStatus::Ready), 20, "cycle {cycle}");
+    }
+    fleet.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_closes_the_connection_mid_sync_should_still_be_synced() {
+    let fleet = fleet(
+        4,
+        [127, 112, 5, 1],
+        BulkheadConfig::new(512, 10_000),
+        |_| {},
+    )
+    .await;
+    fleet.engine.run_cml_cycle().await;
+    assert_eq!(count(&fleet, ServiceStatus::Ready), 4);
+    // Worker 1 closes its connection after every system_health answer (and worker 2 after
+    // every answer): the sync's next call opens a new one.
+    let sick = fleet.sim.worker(1).unwrap();
+    sick.apply_faults(&FaultSpec::parse("1/system_health:close").unwrap());
+    let always = fleet.sim.worker(2).unwrap();
+    always.apply_faults(&FaultSpec::parse("2:close").unwrap());
+    let (sick_before, always_before) = (sick.counters(), always.counters());
+    let report = fleet.engine.run_cml_cycle().await;
+    assert_eq!(report.workers, 4);
+    let (sick_after, always_after) = (sick.counters(), always.counters());
+    assert_eq!(sick_after.requests - sick_before.requests, 4);
+    assert_eq!(sick_after.connections - sick_before.connections, 2);
+    assert_eq!(always_after.requests - always_before.requests, 4);
+    assert_eq!(always_after.connections - always_before.connections, 4);
+    // Ready: every call answered (a failed one would make the worker degraded).
     assert_eq!(count(&fleet, ServiceStatus::Ready), 4);
     fleet.shutdown().await;
 }

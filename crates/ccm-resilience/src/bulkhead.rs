@@ -171,11 +171,21 @@ impl Bulkhead {
     /// Takes a slot: at once if one is free, after waiting in the queue if the queue has room,
     /// otherwise fails at once with [`BulkheadFull`].
     pub async fn acquire(&self) -> Result<BulkheadPermit, BulkheadFull> {
+        self.acquire_many(1).await
+    }
+
+    /// [`acquire`](Self::acquire) for a caller that needs `slots` of the bulkhead's
+    /// `max_concurrent` at once (at least 1, at most `max_concurrent`), e.g. a worker's sync
+    /// holding room for all the calls it may have in flight. It counts as one caller in flight
+    /// and one in the queue; the queue stays in arrival order.
+    pub async fn acquire_many(&self, slots: usize) -> Result<BulkheadPermit, BulkheadFull> {
         let inner = &self.inner;
         let Some(semaphore) = &inner.semaphore else {
             return Ok(self.admitted(None));
         };
-        match Arc::clone(semaphore).try_acquire_owned() {
+        // `max_concurrent` is clamped to `MAX_CONCURRENT`, far below `u32::MAX`.
+        let slots = u32::try_from(slots.clamp(1, inner.max_concurrent)).unwrap_or(1);
+        match Arc::clone(semaphore).try_acquire_many_owned(slots) {
             Ok(permit) => return Ok(self.admitted(Some(permit))),
             Err(TryAcquireError::NoPermits | TryAcquireError::Closed) => {}
         }
@@ -184,7 +194,7 @@ impl Bulkhead {
             return Err(self.reject());
         }
         let queued = QueueSlot::enter(inner);
-        let permit = Arc::clone(semaphore).acquire_owned().await;
+        let permit = Arc::clone(semaphore).acquire_many_owned(slots).await;
         drop(queued);
         match permit {
             Ok(permit) => Ok(self.admitted(Some(permit))),

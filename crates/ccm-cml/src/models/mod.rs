@@ -38,7 +38,14 @@ use crate::error::CmlError;
 /// Decodes a JSON answer of `endpoint` the way the client does: a failure is
 /// [`CmlError::Decode`] naming the JSON path of the first field that did not fit, with a short,
 /// scrubbed snippet of the body (none for login answers). Never panics, whatever the bytes.
+///
+/// A good body is decoded by `serde_json` alone; only a failed one is decoded again through
+/// `serde_path_to_error` for the path (tracking the path of every field cost ~4 % of ccm's CPU
+/// in a 10,000-worker sync, BENCHMARKS.md issue 13 round 5).
 pub fn decode<T: DeserializeOwned>(endpoint: Endpoint, body: &[u8]) -> Result<T, CmlError> {
+    if let Ok(value) = serde_json::from_slice(body) {
+        return Ok(value);
+    }
     let de = &mut serde_json::Deserializer::from_slice(body);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let path = e.path().to_string();

@@ -632,15 +632,68 @@ async fn sessions_should_be_kept_per_worker_and_forgotten_on_request() {
     f.shutdown().await;
 }
 
+/// A plain-HTTP sync in the product's order (`SyncOrder::OneByOne`): the four calls one after
+/// another, the last one closing the connection.
+async fn one_by_one(c: &CmlClient, t: &Target) {
+    assert_eq!(c.sync_order(t.base_url()), ccm_cml::SyncOrder::OneByOne);
+    c.system_information(t).await.unwrap();
+    c.system_health(t).await.unwrap();
+    c.system_stats(t).await.unwrap();
+    c.licensing_closing(t).await.unwrap();
+}
+
 #[tokio::test]
-async fn a_plain_http_worker_should_keep_no_idle_connection_unless_configured() {
-    let f = fleet(46, 1, |_| {}).await;
+async fn a_plain_http_sync_should_use_one_connection_and_keep_none_after_it() {
+    let f = fleet(50, 1, |_| {}).await;
     let w = f.worker(0).unwrap();
-    // The default (`plain_pool_max_idle_per_host = 0`): every call connects anew, even though
-    // `pool_max_idle_per_host` (for HTTPS) is 1.
     let c = client();
-    assert_eq!(ccm_cml::CmlConfig::default().pool_max_idle_per_host, 1);
     let t = target(&c, &f, 0);
+    // The first sync logs in on the same connection.
+    for sync in 1..=20u64 {
+        one_by_one(&c, &t).await;
+        let seen = w.counters();
+        assert_eq!(
+            (seen.requests - seen.logins, seen.connections),
+            (4 * sync, sync),
+            "sync {sync}: one connection per sync, none reused from the last: {seen:?}"
+        );
+    }
+    assert_eq!(w.counters().logins, 1);
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plain_http_sync_should_go_on_after_the_worker_closes_its_connection() {
+    let f = fleet(51, 1, |_| {}).await;
+    let w = f.worker(0).unwrap();
+    let c = client();
+    let t = target(&c, &f, 0);
+    one_by_one(&c, &t).await;
+    // The worker closes the connection after system_health (as a server's keep-alive limit
+    // would): the next call opens a new one and the sync completes.
+    w.apply_faults(&FaultSpec::parse("0/system_health:close").unwrap());
+    let before = w.counters();
+    one_by_one(&c, &t).await;
+    let after = w.counters();
+    assert_eq!(after.requests - before.requests, 4, "{after:?}");
+    assert_eq!(after.connections - before.connections, 2, "{after:?}");
+    f.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_plain_http_worker_should_keep_no_idle_connection_without_a_pool() {
+    let f = fleet(52, 1, |_| {}).await;
+    let w = f.worker(0).unwrap();
+    // `plain_pool_max_idle_per_host = 0`: every call connects anew, even though
+    // `pool_max_idle_per_host` (for HTTPS) is 1, and a sync's calls go at once.
+    let cfg = ccm_cml::CmlConfig {
+        plain_pool_max_idle_per_host: 0,
+        ..crate::support::cml_config()
+    };
+    let c =
+        ccm_cml::CmlClient::new(&cfg, Resilience::builder(&resilience_config()).build()).unwrap();
+    let t = target(&c, &f, 0);
+    assert_eq!(c.sync_order(t.base_url()), ccm_cml::SyncOrder::AllAtOnce);
     let before = w.counters().connections;
     for _ in 0..4 {
         c.system_information(&t).await.unwrap();
@@ -649,25 +702,6 @@ async fn a_plain_http_worker_should_keep_no_idle_connection_unless_configured() 
         w.counters().connections - before,
         4,
         "no connection was kept"
-    );
-    // With one kept per worker, calls one after another reuse it (the first connection may
-    // not be back in the pool the instant its body is read: some reuse, not all, is certain).
-    let cfg = ccm_cml::CmlConfig {
-        plain_pool_max_idle_per_host: 1,
-        pool_idle_timeout: Duration::from_secs(3600),
-        ..crate::support::cml_config()
-    };
-    let kept =
-        ccm_cml::CmlClient::new(&cfg, Resilience::builder(&resilience_config()).build()).unwrap();
-    let t = target(&kept, &f, 0);
-    let before = w.counters().connections;
-    for _ in 0..4 {
-        kept.system_information(&t).await.unwrap();
-    }
-    let opened = w.counters().connections - before;
-    assert!(
-        opened < 4,
-        "the pool kept a connection: {opened} opened for 4 calls"
     );
     f.shutdown().await;
 }

@@ -2,18 +2,23 @@
 //! each tried on its own; partial results are kept, failed sources fall back to their last
 //! good value (stale, with its age), and the service status follows from what answered.
 //!
-//! The order depends on whether the calls can share a connection
-//! (`CmlClient::shares_connection`: HTTPS with `[cml] http2`, offered by ALPN as CML's nginx
-//! does):
-//! - **HTTPS with HTTP/2**: `system_information` goes first, alone; the other three then
-//!   overlap as HTTP/2 streams on its connection. Two round trips, one connection and one TLS
-//!   handshake per sync: overlapping all four at once made four connections (four handshakes),
-//!   since the client cannot know before the first handshake that the worker speaks HTTP/2 —
-//!   on a TLS fleet that cost more than the round trip it saved. A worker that does not offer
-//!   `h2` is spoken to in HTTP/1.1 in the same order.
-//! - **Plain HTTP/1.1** (or no pool): every overlapped call needs its own connection anyway,
-//!   so a worker that was `ready` at its last sync gets all four calls at once (one round
-//!   trip).
+//! The order makes the calls share one connection wherever the transport allows it
+//! (`CmlClient::sync_order`, [`SyncOrder`]):
+//! - **HTTPS with HTTP/2** (`[cml] http2`, offered by ALPN as CML's nginx does):
+//!   `system_information` goes first, alone; the other three then overlap as HTTP/2 streams on
+//!   its connection. Two round trips, one connection and one TLS handshake per sync:
+//!   overlapping all four at once made four connections (four handshakes), since the client
+//!   cannot know before the first handshake that the worker speaks HTTP/2 — on a TLS fleet
+//!   that cost more than the round trip it saved. A worker that does not offer `h2` is spoken
+//!   to in HTTP/1.1 in the same order.
+//! - **Plain HTTP/1.1 with a pool** (`[cml] plain_pool_max_idle_per_host` ≥ 1): the four
+//!   calls one after another on one kept-alive connection, the last (`licensing`) closing it,
+//!   so that nothing idles after the sync. Four round trips, but one connection instead of
+//!   four (connection setup and teardown were ~30 % of ccm's CPU at 10,000 workers); the
+//!   gates let twice as many such workers sync at once (`SyncOrder::gate_slots`).
+//! - **No pool** (or HTTPS without HTTP/2): every overlapped call needs its own connection
+//!   anyway, so a worker that was `ready` at its last sync gets all four calls at once (one
+//!   round trip).
 //!
 //! Any worker that was not `ready` (unknown, degraded, unavailable) is probed first, with one
 //! short `system_information` attempt (`cml.probe_timeout`, no retry: a dead worker holds a
@@ -25,7 +30,7 @@
 
 use std::sync::Arc;
 
-use ccm_cml::{CmlError, Target};
+use ccm_cml::{CmlClient, CmlError, SyncOrder, Target};
 use ccm_domain::cml::CmlStats;
 use ccm_domain::service::ReasonCode;
 use ccm_domain::worker::{CallResult, CmlSync};
@@ -82,53 +87,115 @@ pub(crate) async fn sync_worker(
     };
     let cml = ctx.cml();
     let started = tokio::time::Instant::now();
-    let others = || async {
-        tokio::join!(
-            async {
-                result(
-                    cml.system_health(&target).await,
-                    CmlCall::SystemHealth,
-                    Into::into,
-                )
-            },
-            async {
-                result(
-                    cml.system_stats(&target).await,
-                    CmlCall::SystemStats,
-                    Into::into,
-                )
-            },
-            async { result(cml.licensing(&target).await, CmlCall::Licensing, Into::into,) },
-        )
-    };
-    let sync = if last == ServiceStatus::Ready && !cml.shares_connection(&target) {
-        // Plain HTTP/1.1 (or no pool): every overlapped call has its own connection anyway.
-        let info = async {
-            result(
-                cml.system_information(&target).await,
-                CmlCall::SystemInformation,
-                Into::into,
-            )
-        };
-        let (info, (health, stats, licence)) = tokio::join!(info, others());
-        CmlSync {
-            info: Some(info),
-            health: Some(health),
-            stats: Some(stats),
-            licence: Some(licence),
+    // Each order's calls are a future of their own, boxed: a poll task then holds only the
+    // one it runs (an inline `match` would make every task as large as the largest order,
+    // ~4 calls' futures, for every worker in flight).
+    let order = cml.sync_order(target.base_url());
+    let sync = match order {
+        SyncOrder::AllAtOnce if last == ServiceStatus::Ready => {
+            Box::pin(all_at_once(cml, &target)).await
         }
-    } else {
-        let info = if last == ServiceStatus::Ready {
-            cml.system_information(&target).await
-        } else {
-            cml.probe(&target).await
-        };
-        let info = result(info, CmlCall::SystemInformation, Into::into);
-        first_then_others(info, others).await
+        SyncOrder::OneByOne => Box::pin(one_by_one(cml, &target, last)).await,
+        SyncOrder::FirstThenStreams | SyncOrder::AllAtOnce => {
+            Box::pin(first_then_streams(cml, &target, last)).await
+        }
     };
     metrics::histogram!(crate::metrics::POLL_SECONDS, "job" => "cml_sync")
         .record(started.elapsed().as_secs_f64());
     record(ctx, grant, id, &target, sync).await
+}
+
+/// `system_information`, or its probe for a worker that was not `ready` at its last sync.
+async fn first_call(
+    cml: &CmlClient,
+    target: &Target,
+    last: ServiceStatus,
+) -> CallResult<ccm_domain::cml::CmlInfo> {
+    let info = if last == ServiceStatus::Ready {
+        cml.system_information(target).await
+    } else {
+        cml.probe(target).await
+    };
+    result(info, CmlCall::SystemInformation, Into::into)
+}
+
+/// `system_health`, `system_stats` and `licensing` at once.
+async fn three_at_once(
+    cml: &CmlClient,
+    target: &Target,
+) -> (
+    CallResult<ccm_domain::cml::CmlHealth>,
+    CallResult<CmlStats>,
+    CallResult<ccm_domain::Licence>,
+) {
+    tokio::join!(
+        async {
+            result(
+                cml.system_health(target).await,
+                CmlCall::SystemHealth,
+                Into::into,
+            )
+        },
+        async {
+            result(
+                cml.system_stats(target).await,
+                CmlCall::SystemStats,
+                Into::into,
+            )
+        },
+        async { result(cml.licensing(target).await, CmlCall::Licensing, Into::into) },
+    )
+}
+
+/// No connection to share ([`SyncOrder::AllAtOnce`], a worker `ready` at its last sync):
+/// every overlapped call has its own connection anyway, so all four at once.
+async fn all_at_once(cml: &CmlClient, target: &Target) -> CmlSync {
+    let info = async {
+        result(
+            cml.system_information(target).await,
+            CmlCall::SystemInformation,
+            Into::into,
+        )
+    };
+    let (info, (health, stats, licence)) = tokio::join!(info, three_at_once(cml, target));
+    CmlSync {
+        info: Some(info),
+        health: Some(health),
+        stats: Some(stats),
+        licence: Some(licence),
+    }
+}
+
+/// [`SyncOrder::FirstThenStreams`] (and a worker not `ready` without a pool): the first call
+/// alone, then the other three at once (as HTTP/2 streams on its connection).
+async fn first_then_streams(cml: &CmlClient, target: &Target, last: ServiceStatus) -> CmlSync {
+    let info = first_call(cml, target, last).await;
+    first_then_others(info, || three_at_once(cml, target)).await
+}
+
+/// [`SyncOrder::OneByOne`]: the four calls one after another on one kept-alive HTTP/1.1
+/// connection, the last one closing it.
+async fn one_by_one(cml: &CmlClient, target: &Target, last: ServiceStatus) -> CmlSync {
+    let info = first_call(cml, target, last).await;
+    first_then_others(info, || async {
+        let health = result(
+            cml.system_health(target).await,
+            CmlCall::SystemHealth,
+            Into::into,
+        );
+        let stats = result(
+            cml.system_stats(target).await,
+            CmlCall::SystemStats,
+            Into::into,
+        );
+        let licence = result(
+            cml.licensing_closing(target).await,
+            CmlCall::Licensing,
+            Into::into,
+        );
+        (health, stats, licence)
+    })
+    .await
 }
 
 /// `system_information` answered (or not): the other calls, unless the host is unreachable.

@@ -22,16 +22,24 @@ pub const CML_SYNC_CALLS: usize = 4;
 /// Neither is the `cml_poll` bulkhead itself: the CML client runs each call of a poll in that
 /// bulkhead, so a poll that held a `cml_poll` slot while its calls waited for another would
 /// deadlock as soon as polls held every slot (10,000 workers queued behind 512 slots did
-/// exactly that). The worker gate admits `cml_poll.max_concurrent / CML_SYNC_CALLS` workers,
-/// so that the calls of the workers in flight fit in the bulkhead and never queue behind
-/// other workers'. Probes of dead workers take their whole timeout; in the same gate they
-/// would hold the slots the live workers need (a cycle after 300 of 1,000 workers died took
-/// 10 s instead of 0.6 s), so they have their own gate of the same width. Both queue like the
-/// bulkhead.
+/// exactly that). The worker gate has as many slots as the bulkhead, and a poll takes at least
+/// as many as it may have calls in flight ([`Gate::slots`]: [`CML_SYNC_CALLS`], or 2 for a
+/// sync whose calls go one by one, `ccm_cml::SyncOrder::gate_slots`), so that the calls of the
+/// workers in flight fit in the bulkhead and never queue behind other workers'. Probes of dead workers
+/// take their whole timeout; in the same gate they would hold the slots the live workers need
+/// (a cycle after 300 of 1,000 workers died took 10 s instead of 0.6 s), so they have their
+/// own gate of the same width. Both queue like the bulkhead.
 #[derive(Debug, Clone)]
 pub(crate) struct CmlGates {
     workers: Bulkhead,
     probes: Bulkhead,
+}
+
+/// A gate and the slots one poll takes in it.
+#[derive(Debug, Clone)]
+pub(crate) struct Gate {
+    bulkhead: Bulkhead,
+    slots: usize,
 }
 
 impl CmlGates {
@@ -44,7 +52,7 @@ impl CmlGates {
             };
         }
         let gate = ccm_resilience::BulkheadConfig::new(
-            (b.cml_poll.max_concurrent / CML_SYNC_CALLS).max(1),
+            b.cml_poll.max_concurrent.max(1),
             b.cml_poll.max_queue,
         );
         let observer = || Arc::new(ccm_resilience::NoopObserver);
@@ -54,17 +62,44 @@ impl CmlGates {
         }
     }
 
-    /// The gate one worker's poll passes: for polls whose calls run in the `cml_poll`
+    /// The gate one poll of worker `id` passes: for polls whose calls run in the `cml_poll`
     /// bulkhead, the probe gate when the worker is known to be `down` ([`known_down`]) and
-    /// the worker gate otherwise; the `labs` bulkhead for labs refreshes.
-    pub(crate) fn gate(&self, ctx: &JobContext, job: JobKind, down: bool) -> Option<Bulkhead> {
+    /// the worker gate otherwise, taking the slots of its calls at once; the `labs` bulkhead
+    /// for labs refreshes.
+    pub(crate) fn gate(
+        &self,
+        ctx: &JobContext,
+        job: JobKind,
+        id: WorkerId,
+        down: bool,
+    ) -> Option<Gate> {
+        let cml = |bulkhead: &Bulkhead| Gate {
+            bulkhead: bulkhead.clone(),
+            slots: gate_slots(ctx, job, id),
+        };
         match job {
-            JobKind::CmlSync | JobKind::Activity if down => Some(self.probes.clone()),
-            JobKind::CmlSync | JobKind::Activity => Some(self.workers.clone()),
-            JobKind::Labs => Some(ctx.resilience().bulkhead(ccm_resilience::bulkhead::LABS)),
+            JobKind::CmlSync | JobKind::Activity if down => Some(cml(&self.probes)),
+            JobKind::CmlSync | JobKind::Activity => Some(cml(&self.workers)),
+            JobKind::Labs => Some(Gate {
+                bulkhead: ctx.resilience().bulkhead(ccm_resilience::bulkhead::LABS),
+                slots: 1,
+            }),
             _ => None,
         }
     }
+}
+
+/// The gate slots a poll of `job` for worker `id` takes: a CML sync's
+/// (`ccm_cml::SyncOrder::gate_slots`), [`CML_SYNC_CALLS`] for anything else.
+fn gate_slots(ctx: &JobContext, job: JobKind, id: WorkerId) -> usize {
+    if job != JobKind::CmlSync {
+        return CML_SYNC_CALLS;
+    }
+    ctx.slot(id)
+        .and_then(|slot| slot.reachable().cloned())
+        .map_or(CML_SYNC_CALLS, |endpoint| {
+            ctx.cml().sync_order(&endpoint).gate_slots()
+        })
 }
 
 /// Whether a job's polls make their calls in the `cml_poll` bulkhead (and so pass a CML gate).
@@ -74,11 +109,11 @@ pub(crate) fn polls_cml(job: JobKind) -> bool {
 
 /// Waits for a slot of `gate` (`None`: no limit). `None` when the gate's queue is full: the
 /// poll is skipped (logged; its worker's next due time comes round again).
-pub(crate) async fn enter(gate: Option<Bulkhead>) -> Option<Option<BulkheadPermit>> {
+pub(crate) async fn enter(gate: Option<Gate>) -> Option<Option<BulkheadPermit>> {
     let Some(g) = gate else {
         return Some(None);
     };
-    match g.acquire().await {
+    match g.bulkhead.acquire_many(g.slots).await {
         Ok(p) => Some(Some(p)),
         Err(full) => {
             tracing::debug!(error = %full, "gate full, poll skipped");

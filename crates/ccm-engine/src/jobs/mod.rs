@@ -230,7 +230,7 @@ impl JobRunner {
         let mut set = tokio::task::JoinSet::new();
         for (id, claim) in up {
             let span = poll_span(job, id);
-            let gate = self.inner.gates.gate(ctx, job, false);
+            let gate = self.inner.gates.gate(ctx, job, id, false);
             let Some(permit) = enter(gate).instrument(span.clone()).await else {
                 continue;
             };
@@ -255,7 +255,7 @@ impl JobRunner {
             counts.probing += 1;
             self.inner.probing.fetch_add(1, Ordering::Relaxed);
             let runner = self.clone();
-            let gate = self.inner.gates.gate(ctx, job, true);
+            let gate = self.inner.gates.gate(ctx, job, id, true);
             self.inner.tasks.spawn(
                 async move {
                     if let Some(permit) = enter(gate).await {
@@ -295,7 +295,7 @@ impl JobRunner {
     async fn guarded_poll(&self, job: JobKind, id: WorkerId) {
         let ctx = &self.inner.ctx;
         let down = polls_cml(job) && known_down(ctx, id);
-        let Some(permit) = enter(self.inner.gates.gate(ctx, job, down)).await else {
+        let Some(permit) = enter(self.inner.gates.gate(ctx, job, id, down)).await else {
             return;
         };
         self.poll(job, id).await;

@@ -159,3 +159,23 @@ async fn the_stack_should_offer_the_three_configured_bulkheads() {
         assert_eq!(r.bulkhead(id).name(), id.as_str(), "{id:?}");
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_caller_taking_several_slots_should_leave_only_the_rest_to_others() {
+    let (b, _) = bulkhead(4, 10);
+    // Three slots for one caller: one caller in flight, one slot left.
+    let wide = b.acquire_many(3).await.unwrap();
+    assert_eq!(b.in_flight(), 1);
+    let narrow = b.acquire_many(1).await.unwrap();
+    assert!(b.try_acquire().is_err(), "all four slots are taken");
+    // A caller wanting more slots than exist is clamped to all of them, and waits for them.
+    let b2 = b.clone();
+    let all = tokio::spawn(async move { b2.acquire_many(100).await.map(drop) });
+    settle(&b, 1).await;
+    drop(wide);
+    tokio::task::yield_now().await;
+    assert_eq!(b.queued(), 1, "three slots free are not four");
+    drop(narrow);
+    all.await.unwrap().unwrap();
+    assert_eq!((b.in_flight(), b.queued()), (0, 0));
+}

@@ -2,26 +2,26 @@
 //!
 //! A minimal client on ccm's own HTTP stack ([`ccm_cml::http_client`]: the same reqwest,
 //! hyper and rustls, the same TLS mode, pool and session-cache settings) makes the requests of
-//! a ccm sync — `system_information` of every worker, then its `system_health`,
-//! `system_stats` and `licensing` overlapped (as the engine does: one connection per sync,
-//! shared as HTTP/2 streams when the worker speaks it) — with the same number of workers at once, against the same
-//! simulated fleet. No engine, resilience policies, decoding into the domain, status
+//! a ccm sync in the engine's order ([`ccm_cml::sync_order`]: over HTTPS with HTTP/2
+//! `system_information`, then `system_health`, `system_stats` and `licensing` as streams on its
+//! connection; over plain HTTP/1.1 the four one after another on one kept-alive connection,
+//! the last with `Connection: close`; all four at once without a pool) with the same number
+//! of workers at once, against the same simulated fleet. No engine, resilience policies, decoding into the domain, status
 //! derivation or store: what is left is the transport and the simulator, so ccm's median ÷
 //! this median is what ccm's own logic costs.
 
 use std::sync::Arc;
 use tokio::time::Instant;
 
-use ccm_cml::{CmlConfig, http_client, shares_connection};
+use ccm_cml::{CmlConfig, SyncOrder, http_client, sync_order};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::BenchError;
 use super::report::Summary;
 
-/// The calls of one sync, as ccm makes them to a worker that was `ready` (authenticated; over
-/// HTTPS with HTTP/2 the first alone, then the others overlapped on its connection; otherwise
-/// all four at once — `ccm_cml::shares_connection`).
+/// The calls of one sync, as ccm makes them to a worker that was `ready` (authenticated), in
+/// the order of `ccm_cml::sync_order`.
 const PATHS: [&str; 4] = [
     "/api/v0/system_information",
     "/api/v0/system_health",
@@ -114,15 +114,18 @@ pub(crate) async fn run_floor(
         for (base, token) in bases.iter().zip(&tokens) {
             let Some(token) = token.clone() else { continue };
             let (client, gate, base) = (client.clone(), gate.clone(), base.clone());
-            let shared = shares_connection(config, &base);
+            let order = sync_order(config, &base);
             set.spawn(async move {
                 let Ok(_permit) = gate.acquire_owned().await else {
                     return PATHS.len() as u64;
                 };
-                let call = |path: &'static str| {
-                    let req = client
+                let call = |path: &'static str, close: bool| {
+                    let mut req = client
                         .get(format!("{base}{path}"))
                         .header(reqwest::header::AUTHORIZATION, &*token);
+                    if close {
+                        req = req.header(reqwest::header::CONNECTION, "close");
+                    }
                     async move {
                         match req.send().await {
                             Ok(resp) if resp.status().is_success() => {
@@ -132,18 +135,31 @@ pub(crate) async fn run_floor(
                         }
                     }
                 };
-                if shared {
-                    let a = call(PATHS[0]).await;
-                    let (b, c, d) = tokio::join!(call(PATHS[1]), call(PATHS[2]), call(PATHS[3]));
-                    a + b + c + d
-                } else {
-                    let (a, b, c, d) = tokio::join!(
-                        call(PATHS[0]),
-                        call(PATHS[1]),
-                        call(PATHS[2]),
-                        call(PATHS[3])
-                    );
-                    a + b + c + d
+                match order {
+                    SyncOrder::FirstThenStreams => {
+                        let a = call(PATHS[0], false).await;
+                        let (b, c, d) = tokio::join!(
+                            call(PATHS[1], false),
+                            call(PATHS[2], false),
+                            call(PATHS[3], false)
+                        );
+                        a + b + c + d
+                    }
+                    SyncOrder::OneByOne => {
+                        let a = call(PATHS[0], false).await;
+                        let b = call(PATHS[1], false).await;
+                        let c = call(PATHS[2], false).await;
+                        a + b + c + call(PATHS[3], true).await
+                    }
+                    SyncOrder::AllAtOnce => {
+                        let (a, b, c, d) = tokio::join!(
+                            call(PATHS[0], false),
+                            call(PATHS[1], false),
+                            call(PATHS[2], false),
+                            call(PATHS[3], false)
+                        );
+                        a + b + c + d
+                    }
                 }
             });
         }

@@ -44,8 +44,9 @@ pub struct SyncOptions {
     pub workers: u32,
     /// Latency the simulator adds to every request, in milliseconds.
     pub latency_ms: u64,
-    /// Workers synced at once (the `cml_poll` bulkhead gets [`CML_SYNC_CALLS`] call slots
-    /// per worker, its queue holds the whole fleet). `None`: the product default.
+    /// Workers synced at once (the `cml_poll` bulkhead gets the gate slots of a sync per
+    /// worker, [`fleet_resilience_for`]; its queue holds the whole fleet). `None`: the product
+    /// default.
     pub concurrency: Option<u32>,
     /// Measured cycles (one warm-up cycle runs first and is reported apart).
     pub cycles: u32,
@@ -366,19 +367,31 @@ async fn start_engine_with(
 }
 
 /// The resilience configuration of a benchmark's engine for `n` workers, and the workers
-/// synced at once. `concurrency` (`--concurrency C`) is in workers, like the peer's
-/// semaphore: the engine syncs `cml_poll / CML_SYNC_CALLS` workers at once, so the bulkhead
-/// gets C × CML_SYNC_CALLS call slots (`None`: the product default). Its queue holds the
-/// whole fleet.
+/// synced at once, for syncs with up to [`CML_SYNC_CALLS`] calls at once (HTTPS; see
+/// [`fleet_resilience_for`]).
 pub(super) fn fleet_resilience(n: usize, concurrency: Option<u32>) -> (ResilienceConfig, usize) {
+    fleet_resilience_for(n, concurrency, CML_SYNC_CALLS)
+}
+
+/// The resilience configuration of a benchmark's engine for `n` workers whose syncs take
+/// `gate_slots` of the gate's `cml_poll` call slots ([`ccm_cml::SyncOrder::gate_slots`]: 2 over
+/// plain HTTP, 4 over HTTPS), and the workers synced at once. `concurrency` (`--concurrency
+/// C`) is in workers, like the peer's semaphore: the bulkhead gets C × `gate_slots` (`None`:
+/// the product default, `cml_poll.max_concurrent / gate_slots` workers). Its queue holds the
+/// whole fleet.
+pub(super) fn fleet_resilience_for(
+    n: usize,
+    concurrency: Option<u32>,
+    gate_slots: usize,
+) -> (ResilienceConfig, usize) {
+    let gate_slots = gate_slots.max(1);
     let mut resilience_cfg = ResilienceConfig::default();
     let default_poll = resilience_cfg.bulkheads.cml_poll.clone();
-    let concurrency = concurrency
-        .map_or((default_poll.max_concurrent / CML_SYNC_CALLS).max(1), |c| {
-            c as usize
-        });
+    let concurrency = concurrency.map_or((default_poll.max_concurrent / gate_slots).max(1), |c| {
+        c as usize
+    });
     resilience_cfg.bulkheads.cml_poll = BulkheadConfig::new(
-        concurrency * CML_SYNC_CALLS,
+        concurrency * gate_slots,
         default_poll.max_queue.max(n * CML_SYNC_CALLS),
     );
     (resilience_cfg, concurrency)
@@ -529,8 +542,21 @@ async fn measure(
         address: AddressPreference::Public,
         ..EndpointPolicy::default()
     };
-    let (mut resilience_cfg, concurrency) = fleet_resilience(n, args.concurrency);
-    let cml_poll_slots = concurrency * CML_SYNC_CALLS;
+    let pool = (args.idle_connections_per_worker as usize, args.idle_timeout);
+    let plain_pool = args.plain_idle_connections_per_worker as usize;
+    let cml_cfg = cml_config(
+        &policy,
+        pool,
+        plain_pool,
+        sim.ca_file.clone(),
+        args.client_http2,
+    );
+    // The endpoints share a scheme: one order for the fleet.
+    let gate_slots = sim.endpoints.first().map_or(CML_SYNC_CALLS, |e| {
+        ccm_cml::sync_order(&cml_cfg, e).gate_slots()
+    });
+    let (mut resilience_cfg, concurrency) = fleet_resilience_for(n, args.concurrency, gate_slots);
+    let cml_poll_slots = concurrency * gate_slots;
     if let Some(open_for) = args.breaker_open_for {
         resilience_cfg.breaker.open_for = open_for;
     }
@@ -540,8 +566,6 @@ async fn measure(
 
     let setup = tokio::time::Instant::now();
     register(store.as_ref(), &sim.endpoints, &policy).await?;
-    let pool = (args.idle_connections_per_worker as usize, args.idle_timeout);
-    let plain_pool = args.plain_idle_connections_per_worker as usize;
     let engine = start_engine_with(
         store,
         &resilience_cfg,
@@ -644,13 +668,6 @@ async fn measure(
     let floor = if args.floor {
         eprintln!(
             "ccm bench: running the floor (ccm's HTTP stack alone, {concurrency} workers at once) on the same fleet"
-        );
-        let cml_cfg = cml_config(
-            &policy,
-            pool,
-            plain_pool,
-            sim.ca_file.clone(),
-            args.client_http2,
         );
         let run =
             super::floor::run_floor(&cml_cfg, &sim.endpoints, concurrency, args.cycles).await?;

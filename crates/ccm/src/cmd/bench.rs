@@ -121,7 +121,8 @@ pub(crate) struct SyncArgs {
     #[arg(long, default_value_t = 20, value_name = "MS")]
     pub(crate) latency_ms: u64,
     /// Workers synced at once, like the peer's semaphore (the `cml_poll` bulkhead gets 4 call
-    /// slots per worker, its queue holds the whole fleet). Default: the product default.
+    /// slots per worker over HTTPS, 2 over plain HTTP, whose calls go one by one; its queue
+    /// holds the whole fleet). Default: the product default.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(crate) concurrency: Option<u32>,
     /// Measured cycles (one warm-up cycle runs first and is reported apart).
@@ -139,9 +140,9 @@ pub(crate) struct SyncArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub(crate) idle_connections_per_worker: u32,
     /// The same for plain-HTTP workers (runs without `--tls`; `[cml]
-    /// plain_pool_max_idle_per_host`; default: the product's, 0, since over HTTP/1.1 each of a
-    /// sync's overlapped calls needs a connection of its own).
-    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u32).range(0..=64))]
+    /// plain_pool_max_idle_per_host`; default: the product's, 1: a sync's calls one after
+    /// another on one connection, closed by the last). 0: all four at once, a connection each.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=64))]
     pub(crate) plain_idle_connections_per_worker: u32,
     /// How long an idle connection is kept (`[cml] pool_idle_timeout`; default: the product's).
     #[arg(long, value_parser = humantime::parse_duration, value_name = "DURATION")]
