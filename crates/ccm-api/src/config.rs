@@ -66,6 +66,10 @@ pub struct ServerConfig {
     pub tls_cert: Option<PathBuf>,
     /// PEM file with the private key of `tls_cert`.
     pub tls_key: Option<PathBuf>,
+    /// Worker threads of the API's own runtime (0: one per core). The engine's background
+    /// work runs on another runtime (`[engine]`), so requests never queue behind a cycle's
+    /// polls.
+    pub threads: usize,
 }
 
 impl Default for ServerConfig {
@@ -79,6 +83,7 @@ impl Default for ServerConfig {
             shutdown_timeout: Duration::from_secs(10),
             tls_cert: None,
             tls_key: None,
+            threads: 0,
         }
     }
 }
@@ -132,6 +137,12 @@ impl ServerConfig {
             Duration::from_secs(600),
             "0s and 10m",
         )?;
+        if self.threads > 1024 {
+            return Err(bad(
+                "server.threads",
+                "must be between 0 (one per core) and 1024",
+            ));
+        }
         if !(1..=1_000_000).contains(&self.max_connections) {
             return Err(bad(
                 "server.max_connections",
@@ -646,7 +657,7 @@ mod tests {
     #[test]
     fn server_limits_out_of_range_should_be_refused_naming_the_key() {
         type Change = fn(&mut ServerConfig);
-        let cases: [(Change, &str); 5] = [
+        let cases: [(Change, &str); 6] = [
             (
                 |s| s.header_read_timeout = Duration::ZERO,
                 "server.header_read_timeout",
@@ -660,6 +671,7 @@ mod tests {
                 "server.keep_alive_timeout",
             ),
             (|s| s.max_connections = 0, "server.max_connections"),
+            (|s| s.threads = 5000, "server.threads"),
             (
                 |s| s.tls_cert = Some("/etc/ccm/cert.pem".into()),
                 "server.tls_key",

@@ -263,7 +263,9 @@ impl LeaseOwnership {
     /// Joins the cluster as `me`: runs one round at once (so the first polls find their
     /// leases), then one every `renew_interval` until [`Self::leave`]. A failing database at
     /// start is logged, not fatal: the rounds go on, and nothing is granted meanwhile.
-    /// `Err`: the configuration or the id is invalid (the message names the key).
+    /// `Err`: the configuration or the id is invalid (the message names the key). The rounds
+    /// run on the caller's runtime: not the engine's lowered one (`ccm serve` joins from the
+    /// API's), as a late renewal loses leases.
     pub async fn join(
         repo: Arc<dyn ClusterRepo>,
         me: ReplicaRecord,

@@ -181,7 +181,10 @@ pub struct EngineConfig {
     pub licence: LicenceConfig,
     /// Prices.
     pub pricing: PricingConfig,
-    /// Worker writes are batched: at most this many per transaction…
+    /// Worker writes are batched: at most this many per transaction (default 100: a batch's
+    /// events are published when it commits, so its size bounds how long they wait; 500 made
+    /// event delivery's p50 5× and its p99 2× slower under load — BENCHMARKS.md, "API under
+    /// load", round 5)…
     pub write_batch: usize,
     /// …and flushed at least this often.
     pub write_interval: Duration,
@@ -208,7 +211,7 @@ impl EngineConfig {
             import,
             licence,
             pricing,
-            write_batch: 500,
+            write_batch: 100,
             write_interval: Duration::from_millis(100),
             write_queue: 20_000,
             shutdown_grace: Duration::from_secs(30),

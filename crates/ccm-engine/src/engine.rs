@@ -245,7 +245,8 @@ impl Engine {
     /// supervisor: restarted with backoff when it panics or ends before `stop` is cancelled,
     /// counted in `ccm_task_restarts_total{task}`, reported by [`Self::health`] (and, when
     /// `critical`, making the engine not ready while down). Every run is also ended when the
-    /// engine shuts down.
+    /// engine shuts down. It runs on the **caller's** runtime (the SSE hub on the API's), not
+    /// on the engine's ([`crate::runtime`]).
     pub fn spawn_supervised<F, Fut>(
         &self,
         name: &str,
@@ -260,7 +261,7 @@ impl Engine {
         let span = tracing::info_span!("task", task = name);
         self.inner
             .tasks
-            .supervise(name, criticality, Some(stop), move || {
+            .supervise_here(name, criticality, Some(stop), move || {
                 let run = factory();
                 let engine_stop = engine_stop.clone();
                 async move {
@@ -271,6 +272,13 @@ impl Engine {
                 }
                 .instrument(span.clone())
             });
+    }
+
+    /// The runtime the engine runs its background work on (the one it was started on):
+    /// polls, the writer, jobs, provisioning ([`crate::runtime`]). `None` only for an engine
+    /// started outside any runtime, which cannot happen through [`Self::start`].
+    pub fn runtime(&self) -> Option<tokio::runtime::Handle> {
+        self.inner.tasks.home().cloned()
     }
 
     // === queries ===

@@ -19,6 +19,8 @@
 //! - **Errors**: upstream failures are classified once ([`UpstreamError`]); jobs fail with a
 //!   [`JobError`].
 //! - **Shutdown** stops the jobs, lets in-flight work finish and drains the writer.
+//! - **Runtimes**: the engine's background work runs on the runtime it was started on —
+//!   its own, apart from the API's, at a lower OS priority ([`runtime`], `[engine]`).
 //!
 //! Not here: HTTP (`ccm-api`), SQL (`ccm-store`), the CML and AWS protocols (`ccm-cml`,
 //! `ccm-cloud`).
@@ -41,6 +43,7 @@ pub mod metrics;
 mod ownership;
 mod provisioning;
 mod resilience_events;
+pub mod runtime;
 mod scheduler;
 mod state;
 mod supervisor;
@@ -57,6 +60,7 @@ pub use job_kind::JobKind;
 pub use jobs::{CML_SYNC_CALLS, JobStatus};
 pub use ownership::{FencingToken, Grant, GrantScope, Ownership, SingleNode};
 pub use resilience_events::{ResilienceEvents, resilience_with_bus};
+pub use runtime::EngineRuntimeConfig;
 pub use supervisor::{Criticality, TaskState, TaskStatus};
 pub use types::{
     AmiSelector, ComponentHealth, CreateWorker, CycleReport, FleetCounts, HealthReport,

@@ -7,6 +7,11 @@
 //! It also tracks the short-lived tasks (polls, provisioning, licence watches) so that
 //! shutdown can wait for them, and owns the cancellation token every loop watches.
 //!
+//! Every task it starts runs on the runtime the supervisor was made on (the engine's: see
+//! `crate::runtime`), whichever runtime asks — an API request that starts a provisioning
+//! does not put the provisioning on the API's threads — except the tasks of other crates
+//! ([`Supervisor::supervise_here`]: the API's SSE hub runs on the API's runtime).
+//!
 //! A task is given as a factory: each (re)start calls it for a fresh future, so state that
 //! must survive a restart (the writer's queue, the forwarder's channel) lives outside the
 //! future, behind the factory.
@@ -104,6 +109,9 @@ pub(crate) struct Supervisor {
 
 struct Inner {
     tracker: TaskTracker,
+    /// The runtime tasks are started on (the one current at [`Supervisor::new`]; `None`
+    /// outside any runtime: then the caller's).
+    home: Option<tokio::runtime::Handle>,
     cancel: CancellationToken,
     policy: RestartPolicy,
     tasks: Mutex<BTreeMap<String, TaskStatus>>,
@@ -121,11 +129,13 @@ impl std::fmt::Debug for Supervisor {
 }
 
 impl Supervisor {
-    /// A supervisor restarting failed tasks by `policy`.
+    /// A supervisor restarting failed tasks by `policy`, starting its tasks on the current
+    /// runtime (its home) from now on.
     pub(crate) fn new(policy: RestartPolicy) -> Self {
         Self {
             inner: Arc::new(Inner {
                 tracker: TaskTracker::new(),
+                home: tokio::runtime::Handle::try_current().ok(),
                 cancel: CancellationToken::new(),
                 policy,
                 tasks: Mutex::new(BTreeMap::new()),
@@ -134,17 +144,26 @@ impl Supervisor {
         }
     }
 
-    /// Runs a short-lived task (tracked: shutdown waits for it; not restarted).
+    /// Runs a short-lived task on the home runtime (tracked: shutdown waits for it; not
+    /// restarted).
     pub(crate) fn spawn<F>(&self, task: F)
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        self.inner.tracker.spawn(task);
+        match &self.inner.home {
+            Some(home) => self.inner.tracker.spawn_on(task, home),
+            None => self.inner.tracker.spawn(task),
+        };
     }
 
-    /// Runs `factory()` as the long-lived task `name`, restarting it when it panics or ends
-    /// while neither the engine nor `stop` is stopping. A second task of the same name is
-    /// listed as `name#2` (and so on).
+    /// The runtime tasks are started on, if the supervisor was made on one.
+    pub(crate) fn home(&self) -> Option<&tokio::runtime::Handle> {
+        self.inner.home.as_ref()
+    }
+
+    /// Runs `factory()` as the long-lived task `name` on the home runtime, restarting it when
+    /// it panics or ends while neither the engine nor `stop` is stopping. A second task of the
+    /// same name is listed as `name#2` (and so on).
     pub(crate) fn supervise<F, Fut>(
         &self,
         name: impl Into<String>,
@@ -155,11 +174,47 @@ impl Supervisor {
         F: Fn() -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let name = self.register(name.into(), criticality);
+        let home = self.inner.home.clone();
+        self.supervise_on(home, name.into(), criticality, stop, factory);
+    }
+
+    /// [`Self::supervise`] on the caller's runtime (another crate's task, e.g. the API's SSE
+    /// hub on the API's runtime); outside any runtime, on the home one.
+    pub(crate) fn supervise_here<F, Fut>(
+        &self,
+        name: impl Into<String>,
+        criticality: Criticality,
+        stop: Option<CancellationToken>,
+        factory: F,
+    ) where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let here = tokio::runtime::Handle::try_current()
+            .ok()
+            .or_else(|| self.inner.home.clone());
+        self.supervise_on(here, name.into(), criticality, stop, factory);
+    }
+
+    fn supervise_on<F, Fut>(
+        &self,
+        on: Option<tokio::runtime::Handle>,
+        name: String,
+        criticality: Criticality,
+        stop: Option<CancellationToken>,
+        factory: F,
+    ) where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let name = self.register(name, criticality);
         let sup = self.clone();
-        self.inner
-            .tracker
-            .spawn(async move { sup.run(name, stop, factory).await });
+        // Each run is spawned from `run` itself, so on the same runtime.
+        let task = async move { sup.run(name, stop, factory).await };
+        match on {
+            Some(on) => self.inner.tracker.spawn_on(task, &on),
+            None => self.inner.tracker.spawn(task),
+        };
     }
 
     async fn run<F, Fut>(self, name: String, stop: Option<CancellationToken>, factory: F)
@@ -516,6 +571,63 @@ mod tests {
         assert_eq!(names, vec!["sse_hub".to_owned(), "sse_hub#2".to_owned()]);
         sup.cancel();
         assert!(sup.wait(Duration::from_secs(1)).await);
+    }
+
+    #[test]
+    fn tasks_should_run_on_the_home_runtime_whoever_starts_them_and_be_waited_for_at_shutdown() {
+        let home = crate::runtime::build("ccm-test-home", 1, 0).unwrap();
+        let other = crate::runtime::build("ccm-test-other", 1, 0).unwrap();
+        let sup = home.block_on(async { Supervisor::new(policy()) });
+        let (tx, rx) = std::sync::mpsc::channel::<(&str, String)>();
+        let here = |tx: &std::sync::mpsc::Sender<(&'static str, String)>, what: &'static str| {
+            let name = std::thread::current().name().unwrap_or("").to_owned();
+            tx.send((what, name)).unwrap();
+        };
+        other.block_on(async {
+            let t = tx.clone();
+            let cancel = sup.cancel_token().clone();
+            sup.spawn(async move {
+                here(&t, "spawn");
+                cancel.cancelled().await;
+            });
+            for (what, on_home) in [("supervise", true), ("supervise_here", false)] {
+                let (t, cancel) = (tx.clone(), sup.cancel_token().clone());
+                let factory = move || {
+                    let (t, cancel) = (t.clone(), cancel.clone());
+                    async move {
+                        here(&t, what);
+                        cancel.cancelled().await;
+                    }
+                };
+                if on_home {
+                    sup.supervise(what, Criticality::BestEffort, None, factory);
+                } else {
+                    sup.supervise_here(what, Criticality::BestEffort, None, factory);
+                }
+            }
+        });
+        let mut seen: Vec<(&str, String)> = (0..3)
+            .map(|_| rx.recv_timeout(Duration::from_secs(30)).unwrap())
+            .collect();
+        seen.sort();
+        assert_eq!(
+            seen,
+            vec![
+                ("spawn", "ccm-test-home".to_owned()),
+                ("supervise", "ccm-test-home".to_owned()),
+                ("supervise_here", "ccm-test-other".to_owned()),
+            ]
+        );
+        // Shutdown, asked from a third place, waits for the tasks of both runtimes.
+        let main = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        main.block_on(async {
+            sup.cancel();
+            assert!(sup.wait(Duration::from_secs(30)).await);
+        });
+        assert!(sup.statuses().iter().all(|t| t.state == TaskState::Stopped));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! `CARGO_PROFILE_RELEASE_DEBUG=line-tables-only cargo build --release -p ccm-testbed
 //! --example api_bench`, then `api_bench [--workers N] [--clients N] [--subscribers N]
 //! [--stream worker|fleet] [--cycles N] [--client-interval-ms N] [--list-query Q]
-//! [--store sqlite|postgres] [--listen-base IP]` (the defaults of `ccm bench api`).
+//! [--store sqlite|postgres] [--listen-base IP] [--server-threads N] [--engine-threads N]
+//! [--engine-nice N] [--one-runtime]` (the defaults of `ccm bench api`).
 //! JSON on stdout, progress on stderr. `api_bench sim …` is the simulator's command line
 //! (`ccm sim`): the harness starts this executable again with it, as `ccm bench api` starts
 //! `ccm sim`. Same allocator as the binary (mimalloc).
@@ -58,6 +59,12 @@ fn main() {
             }
             "--list-query" => o.list_query = value(),
             "--listen-base" => o.listen_base = value().parse().expect("--listen-base IPv4"),
+            "--server-threads" => o.server_threads = value().parse().expect("--server-threads N"),
+            "--engine-threads" => {
+                o.engine_runtime.threads = value().parse().expect("--engine-threads N");
+            }
+            "--engine-nice" => o.engine_runtime.nice = value().parse().expect("--engine-nice N"),
+            "--one-runtime" => o.one_runtime = true,
             "--stream" => {
                 o.stream = match value().as_str() {
                     "worker" => StreamKind::Worker,

@@ -50,6 +50,8 @@ pub(crate) enum LogFormat {
 #[serde(default, deny_unknown_fields)]
 pub(crate) struct Config {
     pub(crate) server: ccm_api::ServerConfig,
+    /// The engine's own runtime (threads, priority).
+    pub(crate) engine: ccm_engine::EngineRuntimeConfig,
     pub(crate) log: LogConfig,
     pub(crate) telemetry: crate::telemetry::TelemetryConfig,
     pub(crate) api: ccm_api::ApiConfig,
@@ -144,6 +146,7 @@ impl Config {
             return Err("log.level: must not be empty".into());
         }
         self.server.validate().map_err(|e| e.to_string())?;
+        self.engine.validate()?;
         self.telemetry.validate()?;
         self.api.validate().map_err(|e| e.to_string())?;
         self.auth.validate().map_err(|e| e.to_string())?;

@@ -61,6 +61,10 @@ async fn serve_should_provision_watch_and_stop_a_worker_against_aws() {
         r#"
 [server]
 listen = "127.0.0.1:{port}"
+threads = 2
+[engine]
+threads = 2
+nice = 7
 [log]
 level = "warn"
 [database]
@@ -188,6 +192,27 @@ activity_enabled = false
         .unwrap();
     assert!(metrics.contains("ccm_workers"), "{metrics}");
 
+    // Two runtimes: the API's threads at the process's priority, the engine's lowered.
+    let threads = threads_by_name(serve.0.id());
+    let own = nice_of("/proc/self/stat");
+    let engine: Vec<i32> = threads
+        .iter()
+        .filter(|t| t.0 == "ccm-engine")
+        .map(|t| t.1)
+        .collect();
+    let api_threads: Vec<i32> = threads
+        .iter()
+        .filter(|t| t.0 == "ccm-api")
+        .map(|t| t.1)
+        .collect();
+    assert!(engine.len() >= 2, "{threads:?}");
+    assert!(api_threads.len() >= 2, "{threads:?}");
+    assert!(
+        engine.iter().all(|&n| n == (own + 7).min(19)),
+        "{threads:?}"
+    );
+    assert!(api_threads.iter().all(|&n| n == own), "{threads:?}");
+
     // SIGTERM: a clean, bounded shutdown.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(serve.0.id() as i32),
@@ -217,4 +242,26 @@ fn serve_should_name_a_missing_config_file_and_exit_64() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("/no/such.toml"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
+}
+
+/// The nice value in a `/proc/…/stat` file (field 19).
+fn nice_of(stat: &str) -> i32 {
+    let text = std::fs::read_to_string(stat).unwrap();
+    // The command name (field 2) may hold spaces: count from the last ')'.
+    let rest = &text[text.rfind(')').unwrap() + 1..];
+    rest.split_whitespace().nth(16).unwrap().parse().unwrap()
+}
+
+/// Every thread of process `pid`: its name and nice value.
+fn threads_by_name(pid: u32) -> Vec<(String, i32)> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = entry.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap();
+        out.push((
+            name.trim().to_owned(),
+            nice_of(&dir.join("stat").to_string_lossy()),
+        ));
+    }
+    out
 }

@@ -238,14 +238,18 @@ impl JobRunner {
                 counts.add(done.ok().flatten());
             }
             let runner = self.clone();
-            set.spawn(
-                async move {
-                    let outcome = runner.poll(job, id).await;
-                    drop((permit, claim));
-                    outcome
-                }
-                .instrument(span),
-            );
+            let poll = async move {
+                let outcome = runner.poll(job, id).await;
+                drop((permit, claim));
+                outcome
+            }
+            .instrument(span);
+            // On the engine's runtime, also when the cycle was triggered from another (the
+            // API's, a benchmark's).
+            match self.inner.tasks.home() {
+                Some(home) => set.spawn_on(poll, home),
+                None => set.spawn(poll),
+            };
         }
         for (id, claim) in down {
             counts.probing += 1;

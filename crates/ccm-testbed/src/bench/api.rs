@@ -19,6 +19,14 @@
 //!
 //! Clients and subscribers run in this process, on the same two cores as the server, the
 //! engine and (in their own processes) the simulator: the figures include that load.
+//!
+//! **Runtimes** (ARCHITECTURE.md, "Runtimes"): as `ccm serve`, the API runs on a runtime of
+//! its own and the engine (its polls, writer and jobs) on another whose threads run at a
+//! lower OS priority (`[server] threads`, `[engine] threads` and `nice`; [`ApiOptions`]).
+//! The clients and subscribers are the outside world: they run on the caller's runtime, with
+//! its own threads, so that their scheduling is not charged to the server. `one_runtime`
+//! puts the server and the engine back on the caller's runtime, with the clients (the layout
+//! before issue 13's round 5), for comparison.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -31,7 +39,7 @@ use ccm_api::{ApiConfig, ApiState, AuthConfig, Role, generate_token};
 use ccm_cml_sim::SimLauncher;
 use ccm_domain::WorkerId;
 use ccm_domain::worker::{AddressPreference, EndpointPolicy};
-use ccm_engine::Engine;
+use ccm_engine::{Engine, EngineRuntimeConfig};
 use ccm_store::{SqliteStore, Store, StoreConfig, WorkerFilter};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -99,6 +107,13 @@ pub struct ApiOptions {
     pub store: BenchStore,
     /// Longest the whole run may take; children are stopped and the run fails after it.
     pub timeout: Duration,
+    /// Worker threads of the API's runtime (`[server] threads`; 0: one per core).
+    pub server_threads: usize,
+    /// The engine's runtime (`[engine]`: threads and nice).
+    pub engine_runtime: EngineRuntimeConfig,
+    /// Server, engine, clients and subscribers all on the caller's runtime (no runtime of
+    /// their own, no nice): the layout before issue 13's round 5, for comparison.
+    pub one_runtime: bool,
 }
 
 impl ApiOptions {
@@ -124,6 +139,9 @@ impl ApiOptions {
             drain: Duration::from_secs(30),
             store: BenchStore::Sqlite,
             timeout: Duration::from_secs(3600),
+            server_threads: ccm_api::ServerConfig::default().threads,
+            engine_runtime: EngineRuntimeConfig::default(),
+            one_runtime: false,
         }
     }
 }
@@ -175,6 +193,31 @@ pub struct EventStats {
     pub p99_ms: f64,
     /// Slowest, milliseconds.
     pub max_ms: f64,
+    /// Events seen on the engine's bus by one in-process receiver (every type): the first
+    /// part of a delivery, from the event's creation (stamped when the writer's batch starts)
+    /// to its publication after the batch committed.
+    pub published: u64,
+    /// Median time from creation to publication, milliseconds (the rest of `p50_ms` is the
+    /// SSE hub, the streams and the subscribers).
+    pub published_p50_ms: f64,
+    /// 99th percentile from creation to publication, milliseconds.
+    pub published_p99_ms: f64,
+    /// Slowest from creation to publication, milliseconds.
+    pub published_max_ms: f64,
+}
+
+/// Where the server, the engine and the outside world ran.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RuntimeLayout {
+    /// `split` (the API's runtime, the engine's, the clients' — as `ccm serve`) or `one`
+    /// (everything on one runtime).
+    pub layout: &'static str,
+    /// `[server] threads` (0: one per core).
+    pub server_threads: usize,
+    /// `[engine] threads` (0: one per core).
+    pub engine_threads: usize,
+    /// `[engine] nice`.
+    pub engine_nice: i32,
 }
 
 /// What `ccm bench api` reports (its JSON; BENCHMARKS.md, "API under load").
@@ -224,6 +267,8 @@ pub struct ApiReport {
     pub sim_cpu_seconds: f64,
     /// Workers by service status after the last cycle.
     pub statuses: Statuses,
+    /// The runtimes the run used.
+    pub runtimes: RuntimeLayout,
 }
 
 /// Runs the API benchmark (bounded by [`ApiOptions::timeout`]; the simulator's processes
@@ -310,10 +355,15 @@ async fn run(args: ApiOptions) -> Result<ApiReport, BenchError> {
         "ccm bench api: starting the simulator ({} workers, {} ms latency)",
         args.workers, args.latency_ms
     );
+    let runtimes = Runtimes::new(&args)?;
     let sim = SimProcess::start(&spec, dir.path()).await?;
+    // The store is opened on the API's runtime, as `ccm serve` opens it on its main one.
+    let api_rt = runtimes.api();
     let outcome = match args.store {
-        BenchStore::Postgres => match postgres_store().await {
-            Ok((_server, store)) => measure(&args, &sim, store, "postgres", open_files_limit).await,
+        BenchStore::Postgres => match on(&api_rt, postgres_store()).await.and_then(|r| r) {
+            Ok((_server, store)) => {
+                measure(&args, &sim, &runtimes, store, "postgres", open_files_limit).await
+            }
             Err(e) => Err(e),
         },
         _ => {
@@ -321,16 +371,100 @@ async fn run(args: ApiOptions) -> Result<ApiReport, BenchError> {
                 path: Some(dir.path().join("bench.db")),
                 ..StoreConfig::default()
             };
-            match SqliteStore::open(&cfg).await {
-                Ok(store) => {
-                    measure(&args, &sim, Arc::new(store), "sqlite", open_files_limit).await
+            match on(&api_rt, async move { SqliteStore::open(&cfg).await }).await {
+                Ok(Ok(store)) => {
+                    measure(
+                        &args,
+                        &sim,
+                        &runtimes,
+                        Arc::new(store),
+                        "sqlite",
+                        open_files_limit,
+                    )
+                    .await
                 }
-                Err(e) => Err(BenchError::setup("store")(e)),
+                Ok(Err(e)) => Err(BenchError::setup("store")(e)),
+                Err(e) => Err(e),
             }
         }
     };
     sim.stop().await;
     outcome
+}
+
+/// The server's and the engine's runtimes (`None`: the caller's, `one_runtime`). Dropping
+/// them does not wait for their tasks (it may happen inside the caller's runtime): by then
+/// the engine and the server have been stopped.
+struct Runtimes {
+    api: Option<tokio::runtime::Runtime>,
+    engine: Option<tokio::runtime::Runtime>,
+    layout: RuntimeLayout,
+}
+
+impl Runtimes {
+    fn new(args: &ApiOptions) -> Result<Self, BenchError> {
+        let layout = RuntimeLayout {
+            layout: if args.one_runtime { "one" } else { "split" },
+            server_threads: args.server_threads,
+            engine_threads: args.engine_runtime.threads,
+            engine_nice: args.engine_runtime.nice,
+        };
+        if args.one_runtime {
+            return Ok(Self {
+                api: None,
+                engine: None,
+                layout,
+            });
+        }
+        args.engine_runtime
+            .validate()
+            .map_err(BenchError::Invalid)?;
+        ccm_engine::runtime::validate_threads("server.threads", args.server_threads)
+            .map_err(BenchError::Invalid)?;
+        Ok(Self {
+            api: Some(
+                ccm_engine::runtime::build("ccm-api", args.server_threads, 0)
+                    .map_err(BenchError::setup("api runtime"))?,
+            ),
+            engine: Some(
+                args.engine_runtime
+                    .build()
+                    .map_err(BenchError::setup("engine runtime"))?,
+            ),
+            layout,
+        })
+    }
+
+    fn handle(rt: Option<&tokio::runtime::Runtime>) -> tokio::runtime::Handle {
+        rt.map_or_else(tokio::runtime::Handle::current, |rt| rt.handle().clone())
+    }
+
+    /// The API's runtime.
+    fn api(&self) -> tokio::runtime::Handle {
+        Self::handle(self.api.as_ref())
+    }
+
+    /// The engine's runtime.
+    fn engine(&self) -> tokio::runtime::Handle {
+        Self::handle(self.engine.as_ref())
+    }
+}
+
+impl Drop for Runtimes {
+    fn drop(&mut self) {
+        for rt in [self.engine.take(), self.api.take()].into_iter().flatten() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Runs `f` on `rt` and waits for it (from any runtime).
+async fn on<F>(rt: &tokio::runtime::Handle, f: F) -> Result<F::Output, BenchError>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    rt.spawn(f).await.map_err(fail)
 }
 
 /// Every worker id in the store.
@@ -532,6 +666,7 @@ async fn subscriber_loop(
 async fn measure(
     args: &ApiOptions,
     sim: &SimProcess,
+    runtimes: &Runtimes,
     store: Arc<dyn Store>,
     store_name: &'static str,
     open_files_limit: u64,
@@ -546,12 +681,16 @@ async fn measure(
     let (resilience_cfg, _) = fleet_resilience(n, args.concurrency);
     let setup = Instant::now();
     register(store.as_ref(), &sim.endpoints, &policy).await?;
-    let engine = start_engine(store, &resilience_cfg, policy, (0, None), None).await?;
+    // Started on the engine's runtime: its polls, writer and jobs run there.
+    let engine = on(&runtimes.engine(), async move {
+        start_engine(store, &resilience_cfg, policy, (0, None), None).await
+    })
+    .await??;
     let setup_seconds = setup.elapsed().as_secs_f64();
     eprintln!(
         "ccm bench api: {n} workers registered in {store_name} and engine started in {setup_seconds:.1} s"
     );
-    let warm = engine.run_cml_cycle().await;
+    let warm = cycle(&runtimes.engine(), &engine).await?;
     eprintln!(
         "ccm bench api: warm-up cycle: {:.3} s ({} workers)",
         warm.seconds, warm.workers
@@ -563,7 +702,7 @@ async fn measure(
             warm.workers
         )));
     }
-    let outcome = load(args, sim, &engine).await;
+    let outcome = load(args, sim, runtimes, &engine).await;
     engine.shutdown().await;
     let mut report = outcome?;
     report.store = store_name;
@@ -571,13 +710,24 @@ async fn measure(
     report.warmup_seconds = round3(warm.seconds);
     report.open_files_limit = open_files_limit;
     report.rss_mb = (procstat::peak_rss_mib().unwrap_or(0.0) * 10.0).round() / 10.0;
+    report.runtimes = runtimes.layout.clone();
     Ok(report)
+}
+
+/// One full CML cycle, run from the engine's runtime (as its scheduled cycles are).
+async fn cycle(
+    engine_rt: &tokio::runtime::Handle,
+    engine: &Engine,
+) -> Result<ccm_engine::CycleReport, BenchError> {
+    let engine = engine.clone();
+    on(engine_rt, async move { engine.run_cml_cycle().await }).await
 }
 
 /// The API, the subscribers and the clients around the measured cycles.
 async fn load(
     args: &ApiOptions,
     sim: &SimProcess,
+    runtimes: &Runtimes,
     engine: &Engine,
 ) -> Result<ApiReport, BenchError> {
     let n = args.workers as usize;
@@ -599,17 +749,26 @@ async fn load(
         ..defaults
     };
     let auth = AuthConfig::default().with_token("bench-viewer", Role::Viewer, &token);
-    let state = ApiState::new(engine.clone(), api, auth, None).map_err(BenchError::setup("api"))?;
-    let listener = tokio::net::TcpListener::bind(SocketAddr::new(args.api_ip, 0))
-        .await
-        .map_err(fail)?;
+    // On the API's runtime: the state (its SSE hub), the listener and every connection.
+    let api_rt = runtimes.api();
+    let state = {
+        let _api_rt = api_rt.enter();
+        ApiState::new(engine.clone(), api, auth, None).map_err(BenchError::setup("api"))?
+    };
+    let listener = std::net::TcpListener::bind(SocketAddr::new(args.api_ip, 0)).map_err(fail)?;
+    listener.set_nonblocking(true).map_err(fail)?;
     let addr = listener.local_addr().map_err(fail)?;
     let base = format!("http://{addr}");
     let (server_stop, server_stopped) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(ccm_api::serve(listener, state.clone(), async move {
-        let _ = server_stopped.await;
-    }));
-    let outcome = drive(args, sim, engine, &base, &token, ids).await;
+    let serving = state.clone();
+    let server = api_rt.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        ccm_api::serve(listener, serving, async move {
+            let _ = server_stopped.await;
+        })
+        .await
+    });
+    let outcome = drive(args, sim, runtimes, engine, &base, &token, ids).await;
     let _ = server_stop.send(());
     state.close_streams();
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
@@ -619,6 +778,7 @@ async fn load(
 async fn drive(
     args: &ApiOptions,
     sim: &SimProcess,
+    runtimes: &Runtimes,
     engine: &Engine,
     base: &str,
     token: &Arc<str>,
@@ -669,6 +829,32 @@ async fn drive(
         StreamKind::Fleet => cycles * n as u64,
     };
     let delivered = Arc::new(AtomicU64::new(0));
+    // Creation → publication, seen on the bus itself (the first part of every delivery).
+    let published = tokio::spawn({
+        let mut bus = engine.subscribe();
+        let engine = engine.clone();
+        let mut stop = stop_rx.clone();
+        async move {
+            let mut nanos = Vec::new();
+            loop {
+                let got = tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return nanos,
+                    got = bus.recv() => got,
+                };
+                match got {
+                    Ok(e) => {
+                        let ns = (engine.now() - e.event.time)
+                            .num_nanoseconds()
+                            .unwrap_or(0)
+                            .max(0);
+                        nanos.push(ns as u64);
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return nanos,
+                }
+            }
+        }
+    });
     let mut receiving = tokio::task::JoinSet::new();
     for reader in readers {
         receiving.spawn(subscriber_loop(
@@ -754,7 +940,7 @@ async fn drive(
     let mut cycle_seconds = Vec::new();
     for k in 1..=args.cycles {
         cycle_no.store(u64::from(k), Ordering::Relaxed);
-        let cycle = engine.run_cml_cycle().await;
+        let cycle = cycle(&runtimes.engine(), engine).await?;
         eprintln!(
             "ccm bench api: cycle {k}: {:.3} s ({} workers)",
             cycle.seconds, cycle.workers
@@ -801,6 +987,8 @@ async fn drive(
     }
     let _ = stop_tx.send(true);
     sampler.abort();
+    let mut published = published.await.map_err(fail)?;
+    published.sort_unstable();
     latencies.sort_unstable();
     let list = list.stats();
     let detail = detail.stats();
@@ -836,6 +1024,10 @@ async fn drive(
             p50_ms: quantile_ms(&latencies, 0.50),
             p99_ms: quantile_ms(&latencies, 0.99),
             max_ms: quantile_ms(&latencies, 1.0),
+            published: published.len() as u64,
+            published_p50_ms: quantile_ms(&published, 0.50),
+            published_p99_ms: quantile_ms(&published, 0.99),
+            published_max_ms: quantile_ms(&published, 1.0),
         },
         open_files_limit: 0,
         open_fds_peak: fds_peak.load(Ordering::Relaxed),
@@ -843,6 +1035,7 @@ async fn drive(
         cpu_seconds: (cpu_seconds * 100.0).round() / 100.0,
         sim_cpu_seconds: (sim_cpu_seconds * 100.0).round() / 100.0,
         statuses: statuses(engine),
+        runtimes: runtimes.layout.clone(),
     })
 }
 

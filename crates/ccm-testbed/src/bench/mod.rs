@@ -32,7 +32,8 @@ mod sse;
 mod sync;
 
 pub use api::{
-    ApiOptions, ApiReport, DEFAULT_LIST_QUERY, EventStats, RequestStats, StreamKind, api,
+    ApiOptions, ApiReport, DEFAULT_LIST_QUERY, EventStats, RequestStats, RuntimeLayout, StreamKind,
+    api,
 };
 pub use error::BenchError;
 pub use peer::{PeerReport, SEED_POLLER_DIR, SeedPoller, locate_seed_poller};

@@ -288,6 +288,19 @@ pub(crate) struct ApiArgs {
     /// Longest the whole run may take; children are stopped and the run fails after it.
     #[arg(long, default_value = "1h", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub(crate) timeout: Duration,
+    /// Worker threads of the API's runtime (`[server] threads`; 0: one per core).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub(crate) server_threads: u16,
+    /// Worker threads of the engine's runtime (`[engine] threads`; 0: one per core).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=1024))]
+    pub(crate) engine_threads: u16,
+    /// Nice increment of the engine's threads (`[engine] nice`, 0 to 19).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub(crate) engine_nice: i32,
+    /// Run the server, the engine, the clients and the subscribers on one runtime (the layout
+    /// before the split), for comparison.
+    #[arg(long)]
+    pub(crate) one_runtime: bool,
 }
 
 /// Runs a benchmark and prints its JSON report on stdout.
@@ -519,6 +532,12 @@ fn api(args: ApiArgs) -> anyhow::Result<()> {
         ApiStoreArg::Postgres => bench::BenchStore::Postgres,
     };
     options.timeout = args.timeout;
+    options.server_threads = usize::from(args.server_threads);
+    options.engine_runtime = ccm_engine::EngineRuntimeConfig {
+        threads: usize::from(args.engine_threads),
+        nice: args.engine_nice,
+    };
+    options.one_runtime = args.one_runtime;
     let runtime = super::runtime::build()?;
     let outcome = runtime.block_on(async move {
         tokio::select! {

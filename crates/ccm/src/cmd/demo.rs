@@ -43,8 +43,13 @@ pub(crate) struct DemoArgs {
     pub(crate) impaired_status: u32,
 }
 
-/// Starts the embedded fleet and runs until Ctrl-C.
-pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
+/// Starts the embedded fleet and runs until Ctrl-C: the API on the current runtime, the
+/// engine and the simulated fleet on `engine_rt` ([`super::runtime::Runtimes`]).
+pub(crate) async fn run(
+    args: DemoArgs,
+    config: Config,
+    engine_rt: tokio::runtime::Handle,
+) -> anyhow::Result<()> {
     let faults = ccm_cml_sim::faults::FaultSpec::parse(&args.faults)
         .map_err(|e| crate::config::ConfigError(format!("--faults: {e}")))?;
     let metrics = super::runtime::metrics()?;
@@ -111,8 +116,10 @@ pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("--port {}: cannot listen on {listen}", args.port))?;
-    let fleet = Embedded::start(opts)
+    let fleet = engine_rt
+        .spawn(Embedded::start(opts))
         .await
+        .context("the engine's runtime failed")?
         .context("cannot start the embedded fleet")?;
     let impaired = impair_status_checks(&fleet, args.impaired_status).await?;
     // The listener's limits from `[server]`; the demo always speaks plain HTTP on loopback.
@@ -129,8 +136,12 @@ pub(crate) async fn run(args: DemoArgs, config: Config) -> anyhow::Result<()> {
         Some(metrics),
     )
     .map_err(|e| crate::config::ConfigError(e.to_string()))?;
-    let webhooks = ccm_webhooks::Webhooks::start(&fleet.engine, config.webhooks.clone())
-        .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    let webhooks = {
+        // Deliveries are background work: on the engine's runtime.
+        let _engine_rt = engine_rt.enter();
+        ccm_webhooks::Webhooks::start(&fleet.engine, config.webhooks.clone())
+            .map_err(|e| crate::config::ConfigError(e.to_string()))?
+    };
     state.attach_webhooks(webhooks.clone());
     let url = format!("http://{listen}/");
     println!(

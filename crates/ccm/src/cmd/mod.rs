@@ -66,14 +66,20 @@ pub(crate) fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Serve => {
             let config = load_config(&cli)?;
             let telemetry = runtime::init_tracing(&config.log, &config.telemetry)?;
-            let outcome = runtime::build()?.block_on(serve::run(config));
+            let runtimes = runtime::Runtimes::build(&config)?;
+            let outcome = runtimes.run(std::time::Duration::from_secs(1), |engine| {
+                serve::run(config, engine)
+            });
             drop(telemetry);
             outcome
         }
         Command::Demo(ref args) => {
             let config = load_config(&cli)?;
             let telemetry = runtime::init_tracing(&config.log, &config.telemetry)?;
-            let outcome = runtime::build()?.block_on(demo::run(args.clone(), config));
+            let runtimes = runtime::Runtimes::build(&config)?;
+            let outcome = runtimes.run(std::time::Duration::from_secs(1), |engine| {
+                demo::run(args.clone(), config, engine)
+            });
             drop(telemetry);
             outcome
         }

@@ -15,6 +15,45 @@ pub(crate) fn build() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("cannot start the async runtime")
 }
 
+/// The two runtimes of `ccm serve` and `ccm demo` (ARCHITECTURE.md, "Runtimes"): the API's
+/// (`[server] threads`, the process's priority; the command's own future runs on it) and the
+/// engine's (`[engine] threads`, its threads lowered by `[engine] nice`), on which the engine
+/// is started so that its polls, writer and jobs run there.
+pub(crate) struct Runtimes {
+    pub(crate) api: tokio::runtime::Runtime,
+    pub(crate) engine: tokio::runtime::Runtime,
+}
+
+impl Runtimes {
+    /// Builds both from the configuration.
+    pub(crate) fn build(config: &Config) -> anyhow::Result<Self> {
+        let api = ccm_engine::runtime::build("ccm-api", config.server.threads, 0)
+            .context("cannot start the API's runtime")?;
+        let engine = config
+            .engine
+            .build()
+            .context("cannot start the engine's runtime")?;
+        Ok(Self { api, engine })
+    }
+
+    /// Runs `main` on the API's runtime with a handle to the engine's, then ends both: the
+    /// engine's after `main` returned (by then `main` has shut the engine down; what is left
+    /// gets `grace`), then the API's.
+    pub(crate) fn run<F, T>(
+        self,
+        grace: std::time::Duration,
+        main: impl FnOnce(tokio::runtime::Handle) -> F,
+    ) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        let outcome = self.api.block_on(main(self.engine.handle().clone()));
+        self.engine.shutdown_timeout(grace);
+        self.api.shutdown_timeout(grace);
+        outcome
+    }
+}
+
 /// Installs the log subscriber of every subcommand and, when `[telemetry] otlp_endpoint` is
 /// set, the OpenTelemetry layer next to it (each with its own filter). Log lines go to standard
 /// error (standard output is for what a command prints), as text or JSON (`log.format`). The

@@ -13,8 +13,10 @@ use ccm_store::{Backend, PgStore, SingleNodeLock, SqliteStore, Store};
 
 use crate::config::Config;
 
-/// Builds every part from the configuration and runs until Ctrl-C or SIGTERM.
-pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
+/// Builds every part from the configuration and runs until Ctrl-C or SIGTERM: the API and the
+/// cluster's lease rounds on the current runtime, the engine and the webhooks' deliveries on
+/// `engine_rt` ([`super::runtime::Runtimes`]).
+pub(crate) async fn run(config: Config, engine_rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     let metrics = super::runtime::metrics()?;
     let opened = open_store(&config.database).await?;
     let store = opened.store.clone();
@@ -55,7 +57,9 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         clock: Arc::new(TokioClock::new()),
     };
     // PostgreSQL: one replica among several (leases); SQLite: the only one (a file lock).
-    let (engine, lease) = match (&opened.postgres, replica) {
+    // The lease rounds run where the cluster is joined: on this runtime, at the process's
+    // priority (a late renewal loses leases), not on the engine's lowered one.
+    let cluster = match (&opened.postgres, replica) {
         (Some(pg), Some(replica)) => {
             let repo: Arc<dyn ccm_store::ClusterRepo> = Arc::new(pg.clone());
             let me = ccm_store::ReplicaRecord {
@@ -76,20 +80,16 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
                 leases = lease.held().len(),
                 "joined the cluster"
             );
-            let engine = Engine::start_with_ownership(parts, Arc::new(lease.clone()))
-                .await
-                .context("cannot start the engine")?;
-            engine.follow_cluster(Listen::new(repo), lease.clone());
-            (engine, Some(lease))
+            Some((repo, lease))
         }
-        _ => (
-            Engine::start(parts)
-                .await
-                .context("cannot start the engine")?,
-            None,
-        ),
+        _ => None,
     };
-    engine.forward_resilience_events(events);
+    let lease = cluster.as_ref().map(|(_, lease)| lease.clone());
+    // Started on the engine's runtime, where its background work will run.
+    let engine = engine_rt
+        .spawn(start_engine(parts, cluster, events))
+        .await
+        .context("the engine's runtime failed")??;
     let state = ccm_api::ApiState::with_server(
         engine.clone(),
         config.server.clone(),
@@ -98,8 +98,12 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
         Some(metrics),
     )
     .map_err(|e| crate::config::ConfigError(e.to_string()))?;
-    let webhooks = ccm_webhooks::Webhooks::start(&engine, config.webhooks.clone())
-        .map_err(|e| crate::config::ConfigError(e.to_string()))?;
+    let webhooks = {
+        // Deliveries are background work: on the engine's runtime.
+        let _engine_rt = engine_rt.enter();
+        ccm_webhooks::Webhooks::start(&engine, config.webhooks.clone())
+            .map_err(|e| crate::config::ConfigError(e.to_string()))?
+    };
     state.attach_webhooks(webhooks.clone());
     let listener = tokio::net::TcpListener::bind(config.server.listen)
         .await
@@ -120,6 +124,29 @@ pub(crate) async fn run(config: Config) -> anyhow::Result<()> {
     }
     drop(opened);
     Ok(())
+}
+
+/// Starts the engine (on the calling runtime: its background work runs there), as one replica
+/// of several on PostgreSQL (`cluster`: the joined cluster) or as the only node.
+async fn start_engine(
+    parts: EngineParts,
+    cluster: Option<(Arc<dyn ccm_store::ClusterRepo>, LeaseOwnership)>,
+    events: ccm_engine::ResilienceEvents,
+) -> anyhow::Result<Engine> {
+    let engine = match cluster {
+        Some((repo, lease)) => {
+            let engine = Engine::start_with_ownership(parts, Arc::new(lease.clone()))
+                .await
+                .context("cannot start the engine")?;
+            engine.follow_cluster(Listen::new(repo), lease);
+            engine
+        }
+        None => Engine::start(parts)
+            .await
+            .context("cannot start the engine")?,
+    };
+    engine.forward_resilience_events(events);
+    Ok(engine)
 }
 
 /// This replica's id: configured, or `<host>-<pid>-<start time>` (a new member per process).

@@ -82,6 +82,47 @@ fn a_bad_value_should_name_its_key() {
 }
 
 #[test]
+fn the_runtimes_should_be_configurable_and_bad_values_named_with_their_source() {
+    let c = load_str(
+        "[server]\nthreads = 3\n[engine]\nthreads = 1\nnice = 5\n",
+        &[],
+    )
+    .unwrap();
+    assert_eq!(
+        (c.server.threads, c.engine.threads, c.engine.nice),
+        (3, 1, 5)
+    );
+    let c = load_str("", &[]).unwrap();
+    assert_eq!(
+        (c.server.threads, c.engine.threads, c.engine.nice),
+        (0, 0, 10)
+    );
+    let err = load_str("[engine]\nnice = 20\n", &[]).unwrap_err();
+    assert!(
+        err.0.starts_with("engine.nice: 20 is out of range"),
+        "{}",
+        err.0
+    );
+    let err = load_str("[engine]\nnice = -5\n", &[]).unwrap_err();
+    assert!(
+        err.0.starts_with("engine.nice: -5 is out of range"),
+        "{}",
+        err.0
+    );
+    let err = load_str("", &[("CCM_ENGINE__THREADS", "5000")]).unwrap_err();
+    assert!(
+        err.0.starts_with("engine.threads: 5000 is out of range")
+            && err.0.contains("CCM_ENGINE__THREADS"),
+        "{}",
+        err.0
+    );
+    let err = load_str("[server]\nthreads = 2000\n", &[]).unwrap_err();
+    assert!(err.0.starts_with("server.threads: "), "{}", err.0);
+    let err = load_str("[engine]\npriority = 1\n", &[]).unwrap_err();
+    assert!(err.0.contains("priority"), "{}", err.0);
+}
+
+#[test]
 fn a_syntax_error_should_give_the_line() {
     let err = load_str("[server]\nlisten = \n", &[]).unwrap_err();
     assert!(err.0.contains("at line 2"), "{}", err.0);
