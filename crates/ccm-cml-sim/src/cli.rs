@@ -80,7 +80,8 @@ pub struct SimArgs {
     /// With --tls: offer HTTP/2 by ALPN (h2, then http/1.1), as CML's nginx does.
     #[arg(long, requires = "tls")]
     pub http2: bool,
-    /// Where to write the CA certificate (PEM) with --tls [default: a file in the temp dir].
+    /// Where to write the CA certificate (PEM) with --tls [default: a file in the temp dir,
+    /// removed when the simulator stops; a file given here is kept].
     #[arg(long, value_name = "FILE")]
     pub ca_out: Option<PathBuf>,
     /// Latency added to every request, in milliseconds.
@@ -227,9 +228,10 @@ where
     let mut ca_path = None;
     let ca = if config.tls {
         let ca = CaMaterial::generate()?;
-        let path = config.ca_out.clone().unwrap_or_else(|| {
-            std::env::temp_dir().join(format!("ccm-sim-ca-{}.pem", std::process::id()))
-        });
+        let path = config
+            .ca_out
+            .clone()
+            .unwrap_or_else(crate::fleet::default_ca_path);
         std::fs::write(&path, &ca.cert_pem).map_err(|source| SimError::Write {
             path: path.clone(),
             source,
@@ -262,6 +264,12 @@ where
     tracker.close();
     tracker.wait().await;
     shards.shutdown().await;
+    if config.ca_out.is_none()
+        && let Some(path) = &ca_path
+    {
+        // The default CA file is this run's own; one asked for with --ca-out is kept.
+        let _ = std::fs::remove_file(path);
+    }
     outcome
 }
 

@@ -133,7 +133,8 @@ pub struct CmlSimConfig {
     /// simulator speaks HTTP/1.1 only, like a server without HTTP/2.
     #[serde(default)]
     pub http2: bool,
-    /// Where to write the CA certificate (PEM) when `tls`; default: a file in the temp dir.
+    /// Where to write the CA certificate (PEM) when `tls`; default: a file in the temp dir,
+    /// removed when the fleet is dropped (a file given here is kept).
     pub ca_out: Option<PathBuf>,
     /// Latency added to every request of every worker.
     #[serde(with = "humantime_serde")]

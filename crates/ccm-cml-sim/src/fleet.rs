@@ -34,11 +34,27 @@ struct FleetInner {
     shutdown: CancellationToken,
     tracker: TaskTracker,
     ca_path: Option<PathBuf>,
+    /// The CA file is the fleet's own (written to the default temp-dir path): removed with it.
+    ca_file_owned: bool,
+}
+
+/// A CA file path of its own in the temp dir (process id and a counter: fleets of one process
+/// never share a file, so removing one's leaves the others').
+pub(crate) fn default_ca_path() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    std::env::temp_dir().join(format!("ccm-sim-ca-{}-{n}.pem", std::process::id()))
 }
 
 impl Drop for FleetInner {
     fn drop(&mut self) {
         self.shutdown.cancel();
+        if self.ca_file_owned
+            && let Some(path) = &self.ca_path
+        {
+            // Best effort: a file already gone is fine.
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -78,15 +94,14 @@ impl SimFleet {
             ));
         }
         let mut ca_path = None;
+        let ca_file_owned = config.tls && ca.is_none() && config.ca_out.is_none();
         let tls = if config.tls {
             let generated = ca.is_none();
             let ca = match ca {
                 Some(ca) => ca,
                 None => CaMaterial::generate()?,
             };
-            let path = config.ca_out.clone().unwrap_or_else(|| {
-                std::env::temp_dir().join(format!("ccm-sim-ca-{}.pem", std::process::id()))
-            });
+            let path = config.ca_out.clone().unwrap_or_else(default_ca_path);
             if generated {
                 std::fs::write(&path, &ca.cert_pem).map_err(|source| SimError::Write {
                     path: path.clone(),
@@ -149,6 +164,7 @@ impl SimFleet {
                 shutdown,
                 tracker,
                 ca_path,
+                ca_file_owned,
             }),
         };
         if let Some(a) = activity {
@@ -208,7 +224,8 @@ impl SimFleet {
             .map(|t| t.ca_pem().to_owned())
     }
 
-    /// Where the CA certificate was written, when serving TLS.
+    /// Where the CA certificate was written, when serving TLS. A file at the default path
+    /// (no `ca_out`) is removed when the fleet is dropped; one at `ca_out` is kept.
     pub fn ca_path(&self) -> Option<PathBuf> {
         self.inner.ca_path.clone()
     }

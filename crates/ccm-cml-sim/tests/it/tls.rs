@@ -19,7 +19,7 @@ async fn tls_fleet_should_serve_https_that_its_ca_verifies() {
     .unwrap();
     let pem = f.ca_pem().expect("a CA");
     assert_eq!(std::fs::read_to_string(&ca_out).unwrap(), pem);
-    assert_eq!(f.ca_path(), Some(ca_out));
+    assert_eq!(f.ca_path(), Some(ca_out.clone()));
     let ca = reqwest::Certificate::from_pem(pem.as_bytes()).unwrap();
     let trusting = reqwest::Client::builder()
         .tls_certs_only([ca])
@@ -46,6 +46,23 @@ async fn tls_fleet_should_serve_https_that_its_ca_verifies() {
         .expect_err("an unknown CA is refused");
     assert!(err.is_connect() || err.is_request(), "{err:?}");
     f.shutdown().await;
+    assert!(ca_out.exists(), "a CA file asked for with ca_out is kept");
+}
+
+#[tokio::test]
+async fn a_generated_ca_file_at_the_default_path_should_be_removed_with_the_fleet() {
+    let f = SimFleet::start(CmlSimConfig {
+        port: 0,
+        listen_base: "127.5.2.1".parse().unwrap(),
+        tls: true,
+        ..CmlSimConfig::default()
+    })
+    .await
+    .unwrap();
+    let path = f.ca_path().expect("written to the temp dir");
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), f.ca_pem().unwrap());
+    f.shutdown().await;
+    assert!(!path.exists(), "{} left behind", path.display());
 }
 
 /// The CA of a second fleet: valid, but not the one that signed the first fleet.
