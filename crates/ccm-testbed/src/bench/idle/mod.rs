@@ -28,7 +28,7 @@
 mod svg;
 pub mod trace;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -222,21 +222,6 @@ pub struct PolicyReport {
     pub engine_ticks: u64,
     /// The first wrongful pauses (worker, time, why), to see what the policy missed.
     pub wrongful_examples: Vec<String>,
-    /// ccm's pauses by the rule that chose the timeout (its name on the worker page, as the
-    /// policy sees the worker just after the pause); empty for the baselines.
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub pauses_by_rule: BTreeMap<String, RuleTally>,
-}
-
-/// ccm's pauses under one timeout rule.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct RuleTally {
-    /// Pauses.
-    pub pauses: u64,
-    /// Of them, wrongful.
-    pub wrongful: u64,
-    /// Idle hours before them (the idle stretch's start to the pause: what the timeout cost).
-    pub idle_hours_before: f64,
 }
 
 /// The report of one trace under every policy.
@@ -487,23 +472,6 @@ pub fn table(r: &IdleReport) -> String {
             p.money_saved
         ));
     }
-    for p in r.policies.iter().filter(|p| !p.pauses_by_rule.is_empty()) {
-        let rules: Vec<String> = p
-            .pauses_by_rule
-            .iter()
-            .map(|(rule, t)| {
-                format!(
-                    "{rule} {} ({} wrongful, {:.1} idle-h before)",
-                    t.pauses, t.wrongful, t.idle_hours_before
-                )
-            })
-            .collect();
-        out.push_str(&format!(
-            "{} pauses by rule: {}\n",
-            p.policy,
-            rules.join(", ")
-        ));
-    }
     if !r.sweep.is_empty() {
         out.push_str("sweep:\n");
         for p in &r.sweep {
@@ -615,7 +583,6 @@ struct Tally {
     stopped_s: f64,
     engine_ticks: u64,
     examples: Vec<String>,
-    by_rule: BTreeMap<String, RuleTally>,
 }
 
 /// Overlap, in seconds, of `[a, b)` with the stretches of `tl` for which `pred` holds,
@@ -967,19 +934,6 @@ async fn rule_of(fleet: &Fleet, id: Option<WorkerId>, t: DateTime<Utc>) -> Strin
         ago(m.last_work),
         ago(m.last_resume)
     )
-}
-
-/// The rule that chose ccm's timeout for the worker paused at `t` (the policy evaluated as
-/// if it still ran, with the fleet's current picture); `None` for the baselines.
-async fn timeout_rule_of(fleet: &Fleet, id: Option<WorkerId>, t: DateTime<Utc>) -> Option<String> {
-    let (Some(engine), Some(id)) = (&fleet.engine, id) else {
-        return None;
-    };
-    let mut w = engine.store().get(id).await.ok().flatten()?;
-    w.ec2_state = Ec2State::Running;
-    let settings = engine.settings().value.idle;
-    let d = ccm_domain::idle::evaluate_with(&w, &settings, &engine.fleet_picture(), t);
-    Some(d.timeout_rule.name().to_owned())
 }
 
 async fn states(fleet: &Fleet) -> Result<HashMap<InstanceId, Ec2State>, BenchError> {
@@ -1387,19 +1341,6 @@ async fn replay(
             }
             if s.billed && !billed {
                 tally.pauses += 1;
-                let rule = timeout_rule_of(fleet, s.engine_id, t).await;
-                let in_use = timelines[k].state_at(t).in_use();
-                let wrongful = in_use || timelines[k].next_use(t).is_some_and(|u| u - t < timeout);
-                if let Some(rule) = rule {
-                    let r = tally.by_rule.entry(rule).or_default();
-                    r.pauses += 1;
-                    r.wrongful += u64::from(wrongful);
-                    if !in_use {
-                        r.idle_hours_before += timelines[k]
-                            .segment_start(t)
-                            .map_or(0.0, |s| secs(t - s) / 3600.0);
-                    }
-                }
                 let tl = &timelines[k];
                 let (wk, wm) = opts.trace.local(t);
                 let when = format!(
@@ -1476,6 +1417,5 @@ async fn replay(
         run_seconds: 0.0,
         engine_ticks: tally.engine_ticks,
         wrongful_examples: tally.examples,
-        pauses_by_rule: tally.by_rule,
     })
 }
