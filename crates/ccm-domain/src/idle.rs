@@ -1372,6 +1372,29 @@ mod tests {
         w
     }
 
+    /// Five workers, each on a break from 11:40 (`t(0)` is 08:00 UTC) back at 12:40.
+    fn five_back_at_1240() -> Vec<Worker> {
+        let mut b = worker();
+        b.monitoring.breaks.push_back(crate::worker::Break {
+            from: t(3 * 60 * MIN + 40 * MIN),
+            to: t(4 * 60 * MIN + 40 * MIN),
+        });
+        vec![b; 5]
+    }
+
+    /// A worker with breaks from `from` (minutes after `t(0)`'s time of day) on the five days
+    /// before, of 90, 100, 110, 150 and 170 minutes (three of five back within 2 h).
+    fn with_long_lunches(from: i64) -> Worker {
+        let mut w = worker();
+        for (d, len) in [(5, 90), (4, 100), (3, 110), (2, 150), (1, 170)] {
+            w.monitoring.breaks.push_back(crate::worker::Break {
+                from: t((from - d * DAY) * MIN),
+                to: t((from - d * DAY + len) * MIN),
+            });
+        }
+        w
+    }
+
     #[test]
     fn breaks_that_often_ended_in_a_return_at_this_hour_should_give_the_return_timeout() {
         let s = IdleSettings::default();
@@ -1582,15 +1605,7 @@ mod tests {
             ..IdleSettings::default()
         };
         // Five workers on a break from 11:40 (t(0) is 08:00 UTC), all back at 12:40.
-        let mut fleet = Vec::new();
-        for _ in 0..5 {
-            let mut b = worker();
-            b.monitoring.breaks.push_back(crate::worker::Break {
-                from: t(3 * 60 * MIN + 40 * MIN),
-                to: t(4 * 60 * MIN + 40 * MIN),
-            });
-            fleet.push(b);
-        }
+        let fleet = five_back_at_1240();
         // This worker went quiet at 12:00, before any of those returns was known.
         let mut w = worker();
         w.monitoring.last_activity = Some(t(4 * 60 * MIN));
@@ -1618,13 +1633,7 @@ mod tests {
         };
         // Lunches from 12:00 on five earlier days: 90, 100, 110, 150 and 170 minutes (three of
         // five back within return_timeout: the rule applies).
-        let mut w = worker();
-        for (d, len) in [(5, 90), (4, 100), (3, 110), (2, 150), (1, 170)] {
-            w.monitoring.breaks.push_back(crate::worker::Break {
-                from: t((4 * 60 - d * DAY) * MIN),
-                to: t((4 * 60 - d * DAY + len) * MIN),
-            });
-        }
+        let mut w = with_long_lunches(4 * 60);
         w.monitoring.last_activity = Some(t(4 * 60 * MIN));
         w.monitoring.activity_checked_at = Some(t(6 * 60 * MIN + 30 * MIN));
         let d = evaluate_in(&w, &s, Some(0.0), t(6 * 60 * MIN + 30 * MIN));
@@ -1803,15 +1812,7 @@ mod tests {
             ..IdleSettings::default()
         };
         // Five workers on a break from 11:40 (t(0) is 08:00 UTC), all back at 12:40.
-        let mut fleet = Vec::new();
-        for _ in 0..5 {
-            let mut b = worker();
-            b.monitoring.breaks.push_back(crate::worker::Break {
-                from: t(3 * 60 * MIN + 40 * MIN),
-                to: t(4 * 60 * MIN + 40 * MIN),
-            });
-            fleet.push(b);
-        }
+        let fleet = five_back_at_1240();
         // This worker went quiet at 12:00 with nothing known: the lunch prior.
         let mut w = worker();
         w.monitoring.last_activity = Some(t(4 * 60 * MIN));
@@ -1839,13 +1840,7 @@ mod tests {
             ..IdleSettings::default()
         };
         // Breaks from 10:00 on five earlier days: 90, 100, 110, 150 and 170 minutes.
-        let mut w = worker();
-        for (d, len) in [(5, 90), (4, 100), (3, 110), (2, 150), (1, 170)] {
-            w.monitoring.breaks.push_back(crate::worker::Break {
-                from: t((2 * 60 - d * DAY) * MIN),
-                to: t((2 * 60 - d * DAY + len) * MIN),
-            });
-        }
+        let mut w = with_long_lunches(2 * 60);
         w.monitoring.last_activity = Some(t(2 * 60 * MIN));
         let now = t(4 * 60 * MIN + 30 * MIN);
         w.monitoring.activity_checked_at = Some(now);
@@ -1853,13 +1848,7 @@ mod tests {
         assert_eq!(d.timeout_rule, TimeoutRule::LearnedReturn);
         assert_eq!(d.timeout, Duration::from_secs(180 * 60), "170 min + margin");
         // The same breaks from 08:30: a stretch over by 10:30 is no lunch; return_timeout.
-        let mut m = worker();
-        for (d, len) in [(5, 90), (4, 100), (3, 110), (2, 150), (1, 170)] {
-            m.monitoring.breaks.push_back(crate::worker::Break {
-                from: t((30 - d * DAY) * MIN),
-                to: t((30 - d * DAY + len) * MIN),
-            });
-        }
+        let mut m = with_long_lunches(30);
         m.monitoring.last_activity = Some(t(30 * MIN));
         m.monitoring.activity_checked_at = Some(now);
         let d = evaluate_in(&m, &s, Some(0.0), t(60 * MIN));
