@@ -418,7 +418,7 @@ export function mountWorker(container, { args, session }) {
             no_return: ' · session ended at an hour when people (almost) never come back',
             run_ended: ' · unattended run ended: lab stopped after hours untouched; its user may come for the results',
             learned_return: ' · people often come back after breaks at this hour',
-            midday: ' · midday: no evidence yet about this hour, in the middle of the working day (lunch?)',
+            midday: ' · lunch: quiet into the middle of the working day, no evidence about this hour when it went quiet: the longest lunch the policy allows',
           })[idle.timeout_rule] || '',
           idle.return_breaks != null
             ? h('span', { class: 'muted small' }, ` (${idle.return_returned} of ${idle.return_breaks} ${idle.return_scope === 'fleet' ? 'fleet' : 'own'} breaks near this hour ended in a return)`)

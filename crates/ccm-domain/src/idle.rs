@@ -9,15 +9,16 @@
 //! dry-run mode the decision says what would happen and nothing is paused. Every decision says
 //! when the policy would act (`pause_at`) and whether the warning is due (`warn`).
 //!
-//! Which timeout applies ([`TimeoutRule`], in this order): `return_timeout` (at midday
-//! lengthened to the longest remembered return, up to `return_timeout_max`) where the learned breaks near this
-//! time of day (as known when the worker went quiet; later evidence may only lengthen) often
-//! ended in a return; before there is such evidence, `run_end_timeout` after the end of an
-//! unattended run (a lab stop after `run_end_after` without work, [`lab_stopped`]),
-//! `break_timeout` while the fleet is busy, and `break_timeout` in the middle of the working
-//! day (`midday_hours`: lunch); `no_return_timeout` after a session's end at an hour when
-//! people (almost) never came back; `session_end_timeout` after a session's end; else
-//! `timeout`.
+//! Which timeout applies ([`TimeoutRule`], in this order): `return_timeout` (for a quiet
+//! stretch that reaches the midday hours, lengthened to the longest remembered return, up to
+//! `return_timeout_max`) where the learned breaks near this time of day (as known when the
+//! worker went quiet; later evidence may only lengthen) often ended in a return; before there
+//! is such evidence, `return_timeout_max` for a quiet stretch that reaches the middle of the
+//! working day (`midday_hours`: lunch, [`reaches_midday`]), `run_end_timeout` after the end of
+//! an unattended run (a lab stop after `run_end_after` without work, [`lab_stopped`]),
+//! `break_timeout` while the fleet is busy; `no_return_timeout` after a session's end at an
+//! hour when people (almost) never came back; `session_end_timeout` after a session's end;
+//! else `timeout`.
 
 use std::time::Duration;
 
@@ -93,17 +94,20 @@ pub struct IdleSettings {
     /// break is not paused just before they return. Longer than `timeout` to be on.
     #[serde(with = "humantime_serde")]
     pub return_timeout: Duration,
-    /// In the midday hours (`midday_hours`, when `local_time_zone` is set), the learned
-    /// return rule's timeout grows to the longest break near this time of day that ended in a
-    /// return within this long (plus `RETURN_MARGIN`), so that lunches longer than
-    /// `return_timeout` are not paused just before their end. Not longer than
-    /// `return_timeout`: the timeout stays `return_timeout`.
+    /// For a quiet stretch that reaches the midday hours within `return_timeout`
+    /// (`midday_hours`, when `local_time_zone` is set), the learned return rule's timeout
+    /// grows to the longest break near this time of day that ended in a return within this
+    /// long (plus `RETURN_MARGIN`), so that lunches longer than `return_timeout` are not paused
+    /// just before their end; before there is evidence, such a stretch gets this long (see
+    /// `midday_hours`). Not longer than `return_timeout`: the timeout stays `return_timeout`.
     #[serde(with = "humantime_serde")]
     pub return_timeout_max: Duration,
     /// The middle of the working day, local time (`HH:MM-HH:MM` in `local_time_zone`; empty:
     /// off): before there is evidence about returns at this time of day (the first days), a
-    /// worker gone quiet in these hours is presumed at lunch and gets `break_timeout`, even
-    /// after a lab stop and while the fleet is not busy.
+    /// worker whose quiet stretch reaches these hours within `break_timeout` (gone quiet in
+    /// them, or in the morning before them) is presumed at lunch and gets the longest lunch
+    /// the learned rule allows (`return_timeout_max`, at least `break_timeout`), even after a
+    /// lab stop and while the fleet is not busy.
     pub midday_hours: String,
     /// The IANA time zone of the fleet's working hours (`midday_hours`). Empty (the default):
     /// not known, and the midday prior is off — ccm cannot tell the middle of a day without it.
@@ -426,8 +430,9 @@ pub enum TimeoutRule {
     /// `return_timeout` (up to `return_timeout_max`): users often came back after breaks
     /// begun at this time of day.
     LearnedReturn,
-    /// `break_timeout`: no evidence yet about this time of day, which is in the middle of the
-    /// working day (`midday_hours`): probably lunch.
+    /// `return_timeout_max` (at least `break_timeout`): no evidence about this time of day when
+    /// the worker went quiet, and its quiet stretch reaches the middle of the working day
+    /// (`midday_hours`): probably lunch.
     Midday,
 }
 
@@ -585,17 +590,18 @@ fn learned_of(r: &ReturnStats, settings: &IdleSettings) -> Option<bool> {
 /// fall between a return and its reading.
 pub const RETURN_MARGIN: Duration = Duration::from_secs(10 * 60);
 
-/// The learned return rule's timeout: `return_timeout`; for a worker gone quiet in the midday
-/// hours (lunch: see `in_midday`), lengthened to the longest remembered return near this time
-/// of day plus [`RETURN_MARGIN`], up to `return_timeout_max`. Elsewhere the day has no such
-/// rhythm to learn, and a long timeout would mostly pay for workers nobody comes back to.
+/// The learned return rule's timeout: `return_timeout`; for a worker whose quiet stretch
+/// reaches the midday hours within it (lunch: see [`reaches_midday`]), lengthened to the
+/// longest remembered return near this time of day plus [`RETURN_MARGIN`], up to
+/// `return_timeout_max`. Elsewhere the day has no such rhythm to learn, and a long timeout
+/// would mostly pay for workers nobody comes back to.
 fn learned_timeout(
     r: Option<&ReturnStats>,
     quiet_since: DateTime<Utc>,
     settings: &IdleSettings,
 ) -> Duration {
     let base = settings.timeout.max(settings.return_timeout);
-    if !in_midday(quiet_since, settings) {
+    if !reaches_midday(quiet_since, base, settings) {
         return base;
     }
     let longest = r
@@ -620,22 +626,45 @@ pub fn parse_midday_hours(s: &str) -> Result<(u16, u16), String> {
     Ok((a, b))
 }
 
+/// The minute of the day of `at` in `local_time_zone` (`None`: no zone, or one that cannot be
+/// read).
+fn local_minute(at: DateTime<Utc>, settings: &IdleSettings) -> Option<u32> {
+    if settings.local_time_zone.is_empty() {
+        return None;
+    }
+    let tz = jiff::tz::TimeZone::get(&settings.local_time_zone).ok()?;
+    let z = jiff::Timestamp::from_second(at.timestamp())
+        .ok()?
+        .to_zoned(tz);
+    Some(z.hour() as u32 * 60 + z.minute() as u32)
+}
+
 /// Whether `at` falls in `midday_hours` (local time in `local_time_zone`); an empty window or
 /// zone, or one that cannot be read (the settings' validation refuses it), is never.
 pub fn in_midday(at: DateTime<Utc>, settings: &IdleSettings) -> bool {
-    if settings.midday_hours.trim().is_empty() || settings.local_time_zone.is_empty() {
+    reaches_midday(at, Duration::ZERO, settings)
+}
+
+/// Whether a quiet stretch from `from` that lasts `length` reaches the midday hours: it began
+/// in them, or before them and is still on when they start (a morning's work done early, its
+/// user back after lunch). Such a stretch is a lunch break for the midday prior and the
+/// learned timeout's lengthening.
+pub fn reaches_midday(from: DateTime<Utc>, length: Duration, settings: &IdleSettings) -> bool {
+    if settings.midday_hours.trim().is_empty() {
         return false;
     }
-    let (Ok((from, to)), Ok(tz), Ok(ts)) = (
+    let (Ok((start, end)), Some(m)) = (
         parse_midday_hours(&settings.midday_hours),
-        jiff::tz::TimeZone::get(&settings.local_time_zone),
-        jiff::Timestamp::from_second(at.timestamp()),
+        local_minute(from, settings),
     ) else {
         return false;
     };
-    let z = ts.to_zoned(tz);
-    let minute = z.hour() as u16 * 60 + z.minute() as u16;
-    (from..to).contains(&minute)
+    let (start, end) = (u32::from(start), u32::from(end));
+    let reach = m + (length.as_secs() / 60).min(24 * 60) as u32;
+    // Today's midday hours, or tomorrow's for a stretch begun in the evening.
+    [0, 24 * 60]
+        .into_iter()
+        .any(|day| m < end + day && (m >= start + day || reach > start + day))
 }
 
 fn since(a: DateTime<Utc>, b: DateTime<Utc>) -> Duration {
@@ -733,7 +762,7 @@ pub fn evaluate_with(
         && fleet
             .busy_share
             .is_some_and(|s| s * 100.0 >= f64::from(settings.busy_fleet_percent));
-    let returns = return_rule_on(settings).then(|| {
+    let judged = return_rule_on(settings).then(|| {
         let own;
         let profile = match (&fleet.returns, settings.return_scope) {
             (Some(p), ReturnScope::Fleet) => p,
@@ -751,40 +780,45 @@ pub fn evaluate_with(
         // breaks ending during this one cannot shorten its timeout; evidence that came in
         // since may only lengthen it (people came back at this hour after all).
         let quiet = profile.around(reference, settings.return_window, scope);
-        if learned_of(&quiet, settings) != Some(true) && now > reference {
+        let when_quiet = learned_of(&quiet, settings);
+        if when_quiet != Some(true) && now > reference {
             let known = profile.around_known(reference, now, settings.return_window, scope);
             if learned_of(&known, settings) == Some(true) {
-                return known;
+                return (known, when_quiet);
             }
         }
-        quiet
+        (quiet, when_quiet)
     });
+    let returns = judged.map(|(r, _)| r);
     // With enough remembered breaks at this time of day, they decide; before that, the
     // busy-fleet guess and the midday hours do.
     let learned = returns.and_then(|r| learned_of(&r, settings));
     let stop = lab_stopped(worker, settings);
     let session_end =
         settings.session_end_timeout < settings.timeout && stop == Some(LabStop::Session);
+    // No evidence about this hour when the worker went quiet, and its quiet stretch reaches
+    // the middle of the working day: presumed at lunch, for as long as the learned rule would
+    // ever allow a lunch (later evidence may only lengthen it).
+    let break_timeout = settings.timeout.max(settings.break_timeout);
+    let lunch = judged.is_none_or(|(_, when_quiet)| when_quiet.is_none())
+        && reaches_midday(reference, break_timeout, settings);
+    let lunch_timeout = break_timeout.max(settings.return_timeout_max);
     let (timeout, timeout_rule) = match learned {
-        Some(true) => (
-            learned_timeout(returns.as_ref(), reference, settings),
-            TimeoutRule::LearnedReturn,
-        ),
+        Some(true) => {
+            let t = learned_timeout(returns.as_ref(), reference, settings);
+            if lunch && lunch_timeout > t {
+                (lunch_timeout, TimeoutRule::Midday)
+            } else {
+                (t, TimeoutRule::LearnedReturn)
+            }
+        }
+        None if lunch => (lunch_timeout, TimeoutRule::Midday),
         // The end of an unattended run is no user leaving; before there is evidence about
         // this hour, its user is given the time to come and read the results.
         None if stop == Some(LabStop::UnattendedRun) => {
             (settings.run_end_timeout, TimeoutRule::RunEnded)
         }
-        None if fleet_busy => (
-            settings.timeout.max(settings.break_timeout),
-            TimeoutRule::FleetBusy,
-        ),
-        // No evidence yet about this hour: in the middle of the working day a quiet worker
-        // (a lab stopped included) is presumed at lunch.
-        None if in_midday(reference, settings) => (
-            settings.timeout.max(settings.break_timeout),
-            TimeoutRule::Midday,
-        ),
+        None if fleet_busy => (break_timeout, TimeoutRule::FleetBusy),
         Some(false)
             if session_end
                 && settings.no_return_timeout < settings.session_end_timeout
@@ -1338,6 +1372,29 @@ mod tests {
         w
     }
 
+    /// Five workers, each on a break from 11:40 (`t(0)` is 08:00 UTC) back at 12:40.
+    fn five_back_at_1240() -> Vec<Worker> {
+        let mut b = worker();
+        b.monitoring.breaks.push_back(crate::worker::Break {
+            from: t(3 * 60 * MIN + 40 * MIN),
+            to: t(4 * 60 * MIN + 40 * MIN),
+        });
+        vec![b; 5]
+    }
+
+    /// A worker with breaks from `from` (minutes after `t(0)`'s time of day) on the five days
+    /// before, of 90, 100, 110, 150 and 170 minutes (three of five back within 2 h).
+    fn with_long_lunches(from: i64) -> Worker {
+        let mut w = worker();
+        for (d, len) in [(5, 90), (4, 100), (3, 110), (2, 150), (1, 170)] {
+            w.monitoring.breaks.push_back(crate::worker::Break {
+                from: t((from - d * DAY) * MIN),
+                to: t((from - d * DAY + len) * MIN),
+            });
+        }
+        w
+    }
+
     #[test]
     fn breaks_that_often_ended_in_a_return_at_this_hour_should_give_the_return_timeout() {
         let s = IdleSettings::default();
@@ -1548,15 +1605,7 @@ mod tests {
             ..IdleSettings::default()
         };
         // Five workers on a break from 11:40 (t(0) is 08:00 UTC), all back at 12:40.
-        let mut fleet = Vec::new();
-        for _ in 0..5 {
-            let mut b = worker();
-            b.monitoring.breaks.push_back(crate::worker::Break {
-                from: t(3 * 60 * MIN + 40 * MIN),
-                to: t(4 * 60 * MIN + 40 * MIN),
-            });
-            fleet.push(b);
-        }
+        let fleet = five_back_at_1240();
         // This worker went quiet at 12:00, before any of those returns was known.
         let mut w = worker();
         w.monitoring.last_activity = Some(t(4 * 60 * MIN));
@@ -1584,13 +1633,7 @@ mod tests {
         };
         // Lunches from 12:00 on five earlier days: 90, 100, 110, 150 and 170 minutes (three of
         // five back within return_timeout: the rule applies).
-        let mut w = worker();
-        for (d, len) in [(5, 90), (4, 100), (3, 110), (2, 150), (1, 170)] {
-            w.monitoring.breaks.push_back(crate::worker::Break {
-                from: t((4 * 60 - d * DAY) * MIN),
-                to: t((4 * 60 - d * DAY + len) * MIN),
-            });
-        }
+        let mut w = with_long_lunches(4 * 60);
         w.monitoring.last_activity = Some(t(4 * 60 * MIN));
         w.monitoring.activity_checked_at = Some(t(6 * 60 * MIN + 30 * MIN));
         let d = evaluate_in(&w, &s, Some(0.0), t(6 * 60 * MIN + 30 * MIN));
@@ -1643,7 +1686,7 @@ mod tests {
     }
 
     #[test]
-    fn a_lab_stopped_at_midday_without_evidence_should_get_the_break_timeout_in_local_time() {
+    fn a_lab_stopped_at_midday_without_evidence_should_get_the_lunch_timeout_in_local_time() {
         // The lab stopped at 12:00 UTC, the fleet not busy, no breaks remembered.
         let w = after_lab_stop(4 * 60 * MIN, 4 * 60 * MIN + MIN, 0, 4 * 60 * MIN + 35 * MIN);
         let now = t(4 * 60 * MIN + 35 * MIN);
@@ -1656,8 +1699,15 @@ mod tests {
         };
         let d = evaluate_in(&w, &s, Some(0.0), now);
         assert_eq!(d.timeout_rule, TimeoutRule::Midday);
-        assert_eq!(d.timeout, s.break_timeout);
+        assert_eq!(
+            d.timeout, s.return_timeout_max,
+            "the longest lunch the rule allows"
+        );
         assert_eq!(d.action.label(), "keep:not_idle");
+        // A busy fleet changes nothing: lunch is lunch.
+        let d = evaluate_in(&w, &s, Some(1.0), now);
+        assert_eq!(d.timeout_rule, TimeoutRule::Midday);
+        assert_eq!(d.timeout, s.return_timeout_max);
         assert_eq!(TimeoutRule::Midday.name(), "midday");
         // 12:00 UTC is 07:00 in New York: not midday there; the session end applies.
         let ny = IdleSettings {
@@ -1693,6 +1743,117 @@ mod tests {
             TimeoutRule::Midday,
             "five non-returns at this hour are evidence"
         );
+    }
+
+    #[test]
+    fn a_quiet_stretch_should_reach_midday_when_it_begins_in_it_or_runs_into_it() {
+        let s = IdleSettings {
+            local_time_zone: "UTC".into(),
+            ..IdleSettings::default()
+        };
+        let at = |h: i64, m: i64| t(((h - 8) * 60 + m) * MIN);
+        let two_h = Duration::from_secs(2 * 3600);
+        assert!(reaches_midday(at(10, 9), two_h, &s), "10:09 + 2 h is 12:09");
+        assert!(
+            !reaches_midday(at(9, 0), two_h, &s),
+            "09:00 + 2 h ends as midday starts"
+        );
+        assert!(reaches_midday(at(9, 1), two_h, &s));
+        assert!(reaches_midday(at(13, 59), Duration::ZERO, &s));
+        assert!(!reaches_midday(at(14, 0), two_h, &s), "after midday");
+        assert!(in_midday(at(11, 0), &s) && !in_midday(at(10, 59), &s));
+        assert!(
+            reaches_midday(at(22, 0), Duration::from_secs(14 * 3600), &s),
+            "into tomorrow's midday"
+        );
+        assert!(!reaches_midday(
+            at(22, 0),
+            Duration::from_secs(12 * 3600),
+            &s
+        ));
+        // No zone or no window: never.
+        assert!(!reaches_midday(at(12, 0), two_h, &IdleSettings::default()));
+        let off = IdleSettings {
+            midday_hours: String::new(),
+            ..s.clone()
+        };
+        assert!(!reaches_midday(at(12, 0), two_h, &off));
+    }
+
+    #[test]
+    fn a_morning_session_ended_before_midday_should_be_a_lunch_break_without_evidence() {
+        let s = IdleSettings {
+            local_time_zone: "UTC".into(),
+            ..IdleSettings::default()
+        };
+        // Quiet since 10:09 UTC (t(0) is 08:00), nothing remembered, the fleet not busy.
+        let mut w = worker();
+        w.monitoring.last_activity = Some(t(2 * 60 * MIN + 9 * MIN));
+        let now = t(4 * 60 * MIN + 20 * MIN);
+        w.monitoring.activity_checked_at = Some(now);
+        let d = evaluate_in(&w, &s, Some(0.0), now);
+        assert_eq!(d.timeout_rule, TimeoutRule::Midday);
+        assert_eq!(d.timeout, s.return_timeout_max);
+        assert_eq!(d.pause_at, Some(t(5 * 60 * MIN + 39 * MIN)));
+        assert_eq!(d.action.label(), "keep:not_idle");
+        // Quiet since 08:30: done by 10:30, before lunch; the plain timeout.
+        let mut early = worker();
+        early.monitoring.last_activity = Some(t(30 * MIN));
+        early.monitoring.activity_checked_at = Some(t(90 * MIN));
+        let d = evaluate_in(&early, &s, Some(0.0), t(90 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::Plain);
+        assert_eq!(d.action, IdleAction::Pause);
+    }
+
+    #[test]
+    fn returns_known_during_a_lunch_without_evidence_should_not_shorten_its_timeout() {
+        let s = IdleSettings {
+            local_time_zone: "UTC".into(),
+            ..IdleSettings::default()
+        };
+        // Five workers on a break from 11:40 (t(0) is 08:00 UTC), all back at 12:40.
+        let fleet = five_back_at_1240();
+        // This worker went quiet at 12:00 with nothing known: the lunch prior.
+        let mut w = worker();
+        w.monitoring.last_activity = Some(t(4 * 60 * MIN));
+        let now = t(6 * 60 * MIN + 10 * MIN);
+        w.monitoring.activity_checked_at = Some(now);
+        let picture = FleetPicture::of(&fleet, &s, now);
+        let d = evaluate_with(&w, &s, &picture, now);
+        // The returns known since say 60 min + margin; the prior (3 h 30) stays.
+        assert_eq!(d.returns.map(|r| (r.breaks, r.returned)), Some((5, 5)));
+        assert_eq!(d.timeout_rule, TimeoutRule::Midday);
+        assert_eq!(d.pause_at, Some(t(7 * 60 * MIN + 30 * MIN)));
+        assert_eq!(d.action.label(), "keep:not_idle");
+        // The next day the evidence is there when the worker goes quiet: learned, 2 h.
+        let mut w2 = worker();
+        w2.monitoring.last_activity = Some(t((DAY + 4 * 60) * MIN));
+        let d = evaluate_with(&w2, &s, &picture, t((DAY + 4 * 60 + 30) * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::LearnedReturn);
+        assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
+    }
+
+    #[test]
+    fn a_morning_break_that_reaches_midday_should_get_the_longest_remembered_return() {
+        let s = IdleSettings {
+            local_time_zone: "UTC".into(),
+            ..IdleSettings::default()
+        };
+        // Breaks from 10:00 on five earlier days: 90, 100, 110, 150 and 170 minutes.
+        let mut w = with_long_lunches(2 * 60);
+        w.monitoring.last_activity = Some(t(2 * 60 * MIN));
+        let now = t(4 * 60 * MIN + 30 * MIN);
+        w.monitoring.activity_checked_at = Some(now);
+        let d = evaluate_in(&w, &s, Some(0.0), now);
+        assert_eq!(d.timeout_rule, TimeoutRule::LearnedReturn);
+        assert_eq!(d.timeout, Duration::from_secs(180 * 60), "170 min + margin");
+        // The same breaks from 08:30: a stretch over by 10:30 is no lunch; return_timeout.
+        let mut m = with_long_lunches(30);
+        m.monitoring.last_activity = Some(t(30 * MIN));
+        m.monitoring.activity_checked_at = Some(now);
+        let d = evaluate_in(&m, &s, Some(0.0), t(60 * MIN));
+        assert_eq!(d.timeout_rule, TimeoutRule::LearnedReturn);
+        assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
     }
 
     #[test]
