@@ -13,8 +13,10 @@
 //! its background work there (polls, the writer, jobs, provisioning), whichever runtime calls
 //! it: start it from a task on the engine's runtime.
 //!
-//! Threads that a niced thread starts inherit its nice value on Linux (e.g. the SQLite
-//! connection threads that an engine task opens).
+//! Threads that a niced thread starts inherit its nice value on Linux, and a thread cannot
+//! raise its priority back without privileges: SQLite's connection threads take the nice
+//! value of the thread that opened them, so the store opens them all at start
+//! (`ccm_store::SqliteStore::open`), on the API's runtime.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -100,9 +102,11 @@ pub fn build(name: &str, threads: usize, nice: i32) -> std::io::Result<tokio::ru
     builder.build()
 }
 
-/// Adds `increment` to the calling thread's nice value (capped at [`MAX_NICE`]).
+/// Adds `increment` to the calling thread's nice value (capped at [`MAX_NICE`]); threads and
+/// processes it starts afterwards inherit the new value. Without privileges it cannot be
+/// undone.
 #[cfg(target_os = "linux")]
-fn lower_priority(increment: i32) -> std::io::Result<()> {
+pub fn lower_priority(increment: i32) -> std::io::Result<()> {
     // On Linux the nice value is per thread: PRIO_PROCESS with a thread id sets that thread's.
     let me = Some(rustix::thread::gettid());
     let now = rustix::process::getpriority_process(me)?;
@@ -110,8 +114,9 @@ fn lower_priority(increment: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Lowering a thread's priority is only done on Linux: elsewhere an error.
 #[cfg(not(target_os = "linux"))]
-fn lower_priority(_increment: i32) -> std::io::Result<()> {
+pub fn lower_priority(_increment: i32) -> std::io::Result<()> {
     Err(std::io::Error::other(
         "per-thread priorities are only set on Linux",
     ))

@@ -18,7 +18,9 @@
 //!   must get every one it asked for ([`StreamKind`]).
 //!
 //! Clients and subscribers run in this process, on the same two cores as the server, the
-//! engine and (in their own processes) the simulator: the figures include that load.
+//! engine and (in their own processes) the simulator: the figures include that load. The
+//! simulator's processes run at a lower OS priority (`sim_nice`, default +10 like the
+//! engine): in a real deployment the CML controllers are other machines.
 //!
 //! **Runtimes** (ARCHITECTURE.md, "Runtimes"): as `ccm serve`, the API runs on a runtime of
 //! its own and the engine (its polls, writer and jobs) on another whose threads run at a
@@ -114,6 +116,10 @@ pub struct ApiOptions {
     /// Server, engine, clients and subscribers all on the caller's runtime (no runtime of
     /// their own, no nice): the layout before issue 13's round 5, for comparison.
     pub one_runtime: bool,
+    /// Added to the simulator processes' nice value (0 to 19; 0: this process's priority).
+    /// The simulated CML controllers run elsewhere in a real deployment; lowered like the
+    /// engine, they do not take cores from the API they are measured against.
+    pub sim_nice: i32,
 }
 
 impl ApiOptions {
@@ -142,6 +148,7 @@ impl ApiOptions {
             server_threads: ccm_api::ServerConfig::default().threads,
             engine_runtime: EngineRuntimeConfig::default(),
             one_runtime: false,
+            sim_nice: EngineRuntimeConfig::default().nice,
         }
     }
 }
@@ -218,6 +225,9 @@ pub struct RuntimeLayout {
     pub engine_threads: usize,
     /// `[engine] nice`.
     pub engine_nice: i32,
+    /// The simulator processes' nice increment (not part of the product: the simulated CML
+    /// controllers run elsewhere in a real deployment).
+    pub sim_nice: i32,
 }
 
 /// What `ccm bench api` reports (its JSON; BENCHMARKS.md, "API under load").
@@ -334,6 +344,13 @@ async fn run(args: ApiOptions) -> Result<ApiReport, BenchError> {
             "ccm bench api runs on one store: sqlite or postgres".into(),
         ));
     }
+    if !(0..=ccm_engine::runtime::MAX_NICE).contains(&args.sim_nice) {
+        return Err(BenchError::Invalid(format!(
+            "the simulator's nice: {} is out of range (0 to {})",
+            args.sim_nice,
+            ccm_engine::runtime::MAX_NICE
+        )));
+    }
     let streams = u64::from(args.subscribers) + u64::from(args.clients);
     let open_files_limit = raise_open_files(2 * streams + 1024)?;
     let dir = tempfile::Builder::new()
@@ -350,6 +367,7 @@ async fn run(args: ApiOptions) -> Result<ApiReport, BenchError> {
         shard_size: args.shard_size,
         tls_ca_out: None,
         http2: false,
+        nice: args.sim_nice,
     };
     eprintln!(
         "ccm bench api: starting the simulator ({} workers, {} ms latency)",
@@ -408,6 +426,7 @@ impl Runtimes {
             server_threads: args.server_threads,
             engine_threads: args.engine_runtime.threads,
             engine_nice: args.engine_runtime.nice,
+            sim_nice: args.sim_nice,
         };
         if args.one_runtime {
             return Ok(Self {

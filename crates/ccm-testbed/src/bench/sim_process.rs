@@ -40,6 +40,10 @@ pub struct SimSpec {
     pub tls_ca_out: Option<PathBuf>,
     /// With `tls_ca_out`: offer HTTP/2 by ALPN (`ccm sim --http2`), as CML's nginx does.
     pub http2: bool,
+    /// Added to the simulator processes' nice value (0: this process's priority). The
+    /// simulator stands for CML controllers that run elsewhere in a real deployment: lowered,
+    /// it does not take cores from the ccm it serves.
+    pub nice: i32,
 }
 
 /// A running simulator.
@@ -75,6 +79,26 @@ fn log_tail(path: &Path) -> String {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(8)..].join("\n")
+}
+
+/// Starts `cmd` at `nice` below this process's priority (0: as is): from a thread of its own
+/// that lowers itself first, since a child (and its shard children) inherits the nice value of
+/// the thread that forks it, and no thread here is lowered for good.
+fn spawn_niced(mut cmd: tokio::process::Command, nice: i32) -> std::io::Result<Child> {
+    if nice == 0 {
+        return cmd.spawn();
+    }
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let _runtime = runtime.enter();
+                ccm_engine::runtime::lower_priority(nice)?;
+                cmd.spawn()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the spawning thread panicked")))
+    })
 }
 
 impl SimProcess {
@@ -119,7 +143,7 @@ impl SimProcess {
             .env("RUST_LOG", "warn")
             .kill_on_drop(true);
         let program = spec.launcher.program().display().to_string();
-        let child = cmd.spawn().map_err(BenchError::io(format!(
+        let child = spawn_niced(cmd, spec.nice).map_err(BenchError::io(format!(
             "cannot start the simulator ({program})"
         )))?;
         let http = reqwest::Client::builder()
@@ -233,5 +257,39 @@ impl SimProcess {
             tracing::warn!("the simulator did not stop in time; killing it");
             let _ = self.child.kill().await;
         }
+    }
+}
+
+#[cfg(all(test, target_os = "linux"))]
+#[allow(clippy::expect_used)] // tests may panic
+mod tests {
+    use super::*;
+
+    /// The nice value field of a `/proc/<pid>/stat` line.
+    fn nice_of(stat: &str) -> i32 {
+        let rest = &stat[stat.rfind(')').expect("comm") + 1..];
+        rest.split_whitespace()
+            .nth(16)
+            .expect("field 19")
+            .parse()
+            .expect("a number")
+    }
+
+    #[tokio::test]
+    async fn a_niced_child_should_run_lowered_and_leave_the_caller_alone() {
+        let base = ccm_engine::runtime::thread_nice().expect("nice");
+        let mut cmd = tokio::process::Command::new("cat");
+        cmd.arg("/proc/self/stat").stdout(Stdio::piped());
+        let out = spawn_niced(cmd, 3)
+            .expect("spawn")
+            .wait_with_output()
+            .await
+            .expect("output");
+        let stat = String::from_utf8(out.stdout).expect("utf-8");
+        assert_eq!(
+            nice_of(&stat),
+            (base + 3).min(ccm_engine::runtime::MAX_NICE)
+        );
+        assert_eq!(ccm_engine::runtime::thread_nice().expect("nice"), base);
     }
 }

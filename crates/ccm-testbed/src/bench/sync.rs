@@ -426,6 +426,7 @@ async fn run(args: SyncOptions) -> Result<SyncReport, BenchError> {
         shard_size: args.shard_size,
         tls_ca_out: args.tls.then(|| dir.path().join("sim-ca.pem")),
         http2: args.tls && args.sim_http2,
+        nice: 0,
     };
     eprintln!(
         "ccm bench: starting the simulator ({} workers, {} ms latency{})",

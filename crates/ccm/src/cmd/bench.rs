@@ -301,6 +301,11 @@ pub(crate) struct ApiArgs {
     /// before the split), for comparison.
     #[arg(long)]
     pub(crate) one_runtime: bool,
+    /// Nice increment of the simulator's processes (0 to 19): the simulated CML controllers
+    /// run elsewhere in a real deployment, so by default they yield the cores to ccm as the
+    /// engine does.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(i32).range(0..=19))]
+    pub(crate) sim_nice: i32,
 }
 
 /// Runs a benchmark and prints its JSON report on stdout.
@@ -538,6 +543,7 @@ fn api(args: ApiArgs) -> anyhow::Result<()> {
         nice: args.engine_nice,
     };
     options.one_runtime = args.one_runtime;
+    options.sim_nice = args.sim_nice;
     let runtime = super::runtime::build()?;
     let outcome = runtime.block_on(async move {
         tokio::select! {

@@ -268,6 +268,7 @@ async fn measure(
             shard_size: a.workers,
             tls_ca_out: None,
             http2: false,
+            nice: 0,
         },
         dir,
     )
