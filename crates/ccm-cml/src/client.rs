@@ -421,13 +421,14 @@ impl CmlClient {
     }
 
     /// [`licensing`](Self::licensing) as the last call of a sync whose calls went one after
-    /// another on one connection ([`SyncOrder::OneByOne`](crate::SyncOrder::OneByOne)): over
-    /// plain HTTP/1.1 it asks for the connection to be closed after the answer
-    /// (`Connection: close`), so that it does not idle in the pool until the worker's next
-    /// sync, a poll interval away. Over HTTPS it is [`licensing`](Self::licensing).
+    /// another on one connection ([`SyncOrder::OneByOne`](crate::SyncOrder::OneByOne): over
+    /// HTTP/1.1, plain or HTTPS without HTTP/2): it asks for the connection to be closed after
+    /// the answer (`Connection: close`), so that it does not idle in the pool until the
+    /// worker's next sync, a poll interval away. In any other order (HTTP/2 has no such
+    /// header) it is [`licensing`](Self::licensing).
     pub async fn licensing_closing(&self, target: &Target) -> Result<LicensingStatus, CmlError> {
         let mut req = Req::get("/licensing");
-        req.close = !target.is_https();
+        req.close = self.sync_order(target.base_url()) == crate::SyncOrder::OneByOne;
         self.call(target, Endpoint::Licensing, &req, |e, _, body| {
             decode_json(e, &body)
         })

@@ -91,7 +91,9 @@ pub struct CmlConfig {
     /// A worker that speaks it gets one connection for a whole sync: the first call
     /// (`system_information`) opens it, the other three share it as streams; a worker that
     /// does not answers on HTTP/1.1 as before. Needs `pool_max_idle_per_host` ≥ 1 (hyper
-    /// shares an HTTP/2 connection through its pool). `false`: HTTP/1.1 only.
+    /// shares an HTTP/2 connection through its pool). `false`: HTTP/1.1 only, and a sync's
+    /// calls go one after another on one connection that the last closes, as over plain HTTP
+    /// ([`crate::SyncOrder::OneByOne`]; with `pool_max_idle_per_host` ≥ 1).
     pub http2: bool,
     /// Largest response body read, in bytes (telemetry can hold ~3,000 events).
     pub max_body_bytes: usize,

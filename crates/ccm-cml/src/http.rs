@@ -127,9 +127,10 @@ pub enum SyncOrder {
     /// (`pool_max_idle_per_host` ≥ 1): the first call alone, then the other three at once as
     /// streams on its connection (two round trips, one connection and one handshake).
     FirstThenStreams,
-    /// Plain HTTP/1.1 with a pool (`plain_pool_max_idle_per_host` ≥ 1): the calls one after
-    /// another on one kept-alive connection, the last one closing it (`Connection: close`),
-    /// so that nothing idles after the sync (four round trips, one connection; the engine
+    /// HTTP/1.1 with a pool: plain HTTP (`plain_pool_max_idle_per_host` ≥ 1), or HTTPS with
+    /// `[cml] http2` off (`pool_max_idle_per_host` ≥ 1). The calls one after another on one
+    /// kept-alive connection, the last one closing it (`Connection: close`), so that nothing
+    /// idles after the sync (four round trips, one connection and one handshake; the engine
     /// syncs twice as many such workers at once, [`SyncOrder::gate_slots`]).
     OneByOne,
     /// No pool to share a connection through (or HTTPS without HTTP/2): every overlapped call
@@ -159,8 +160,10 @@ pub fn sync_order(config: &CmlConfig, base_url: &str) -> SyncOrder {
 /// What [`sync_order`] needs of the config (kept by the client).
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OrderSettings {
-    /// `http2` on and `pool_max_idle_per_host` ≥ 1.
-    http2_pool: bool,
+    /// `http2` on.
+    http2: bool,
+    /// `pool_max_idle_per_host` ≥ 1 (HTTPS).
+    tls_pool: bool,
     /// `plain_pool_max_idle_per_host` ≥ 1.
     plain_pool: bool,
 }
@@ -168,7 +171,8 @@ pub(crate) struct OrderSettings {
 impl OrderSettings {
     pub(crate) fn of(config: &CmlConfig) -> Self {
         Self {
-            http2_pool: config.http2 && config.pool_max_idle_per_host > 0,
+            http2: config.http2,
+            tls_pool: config.pool_max_idle_per_host > 0,
             plain_pool: config.plain_pool_max_idle_per_host > 0,
         }
     }
@@ -181,8 +185,12 @@ impl OrderSettings {
             } else {
                 SyncOrder::AllAtOnce
             }
-        } else if self.http2_pool && is_https(base_url) {
-            SyncOrder::FirstThenStreams
+        } else if self.tls_pool && is_https(base_url) {
+            if self.http2 {
+                SyncOrder::FirstThenStreams
+            } else {
+                SyncOrder::OneByOne
+            }
         } else {
             SyncOrder::AllAtOnce
         }
@@ -474,7 +482,16 @@ mod tests {
             http2: false,
             ..CmlConfig::default()
         };
-        assert_eq!(sync_order(&no_h2, "https://10.0.0.5"), SyncOrder::AllAtOnce);
+        assert_eq!(sync_order(&no_h2, "https://10.0.0.5"), SyncOrder::OneByOne);
+        let no_h2_no_pool = CmlConfig {
+            http2: false,
+            pool_max_idle_per_host: 0,
+            ..CmlConfig::default()
+        };
+        assert_eq!(
+            sync_order(&no_h2_no_pool, "https://10.0.0.5"),
+            SyncOrder::AllAtOnce
+        );
         assert_eq!(sync_order(&no_h2, "http://10.0.0.5"), SyncOrder::OneByOne);
         let no_pool = CmlConfig {
             pool_max_idle_per_host: 0,

@@ -62,24 +62,29 @@ pub(crate) fn decode_worker(id: &str, version: i64, doc: &str) -> Result<Worker>
     Ok(worker)
 }
 
-/// The document and indexed columns of a worker about to be written at `version`.
+/// The document and indexed columns of a worker about to be written at `version`, and the
+/// worker as it will be once written (`saved`: the caller's worker at `version`), which a
+/// successful write returns: the one copy of the worker a write makes.
 pub(crate) struct WorkerRow {
     pub(crate) id: String,
     pub(crate) instance_id: Option<String>,
     pub(crate) doc: String,
     pub(crate) version: i64,
+    pub(crate) saved: Worker,
 }
 
 pub(crate) fn encode_worker(worker: &Worker, version: u64) -> Result<WorkerRow> {
     let id = worker.id.to_string();
-    let mut stored = worker.clone();
-    stored.version = version;
-    let doc = WORKER.encode(&id, &stored)?;
+    let version_column = i64::try_from(version).map_err(|e| corrupt("worker", &id, e))?;
+    let mut saved = worker.clone();
+    saved.version = version;
+    let doc = WORKER.encode(&id, &saved)?;
     Ok(WorkerRow {
         instance_id: worker.instance_id.as_ref().map(ToString::to_string),
         doc,
-        version: i64::try_from(version).map_err(|e| corrupt("worker", &id, e))?,
+        version: version_column,
         id,
+        saved,
     })
 }
 

@@ -326,23 +326,13 @@ where
     Ok(done.rows_affected())
 }
 
-fn saved(worker: &Worker) -> Worker {
-    let mut saved = worker.clone();
-    saved.version = worker.version + 1;
-    saved
-}
-
 #[async_trait]
 impl WorkerRepo for PgStore {
     async fn insert(&self, worker: &Worker) -> Result<Worker> {
         let row = encode_worker(worker, 1)?;
         let result = insert_worker(&self.pool, &row, worker, false).await;
         match result {
-            Ok(_) => {
-                let mut saved = worker.clone();
-                saved.version = 1;
-                Ok(saved)
-            }
+            Ok(_) => Ok(row.saved),
             Err(e) if is_unique_violation(&e) && row.instance_id.is_some() => {
                 let instance_id = row.instance_id.unwrap_or_default();
                 match self.existing_for_instance(&instance_id).await? {
@@ -378,11 +368,7 @@ impl WorkerRepo for PgStore {
         }
         .await;
         match result {
-            Ok(Ok(())) => {
-                let mut saved = worker.clone();
-                saved.version = 1;
-                Ok(saved)
-            }
+            Ok(Ok(())) => Ok(row.saved),
             Ok(Err(at_cap)) => Err(at_cap),
             Err(e) if is_unique_violation(&e) && row.instance_id.is_some() => {
                 let instance_id = row.instance_id.unwrap_or_default();
@@ -401,9 +387,7 @@ impl WorkerRepo for PgStore {
     async fn insert_or_get(&self, worker: &Worker) -> Result<(Worker, bool)> {
         let row = encode_worker(worker, 1)?;
         if insert_worker(&self.pool, &row, worker, true).await? == 1 {
-            let mut saved = worker.clone();
-            saved.version = 1;
-            return Ok((saved, true));
+            return Ok((row.saved, true));
         }
         let instance_id = row.instance_id.unwrap_or_default();
         let existing =
@@ -461,8 +445,9 @@ impl WorkerRepo for PgStore {
 
     async fn update(&self, worker: &Worker) -> Result<Worker> {
         let row = encode_worker(worker, worker.version + 1)?;
-        match update_row(&self.pool, &row, worker).await {
-            Ok(1) => Ok(saved(worker)),
+        let updated = update_row(&self.pool, &row, worker).await;
+        match updated {
+            Ok(1) => Ok(row.saved),
             Ok(_) => Err(self.explain_update_failure(worker, None).await),
             Err(e) => Err(self.explain_update_failure(worker, Some(e.into())).await),
         }
@@ -491,11 +476,11 @@ impl WorkerRepo for PgStore {
             self.update_each(&rows, workers).await?
         };
         let mut results = Vec::with_capacity(workers.len());
-        for (worker, outcome) in workers.iter().zip(outcomes) {
-            results.push(match outcome {
-                Ok(true) => Ok(saved(worker)),
-                Ok(false) => Err(self.explain_update_failure(worker, None).await),
-                Err(e) => Err(self.explain_update_failure(worker, Some(e)).await),
+        for ((worker, row), outcome) in workers.iter().zip(rows).zip(outcomes) {
+            results.push(match (outcome, row) {
+                (Ok(true), Ok(row)) => Ok(row.saved),
+                (Ok(true) | Ok(false), _) => Err(self.explain_update_failure(worker, None).await),
+                (Err(e), _) => Err(self.explain_update_failure(worker, Some(e)).await),
             });
         }
         Ok(results)
@@ -1230,7 +1215,8 @@ enum Pending {
     Fenced,
     Broken(StoreError),
     Stale,
-    Saved,
+    /// The worker as written (its new version; boxed: a `Worker` is ~1.8 KB).
+    Saved(Box<Worker>),
 }
 
 impl PgStore {
@@ -1310,9 +1296,9 @@ impl PgStore {
                 Ok(updated) => {
                     batch.commit().await?;
                     let updated: HashSet<String> = updated.into_iter().collect();
-                    for (i, row) in &rows {
-                        pending[*i] = Some(if updated.contains(&row.id) {
-                            Pending::Saved
+                    for (i, row) in rows {
+                        pending[i] = Some(if updated.contains(&row.id) {
+                            Pending::Saved(Box::new(row.saved))
                         } else {
                             Pending::Stale
                         });
@@ -1320,20 +1306,21 @@ impl PgStore {
                 }
                 Err(e) if is_unique_violation(&e) => {
                     batch.rollback().await?;
-                    for (i, row) in &rows {
+                    for (i, row) in rows {
                         let mut one = tx.begin().await?;
-                        match update_row(&mut *one, row, &writes[*i].worker).await {
+                        let updated = update_row(&mut *one, &row, &writes[i].worker).await;
+                        match updated {
                             Ok(n) => {
                                 one.commit().await?;
-                                pending[*i] = Some(if n == 1 {
-                                    Pending::Saved
+                                pending[i] = Some(if n == 1 {
+                                    Pending::Saved(Box::new(row.saved))
                                 } else {
                                     Pending::Stale
                                 });
                             }
                             Err(e) => {
                                 one.rollback().await?;
-                                pending[*i] = Some(Pending::Broken(e.into()));
+                                pending[i] = Some(Pending::Broken(e.into()));
                             }
                         }
                     }
@@ -1346,7 +1333,7 @@ impl PgStore {
         let mut events = Vec::new();
         let mut spans = Vec::new();
         for (i, write) in writes.iter().enumerate() {
-            if matches!(pending[i], Some(Pending::Saved)) {
+            if matches!(pending[i], Some(Pending::Saved(_))) {
                 spans.push((i, events.len(), write.events.len()));
                 events.extend(write.events.iter().cloned());
             }
@@ -1360,13 +1347,13 @@ impl PgStore {
         for (i, (write, state)) in writes.iter().zip(pending).enumerate() {
             out.push(match state.unwrap_or(Pending::Stale) {
                 Pending::Fenced => WriteOutcome::Fenced,
-                Pending::Saved => {
+                Pending::Saved(worker) => {
                     let seqs = match spans.next_if(|(j, _, _)| *j == i) {
                         Some((_, start, len)) => seqs[start..start + len].to_vec(),
                         None => Vec::new(),
                     };
                     WriteOutcome::Saved {
-                        worker: saved(&write.worker),
+                        worker: *worker,
                         seqs,
                     }
                 }

@@ -225,9 +225,7 @@ impl SqliteStore {
         .bind(row.version - 1)
         .execute(exec)
         .await?;
-        let mut saved = worker.clone();
-        saved.version = next;
-        Ok((saved, done.rows_affected()))
+        Ok((row.saved, done.rows_affected()))
     }
 
     async fn explain_update_failure(
@@ -358,12 +356,9 @@ impl SqliteStore {
 impl WorkerRepo for SqliteStore {
     async fn insert(&self, worker: &Worker) -> Result<Worker> {
         let row = encode_worker(worker, 1)?;
-        match insert_row(&self.writer, &row, worker).await {
-            Ok(_) => {
-                let mut saved = worker.clone();
-                saved.version = 1;
-                Ok(saved)
-            }
+        let inserted = insert_row(&self.writer, &row, worker).await;
+        match inserted {
+            Ok(_) => Ok(row.saved),
             Err(e) => Err(self.insert_failure(e, row.instance_id).await),
         }
     }
@@ -385,11 +380,7 @@ impl WorkerRepo for SqliteStore {
         }
         .await;
         match result {
-            Ok(Ok(())) => {
-                let mut saved = worker.clone();
-                saved.version = 1;
-                Ok(saved)
-            }
+            Ok(Ok(())) => Ok(row.saved),
             Ok(Err(at_cap)) => Err(at_cap),
             Err(e) => Err(self.insert_failure(e, row.instance_id).await),
         }
@@ -415,9 +406,7 @@ impl WorkerRepo for SqliteStore {
         .execute(&self.writer)
         .await?;
         if done.rows_affected() == 1 {
-            let mut saved = worker.clone();
-            saved.version = 1;
-            return Ok((saved, true));
+            return Ok((row.saved, true));
         }
         let instance_id = row.instance_id.unwrap_or_default();
         let existing =

@@ -456,6 +456,38 @@ async fn a_worker_without_http2_should_be_synced_over_http1_with_a_kept_alive_co
     f.shutdown().await;
 }
 
+/// HTTPS without HTTP/2 syncs as plain HTTP does: the four calls one after another on one
+/// connection (one resumed handshake), which the last call closes, so nothing idles after it.
+#[tokio::test]
+async fn a_tls_sync_without_http2_should_use_one_connection_and_keep_none_after_it() {
+    let (f, c, t, _dir) = pooled_tls_fleet_and_client(49, true, false).await;
+    let w = f.worker(0).unwrap();
+    assert_eq!(c.sync_order(t.base_url()), ccm_cml::SyncOrder::OneByOne);
+    for sync in 1..=3u64 {
+        assert!(c.system_information(&t).await.unwrap().ready);
+        c.system_health(&t).await.unwrap();
+        c.system_stats(&t).await.unwrap();
+        c.licensing_closing(&t).await.unwrap();
+        let seen = w.counters();
+        assert_eq!(
+            (
+                seen.requests - seen.logins,
+                seen.connections,
+                seen.tls_handshakes,
+                seen.h2_connections
+            ),
+            (4 * sync, sync, sync, 0),
+            "sync {sync}: one connection, none kept from the last: {seen:?}"
+        );
+    }
+    let seen = w.counters();
+    assert_eq!(
+        seen.tls_resumed, 2,
+        "every sync after the first resumed: {seen:?}"
+    );
+    f.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_client_without_http2_should_speak_http1_to_a_worker_that_offers_it() {
     let (f, c, t, _dir) = pooled_tls_fleet_and_client(48, true, false).await;

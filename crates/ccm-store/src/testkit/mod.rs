@@ -314,6 +314,7 @@ macro_rules! store_suite {
             a_stale_update_should_conflict_and_the_helper_should_retry,
             concurrent_read_modify_writes_should_lose_no_update,
             update_many_should_save_or_refuse_each_row_on_its_own,
+            every_write_should_return_the_worker_as_stored,
             saved_changes_should_carry_their_events_and_fail_row_by_row,
             overlapping_batches_should_neither_deadlock_nor_lose_updates,
             concurrent_imports_of_one_instance_should_make_one_worker,

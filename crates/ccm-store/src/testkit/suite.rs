@@ -404,6 +404,104 @@ pub async fn saved_changes_should_carry_their_events_and_fail_row_by_row(backend
     assert!(store.save_changes(&[]).await.unwrap().is_empty());
 }
 
+/// Every write returns the worker exactly as stored (its new version, the caller's fields),
+/// on every path: insert, capped insert, insert-or-get, update, `update_many` (batch and row
+/// by row), `save_changes` (batch and row by row after a uniqueness failure).
+pub async fn every_write_should_return_the_worker_as_stored(backend: &dyn Backend) {
+    let store = open(backend).await;
+    let stored = |w: &Worker| {
+        let store = store.clone();
+        let id = w.id;
+        async move { store.get(id).await.unwrap().unwrap() }
+    };
+    let a = store
+        .insert(&worker(1, "a", "eu-west-1", Ec2State::Running))
+        .await
+        .unwrap();
+    assert_eq!((a.version, &a), (1, &stored(&a).await));
+    let b = store
+        .insert_capped(&worker(2, "b", "eu-west-1", Ec2State::Running), 10)
+        .await
+        .unwrap();
+    assert_eq!((b.version, &b), (1, &stored(&b).await));
+    let (c, created) = store
+        .insert_or_get(&worker(3, "c", "eu-west-1", Ec2State::Running))
+        .await
+        .unwrap();
+    assert!(created);
+    assert_eq!((c.version, &c), (1, &stored(&c).await));
+
+    let mut a2 = a.clone();
+    a2.name = "a2".into();
+    let a2 = store.update(&a2).await.unwrap();
+    assert_eq!((a2.version, a2.name.as_str()), (2, "a2"));
+    assert_eq!(a2, stored(&a2).await);
+
+    // update_many: a clean batch, then one with a duplicate instance (row by row).
+    let (mut a3, mut b2) = (a2.clone(), b.clone());
+    a3.name = "a3".into();
+    b2.name = "b2".into();
+    let out = store.update_many(&[a3, b2]).await.unwrap();
+    for saved in out {
+        let saved = saved.unwrap();
+        assert_eq!(saved, stored(&saved).await);
+    }
+    let b2 = stored(&b).await;
+    assert_eq!(b2.version, 2);
+    let mut dup = c.clone();
+    dup.instance_id = Some(instance(1));
+    let mut b3 = b2.clone();
+    b3.name = "b3".into();
+    let out = store.update_many(&[dup, b3]).await.unwrap();
+    assert!(
+        matches!(out[0], Err(StoreError::Duplicate { .. })),
+        "{:?}",
+        out[0]
+    );
+    let b3 = out[1].as_ref().unwrap();
+    assert_eq!((b3.version, b3.name.as_str()), (3, "b3"));
+    assert_eq!(b3, &stored(b3).await);
+
+    // save_changes: a clean batch, then one with a duplicate instance (row by row).
+    let write = |w: Worker| crate::WorkerWrite {
+        worker: w,
+        events: Vec::new(),
+        fence: None,
+    };
+    let mut b4 = b3.clone();
+    b4.name = "b4".into();
+    let mut c2 = c.clone();
+    c2.name = "c2".into();
+    let mut first = Some(vec![write(b4), write(c2)]);
+    for _ in 0..2 {
+        let pass = match first.take() {
+            Some(pass) => pass,
+            None => {
+                let mut dup = stored(&b).await;
+                dup.instance_id = Some(instance(3));
+                let mut c3 = stored(&c).await;
+                c3.name = "c3".into();
+                vec![write(dup), write(c3)]
+            }
+        };
+        let out = store.save_changes(&pass).await.unwrap();
+        for (write, outcome) in pass.iter().zip(out) {
+            match outcome {
+                crate::WriteOutcome::Saved { worker, .. } => {
+                    assert_eq!(worker.version, write.worker.version + 1);
+                    assert_eq!(worker.name, write.worker.name);
+                    assert_eq!(worker, stored(&worker).await);
+                }
+                crate::WriteOutcome::Failed(StoreError::Duplicate { .. }) => {
+                    assert_eq!(write.worker.id, b.id, "only the duplicate fails");
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+    assert_eq!(stored(&c).await.name, "c3");
+}
+
 /// In one batch: a good row is saved, a stale one conflicts, one that takes another's
 /// instance is a duplicate, the same worker twice saves once — each on its own.
 pub async fn update_many_should_save_or_refuse_each_row_on_its_own(backend: &dyn Backend) {
