@@ -13,10 +13,8 @@
 //! its background work there (polls, the writer, jobs, provisioning), whichever runtime calls
 //! it: start it from a task on the engine's runtime.
 //!
-//! Threads that a niced thread starts inherit its nice value on Linux, and a thread cannot
-//! raise its priority back without privileges: SQLite's connection threads take the nice
-//! value of the thread that opened them, so the store opens them all at start
-//! (`ccm_store::SqliteStore::open`), on the API's runtime.
+//! Threads that a niced thread starts inherit its nice value on Linux (e.g. the SQLite
+//! connection threads that an engine task opens).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

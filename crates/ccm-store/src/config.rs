@@ -35,8 +35,7 @@ pub struct StoreConfig {
     /// PostgreSQL; setting it and `path` is an error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<DatabaseUrl>,
-    /// Connections in the pool (SQLite: read connections, all opened at start and kept, beside
-    /// the one write connection; PostgreSQL: the most, opened on demand).
+    /// Connections in the pool.
     pub max_connections: u32,
     /// SQLite: how long a writer waits for the database lock.
     #[serde(with = "humantime_serde")]

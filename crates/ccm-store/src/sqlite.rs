@@ -84,9 +84,7 @@ fn decode_worker(row: &SqliteRow) -> Result<Worker> {
 
 impl SqliteStore {
     /// Opens (creating if needed) the database at `config.path` (default `ccm.db`), in WAL
-    /// mode, and brings the schema up to date. `config.url` is ignored. Opens every
-    /// connection (`max_connections` readers and the writer) before it returns, on the
-    /// calling thread's priority, and keeps them: open it from a thread at the API's priority.
+    /// mode, and brings the schema up to date. `config.url` is ignored.
     pub async fn open(config: &StoreConfig) -> Result<Self> {
         let options = SqliteConnectOptions::new()
             .filename(config.sqlite_path())
@@ -98,15 +96,8 @@ impl SqliteStore {
             })
             .busy_timeout(config.busy_timeout)
             .foreign_keys(true);
-        // Every connection is opened here and kept (no idle timeout, no lifetime): each has a
-        // thread of its own, which takes the OS priority (nice) of the thread that opens it.
-        // Opened lazily, a connection asked for first by the engine's lowered runtime would
-        // run the API's reads at the engine's priority (ARCHITECTURE.md, "Runtimes").
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .min_connections(1)
-            .idle_timeout(None)
-            .max_lifetime(None)
             .acquire_timeout(WRITE_QUEUE_TIMEOUT)
             .connect_with(options.clone())
             .await?;
@@ -115,9 +106,6 @@ impl SqliteStore {
         let read_cache = format!("-{}", config.sqlite_read_cache_kib);
         let pool = SqlitePoolOptions::new()
             .max_connections(config.max_connections)
-            .min_connections(config.max_connections)
-            .idle_timeout(None)
-            .max_lifetime(None)
             .connect_with(options.pragma("cache_size", read_cache))
             .await?;
         Self::with_pools(pool, writer, config)
