@@ -199,11 +199,16 @@ impl NodeState {
     }
 }
 
-/// When a queued node reaches STARTED and then BOOTED.
+/// When a queued node reaches STARTED and then BOOTED, on the monotonic clock (when it falls
+/// due) and on the wall clock as it read when the lab was started (the time its telemetry
+/// carries). A harness that sets the wall clock between the start and the moment a request
+/// applies the transition does not move that time.
 #[derive(Clone, Copy, Debug)]
 struct NodePlan {
     started_at: Instant,
     booted_at: Instant,
+    started_wall: DateTime<Utc>,
+    booted_wall: DateTime<Utc>,
 }
 
 #[derive(Debug)]
@@ -415,6 +420,17 @@ impl WorkerState {
         at: Instant,
         data: Value,
     ) {
+        self.record_at(ctx, category, ctx.wall(at), data);
+    }
+
+    /// Records a telemetry event stamped `timestamp` (oldest dropped beyond the cap).
+    fn record_at(
+        &mut self,
+        ctx: &Ctx<'_>,
+        category: &'static str,
+        timestamp: DateTime<Utc>,
+        data: Value,
+    ) {
         if ctx.cfg.telemetry_cap == 0 {
             return;
         }
@@ -423,7 +439,7 @@ impl WorkerState {
         }
         self.telemetry.push_back(TelemetryEvent {
             category,
-            timestamp: ctx.wall(at),
+            timestamp,
             data,
         });
     }
@@ -431,23 +447,28 @@ impl WorkerState {
     /// Applies every transition that fell due up to `ctx.now`, in time order.
     pub(crate) fn advance(&mut self, ctx: &Ctx<'_>) {
         let now = ctx.now;
-        let mut due: Vec<(Instant, usize, usize, NodeState)> = Vec::new();
+        let mut due: Vec<(Instant, DateTime<Utc>, usize, usize, NodeState)> = Vec::new();
         for (li, lab) in self.labs.iter().enumerate() {
             for (ni, node) in lab.nodes.iter().enumerate() {
                 let Some(plan) = node.plan else { continue };
                 if node.state == NodeState::Queued && plan.started_at <= now {
-                    due.push((plan.started_at, li, ni, NodeState::Started));
+                    due.push((
+                        plan.started_at,
+                        plan.started_wall,
+                        li,
+                        ni,
+                        NodeState::Started,
+                    ));
                 }
                 if matches!(node.state, NodeState::Queued | NodeState::Started)
                     && plan.booted_at <= now
                 {
-                    due.push((plan.booted_at, li, ni, NodeState::Booted));
+                    due.push((plan.booted_at, plan.booted_wall, li, ni, NodeState::Booted));
                 }
             }
         }
-        due.sort_by_key(|d| (d.0, d.3 == NodeState::Booted));
-        for (at, li, ni, to) in due {
-            let wall = ctx.wall(at);
+        due.sort_by_key(|d| (d.0, d.4 == NodeState::Booted));
+        for (_, wall, li, ni, to) in due {
             let Some(lab) = self.labs.get_mut(li) else {
                 continue;
             };
@@ -476,7 +497,7 @@ impl WorkerState {
                            "boot_time": ctx.cfg.node_timing.boot.as_secs(), "user_id": owner}),
                 ),
             };
-            self.record(ctx, category, at, data);
+            self.record_at(ctx, category, wall, data);
         }
 
         if let Some(p) = &self.licensing.pending
@@ -869,9 +890,12 @@ impl WorkerState {
             let started_at = now + timing.queue + timing.stagger * k;
             let from = node.state;
             node.state = NodeState::Queued;
+            let booted_at = started_at + timing.boot;
             node.plan = Some(NodePlan {
                 started_at,
-                booted_at: started_at + timing.boot,
+                booted_at,
+                started_wall: ctx.wall(started_at),
+                booted_wall: ctx.wall(booted_at),
             });
             queued.push((node.id, node.node_definition.clone(), from));
         }

@@ -798,14 +798,6 @@ impl SimWorker {
         }
     }
 
-    /// Applies every node and licence transition that fell due, stamping its telemetry with
-    /// the wall clock as it reads now. A harness that steps the wall clock calls it before
-    /// moving the clock on, so that a transition's time does not depend on when a request
-    /// next happens to touch this worker (otherwise it is applied lazily, on that request).
-    pub fn settle(&self) {
-        self.inner.with_state(|_, _| ());
-    }
-
     /// Sets the fleet's wall clock to read `now` (see the control action `set_clock`).
     pub fn set_wall_clock(&self, now: chrono::DateTime<chrono::Utc>) {
         self.inner.shared.clock.set_wall(now);

@@ -529,3 +529,52 @@ async fn activity_generator_should_keep_only_its_share_of_workers_busy() {
     assert_eq!(busy, 3, "30% of 10 workers");
     f.shutdown().await;
 }
+
+/// A node transition carries the wall-clock time it fell due at, as the clock read when the
+/// lab was started — not the time of whichever later request applies it. A harness that
+/// steps the clock (`ccm bench idle`) gets the same telemetry however its requests interleave
+/// with a client's.
+#[tokio::test(start_paused = true)]
+async fn a_transition_applied_after_the_clock_moved_should_keep_the_time_it_fell_due() {
+    let f = fleet(1, |c| {
+        c.node_timing = NodeTiming {
+            queue: Duration::ZERO,
+            stagger: Duration::ZERO,
+            boot: Duration::ZERO,
+        }
+    })
+    .await;
+    let w = f.worker(0).unwrap();
+    let started: chrono::DateTime<chrono::Utc> = "2026-01-05T11:10:00Z".parse().unwrap();
+    w.set_wall_clock(started);
+    w.start_user_lab().unwrap();
+    // Nothing has applied the (already due) transitions yet; the clock moves on an hour.
+    w.set_wall_clock(started + chrono::Duration::hours(1));
+    let mut cml = Cml::new(&f.endpoints()[0]);
+    cml.login(ADMIN).await;
+    let events = cml.get_json("/telemetry/events").await;
+    // Telemetry times carry no zone (`2025-11-26T14:29:58.112000`), as CML's do.
+    let stamps: Vec<(String, chrono::NaiveDateTime)> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["category"].as_str().is_some_and(|c| c.ends_with("_node")))
+        .map(|e| {
+            let at = e["timestamp"].as_str().unwrap().parse().unwrap();
+            (e["category"].as_str().unwrap().to_owned(), at)
+        })
+        .collect();
+    assert!(
+        stamps.iter().any(|(c, _)| c == "boot_node"),
+        "the nodes booted: {stamps:?}"
+    );
+    for (category, at) in &stamps {
+        // (The clock is set to the millisecond.)
+        let off = (*at - started.naive_utc()).abs();
+        assert!(
+            off < chrono::Duration::milliseconds(2),
+            "{category} stamped {at}, not when it fell due ({started})"
+        );
+    }
+    f.shutdown().await;
+}

@@ -1185,12 +1185,11 @@ async fn replay(
                     s.lab_running = false;
                 }
                 if let Some(w) = &w {
+                    // The engine reads this tick at its time. The lab's node transitions (due
+                    // at once: zero node timings) carry the time the lab started, whichever
+                    // request applies them: the bench's next action, or an engine task still
+                    // probing a resumed worker, at whatever the clock then reads.
                     w.set_wall_clock(t);
-                    // The lab's node transitions (due at once: zero node timings) get the
-                    // tick's time now, as the engine's read at this tick would give them,
-                    // not the time of whatever touches the worker next (a later action's,
-                    // when this tick's read missed it under load).
-                    w.settle();
                 }
             } else {
                 // Actions while the worker is not ready are lost (the user waits).
