@@ -117,10 +117,16 @@ impl ClusterRepo for PgStore {
             .iter()
             .map(|(k, f)| (k.as_str(), i64::try_from(*f).unwrap_or(i64::MAX)))
             .unzip();
+        // Rows are locked in key order first, as `acquire` locks them (`ORDER BY k`): a
+        // replica lists what it holds in any order, and two statements locking overlapping
+        // rows in different orders deadlock (PostgreSQL then aborts one, a lease round lost).
         let renewed: Vec<String> = sqlx::query_scalar(
-            "UPDATE leases AS l SET expires_at = now() + $4::bigint * interval '1 millisecond' \
-             FROM unnest($2::text[], $3::bigint[]) AS h(key, fence) \
-             WHERE l.key = h.key AND l.fence = h.fence AND l.holder = $1 AND l.expires_at > now() \
+            "WITH locked AS MATERIALIZED (SELECT l.key FROM leases AS l \
+               JOIN unnest($2::text[], $3::bigint[]) AS h(key, fence) \
+                 ON l.key = h.key AND l.fence = h.fence \
+               WHERE l.holder = $1 AND l.expires_at > now() ORDER BY l.key FOR UPDATE OF l) \
+             UPDATE leases AS l SET expires_at = now() + $4::bigint * interval '1 millisecond' \
+             FROM locked WHERE l.key = locked.key \
              RETURNING l.key",
         )
         .bind(holder)
@@ -140,10 +146,14 @@ impl ClusterRepo for PgStore {
             .iter()
             .map(|(k, f)| (k.as_str(), i64::try_from(*f).unwrap_or(i64::MAX)))
             .unzip();
+        // Key order, as in `renew`.
         let done = sqlx::query(
-            "UPDATE leases AS l SET expires_at = now(), holder = '' \
-             FROM unnest($2::text[], $3::bigint[]) AS h(key, fence) \
-             WHERE l.key = h.key AND l.fence = h.fence AND l.holder = $1",
+            "WITH locked AS MATERIALIZED (SELECT l.key FROM leases AS l \
+               JOIN unnest($2::text[], $3::bigint[]) AS h(key, fence) \
+                 ON l.key = h.key AND l.fence = h.fence \
+               WHERE l.holder = $1 ORDER BY l.key FOR UPDATE OF l) \
+             UPDATE leases AS l SET expires_at = now(), holder = '' \
+             FROM locked WHERE l.key = locked.key",
         )
         .bind(holder)
         .bind(&keys)

@@ -437,6 +437,88 @@ mod cluster {
         assert_eq!(titles, ["a command", "from b", "from b"]);
     }
 
+    /// Replicas renew, release and acquire overlapping sets of keys at the same moment, each
+    /// listing them in its own order (a replica's held leases are a hash map). Every statement
+    /// locks the lease rows in key order, so none of them ever waits on another that waits on
+    /// it: PostgreSQL would otherwise abort one with "deadlock detected", a whole lease round
+    /// lost (and a second's stall each time).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overlapping_lease_rounds_should_never_deadlock() {
+        let (_pg, store) = server_and_store().await;
+        let ks: Vec<String> = (0..64).map(|p| format!("part:{p:04}")).collect();
+        let mut held: Vec<(String, u64)> = store
+            .acquire("a", &ks, LONG)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| (l.key, l.fence))
+            .collect();
+        assert_eq!(held.len(), ks.len());
+        held.reverse();
+        let rounds = 150;
+        let renewer = {
+            let store = store.clone();
+            let held = held.clone();
+            tokio::spawn(async move {
+                for _ in 0..rounds {
+                    let renewed = store.renew("a", &held, LONG).await?;
+                    assert_eq!(renewed.len(), held.len(), "a keeps every lease");
+                }
+                Ok::<_, StoreError>(())
+            })
+        };
+        let taker = {
+            let store = store.clone();
+            let ks = ks.clone();
+            tokio::spawn(async move {
+                for _ in 0..rounds {
+                    let got = store.acquire("b", &ks, LONG).await?;
+                    assert!(got.is_empty(), "held leases are not taken: {got:?}");
+                }
+                Ok::<_, StoreError>(())
+            })
+        };
+        renewer.await.unwrap().unwrap();
+        taker.await.unwrap().unwrap();
+
+        // Then a releases them (its order again reversed) while b keeps trying: b ends up with
+        // every key, each once.
+        let taker = {
+            let store = store.clone();
+            let ks = ks.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                for _ in 0..rounds {
+                    got.extend(
+                        store
+                            .acquire("b", &ks, LONG)
+                            .await?
+                            .into_iter()
+                            .map(|l| l.key),
+                    );
+                    if got.len() == ks.len() {
+                        break;
+                    }
+                }
+                Ok::<_, StoreError>(got)
+            })
+        };
+        assert_eq!(store.release("a", &held).await.unwrap(), 64);
+        let mut got = taker.await.unwrap().unwrap();
+        if got.len() < ks.len() {
+            got.extend(
+                store
+                    .acquire("b", &ks, LONG)
+                    .await
+                    .unwrap()
+                    .into_iter()
+                    .map(|l| l.key),
+            );
+        }
+        got.sort();
+        assert_eq!(got, ks);
+    }
+
     /// Acquire takes only free or expired keys; renew extends only what the holder still has
     /// under its token; release frees at once (no takeover: the holder is cleared) and the
     /// fence keeps growing across holders.
