@@ -1215,8 +1215,9 @@ enum Pending {
     Fenced,
     Broken(StoreError),
     Stale,
-    /// The worker as written (its new version; boxed: a `Worker` is ~1.8 KB).
-    Saved(Box<Worker>),
+    /// Saved; the worker as written is in the save's `saved` slot of the same index (kept
+    /// apart: a `Worker` is ~1.8 KB, and the other states need none of it).
+    Saved,
 }
 
 impl PgStore {
@@ -1228,6 +1229,7 @@ impl PgStore {
             return Ok(Vec::new());
         }
         let mut pending: Vec<Option<Pending>> = (0..writes.len()).map(|_| None).collect();
+        let mut saved: Vec<Option<Worker>> = (0..writes.len()).map(|_| None).collect();
         let mut tx = self.pool.begin().await?;
 
         // 1. Fences: the lease rows are share-locked until commit, so a replica taking one of
@@ -1298,7 +1300,8 @@ impl PgStore {
                     let updated: HashSet<String> = updated.into_iter().collect();
                     for (i, row) in rows {
                         pending[i] = Some(if updated.contains(&row.id) {
-                            Pending::Saved(Box::new(row.saved))
+                            saved[i] = Some(row.saved);
+                            Pending::Saved
                         } else {
                             Pending::Stale
                         });
@@ -1313,7 +1316,8 @@ impl PgStore {
                             Ok(n) => {
                                 one.commit().await?;
                                 pending[i] = Some(if n == 1 {
-                                    Pending::Saved(Box::new(row.saved))
+                                    saved[i] = Some(row.saved);
+                                    Pending::Saved
                                 } else {
                                     Pending::Stale
                                 });
@@ -1333,7 +1337,7 @@ impl PgStore {
         let mut events = Vec::new();
         let mut spans = Vec::new();
         for (i, write) in writes.iter().enumerate() {
-            if matches!(pending[i], Some(Pending::Saved(_))) {
+            if matches!(pending[i], Some(Pending::Saved)) {
                 spans.push((i, events.len(), write.events.len()));
                 events.extend(write.events.iter().cloned());
             }
@@ -1344,23 +1348,20 @@ impl PgStore {
         // 4. Outcomes (explaining failures reads again, after the commit).
         let mut out = Vec::with_capacity(writes.len());
         let mut spans = spans.into_iter().peekable();
-        for (i, (write, state)) in writes.iter().zip(pending).enumerate() {
-            out.push(match state.unwrap_or(Pending::Stale) {
-                Pending::Fenced => WriteOutcome::Fenced,
-                Pending::Saved(worker) => {
+        for (i, ((write, state), worker)) in writes.iter().zip(pending).zip(saved).enumerate() {
+            out.push(match (state.unwrap_or(Pending::Stale), worker) {
+                (Pending::Fenced, _) => WriteOutcome::Fenced,
+                (Pending::Saved, Some(worker)) => {
                     let seqs = match spans.next_if(|(j, _, _)| *j == i) {
                         Some((_, start, len)) => seqs[start..start + len].to_vec(),
                         None => Vec::new(),
                     };
-                    WriteOutcome::Saved {
-                        worker: *worker,
-                        seqs,
-                    }
+                    WriteOutcome::Saved { worker, seqs }
                 }
-                Pending::Stale => {
+                (Pending::Stale | Pending::Saved, _) => {
                     WriteOutcome::Failed(self.explain_update_failure(&write.worker, None).await)
                 }
-                Pending::Broken(e) => {
+                (Pending::Broken(e), _) => {
                     WriteOutcome::Failed(self.explain_update_failure(&write.worker, Some(e)).await)
                 }
             });
