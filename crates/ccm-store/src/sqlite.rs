@@ -29,6 +29,75 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// How long a write waits for the one write connection before failing.
 const WRITE_QUEUE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// Most rows one batched statement carries (10 parameters each for a worker, 5 for an
+/// event: far below SQLite's 32,766).
+const BATCH_ROWS: usize = 500;
+
+/// The columns an update writes, then the id and the version it expects to replace.
+const UPDATE_SET: &str = "instance_id = v.column2, name = v.column3, region = v.column4, \
+     ec2_state = v.column5, service_status = v.column6, updated_at_ms = v.column7, \
+     version = v.column8, doc = v.column9";
+
+/// Updates one encoded worker row if the stored version is still the one before `row`'s;
+/// returns the rows changed (0 or 1).
+async fn update_row<'c, E>(
+    exec: E,
+    row: &crate::common::WorkerRow,
+    worker: &Worker,
+) -> sqlx::Result<u64>
+where
+    E: sqlx::Executor<'c, Database = Sqlite>,
+{
+    let done = sqlx::query(
+        "UPDATE workers SET instance_id = $1, name = $2, region = $3, ec2_state = $4, \
+         service_status = $5, updated_at_ms = $6, version = $7, doc = $8 \
+         WHERE id = $9 AND version = $10",
+    )
+    .bind(&row.instance_id)
+    .bind(&worker.name)
+    .bind(worker.region.as_str())
+    .bind(worker.ec2_state.as_str())
+    .bind(worker.service.status.as_str())
+    .bind(ms(worker.updated_at))
+    .bind(row.version)
+    .bind(&row.doc)
+    .bind(&row.id)
+    .bind(row.version - 1)
+    .execute(exec)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Updates up to [`BATCH_ROWS`] encoded rows in one statement (`UPDATE … FROM (VALUES …)`),
+/// each only if its stored version is still the one before; returns the ids updated. One
+/// statement is one round trip to the connection's thread instead of one per row. A row that
+/// breaks a rule (another worker's instance id) fails the whole statement, and SQLite undoes
+/// all of it.
+async fn update_rows(
+    conn: &mut sqlx::SqliteConnection,
+    rows: &[(&crate::common::WorkerRow, &Worker)],
+) -> sqlx::Result<HashSet<String>> {
+    let mut q = QueryBuilder::<Sqlite>::new(format!("UPDATE workers SET {UPDATE_SET} FROM ("));
+    q.push_values(rows, |mut b, (row, worker)| {
+        b.push_bind(row.id.as_str())
+            .push_bind(row.instance_id.as_deref())
+            .push_bind(worker.name.as_str())
+            .push_bind(worker.region.as_str())
+            .push_bind(worker.ec2_state.as_str())
+            .push_bind(worker.service.status.as_str())
+            .push_bind(ms(worker.updated_at))
+            .push_bind(row.version)
+            .push_bind(row.doc.as_str())
+            .push_bind(row.version - 1);
+    });
+    q.push(
+        ") AS v WHERE workers.id = v.column1 AND workers.version = v.column10 \
+         RETURNING workers.id",
+    );
+    let ids: Vec<String> = q.build_query_scalar().fetch_all(conn).await?;
+    Ok(ids.into_iter().collect())
+}
+
 /// Counts the workers a fleet cap counts: all but terminated and failed ones.
 const LIVE_WORKERS: &str =
     "SELECT COUNT(*) FROM workers WHERE ec2_state NOT IN ('terminated', 'failed')";
@@ -196,24 +265,8 @@ impl SqliteStore {
     {
         let next = worker.version + 1;
         let row = encode_worker(worker, next).map_err(|e| sqlx::Error::Protocol(e.to_string()))?;
-        let done = sqlx::query(
-            "UPDATE workers SET instance_id = $1, name = $2, region = $3, ec2_state = $4, \
-             service_status = $5, updated_at_ms = $6, version = $7, doc = $8 \
-             WHERE id = $9 AND version = $10",
-        )
-        .bind(&row.instance_id)
-        .bind(&worker.name)
-        .bind(worker.region.as_str())
-        .bind(worker.ec2_state.as_str())
-        .bind(worker.service.status.as_str())
-        .bind(ms(worker.updated_at))
-        .bind(row.version)
-        .bind(&row.doc)
-        .bind(&row.id)
-        .bind(row.version - 1)
-        .execute(exec)
-        .await?;
-        Ok((row.saved, done.rows_affected()))
+        let updated = update_row(exec, &row, worker).await?;
+        Ok((row.saved, updated))
     }
 
     async fn explain_update_failure(
@@ -679,19 +732,32 @@ async fn append_on(
     events: &[Event],
 ) -> Result<Vec<Option<u64>>> {
     let mut out = vec![None; events.len()];
+    let mut rows = Vec::new();
     for (i, event) in persistent(events) {
-        let body = encode_event(event)?;
-        let seq: i64 = sqlx::query_scalar(
-            "INSERT INTO events (id, time_ms, type, subject, body) VALUES ($1, $2, $3, $4, $5) RETURNING seq",
-        )
-        .bind(event.id.to_string())
-        .bind(ms(event.time))
-        .bind(event.type_name())
-        .bind(&event.subject)
-        .bind(body)
-        .fetch_one(&mut *conn)
-        .await?;
-        out[i] = u64::try_from(seq).ok();
+        rows.push((i, event.id.to_string(), event, encode_event(event)?));
+    }
+    // Many rows per statement (one round trip); the rows are inserted in the order given, so
+    // positions follow the events' order. RETURNING's order is not promised: matched by id.
+    for chunk in rows.chunks(BATCH_ROWS) {
+        let mut q =
+            QueryBuilder::<Sqlite>::new("INSERT INTO events (id, time_ms, type, subject, body) ");
+        q.push_values(chunk, |mut b, (_, id, event, body)| {
+            b.push_bind(id.as_str())
+                .push_bind(ms(event.time))
+                .push_bind(event.type_name())
+                .push_bind(event.subject.as_deref())
+                .push_bind(body.as_str());
+        });
+        q.push(" RETURNING id, seq");
+        let seqs: std::collections::HashMap<String, i64> = q
+            .build_query_as::<(String, i64)>()
+            .fetch_all(&mut *conn)
+            .await?
+            .into_iter()
+            .collect();
+        for (i, id, _, _) in chunk {
+            out[*i] = seqs.get(id).and_then(|s| u64::try_from(*s).ok());
+        }
     }
     Ok(out)
 }
@@ -952,37 +1018,80 @@ impl Store for SqliteStore {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        // Encoded before the write lock is taken.
         let mut seen = HashSet::new();
-        let mut raw = Vec::with_capacity(writes.len());
-        for write in writes {
-            if !seen.insert(write.worker.id) {
-                raw.push(Err(sqlx::Error::Protocol(
-                    "the same worker twice in one save".into(),
-                )));
-                continue;
-            }
-            let outcome = self.update_on(&mut *tx, &write.worker).await;
-            if let Ok((_, 1)) = outcome {
-                let seqs = append_on(&mut tx, &write.events).await?;
-                raw.push(Ok((outcome, seqs)));
-            } else {
-                raw.push(Ok((outcome, Vec::new())));
+        let encoded: Vec<std::result::Result<crate::common::WorkerRow, sqlx::Error>> = writes
+            .iter()
+            .map(|write| {
+                if !seen.insert(write.worker.id) {
+                    return Err(sqlx::Error::Protocol(
+                        "the same worker twice in one save".into(),
+                    ));
+                }
+                encode_worker(&write.worker, write.worker.version + 1)
+                    .map_err(|e| sqlx::Error::Protocol(e.to_string()))
+            })
+            .collect();
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        // Rows changed per write (or why not), a few statements for the whole save; a batch
+        // that breaks a rule is undone by SQLite and done again row by row, so that only the
+        // offending rows fail.
+        let mut changed: Vec<Option<std::result::Result<u64, sqlx::Error>>> =
+            writes.iter().map(|_| None).collect();
+        let rows: Vec<(usize, &crate::common::WorkerRow, &Worker)> = encoded
+            .iter()
+            .zip(writes)
+            .enumerate()
+            .filter_map(|(i, (row, write))| row.as_ref().ok().map(|row| (i, row, &write.worker)))
+            .collect();
+        for chunk in rows.chunks(BATCH_ROWS) {
+            let batch: Vec<_> = chunk
+                .iter()
+                .map(|(_, row, worker)| (*row, *worker))
+                .collect();
+            match update_rows(&mut tx, &batch).await {
+                Ok(updated) => {
+                    for (i, row, _) in chunk {
+                        changed[*i] = Some(Ok(u64::from(updated.contains(&row.id))));
+                    }
+                }
+                Err(_) => {
+                    for (i, row, worker) in chunk {
+                        changed[*i] = Some(update_row(&mut *tx, row, worker).await);
+                    }
+                }
             }
         }
+        let mut events = Vec::new();
+        let mut spans = Vec::new();
+        for (i, write) in writes.iter().enumerate() {
+            if matches!(changed[i], Some(Ok(1))) {
+                spans.push((i, events.len(), write.events.len()));
+                events.extend(write.events.iter().cloned());
+            }
+        }
+        let seqs = append_on(&mut tx, &events).await?;
         tx.commit().await?;
+
+        let mut spans = spans.into_iter().peekable();
         let mut out = Vec::with_capacity(writes.len());
-        for (write, r) in writes.iter().zip(raw) {
-            out.push(match r {
-                Ok((Ok((saved, 1)), seqs)) => WriteOutcome::Saved {
-                    worker: saved,
-                    seqs,
-                },
-                Ok((Ok(_), _)) => {
-                    WriteOutcome::Failed(self.explain_update_failure(&write.worker, None).await)
+        for (i, ((write, row), changed)) in writes.iter().zip(encoded).zip(changed).enumerate() {
+            out.push(match (row, changed) {
+                (Ok(row), Some(Ok(1))) => {
+                    let seqs = match spans.next_if(|(j, _, _)| *j == i) {
+                        Some((_, start, len)) => seqs[start..start + len].to_vec(),
+                        None => Vec::new(),
+                    };
+                    WriteOutcome::Saved {
+                        worker: row.saved,
+                        seqs,
+                    }
                 }
-                Ok((Err(e), _)) | Err(e) => {
+                (Err(e), _) | (Ok(_), Some(Err(e))) => {
                     WriteOutcome::Failed(self.explain_update_failure(&write.worker, Some(e)).await)
+                }
+                (Ok(_), _) => {
+                    WriteOutcome::Failed(self.explain_update_failure(&write.worker, None).await)
                 }
             });
         }

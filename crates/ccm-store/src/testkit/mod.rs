@@ -316,6 +316,7 @@ macro_rules! store_suite {
             update_many_should_save_or_refuse_each_row_on_its_own,
             every_write_should_return_the_worker_as_stored,
             saved_changes_should_carry_their_events_and_fail_row_by_row,
+            a_large_save_should_keep_every_row_and_its_events_in_order,
             overlapping_batches_should_neither_deadlock_nor_lose_updates,
             concurrent_imports_of_one_instance_should_make_one_worker,
             capped_inserts_racing_at_the_cap_should_store_only_up_to_it,

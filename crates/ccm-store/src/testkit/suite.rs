@@ -404,6 +404,80 @@ pub async fn saved_changes_should_carry_their_events_and_fail_row_by_row(backend
     assert!(store.save_changes(&[]).await.unwrap().is_empty());
 }
 
+/// A save larger than one statement carries (the SQLite writer batches up to 500 rows): every
+/// row is saved, and the events get positions in the order of the writes and of each write's
+/// events, as the log then reads them.
+pub async fn a_large_save_should_keep_every_row_and_its_events_in_order(backend: &dyn Backend) {
+    let store = open(backend).await;
+    let mut workers = Vec::new();
+    for n in 0..1_200 {
+        let w = worker(n, &format!("w{n:04}"), "eu-west-1", Ec2State::Running);
+        workers.push(store.insert(&w).await.unwrap());
+    }
+    let before = store.last_seq().await.unwrap();
+    let writes: Vec<crate::WorkerWrite> = workers
+        .iter()
+        .map(|w| {
+            let mut changed = w.clone();
+            changed.name = format!("{}-2", w.name);
+            let event = |minute| {
+                Event::new(
+                    "/test",
+                    Some(w.id),
+                    EventKind::WorkerDeleted {
+                        by: Actor::user("t"),
+                    },
+                    t(minute),
+                )
+            };
+            crate::WorkerWrite {
+                worker: changed,
+                events: vec![event(1), event(2)],
+                fence: None,
+            }
+        })
+        .collect();
+    let out = store.save_changes(&writes).await.unwrap();
+    let mut seqs = Vec::new();
+    for (write, outcome) in writes.iter().zip(&out) {
+        match outcome {
+            crate::WriteOutcome::Saved { worker, seqs: s } => {
+                assert_eq!(worker.version, 2);
+                assert_eq!(worker.name, write.worker.name);
+                seqs.extend(s.iter().map(|s| s.expect("a stored event has a position")));
+            }
+            other => panic!("every row should be saved: {other:?}"),
+        }
+    }
+    assert_eq!(seqs.len(), 2_400);
+    assert!(
+        seqs.windows(2).all(|p| p[0] < p[1]) && seqs[0] > before,
+        "positions follow the writes' order"
+    );
+    let logged = store
+        .read(&EventQuery {
+            after: Some(before),
+            limit: 5_000,
+            ..EventQuery::default()
+        })
+        .await
+        .unwrap();
+    let logged: Vec<(u64, String)> = logged
+        .iter()
+        .map(|e| (e.seq, e.event.id.to_string()))
+        .collect();
+    let written: Vec<(u64, String)> = seqs
+        .iter()
+        .zip(writes.iter().flat_map(|w| &w.events))
+        .map(|(s, e)| (*s, e.id.to_string()))
+        .collect();
+    assert_eq!(logged, written, "the log holds each event at its position");
+    for w in [&workers[0], &workers[699], &workers[1_199]] {
+        let stored = store.get(w.id).await.unwrap().unwrap();
+        assert_eq!((stored.version, stored.name), (2, format!("{}-2", w.name)));
+    }
+}
+
 /// Every write returns the worker exactly as stored (its new version, the caller's fields),
 /// on every path: insert, capped insert, insert-or-get, update, `update_many` (batch and row
 /// by row), `save_changes` (batch and row by row after a uniqueness failure).
