@@ -146,6 +146,57 @@ pub(crate) fn sample_pair(v: Option<f64>) -> (f64, i64) {
     }
 }
 
+/// The sums of the samples of one (worker, bucket) in a batch.
+#[derive(Default)]
+pub(crate) struct BucketSums {
+    pub(crate) samples: i64,
+    /// CPU, memory, CML CPU, CML memory: (sum, count of samples that had a value).
+    pub(crate) sums: [(f64, i64); 4],
+    pub(crate) nodes_max: Option<i64>,
+}
+
+/// A batch of metrics samples summed per (worker id, bucket start): one upsert per row, in
+/// key order (an upsert may not touch one row twice, and two concurrent batches locking rows
+/// in one order cannot deadlock).
+pub(crate) fn bucket_sums(
+    samples: &[(WorkerId, DateTime<Utc>, crate::MetricsSample)],
+    bucket_ms: i64,
+) -> std::collections::BTreeMap<(String, i64), BucketSums> {
+    let mut buckets: std::collections::BTreeMap<(String, i64), BucketSums> =
+        std::collections::BTreeMap::new();
+    for (worker, at, s) in samples {
+        let bucket = ms(*at).div_euclid(bucket_ms) * bucket_ms;
+        let b = buckets.entry((worker.to_string(), bucket)).or_default();
+        b.samples += 1;
+        let values = [
+            s.cpu_percent,
+            s.memory_percent,
+            s.cml_cpu_percent,
+            s.cml_memory_percent,
+        ];
+        for (slot, v) in b.sums.iter_mut().zip(values) {
+            let (x, n) = sample_pair(v);
+            slot.0 += x;
+            slot.1 += n;
+        }
+        if let Some(n) = s.running_nodes.and_then(|n| i64::try_from(n).ok()) {
+            b.nodes_max = Some(b.nodes_max.map_or(n, |m| m.max(n)));
+        }
+    }
+    buckets
+}
+
+/// The upsert's conflict clause: a bucket already stored adds the batch's sums to its own.
+pub(crate) const METRICS_UPSERT: &str = "ON CONFLICT (worker_id, bucket_ms) DO UPDATE SET \
+     samples = metrics.samples + excluded.samples, \
+     cpu_sum = metrics.cpu_sum + excluded.cpu_sum, cpu_n = metrics.cpu_n + excluded.cpu_n, \
+     mem_sum = metrics.mem_sum + excluded.mem_sum, mem_n = metrics.mem_n + excluded.mem_n, \
+     cml_cpu_sum = metrics.cml_cpu_sum + excluded.cml_cpu_sum, cml_cpu_n = metrics.cml_cpu_n + excluded.cml_cpu_n, \
+     cml_mem_sum = metrics.cml_mem_sum + excluded.cml_mem_sum, cml_mem_n = metrics.cml_mem_n + excluded.cml_mem_n, \
+     nodes_max = CASE WHEN excluded.nodes_max IS NULL THEN metrics.nodes_max \
+                      WHEN metrics.nodes_max IS NULL OR excluded.nodes_max > metrics.nodes_max THEN excluded.nodes_max \
+                      ELSE metrics.nodes_max END";
+
 /// Rows in one page of events (0: the default of 1,000; at most 10,000).
 pub(crate) fn event_limit(limit: u32) -> i64 {
     if limit == 0 {

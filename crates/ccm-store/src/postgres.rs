@@ -22,9 +22,9 @@ use sqlx::{Connection, Postgres, QueryBuilder, Row};
 
 use crate::cluster::ClusterRepo;
 use crate::common::{
-    RUNTIME_SETTINGS_KEY, WorkerRow, corrupt, decode_lab, decode_session, decode_settings,
-    encode_event, encode_lab, encode_session, encode_settings, encode_worker, event_limit, from_ms,
-    is_foreign_key_violation, is_unique_violation, like_pattern, map_fk, ms, sample_pair,
+    METRICS_UPSERT, RUNTIME_SETTINGS_KEY, WorkerRow, corrupt, decode_lab, decode_session,
+    decode_settings, encode_event, encode_lab, encode_session, encode_settings, encode_worker,
+    event_limit, from_ms, is_foreign_key_violation, is_unique_violation, like_pattern, map_fk, ms,
 };
 use crate::{
     CursorRepo, DatabaseUrl, EventLog, EventQuery, Fence, LabRepo, MetricsPoint, MetricsRepo,
@@ -949,14 +949,6 @@ impl EventLog for PgStore {
     }
 }
 
-/// The sums of the samples of one (worker, bucket) in a batch.
-#[derive(Default)]
-struct BucketSums {
-    samples: i64,
-    sums: [(f64, i64); 4],
-    nodes_max: Option<i64>,
-}
-
 #[async_trait]
 impl MetricsRepo for PgStore {
     async fn record_metrics(
@@ -975,28 +967,7 @@ impl MetricsRepo for PgStore {
         let Some(newest) = samples.iter().map(|(_, at, _)| *at).max() else {
             return Ok(());
         };
-        // Summed per (worker, bucket) first: an upsert may not touch one row twice, and the
-        // sorted order keeps two concurrent batches from deadlocking.
-        let mut buckets: BTreeMap<(String, i64), BucketSums> = BTreeMap::new();
-        for (worker, at, s) in samples {
-            let bucket = ms(*at).div_euclid(self.bucket_ms) * self.bucket_ms;
-            let b = buckets.entry((worker.to_string(), bucket)).or_default();
-            b.samples += 1;
-            let values = [
-                s.cpu_percent,
-                s.memory_percent,
-                s.cml_cpu_percent,
-                s.cml_memory_percent,
-            ];
-            for (slot, v) in b.sums.iter_mut().zip(values) {
-                let (x, n) = sample_pair(v);
-                slot.0 += x;
-                slot.1 += n;
-            }
-            if let Some(n) = s.running_nodes.and_then(|n| i64::try_from(n).ok()) {
-                b.nodes_max = Some(b.nodes_max.map_or(n, |m| m.max(n)));
-            }
-        }
+        let buckets = crate::common::bucket_sums(samples, self.bucket_ms);
         let mut workers = Vec::with_capacity(buckets.len());
         let mut starts = Vec::with_capacity(buckets.len());
         let mut counts = Vec::with_capacity(buckets.len());
@@ -1014,35 +985,30 @@ impl MetricsRepo for PgStore {
             nodes.push(b.nodes_max);
         }
         let mut tx = self.pool.begin().await?;
-        let upsert = sqlx::query(
+        let sql = format!(
             "INSERT INTO metrics (worker_id, bucket_ms, samples, cpu_sum, cpu_n, mem_sum, mem_n, \
              cml_cpu_sum, cml_cpu_n, cml_mem_sum, cml_mem_n, nodes_max) \
              SELECT * FROM unnest($1::text[], $2::bigint[], $3::bigint[], $4::float8[], $5::bigint[], \
                   $6::float8[], $7::bigint[], $8::float8[], $9::bigint[], $10::float8[], $11::bigint[], \
                   $12::bigint[]) \
-             ON CONFLICT (worker_id, bucket_ms) DO UPDATE SET samples = metrics.samples + excluded.samples, \
-             cpu_sum = metrics.cpu_sum + excluded.cpu_sum, cpu_n = metrics.cpu_n + excluded.cpu_n, \
-             mem_sum = metrics.mem_sum + excluded.mem_sum, mem_n = metrics.mem_n + excluded.mem_n, \
-             cml_cpu_sum = metrics.cml_cpu_sum + excluded.cml_cpu_sum, cml_cpu_n = metrics.cml_cpu_n + excluded.cml_cpu_n, \
-             cml_mem_sum = metrics.cml_mem_sum + excluded.cml_mem_sum, cml_mem_n = metrics.cml_mem_n + excluded.cml_mem_n, \
-             nodes_max = CASE WHEN excluded.nodes_max IS NULL THEN metrics.nodes_max \
-                              WHEN metrics.nodes_max IS NULL OR excluded.nodes_max > metrics.nodes_max THEN excluded.nodes_max \
-                              ELSE metrics.nodes_max END",
-        )
-        .bind(&workers)
-        .bind(&starts)
-        .bind(&counts)
-        .bind(&sums[0])
-        .bind(&ns[0])
-        .bind(&sums[1])
-        .bind(&ns[1])
-        .bind(&sums[2])
-        .bind(&ns[2])
-        .bind(&sums[3])
-        .bind(&ns[3])
-        .bind(&nodes)
-        .execute(&mut *tx)
-        .await;
+             {METRICS_UPSERT}"
+        );
+        // Constants only: no input reaches the text.
+        let upsert = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(&workers)
+            .bind(&starts)
+            .bind(&counts)
+            .bind(&sums[0])
+            .bind(&ns[0])
+            .bind(&sums[1])
+            .bind(&ns[1])
+            .bind(&sums[2])
+            .bind(&ns[2])
+            .bind(&sums[3])
+            .bind(&ns[3])
+            .bind(&nodes)
+            .execute(&mut *tx)
+            .await;
         if let Err(e) = upsert {
             drop(tx);
             if is_foreign_key_violation(&e) {

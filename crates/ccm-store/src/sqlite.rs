@@ -13,9 +13,9 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
 
 use crate::common::{
-    RUNTIME_SETTINGS_KEY, corrupt, decode_lab, decode_session, decode_settings, encode_event,
-    encode_lab, encode_session, encode_settings, encode_worker, event_limit, from_ms,
-    is_unique_violation, like_pattern, map_fk, ms, sample_pair,
+    METRICS_UPSERT, RUNTIME_SETTINGS_KEY, corrupt, decode_lab, decode_session, decode_settings,
+    encode_event, encode_lab, encode_session, encode_settings, encode_worker, event_limit, from_ms,
+    is_foreign_key_violation, is_unique_violation, like_pattern, map_fk, ms,
 };
 use crate::{
     CursorRepo, EventLog, EventQuery, Fence, LabRepo, MetricsPoint, MetricsRepo, MetricsSample,
@@ -820,48 +820,6 @@ impl EventLog for SqliteStore {
     }
 }
 
-async fn record_metrics_on<'c, E>(
-    exec: E,
-    worker: WorkerId,
-    bucket: i64,
-    s: &MetricsSample,
-) -> std::result::Result<(), sqlx::Error>
-where
-    E: sqlx::Executor<'c, Database = Sqlite>,
-{
-    let pair = sample_pair;
-    let (cpu, cpu_n) = pair(s.cpu_percent);
-    let (mem, mem_n) = pair(s.memory_percent);
-    let (ccpu, ccpu_n) = pair(s.cml_cpu_percent);
-    let (cmem, cmem_n) = pair(s.cml_memory_percent);
-    sqlx::query(
-        "INSERT INTO metrics (worker_id, bucket_ms, samples, cpu_sum, cpu_n, mem_sum, mem_n, cml_cpu_sum, \
-         cml_cpu_n, cml_mem_sum, cml_mem_n, nodes_max) VALUES ($1, $2, 1, $3, $4, $5, $6, $7, $8, $9, $10, $11) \
-         ON CONFLICT (worker_id, bucket_ms) DO UPDATE SET samples = metrics.samples + 1, \
-         cpu_sum = metrics.cpu_sum + excluded.cpu_sum, cpu_n = metrics.cpu_n + excluded.cpu_n, \
-         mem_sum = metrics.mem_sum + excluded.mem_sum, mem_n = metrics.mem_n + excluded.mem_n, \
-         cml_cpu_sum = metrics.cml_cpu_sum + excluded.cml_cpu_sum, cml_cpu_n = metrics.cml_cpu_n + excluded.cml_cpu_n, \
-         cml_mem_sum = metrics.cml_mem_sum + excluded.cml_mem_sum, cml_mem_n = metrics.cml_mem_n + excluded.cml_mem_n, \
-         nodes_max = CASE WHEN excluded.nodes_max IS NULL THEN metrics.nodes_max \
-                          WHEN metrics.nodes_max IS NULL OR excluded.nodes_max > metrics.nodes_max THEN excluded.nodes_max \
-                          ELSE metrics.nodes_max END",
-    )
-    .bind(worker.to_string())
-    .bind(bucket)
-    .bind(cpu)
-    .bind(cpu_n)
-    .bind(mem)
-    .bind(mem_n)
-    .bind(ccpu)
-    .bind(ccpu_n)
-    .bind(cmem)
-    .bind(cmem_n)
-    .bind(s.running_nodes.and_then(|n| i64::try_from(n).ok()))
-    .execute(exec)
-    .await?;
-    Ok(())
-}
-
 #[async_trait]
 impl MetricsRepo for SqliteStore {
     async fn record_metrics(
@@ -880,12 +838,39 @@ impl MetricsRepo for SqliteStore {
         let Some(newest) = samples.iter().map(|(_, at, _)| *at).max() else {
             return Ok(());
         };
+        let buckets: Vec<_> = crate::common::bucket_sums(samples, self.bucket_ms)
+            .into_iter()
+            .collect();
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        for (worker, at, sample) in samples {
-            let bucket = ms(*at).div_euclid(self.bucket_ms) * self.bucket_ms;
-            record_metrics_on(&mut *tx, *worker, bucket, sample)
-                .await
-                .map_err(|e| map_fk(e.into(), *worker))?;
+        // One statement per chunk; a missing worker (deleted meanwhile) fails it, and is named.
+        for chunk in buckets.chunks(BATCH_ROWS) {
+            let mut q = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO metrics (worker_id, bucket_ms, samples, cpu_sum, cpu_n, mem_sum, \
+                 mem_n, cml_cpu_sum, cml_cpu_n, cml_mem_sum, cml_mem_n, nodes_max) ",
+            );
+            q.push_values(chunk, |mut b, ((worker, bucket), sums)| {
+                b.push_bind(worker.as_str())
+                    .push_bind(*bucket)
+                    .push_bind(sums.samples);
+                for (sum, n) in sums.sums {
+                    b.push_bind(sum).push_bind(n);
+                }
+                b.push_bind(sums.nodes_max);
+            });
+            q.push(" ").push(METRICS_UPSERT);
+            if let Err(e) = q.build().execute(&mut *tx).await {
+                if is_foreign_key_violation(&e) {
+                    for ((worker, _), _) in chunk {
+                        if self.version_of(worker).await?.is_none() {
+                            return Err(StoreError::NotFound {
+                                what: "worker",
+                                id: worker.clone(),
+                            });
+                        }
+                    }
+                }
+                return Err(e.into());
+            }
         }
         sqlx::query("DELETE FROM metrics WHERE bucket_ms < $1")
             .bind(ms(newest).saturating_sub(self.retention_ms))
