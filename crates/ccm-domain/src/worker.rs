@@ -336,6 +336,13 @@ pub struct Monitoring {
     /// document while empty (documents written before it keep their shape).
     #[serde(skip_serializing_if = "VecDeque::is_empty")]
     pub breaks: VecDeque<Break>,
+    /// The latest stretches of at least [`BREAK_MIN_MINUTES`] without an interaction
+    /// (telemetry) that ended with one (or a resume), newest last, at most [`BREAKS_KEPT`]:
+    /// when its users were away, whatever labs ran meanwhile (a lunch with the lab left up).
+    /// The idle policy reads the fleet's midday dip from them (`idle.midday_hours`). Left out
+    /// of the stored document while empty.
+    #[serde(skip_serializing_if = "VecDeque::is_empty")]
+    pub absences: VecDeque<Break>,
     /// Seconds the worker spent stopped by ccm (idle, schedule or manual), closed intervals
     /// only.
     pub seconds_stopped_by_ccm: u64,
@@ -436,6 +443,7 @@ impl Default for Monitoring {
             resumes: Counters::default(),
             history: VecDeque::new(),
             breaks: VecDeque::new(),
+            absences: VecDeque::new(),
             seconds_stopped_by_ccm: 0,
             stopped_by_week: BTreeMap::new(),
         }
@@ -1271,6 +1279,18 @@ impl Worker {
         self.monitoring.activity_checked_at = Some(now);
         if let Some((at, source)) = latest {
             let m = &mut self.monitoring;
+            if let Some(prev) = m.last_interaction
+                && at > prev
+            {
+                // A user who came back to a paused worker returned when they resumed it.
+                let to = m.last_resume.filter(|r| *r > prev && *r < at).unwrap_or(at);
+                if to - prev >= Duration::minutes(BREAK_MIN_MINUTES) {
+                    m.absences.push_back(Break { from: prev, to });
+                    while m.absences.len() > BREAKS_KEPT {
+                        m.absences.pop_front();
+                    }
+                }
+            }
             if m.last_interaction.is_none_or(|prev| at > prev) {
                 m.last_interaction = Some(at);
             }
