@@ -2010,15 +2010,16 @@ mod tests {
         };
         touch(&mut w, 0);
         touch(&mut w, 10);
-        assert!(w.monitoring.absences.is_empty(), "10 min is no absence");
+        touch(&mut w, 50);
+        assert!(w.monitoring.absences.is_empty(), "40 min is no absence");
         // Running nodes are no interaction (they never move `last_interaction`): a lab left
         // up over lunch does not hide the absence.
-        touch(&mut w, 100);
+        touch(&mut w, 110);
         assert_eq!(
             w.monitoring.absences.iter().copied().collect::<Vec<_>>(),
             vec![crate::worker::Break {
-                from: t(10 * MIN),
-                to: t(100 * MIN)
+                from: t(50 * MIN),
+                to: t(110 * MIN)
             }]
         );
     }
