@@ -417,7 +417,7 @@ export function mountWorker(container, { args, session }) {
             session_ended: ' · session ended: lab stopped, no running nodes',
             no_return: ' · session ended at an hour when people (almost) never come back',
             run_ended: ' · unattended run ended: lab stopped after hours untouched; its user may come for the results',
-            learned_return: ' · people often come back after breaks at this hour',
+            learned_return: ' · people often come back after breaks at this hour (a lunch — quiet from midday, or from the morning where the fleet\'s users are away at midday — waits for the longest remembered return)',
             midday: ' · lunch: quiet into the middle of the working day, no evidence about this hour when it went quiet: the longest lunch the policy allows',
           })[idle.timeout_rule] || '',
           idle.return_breaks != null

@@ -151,9 +151,11 @@ catalogue! {
     WorkerRefreshSkipped = "ccm.worker.refresh_skipped", reserved {
         reason: RefreshSkip, #[serde(default)] retry_in_seconds: Option<u64>,
     }
-    /// The idle policy found the worker idle.
+    /// The idle policy found the worker idle, under `timeout_rule` (the rule that chose its
+    /// timeout: `plain`, `midday`, …; absent in events written before it was recorded).
     WorkerIdleDetected = "ccm.worker.idle_detected" {
         idle_for_seconds: u64, action: String, #[serde(default)] detail: Option<String>,
+        #[serde(default)] timeout_rule: Option<crate::idle::TimeoutRule>,
     }
     /// The worker will be stopped soon unless someone uses it or keeps it awake: by the idle
     /// policy (`reason` `idle_timeout`) or by its off-hours schedule (`schedule`), at `at`.

@@ -9,10 +9,12 @@
 //! dry-run mode the decision says what would happen and nothing is paused. Every decision says
 //! when the policy would act (`pause_at`) and whether the warning is due (`warn`).
 //!
-//! Which timeout applies ([`TimeoutRule`], in this order): `return_timeout` (for a quiet
-//! stretch that reaches the midday hours, lengthened to the longest remembered return, up to
-//! `return_timeout_max`) where the learned breaks near this time of day (as known when the
-//! worker went quiet; later evidence may only lengthen) often ended in a return; before there
+//! Which timeout applies ([`TimeoutRule`], in this order): `return_timeout` (for a lunch — a
+//! quiet stretch begun in the midday hours, or before them and reaching them where the fleet
+//! shows a midday dip, [`ReturnProfile::midday_dip`] — lengthened to the longest remembered
+//! return, up to `return_timeout_max`) where the learned breaks near this time of day (as
+//! known when the worker went quiet; later evidence may only lengthen) often ended in a
+//! return; before there
 //! is such evidence, `return_timeout_max` for a quiet stretch that reaches the middle of the
 //! working day (`midday_hours`: lunch, [`reaches_midday`]), `run_end_timeout` after the end of
 //! an unattended run (a lab stop after `run_end_after` without work, [`lab_stopped`]),
@@ -94,8 +96,9 @@ pub struct IdleSettings {
     /// break is not paused just before they return. Longer than `timeout` to be on.
     #[serde(with = "humantime_serde")]
     pub return_timeout: Duration,
-    /// For a quiet stretch that reaches the midday hours within `return_timeout`
-    /// (`midday_hours`, when `local_time_zone` is set), the learned return rule's timeout
+    /// For a quiet stretch begun in the midday hours (`midday_hours`, when `local_time_zone`
+    /// is set), or before them and reaching them within `return_timeout` where the fleet's
+    /// users are seen away at midday (a midday dip), the learned return rule's timeout
     /// grows to the longest break near this time of day that ended in a return within this
     /// long (plus `RETURN_MARGIN`), so that lunches longer than `return_timeout` are not paused
     /// just before their end; before there is evidence, such a stretch gets this long (see
@@ -237,6 +240,11 @@ const SLOTS: usize = (24 * 60 / SLOT_MINUTES) as usize;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReturnProfile {
     slots: Vec<Vec<Remembered>>,
+    /// How many remembered absences (stretches without an interaction of at least `timeout`,
+    /// see `Monitoring::absences`) covered each slot, one count per day covered: whole days here,
+    /// the rest as a difference array over the slots (`away_at`).
+    away_days: u64,
+    away_diff: Vec<i64>,
 }
 
 /// One break in a [`ReturnProfile`].
@@ -261,7 +269,57 @@ impl ReturnProfile {
     fn empty() -> Self {
         Self {
             slots: vec![Vec::new(); SLOTS],
+            away_days: 0,
+            away_diff: vec![0; SLOTS + 1],
         }
+    }
+
+    /// Counts an absence from `from` lasting `length` in `away`: each slot once per day it
+    /// covers.
+    fn count_away(&mut self, from: DateTime<Utc>, length: chrono::Duration) {
+        let slots = (length.num_minutes().max(0) as u64 / u64::from(SLOT_MINUTES)) as usize;
+        let (days, rest) = ((slots / SLOTS) as u64, slots % SLOTS);
+        let first = slot_of(from);
+        self.away_days = self.away_days.saturating_add(days);
+        let mut mark = |from: usize, to: usize| {
+            self.away_diff[from] += 1;
+            self.away_diff[to] -= 1;
+        };
+        if first + rest <= SLOTS {
+            mark(first, first + rest);
+        } else {
+            mark(first, SLOTS);
+            mark(0, first + rest - SLOTS);
+        }
+    }
+
+    /// How many remembered absences covered `slot` (one count per day).
+    fn away_at(&self, slot: usize) -> u64 {
+        let part: i64 = self.away_diff[..=slot % SLOTS].iter().sum();
+        self.away_days.saturating_add(part.max(0) as u64)
+    }
+
+    /// Whether the users were away (no interaction for at least `timeout`) at the middle of the
+    /// midday hours more often than an hour before and an hour after them (a lunch, whatever labs ran over it): the fleet has a
+    /// midday rhythm. Read from the remembered absences, by the local time of day of `at`
+    /// (`local_time_zone`); never without midday hours, a zone or absences.
+    pub fn midday_dip(&self, at: DateTime<Utc>, settings: &IdleSettings) -> bool {
+        use chrono::Timelike;
+        let (Ok((start, end)), Some(local)) = (
+            parse_midday_hours(&settings.midday_hours),
+            local_minute(at, settings),
+        ) else {
+            return false;
+        };
+        let day = 24 * 60;
+        let offset = (local + day - at.num_seconds_from_midnight() / 60 % day) % day;
+        let away = |minute: i64| {
+            let utc = (minute.rem_euclid(i64::from(day)) as u32 + day - offset) % day;
+            self.away_at((utc / SLOT_MINUTES) as usize)
+        };
+        let (start, end) = (i64::from(start), i64::from(end));
+        let middle = away((start + end) / 2);
+        middle > away(start - 60) && middle > away(end + 60)
     }
 
     /// Adds `worker`'s remembered breaks within `return_memory`, and its current quiet
@@ -298,6 +356,7 @@ impl ReturnProfile {
         for b in &worker.monitoring.breaks {
             count(b.from, b.to - b.from, false);
         }
+
         // A worker whose nodes run is not quiet, however long ago they were last counted.
         let nodes = worker.monitoring.running_nodes.is_some_and(|n| n > 0);
         if let Some(last) = worker.monitoring.last_activity
@@ -305,6 +364,14 @@ impl ReturnProfile {
             && !nodes
         {
             count(last, now - last, true);
+        }
+        // Away: no interaction for at least the plain timeout (shorter gaps are the pauses
+        // between a present user's actions).
+        let away = chrono_of(settings.timeout);
+        for a in &worker.monitoring.absences {
+            if oldest.is_none_or(|o| a.from >= o) && a.to - a.from >= away {
+                self.count_away(a.from, a.to - a.from);
+            }
         }
     }
 
@@ -590,18 +657,23 @@ fn learned_of(r: &ReturnStats, settings: &IdleSettings) -> Option<bool> {
 /// fall between a return and its reading.
 pub const RETURN_MARGIN: Duration = Duration::from_secs(10 * 60);
 
-/// The learned return rule's timeout: `return_timeout`; for a worker whose quiet stretch
-/// reaches the midday hours within it (lunch: see [`reaches_midday`]), lengthened to the
+/// The learned return rule's timeout: `return_timeout`; for a worker gone quiet in the
+/// midday hours, or before them and still quiet when they start (see [`reaches_midday`])
+/// where the fleet has a midday dip (`dip`: [`ReturnProfile::midday_dip`]), lengthened to the
 /// longest remembered return near this time of day plus [`RETURN_MARGIN`], up to
-/// `return_timeout_max`. Elsewhere the day has no such rhythm to learn, and a long timeout
-/// would mostly pay for workers nobody comes back to.
+/// `return_timeout_max`: a lunch. Elsewhere the day has no such rhythm to learn, and a long
+/// timeout would mostly pay for workers nobody comes back to — a morning stretch in a fleet
+/// whose users are not away at midday more than around it is no lunch.
 fn learned_timeout(
     r: Option<&ReturnStats>,
     quiet_since: DateTime<Utc>,
+    dip: bool,
     settings: &IdleSettings,
 ) -> Duration {
     let base = settings.timeout.max(settings.return_timeout);
-    if !reaches_midday(quiet_since, base, settings) {
+    let lunch =
+        in_midday(quiet_since, settings) || (dip && reaches_midday(quiet_since, base, settings));
+    if !lunch {
         return base;
     }
     let longest = r
@@ -776,6 +848,7 @@ pub fn evaluate_with(
         } else {
             ReturnScope::Worker
         };
+        let dip = profile.midday_dip(reference, settings);
         // Judged on the evidence known when the worker went quiet, so that other workers'
         // breaks ending during this one cannot shorten its timeout; evidence that came in
         // since may only lengthen it (people came back at this hour after all).
@@ -784,12 +857,13 @@ pub fn evaluate_with(
         if when_quiet != Some(true) && now > reference {
             let known = profile.around_known(reference, now, settings.return_window, scope);
             if learned_of(&known, settings) == Some(true) {
-                return (known, when_quiet);
+                return (known, when_quiet, dip);
             }
         }
-        (quiet, when_quiet)
+        (quiet, when_quiet, dip)
     });
-    let returns = judged.map(|(r, _)| r);
+    let returns = judged.map(|(r, _, _)| r);
+    let dip = judged.is_some_and(|(_, _, dip)| dip);
     // With enough remembered breaks at this time of day, they decide; before that, the
     // busy-fleet guess and the midday hours do.
     let learned = returns.and_then(|r| learned_of(&r, settings));
@@ -800,12 +874,12 @@ pub fn evaluate_with(
     // the middle of the working day: presumed at lunch, for as long as the learned rule would
     // ever allow a lunch (later evidence may only lengthen it).
     let break_timeout = settings.timeout.max(settings.break_timeout);
-    let lunch = judged.is_none_or(|(_, when_quiet)| when_quiet.is_none())
+    let lunch = judged.is_none_or(|(_, when_quiet, _)| when_quiet.is_none())
         && reaches_midday(reference, break_timeout, settings);
     let lunch_timeout = break_timeout.max(settings.return_timeout_max);
     let (timeout, timeout_rule) = match learned {
         Some(true) => {
-            let t = learned_timeout(returns.as_ref(), reference, settings);
+            let t = learned_timeout(returns.as_ref(), reference, dip, settings);
             if lunch && lunch_timeout > t {
                 (lunch_timeout, TimeoutRule::Midday)
             } else {
@@ -1833,20 +1907,50 @@ mod tests {
         assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
     }
 
+    /// Adds `w`'s users' absences (no interaction, whatever ran) from `from` for `minutes` on
+    /// the five days before `t(0)`'s.
+    fn away_daily(mut w: Worker, from: i64, minutes: i64) -> Worker {
+        for d in (1..=5).rev() {
+            w.monitoring.absences.push_back(crate::worker::Break {
+                from: t((from - d * DAY) * MIN),
+                to: t((from - d * DAY + minutes) * MIN),
+            });
+        }
+        w
+    }
+
     #[test]
     fn a_morning_break_that_reaches_midday_should_get_the_longest_remembered_return() {
         let s = IdleSettings {
             local_time_zone: "UTC".into(),
             ..IdleSettings::default()
         };
-        // Breaks from 10:00 on five earlier days: 90, 100, 110, 150 and 170 minutes.
-        let mut w = with_long_lunches(2 * 60);
+        // Breaks from 10:00 on five earlier days: 90, 100, 110, 150 and 170 minutes; the users
+        // were away 12:00-13:00 on each (t(0) is 08:00 UTC): a midday dip.
+        let mut w = away_daily(with_long_lunches(2 * 60), 4 * 60, 60);
         w.monitoring.last_activity = Some(t(2 * 60 * MIN));
         let now = t(4 * 60 * MIN + 30 * MIN);
         w.monitoring.activity_checked_at = Some(now);
         let d = evaluate_in(&w, &s, Some(0.0), now);
         assert_eq!(d.timeout_rule, TimeoutRule::LearnedReturn);
         assert_eq!(d.timeout, Duration::from_secs(180 * 60), "170 min + margin");
+        // Without the dip (away all afternoon too: no lunch rhythm), return_timeout.
+        let mut f = away_daily(with_long_lunches(2 * 60), 4 * 60, 6 * 60);
+        f.monitoring.last_activity = Some(t(2 * 60 * MIN));
+        f.monitoring.activity_checked_at = Some(now);
+        let d = evaluate_in(&f, &s, Some(0.0), now);
+        assert_eq!(d.timeout_rule, TimeoutRule::LearnedReturn);
+        assert_eq!(d.timeout, Duration::from_secs(2 * 3600), "no dip: no lunch");
+        // A stretch begun in the midday hours is a lunch, dip or not.
+        let mut n = away_daily(with_long_lunches(3 * 60 + 30), 4 * 60, 6 * 60);
+        n.monitoring.last_activity = Some(t((3 * 60 + 30) * MIN));
+        n.monitoring.activity_checked_at = Some(now);
+        let d = evaluate_in(&n, &s, Some(0.0), now);
+        assert_eq!(
+            d.timeout,
+            Duration::from_secs(180 * 60),
+            "gone quiet at 11:30"
+        );
         // The same breaks from 08:30: a stretch over by 10:30 is no lunch; return_timeout.
         let mut m = with_long_lunches(30);
         m.monitoring.last_activity = Some(t(30 * MIN));
@@ -1854,6 +1958,70 @@ mod tests {
         let d = evaluate_in(&m, &s, Some(0.0), t(60 * MIN));
         assert_eq!(d.timeout_rule, TimeoutRule::LearnedReturn);
         assert_eq!(d.timeout, Duration::from_secs(2 * 3600));
+    }
+
+    #[test]
+    fn a_midday_dip_should_be_more_users_away_at_its_middle_than_an_hour_before_and_after() {
+        let utc = IdleSettings {
+            local_time_zone: "UTC".into(),
+            ..IdleSettings::default()
+        };
+        let now = t(0);
+        let dip = |w: &Worker, s: &IdleSettings| ReturnProfile::of([w], s, now).midday_dip(now, s);
+        // t(0) is 08:00 UTC: away 12:00-13:00 every day (lunch, labs left running or not).
+        let lunch = away_daily(worker(), 4 * 60, 60);
+        assert!(dip(&lunch, &utc));
+        // Away from 12:00 into the evening: the middle is no emptier than 15:00.
+        assert!(!dip(&away_daily(worker(), 4 * 60, 6 * 60), &utc));
+        // Away from 09:30 to 13:00: no emptier than 10:00.
+        assert!(!dip(&away_daily(worker(), 90, 210), &utc));
+        assert!(!dip(&worker(), &utc), "no absences, no dip");
+        assert!(
+            !dip(&away_daily(worker(), 4 * 60 + 15, 30), &utc),
+            "30 min between actions is shorter than the timeout: no absence"
+        );
+        // Local time: 11:00-12:00 UTC is 12:00-13:00 in Paris (UTC+1 in March).
+        let early = away_daily(worker(), 3 * 60, 60);
+        assert!(!dip(&early, &utc));
+        let paris = IdleSettings {
+            local_time_zone: "Europe/Paris".into(),
+            ..IdleSettings::default()
+        };
+        assert!(dip(&early, &paris));
+        let no_zone = IdleSettings::default();
+        assert!(!dip(&lunch, &no_zone), "no time zone, no midday");
+        // Absences older than the memory are forgotten.
+        let short = IdleSettings {
+            return_memory: Duration::from_secs(3600),
+            ..utc
+        };
+        assert!(!dip(&lunch, &short));
+    }
+
+    #[test]
+    fn an_absence_should_be_a_stretch_without_interaction_whatever_runs() {
+        let mut w = worker();
+        let touch = |w: &mut Worker, m: i64| {
+            let source = ActivitySource::Telemetry {
+                category: "ui".into(),
+                user_id: None,
+            };
+            w.record_interaction(Some((t(m * MIN), source)), t(m * MIN));
+        };
+        touch(&mut w, 0);
+        touch(&mut w, 10);
+        touch(&mut w, 50);
+        assert!(w.monitoring.absences.is_empty(), "40 min is no absence");
+        // Running nodes are no interaction (they never move `last_interaction`): a lab left
+        // up over lunch does not hide the absence.
+        touch(&mut w, 110);
+        assert_eq!(
+            w.monitoring.absences.iter().copied().collect::<Vec<_>>(),
+            vec![crate::worker::Break {
+                from: t(50 * MIN),
+                to: t(110 * MIN)
+            }]
+        );
     }
 
     #[test]

@@ -336,6 +336,13 @@ pub struct Monitoring {
     /// document while empty (documents written before it keep their shape).
     #[serde(skip_serializing_if = "VecDeque::is_empty")]
     pub breaks: VecDeque<Break>,
+    /// The latest stretches of at least [`ABSENCE_MIN_MINUTES`] without an interaction
+    /// (telemetry) that ended with one (or a resume), newest last, at most [`BREAKS_KEPT`]:
+    /// when its users were away, whatever labs ran meanwhile (a lunch with the lab left up).
+    /// The idle policy reads the fleet's midday dip from them (`idle.midday_hours`). Left out
+    /// of the stored document while empty.
+    #[serde(skip_serializing_if = "VecDeque::is_empty")]
+    pub absences: VecDeque<Break>,
     /// Seconds the worker spent stopped by ccm (idle, schedule or manual), closed intervals
     /// only.
     pub seconds_stopped_by_ccm: u64,
@@ -401,6 +408,11 @@ pub const MAX_SNOOZE_DAYS: i64 = 14;
 /// The shortest quiet stretch a worker remembers as a break.
 pub const BREAK_MIN_MINUTES: i64 = 15;
 
+/// The shortest stretch without an interaction a worker remembers as an absence (its users
+/// away: the default idle timeout; shorter gaps are the pauses between a present user's
+/// actions, and would fill [`BREAKS_KEPT`] within days).
+pub const ABSENCE_MIN_MINUTES: i64 = 60;
+
 /// How many breaks a worker remembers (a few weeks of a busy worker).
 pub const BREAKS_KEPT: usize = 256;
 
@@ -436,6 +448,7 @@ impl Default for Monitoring {
             resumes: Counters::default(),
             history: VecDeque::new(),
             breaks: VecDeque::new(),
+            absences: VecDeque::new(),
             seconds_stopped_by_ccm: 0,
             stopped_by_week: BTreeMap::new(),
         }
@@ -1271,6 +1284,18 @@ impl Worker {
         self.monitoring.activity_checked_at = Some(now);
         if let Some((at, source)) = latest {
             let m = &mut self.monitoring;
+            if let Some(prev) = m.last_interaction
+                && at > prev
+            {
+                // A user who came back to a paused worker returned when they resumed it.
+                let to = m.last_resume.filter(|r| *r > prev && *r < at).unwrap_or(at);
+                if to - prev >= Duration::minutes(ABSENCE_MIN_MINUTES) {
+                    m.absences.push_back(Break { from: prev, to });
+                    while m.absences.len() > BREAKS_KEPT {
+                        m.absences.pop_front();
+                    }
+                }
+            }
             if m.last_interaction.is_none_or(|prev| at > prev) {
                 m.last_interaction = Some(at);
             }

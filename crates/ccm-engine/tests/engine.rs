@@ -332,12 +332,18 @@ async fn dry_run_should_pause_nothing_and_say_what_it_would_do() {
     let EventKind::WorkerIdleDetected {
         action,
         idle_for_seconds,
+        timeout_rule,
         ..
     } = &e.event.kind
     else {
         unreachable!()
     };
     assert_eq!(action, "would_pause");
+    assert_eq!(
+        *timeout_rule,
+        Some(ccm_domain::idle::TimeoutRule::Plain),
+        "the rule it decided on"
+    );
     assert!(*idle_for_seconds >= 90 * 60);
     let w = workers(&fleet).await.remove(0);
     assert_eq!(w.ec2_state, Ec2State::Running);

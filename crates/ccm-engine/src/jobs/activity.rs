@@ -105,6 +105,7 @@ pub(crate) async fn evaluate_idle(
                 idle_for_seconds: decision.idle_for.as_secs(),
                 action: label,
                 detail,
+                timeout_rule: Some(decision.timeout_rule),
             }],
         )
         .await;

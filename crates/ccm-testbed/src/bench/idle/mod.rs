@@ -28,7 +28,7 @@
 mod svg;
 pub mod trace;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -222,6 +222,11 @@ pub struct PolicyReport {
     pub engine_ticks: u64,
     /// The first wrongful pauses (worker, time, why), to see what the policy missed.
     pub wrongful_examples: Vec<String>,
+    /// ccm's pauses by the rule that chose the timeout (`timeout_rule` of the
+    /// `ccm.worker.idle_detected` event the engine paused on; empty for the baselines):
+    /// `[pauses, wrongful]` per rule.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub pauses_by_rule: BTreeMap<String, [u64; 2]>,
 }
 
 /// The report of one trace under every policy.
@@ -583,6 +588,7 @@ struct Tally {
     stopped_s: f64,
     engine_ticks: u64,
     examples: Vec<String>,
+    by_rule: BTreeMap<String, [u64; 2]>,
 }
 
 /// Overlap, in seconds, of `[a, b)` with the stretches of `tl` for which `pred` holds,
@@ -934,6 +940,23 @@ async fn rule_of(fleet: &Fleet, id: Option<WorkerId>, t: DateTime<Utc>) -> Strin
         ago(m.last_work),
         ago(m.last_resume)
     )
+}
+
+/// The rule ccm paused the worker on: the `timeout_rule` of its latest
+/// `ccm.worker.idle_detected` event that asked for a pause (`None` for the baselines).
+async fn paused_on(fleet: &Fleet, id: Option<WorkerId>) -> Option<String> {
+    let (Some(engine), Some(id)) = (&fleet.engine, id) else {
+        return None;
+    };
+    let events = engine.worker_events(id, None, 20).await.ok()?;
+    events.iter().find_map(|e| match &e.event.kind {
+        ccm_domain::events::EventKind::WorkerIdleDetected {
+            action,
+            timeout_rule,
+            ..
+        } if action == "pause" => Some(timeout_rule.map_or("unknown", |r| r.name()).to_owned()),
+        _ => None,
+    })
 }
 
 async fn states(fleet: &Fleet) -> Result<HashMap<InstanceId, Ec2State>, BenchError> {
@@ -1340,6 +1363,8 @@ async fn replay(
             }
             if s.billed && !billed {
                 tally.pauses += 1;
+                let paused_on = paused_on(fleet, s.engine_id).await;
+                let wrongful_before = tally.wrongful_in_use + tally.wrongful_return;
                 let tl = &timelines[k];
                 let (wk, wm) = opts.trace.local(t);
                 let when = format!(
@@ -1372,6 +1397,11 @@ async fn replay(
                             (u - t).num_minutes()
                         ));
                     }
+                }
+                if let Some(rule) = paused_on {
+                    let e = tally.by_rule.entry(rule).or_default();
+                    e[0] += 1;
+                    e[1] += tally.wrongful_in_use + tally.wrongful_return - wrongful_before;
                 }
             }
             s.billed = billed;
@@ -1416,5 +1446,6 @@ async fn replay(
         run_seconds: 0.0,
         engine_ticks: tally.engine_ticks,
         wrongful_examples: tally.examples,
+        pauses_by_rule: tally.by_rule,
     })
 }
