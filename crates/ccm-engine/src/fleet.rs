@@ -25,7 +25,8 @@ pub(crate) struct Slot {
 }
 
 impl Slot {
-    fn of(w: &Worker) -> Self {
+    /// The slot of a worker as saved.
+    pub(crate) fn of(w: &Worker) -> Self {
         Self {
             region: w.region.clone(),
             instance_id: w.instance_id.clone(),

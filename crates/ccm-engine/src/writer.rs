@@ -446,7 +446,7 @@ fn finish(group: Group, result: &Result<Worker, String>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::collections::BTreeMap;
 
     use ccm_domain::worker::{Ami, NewWorker};
@@ -457,7 +457,8 @@ mod tests {
     use crate::clock::{Clock, TokioClock};
     use crate::supervisor::RestartPolicy;
 
-    fn new_worker(now: DateTime<Utc>) -> Worker {
+    /// A provisioned worker, not yet stored.
+    pub(crate) fn new_worker(now: DateTime<Utc>) -> Worker {
         let new = NewWorker {
             name: "w1".into(),
             region: Region::parse("eu-west-1").expect("region"),
