@@ -91,9 +91,13 @@ pub struct CmlConfig {
     /// A worker that speaks it gets one connection for a whole sync: the first call
     /// (`system_information`) opens it, the other three share it as streams; a worker that
     /// does not answers on HTTP/1.1 as before. Needs `pool_max_idle_per_host` ≥ 1 (hyper
-    /// shares an HTTP/2 connection through its pool). `false`: HTTP/1.1 only, and a sync's
-    /// calls go one after another on one connection that the last closes, as over plain HTTP
-    /// ([`crate::SyncOrder::OneByOne`]; with `pool_max_idle_per_host` ≥ 1).
+    /// shares an HTTP/2 connection through its pool). `false` (the default): HTTP/1.1 only,
+    /// and a sync's calls go one after another on one connection that the last closes, as
+    /// over plain HTTP ([`crate::SyncOrder::OneByOne`]; with `pool_max_idle_per_host` ≥ 1):
+    /// at 10,000 workers it held 10–17 MB less than HTTP/2 (whose idle connections stay
+    /// pooled until the idle timeout) and cost the controllers less CPU, cycles as fast
+    /// (BENCHMARKS.md, issue 13 rounds 6 and 7); one worker's sync waits four round trips
+    /// instead of two.
     pub http2: bool,
     /// Largest response body read, in bytes (telemetry can hold ~3,000 events).
     pub max_body_bytes: usize,
@@ -113,7 +117,7 @@ impl Default for CmlConfig {
             pool_max_idle_per_host: 1,
             plain_pool_max_idle_per_host: 1,
             tls_session_cache: 16_384,
-            http2: true,
+            http2: false,
             max_body_bytes: 8 << 20,
             endpoint: EndpointPolicy::default(),
         }

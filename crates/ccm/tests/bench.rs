@@ -151,6 +151,33 @@ async fn bench_sync_with_floor_should_measure_the_bare_stack_on_the_same_fleet()
     assert_eq!(num(&report, "requests"), 80.0, "{report}");
 }
 
+/// The product's default over TLS (`[cml] http2 = false`): each worker's sync on one HTTP/1.1
+/// connection that its last call closes, every handshake after the warm-up cycle a resumed
+/// session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_sync_over_tls_by_default_should_sync_each_worker_on_one_resumed_http1_connection() {
+    let report = bench_report(&[
+        "sync",
+        "--workers",
+        "5",
+        "--cycles",
+        "1",
+        "--tls",
+        "--listen-base",
+        "127.110.5.1",
+        "--latency-ms",
+        "1",
+    ])
+    .await;
+    assert_eq!(report["tls"], true);
+    assert_eq!(num(&report, "statuses.ready"), 5.0, "{report}");
+    assert_eq!(num(&report, "requests"), 20.0, "{report}");
+    assert_eq!(num(&report, "connections"), 5.0, "{report}");
+    assert_eq!(num(&report, "h2_connections"), 0.0, "{report}");
+    assert_eq!(num(&report, "tls_handshakes"), 5.0, "{report}");
+    assert_eq!(num(&report, "tls_resumed"), 5.0, "{report}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_sync_over_tls_should_trust_the_simulators_ca_and_sync_every_worker() {
     let report = bench_report(&[
@@ -160,6 +187,7 @@ async fn bench_sync_over_tls_should_trust_the_simulators_ca_and_sync_every_worke
         "--cycles",
         "1",
         "--tls",
+        "--http2",
         "--listen-base",
         "127.110.1.1",
         "--latency-ms",
@@ -189,6 +217,7 @@ async fn bench_sync_over_tls_without_http2_should_fall_back_to_http1_and_sync_ev
         "1",
         "--tls",
         "--sim-http1",
+        "--http2",
         "--floor",
         "--listen-base",
         "127.110.4.1",

@@ -4,19 +4,20 @@
 //!
 //! The order makes the calls share one connection wherever the transport allows it
 //! (`CmlClient::sync_order`, [`SyncOrder`]):
-//! - **HTTPS with HTTP/2** (`[cml] http2`, offered by ALPN as CML's nginx does):
+//! - **HTTPS with HTTP/2** (`[cml] http2 = true`, offered by ALPN as CML's nginx does):
 //!   `system_information` goes first, alone; the other three then overlap as HTTP/2 streams on
 //!   its connection. Two round trips, one connection and one TLS handshake per sync:
 //!   overlapping all four at once made four connections (four handshakes), since the client
 //!   cannot know before the first handshake that the worker speaks HTTP/2 — on a TLS fleet
 //!   that cost more than the round trip it saved. A worker that does not offer `h2` is spoken
 //!   to in HTTP/1.1 in the same order.
-//! - **Plain HTTP/1.1 with a pool** (`[cml] plain_pool_max_idle_per_host` ≥ 1): the four
+//! - **HTTP/1.1 with a pool** (plain HTTP with `[cml] plain_pool_max_idle_per_host` ≥ 1, or
+//!   HTTPS with `[cml] http2 = false`, the default, and `pool_max_idle_per_host` ≥ 1): the four
 //!   calls one after another on one kept-alive connection, the last (`licensing`) closing it,
 //!   so that nothing idles after the sync. Four round trips, but one connection instead of
 //!   four (connection setup and teardown were ~30 % of ccm's CPU at 10,000 workers); the
 //!   gates let twice as many such workers sync at once (`SyncOrder::gate_slots`).
-//! - **No pool** (or HTTPS without HTTP/2): every overlapped call needs its own connection
+//! - **No pool**: every overlapped call needs its own connection
 //!   anyway, so a worker that was `ready` at its last sync gets all four calls at once (one
 //!   round trip).
 //!

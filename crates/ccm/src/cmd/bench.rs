@@ -164,9 +164,12 @@ pub(crate) struct SyncArgs {
     /// HTTP/2; by default it offers h2 as CML's nginx does.
     #[arg(long, requires = "tls")]
     pub(crate) sim_http1: bool,
-    /// ccm and the floor speak HTTP/1.1 only (`[cml] http2 = false`), for comparison.
-    #[arg(long)]
+    /// ccm and the floor speak HTTP/1.1 only (`[cml] http2 = false`, the product's default).
+    #[arg(long, conflicts_with = "http2")]
     pub(crate) http1: bool,
+    /// ccm and the floor offer HTTP/2 by ALPN (`[cml] http2 = true`), for comparison.
+    #[arg(long)]
+    pub(crate) http2: bool,
     /// Also run this implementation on the same fleet, and report the speedup.
     #[arg(long, value_enum)]
     pub(crate) peer: Option<Peer>,
@@ -425,7 +428,11 @@ fn sync(args: SyncArgs) -> anyhow::Result<()> {
         idle_timeout: args.idle_timeout,
         tls: args.tls,
         sim_http2: !args.sim_http1,
-        client_http2: !args.http1,
+        client_http2: if args.http2 || args.http1 {
+            args.http2
+        } else {
+            ccm_cml::CmlConfig::default().http2
+        },
         peer,
         listen_base: args.listen_base,
         port: args.port,
