@@ -570,6 +570,10 @@ pub struct Worker {
     pub private_ip: Option<IpAddr>,
     /// EC2 tags.
     pub tags: BTreeMap<String, String>,
+    /// When a user's command last changed the tags: an EC2 read begun before it would bring
+    /// the old tags back (see [`Worker::observe_ec2_read_at`]). Left out while unset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags_changed_at: Option<DateTime<Utc>>,
     /// CML data.
     pub cml: CmlState,
     /// Number of labs.
@@ -617,6 +621,7 @@ impl Worker {
             public_ip: None,
             private_ip: None,
             tags: BTreeMap::new(),
+            tags_changed_at: None,
             cml: CmlState::default(),
             labs_count: Sourced::default(),
             cloudwatch: Sourced::default(),
@@ -722,6 +727,19 @@ impl Worker {
         policy: &EndpointPolicy,
         now: DateTime<Utc>,
     ) -> Result<Vec<EventKind>, InvalidTransition> {
+        self.observe_ec2_read_at(obs, policy, now, now)
+    }
+
+    /// [`Worker::observe_ec2`] for an observation EC2 was asked for at `read_at`: its tags are
+    /// older than a user's tag change made since (the command's write landed first), and are
+    /// not applied — the next read brings them.
+    pub fn observe_ec2_read_at(
+        &mut self,
+        obs: &InstanceObservation,
+        policy: &EndpointPolicy,
+        read_at: DateTime<Utc>,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<EventKind>, InvalidTransition> {
         let from = self.ec2_state;
         let to = from.transition(obs.state)?;
         let mut events = Vec::new();
@@ -742,7 +760,7 @@ impl Worker {
                 owner: None,
             });
         }
-        if !obs.tags.is_empty() {
+        if !obs.tags.is_empty() && self.tags_changed_at.is_none_or(|at| at <= read_at) {
             self.tags.clone_from(&obs.tags);
         }
         self.launched_at = obs.launched_at.or(self.launched_at);
@@ -1451,6 +1469,7 @@ impl Worker {
         if let Some(name) = set.get("Name").filter(|n| !n.trim().is_empty()) {
             self.name.clone_from(name);
         }
+        self.tags_changed_at = Some(now);
         self.touch(by, now);
         vec![EventKind::WorkerTagsUpdated {
             set,

@@ -222,6 +222,29 @@ fn stopping_should_clear_ips_endpoint_and_live_metrics() {
     );
 }
 
+/// An EC2 read begun before a user's tag change answers with the old tags; applied after the
+/// change (its write landed first), it must not bring them back. A read begun after it does.
+#[test]
+fn an_ec2_read_begun_before_a_tag_change_should_not_undo_it() {
+    let mut w = running_worker();
+    let mut old = obs(Ec2State::Running, Some([127, 1, 0, 7]));
+    old.tags.insert("owner".into(), "ui-test".into());
+    w.observe_ec2(&old, &policy(), t(5)).unwrap();
+    assert_eq!(w.tags.get("owner").map(String::as_str), Some("ui-test"));
+
+    w.apply_tags(BTreeMap::new(), vec!["owner".into()], &alice(), t(20));
+    // Asked for at 10 (before the change), answered and applied at 30.
+    w.observe_ec2_read_at(&old, &policy(), t(10), t(30))
+        .unwrap();
+    assert!(!w.tags.contains_key("owner"), "{:?}", w.tags);
+    assert_eq!(w.ec2_state, Ec2State::Running, "the rest still applies");
+
+    // Someone puts it back in EC2; a read begun after the change brings it.
+    w.observe_ec2_read_at(&old, &policy(), t(40), t(41))
+        .unwrap();
+    assert_eq!(w.tags.get("owner").map(String::as_str), Some("ui-test"));
+}
+
 #[test]
 fn an_invalid_transition_should_change_nothing() {
     let mut w = running_worker();

@@ -34,6 +34,8 @@ pub(crate) async fn sync_all(ctx: &JobContext) -> Result<(), JobError> {
          }| async move {
             let ids: Vec<InstanceId> = workers.iter().map(|(_, i)| i.clone()).collect();
             let cloud = ctx.cloud();
+            // Before the call: a tag change a user makes while it runs is newer than its answer.
+            let read_at = ctx.now();
             let (instances, statuses) = futures::future::join(
                 cloud.describe_instances(&region, &InstanceQuery::ids(ids)),
                 cloud.describe_instance_status(&region, &[]),
@@ -47,7 +49,7 @@ pub(crate) async fn sync_all(ctx: &JobContext) -> Result<(), JobError> {
                 Ok(statuses) => (Ok(checks_by_instance(statuses)), None),
                 Err(source) => (Err(status_failure(&source)), Some(source)),
             };
-            apply(ctx, &grant, workers, instances, checks).await;
+            apply(ctx, &grant, workers, instances, checks, read_at).await;
             match status_error {
                 Some(source) => Err(JobError::Cloud { region, source }),
                 None => Ok::<(), JobError>(()),
@@ -80,6 +82,7 @@ async fn apply(
     workers: Vec<(WorkerId, InstanceId)>,
     instances: Vec<Instance>,
     checks: Result<HashMap<InstanceId, StatusChecks>, Reason>,
+    read_at: chrono::DateTime<chrono::Utc>,
 ) {
     let found: HashMap<InstanceId, Instance> =
         instances.into_iter().map(|i| (i.id.clone(), i)).collect();
@@ -100,7 +103,7 @@ async fn apply(
                     grant,
                     id,
                     Arc::new(move |w| {
-                        let mut events = match w.observe_ec2(&obs, &policy, now) {
+                        let mut events = match w.observe_ec2_read_at(&obs, &policy, read_at, now) {
                             Ok(events) => events,
                             Err(e) => {
                                 tracing::warn!(worker = %w.id, from = %e.from, to = %e.to, "EC2 reported an invalid state change");
