@@ -10,6 +10,7 @@
 //! shows an unconstrained value), so a new payload type cannot slip through undocumented.
 
 use ccm_domain::events::{EventShape, FieldShape};
+use ccm_domain::idle::TimeoutRule;
 use ccm_domain::{
     CheckStatus, Ec2State, EventKind, LabAction, PauseReason, RefreshSkip, ResumeReason,
     ServiceStatus, WorkerAction,
@@ -244,6 +245,7 @@ fn type_schema(ty: &str) -> Option<RefOr<Schema>> {
         "PauseReason" => string_enum(names(pause_reasons())),
         "ResumeReason" => string_enum(names(resume_reasons())),
         "RefreshSkip" => string_enum(names(refresh_skips())),
+        "TimeoutRule" => string_enum(names(timeout_rules())),
         _ => return None,
     })
 }
@@ -332,6 +334,31 @@ fn refresh_skips() -> Vec<RefreshSkip> {
     for s in &all {
         match s {
             S::NotRunning | S::Throttled | S::AlreadyRunning => {}
+        }
+    }
+    all
+}
+
+fn timeout_rules() -> Vec<TimeoutRule> {
+    use TimeoutRule as T;
+    let all = vec![
+        T::Plain,
+        T::FleetBusy,
+        T::SessionEnded,
+        T::RunEnded,
+        T::NoReturn,
+        T::LearnedReturn,
+        T::Midday,
+    ];
+    for t in &all {
+        match t {
+            T::Plain
+            | T::FleetBusy
+            | T::SessionEnded
+            | T::RunEnded
+            | T::NoReturn
+            | T::LearnedReturn
+            | T::Midday => {}
         }
     }
     all

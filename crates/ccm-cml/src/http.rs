@@ -462,11 +462,22 @@ mod tests {
 
     #[test]
     fn a_syncs_order_should_follow_the_scheme_http2_and_the_pools() {
-        let on = CmlConfig::default();
+        let default = CmlConfig::default();
         assert!(
-            on.http2 && on.pool_max_idle_per_host > 0 && on.plain_pool_max_idle_per_host > 0,
-            "the defaults share a connection on either scheme"
+            !default.http2
+                && default.pool_max_idle_per_host > 0
+                && default.plain_pool_max_idle_per_host > 0,
+            "the defaults share one HTTP/1.1 connection per sync on either scheme"
         );
+        assert_eq!(
+            sync_order(&default, "https://10.0.0.5"),
+            SyncOrder::OneByOne
+        );
+        assert_eq!(sync_order(&default, "http://10.0.0.5"), SyncOrder::OneByOne);
+        let on = CmlConfig {
+            http2: true,
+            ..CmlConfig::default()
+        };
         assert_eq!(
             sync_order(&on, "https://10.0.0.5"),
             SyncOrder::FirstThenStreams
@@ -504,7 +515,7 @@ mod tests {
         assert_eq!(sync_order(&no_pool, "http://10.0.0.5"), SyncOrder::OneByOne);
         let no_plain_pool = CmlConfig {
             plain_pool_max_idle_per_host: 0,
-            ..CmlConfig::default()
+            ..on.clone()
         };
         assert_eq!(
             sync_order(&no_plain_pool, "http://10.0.0.5"),

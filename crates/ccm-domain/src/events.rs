@@ -17,6 +17,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use uuid::Uuid;
 
 use crate::ec2::{CheckStatus, Ec2State};
+use crate::idle::TimeoutRule;
 use crate::ids::{Actor, WorkerId};
 use crate::lifecycle::{LabAction, PauseReason, RefreshSkip, ResumeReason, WorkerAction};
 use crate::service::{Reason, ServiceStatus};
@@ -155,7 +156,7 @@ catalogue! {
     /// timeout: `plain`, `midday`, …; absent in events written before it was recorded).
     WorkerIdleDetected = "ccm.worker.idle_detected" {
         idle_for_seconds: u64, action: String, #[serde(default)] detail: Option<String>,
-        #[serde(default)] timeout_rule: Option<crate::idle::TimeoutRule>,
+        #[serde(default)] timeout_rule: Option<TimeoutRule>,
     }
     /// The worker will be stopped soon unless someone uses it or keeps it awake: by the idle
     /// policy (`reason` `idle_timeout`) or by its off-hours schedule (`schedule`), at `at`.
