@@ -570,10 +570,11 @@ pub struct Worker {
     pub private_ip: Option<IpAddr>,
     /// EC2 tags.
     pub tags: BTreeMap<String, String>,
-    /// When a user's command last changed the tags: an EC2 read begun before it would bring
-    /// the old tags back (see [`Worker::observe_ec2_read_at`]). Left out while unset.
+    /// When a user's command last changed something EC2 also reports (tags, detailed
+    /// monitoring): an EC2 read begun before it would bring the old values back (see
+    /// [`Worker::observe_ec2_read_at`]). Left out while unset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub tags_changed_at: Option<DateTime<Utc>>,
+    pub ec2_changed_at: Option<DateTime<Utc>>,
     /// CML data.
     pub cml: CmlState,
     /// Number of labs.
@@ -621,7 +622,7 @@ impl Worker {
             public_ip: None,
             private_ip: None,
             tags: BTreeMap::new(),
-            tags_changed_at: None,
+            ec2_changed_at: None,
             cml: CmlState::default(),
             labs_count: Sourced::default(),
             cloudwatch: Sourced::default(),
@@ -730,9 +731,9 @@ impl Worker {
         self.observe_ec2_read_at(obs, policy, now, now)
     }
 
-    /// [`Worker::observe_ec2`] for an observation EC2 was asked for at `read_at`: its tags are
-    /// older than a user's tag change made since (the command's write landed first), and are
-    /// not applied — the next read brings them.
+    /// [`Worker::observe_ec2`] for an observation EC2 was asked for at `read_at`: its tags and
+    /// detailed monitoring are older than a user's change of them made since (the command's
+    /// write landed first), and are not applied — the next read brings them.
     pub fn observe_ec2_read_at(
         &mut self,
         obs: &InstanceObservation,
@@ -760,11 +761,14 @@ impl Worker {
                 owner: None,
             });
         }
-        if !obs.tags.is_empty() && self.tags_changed_at.is_none_or(|at| at <= read_at) {
+        let current = self.ec2_changed_at.is_none_or(|at| at <= read_at);
+        if !obs.tags.is_empty() && current {
             self.tags.clone_from(&obs.tags);
         }
         self.launched_at = obs.launched_at.or(self.launched_at);
-        self.monitoring.detailed_monitoring = obs.detailed_monitoring;
+        if current {
+            self.monitoring.detailed_monitoring = obs.detailed_monitoring;
+        }
         self.state_reason.clone_from(&obs.state_reason);
 
         if from != to {
@@ -1469,7 +1473,7 @@ impl Worker {
         if let Some(name) = set.get("Name").filter(|n| !n.trim().is_empty()) {
             self.name.clone_from(name);
         }
-        self.tags_changed_at = Some(now);
+        self.ec2_changed_at = Some(now);
         self.touch(by, now);
         vec![EventKind::WorkerTagsUpdated {
             set,
@@ -1485,6 +1489,7 @@ impl Worker {
         now: DateTime<Utc>,
     ) -> Vec<EventKind> {
         self.monitoring.detailed_monitoring = true;
+        self.ec2_changed_at = Some(now);
         self.touch(by, now);
         vec![EventKind::WorkerDetailedMonitoringEnabled { by: by.clone() }]
     }

@@ -222,10 +222,11 @@ fn stopping_should_clear_ips_endpoint_and_live_metrics() {
     );
 }
 
-/// An EC2 read begun before a user's tag change answers with the old tags; applied after the
-/// change (its write landed first), it must not bring them back. A read begun after it does.
+/// An EC2 read begun before a user's tag change answers with the old tags (and monitoring);
+/// applied after the change (its write landed first), it must not bring them back. A read
+/// begun after it does.
 #[test]
-fn an_ec2_read_begun_before_a_tag_change_should_not_undo_it() {
+fn an_ec2_read_begun_before_a_users_change_should_not_undo_it() {
     let mut w = running_worker();
     let mut old = obs(Ec2State::Running, Some([127, 1, 0, 7]));
     old.tags.insert("owner".into(), "ui-test".into());
@@ -243,6 +244,19 @@ fn an_ec2_read_begun_before_a_tag_change_should_not_undo_it() {
     w.observe_ec2_read_at(&old, &policy(), t(40), t(41))
         .unwrap();
     assert_eq!(w.tags.get("owner").map(String::as_str), Some("ui-test"));
+
+    // The same for detailed monitoring, turned on by a command at 50.
+    assert!(!w.monitoring.detailed_monitoring);
+    w.detailed_monitoring_enabled(&alice(), t(50));
+    w.observe_ec2_read_at(&old, &policy(), t(45), t(55))
+        .unwrap();
+    assert!(w.monitoring.detailed_monitoring, "an older read says off");
+    w.observe_ec2_read_at(&old, &policy(), t(60), t(61))
+        .unwrap();
+    assert!(
+        !w.monitoring.detailed_monitoring,
+        "a later read is EC2's word"
+    );
 }
 
 #[test]
