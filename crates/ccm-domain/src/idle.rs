@@ -457,11 +457,77 @@ pub struct FleetPicture {
 impl FleetPicture {
     /// The picture of `workers` at `now`: what the settings' rules need of it.
     pub fn of(workers: &[Worker], settings: &IdleSettings, now: DateTime<Utc>) -> Self {
-        Self {
-            busy_share: (settings.busy_fleet_percent > 0)
-                .then(|| busy_share(workers, settings, now)),
+        let mut picture = Self::builder(settings, now);
+        for w in workers {
+            picture.add(w);
+        }
+        picture.finish()
+    }
+
+    /// A picture built one worker at a time: the fleet need not be in memory at once.
+    pub fn builder(settings: &IdleSettings, now: DateTime<Utc>) -> FleetPictureBuilder<'_> {
+        FleetPictureBuilder {
+            settings,
+            now,
+            busy: (settings.busy_fleet_percent > 0).then(BusyCount::default),
             returns: (return_rule_on(settings) && settings.return_scope == ReturnScope::Fleet)
-                .then(|| ReturnProfile::of(workers, settings, now)),
+                .then(ReturnProfile::empty),
+        }
+    }
+}
+
+/// A [`FleetPicture`] being built (see [`FleetPicture::builder`]).
+#[derive(Debug)]
+pub struct FleetPictureBuilder<'a> {
+    settings: &'a IdleSettings,
+    now: DateTime<Utc>,
+    busy: Option<BusyCount>,
+    returns: Option<ReturnProfile>,
+}
+
+impl FleetPictureBuilder<'_> {
+    /// Counts one worker of the fleet.
+    pub fn add(&mut self, w: &Worker) {
+        if let Some(busy) = &mut self.busy {
+            busy.add(w, self.settings, self.now);
+        }
+        if let Some(returns) = &mut self.returns {
+            returns.add(w, self.settings, self.now);
+        }
+    }
+
+    /// The picture of the workers added.
+    pub fn finish(self) -> FleetPicture {
+        FleetPicture {
+            busy_share: self.busy.map(BusyCount::share),
+            returns: self.returns,
+        }
+    }
+}
+
+/// Workers counted for [`busy_share`]: those not terminated, and those of them in use.
+#[derive(Debug, Default, Clone, Copy)]
+struct BusyCount {
+    total: u32,
+    busy: u32,
+}
+
+impl BusyCount {
+    fn add(&mut self, w: &Worker, settings: &IdleSettings, now: DateTime<Utc>) {
+        if w.ec2_state.is_final() {
+            return;
+        }
+        self.total += 1;
+        if in_use(w, settings, now) {
+            self.busy += 1;
+        }
+    }
+
+    fn share(self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            f64::from(self.busy) / f64::from(self.total)
         }
     }
 }
@@ -778,21 +844,11 @@ pub fn busy_share<'a>(
     settings: &IdleSettings,
     now: DateTime<Utc>,
 ) -> f64 {
-    let (mut total, mut busy) = (0u32, 0u32);
+    let mut count = BusyCount::default();
     for w in workers {
-        if w.ec2_state.is_final() {
-            continue;
-        }
-        total += 1;
-        if in_use(w, settings, now) {
-            busy += 1;
-        }
+        count.add(w, settings, now);
     }
-    if total == 0 {
-        0.0
-    } else {
-        f64::from(busy) / f64::from(total)
-    }
+    count.share()
 }
 
 /// Evaluates the idle policy for `worker` at `now`, given the share of its fleet in use

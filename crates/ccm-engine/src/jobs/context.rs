@@ -32,6 +32,9 @@ use crate::state::State;
 use crate::types::ImportReport;
 use crate::writer::Mutation;
 
+/// Workers read at a time when a fleet-wide picture is built.
+const FLEET_READ_CHUNK: usize = 256;
+
 /// The idle policy's and the schedules' commands: pause this worker because it is idle or
 /// its off-hours began; start it again because its off-hours ended.
 pub(crate) trait IdlePause: Send + Sync {
@@ -229,8 +232,30 @@ impl JobContext {
     pub(crate) async fn refresh_fleet_picture(&self) -> Result<Arc<FleetPicture>, JobError> {
         let now = self.now();
         let settings = self.settings().idle;
-        let workers = self.owned_workers().await?;
-        let picture = Arc::new(FleetPicture::of(&workers, &settings, now));
+        // The owned ids first, then their documents a chunk at a time: the whole fleet at
+        // once (~6 KB a worker) would be the process's peak memory every activity cycle.
+        let ids: Vec<WorkerId> = self
+            .store()
+            .list_stamps(&ccm_store::WorkerFilter::default())
+            .await
+            .map_err(JobError::Store)?
+            .items
+            .into_iter()
+            .map(|s| s.id)
+            .filter(|id| self.ownership.owns_worker(*id).is_some())
+            .collect();
+        let mut picture = FleetPicture::builder(&settings, now);
+        for chunk in ids.chunks(FLEET_READ_CHUNK) {
+            for w in &self
+                .store()
+                .get_many(chunk)
+                .await
+                .map_err(JobError::Store)?
+            {
+                picture.add(w);
+            }
+        }
+        let picture = Arc::new(picture.finish());
         self.state.set_fleet_picture(now, picture.clone());
         Ok(picture)
     }
