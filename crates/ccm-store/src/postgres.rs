@@ -1176,14 +1176,12 @@ impl Store for PgStore {
     }
 }
 
-/// What one write came to inside the transaction of [`PgStore::save_changes_fenced`].
+/// Why one write of [`PgStore::save_changes_fenced`] was not saved (a saved one has its worker
+/// in the save's `saved` slot instead).
 enum Pending {
     Fenced,
     Broken(StoreError),
     Stale,
-    /// Saved; the worker as written is in the save's `saved` slot of the same index (kept
-    /// apart: a `Worker` is ~1.8 KB, and the other states need none of it).
-    Saved,
 }
 
 impl PgStore {
@@ -1265,12 +1263,11 @@ impl PgStore {
                     batch.commit().await?;
                     let updated: HashSet<String> = updated.into_iter().collect();
                     for (i, row) in rows {
-                        pending[i] = Some(if updated.contains(&row.id) {
+                        if updated.contains(&row.id) {
                             saved[i] = Some(row.saved);
-                            Pending::Saved
                         } else {
-                            Pending::Stale
-                        });
+                            pending[i] = Some(Pending::Stale);
+                        }
                     }
                 }
                 Err(e) if is_unique_violation(&e) => {
@@ -1281,12 +1278,11 @@ impl PgStore {
                         match updated {
                             Ok(n) => {
                                 one.commit().await?;
-                                pending[i] = Some(if n == 1 {
+                                if n == 1 {
                                     saved[i] = Some(row.saved);
-                                    Pending::Saved
                                 } else {
-                                    Pending::Stale
-                                });
+                                    pending[i] = Some(Pending::Stale);
+                                }
                             }
                             Err(e) => {
                                 one.rollback().await?;
@@ -1303,7 +1299,7 @@ impl PgStore {
         let mut events = Vec::new();
         let mut spans = Vec::new();
         for (i, write) in writes.iter().enumerate() {
-            if matches!(pending[i], Some(Pending::Saved)) {
+            if saved[i].is_some() {
                 spans.push((i, events.len(), write.events.len()));
                 events.extend(write.events.iter().cloned());
             }
@@ -1315,19 +1311,19 @@ impl PgStore {
         let mut out = Vec::with_capacity(writes.len());
         let mut spans = spans.into_iter().peekable();
         for (i, ((write, state), worker)) in writes.iter().zip(pending).zip(saved).enumerate() {
-            out.push(match (state.unwrap_or(Pending::Stale), worker) {
-                (Pending::Fenced, _) => WriteOutcome::Fenced,
-                (Pending::Saved, Some(worker)) => {
+            out.push(match (worker, state.unwrap_or(Pending::Stale)) {
+                (Some(worker), _) => {
                     let seqs = match spans.next_if(|(j, _, _)| *j == i) {
                         Some((_, start, len)) => seqs[start..start + len].to_vec(),
                         None => Vec::new(),
                     };
                     WriteOutcome::Saved { worker, seqs }
                 }
-                (Pending::Stale | Pending::Saved, _) => {
+                (None, Pending::Fenced) => WriteOutcome::Fenced,
+                (None, Pending::Stale) => {
                     WriteOutcome::Failed(self.explain_update_failure(&write.worker, None).await)
                 }
-                (Pending::Broken(e), _) => {
+                (None, Pending::Broken(e)) => {
                     WriteOutcome::Failed(self.explain_update_failure(&write.worker, Some(e)).await)
                 }
             });
