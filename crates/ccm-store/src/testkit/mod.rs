@@ -311,6 +311,7 @@ macro_rules! store_suite {
     ($backend:expr) => {
         $crate::store_suite!(@cases $backend;
             workers_should_round_trip_and_list_with_filters_sort_and_pages,
+            list_totals_should_follow_every_write,
             a_stale_update_should_conflict_and_the_helper_should_retry,
             concurrent_read_modify_writes_should_lose_no_update,
             update_many_should_save_or_refuse_each_row_on_its_own,

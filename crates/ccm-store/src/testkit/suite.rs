@@ -95,6 +95,103 @@ async fn listed(store: &dyn TestStore, f: &WorkerFilter) -> Page<Worker> {
     page
 }
 
+/// Every combination of the indexed filters' totals, against the stored workers counted here.
+async fn check_totals(store: &dyn TestStore, when: &str) {
+    let all = store.list(&WorkerFilter::default()).await.unwrap().items;
+    let regions: [&[&str]; 4] = [
+        &[],
+        &["eu-west-1"],
+        &["us-east-1"],
+        &["eu-west-1", "us-east-1"],
+    ];
+    let states: [&[&str]; 3] = [&[], &["running"], &["running", "stopped"]];
+    let services: [&[&str]; 2] = [&[], &["unknown"]];
+    for r in regions {
+        for s in states {
+            for v in services {
+                let f = WorkerFilter {
+                    regions: r.iter().map(|x| (*x).to_owned()).collect(),
+                    ec2_states: s.iter().map(|x| (*x).to_owned()).collect(),
+                    service_statuses: v.iter().map(|x| (*x).to_owned()).collect(),
+                    limit: 1,
+                    ..Default::default()
+                };
+                let expected = all
+                    .iter()
+                    .filter(|w| r.is_empty() || r.contains(&w.region.as_str()))
+                    .filter(|w| s.is_empty() || s.contains(&w.ec2_state.as_str()))
+                    .filter(|w| v.is_empty() || v.contains(&w.service.status.as_str()))
+                    .count() as u64;
+                assert_eq!(listed(store, &f).await.total, expected, "{when}: {f:?}");
+            }
+        }
+    }
+}
+
+/// A page's total follows every write that moves a worker between filter values: inserts,
+/// single and batched updates, imports that found their instance, deletes.
+pub async fn list_totals_should_follow_every_write(backend: &dyn Backend) {
+    let store = open(backend).await;
+    let mut saved = Vec::new();
+    for (n, region, state) in [
+        (1, "eu-west-1", Ec2State::Running),
+        (2, "eu-west-1", Ec2State::Stopped),
+        (3, "us-east-1", Ec2State::Running),
+        (4, "us-east-1", Ec2State::Running),
+        (5, "us-east-1", Ec2State::Terminated),
+    ] {
+        saved.push(
+            store
+                .insert(&worker(n, &format!("w{n}"), region, state))
+                .await
+                .unwrap(),
+        );
+    }
+    check_totals(&*store, "inserted").await;
+
+    let (again, inserted) = store
+        .insert_or_get(&worker(3, "w3", "us-east-1", Ec2State::Running))
+        .await
+        .unwrap();
+    assert!(!inserted);
+    assert_eq!(again.id, saved[2].id);
+    check_totals(&*store, "an import of a known instance").await;
+
+    let mut w = saved[0].clone();
+    w.ec2_state = Ec2State::Stopped;
+    saved[0] = store.update(&w).await.unwrap();
+    check_totals(&*store, "one state change").await;
+
+    let mut w = saved[1].clone();
+    w.name = "renamed only".into();
+    saved[1] = store.update(&w).await.unwrap();
+    check_totals(&*store, "a change of no filter column").await;
+
+    let writes: Vec<crate::WorkerWrite> = saved[2..]
+        .iter()
+        .map(|w| {
+            let mut changed = w.clone();
+            changed.ec2_state = Ec2State::Stopped;
+            changed.service.status = ServiceStatus::Ready;
+            crate::WorkerWrite {
+                worker: changed,
+                events: Vec::new(),
+                fence: None,
+            }
+        })
+        .collect();
+    for outcome in store.save_changes(&writes).await.unwrap() {
+        assert!(
+            matches!(outcome, crate::WriteOutcome::Saved { .. }),
+            "{outcome:?}"
+        );
+    }
+    check_totals(&*store, "a batch").await;
+
+    assert!(store.delete(saved[0].id).await.unwrap());
+    check_totals(&*store, "a delete").await;
+}
+
 /// Get, get_many, get_by_instance, list (and `list_stamps`) with every filter, sort and paging, delete.
 pub async fn workers_should_round_trip_and_list_with_filters_sort_and_pages(backend: &dyn Backend) {
     let store = open(backend).await;
