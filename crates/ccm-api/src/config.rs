@@ -201,6 +201,11 @@ pub struct ApiConfig {
     /// a kept view is used only while the worker's stored version, the second, the runtime
     /// settings and its breaker are unchanged. 0: none kept.
     pub view_cache_entries: usize,
+    /// Most kept views rendered ahead for the next second, shortly before it begins: those
+    /// of workers read by two answers or more in each of the last two seconds (a list page several
+    /// clients follow). Without them every such view is rendered again by the first answers
+    /// of each second. 0: none prepared.
+    pub view_prepare_max: usize,
 }
 
 impl Default for ApiConfig {
@@ -215,6 +220,7 @@ impl Default for ApiConfig {
             trusted_proxies: vec!["127.0.0.0/8".into(), "::1/128".into()],
             public_url: None,
             view_cache_entries: 4096,
+            view_prepare_max: 1000,
         }
     }
 }
@@ -239,6 +245,9 @@ impl ApiConfig {
         }
         if self.view_cache_entries > 1_000_000 {
             return Err(bad("api.view_cache_entries", "must be at most 1000000"));
+        }
+        if self.view_prepare_max > 1_000_000 {
+            return Err(bad("api.view_prepare_max", "must be at most 1000000"));
         }
         for (i, origin) in self.cors_origins.iter().enumerate() {
             let ok = url::Url::parse(origin)

@@ -666,6 +666,13 @@ pub struct RenderFrame {
     fleet: std::sync::Arc<ccm_domain::idle::FleetPicture>,
 }
 
+impl RenderFrame {
+    /// The whole second (Unix time) the views of this frame are rendered for.
+    pub(crate) fn second(&self) -> i64 {
+        self.second
+    }
+}
+
 impl PartialEq for RenderFrame {
     fn eq(&self, other: &Self) -> bool {
         self.second == other.second
@@ -678,7 +685,12 @@ impl<'a> ViewContext<'a> {
     /// The engine's view now (to the whole second).
     pub fn new(engine: &'a Engine) -> Self {
         let now = engine.now();
-        let now = now.with_nanosecond(0).unwrap_or(now);
+        Self::at(engine, now.with_nanosecond(0).unwrap_or(now))
+    }
+
+    /// The engine's view at `now` (a whole second: views rendered ahead for the next second),
+    /// with the settings and fleet picture it has at the call.
+    pub(crate) fn at(engine: &'a Engine, now: DateTime<Utc>) -> Self {
         let settings = engine.settings();
         let fleet = engine.fleet_picture();
         Self {

@@ -60,3 +60,4 @@ pub use error::{ApiError, Problem};
 pub use routes::{openapi, router};
 pub use serve::{ClientAddr, serve};
 pub use state::ApiState;
+pub use view_cache::ViewCacheStats;

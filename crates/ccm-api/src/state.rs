@@ -134,7 +134,7 @@ impl ApiState {
             config.sse_max_clients,
             stop.clone(),
         );
-        let views = ViewCache::new(config.view_cache_entries);
+        let views = ViewCache::new(config.view_cache_entries, config.view_prepare_max);
         let this = Self {
             inner: Arc::new(Inner {
                 engine,
@@ -152,7 +152,60 @@ impl ApiState {
             }),
         };
         this.follow_session_ends();
+        this.prepare_views_ahead();
         Ok(this)
+    }
+
+    /// Renders the hot workers' views for each next second shortly before it begins
+    /// ([`crate::view_cache`]), while the state lives.
+    fn prepare_views_ahead(&self) {
+        if !self.inner.views.prepares() {
+            return;
+        }
+        let weak = Arc::downgrade(&self.inner);
+        self.inner.engine.spawn_supervised(
+            "view_prepare",
+            ccm_engine::Criticality::BestEffort,
+            self.inner.stop.clone(),
+            move || {
+                let weak = weak.clone();
+                async move {
+                    loop {
+                        let Some(now) = weak.upgrade().map(|i| i.engine.now()) else {
+                            return;
+                        };
+                        let wait = crate::view_cache::until_prepare(
+                            now,
+                            crate::view_cache::PREPARE_LEAD,
+                        );
+                        tokio::time::sleep(wait).await;
+                        let Some(inner) = weak.upgrade() else {
+                            return;
+                        };
+                        if let Err(e) = inner.views.prepare_next_second(&inner.engine).await {
+                            tracing::debug!(error = %e, "views were not prepared for the next second");
+                        }
+                    }
+                }
+            },
+        );
+    }
+
+    /// Renders the views of the workers hot now (read twice in each of the last two seconds)
+    /// for the next one now (what the background task does shortly before each second
+    /// ends); returns how many. For tests and benchmarks.
+    #[doc(hidden)]
+    pub async fn prepare_views(&self) -> usize {
+        self.inner
+            .views
+            .prepare_next_second(&self.inner.engine)
+            .await
+            .unwrap_or(0)
+    }
+
+    /// What the rendered-view cache has done so far (hits, prepared views, misses).
+    pub fn view_cache_stats(&self) -> crate::view_cache::ViewCacheStats {
+        self.inner.views.stats()
     }
 
     /// On several replicas: a sign-out on any replica ends the session here too (memory and

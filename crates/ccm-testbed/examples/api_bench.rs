@@ -5,7 +5,7 @@
 //! --example api_bench`, then `api_bench [--workers N] [--clients N] [--subscribers N]
 //! [--stream worker|fleet] [--cycles N] [--client-interval-ms N] [--list-query Q]
 //! [--store sqlite|postgres] [--listen-base IP] [--server-threads N] [--engine-threads N]
-//! [--engine-nice N] [--one-runtime] [--sim-nice N]` (the defaults of `ccm bench api`).
+//! [--engine-nice N] [--one-runtime] [--sim-nice N] [--view-prepare-max N]` (the defaults of `ccm bench api`).
 //! JSON on stdout, progress on stderr. `api_bench sim …` is the simulator's command line
 //! (`ccm sim`): the harness starts this executable again with it, as `ccm bench api` starts
 //! `ccm sim`. Same allocator as the binary (mimalloc).
@@ -66,6 +66,9 @@ fn main() {
             "--engine-nice" => o.engine_runtime.nice = value().parse().expect("--engine-nice N"),
             "--one-runtime" => o.one_runtime = true,
             "--sim-nice" => o.sim_nice = value().parse().expect("--sim-nice N"),
+            "--view-prepare-max" => {
+                o.view_prepare_max = Some(value().parse().expect("--view-prepare-max N"));
+            }
             "--stream" => {
                 o.stream = match value().as_str() {
                     "worker" => StreamKind::Worker,

@@ -164,6 +164,53 @@ async fn kept_views_should_follow_the_second_and_the_runtime_settings() {
 }
 
 #[tokio::test]
+async fn views_read_twice_in_two_seconds_should_be_prepared_for_the_next_and_used_only_if_they_match()
+ {
+    let api = TestApi::start(5805, 3).await;
+    api.until_ready().await;
+    let list = "/api/v1/workers?sort=name";
+    let engine = &api.fleet.engine;
+    // Two answers in one second: not yet hot.
+    api.get(list, VIEWER).await.ok(200);
+    api.get(list, VIEWER).await.ok(200);
+    assert_eq!(
+        api.state.prepare_views().await,
+        0,
+        "read in one second only"
+    );
+    // Two more in the next second: the three workers stay on a followed page, hot.
+    api.clock.advance(Duration::from_secs(1));
+    api.get(list, VIEWER).await.ok(200);
+    api.get(list, VIEWER).await.ok(200);
+    assert_eq!(api.state.prepare_views().await, 3);
+
+    // One worker changes before the next second begins: its prepared view must not be used.
+    let store = engine.store().clone();
+    let mut changed = api.workers().await[0].clone();
+    changed.name = "changed-after-it-was-prepared".into();
+    store.update(&changed).await.unwrap();
+    api.clock.advance(Duration::from_secs(1));
+
+    let before = api.state.view_cache_stats();
+    let page = api.get(list, VIEWER).await.ok(200);
+    let after = api.state.view_cache_stats();
+    // The background task may have prepared again (after the change): never fewer.
+    assert!(
+        after.prepared_hits - before.prepared_hits >= 2,
+        "{before:?} → {after:?}"
+    );
+    assert_eq!(after.hits, before.hits, "nothing of the old second is used");
+    assert!(names(&page).contains(&"changed-after-it-was-prepared".to_owned()));
+    for item in page["items"].as_array().unwrap() {
+        let id: uuid::Uuid = item["id"].as_str().unwrap().parse().unwrap();
+        let w = engine.worker(id.into()).await.unwrap();
+        let fresh = serde_json::to_value(WorkerView::new(&w, engine)).unwrap();
+        assert_eq!(item, &fresh, "a prepared view is the render of its second");
+    }
+    api.fleet.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_page_should_keep_the_stores_order_and_filter_when_workers_change_between_reads() {
     let api = TestApi::start(5804, 4).await;
     let list = "/api/v1/workers?sort=updated&order=desc&limit=3";

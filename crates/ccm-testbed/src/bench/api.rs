@@ -120,6 +120,9 @@ pub struct ApiOptions {
     /// The simulated CML controllers run elsewhere in a real deployment; lowered like the
     /// engine, they do not take cores from the API they are measured against.
     pub sim_nice: i32,
+    /// `[api] view_prepare_max` for the run (`None`: the product default), to compare with
+    /// and without views prepared ahead in one binary.
+    pub view_prepare_max: Option<usize>,
 }
 
 impl ApiOptions {
@@ -149,6 +152,7 @@ impl ApiOptions {
             engine_runtime: EngineRuntimeConfig::default(),
             one_runtime: false,
             sim_nice: EngineRuntimeConfig::default().nice,
+            view_prepare_max: None,
         }
     }
 }
@@ -279,6 +283,9 @@ pub struct ApiReport {
     pub statuses: Statuses,
     /// The runtimes the run used.
     pub runtimes: RuntimeLayout,
+    /// What the API's rendered-view cache did over the run (views answered from the cache,
+    /// from the ones prepared ahead for their second, rendered while answering; prepared).
+    pub view_cache: ccm_api::ViewCacheStats,
 }
 
 /// Runs the API benchmark (bounded by [`ApiOptions::timeout`]; the simulator's processes
@@ -765,6 +772,7 @@ async fn load(
     let defaults = ApiConfig::default();
     let api = ApiConfig {
         sse_max_clients: defaults.sse_max_clients.max(subscribers + 16),
+        view_prepare_max: args.view_prepare_max.unwrap_or(defaults.view_prepare_max),
         ..defaults
     };
     let auth = AuthConfig::default().with_token("bench-viewer", Role::Viewer, &token);
@@ -787,7 +795,12 @@ async fn load(
         })
         .await
     });
-    let outcome = drive(args, sim, runtimes, engine, &base, &token, ids).await;
+    let outcome = drive(args, sim, runtimes, engine, &base, &token, ids)
+        .await
+        .map(|report| ApiReport {
+            view_cache: state.view_cache_stats(),
+            ..report
+        });
     let _ = server_stop.send(());
     state.close_streams();
     let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
@@ -1055,6 +1068,7 @@ async fn drive(
         sim_cpu_seconds: (sim_cpu_seconds * 100.0).round() / 100.0,
         statuses: statuses(engine),
         runtimes: runtimes.layout.clone(),
+        view_cache: ccm_api::ViewCacheStats::default(),
     })
 }
 
