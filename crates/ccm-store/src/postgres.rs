@@ -257,7 +257,19 @@ impl PgStore {
             }
         }
 
-        let mut count = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM workers");
+        // Filtered by the indexed columns only: the counts the triggers keep (migration
+        // 0005); by text or ids: the rows themselves.
+        let by_counts = filter.ids.is_none()
+            && filter
+                .text
+                .as_deref()
+                .map(str::trim)
+                .is_none_or(str::is_empty);
+        let mut count = QueryBuilder::<Postgres>::new(if by_counts {
+            "SELECT COALESCE(SUM(n), 0)::BIGINT FROM worker_counts"
+        } else {
+            "SELECT COUNT(*) FROM workers"
+        });
         push_filters(&mut count, filter);
         let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
 

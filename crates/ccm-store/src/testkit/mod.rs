@@ -312,6 +312,7 @@ macro_rules! store_suite {
         $crate::store_suite!(@cases $backend;
             workers_should_round_trip_and_list_with_filters_sort_and_pages,
             list_totals_should_follow_every_write,
+            concurrent_moves_between_states_should_keep_the_totals_exact,
             a_stale_update_should_conflict_and_the_helper_should_retry,
             concurrent_read_modify_writes_should_lose_no_update,
             update_many_should_save_or_refuse_each_row_on_its_own,
