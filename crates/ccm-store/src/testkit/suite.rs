@@ -128,6 +128,24 @@ async fn check_totals(store: &dyn TestStore, when: &str) {
     }
 }
 
+/// Saves `workers` as one batch without events (`save_changes`); every row must be saved.
+async fn save_batch(store: &dyn TestStore, workers: Vec<Worker>) {
+    let writes: Vec<crate::WorkerWrite> = workers
+        .into_iter()
+        .map(|worker| crate::WorkerWrite {
+            worker,
+            events: Vec::new(),
+            fence: None,
+        })
+        .collect();
+    for outcome in store.save_changes(&writes).await.unwrap() {
+        assert!(
+            matches!(outcome, crate::WriteOutcome::Saved { .. }),
+            "{outcome:?}"
+        );
+    }
+}
+
 /// A page's total follows every write that moves a worker between filter values: inserts,
 /// single and batched updates, imports that found their instance, deletes.
 pub async fn list_totals_should_follow_every_write(backend: &dyn Backend) {
@@ -167,25 +185,16 @@ pub async fn list_totals_should_follow_every_write(backend: &dyn Backend) {
     saved[1] = store.update(&w).await.unwrap();
     check_totals(&*store, "a change of no filter column").await;
 
-    let writes: Vec<crate::WorkerWrite> = saved[2..]
+    let moved = saved[2..]
         .iter()
         .map(|w| {
             let mut changed = w.clone();
             changed.ec2_state = Ec2State::Stopped;
             changed.service.status = ServiceStatus::Ready;
-            crate::WorkerWrite {
-                worker: changed,
-                events: Vec::new(),
-                fence: None,
-            }
+            changed
         })
         .collect();
-    for outcome in store.save_changes(&writes).await.unwrap() {
-        assert!(
-            matches!(outcome, crate::WriteOutcome::Saved { .. }),
-            "{outcome:?}"
-        );
-    }
+    save_batch(&*store, moved).await;
     check_totals(&*store, "a batch").await;
 
     assert!(store.delete(saved[0].id).await.unwrap());
@@ -227,20 +236,7 @@ pub async fn concurrent_moves_between_states_should_keep_the_totals_exact(backen
                         };
                     }
                     if round % 2 == 0 {
-                        let writes: Vec<crate::WorkerWrite> = batch
-                            .into_iter()
-                            .map(|worker| crate::WorkerWrite {
-                                worker,
-                                events: Vec::new(),
-                                fence: None,
-                            })
-                            .collect();
-                        for outcome in store.save_changes(&writes).await.unwrap() {
-                            assert!(
-                                matches!(outcome, crate::WriteOutcome::Saved { .. }),
-                                "{outcome:?}"
-                            );
-                        }
+                        save_batch(&*store, batch).await;
                     } else {
                         for r in store.update_many(&batch).await.unwrap() {
                             r.unwrap();
