@@ -67,7 +67,12 @@ const LIVE_WORKERS: &str =
 /// The PostgreSQL store. Cheap to clone (a connection pool inside).
 #[derive(Debug, Clone)]
 pub struct PgStore {
+    /// Writes, transactions, leases, migrations.
     pub(crate) pool: PgPool,
+    /// Reads that need no transaction (worker lists and documents, labs, events, metrics,
+    /// sessions): answers to API readers do not wait behind the cycle's write batches and
+    /// jobs for a connection.
+    readers: PgPool,
     bucket_ms: i64,
     retention_ms: i64,
 }
@@ -84,7 +89,8 @@ impl PgStore {
     /// if not, within `config.acquire_timeout`), and brings the schema up to date
     /// (migrations take a database lock, so replicas starting together are safe).
     ///
-    /// The pool holds up to `config.max_connections`; every session has the server's
+    /// Each of its two pools (writes; reads outside transactions) holds up to
+    /// `config.max_connections`; every session has the server's
     /// `statement_timeout` set to `config.statement_timeout`.
     pub async fn connect(url: &DatabaseUrl, config: &StoreConfig) -> Result<Self> {
         let connect_error = |message: String| StoreError::Connect {
@@ -112,13 +118,17 @@ impl PgStore {
                 )));
             }
         }
-        let pool = PgPoolOptions::new()
-            .max_connections(config.max_connections)
-            .min_connections(0)
-            .acquire_timeout(config.acquire_timeout)
-            .idle_timeout(std::time::Duration::from_secs(600))
-            .max_lifetime(std::time::Duration::from_secs(1800))
-            .connect_lazy_with(options);
+        let pool_of = |options: sqlx::postgres::PgConnectOptions| {
+            PgPoolOptions::new()
+                .max_connections(config.max_connections)
+                .min_connections(0)
+                .acquire_timeout(config.acquire_timeout)
+                .idle_timeout(std::time::Duration::from_secs(600))
+                .max_lifetime(std::time::Duration::from_secs(1800))
+                .connect_lazy_with(options)
+        };
+        let pool = pool_of(options.clone());
+        let readers = pool_of(options);
         MIGRATOR.run(&pool).await?;
         let bucket_ms = i64::try_from(config.metrics_bucket.as_millis())
             .unwrap_or(i64::MAX)
@@ -126,6 +136,7 @@ impl PgStore {
         let retention_ms = i64::try_from(config.metrics_retention.as_millis()).unwrap_or(i64::MAX);
         Ok(Self {
             pool,
+            readers,
             bucket_ms,
             retention_ms,
         })
@@ -139,6 +150,7 @@ impl PgStore {
 
     /// Closes every connection.
     pub async fn close(&self) {
+        self.readers.close().await;
         self.pool.close().await;
     }
 
@@ -271,7 +283,7 @@ impl PgStore {
             "SELECT COUNT(*) FROM workers"
         });
         push_filters(&mut count, filter);
-        let total: i64 = count.build_query_scalar().fetch_one(&self.pool).await?;
+        let total: i64 = count.build_query_scalar().fetch_one(&self.readers).await?;
 
         let mut q = QueryBuilder::<Postgres>::new(format!("SELECT {columns} FROM workers"));
         push_filters(&mut q, filter);
@@ -291,7 +303,7 @@ impl PgStore {
         if filter.offset > 0 {
             q.push(" OFFSET ").push_bind(i64::from(filter.offset));
         }
-        let rows = q.build().fetch_all(&self.pool).await?;
+        let rows = q.build().fetch_all(&self.readers).await?;
         Ok((rows, u64::try_from(total).unwrap_or(0)))
     }
 }
@@ -415,7 +427,7 @@ impl WorkerRepo for PgStore {
     async fn get(&self, id: WorkerId) -> Result<Option<Worker>> {
         let row = sqlx::query("SELECT id, version, doc FROM workers WHERE id = $1")
             .bind(id.to_string())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.readers)
             .await?;
         row.as_ref().map(decode_worker).transpose()
     }
@@ -427,7 +439,7 @@ impl WorkerRepo for PgStore {
         let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
         let rows = sqlx::query("SELECT id, version, doc FROM workers WHERE id = ANY($1)")
             .bind(&ids)
-            .fetch_all(&self.pool)
+            .fetch_all(&self.readers)
             .await?;
         rows.iter().map(decode_worker).collect()
     }
@@ -746,7 +758,7 @@ impl LabRepo for PgStore {
         let rows =
             sqlx::query("SELECT lab_id, doc FROM labs WHERE worker_id = $1 ORDER BY title, lab_id")
                 .bind(worker.to_string())
-                .fetch_all(&self.pool)
+                .fetch_all(&self.readers)
                 .await?;
         rows.iter()
             .map(|row| {
@@ -941,7 +953,7 @@ impl EventLog for PgStore {
             " ORDER BY seq ASC"
         });
         q.push(" LIMIT ").push_bind(event_limit(query.limit));
-        let rows = q.build().fetch_all(&self.pool).await?;
+        let rows = q.build().fetch_all(&self.readers).await?;
         rows.iter().map(decode_event).collect()
     }
 
@@ -1047,7 +1059,7 @@ impl MetricsRepo for PgStore {
         )
         .bind(worker.to_string())
         .bind(ms(since).div_euclid(self.bucket_ms) * self.bucket_ms)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.readers)
         .await?;
         rows.iter()
             .map(|row| {
@@ -1111,7 +1123,7 @@ impl SessionRepo for PgStore {
             sqlx::query_scalar("SELECT doc FROM sessions WHERE key = $1 AND expires_at_ms > $2")
                 .bind(key)
                 .bind(ms(now))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.readers)
                 .await?;
         doc.map(|d| decode_session(key, &d)).transpose()
     }
