@@ -35,7 +35,8 @@ pub struct StoreConfig {
     /// PostgreSQL; setting it and `path` is an error.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub url: Option<DatabaseUrl>,
-    /// Connections in the pool.
+    /// Connections in the pool (SQLite: readers, beside one writer; PostgreSQL: each of its
+    /// two pools, writes and reads).
     pub max_connections: u32,
     /// SQLite: how long a writer waits for the database lock.
     #[serde(with = "humantime_serde")]
