@@ -423,6 +423,9 @@ export function mountWorker(container, { args, session }) {
           idle.return_breaks != null
             ? h('span', { class: 'muted small' }, ` (${idle.return_returned} of ${idle.return_breaks} ${idle.return_scope === 'fleet' ? 'fleet' : 'own'} breaks near this hour ended in a return)`)
             : null)],
+        ['Midday dip', h('span', { id: 'midday-dip' }, !idle.midday_dip ? '—'
+          : [idle.midday_dip.dip ? 'yes: a morning stretch that reaches midday is a lunch' : 'no: a morning stretch is no lunch',
+            h('span', { class: 'muted small' }, ` (users away an hour before / in the middle of / an hour after the midday hours: ${idle.midday_dip.before} / ${idle.midday_dip.middle} / ${idle.midday_dip.after}; a dip needs the middle above each side by more than twice the square root of their sum)`)])],
         ['Keep awake', snoozeRow],
         ['Schedule', schedule],
         ['Activity read', time(m.activity_checked_at, true)],

@@ -11,7 +11,7 @@
 //!
 //! Which timeout applies ([`TimeoutRule`], in this order): `return_timeout` (for a lunch — a
 //! quiet stretch begun in the midday hours, or before them and reaching them where the fleet
-//! shows a midday dip, [`ReturnProfile::midday_dip`] — lengthened to the longest remembered
+//! shows a midday dip out of chance, [`ReturnProfile::midday`] — lengthened to the longest remembered
 //! return, up to `return_timeout_max`) where the learned breaks near this time of day (as
 //! known when the worker went quiet; later evidence may only lengthen) often ended in a
 //! return; before there
@@ -198,6 +198,11 @@ pub struct IdleDecision {
     pub timeout_rule: TimeoutRule,
     /// The breaks the learned return rule looked at (none when the rule is off).
     pub returns: Option<ReturnStats>,
+    /// The fleet's midday dip at the time of day the worker went quiet, with its counts (none
+    /// when the learned return rule is off, or without `midday_hours` and `local_time_zone`):
+    /// whether a morning stretch that reaches midday is a lunch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub midday: Option<MiddayDip>,
 }
 
 /// What the learned return rule saw: of `breaks` remembered breaks that began near this
@@ -245,6 +250,32 @@ pub struct ReturnProfile {
     /// the rest as a difference array over the slots (`away_at`).
     away_days: u64,
     away_diff: Vec<i64>,
+}
+
+/// The midday dip's evidence (see [`ReturnProfile::midday`]): remembered absences covering
+/// each time of day, one count per day covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MiddayDip {
+    /// The middle stands out of both sides ([`stands_out`]): a lunch.
+    pub dip: bool,
+    /// Absences covering an hour before the midday hours.
+    pub before: u64,
+    /// Absences covering the middle of the midday hours.
+    pub middle: u64,
+    /// Absences covering an hour after them.
+    pub after: u64,
+}
+
+/// Whether a count `middle` exceeds a count `side` by more than chance: by more than two
+/// standard deviations of their difference, `(middle − side)² > 4 (middle + side)`. Without a
+/// daily rhythm both counts have the same mean; given their sum `n`, `middle` is then
+/// binomial (n, ½), and this is the normal approximation of the one-sided binomial test at
+/// z = 2 (≈ 2.3 % per side, both sides required). An absence covering both times counts in
+/// both and so only widens the allowance (McNemar's test would count the discordant ones
+/// alone): the test errs towards no dip, the plain learned timeout.
+pub fn stands_out(middle: u64, side: u64) -> bool {
+    let d = u128::from(middle.saturating_sub(side));
+    middle > side && d * d > 4 * (u128::from(middle) + u128::from(side))
 }
 
 /// One break in a [`ReturnProfile`].
@@ -299,17 +330,24 @@ impl ReturnProfile {
         self.away_days.saturating_add(part.max(0) as u64)
     }
 
-    /// Whether the users were away (no interaction for at least `timeout`) at the middle of the
-    /// midday hours more often than an hour before and an hour after them (a lunch, whatever labs ran over it): the fleet has a
-    /// midday rhythm. Read from the remembered absences, by the local time of day of `at`
-    /// (`local_time_zone`); never without midday hours, a zone or absences.
+    /// Whether the fleet shows a midday dip at the local time of day of `at`: see
+    /// [`ReturnProfile::midday`].
     pub fn midday_dip(&self, at: DateTime<Utc>, settings: &IdleSettings) -> bool {
+        self.midday(at, settings).is_some_and(|m| m.dip)
+    }
+
+    /// How many remembered absences (no interaction for at least `timeout`, whatever labs ran
+    /// over it) covered the middle of the midday hours, an hour before them and an hour after
+    /// them, by the local time of day of `at` (`local_time_zone`), and whether the middle
+    /// stands out of both sides by more than chance ([`stands_out`]): the fleet's users
+    /// are away at midday, a lunch. `None` without midday hours or a zone.
+    pub fn midday(&self, at: DateTime<Utc>, settings: &IdleSettings) -> Option<MiddayDip> {
         use chrono::Timelike;
         let (Ok((start, end)), Some(local)) = (
             parse_midday_hours(&settings.midday_hours),
             local_minute(at, settings),
         ) else {
-            return false;
+            return None;
         };
         let day = 24 * 60;
         let offset = (local + day - at.num_seconds_from_midnight() / 60 % day) % day;
@@ -318,8 +356,13 @@ impl ReturnProfile {
             self.away_at((utc / SLOT_MINUTES) as usize)
         };
         let (start, end) = (i64::from(start), i64::from(end));
-        let middle = away((start + end) / 2);
-        middle > away(start - 60) && middle > away(end + 60)
+        let (before, middle, after) = (away(start - 60), away((start + end) / 2), away(end + 60));
+        Some(MiddayDip {
+            dip: stands_out(middle, before) && stands_out(middle, after),
+            before,
+            middle,
+            after,
+        })
     }
 
     /// Adds `worker`'s remembered breaks within `return_memory`, and its current quiet
@@ -904,7 +947,7 @@ pub fn evaluate_with(
         } else {
             ReturnScope::Worker
         };
-        let dip = profile.midday_dip(reference, settings);
+        let dip = profile.midday(reference, settings);
         // Judged on the evidence known when the worker went quiet, so that other workers'
         // breaks ending during this one cannot shorten its timeout; evidence that came in
         // since may only lengthen it (people came back at this hour after all).
@@ -919,7 +962,8 @@ pub fn evaluate_with(
         (quiet, when_quiet, dip)
     });
     let returns = judged.map(|(r, _, _)| r);
-    let dip = judged.is_some_and(|(_, _, dip)| dip);
+    let midday = judged.and_then(|(_, _, m)| m);
+    let dip = midday.is_some_and(|m| m.dip);
     // With enough remembered breaks at this time of day, they decide; before that, the
     // busy-fleet guess and the midday hours do.
     let learned = returns.and_then(|r| learned_of(&r, settings));
@@ -1035,6 +1079,7 @@ pub fn evaluate_with(
         fleet_busy,
         timeout_rule,
         returns,
+        midday,
     }
 }
 
@@ -2052,6 +2097,74 @@ mod tests {
             ..utc
         };
         assert!(!dip(&lunch, &short));
+    }
+
+    #[test]
+    fn a_midday_dip_should_stand_out_of_chance() {
+        // Two standard deviations of the difference: (m - s)² > 4 (m + s).
+        assert!(stands_out(5, 0), "25 > 20");
+        assert!(!stands_out(4, 0), "16 = 16: not more");
+        assert!(!stands_out(3, 5) && !stands_out(5, 5));
+        // Round 8's counts after six days (10:00 / 12:30 / 15:00): uniform random seed 1
+        // (507 / 620 / 603) has no dip, its middle within chance of 15:00 (17 < 70); the
+        // rhythm fleets have one.
+        assert!(stands_out(620, 507) && !stands_out(620, 603));
+        assert!(stands_out(578, 391) && stands_out(578, 413), "dev");
+        assert!(
+            stands_out(531, 258) && stands_out(531, 273),
+            "random-workday"
+        );
+        assert!(!stands_out(213, 232), "weekend");
+        assert!(
+            !stands_out(u64::MAX, u64::MAX) && stands_out(u64::MAX, 0),
+            "no overflow"
+        );
+
+        // A fleet whose users are away at 12:30 a little more often than at 15:00 has no dip;
+        // the decision shows the counts either way. t(0) is 08:00 UTC.
+        let s = IdleSettings {
+            local_time_zone: "UTC".into(),
+            ..IdleSettings::default()
+        };
+        let now = t(0);
+        let mut fleet: Vec<Worker> = (0..10)
+            .map(|_| away_daily(away_daily(worker(), 4 * 60, 60), 7 * 60, 60))
+            .collect();
+        let w = fleet[0].clone();
+        let picture = |fleet: &[Worker]| FleetPicture {
+            busy_share: None,
+            returns: Some(ReturnProfile::of(fleet, &s, now)),
+        };
+        let d = evaluate_with(&w, &s, &picture(&fleet), now);
+        assert_eq!(
+            d.midday,
+            Some(MiddayDip {
+                dip: false,
+                before: 0,
+                middle: 50,
+                after: 50
+            })
+        );
+        fleet.extend((0..3).map(|_| away_daily(worker(), 4 * 60, 60)));
+        let d = evaluate_with(&w, &s, &picture(&fleet), now);
+        assert_eq!(
+            d.midday.map(|m| (m.dip, m.middle, m.after)),
+            Some((false, 65, 50))
+        );
+        fleet.extend((0..7).map(|_| away_daily(worker(), 4 * 60, 60)));
+        // 100 against 50: 2500 > 600.
+        let d = evaluate_with(&w, &s, &picture(&fleet), now);
+        assert_eq!(
+            d.midday.map(|m| (m.dip, m.middle, m.after)),
+            Some((true, 100, 50))
+        );
+        let json = serde_json::to_value(&d).unwrap_or_default();
+        assert_eq!(json["midday"]["dip"], serde_json::json!(true));
+        let no_zone = IdleSettings::default();
+        assert_eq!(
+            evaluate_with(&w, &no_zone, &picture(&fleet), now).midday,
+            None
+        );
     }
 
     #[test]
