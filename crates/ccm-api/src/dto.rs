@@ -471,7 +471,7 @@ pub struct IdleView {
     /// Whether the fleet counts as busy (`idle.busy_fleet_percent`).
     pub fleet_busy: bool,
     /// Which rule chose the timeout: `plain`, `fleet_busy`, `session_ended`, `no_return`,
-    /// `run_ended`, `learned_return` or `midday`.
+    /// `run_ended`, `learned_return`, `midday` or `nobody_since_start`.
     pub timeout_rule: String,
     /// The learned return rule's evidence: remembered breaks begun near this time of day
     /// (`idle.return_window`) that lasted at least the shortest timeout (`null`: rule off).

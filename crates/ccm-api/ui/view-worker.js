@@ -418,6 +418,7 @@ export function mountWorker(container, { args, session }) {
             no_return: ' · session ended at an hour when people (almost) never come back',
             run_ended: ' · unattended run ended: lab stopped after hours untouched; its user may come for the results',
             learned_return: ' · people often come back after breaks at this hour (a lunch — quiet from midday, or from the morning where the fleet\'s users are away at midday — waits for the longest remembered return)',
+            nobody_since_start: ' · nobody has used it since ccm brought it up (an automatic import, a schedule\'s start)',
             midday: ' · lunch: quiet into the middle of the working day, no evidence about this hour when it went quiet: the longest lunch the policy allows',
           })[idle.timeout_rule] || '',
           idle.return_breaks != null

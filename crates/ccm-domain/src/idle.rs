@@ -9,7 +9,9 @@
 //! dry-run mode the decision says what would happen and nothing is paused. Every decision says
 //! when the policy would act (`pause_at`) and whether the warning is due (`warn`).
 //!
-//! Which timeout applies ([`TimeoutRule`], in this order): `return_timeout` (for a lunch — a
+//! Which timeout applies ([`TimeoutRule`], in this order): `nobody_since_start_timeout` for a
+//! worker ccm itself brought up (an automatic import, a schedule's start) that nobody has used
+//! since ([`nobody_since_start`]); `return_timeout` (for a lunch — a
 //! quiet stretch begun in the midday hours, or before them and reaching them where the fleet
 //! shows a midday dip out of chance, [`ReturnProfile::midday`] — lengthened to the longest remembered
 //! return, up to `return_timeout_max`) where the learned breaks near this time of day (as
@@ -91,6 +93,15 @@ pub struct IdleSettings {
     pub no_return_timeout: Duration,
     /// See `no_return_timeout`.
     pub no_return_percent: u8,
+    /// A worker ccm itself brought up — imported by ccm (`auto-import`), or started by ccm (a
+    /// schedule's start) — that nobody has used since (no interaction, no activity, no running
+    /// nodes since then, nor within `timeout` before it) is idle after this instead of any
+    /// other timeout: nobody has work open on it, nobody went on a break from it. A worker a
+    /// person brought up (a start or a provisioning through ccm, an import by a person, a
+    /// start outside ccm) does not get it: the start is that person's activity. The grace after
+    /// a resume (`snooze_after_resume`) still holds. Not shorter than `timeout`: off.
+    #[serde(with = "humantime_serde")]
+    pub nobody_since_start_timeout: Duration,
     /// The learned return rule: where users often came back after a long break at this time
     /// of day (lunch, a daily meeting), a quiet worker gets this timeout instead, so that the
     /// break is not paused just before they return. Longer than `timeout` to be on.
@@ -160,6 +171,7 @@ impl Default for IdleSettings {
             run_end_timeout: Duration::from_secs(2 * 60 * 60),
             no_return_timeout: Duration::from_secs(15 * 60),
             no_return_percent: 5,
+            nobody_since_start_timeout: Duration::from_secs(30 * 60),
             return_timeout: Duration::from_secs(2 * 60 * 60),
             return_timeout_max: Duration::from_secs(3 * 60 * 60 + 30 * 60),
             midday_hours: "11:00-14:00".into(),
@@ -610,11 +622,14 @@ pub enum TimeoutRule {
     /// the worker went quiet, and its quiet stretch reaches the middle of the working day
     /// (`midday_hours`): probably lunch.
     Midday,
+    /// `nobody_since_start_timeout`: ccm brought the worker up (an automatic import, a
+    /// schedule's start) and nobody has used it since.
+    NobodySinceStart,
 }
 
 impl TimeoutRule {
     /// Its name in the API (`plain`, `fleet_busy`, `session_ended`, `run_ended`,
-    /// `no_return`, `learned_return`, `midday`).
+    /// `no_return`, `learned_return`, `midday`, `nobody_since_start`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Plain => "plain",
@@ -624,8 +639,40 @@ impl TimeoutRule {
             Self::NoReturn => "no_return",
             Self::LearnedReturn => "learned_return",
             Self::Midday => "midday",
+            Self::NobodySinceStart => "nobody_since_start",
         }
     }
+}
+
+/// Whether ccm itself brought `worker` up and nobody has used it since (see
+/// `nobody_since_start_timeout`): its latest start — its latest resume, else its creation —
+/// was ccm's (a resume by a `system:` actor, e.g. a schedule's start; an import by one, e.g.
+/// `auto-import`), and no activity of any kind (interaction, running nodes) was seen since
+/// then nor within `timeout` before it. A start by a person, a start outside ccm (no actor)
+/// and a resume missing from the history are a person's: never.
+pub fn nobody_since_start(worker: &Worker, settings: &IdleSettings) -> bool {
+    let m = &worker.monitoring;
+    let resume = m.last_resume.filter(|r| *r >= worker.created_at);
+    let by_ccm = match resume {
+        Some(at) => m
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.kind == crate::worker::HistoryKind::Resumed && h.at == at)
+            .and_then(|h| h.by.as_ref())
+            .is_some_and(Actor::is_system),
+        None => worker.created_by.is_system(),
+    };
+    let start = resume.unwrap_or(worker.created_at);
+    let chrono_of = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    let quiet_from = start
+        .checked_sub_signed(chrono_of(settings.timeout))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    by_ccm
+        && [m.last_activity, m.last_interaction, m.last_running_nodes_at]
+            .into_iter()
+            .flatten()
+            .all(|at| at < quiet_from)
 }
 
 /// Telemetry categories that end a session's lab work (see `session_end_timeout`).
@@ -977,7 +1024,14 @@ pub fn evaluate_with(
     let lunch = judged.is_none_or(|(_, when_quiet, _)| when_quiet.is_none())
         && reaches_midday(reference, break_timeout, settings);
     let lunch_timeout = break_timeout.max(settings.return_timeout_max);
+    let nobody = settings.nobody_since_start_timeout < settings.timeout
+        && nobody_since_start(worker, settings);
     let (timeout, timeout_rule) = match learned {
+        // Nobody has been on it since ccm brought it up: nobody to come back from a break.
+        _ if nobody => (
+            settings.nobody_since_start_timeout,
+            TimeoutRule::NobodySinceStart,
+        ),
         Some(true) => {
             let t = learned_timeout(returns.as_ref(), reference, dip, settings);
             if lunch && lunch_timeout > t {
@@ -2369,6 +2423,98 @@ mod tests {
         let d = evaluate_in(&w, &off, Some(0.0), t(stop + 60 * MIN));
         assert_eq!(d.timeout, s.timeout);
         assert_eq!(d.action, IdleAction::Pause);
+    }
+
+    #[test]
+    fn a_worker_ccm_brought_up_that_nobody_used_since_should_get_the_shorter_timeout() {
+        use crate::worker::{HistoryEntry, HistoryKind};
+        let s = IdleSettings::default();
+        let at = |w: &Worker, m: i64| {
+            let mut w = w.clone();
+            w.monitoring.activity_checked_at = Some(t(m * MIN));
+            evaluate(&w, &s, t(m * MIN))
+        };
+        // Imported by ccm at t(0), running, nothing seen since.
+        let mut auto = worker();
+        auto.created_by = Actor::system("auto-import");
+        let d = at(&auto, 31);
+        assert_eq!(d.timeout_rule, TimeoutRule::NobodySinceStart);
+        assert_eq!(d.timeout, Duration::from_secs(30 * 60));
+        assert_eq!(d.action, IdleAction::Pause);
+        assert_eq!(at(&auto, 29).action.label(), "keep:not_idle");
+        // Imported by a person: the plain timeout.
+        let d = at(&worker(), 31);
+        assert_eq!(
+            (d.timeout_rule, d.action.label().as_str()),
+            (TimeoutRule::Plain, "keep:not_idle")
+        );
+        // Someone was on it within the timeout before the import, or since: not nobody.
+        let mut before = auto.clone();
+        before.monitoring.last_interaction = Some(t(-10 * MIN));
+        before.monitoring.last_activity = Some(t(-10 * MIN));
+        assert_eq!(at(&before, 31).timeout_rule, TimeoutRule::Plain);
+        let mut long_before = auto.clone();
+        long_before.monitoring.last_activity = Some(t(-61 * MIN));
+        assert_eq!(
+            at(&long_before, 31).timeout_rule,
+            TimeoutRule::NobodySinceStart
+        );
+        let mut nodes = auto.clone();
+        nodes.monitoring.last_running_nodes_at = Some(t(5 * MIN));
+        assert_eq!(at(&nodes, 31).timeout_rule, TimeoutRule::Plain);
+        let mut used = auto.clone();
+        used.monitoring.last_activity = Some(t(5 * MIN));
+        used.monitoring.last_interaction = Some(t(5 * MIN));
+        let d = at(&used, 40);
+        assert_eq!(
+            (d.timeout_rule, d.action.label().as_str()),
+            (TimeoutRule::Plain, "keep:not_idle")
+        );
+
+        // Resumed at 2 h, after a day's use that ended at 10 min: by whom decides.
+        let resumed = |by: Option<Actor>, reason: &str| {
+            let mut w = used.clone();
+            w.monitoring.last_resume = Some(t(120 * MIN));
+            w.monitoring.history.push_back(HistoryEntry {
+                at: t(120 * MIN),
+                kind: HistoryKind::Resumed,
+                reason: reason.into(),
+                by,
+            });
+            w
+        };
+        // A schedule's start: nobody since; the grace after a resume still holds (60 min).
+        let schedule = resumed(Some(Actor::system("schedule")), "schedule");
+        let d = at(&schedule, 151);
+        assert_eq!(d.timeout_rule, TimeoutRule::NobodySinceStart);
+        assert_eq!(d.action.label(), "keep:snoozed");
+        assert_eq!(d.pause_at, Some(t(180 * MIN)));
+        assert_eq!(at(&schedule, 180).action, IdleAction::Pause);
+        // A start by a person through ccm is their activity: the plain timeout, whoever
+        // imported it; a start outside ccm (no actor) counts as a person's.
+        for w in [
+            resumed(Some(Actor::user("b")), "manual"),
+            resumed(None, "external"),
+        ] {
+            let d = at(&w, 151);
+            assert_eq!(d.timeout_rule, TimeoutRule::Plain);
+            assert_eq!(d.pause_at, Some(t(180 * MIN)));
+        }
+        // A resume missing from the history is a person's (the safe side).
+        let mut unknown = used.clone();
+        unknown.monitoring.last_resume = Some(t(120 * MIN));
+        assert_eq!(at(&unknown, 151).timeout_rule, TimeoutRule::Plain);
+        // Off: not shorter than the timeout.
+        let off = IdleSettings {
+            nobody_since_start_timeout: s.timeout,
+            ..s.clone()
+        };
+        let mut w = auto.clone();
+        w.monitoring.activity_checked_at = Some(t(31 * MIN));
+        assert_eq!(
+            evaluate(&w, &off, t(31 * MIN)).timeout_rule,
+            TimeoutRule::Plain
+        );
     }
 
     #[test]
