@@ -422,7 +422,9 @@ pub const BREAKS_KEPT: usize = 256;
 /// Stored as `[from, length]` — its start in Unix seconds and its length in seconds, ~20
 /// bytes instead of the ~60 of `{"from": "…", "to": "…"}` (a worker keeps up to
 /// [`BREAKS_KEPT`] breaks and as many absences, and every save encodes them): whole seconds,
-/// what the idle rules read. The dated form of documents written before loads as well.
+/// what the idle rules read: a break is kept in whole seconds from the start ([`Break::new`]),
+/// so that a worker decides the same whether or not it was saved and loaded in between. The
+/// dated form of documents written before loads as well (cut to whole seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(try_from = "StoredBreak", into = "StoredBreak")]
 pub struct Break {
@@ -430,6 +432,17 @@ pub struct Break {
     pub from: DateTime<Utc>,
     /// The return: the first activity after it, or the resume before that activity.
     pub to: DateTime<Utc>,
+}
+
+impl Break {
+    /// The stretch from `from` to `to`, each cut to the whole second (what is stored).
+    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
+        let whole = |t: DateTime<Utc>| DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t);
+        Self {
+            from: whole(from),
+            to: whole(to),
+        }
+    }
 }
 
 /// A [`Break`] in a stored document: `[from, length]` (Unix seconds, seconds), or the dated
@@ -456,7 +469,7 @@ impl TryFrom<StoredBreak> for Break {
 
     fn try_from(s: StoredBreak) -> Result<Self, Self::Error> {
         match s {
-            StoredBreak::Dated { from, to } => Ok(Self { from, to }),
+            StoredBreak::Dated { from, to } => Ok(Self::new(from, to)),
             StoredBreak::Compact(from, length) => {
                 let at = |secs: Option<i64>| secs.and_then(|s| DateTime::from_timestamp(s, 0));
                 match (at(Some(from)), at(from.checked_add(length))) {
@@ -1357,7 +1370,7 @@ impl Worker {
                 // A user who came back to a paused worker returned when they resumed it.
                 let to = m.last_resume.filter(|r| *r > prev && *r < at).unwrap_or(at);
                 if to - prev >= Duration::minutes(ABSENCE_MIN_MINUTES) {
-                    m.absences.push_back(Break { from: prev, to });
+                    m.absences.push_back(Break::new(prev, to));
                     while m.absences.len() > BREAKS_KEPT {
                         m.absences.pop_front();
                     }
@@ -1394,7 +1407,7 @@ impl Worker {
             // A user who came back to a paused worker returned when they resumed it.
             let to = m.last_resume.filter(|r| *r > prev && *r < at).unwrap_or(at);
             if to - prev >= Duration::minutes(BREAK_MIN_MINUTES) {
-                m.breaks.push_back(Break { from: prev, to });
+                m.breaks.push_back(Break::new(prev, to));
                 while m.breaks.len() > BREAKS_KEPT {
                     m.breaks.pop_front();
                 }

@@ -991,6 +991,23 @@ fn a_year_of_breaks_should_stay_a_few_kilobytes_and_old_documents_should_load() 
     assert_eq!(loaded.monitoring.absences, w.monitoring.absences);
     // Saved again, it is compact.
     assert_eq!(serde_json::to_string(&loaded).unwrap().len(), json.len());
+    // Recorded in whole seconds, so that a worker saved and loaded in between decides the
+    // same: a fraction of a second never reaches the stored form.
+    let mut f = running_worker();
+    let ms = |s: i64, ms: i64| t(s) + chrono::Duration::milliseconds(ms);
+    f.record_interaction(Some((ms(0, 400), telemetry("user_activity"))), ms(0, 400));
+    f.record_interaction(
+        Some((ms(4000, 700), telemetry("user_activity"))),
+        ms(4000, 700),
+    );
+    let whole = Break {
+        from: t(0),
+        to: t(4000),
+    };
+    assert_eq!(f.monitoring.breaks.back(), Some(&whole));
+    assert_eq!(f.monitoring.absences.back(), Some(&whole));
+    let again: Worker = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
+    assert_eq!(again, f);
     // Nonsense is refused, not panicked on.
     let mut bad = serde_json::to_value(&w).unwrap();
     bad["monitoring"]["breaks"] = serde_json::json!([[i64::MAX, 1]]);
