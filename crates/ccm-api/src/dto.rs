@@ -471,7 +471,7 @@ pub struct IdleView {
     /// Whether the fleet counts as busy (`idle.busy_fleet_percent`).
     pub fleet_busy: bool,
     /// Which rule chose the timeout: `plain`, `fleet_busy`, `session_ended`, `no_return`,
-    /// `run_ended` or `learned_return`.
+    /// `run_ended`, `learned_return`, `midday` or `nobody_since_start`.
     pub timeout_rule: String,
     /// The learned return rule's evidence: remembered breaks begun near this time of day
     /// (`idle.return_window`) that lasted at least the shortest timeout (`null`: rule off).
@@ -480,6 +480,26 @@ pub struct IdleView {
     pub return_returned: Option<u32>,
     /// Whose breaks: `worker` or `fleet`.
     pub return_scope: Option<String>,
+    /// The fleet's midday dip at the time of day the worker went quiet (`null`: the learned
+    /// return rule is off, or no `idle.midday_hours` / `idle.local_time_zone`): whether a
+    /// morning stretch that reaches midday counts as a lunch, with its counts.
+    pub midday_dip: Option<MiddayDipView>,
+}
+
+/// The midday dip: remembered absences (no interaction for the idle timeout or more) that
+/// covered an hour before the midday hours, their middle and an hour after them, one count
+/// per day; a dip when the middle exceeds each side by more than twice the square root of
+/// their sum (more than chance).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MiddayDipView {
+    /// The middle stands out of both sides: a lunch.
+    pub dip: bool,
+    /// Absences covering an hour before the midday hours.
+    pub before: u64,
+    /// Absences covering their middle.
+    pub middle: u64,
+    /// Absences covering an hour after them.
+    pub after: u64,
 }
 
 /// Where the latest activity came from.
@@ -873,6 +893,12 @@ impl WorkerView {
                             ccm_domain::idle::ReturnScope::Fleet => "fleet",
                         }
                         .to_owned()
+                    }),
+                    midday_dip: decision.midday.map(|m| MiddayDipView {
+                        dip: m.dip,
+                        before: m.before,
+                        middle: m.middle,
+                        after: m.after,
                     }),
                 },
             },

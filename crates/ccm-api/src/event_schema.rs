@@ -349,6 +349,7 @@ fn timeout_rules() -> Vec<TimeoutRule> {
         T::NoReturn,
         T::LearnedReturn,
         T::Midday,
+        T::NobodySinceStart,
     ];
     for t in &all {
         match t {
@@ -358,6 +359,7 @@ fn timeout_rules() -> Vec<TimeoutRule> {
             | T::RunEnded
             | T::NoReturn
             | T::LearnedReturn
+            | T::NobodySinceStart
             | T::Midday => {}
         }
     }

@@ -418,11 +418,15 @@ export function mountWorker(container, { args, session }) {
             no_return: ' · session ended at an hour when people (almost) never come back',
             run_ended: ' · unattended run ended: lab stopped after hours untouched; its user may come for the results',
             learned_return: ' · people often come back after breaks at this hour (a lunch — quiet from midday, or from the morning where the fleet\'s users are away at midday — waits for the longest remembered return)',
+            nobody_since_start: ' · nobody has used it since ccm brought it up (an automatic import, a schedule\'s start)',
             midday: ' · lunch: quiet into the middle of the working day, no evidence about this hour when it went quiet: the longest lunch the policy allows',
           })[idle.timeout_rule] || '',
           idle.return_breaks != null
             ? h('span', { class: 'muted small' }, ` (${idle.return_returned} of ${idle.return_breaks} ${idle.return_scope === 'fleet' ? 'fleet' : 'own'} breaks near this hour ended in a return)`)
             : null)],
+        ['Midday dip', h('span', { id: 'midday-dip' }, !idle.midday_dip ? '—'
+          : [idle.midday_dip.dip ? 'yes: a morning stretch that reaches midday is a lunch' : 'no: a morning stretch is no lunch',
+            h('span', { class: 'muted small' }, ` (users away an hour before / in the middle of / an hour after the midday hours: ${idle.midday_dip.before} / ${idle.midday_dip.middle} / ${idle.midday_dip.after}; a dip needs the middle above each side by more than twice the square root of their sum)`)])],
         ['Keep awake', snoozeRow],
         ['Schedule', schedule],
         ['Activity read', time(m.activity_checked_at, true)],

@@ -9,9 +9,11 @@
 //! dry-run mode the decision says what would happen and nothing is paused. Every decision says
 //! when the policy would act (`pause_at`) and whether the warning is due (`warn`).
 //!
-//! Which timeout applies ([`TimeoutRule`], in this order): `return_timeout` (for a lunch — a
+//! Which timeout applies ([`TimeoutRule`], in this order): `nobody_since_start_timeout` for a
+//! worker ccm itself brought up (an automatic import, a schedule's start) that nobody has used
+//! since ([`nobody_since_start`]); `return_timeout` (for a lunch — a
 //! quiet stretch begun in the midday hours, or before them and reaching them where the fleet
-//! shows a midday dip, [`ReturnProfile::midday_dip`] — lengthened to the longest remembered
+//! shows a midday dip out of chance, [`ReturnProfile::midday`] — lengthened to the longest remembered
 //! return, up to `return_timeout_max`) where the learned breaks near this time of day (as
 //! known when the worker went quiet; later evidence may only lengthen) often ended in a
 //! return; before there
@@ -91,6 +93,15 @@ pub struct IdleSettings {
     pub no_return_timeout: Duration,
     /// See `no_return_timeout`.
     pub no_return_percent: u8,
+    /// A worker ccm itself brought up — imported by ccm (`auto-import`), or started by ccm (a
+    /// schedule's start) — that nobody has used since (no interaction, no activity, no running
+    /// nodes since then, nor within `timeout` before it) is idle after this instead of any
+    /// other timeout: nobody has work open on it, nobody went on a break from it. A worker a
+    /// person brought up (a start or a provisioning through ccm, an import by a person, a
+    /// start outside ccm) does not get it: the start is that person's activity. The grace after
+    /// a resume (`snooze_after_resume`) still holds. Not shorter than `timeout`: off.
+    #[serde(with = "humantime_serde")]
+    pub nobody_since_start_timeout: Duration,
     /// The learned return rule: where users often came back after a long break at this time
     /// of day (lunch, a daily meeting), a quiet worker gets this timeout instead, so that the
     /// break is not paused just before they return. Longer than `timeout` to be on.
@@ -160,6 +171,7 @@ impl Default for IdleSettings {
             run_end_timeout: Duration::from_secs(2 * 60 * 60),
             no_return_timeout: Duration::from_secs(15 * 60),
             no_return_percent: 5,
+            nobody_since_start_timeout: Duration::from_secs(30 * 60),
             return_timeout: Duration::from_secs(2 * 60 * 60),
             return_timeout_max: Duration::from_secs(3 * 60 * 60 + 30 * 60),
             midday_hours: "11:00-14:00".into(),
@@ -198,6 +210,11 @@ pub struct IdleDecision {
     pub timeout_rule: TimeoutRule,
     /// The breaks the learned return rule looked at (none when the rule is off).
     pub returns: Option<ReturnStats>,
+    /// The fleet's midday dip at the time of day the worker went quiet, with its counts (none
+    /// when the learned return rule is off, or without `midday_hours` and `local_time_zone`):
+    /// whether a morning stretch that reaches midday is a lunch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub midday: Option<MiddayDip>,
 }
 
 /// What the learned return rule saw: of `breaks` remembered breaks that began near this
@@ -245,6 +262,32 @@ pub struct ReturnProfile {
     /// the rest as a difference array over the slots (`away_at`).
     away_days: u64,
     away_diff: Vec<i64>,
+}
+
+/// The midday dip's evidence (see [`ReturnProfile::midday`]): remembered absences covering
+/// each time of day, one count per day covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MiddayDip {
+    /// The middle stands out of both sides ([`stands_out`]): a lunch.
+    pub dip: bool,
+    /// Absences covering an hour before the midday hours.
+    pub before: u64,
+    /// Absences covering the middle of the midday hours.
+    pub middle: u64,
+    /// Absences covering an hour after them.
+    pub after: u64,
+}
+
+/// Whether a count `middle` exceeds a count `side` by more than chance: by more than two
+/// standard deviations of their difference, `(middle − side)² > 4 (middle + side)`. Without a
+/// daily rhythm both counts have the same mean; given their sum `n`, `middle` is then
+/// binomial (n, ½), and this is the normal approximation of the one-sided binomial test at
+/// z = 2 (≈ 2.3 % per side, both sides required). An absence covering both times counts in
+/// both and so only widens the allowance (McNemar's test would count the discordant ones
+/// alone): the test errs towards no dip, the plain learned timeout.
+pub fn stands_out(middle: u64, side: u64) -> bool {
+    let d = u128::from(middle.saturating_sub(side));
+    middle > side && d * d > 4 * (u128::from(middle) + u128::from(side))
 }
 
 /// One break in a [`ReturnProfile`].
@@ -299,17 +342,24 @@ impl ReturnProfile {
         self.away_days.saturating_add(part.max(0) as u64)
     }
 
-    /// Whether the users were away (no interaction for at least `timeout`) at the middle of the
-    /// midday hours more often than an hour before and an hour after them (a lunch, whatever labs ran over it): the fleet has a
-    /// midday rhythm. Read from the remembered absences, by the local time of day of `at`
-    /// (`local_time_zone`); never without midday hours, a zone or absences.
+    /// Whether the fleet shows a midday dip at the local time of day of `at`: see
+    /// [`ReturnProfile::midday`].
     pub fn midday_dip(&self, at: DateTime<Utc>, settings: &IdleSettings) -> bool {
+        self.midday(at, settings).is_some_and(|m| m.dip)
+    }
+
+    /// How many remembered absences (no interaction for at least `timeout`, whatever labs ran
+    /// over it) covered the middle of the midday hours, an hour before them and an hour after
+    /// them, by the local time of day of `at` (`local_time_zone`), and whether the middle
+    /// stands out of both sides by more than chance ([`stands_out`]): the fleet's users
+    /// are away at midday, a lunch. `None` without midday hours or a zone.
+    pub fn midday(&self, at: DateTime<Utc>, settings: &IdleSettings) -> Option<MiddayDip> {
         use chrono::Timelike;
         let (Ok((start, end)), Some(local)) = (
             parse_midday_hours(&settings.midday_hours),
             local_minute(at, settings),
         ) else {
-            return false;
+            return None;
         };
         let day = 24 * 60;
         let offset = (local + day - at.num_seconds_from_midnight() / 60 % day) % day;
@@ -318,8 +368,13 @@ impl ReturnProfile {
             self.away_at((utc / SLOT_MINUTES) as usize)
         };
         let (start, end) = (i64::from(start), i64::from(end));
-        let middle = away((start + end) / 2);
-        middle > away(start - 60) && middle > away(end + 60)
+        let (before, middle, after) = (away(start - 60), away((start + end) / 2), away(end + 60));
+        Some(MiddayDip {
+            dip: stands_out(middle, before) && stands_out(middle, after),
+            before,
+            middle,
+            after,
+        })
     }
 
     /// Adds `worker`'s remembered breaks within `return_memory`, and its current quiet
@@ -567,11 +622,14 @@ pub enum TimeoutRule {
     /// the worker went quiet, and its quiet stretch reaches the middle of the working day
     /// (`midday_hours`): probably lunch.
     Midday,
+    /// `nobody_since_start_timeout`: ccm brought the worker up (an automatic import, a
+    /// schedule's start) and nobody has used it since.
+    NobodySinceStart,
 }
 
 impl TimeoutRule {
     /// Its name in the API (`plain`, `fleet_busy`, `session_ended`, `run_ended`,
-    /// `no_return`, `learned_return`, `midday`).
+    /// `no_return`, `learned_return`, `midday`, `nobody_since_start`).
     pub fn name(self) -> &'static str {
         match self {
             Self::Plain => "plain",
@@ -581,8 +639,40 @@ impl TimeoutRule {
             Self::NoReturn => "no_return",
             Self::LearnedReturn => "learned_return",
             Self::Midday => "midday",
+            Self::NobodySinceStart => "nobody_since_start",
         }
     }
+}
+
+/// Whether ccm itself brought `worker` up and nobody has used it since (see
+/// `nobody_since_start_timeout`): its latest start — its latest resume, else its creation —
+/// was ccm's (a resume by a `system:` actor, e.g. a schedule's start; an import by one, e.g.
+/// `auto-import`), and no activity of any kind (interaction, running nodes) was seen since
+/// then nor within `timeout` before it. A start by a person, a start outside ccm (no actor)
+/// and a resume missing from the history are a person's: never.
+pub fn nobody_since_start(worker: &Worker, settings: &IdleSettings) -> bool {
+    let m = &worker.monitoring;
+    let resume = m.last_resume.filter(|r| *r >= worker.created_at);
+    let by_ccm = match resume {
+        Some(at) => m
+            .history
+            .iter()
+            .rev()
+            .find(|h| h.kind == crate::worker::HistoryKind::Resumed && h.at == at)
+            .and_then(|h| h.by.as_ref())
+            .is_some_and(Actor::is_system),
+        None => worker.created_by.is_system(),
+    };
+    let start = resume.unwrap_or(worker.created_at);
+    let chrono_of = |d: Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+    let quiet_from = start
+        .checked_sub_signed(chrono_of(settings.timeout))
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
+    by_ccm
+        && [m.last_activity, m.last_interaction, m.last_running_nodes_at]
+            .into_iter()
+            .flatten()
+            .all(|at| at < quiet_from)
 }
 
 /// Telemetry categories that end a session's lab work (see `session_end_timeout`).
@@ -904,7 +994,7 @@ pub fn evaluate_with(
         } else {
             ReturnScope::Worker
         };
-        let dip = profile.midday_dip(reference, settings);
+        let dip = profile.midday(reference, settings);
         // Judged on the evidence known when the worker went quiet, so that other workers'
         // breaks ending during this one cannot shorten its timeout; evidence that came in
         // since may only lengthen it (people came back at this hour after all).
@@ -919,7 +1009,8 @@ pub fn evaluate_with(
         (quiet, when_quiet, dip)
     });
     let returns = judged.map(|(r, _, _)| r);
-    let dip = judged.is_some_and(|(_, _, dip)| dip);
+    let midday = judged.and_then(|(_, _, m)| m);
+    let dip = midday.is_some_and(|m| m.dip);
     // With enough remembered breaks at this time of day, they decide; before that, the
     // busy-fleet guess and the midday hours do.
     let learned = returns.and_then(|r| learned_of(&r, settings));
@@ -933,7 +1024,14 @@ pub fn evaluate_with(
     let lunch = judged.is_none_or(|(_, when_quiet, _)| when_quiet.is_none())
         && reaches_midday(reference, break_timeout, settings);
     let lunch_timeout = break_timeout.max(settings.return_timeout_max);
+    let nobody = settings.nobody_since_start_timeout < settings.timeout
+        && nobody_since_start(worker, settings);
     let (timeout, timeout_rule) = match learned {
+        // Nobody has been on it since ccm brought it up: nobody to come back from a break.
+        _ if nobody => (
+            settings.nobody_since_start_timeout,
+            TimeoutRule::NobodySinceStart,
+        ),
         Some(true) => {
             let t = learned_timeout(returns.as_ref(), reference, dip, settings);
             if lunch && lunch_timeout > t {
@@ -1035,6 +1133,7 @@ pub fn evaluate_with(
         fleet_busy,
         timeout_rule,
         returns,
+        midday,
     }
 }
 
@@ -2055,6 +2154,74 @@ mod tests {
     }
 
     #[test]
+    fn a_midday_dip_should_stand_out_of_chance() {
+        // Two standard deviations of the difference: (m - s)² > 4 (m + s).
+        assert!(stands_out(5, 0), "25 > 20");
+        assert!(!stands_out(4, 0), "16 = 16: not more");
+        assert!(!stands_out(3, 5) && !stands_out(5, 5));
+        // Round 8's counts after six days (10:00 / 12:30 / 15:00): uniform random seed 1
+        // (507 / 620 / 603) has no dip, its middle within chance of 15:00 (17 < 70); the
+        // rhythm fleets have one.
+        assert!(stands_out(620, 507) && !stands_out(620, 603));
+        assert!(stands_out(578, 391) && stands_out(578, 413), "dev");
+        assert!(
+            stands_out(531, 258) && stands_out(531, 273),
+            "random-workday"
+        );
+        assert!(!stands_out(213, 232), "weekend");
+        assert!(
+            !stands_out(u64::MAX, u64::MAX) && stands_out(u64::MAX, 0),
+            "no overflow"
+        );
+
+        // A fleet whose users are away at 12:30 a little more often than at 15:00 has no dip;
+        // the decision shows the counts either way. t(0) is 08:00 UTC.
+        let s = IdleSettings {
+            local_time_zone: "UTC".into(),
+            ..IdleSettings::default()
+        };
+        let now = t(0);
+        let mut fleet: Vec<Worker> = (0..10)
+            .map(|_| away_daily(away_daily(worker(), 4 * 60, 60), 7 * 60, 60))
+            .collect();
+        let w = fleet[0].clone();
+        let picture = |fleet: &[Worker]| FleetPicture {
+            busy_share: None,
+            returns: Some(ReturnProfile::of(fleet, &s, now)),
+        };
+        let d = evaluate_with(&w, &s, &picture(&fleet), now);
+        assert_eq!(
+            d.midday,
+            Some(MiddayDip {
+                dip: false,
+                before: 0,
+                middle: 50,
+                after: 50
+            })
+        );
+        fleet.extend((0..3).map(|_| away_daily(worker(), 4 * 60, 60)));
+        let d = evaluate_with(&w, &s, &picture(&fleet), now);
+        assert_eq!(
+            d.midday.map(|m| (m.dip, m.middle, m.after)),
+            Some((false, 65, 50))
+        );
+        fleet.extend((0..7).map(|_| away_daily(worker(), 4 * 60, 60)));
+        // 100 against 50: 2500 > 600.
+        let d = evaluate_with(&w, &s, &picture(&fleet), now);
+        assert_eq!(
+            d.midday.map(|m| (m.dip, m.middle, m.after)),
+            Some((true, 100, 50))
+        );
+        let json = serde_json::to_value(&d).unwrap_or_default();
+        assert_eq!(json["midday"]["dip"], serde_json::json!(true));
+        let no_zone = IdleSettings::default();
+        assert_eq!(
+            evaluate_with(&w, &no_zone, &picture(&fleet), now).midday,
+            None
+        );
+    }
+
+    #[test]
     fn an_absence_should_be_a_stretch_without_interaction_whatever_runs() {
         let mut w = worker();
         let touch = |w: &mut Worker, m: i64| {
@@ -2256,6 +2423,98 @@ mod tests {
         let d = evaluate_in(&w, &off, Some(0.0), t(stop + 60 * MIN));
         assert_eq!(d.timeout, s.timeout);
         assert_eq!(d.action, IdleAction::Pause);
+    }
+
+    #[test]
+    fn a_worker_ccm_brought_up_that_nobody_used_since_should_get_the_shorter_timeout() {
+        use crate::worker::{HistoryEntry, HistoryKind};
+        let s = IdleSettings::default();
+        let at = |w: &Worker, m: i64| {
+            let mut w = w.clone();
+            w.monitoring.activity_checked_at = Some(t(m * MIN));
+            evaluate(&w, &s, t(m * MIN))
+        };
+        // Imported by ccm at t(0), running, nothing seen since.
+        let mut auto = worker();
+        auto.created_by = Actor::system("auto-import");
+        let d = at(&auto, 31);
+        assert_eq!(d.timeout_rule, TimeoutRule::NobodySinceStart);
+        assert_eq!(d.timeout, Duration::from_secs(30 * 60));
+        assert_eq!(d.action, IdleAction::Pause);
+        assert_eq!(at(&auto, 29).action.label(), "keep:not_idle");
+        // Imported by a person: the plain timeout.
+        let d = at(&worker(), 31);
+        assert_eq!(
+            (d.timeout_rule, d.action.label().as_str()),
+            (TimeoutRule::Plain, "keep:not_idle")
+        );
+        // Someone was on it within the timeout before the import, or since: not nobody.
+        let mut before = auto.clone();
+        before.monitoring.last_interaction = Some(t(-10 * MIN));
+        before.monitoring.last_activity = Some(t(-10 * MIN));
+        assert_eq!(at(&before, 31).timeout_rule, TimeoutRule::Plain);
+        let mut long_before = auto.clone();
+        long_before.monitoring.last_activity = Some(t(-61 * MIN));
+        assert_eq!(
+            at(&long_before, 31).timeout_rule,
+            TimeoutRule::NobodySinceStart
+        );
+        let mut nodes = auto.clone();
+        nodes.monitoring.last_running_nodes_at = Some(t(5 * MIN));
+        assert_eq!(at(&nodes, 31).timeout_rule, TimeoutRule::Plain);
+        let mut used = auto.clone();
+        used.monitoring.last_activity = Some(t(5 * MIN));
+        used.monitoring.last_interaction = Some(t(5 * MIN));
+        let d = at(&used, 40);
+        assert_eq!(
+            (d.timeout_rule, d.action.label().as_str()),
+            (TimeoutRule::Plain, "keep:not_idle")
+        );
+
+        // Resumed at 2 h, after a day's use that ended at 10 min: by whom decides.
+        let resumed = |by: Option<Actor>, reason: &str| {
+            let mut w = used.clone();
+            w.monitoring.last_resume = Some(t(120 * MIN));
+            w.monitoring.history.push_back(HistoryEntry {
+                at: t(120 * MIN),
+                kind: HistoryKind::Resumed,
+                reason: reason.into(),
+                by,
+            });
+            w
+        };
+        // A schedule's start: nobody since; the grace after a resume still holds (60 min).
+        let schedule = resumed(Some(Actor::system("schedule")), "schedule");
+        let d = at(&schedule, 151);
+        assert_eq!(d.timeout_rule, TimeoutRule::NobodySinceStart);
+        assert_eq!(d.action.label(), "keep:snoozed");
+        assert_eq!(d.pause_at, Some(t(180 * MIN)));
+        assert_eq!(at(&schedule, 180).action, IdleAction::Pause);
+        // A start by a person through ccm is their activity: the plain timeout, whoever
+        // imported it; a start outside ccm (no actor) counts as a person's.
+        for w in [
+            resumed(Some(Actor::user("b")), "manual"),
+            resumed(None, "external"),
+        ] {
+            let d = at(&w, 151);
+            assert_eq!(d.timeout_rule, TimeoutRule::Plain);
+            assert_eq!(d.pause_at, Some(t(180 * MIN)));
+        }
+        // A resume missing from the history is a person's (the safe side).
+        let mut unknown = used.clone();
+        unknown.monitoring.last_resume = Some(t(120 * MIN));
+        assert_eq!(at(&unknown, 151).timeout_rule, TimeoutRule::Plain);
+        // Off: not shorter than the timeout.
+        let off = IdleSettings {
+            nobody_since_start_timeout: s.timeout,
+            ..s.clone()
+        };
+        let mut w = auto.clone();
+        w.monitoring.activity_checked_at = Some(t(31 * MIN));
+        assert_eq!(
+            evaluate(&w, &off, t(31 * MIN)).timeout_rule,
+            TimeoutRule::Plain
+        );
     }
 
     #[test]

@@ -170,6 +170,12 @@ impl RuntimeSettings {
             s(60),
             30 * day,
         )?;
+        range(
+            "idle.nobody_since_start_timeout",
+            i.nobody_since_start_timeout,
+            s(60),
+            30 * day,
+        )?;
         if i.no_return_percent > 100 {
             return Err(SettingsError {
                 key: "idle.no_return_percent",

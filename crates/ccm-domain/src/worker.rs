@@ -332,15 +332,16 @@ pub struct Monitoring {
     pub history: VecDeque<HistoryEntry>,
     /// The latest quiet stretches of at least [`BREAK_MIN_MINUTES`] that ended with a
     /// return (activity again, or a resume), newest last, at most [`BREAKS_KEPT`]: what the
-    /// idle policy learns return times from (`idle.return_timeout`). Left out of the stored
-    /// document while empty (documents written before it keep their shape).
+    /// idle policy learns return times from (`idle.return_timeout`). Stored compact (see
+    /// [`Break`]: at most ~5 KB). Left out of the stored document while empty (documents
+    /// written before it keep their shape).
     #[serde(skip_serializing_if = "VecDeque::is_empty")]
     pub breaks: VecDeque<Break>,
     /// The latest stretches of at least [`ABSENCE_MIN_MINUTES`] without an interaction
     /// (telemetry) that ended with one (or a resume), newest last, at most [`BREAKS_KEPT`]:
     /// when its users were away, whatever labs ran meanwhile (a lunch with the lab left up).
-    /// The idle policy reads the fleet's midday dip from them (`idle.midday_hours`). Left out
-    /// of the stored document while empty.
+    /// The idle policy reads the fleet's midday dip from them (`idle.midday_hours`). Stored
+    /// compact (see [`Break`]). Left out of the stored document while empty.
     #[serde(skip_serializing_if = "VecDeque::is_empty")]
     pub absences: VecDeque<Break>,
     /// Seconds the worker spent stopped by ccm (idle, schedule or manual), closed intervals
@@ -417,12 +418,69 @@ pub const ABSENCE_MIN_MINUTES: i64 = 60;
 pub const BREAKS_KEPT: usize = 256;
 
 /// A quiet stretch of a worker (no activity) that ended with a return.
+///
+/// Stored as `[from, length]` — its start in Unix seconds and its length in seconds, ~20
+/// bytes instead of the ~60 of `{"from": "…", "to": "…"}` (a worker keeps up to
+/// [`BREAKS_KEPT`] breaks and as many absences, and every save encodes them): whole seconds,
+/// what the idle rules read: a break is kept in whole seconds from the start ([`Break::new`]),
+/// so that a worker decides the same whether or not it was saved and loaded in between. The
+/// dated form of documents written before loads as well (cut to whole seconds).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "StoredBreak", into = "StoredBreak")]
 pub struct Break {
     /// The last activity before it.
     pub from: DateTime<Utc>,
     /// The return: the first activity after it, or the resume before that activity.
     pub to: DateTime<Utc>,
+}
+
+impl Break {
+    /// The stretch from `from` to `to`, each cut to the whole second (what is stored).
+    pub fn new(from: DateTime<Utc>, to: DateTime<Utc>) -> Self {
+        let whole = |t: DateTime<Utc>| DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t);
+        Self {
+            from: whole(from),
+            to: whole(to),
+        }
+    }
+}
+
+/// A [`Break`] in a stored document: `[from, length]` (Unix seconds, seconds), or the dated
+/// form written before.
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum StoredBreak {
+    Compact(i64, i64),
+    Dated {
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+    },
+}
+
+impl From<Break> for StoredBreak {
+    fn from(b: Break) -> Self {
+        let from = b.from.timestamp();
+        Self::Compact(from, b.to.timestamp().saturating_sub(from))
+    }
+}
+
+impl TryFrom<StoredBreak> for Break {
+    type Error = String;
+
+    fn try_from(s: StoredBreak) -> Result<Self, Self::Error> {
+        match s {
+            StoredBreak::Dated { from, to } => Ok(Self::new(from, to)),
+            StoredBreak::Compact(from, length) => {
+                let at = |secs: Option<i64>| secs.and_then(|s| DateTime::from_timestamp(s, 0));
+                match (at(Some(from)), at(from.checked_add(length))) {
+                    (Some(from), Some(to)) => Ok(Self { from, to }),
+                    _ => Err(format!(
+                        "[{from}, {length}] is no break (Unix seconds, seconds)"
+                    )),
+                }
+            }
+        }
+    }
 }
 
 impl Default for Monitoring {
@@ -1312,7 +1370,7 @@ impl Worker {
                 // A user who came back to a paused worker returned when they resumed it.
                 let to = m.last_resume.filter(|r| *r > prev && *r < at).unwrap_or(at);
                 if to - prev >= Duration::minutes(ABSENCE_MIN_MINUTES) {
-                    m.absences.push_back(Break { from: prev, to });
+                    m.absences.push_back(Break::new(prev, to));
                     while m.absences.len() > BREAKS_KEPT {
                         m.absences.pop_front();
                     }
@@ -1349,7 +1407,7 @@ impl Worker {
             // A user who came back to a paused worker returned when they resumed it.
             let to = m.last_resume.filter(|r| *r > prev && *r < at).unwrap_or(at);
             if to - prev >= Duration::minutes(BREAK_MIN_MINUTES) {
-                m.breaks.push_back(Break { from: prev, to });
+                m.breaks.push_back(Break::new(prev, to));
                 while m.breaks.len() > BREAKS_KEPT {
                     m.breaks.pop_front();
                 }

@@ -34,6 +34,9 @@ fn settings() -> RuntimeSettings {
         polling: ccm_domain::settings::PollingSettings::all_off(),
         idle: IdleSettings {
             busy_fleet_percent: 0,
+            // The fleet is imported by ccm and nobody uses it: these tests are about the
+            // plain timeout, not `nobody_since_start` (its own test is in ccm-domain).
+            nobody_since_start_timeout: IdleSettings::default().timeout,
             ..IdleSettings::default()
         },
         ..RuntimeSettings::default()

@@ -339,9 +339,10 @@ async fn dry_run_should_pause_nothing_and_say_what_it_would_do() {
         unreachable!()
     };
     assert_eq!(action, "would_pause");
+    // Imported by ccm (`system:`) and never used since: its own shorter timeout.
     assert_eq!(
         *timeout_rule,
-        Some(ccm_domain::idle::TimeoutRule::Plain),
+        Some(ccm_domain::idle::TimeoutRule::NobodySinceStart),
         "the rule it decided on"
     );
     assert!(*idle_for_seconds >= 90 * 60);

@@ -949,3 +949,67 @@ fn quiet_stretches_should_be_remembered_as_breaks_ending_at_the_return() {
     }
     assert_eq!(w.monitoring.breaks.len(), BREAKS_KEPT);
 }
+
+#[test]
+fn a_year_of_breaks_should_stay_a_few_kilobytes_and_old_documents_should_load() {
+    let mut w = running_worker();
+    let empty = serde_json::to_string(&w).unwrap().len();
+    // A year of a busy worker: every day, work with six breaks from 20 min to 2 h, an
+    // absence each, and a night away.
+    let day = 24 * 3600;
+    for d in 0..365 {
+        let mut at = d * day + 8 * 3600;
+        for gap in [20, 45, 70, 90, 120, 30] {
+            w.record_interaction(Some((t(at), telemetry("user_activity"))), t(at));
+            at += gap * 60;
+        }
+        w.record_interaction(Some((t(at), telemetry("user_activity"))), t(at));
+    }
+    let (breaks, absences) = (w.monitoring.breaks.len(), w.monitoring.absences.len());
+    assert_eq!((breaks, absences), (BREAKS_KEPT, BREAKS_KEPT));
+    let json = serde_json::to_string(&w).unwrap();
+    let grown = json.len() - empty;
+    assert!(grown < 12 * 1024, "{grown} bytes for 512 entries");
+    let back: Worker = serde_json::from_str(&json).unwrap();
+    assert_eq!(back, w);
+    // A document written before (dated breaks) loads with the same breaks.
+    let mut old = serde_json::to_value(&w).unwrap();
+    let dated = |list: &std::collections::VecDeque<Break>| {
+        list.iter()
+            .map(|b| serde_json::json!({ "from": b.from, "to": b.to }))
+            .collect::<Vec<_>>()
+    };
+    old["monitoring"]["breaks"] = dated(&w.monitoring.breaks).into();
+    old["monitoring"]["absences"] = dated(&w.monitoring.absences).into();
+    let old_len = old.to_string().len() - empty;
+    assert!(
+        old_len > 3 * grown,
+        "dated: {old_len} bytes, compact: {grown}"
+    );
+    let loaded: Worker = serde_json::from_value(old).unwrap();
+    assert_eq!(loaded.monitoring.breaks, w.monitoring.breaks);
+    assert_eq!(loaded.monitoring.absences, w.monitoring.absences);
+    // Saved again, it is compact.
+    assert_eq!(serde_json::to_string(&loaded).unwrap().len(), json.len());
+    // Recorded in whole seconds, so that a worker saved and loaded in between decides the
+    // same: a fraction of a second never reaches the stored form.
+    let mut f = running_worker();
+    let ms = |s: i64, ms: i64| t(s) + chrono::Duration::milliseconds(ms);
+    f.record_interaction(Some((ms(0, 400), telemetry("user_activity"))), ms(0, 400));
+    f.record_interaction(
+        Some((ms(4000, 700), telemetry("user_activity"))),
+        ms(4000, 700),
+    );
+    let whole = Break {
+        from: t(0),
+        to: t(4000),
+    };
+    assert_eq!(f.monitoring.breaks.back(), Some(&whole));
+    assert_eq!(f.monitoring.absences.back(), Some(&whole));
+    let again: Worker = serde_json::from_str(&serde_json::to_string(&f).unwrap()).unwrap();
+    assert_eq!(again, f);
+    // Nonsense is refused, not panicked on.
+    let mut bad = serde_json::to_value(&w).unwrap();
+    bad["monitoring"]["breaks"] = serde_json::json!([[i64::MAX, 1]]);
+    assert!(serde_json::from_value::<Worker>(bad).is_err());
+}

@@ -760,12 +760,14 @@ async fn start_fleet(
                 settings.idle.snooze_after_resume = Duration::ZERO;
                 settings.idle.warning_before = Duration::ZERO;
                 // Nor ccm's own rules: the break timeout of a busy fleet, the shorter timeout
-                // after a session's end, the run-end timeout, the learned return timeout.
+                // after a session's end, the run-end timeout, the learned return timeout, the
+                // shorter one for a worker nobody used since ccm brought it up.
                 settings.idle.busy_fleet_percent = 0;
                 settings.idle.session_end_timeout = settings.idle.timeout;
                 settings.idle.run_end_timeout = settings.idle.timeout;
                 settings.idle.return_timeout = settings.idle.timeout;
                 settings.idle.midday_hours = String::new();
+                settings.idle.nobody_since_start_timeout = settings.idle.timeout;
             }
             _ => {}
         }
