@@ -46,8 +46,16 @@ struct VersionOnly {
 /// Workers (the `Worker` aggregate of `ccm-domain`).
 pub const WORKER: DocSchema = DocSchema {
     what: "worker",
-    upgrades: &[],
+    upgrades: &[worker_v2_compact_breaks],
 };
+
+/// Version 2 stores a worker's `breaks` and `absences` as `[from, length]` pairs (Unix
+/// seconds, seconds) instead of `{"from": …, "to": …}`. The dated form still decodes, so the
+/// step changes nothing; the version is there so that an older ccm (another replica during a
+/// rolling upgrade) refuses a version-2 document clearly instead of misreading its breaks.
+fn worker_v2_compact_breaks(_: &mut Map<String, Value>) -> Result<(), String> {
+    Ok(())
+}
 
 /// The runtime settings (`RuntimeSettings` of `ccm-domain`).
 pub const SETTINGS: DocSchema = DocSchema {
