@@ -34,6 +34,10 @@ pub const WORKER_EC2_STATUS_FIXTURE: &str =
 /// week and reason: all defaulted when absent, so no upgrade step). Never edit it either.
 pub const WORKER_ECONOMICS_FIXTURE: &str =
     include_str!("../../tests/fixtures/worker-v1-economics.json");
+/// A version-2 worker: breaks and absences as `[from, length]` pairs (the version-1
+/// economics worker with breaks, another id and instance). Never edit it either.
+pub const WORKER_V2_BREAKS_FIXTURE: &str =
+    include_str!("../../tests/fixtures/worker-v2-breaks.json");
 /// See [`WORKER_FIXTURE`].
 pub const SETTINGS_FIXTURE: &str = include_str!("../../tests/fixtures/settings-v1.json");
 /// See [`WORKER_FIXTURE`].
@@ -1721,6 +1725,33 @@ pub async fn golden_fixtures_should_load_through_the_store(backend: &dyn Backend
     // Version 2 changed only how breaks are written; the fixture has none: the same shape.
     rewritten["schema_version"] = raw_econ["schema_version"].clone();
     assert_eq!(rewritten, raw_econ, "this build writes the fixture's shape");
+
+    // Version 2: compact breaks load, and this build writes the same document again.
+    let raw_v2: serde_json::Value = serde_json::from_str(WORKER_V2_BREAKS_FIXTURE).unwrap();
+    store
+        .put_raw_worker(WORKER_V2_BREAKS_FIXTURE)
+        .await
+        .unwrap();
+    let v2_id: WorkerId = raw_v2["id"].as_str().unwrap().parse().unwrap();
+    let v2 = store
+        .get(v2_id)
+        .await
+        .unwrap()
+        .expect("the version-2 worker");
+    let spans: Vec<(i64, i64)> = v2
+        .monitoring
+        .breaks
+        .iter()
+        .map(|b| (b.from.timestamp(), (b.to - b.from).num_seconds()))
+        .collect();
+    assert_eq!(spans, [(1_796_549_400, 3_600), (1_796_567_400, 5_400)]);
+    assert_eq!(v2.monitoring.absences.len(), 1);
+    let mut rewritten = serde_json::to_value(&v2).unwrap();
+    rewritten["schema_version"] = serde_json::json!(crate::schema::WORKER.current());
+    assert_eq!(
+        rewritten, raw_v2,
+        "this build writes the version-2 fixture's shape"
+    );
 
     let raw_settings: serde_json::Value = serde_json::from_str(SETTINGS_FIXTURE).unwrap();
     store.put_raw_settings(SETTINGS_FIXTURE, 3).await.unwrap();
