@@ -178,6 +178,22 @@ pub struct WorkerFilter {
     pub offset: u32,
 }
 
+impl WorkerFilter {
+    /// The text to match, when there is one (blank is none).
+    pub fn text_filter(&self) -> Option<&str> {
+        self.text
+            .as_deref()
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+    }
+
+    /// Whether it filters by the indexed columns alone (region, EC2 state, service status):
+    /// then the stores' kept counts (migration 0005) give the total without counting rows.
+    pub(crate) fn counted_by_columns(&self) -> bool {
+        self.ids.is_none() && self.text_filter().is_none()
+    }
+}
+
 /// One page of results and the total that matched.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Page<T> {

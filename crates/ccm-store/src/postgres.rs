@@ -257,7 +257,7 @@ impl PgStore {
                     in_list(q, "id", &ids);
                 }
             }
-            if let Some(text) = f.text.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
+            if let Some(text) = f.text_filter() {
                 let pattern = like_pattern(text);
                 q.push(" AND (LOWER(name) LIKE ")
                     .push_bind(pattern.clone())
@@ -271,13 +271,7 @@ impl PgStore {
 
         // Filtered by the indexed columns only: the counts the triggers keep (migration
         // 0005); by text or ids: the rows themselves.
-        let by_counts = filter.ids.is_none()
-            && filter
-                .text
-                .as_deref()
-                .map(str::trim)
-                .is_none_or(str::is_empty);
-        let mut count = QueryBuilder::<Postgres>::new(if by_counts {
+        let mut count = QueryBuilder::<Postgres>::new(if filter.counted_by_columns() {
             "SELECT COALESCE(SUM(n), 0)::BIGINT FROM worker_counts"
         } else {
             "SELECT COUNT(*) FROM workers"

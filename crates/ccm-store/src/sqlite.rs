@@ -130,11 +130,6 @@ where
     Ok(done.rows_affected())
 }
 
-/// The list's text filter, when it has one (blank is none).
-fn filter_text(f: &WorkerFilter) -> Option<&str> {
-    f.text.as_deref().map(str::trim).filter(|t| !t.is_empty())
-}
-
 /// The SQLite store. Cheap to clone (a connection pool inside).
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
@@ -350,7 +345,7 @@ impl SqliteStore {
                     q.push(")");
                 }
             }
-            if let Some(text) = filter_text(f) {
+            if let Some(text) = f.text_filter() {
                 let pattern = like_pattern(text);
                 q.push(" AND (LOWER(name) LIKE ")
                     .push_bind(pattern.clone())
@@ -364,7 +359,7 @@ impl SqliteStore {
 
         // Filtered by the indexed columns only: the counts the triggers keep (migration
         // 0005); by text or ids: the rows themselves.
-        let mut count = if filter.ids.is_none() && filter_text(filter).is_none() {
+        let mut count = if filter.counted_by_columns() {
             QueryBuilder::<Sqlite>::new("SELECT COALESCE(SUM(n), 0) FROM worker_counts")
         } else {
             QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM workers")

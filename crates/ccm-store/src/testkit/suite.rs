@@ -259,6 +259,16 @@ pub async fn concurrent_moves_between_states_should_keep_the_totals_exact(backen
     check_totals(&*store, "after concurrent moves").await;
 }
 
+/// Stores a golden worker fixture as it is (through the raw path) and reads it back through
+/// the store: the fixture as JSON and the worker.
+async fn load_fixture(store: &dyn TestStore, fixture: &str) -> (serde_json::Value, Worker) {
+    let raw: serde_json::Value = serde_json::from_str(fixture).unwrap();
+    store.put_raw_worker(fixture).await.unwrap();
+    let id: WorkerId = raw["id"].as_str().unwrap().parse().unwrap();
+    let worker = store.get(id).await.unwrap().expect("the fixture worker");
+    (raw, worker)
+}
+
 /// Get, get_many, get_by_instance, list (and `list_stamps`) with every filter, sort and paging, delete.
 pub async fn workers_should_round_trip_and_list_with_filters_sort_and_pages(backend: &dyn Backend) {
     let store = open(backend).await;
@@ -1671,17 +1681,7 @@ pub async fn golden_fixtures_should_load_through_the_store(backend: &dyn Backend
     assert_eq!(store.get(id).await.unwrap().unwrap(), saved);
 
     // With both, the document loads them, and this build writes the same document again.
-    let raw_checks: serde_json::Value = serde_json::from_str(WORKER_EC2_STATUS_FIXTURE).unwrap();
-    store
-        .put_raw_worker(WORKER_EC2_STATUS_FIXTURE)
-        .await
-        .unwrap();
-    let checked_id: WorkerId = raw_checks["id"].as_str().unwrap().parse().unwrap();
-    let checked = store
-        .get(checked_id)
-        .await
-        .unwrap()
-        .expect("the fixture worker");
+    let (_, checked) = load_fixture(&*store, WORKER_EC2_STATUS_FIXTURE).await;
     assert_eq!(
         checked.ami.as_ref().and_then(|a| a.owner.as_deref()),
         Some("123456789012")
@@ -1697,17 +1697,7 @@ pub async fn golden_fixtures_should_load_through_the_store(backend: &dyn Backend
     assert_eq!(checked.monitoring.pauses.schedule, 0);
 
     // With them, the document loads them, and this build writes the same document again.
-    let raw_econ: serde_json::Value = serde_json::from_str(WORKER_ECONOMICS_FIXTURE).unwrap();
-    store
-        .put_raw_worker(WORKER_ECONOMICS_FIXTURE)
-        .await
-        .unwrap();
-    let econ_id: WorkerId = raw_econ["id"].as_str().unwrap().parse().unwrap();
-    let econ = store
-        .get(econ_id)
-        .await
-        .unwrap()
-        .expect("the fixture worker");
+    let (raw_econ, econ) = load_fixture(&*store, WORKER_ECONOMICS_FIXTURE).await;
     let m = &econ.monitoring;
     assert_eq!(
         m.snooze.as_ref().map(|s| s.by.to_string()).as_deref(),
@@ -1727,17 +1717,7 @@ pub async fn golden_fixtures_should_load_through_the_store(backend: &dyn Backend
     assert_eq!(rewritten, raw_econ, "this build writes the fixture's shape");
 
     // Version 2: compact breaks load, and this build writes the same document again.
-    let raw_v2: serde_json::Value = serde_json::from_str(WORKER_V2_BREAKS_FIXTURE).unwrap();
-    store
-        .put_raw_worker(WORKER_V2_BREAKS_FIXTURE)
-        .await
-        .unwrap();
-    let v2_id: WorkerId = raw_v2["id"].as_str().unwrap().parse().unwrap();
-    let v2 = store
-        .get(v2_id)
-        .await
-        .unwrap()
-        .expect("the version-2 worker");
+    let (raw_v2, v2) = load_fixture(&*store, WORKER_V2_BREAKS_FIXTURE).await;
     let spans: Vec<(i64, i64)> = v2
         .monitoring
         .breaks
